@@ -1,0 +1,100 @@
+//! Commands that change the registry, and their outcomes.
+
+use serde::{Deserialize, Serialize};
+
+use super::event::Member;
+use super::ids::{EdgeId, PeerId, Region, RoomId};
+
+/// A command with the leader's wall-clock time (milliseconds since the Unix epoch) stamped in,
+/// so that every replica applies exactly the same thing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped {
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// An edge process starts (or restarts: a higher `incarnation` replaces the previous one).
+    /// Peers left over from a previous incarnation are detached when their sessions can be
+    /// resumed elsewhere (`resumable_sessions`), and removed otherwise.
+    RegisterEdge {
+        edge: EdgeId,
+        region: Region,
+        address: String,
+        incarnation: u64,
+        lease_ms: u64,
+        resumable_sessions: bool,
+    },
+    RenewLease {
+        edge: EdgeId,
+        incarnation: u64,
+        lease_ms: u64,
+    },
+    /// The edge leaves on purpose (drain): its lease ends now and its peers are detached.
+    ReleaseEdge {
+        edge: EdgeId,
+        incarnation: u64,
+    },
+    Join {
+        room: RoomId,
+        peer: PeerId,
+        edge: EdgeId,
+        meta: String,
+        /// Refuse the join when the room already has this many members.
+        max_members: Option<u32>,
+    },
+    Leave {
+        room: RoomId,
+        peer: PeerId,
+    },
+    /// The peer is gone for good: it leaves every room.
+    Disconnect {
+        peer: PeerId,
+    },
+    /// The peer's connection is gone but it may resume within the grace period.
+    Detach {
+        peer: PeerId,
+    },
+    /// A detached peer resumed on `edge`.
+    Rebind {
+        peer: PeerId,
+        edge: EdgeId,
+    },
+    /// Ends the leases that ran out by `at_ms` and removes peers detached for `grace_ms` or
+    /// longer. Proposed by the leader when its view says something is due.
+    Sweep {
+        grace_ms: u64,
+    },
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("the edge is not registered")]
+    UnknownEdge,
+    #[error("a newer incarnation of the edge is registered")]
+    StaleIncarnation,
+    #[error("the room is full")]
+    RoomFull,
+    #[error("the peer is not known to the registry")]
+    UnknownPeer,
+    #[error("the peer is not in that room")]
+    NotInRoom,
+    #[error("the peer is attached to another edge")]
+    WrongEdge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// The room's epoch and members (the joiner included) right after the join.
+    Joined {
+        epoch: u64,
+        members: Vec<Member>,
+    },
+    Left {
+        epoch: u64,
+    },
+    Rejected(Rejection),
+}

@@ -1,0 +1,154 @@
+//! Newtype identifiers shared by the registry and the edges.
+//!
+//! Ids arrive from clients and from the wire, so constructors validate them; once built, an id
+//! is known to be non-empty, bounded and free of control characters.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest room id accepted, in bytes.
+pub const MAX_ROOM_ID_BYTES: usize = 128;
+/// Longest edge id or region name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Bytes of randomness in a peer id (128 bits: unguessable).
+const PEER_ID_RANDOM_BYTES: usize = 16;
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is longer than {0} bytes")]
+    TooLong(usize),
+    #[error("contains control characters")]
+    ControlChar,
+}
+
+fn validate(s: &str, max: usize) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > max {
+        return Err(IdError::TooLong(max));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(IdError::ControlChar);
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps `s`.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                validate(&s, $max)?;
+                Ok(Self(s))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A room, named by the application.
+    RoomId,
+    MAX_ROOM_ID_BYTES
+);
+string_id!(
+    /// A connected client. Issued by the edge at `welcome`; 128 random bits in hex.
+    PeerId,
+    MAX_NAME_BYTES
+);
+string_id!(
+    /// One edge process (stable across the sockets it serves, new per deployment unit).
+    EdgeId,
+    MAX_NAME_BYTES
+);
+string_id!(
+    /// A deployment region, e.g. `eu` or `us-east`.
+    Region,
+    MAX_NAME_BYTES
+);
+
+impl PeerId {
+    /// A fresh random peer id.
+    pub fn random() -> Self {
+        let bytes: [u8; PEER_ID_RANDOM_BYTES] = rand::random();
+        Self(hex::encode(bytes))
+    }
+}
+
+impl EdgeId {
+    /// A fresh random edge id, for edges that are not given one.
+    pub fn random() -> Self {
+        let bytes: [u8; 6] = rand::random();
+        Self(format!("edge-{}", hex::encode(bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert_eq!(RoomId::new(""), Err(IdError::Empty));
+        assert_eq!(
+            RoomId::new("x".repeat(MAX_ROOM_ID_BYTES + 1)),
+            Err(IdError::TooLong(MAX_ROOM_ID_BYTES))
+        );
+        assert_eq!(RoomId::new("a\nb"), Err(IdError::ControlChar));
+        assert!(RoomId::new("lobby/42 ünïcode").is_ok());
+    }
+
+    #[test]
+    fn peer_ids_are_long_and_distinct() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+    }
+
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<RoomId>("\"\"").is_err());
+        let r: RoomId = serde_json::from_str("\"lobby\"").unwrap();
+        assert_eq!(r.as_str(), "lobby");
+    }
+}

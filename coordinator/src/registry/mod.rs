@@ -1,0 +1,15 @@
+//! The room registry as a pure, deterministic state machine.
+//!
+//! Every replica applies the same [`Stamped`] commands in log order and so reaches the same
+//! state and emits the same [`RoomEvent`]s. Nothing here reads a clock, draws randomness or
+//! knows about a transport: the leader stamps the time into each command.
+
+mod command;
+mod event;
+pub mod ids;
+mod state;
+
+pub use command::{Command, Outcome, Rejection, Stamped};
+pub use event::{LeaveReason, Member, RoomEvent, RoomEventKind};
+pub use ids::{EdgeId, IdError, PeerId, Region, RoomId};
+pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};

@@ -1,0 +1,646 @@
+//! Registry state: edges, rooms and peers, and how commands change them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Command, Outcome, Rejection, Stamped};
+use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
+use super::ids::{EdgeId, PeerId, Region, RoomId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    pub region: Region,
+    pub address: String,
+    pub incarnation: u64,
+    /// The lease runs out at this time (ms since the Unix epoch, leader's clock).
+    pub lease_until_ms: u64,
+    /// The lease ran out or was released; the record stays while peers are detached from it.
+    pub down: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RoomRecord {
+    epoch: u64,
+    members: BTreeMap<PeerId, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PeerRecord {
+    edge: EdgeId,
+    region: Region,
+    rooms: BTreeSet<RoomId>,
+    detached_since_ms: Option<u64>,
+}
+
+/// A room as seen by a reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub room: RoomId,
+    pub epoch: u64,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub epoch: u64,
+    pub members: u32,
+}
+
+/// The whole registry. `BTreeMap`s keep iteration (and so snapshots and event order)
+/// deterministic across replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryState {
+    edges: BTreeMap<EdgeId, EdgeRecord>,
+    rooms: BTreeMap<RoomId, RoomRecord>,
+    peers: BTreeMap<PeerId, PeerRecord>,
+    /// Epochs keep increasing across a room's deletion and re-creation, so that a consumer
+    /// never mistakes a new room for an old one.
+    next_epoch: u64,
+}
+
+impl RegistryState {
+    /// Applies one command; returns its outcome and the room events it caused, in order.
+    pub fn apply(&mut self, stamped: &Stamped) -> (Outcome, Vec<RoomEvent>) {
+        let at = stamped.at_ms;
+        let mut events = Vec::new();
+        let outcome = match &stamped.command {
+            Command::RegisterEdge {
+                edge,
+                region,
+                address,
+                incarnation,
+                lease_ms,
+                resumable_sessions,
+            } => self.register_edge(
+                at,
+                edge,
+                region,
+                address,
+                *incarnation,
+                *lease_ms,
+                *resumable_sessions,
+                &mut events,
+            ),
+            Command::RenewLease {
+                edge,
+                incarnation,
+                lease_ms,
+            } => match self.edges.get_mut(edge) {
+                None => Outcome::Rejected(Rejection::UnknownEdge),
+                Some(rec) if rec.incarnation != *incarnation || rec.down => {
+                    Outcome::Rejected(Rejection::StaleIncarnation)
+                }
+                Some(rec) => {
+                    rec.lease_until_ms = rec.lease_until_ms.max(at.saturating_add(*lease_ms));
+                    Outcome::Done
+                }
+            },
+            Command::ReleaseEdge { edge, incarnation } => match self.edges.get(edge) {
+                None => Outcome::Rejected(Rejection::UnknownEdge),
+                Some(rec) if rec.incarnation != *incarnation => {
+                    Outcome::Rejected(Rejection::StaleIncarnation)
+                }
+                Some(_) => {
+                    self.edge_down(edge, at);
+                    Outcome::Done
+                }
+            },
+            Command::Join {
+                room,
+                peer,
+                edge,
+                meta,
+                max_members,
+            } => self.join(room, peer, edge, meta, *max_members, &mut events),
+            Command::Leave { room, peer } => {
+                if !self.peers.get(peer).is_some_and(|p| p.rooms.contains(room)) {
+                    Outcome::Rejected(Rejection::NotInRoom)
+                } else {
+                    let epoch = self.leave(room, peer, LeaveReason::Left, &mut events);
+                    Outcome::Left { epoch }
+                }
+            }
+            Command::Disconnect { peer } => {
+                self.remove_peer(peer, LeaveReason::Disconnected, &mut events);
+                Outcome::Done
+            }
+            Command::Detach { peer } => match self.peers.get_mut(peer) {
+                None => Outcome::Done,
+                Some(p) => {
+                    p.detached_since_ms.get_or_insert(at);
+                    Outcome::Done
+                }
+            },
+            Command::Rebind { peer, edge } => self.rebind(peer, edge, &mut events),
+            Command::Sweep { grace_ms } => {
+                self.sweep(at, *grace_ms, &mut events);
+                Outcome::Done
+            }
+        };
+        (outcome, events)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_edge(
+        &mut self,
+        at: u64,
+        edge: &EdgeId,
+        region: &Region,
+        address: &str,
+        incarnation: u64,
+        lease_ms: u64,
+        resumable_sessions: bool,
+        events: &mut Vec<RoomEvent>,
+    ) -> Outcome {
+        if let Some(rec) = self.edges.get(edge) {
+            if rec.incarnation > incarnation {
+                return Outcome::Rejected(Rejection::StaleIncarnation);
+            }
+            if rec.incarnation < incarnation {
+                // The previous process of this edge is gone; so are its sockets.
+                let leftovers = self.peers_of(edge);
+                for peer in leftovers {
+                    if resumable_sessions {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.detached_since_ms.get_or_insert(at);
+                        }
+                    } else {
+                        self.remove_peer(&peer, LeaveReason::Disconnected, events);
+                    }
+                }
+            }
+        }
+        self.edges.insert(
+            edge.clone(),
+            EdgeRecord {
+                region: region.clone(),
+                address: address.to_owned(),
+                incarnation,
+                lease_until_ms: at.saturating_add(lease_ms),
+                down: false,
+            },
+        );
+        Outcome::Done
+    }
+
+    fn join(
+        &mut self,
+        room: &RoomId,
+        peer: &PeerId,
+        edge: &EdgeId,
+        meta: &str,
+        max_members: Option<u32>,
+        events: &mut Vec<RoomEvent>,
+    ) -> Outcome {
+        let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
+            return Outcome::Rejected(Rejection::UnknownEdge);
+        };
+        let region = edge_rec.region.clone();
+        if let Some(p) = self.peers.get(peer) {
+            if &p.edge != edge {
+                return Outcome::Rejected(Rejection::WrongEdge);
+            }
+            if p.rooms.contains(room) {
+                // A retried join (e.g. after a leader change) is answered, not repeated.
+                return self.joined_outcome(room);
+            }
+        }
+        let size = self.rooms.get(room).map_or(0, |r| r.members.len());
+        if max_members.is_some_and(|max| size >= max as usize) {
+            return Outcome::Rejected(Rejection::RoomFull);
+        }
+        let epoch = self.bump_epoch();
+        let rec = self
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| RoomRecord {
+                epoch,
+                members: BTreeMap::new(),
+            });
+        rec.epoch = epoch;
+        rec.members.insert(peer.clone(), meta.to_owned());
+        let p = self
+            .peers
+            .entry(peer.clone())
+            .or_insert_with(|| PeerRecord {
+                edge: edge.clone(),
+                region: region.clone(),
+                rooms: BTreeSet::new(),
+                detached_since_ms: None,
+            });
+        p.rooms.insert(room.clone());
+        events.push(RoomEvent {
+            room: room.clone(),
+            epoch,
+            kind: RoomEventKind::Joined(Member {
+                peer: peer.clone(),
+                edge: edge.clone(),
+                region,
+                meta: meta.to_owned(),
+            }),
+        });
+        self.joined_outcome(room)
+    }
+
+    fn joined_outcome(&self, room: &RoomId) -> Outcome {
+        match self.room(room) {
+            Some(view) => Outcome::Joined {
+                epoch: view.epoch,
+                members: view.members,
+            },
+            None => Outcome::Rejected(Rejection::NotInRoom),
+        }
+    }
+
+    fn rebind(&mut self, peer: &PeerId, edge: &EdgeId, events: &mut Vec<RoomEvent>) -> Outcome {
+        let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
+            return Outcome::Rejected(Rejection::UnknownEdge);
+        };
+        let region = edge_rec.region.clone();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Outcome::Rejected(Rejection::UnknownPeer);
+        };
+        p.edge = edge.clone();
+        p.region = region.clone();
+        p.detached_since_ms = None;
+        let rooms: Vec<RoomId> = p.rooms.iter().cloned().collect();
+        for room in rooms {
+            let epoch = self.bump_epoch();
+            if let Some(rec) = self.rooms.get_mut(&room) {
+                rec.epoch = epoch;
+                let meta = rec.members.get(peer).cloned().unwrap_or_default();
+                events.push(RoomEvent {
+                    room,
+                    epoch,
+                    kind: RoomEventKind::Moved(Member {
+                        peer: peer.clone(),
+                        edge: edge.clone(),
+                        region: region.clone(),
+                        meta,
+                    }),
+                });
+            }
+        }
+        Outcome::Done
+    }
+
+    fn sweep(&mut self, at: u64, grace_ms: u64, events: &mut Vec<RoomEvent>) {
+        let expired: Vec<EdgeId> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| !e.down && e.lease_until_ms <= at)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for edge in expired {
+            let since = self.edges.get(&edge).map_or(at, |e| e.lease_until_ms);
+            self.edge_down(&edge, since);
+        }
+        let overdue: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.detached_since_ms
+                    .is_some_and(|since| since.saturating_add(grace_ms) <= at)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in overdue {
+            self.remove_peer(&peer, LeaveReason::Expired, events);
+        }
+        // Forget down edges that no longer have peers.
+        let peers = &self.peers;
+        self.edges
+            .retain(|id, e| !e.down || peers.values().any(|p| &p.edge == id));
+    }
+
+    /// Marks the edge down and detaches its attached peers as of `since`.
+    fn edge_down(&mut self, edge: &EdgeId, since: u64) {
+        if let Some(rec) = self.edges.get_mut(edge) {
+            rec.down = true;
+            rec.lease_until_ms = rec.lease_until_ms.min(since);
+        }
+        for p in self.peers.values_mut().filter(|p| &p.edge == edge) {
+            p.detached_since_ms.get_or_insert(since);
+        }
+    }
+
+    fn peers_of(&self, edge: &EdgeId) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| &p.edge == edge)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn remove_peer(&mut self, peer: &PeerId, reason: LeaveReason, events: &mut Vec<RoomEvent>) {
+        let rooms: Vec<RoomId> = self
+            .peers
+            .get(peer)
+            .map(|p| p.rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        for room in rooms {
+            self.leave(&room, peer, reason, events);
+        }
+        self.peers.remove(peer);
+    }
+
+    /// Removes `peer` from `room`; returns the room's new epoch.
+    fn leave(
+        &mut self,
+        room: &RoomId,
+        peer: &PeerId,
+        reason: LeaveReason,
+        events: &mut Vec<RoomEvent>,
+    ) -> u64 {
+        let epoch = self.bump_epoch();
+        let mut edge = None;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.rooms.remove(room);
+            edge = Some(p.edge.clone());
+            if p.rooms.is_empty() {
+                self.peers.remove(peer);
+            }
+        }
+        if let Some(rec) = self.rooms.get_mut(room) {
+            rec.members.remove(peer);
+            rec.epoch = epoch;
+            if rec.members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+        if let Some(edge) = edge {
+            events.push(RoomEvent {
+                room: room.clone(),
+                epoch,
+                kind: RoomEventKind::Left {
+                    peer: peer.clone(),
+                    edge,
+                    reason,
+                },
+            });
+        }
+        epoch
+    }
+
+    fn bump_epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+
+    /// The room's members with their locations, or `None` when nobody is in it.
+    pub fn room(&self, room: &RoomId) -> Option<RoomView> {
+        let rec = self.rooms.get(room)?;
+        let members = rec
+            .members
+            .iter()
+            .filter_map(|(peer, meta)| {
+                let p = self.peers.get(peer)?;
+                Some(Member {
+                    peer: peer.clone(),
+                    edge: p.edge.clone(),
+                    region: p.region.clone(),
+                    meta: meta.clone(),
+                })
+            })
+            .collect();
+        Some(RoomView {
+            room: room.clone(),
+            epoch: rec.epoch,
+            members,
+        })
+    }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.rooms
+            .iter()
+            .map(|(room, rec)| RoomSummary {
+                room: room.clone(),
+                epoch: rec.epoch,
+                members: u32::try_from(rec.members.len()).unwrap_or(u32::MAX),
+            })
+            .collect()
+    }
+
+    pub fn edge(&self, edge: &EdgeId) -> Option<&EdgeRecord> {
+        self.edges.get(edge)
+    }
+
+    pub fn edges(&self) -> impl Iterator<Item = (&EdgeId, &EdgeRecord)> {
+        self.edges.iter()
+    }
+
+    /// Whether the peer is currently detached.
+    pub fn is_detached(&self, peer: &PeerId) -> Option<bool> {
+        self.peers.get(peer).map(|p| p.detached_since_ms.is_some())
+    }
+
+    /// The earliest time at which a [`Command::Sweep`] would change something, if any.
+    pub fn next_sweep_due_ms(&self, grace_ms: u64) -> Option<u64> {
+        let leases = self
+            .edges
+            .values()
+            .filter(|e| !e.down)
+            .map(|e| e.lease_until_ms);
+        let detached = self
+            .peers
+            .values()
+            .filter_map(|p| p.detached_since_ms)
+            .map(|since| since.saturating_add(grace_ms));
+        leases.chain(detached).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id<T: TryFrom<String>>(s: &str) -> T
+    where
+        T::Error: std::fmt::Debug,
+    {
+        T::try_from(s.to_owned()).unwrap()
+    }
+
+    fn at(at_ms: u64, command: Command) -> Stamped {
+        Stamped { at_ms, command }
+    }
+
+    fn register(s: &mut RegistryState, edge: &str, incarnation: u64, resumable: bool) {
+        let (o, _) = s.apply(&at(
+            0,
+            Command::RegisterEdge {
+                edge: id(edge),
+                region: id("eu"),
+                address: "127.0.0.1:1".into(),
+                incarnation,
+                lease_ms: 1_000,
+                resumable_sessions: resumable,
+            },
+        ));
+        assert_eq!(o, Outcome::Done);
+    }
+
+    fn join(
+        s: &mut RegistryState,
+        room: &str,
+        peer: &str,
+        edge: &str,
+    ) -> (Outcome, Vec<RoomEvent>) {
+        s.apply(&at(
+            1,
+            Command::Join {
+                room: id(room),
+                peer: id(peer),
+                edge: id(edge),
+                meta: "{}".into(),
+                max_members: Some(2),
+            },
+        ))
+    }
+
+    #[test]
+    fn join_lists_members_and_emits_event() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        let (o, ev) = join(&mut s, "r", "b", "e1");
+        let Outcome::Joined { members, epoch } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(members.len(), 2);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].epoch, epoch);
+        // Capacity holds.
+        assert_eq!(
+            join(&mut s, "r", "c", "e1").0,
+            Outcome::Rejected(Rejection::RoomFull)
+        );
+        // A retried join is idempotent.
+        let (o, ev) = join(&mut s, "r", "b", "e1");
+        assert!(matches!(o, Outcome::Joined { .. }));
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn unknown_edge_is_refused() {
+        let mut s = RegistryState::default();
+        assert_eq!(
+            join(&mut s, "r", "a", "e1").0,
+            Outcome::Rejected(Rejection::UnknownEdge)
+        );
+    }
+
+    #[test]
+    fn leaving_empties_rooms() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        let (o, ev) = s.apply(&at(
+            2,
+            Command::Leave {
+                room: id("r"),
+                peer: id("a"),
+            },
+        ));
+        assert!(matches!(o, Outcome::Left { .. }));
+        assert!(matches!(
+            ev[0].kind,
+            RoomEventKind::Left {
+                reason: LeaveReason::Left,
+                ..
+            }
+        ));
+        assert!(s.room(&id("r")).is_none());
+        assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn new_incarnation_removes_leftovers() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        register(&mut s, "e1", 2, false);
+        assert!(s.room(&id("r")).is_none());
+        // An older incarnation cannot come back.
+        let (o, _) = s.apply(&at(
+            0,
+            Command::RegisterEdge {
+                edge: id("e1"),
+                region: id("eu"),
+                address: String::new(),
+                incarnation: 1,
+                lease_ms: 1,
+                resumable_sessions: false,
+            },
+        ));
+        assert_eq!(o, Outcome::Rejected(Rejection::StaleIncarnation));
+    }
+
+    #[test]
+    fn expired_lease_detaches_then_grace_removes() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, true);
+        register(&mut s, "e2", 1, true);
+        join(&mut s, "r", "a", "e1");
+        join(&mut s, "r", "b", "e2");
+        s.apply(&at(
+            500,
+            Command::RenewLease {
+                edge: id("e2"),
+                incarnation: 1,
+                lease_ms: 10_000,
+            },
+        ));
+        assert_eq!(s.next_sweep_due_ms(2_000), Some(1_000));
+        let (_, ev) = s.apply(&at(1_000, Command::Sweep { grace_ms: 2_000 }));
+        assert!(ev.is_empty());
+        assert_eq!(s.is_detached(&id("a")), Some(true));
+        assert_eq!(s.is_detached(&id("b")), Some(false));
+        assert_eq!(s.next_sweep_due_ms(2_000), Some(3_000));
+        let (_, ev) = s.apply(&at(3_000, Command::Sweep { grace_ms: 2_000 }));
+        assert_eq!(ev.len(), 1);
+        assert!(
+            matches!(&ev[0].kind, RoomEventKind::Left { reason: LeaveReason::Expired, peer, .. } if peer.as_str() == "a")
+        );
+        assert!(
+            s.edge(&id("e1")).is_none(),
+            "a down edge without peers is forgotten"
+        );
+    }
+
+    #[test]
+    fn rebind_moves_without_leaving() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, true);
+        register(&mut s, "e2", 1, true);
+        join(&mut s, "r", "a", "e1");
+        s.apply(&at(2, Command::Detach { peer: id("a") }));
+        let (o, ev) = s.apply(&at(
+            3,
+            Command::Rebind {
+                peer: id("a"),
+                edge: id("e2"),
+            },
+        ));
+        assert_eq!(o, Outcome::Done);
+        assert!(matches!(&ev[0].kind, RoomEventKind::Moved(m) if m.edge.as_str() == "e2"));
+        assert_eq!(s.is_detached(&id("a")), Some(false));
+        assert_eq!(s.room(&id("r")).unwrap().members[0].edge.as_str(), "e2");
+    }
+
+    #[test]
+    fn epochs_increase_across_room_recreation() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        let (Outcome::Joined { epoch: e1, .. }, _) = join(&mut s, "r", "a", "e1") else {
+            panic!()
+        };
+        s.apply(&at(2, Command::Disconnect { peer: id("a") }));
+        let (Outcome::Joined { epoch: e2, .. }, _) = join(&mut s, "r", "a", "e1") else {
+            panic!()
+        };
+        assert!(e2 > e1 + 1);
+    }
+}
