@@ -77,6 +77,10 @@ impl EmbeddedCoordinator {
         self.state.lock().map(|s| s.rooms()).unwrap_or_default()
     }
 
+    pub fn is_ready(&self) -> bool {
+        true
+    }
+
     /// Stops the replica, flushing what it has.
     pub async fn shutdown(&self) {}
 }

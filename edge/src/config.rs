@@ -1,0 +1,246 @@
+//! Edge configuration: flags and environment variables, validated before anything binds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use heliograph_coordinator::registry::{EdgeId, Region};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_META_BYTES: usize = 4 * 1024;
+pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 32;
+pub const DEFAULT_OUTBOX_MESSAGES: usize = 256;
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 45_000;
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+pub const DEFAULT_DETACH_GRACE_MS: u64 = 10_000;
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+/// tungstenite's defaults (128 KiB read buffer) cost ~900 MB at 10k sockets.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Command-line flags; every flag also reads a `HELIOGRAPH_*` environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "heliograph-edge", version, about = "Heliograph signaling edge")]
+pub struct Args {
+    /// Address of the HTTP/WebSocket listener (WebSocket at /ws).
+    #[arg(long, env = "HELIOGRAPH_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Serve /metrics on a separate listener instead of the main one.
+    #[arg(long, env = "HELIOGRAPH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory of the embedded coordinator replica's Raft log and snapshots.
+    #[arg(long, env = "HELIOGRAPH_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Region this edge serves.
+    #[arg(long, env = "HELIOGRAPH_REGION", default_value = "local")]
+    pub region: String,
+    /// Stable id of this edge; by default one is generated and kept in the data directory.
+    #[arg(long, env = "HELIOGRAPH_EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// ICE servers handed to clients in `welcome` (repeatable), e.g. stun:stun.example.org:3478.
+    #[arg(
+        long = "ice-server",
+        env = "HELIOGRAPH_ICE_SERVERS",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+    /// Largest accepted frame; larger frames close the socket with 1009.
+    #[arg(long, env = "HELIOGRAPH_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Largest `meta` object a peer may attach when joining.
+    #[arg(long, env = "HELIOGRAPH_MAX_META_BYTES", default_value_t = DEFAULT_MAX_META_BYTES)]
+    pub max_meta_bytes: usize,
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "HELIOGRAPH_MAX_ROOMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_ROOMS_PER_CONNECTION)]
+    pub max_rooms_per_connection: usize,
+    /// Members a room may hold (0: no limit).
+    #[arg(long, env = "HELIOGRAPH_MAX_ROOM_SIZE", default_value_t = 0)]
+    pub max_room_size: u32,
+    /// Messages queued for one client before it counts as a slow consumer and is cut off.
+    #[arg(long, env = "HELIOGRAPH_OUTBOX_MESSAGES", default_value_t = DEFAULT_OUTBOX_MESSAGES)]
+    pub outbox_messages: usize,
+    /// Interval of server-sent WebSocket pings.
+    #[arg(long, env = "HELIOGRAPH_PING_INTERVAL_MS", default_value_t = DEFAULT_PING_INTERVAL_MS)]
+    pub ping_interval_ms: u64,
+    /// A socket that sends nothing (not even a pong) for this long is closed and its peer leaves.
+    #[arg(long, env = "HELIOGRAPH_KEEPALIVE_TIMEOUT_MS", default_value_t = DEFAULT_KEEPALIVE_TIMEOUT_MS)]
+    pub keepalive_timeout_ms: u64,
+    /// Longest time shutdown may take before the process exits anyway.
+    #[arg(long, env = "HELIOGRAPH_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
+    /// How long a detached peer (its edge died) keeps its place before it is removed.
+    #[arg(long, env = "HELIOGRAPH_DETACH_GRACE_MS", default_value_t = DEFAULT_DETACH_GRACE_MS)]
+    pub detach_grace_ms: u64,
+    /// Registry lease of this edge; renewed at a third of it.
+    #[arg(long, env = "HELIOGRAPH_LEASE_MS", default_value_t = DEFAULT_LEASE_MS)]
+    pub lease_ms: u64,
+    /// Per-socket read and write buffer size.
+    #[arg(long, env = "HELIOGRAPH_SOCKET_BUFFER_BYTES", default_value_t = DEFAULT_SOCKET_BUFFER_BYTES)]
+    pub socket_buffer_bytes: usize,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
+    #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub region: Region,
+    pub edge_id: Option<EdgeId>,
+    pub ice_servers: Vec<String>,
+    pub limits: Limits,
+    pub ping_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub detach_grace: Duration,
+    pub lease: Duration,
+    pub socket_buffer_bytes: usize,
+    log: String,
+}
+
+impl Config {
+    /// The tracing filter, checked at validation.
+    pub fn log_filter(&self) -> String {
+        self.log.clone()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_meta_bytes: usize,
+    pub max_rooms_per_connection: usize,
+    pub max_room_size: Option<u32>,
+    pub outbox_messages: usize,
+}
+
+/// A configuration that cannot work; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+fn check(ok: bool, msg: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(msg.to_owned()))
+    }
+}
+
+impl Args {
+    /// Validates the flags without side effects.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let region =
+            Region::new(self.region.clone()).map_err(|e| ConfigError(format!("--region {e}")))?;
+        let edge_id = self
+            .edge_id
+            .clone()
+            .map(EdgeId::new)
+            .transpose()
+            .map_err(|e| ConfigError(format!("--edge-id {e}")))?;
+        check(
+            (128..=16 * 1024 * 1024).contains(&self.max_frame_bytes),
+            "--max-frame-bytes must be between 128 and 16777216",
+        )?;
+        check(
+            self.max_meta_bytes >= 2 && self.max_meta_bytes < self.max_frame_bytes,
+            "--max-meta-bytes must be at least 2 and below --max-frame-bytes",
+        )?;
+        check(
+            self.max_rooms_per_connection >= 1,
+            "--max-rooms-per-connection must be at least 1",
+        )?;
+        check(
+            (8..=1_000_000).contains(&self.outbox_messages),
+            "--outbox-messages must be between 8 and 1000000",
+        )?;
+        check(
+            self.ping_interval_ms >= 10,
+            "--ping-interval-ms must be at least 10",
+        )?;
+        check(
+            self.keepalive_timeout_ms > self.ping_interval_ms,
+            "--keepalive-timeout-ms must be greater than --ping-interval-ms",
+        )?;
+        check(
+            self.shutdown_grace_ms >= 100,
+            "--shutdown-grace-ms must be at least 100",
+        )?;
+        check(self.lease_ms >= 300, "--lease-ms must be at least 300")?;
+        check(
+            (256..=1024 * 1024).contains(&self.socket_buffer_bytes),
+            "--socket-buffer-bytes must be between 256 and 1048576",
+        )?;
+        for s in &self.ice_servers {
+            check(
+                ["stun:", "stuns:", "turn:", "turns:"]
+                    .iter()
+                    .any(|p| s.starts_with(p)),
+                "--ice-server URLs must start with stun:, stuns:, turn: or turns:",
+            )?;
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| ConfigError(format!("--log is not a valid filter: {e}")))?;
+        if let Some(m) = self.metrics_listen {
+            check(
+                m != self.listen,
+                "--metrics-listen must differ from --listen",
+            )?;
+        }
+        Ok(Config {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            data_dir: self.data_dir,
+            region,
+            edge_id,
+            ice_servers: self.ice_servers,
+            limits: Limits {
+                max_frame_bytes: self.max_frame_bytes,
+                max_meta_bytes: self.max_meta_bytes,
+                max_rooms_per_connection: self.max_rooms_per_connection,
+                max_room_size: (self.max_room_size > 0).then_some(self.max_room_size),
+                outbox_messages: self.outbox_messages,
+            },
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            detach_grace: Duration::from_millis(self.detach_grace_ms),
+            lease: Duration::from_millis(self.lease_ms),
+            socket_buffer_bytes: self.socket_buffer_bytes,
+            log: self.log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["heliograph-edge"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).unwrap().validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.limits.max_frame_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = parse(&["--keepalive-timeout-ms", "10", "--ping-interval-ms", "20"]).unwrap_err();
+        assert!(e.to_string().contains("--keepalive-timeout-ms"), "{e}");
+        let e = parse(&["--region", ""]).unwrap_err();
+        assert!(e.to_string().contains("--region"), "{e}");
+        let e = parse(&["--ice-server", "http://x"]).unwrap_err();
+        assert!(e.to_string().contains("--ice-server"), "{e}");
+    }
+}

@@ -1,0 +1,277 @@
+//! Heliograph's edge: the WebSocket server that clients talk to.
+//!
+//! - [`config`]: flags and validation.
+//! - [`protocol`]: the v1 wire format (decode, validate, encode).
+//! - [`session`]: one socket: read loop, outbox, keepalive, close.
+//! - [`outbox`]: the bounded per-client queue.
+//! - [`rooms`]: the local index of peers and the rooms they are in.
+//! - [`membership`]: applies the registry's room events to the index.
+//! - [`server`]: HTTP routes (WebSocket, health, readiness, metrics, demo page).
+//! - [`metrics`]: metric names and handles.
+//!
+//! [`start`] takes the shutdown token as an argument: the library never reads signals.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod membership;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod rooms;
+pub mod server;
+pub mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use heliograph_coordinator::registry::{Command, EdgeId, Outcome, Region};
+use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, EmbeddedCoordinator};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::EdgeMetrics;
+use crate::rooms::RoomIndex;
+
+/// File in the data directory that keeps a generated edge id across restarts.
+const EDGE_ID_FILE: &str = "edge-id";
+
+/// Errors that stop the edge from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] CoordinatorError),
+    #[error("edge id file {path}: {source}")]
+    EdgeId { path: String, source: io::Error },
+    #[error("the registry refused this edge: {0:?}")]
+    Registration(Outcome),
+}
+
+/// What every session and route shares.
+pub struct EdgeContext {
+    pub config: Config,
+    pub edge_id: EdgeId,
+    pub region: Region,
+    pub index: Arc<RoomIndex>,
+    pub registry: EmbeddedCoordinator,
+    pub metrics: Arc<EdgeMetrics>,
+    pub ice_servers: Box<RawValue>,
+    /// Cancelled when the edge starts shutting down; sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Readiness fails as soon as shutdown begins.
+    pub draining: AtomicBool,
+    pub prometheus: Option<PrometheusHandle>,
+    pub sessions: TaskTracker,
+}
+
+/// A started edge.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Resolves when the edge has shut down completely.
+    pub finished: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the listeners, opens the embedded registry and starts serving until `shutdown`.
+pub async fn start(
+    config: Config,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let registry = EmbeddedCoordinator::open(EmbeddedConfig {
+        data_dir: config.data_dir.clone(),
+        grace: config.detach_grace,
+    })
+    .await?;
+    let edge_id = match &config.edge_id {
+        Some(id) => id.clone(),
+        None => stored_edge_id(&config.data_dir)?,
+    };
+    let incarnation = heliograph_coordinator::embedded::now_ms();
+    let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
+    let registered = registry
+        .execute(Command::RegisterEdge {
+            edge: edge_id.clone(),
+            region: config.region.clone(),
+            address: http_addr.to_string(),
+            incarnation,
+            lease_ms,
+            // Sessions live in this process only, so peers of a previous run cannot resume.
+            resumable_sessions: false,
+        })
+        .await?;
+    if registered != Outcome::Done {
+        return Err(StartError::Registration(registered));
+    }
+    tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
+
+    let metrics = Arc::new(EdgeMetrics::new());
+    let index = Arc::new(RoomIndex::new(edge_id.clone()));
+    let events = registry.subscribe();
+    let ctx = Arc::new(EdgeContext {
+        ice_servers: ice_servers_json(&config.ice_servers),
+        region: config.region.clone(),
+        config,
+        edge_id: edge_id.clone(),
+        index: Arc::clone(&index),
+        registry: registry.clone(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+        draining: AtomicBool::new(false),
+        prometheus,
+        sessions: TaskTracker::new(),
+    });
+
+    let background = TaskTracker::new();
+    let stop_background = CancellationToken::new();
+    background.spawn(membership::run(
+        index,
+        registry.clone(),
+        events,
+        metrics,
+        stop_background.clone(),
+    ));
+    background.spawn(renew_lease(
+        registry.clone(),
+        edge_id.clone(),
+        incarnation,
+        lease_ms,
+        stop_background.clone(),
+    ));
+
+    let finished = tokio::spawn(async move {
+        let http = tokio::spawn(server::serve(
+            listener,
+            server::router(Arc::clone(&ctx)),
+            shutdown.clone(),
+        ));
+        let metrics_http = metrics_listener.map(|l| {
+            tokio::spawn(server::serve(
+                l,
+                server::metrics_router(Arc::clone(&ctx)),
+                shutdown.clone(),
+            ))
+        });
+        shutdown.cancelled().await;
+        ctx.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: closing sockets");
+        ctx.sessions.close();
+        if tokio::time::timeout(ctx.config.shutdown_grace, ctx.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions did not finish within the shutdown grace period");
+        }
+        let _ = http.await;
+        if let Some(m) = metrics_http {
+            let _ = m.await;
+        }
+        stop_background.cancel();
+        background.close();
+        background.wait().await;
+        let released = registry
+            .execute(Command::ReleaseEdge {
+                edge: edge_id,
+                incarnation,
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "could not release the edge's lease");
+        }
+        registry.shutdown().await;
+        tracing::info!("edge stopped");
+    });
+    Ok(Running {
+        http_addr,
+        metrics_addr,
+        finished,
+    })
+}
+
+/// Renews the edge's lease at a third of its length, so two renewals may fail in a row.
+async fn renew_lease(
+    registry: EmbeddedCoordinator,
+    edge: EdgeId,
+    incarnation: u64,
+    lease_ms: u64,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let renewed = registry
+            .execute(Command::RenewLease {
+                edge: edge.clone(),
+                incarnation,
+                lease_ms,
+            })
+            .await;
+        match renewed {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::error!(?other, "the registry refused to renew this edge's lease"),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+fn stored_edge_id(data_dir: &Path) -> Result<EdgeId, StartError> {
+    let path = data_dir.join(EDGE_ID_FILE);
+    let err = |source| StartError::EdgeId {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => EdgeId::new(s.trim())
+            .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = EdgeId::random();
+            std::fs::create_dir_all(data_dir).map_err(err)?;
+            std::fs::write(&path, id.as_str()).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The `ice_servers` array of `welcome`, in RTCIceServer form.
+fn ice_servers_json(urls: &[String]) -> Box<RawValue> {
+    let servers: Vec<serde_json::Value> = urls
+        .iter()
+        .map(|u| serde_json::json!({ "urls": [u] }))
+        .collect();
+    protocol::raw_json(serde_json::Value::Array(servers).to_string())
+}

@@ -1,0 +1,178 @@
+//! The edge's metrics: names (with units), fixed label sets, and handles resolved once.
+//!
+//! Handles are taken from whatever recorder is installed when [`EdgeMetrics::new`] runs, so
+//! the binary installs its Prometheus recorder first. Labels never carry room or peer ids.
+
+use std::collections::HashMap;
+
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+
+use crate::protocol::ErrorCode;
+
+pub const CONNECTIONS_OPEN: &str = "heliograph_edge_connections_open";
+pub const CONNECTIONS_ACCEPTED: &str = "heliograph_edge_connections_accepted_total";
+pub const CONNECTIONS_CLOSED: &str = "heliograph_edge_connections_closed_total";
+pub const MESSAGES_RECEIVED: &str = "heliograph_edge_messages_received_total";
+pub const MESSAGES_SENT: &str = "heliograph_edge_messages_sent_total";
+pub const SIGNAL_RELAY_SECONDS: &str = "heliograph_edge_signal_relay_seconds";
+pub const ERRORS: &str = "heliograph_edge_errors_total";
+pub const JOIN_SECONDS: &str = "heliograph_edge_join_duration_seconds";
+pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
+pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// The socket ended without a close frame.
+    Abrupt,
+    KeepaliveTimeout,
+    SlowConsumer,
+    FrameTooLarge,
+    InvalidUtf8,
+    Shutdown,
+    ProtocolError,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        Self::ClientClose,
+        Self::Abrupt,
+        Self::KeepaliveTimeout,
+        Self::SlowConsumer,
+        Self::FrameTooLarge,
+        Self::InvalidUtf8,
+        Self::Shutdown,
+        Self::ProtocolError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClose => "client_close",
+            Self::Abrupt => "abrupt",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::SlowConsumer => "slow_consumer",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::Shutdown => "shutdown",
+            Self::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+/// Client message types, plus `invalid` for frames that did not decode.
+pub const RECEIVED_TYPES: [&str; 6] = ["join", "leave", "signal", "ping", "resume", "invalid"];
+/// Server message types.
+pub const SENT_TYPES: [&str; 8] = [
+    "welcome",
+    "joined",
+    "peer-joined",
+    "left",
+    "peer-left",
+    "signal",
+    "pong",
+    "error",
+];
+/// Where a relayed signal went.
+pub const RELAY_PATHS: [&str; 1] = ["local"];
+
+/// Handles for every metric, resolved once at start-up.
+pub struct EdgeMetrics {
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    closed: HashMap<CloseReason, Counter>,
+    received: HashMap<&'static str, Counter>,
+    sent: HashMap<&'static str, Counter>,
+    errors: HashMap<ErrorCode, Counter>,
+    pub relay_local: Histogram,
+    pub join_seconds: Histogram,
+    pub rooms_tracked: Gauge,
+    pub registry_resyncs: Counter,
+}
+
+impl EdgeMetrics {
+    pub fn new() -> Self {
+        describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections currently open");
+        describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted");
+        describe_counter!(
+            CONNECTIONS_CLOSED,
+            "WebSocket connections closed, by reason"
+        );
+        describe_counter!(MESSAGES_RECEIVED, "Client messages received, by type");
+        describe_counter!(MESSAGES_SENT, "Messages sent to clients, by type");
+        describe_histogram!(
+            SIGNAL_RELAY_SECONDS,
+            Unit::Seconds,
+            "Time from reading a signal to writing it to the target's socket, by path"
+        );
+        describe_counter!(ERRORS, "Error frames sent to clients, by code");
+        describe_histogram!(
+            JOIN_SECONDS,
+            Unit::Seconds,
+            "Time from a join request to its commit in the registry"
+        );
+        describe_gauge!(ROOMS_TRACKED, "Rooms with at least one member on this edge");
+        describe_counter!(
+            REGISTRY_RESYNCS,
+            "Times the edge re-read rooms after falling behind the registry's events"
+        );
+        Self {
+            connections_open: gauge!(CONNECTIONS_OPEN),
+            connections_accepted: counter!(CONNECTIONS_ACCEPTED),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| (*r, counter!(CONNECTIONS_CLOSED, "reason" => r.as_str())))
+                .collect(),
+            received: RECEIVED_TYPES
+                .iter()
+                .map(|t| (*t, counter!(MESSAGES_RECEIVED, "type" => *t)))
+                .collect(),
+            sent: SENT_TYPES
+                .iter()
+                .map(|t| (*t, counter!(MESSAGES_SENT, "type" => *t)))
+                .collect(),
+            errors: ErrorCode::ALL
+                .iter()
+                .map(|c| (*c, counter!(ERRORS, "code" => c.as_str())))
+                .collect(),
+            relay_local: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[0]),
+            join_seconds: histogram!(JOIN_SECONDS),
+            rooms_tracked: gauge!(ROOMS_TRACKED),
+            registry_resyncs: counter!(REGISTRY_RESYNCS),
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        if let Some(c) = self.closed.get(&reason) {
+            c.increment(1);
+        }
+    }
+
+    pub fn received(&self, ty: &'static str) {
+        if let Some(c) = self.received.get(ty) {
+            c.increment(1);
+        }
+    }
+
+    pub fn sent(&self, ty: &'static str) {
+        if let Some(c) = self.sent.get(ty) {
+            c.increment(1);
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(c) = self.errors.get(&code) {
+            c.increment(1);
+        }
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

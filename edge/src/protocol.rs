@@ -1,0 +1,544 @@
+//! Client protocol v1: JSON text frames, decoded and validated here and nowhere else.
+//!
+//! Decoding never panics and never trusts the client: every field is checked for presence,
+//! type and size, and a failure names the field and carries the client's `ref` back when one
+//! could be read. Server messages are encoded once; opaque client JSON (`data`, `meta`) is
+//! passed through as raw text, never re-parsed.
+
+use std::fmt;
+
+use heliograph_coordinator::registry::{PeerId, RoomId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// WebSocket subprotocol name of this version.
+pub const SUBPROTOCOL: &str = "heliograph.v1";
+/// Longest `ref` a client may attach, in bytes of its JSON text.
+pub const MAX_REF_BYTES: usize = 64;
+
+/// Error codes sent in `error` frames. The wire names are listed in docs/PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    BadField,
+    InvalidRoom,
+    InvalidMeta,
+    BinaryUnsupported,
+    NotInRoom,
+    UnknownPeer,
+    TooManyRooms,
+    RoomFull,
+    ResumeFailed,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        Self::BadJson,
+        Self::UnknownType,
+        Self::BadField,
+        Self::InvalidRoom,
+        Self::InvalidMeta,
+        Self::BinaryUnsupported,
+        Self::NotInRoom,
+        Self::UnknownPeer,
+        Self::TooManyRooms,
+        Self::RoomFull,
+        Self::ResumeFailed,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad-json",
+            Self::UnknownType => "unknown-type",
+            Self::BadField => "bad-field",
+            Self::InvalidRoom => "invalid-room",
+            Self::InvalidMeta => "invalid-meta",
+            Self::BinaryUnsupported => "binary-unsupported",
+            Self::NotInRoom => "not-in-room",
+            Self::UnknownPeer => "unknown-peer",
+            Self::TooManyRooms => "too-many-rooms",
+            Self::RoomFull => "room-full",
+            Self::ResumeFailed => "resume-failed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request the client made that cannot be served.
+#[derive(Debug, Clone)]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub reference: Option<Ref>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reference: None,
+        }
+    }
+
+    fn with_ref(mut self, reference: Option<Ref>) -> Self {
+        self.reference = reference;
+        self
+    }
+}
+
+/// A client-chosen request reference (a JSON string or number), echoed verbatim.
+#[derive(Debug, Clone)]
+pub struct Ref(Box<RawValue>);
+
+impl Ref {
+    fn parse(raw: &RawValue) -> Result<Self, ProtocolError> {
+        let text = raw.get();
+        let is_scalar = text.starts_with('"')
+            || text.starts_with('-')
+            || text.bytes().next().is_some_and(|b| b.is_ascii_digit());
+        if !is_scalar {
+            return Err(ProtocolError::new(
+                ErrorCode::BadField,
+                "`ref` must be a string or a number",
+            ));
+        }
+        if text.len() > MAX_REF_BYTES {
+            return Err(ProtocolError::new(
+                ErrorCode::BadField,
+                format!("`ref` is longer than {MAX_REF_BYTES} bytes"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+/// What a signal carries, as named by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalKind {
+    Offer,
+    Answer,
+    Candidate,
+    Custom,
+}
+
+impl SignalKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "offer" => Self::Offer,
+            "answer" => Self::Answer,
+            "candidate" => Self::Candidate,
+            "custom" => Self::Custom,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+            Self::Candidate => "candidate",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// A decoded, validated client request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub reference: Option<Ref>,
+    pub message: ClientMessage<'a>,
+}
+
+#[derive(Debug)]
+pub enum ClientMessage<'a> {
+    Join {
+        room: RoomId,
+        /// A JSON object, as the client sent it.
+        meta: Option<&'a RawValue>,
+    },
+    Leave {
+        room: RoomId,
+    },
+    Signal {
+        room: RoomId,
+        to: PeerId,
+        kind: SignalKind,
+        data: &'a RawValue,
+    },
+    Ping,
+    Resume {
+        token: String,
+        last_seq: Option<u64>,
+    },
+}
+
+impl ClientMessage<'_> {
+    /// The message type, for metrics labels.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Signal { .. } => "signal",
+            Self::Ping => "ping",
+            Self::Resume { .. } => "resume",
+        }
+    }
+}
+
+/// Every field any request may have, still undecoded. Unknown fields are ignored so that
+/// newer clients can talk to older edges.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<&'a RawValue>,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    last_seq: Option<&'a RawValue>,
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_meta_bytes: usize,
+}
+
+/// Decodes one text frame.
+pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, ProtocolError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "a frame must be a JSON object",
+        ));
+    }
+    let env: Envelope<'a> = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
+    let reference = env.reference.map(Ref::parse).transpose()?;
+    let message = decode_message(&env, limits).map_err(|e| e.with_ref(reference.clone()))?;
+    Ok(Request { reference, message })
+}
+
+fn decode_message<'a>(
+    env: &Envelope<'a>,
+    limits: &DecodeLimits,
+) -> Result<ClientMessage<'a>, ProtocolError> {
+    let ty: String = required_str(env.ty, "type")?;
+    match ty.as_str() {
+        "join" => {
+            let room = room(env.room)?;
+            let meta = match env.meta {
+                None => None,
+                Some(m) if m.get() == "null" => None,
+                Some(m) => {
+                    if !m.get().starts_with('{') {
+                        return Err(ProtocolError::new(
+                            ErrorCode::InvalidMeta,
+                            "`meta` must be a JSON object",
+                        ));
+                    }
+                    if m.get().len() > limits.max_meta_bytes {
+                        return Err(ProtocolError::new(
+                            ErrorCode::InvalidMeta,
+                            format!("`meta` is larger than {} bytes", limits.max_meta_bytes),
+                        ));
+                    }
+                    Some(m)
+                }
+            };
+            Ok(ClientMessage::Join { room, meta })
+        }
+        "leave" => Ok(ClientMessage::Leave {
+            room: room(env.room)?,
+        }),
+        "signal" => {
+            let room = room(env.room)?;
+            let to: String = required_str(env.to, "to")?;
+            let to = PeerId::new(to).map_err(|e| {
+                ProtocolError::new(ErrorCode::BadField, format!("`to` is not a peer id: {e}"))
+            })?;
+            let kind: String = required_str(env.kind, "kind")?;
+            let kind = SignalKind::parse(&kind).ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::BadField,
+                    "`kind` must be one of offer, answer, candidate, custom",
+                )
+            })?;
+            let data = env
+                .data
+                .ok_or_else(|| ProtocolError::new(ErrorCode::BadField, "`data` is missing"))?;
+            Ok(ClientMessage::Signal {
+                room,
+                to,
+                kind,
+                data,
+            })
+        }
+        "ping" => Ok(ClientMessage::Ping),
+        "resume" => {
+            let token: String = required_str(env.token, "token")?;
+            let last_seq = match env.last_seq {
+                None => None,
+                Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+                    ProtocolError::new(
+                        ErrorCode::BadField,
+                        "`last_seq` must be a non-negative integer",
+                    )
+                })?),
+            };
+            Ok(ClientMessage::Resume { token, last_seq })
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type `{shown}`"),
+            ))
+        }
+    }
+}
+
+fn required_str(raw: Option<&RawValue>, field: &str) -> Result<String, ProtocolError> {
+    let raw = raw
+        .ok_or_else(|| ProtocolError::new(ErrorCode::BadField, format!("`{field}` is missing")))?;
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| ProtocolError::new(ErrorCode::BadField, format!("`{field}` must be a string")))
+}
+
+fn room(raw: Option<&RawValue>) -> Result<RoomId, ProtocolError> {
+    let s = required_str(raw, "room")?;
+    RoomId::new(s).map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))
+}
+
+/// A peer as shown to other peers.
+#[derive(Debug, Serialize)]
+pub struct PeerInfo<'a> {
+    pub id: &'a str,
+    pub meta: &'a RawValue,
+    pub region: &'a str,
+}
+
+/// Messages the edge sends. Encoded with [`encode`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage<'a> {
+    Welcome {
+        peer_id: &'a str,
+        resume_token: &'a str,
+        region: &'a str,
+        edge: &'a str,
+        ice_servers: &'a RawValue,
+        protocol: &'static str,
+    },
+    Joined {
+        room: &'a str,
+        peers: Vec<PeerInfo<'a>>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    PeerJoined {
+        room: &'a str,
+        peer: PeerInfo<'a>,
+    },
+    Left {
+        room: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    PeerLeft {
+        room: &'a str,
+        peer_id: &'a str,
+        reason: &'a str,
+    },
+    Signal {
+        room: &'a str,
+        from: &'a str,
+        kind: SignalKind,
+        data: &'a RawValue,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    Error {
+        code: &'static str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// The message type, for metrics labels.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Joined { .. } => "joined",
+            Self::PeerJoined { .. } => "peer-joined",
+            Self::Left { .. } => "left",
+            Self::PeerLeft { .. } => "peer-left",
+            Self::Signal { .. } => "signal",
+            Self::Pong { .. } => "pong",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+/// Encodes a server message as the text of one frame.
+pub fn encode(message: &ServerMessage<'_>) -> String {
+    // Serialising these types cannot fail: every field is a string, a number, a sequence or
+    // already-valid raw JSON.
+    serde_json::to_string(message).unwrap_or_else(|_| {
+        String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#)
+    })
+}
+
+/// The reference of a request as raw JSON, for echoing.
+pub fn ref_raw(reference: Option<&Ref>) -> Option<&RawValue> {
+    reference.map(Ref::raw)
+}
+
+/// The `error` frame for a protocol error.
+pub fn encode_error(error: &ProtocolError) -> String {
+    encode(&ServerMessage::Error {
+        code: error.code.as_str(),
+        message: &error.message,
+        reference: ref_raw(error.reference.as_ref()),
+    })
+}
+
+/// Raw JSON from text that the edge itself validated earlier (member metadata); `null` if it
+/// is somehow not JSON, rather than failing the whole message.
+pub fn raw_json(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits { max_meta_bytes: 64 };
+
+    fn err(text: &str) -> ProtocolError {
+        decode(text, &LIMITS).unwrap_err()
+    }
+
+    #[test]
+    fn decodes_each_type() {
+        let r = decode(
+            r#"{"type":"join","room":"r","meta":{"n":"a"},"ref":7}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.message,
+            ClientMessage::Join { meta: Some(_), .. }
+        ));
+        assert_eq!(r.reference.unwrap().0.get(), "7");
+        let r = decode(
+            r#"{"type":"signal","room":"r","to":"abc","kind":"offer","data":{"sdp":"v=0"}}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        let ClientMessage::Signal { kind, data, .. } = r.message else {
+            panic!()
+        };
+        assert_eq!(kind, SignalKind::Offer);
+        assert_eq!(data.get(), r#"{"sdp":"v=0"}"#);
+        assert!(matches!(
+            decode(r#"{"type":"ping"}"#, &LIMITS).unwrap().message,
+            ClientMessage::Ping
+        ));
+    }
+
+    #[test]
+    fn errors_are_precise_and_keep_the_ref() {
+        assert_eq!(err("nope").code, ErrorCode::BadJson);
+        assert_eq!(err("[1]").code, ErrorCode::BadJson);
+        assert_eq!(err(r#"{"type":"join""#).code, ErrorCode::BadJson);
+        let e = err(r#"{"type":"dance","ref":"x"}"#);
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.reference.unwrap().0.get(), "\"x\"");
+        assert_eq!(err(r#"{"type":"join"}"#).code, ErrorCode::BadField);
+        assert_eq!(err(r#"{"type":"join","room":5}"#).code, ErrorCode::BadField);
+        assert_eq!(
+            err(r#"{"type":"join","room":""}"#).code,
+            ErrorCode::InvalidRoom
+        );
+        let long = format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(200));
+        assert_eq!(err(&long).code, ErrorCode::InvalidRoom);
+        let big = format!(
+            r#"{{"type":"join","room":"r","meta":{{"x":"{}"}}}}"#,
+            "m".repeat(100)
+        );
+        assert_eq!(err(&big).code, ErrorCode::InvalidMeta);
+        assert_eq!(
+            err(r#"{"type":"join","room":"r","meta":[1]}"#).code,
+            ErrorCode::InvalidMeta
+        );
+        assert_eq!(
+            err(r#"{"type":"signal","room":"r","to":"p","kind":"hug","data":1}"#).code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            err(r#"{"type":"signal","room":"r","to":"p","kind":"offer"}"#).code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            err(r#"{"type":"ping","ref":{"a":1}}"#).code,
+            ErrorCode::BadField
+        );
+        assert_eq!(err(r#"{"type":1}"#).code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn encodes_signal_with_raw_data() {
+        let data: &RawValue = serde_json::from_str(r#"{"sdp":"v=0\r\n"}"#).unwrap();
+        let text = encode(&ServerMessage::Signal {
+            room: "r",
+            from: "p",
+            kind: SignalKind::Answer,
+            data,
+        });
+        assert_eq!(
+            text,
+            r#"{"type":"signal","room":"r","from":"p","kind":"answer","data":{"sdp":"v=0\r\n"}}"#
+        );
+    }
+
+    #[test]
+    fn every_error_code_is_distinct() {
+        let names: std::collections::HashSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+}

@@ -1,0 +1,465 @@
+//! The edge's soft state: its own peers and the membership of the rooms they are in.
+//!
+//! The registry is the truth; this index follows it by applying room events in epoch order
+//! (an event at or below a room's known epoch is already included and is skipped). A room is
+//! tracked while at least one local peer is in it. Signals are routed from here without
+//! waiting on the registry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use heliograph_coordinator::registry::{
+    EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
+};
+use serde_json::value::RawValue;
+
+use crate::outbox::{Outgoing, SessionHandle};
+use crate::protocol::{self, ErrorCode, PeerInfo, Ref, ServerMessage};
+
+/// Where a member of a tracked room is connected.
+#[derive(Debug, Clone)]
+struct MemberInfo {
+    edge: EdgeId,
+    region: Region,
+    meta: Box<RawValue>,
+}
+
+impl MemberInfo {
+    fn from_member(m: &Member) -> Self {
+        Self {
+            edge: m.edge.clone(),
+            region: m.region.clone(),
+            meta: protocol::raw_json(m.meta.clone()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RoomEntry {
+    epoch: u64,
+    members: HashMap<PeerId, MemberInfo>,
+}
+
+#[derive(Debug)]
+struct LocalPeer {
+    handle: SessionHandle,
+    rooms: HashSet<RoomId>,
+    /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
+    pending_joins: HashMap<RoomId, Option<Ref>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<RoomId, RoomEntry>,
+    peers: HashMap<PeerId, LocalPeer>,
+}
+
+/// A frame to hand to a local session once the index lock is released.
+pub type Notice = (SessionHandle, Outgoing);
+
+/// Why a join cannot start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinStart {
+    /// Sent to the registry; `joined` follows from the room event.
+    Pending,
+    /// Already a member: `joined` was produced at once.
+    AlreadyMember,
+}
+
+pub struct RoomIndex {
+    me: EdgeId,
+    inner: RwLock<Inner>,
+}
+
+impl RoomIndex {
+    pub fn new(me: EdgeId) -> Self {
+        Self {
+            me,
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A poisoned lock means a panic elsewhere; the data is still consistent enough to
+        // keep serving (every mutation below is completed before any call that could panic).
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_session(&self, peer: PeerId, handle: SessionHandle) {
+        self.write().peers.insert(
+            peer,
+            LocalPeer {
+                handle,
+                rooms: HashSet::new(),
+                pending_joins: HashMap::new(),
+            },
+        );
+    }
+
+    /// Forgets a local peer; returns whether it was in any room (and so must be removed from
+    /// the registry).
+    pub fn remove_session(&self, peer: &PeerId) -> bool {
+        self.write()
+            .peers
+            .remove(peer)
+            .is_some_and(|p| !p.rooms.is_empty() || !p.pending_joins.is_empty())
+    }
+
+    pub fn tracked_rooms(&self) -> usize {
+        self.read().rooms.len()
+    }
+
+    /// Records a join about to be sent to the registry.
+    pub fn begin_join(
+        &self,
+        peer: &PeerId,
+        room: &RoomId,
+        reference: Option<Ref>,
+        max_rooms: usize,
+    ) -> Result<(JoinStart, Vec<Notice>), ErrorCode> {
+        let mut inner = self.write();
+        let Some(local) = inner.peers.get_mut(peer) else {
+            return Err(ErrorCode::Internal);
+        };
+        if local.rooms.contains(room) {
+            let handle = local.handle.clone();
+            let notice = inner
+                .rooms
+                .get(room)
+                .map(|entry| (handle, joined_frame(room, entry, peer, reference.as_ref())));
+            return Ok((JoinStart::AlreadyMember, notice.into_iter().collect()));
+        }
+        if local.rooms.len() + local.pending_joins.len() >= max_rooms {
+            return Err(ErrorCode::TooManyRooms);
+        }
+        local.pending_joins.insert(room.clone(), reference);
+        Ok((JoinStart::Pending, Vec::new()))
+    }
+
+    /// The registry refused or failed the join: forget it.
+    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) {
+        if let Some(local) = self.write().peers.get_mut(peer) {
+            local.pending_joins.remove(room);
+        }
+    }
+
+    /// Whether the peer is in the room (as far as this edge knows).
+    pub fn is_member(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.read()
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.rooms.contains(room))
+    }
+
+    /// The peer left the room on request: signals stop at once, the event updates the rest.
+    pub fn local_leave(&self, peer: &PeerId, room: &RoomId) {
+        if let Some(local) = self.write().peers.get_mut(peer) {
+            local.rooms.remove(room);
+        }
+    }
+
+    /// Finds the session a signal from `from` to `to` in `room` goes to.
+    pub fn route_signal(
+        &self,
+        from: &PeerId,
+        room: &RoomId,
+        to: &PeerId,
+    ) -> Result<SessionHandle, ErrorCode> {
+        let inner = self.read();
+        if !inner
+            .peers
+            .get(from)
+            .is_some_and(|p| p.rooms.contains(room))
+        {
+            return Err(ErrorCode::NotInRoom);
+        }
+        let member = inner
+            .rooms
+            .get(room)
+            .and_then(|entry| entry.members.get(to))
+            .ok_or(ErrorCode::UnknownPeer)?;
+        if member.edge != self.me {
+            // Only one edge exists in this deployment; a member elsewhere is not reachable.
+            return Err(ErrorCode::UnknownPeer);
+        }
+        inner
+            .peers
+            .get(to)
+            .filter(|p| p.rooms.contains(room))
+            .map(|p| p.handle.clone())
+            .ok_or(ErrorCode::UnknownPeer)
+    }
+
+    /// Applies one registry event; returns the frames local peers must be sent.
+    /// `view` reads a room from the registry, for a room this edge starts tracking.
+    pub fn apply(
+        &self,
+        event: &RoomEvent,
+        view: impl Fn(&RoomId) -> Option<RoomView>,
+    ) -> Vec<Notice> {
+        let mut inner = self.write();
+        let mut notices = Vec::new();
+        let room = &event.room;
+        match &event.kind {
+            RoomEventKind::Joined(member) => {
+                let is_local_joiner =
+                    member.edge == self.me && inner.peers.contains_key(&member.peer);
+                let fresh = match inner.rooms.get_mut(room) {
+                    Some(entry) if entry.epoch >= event.epoch => false,
+                    Some(entry) => {
+                        entry.epoch = event.epoch;
+                        entry
+                            .members
+                            .insert(member.peer.clone(), MemberInfo::from_member(member));
+                        true
+                    }
+                    None if is_local_joiner => {
+                        let Some(v) = view(room) else {
+                            // The room is already gone again; the leave event follows.
+                            return notices;
+                        };
+                        inner.rooms.insert(room.clone(), entry_from_view(&v));
+                        // Nobody local was in the room before.
+                        false
+                    }
+                    None => return notices,
+                };
+                if fresh {
+                    let joiner = MemberInfo::from_member(member);
+                    notify_others(
+                        &inner,
+                        &self.me,
+                        room,
+                        &member.peer,
+                        &mut notices,
+                        |peer_room, _| {
+                            let info = peer_info(&member.peer, &joiner);
+                            let frame = protocol::encode(&ServerMessage::PeerJoined {
+                                room: peer_room.as_str(),
+                                peer: info,
+                            });
+                            Outgoing::new("peer-joined", frame)
+                        },
+                    );
+                }
+                if is_local_joiner {
+                    complete_join(&mut inner, room, &member.peer, &mut notices);
+                }
+            }
+            RoomEventKind::Left { peer, reason, .. } => {
+                let Some(entry) = inner.rooms.get_mut(room) else {
+                    return notices;
+                };
+                if entry.epoch >= event.epoch {
+                    return notices;
+                }
+                entry.epoch = event.epoch;
+                entry.members.remove(peer);
+                if let Some(local) = inner.peers.get_mut(peer) {
+                    local.rooms.remove(room);
+                }
+                notify_others(
+                    &inner,
+                    &self.me,
+                    room,
+                    peer,
+                    &mut notices,
+                    |peer_room, _| {
+                        let frame = protocol::encode(&ServerMessage::PeerLeft {
+                            room: peer_room.as_str(),
+                            peer_id: peer.as_str(),
+                            reason: reason.as_str(),
+                        });
+                        Outgoing::new("peer-left", frame)
+                    },
+                );
+                drop_if_unused(&mut inner, &self.me, room);
+            }
+            RoomEventKind::Moved(member) => {
+                if let Some(entry) = inner.rooms.get_mut(room)
+                    && entry.epoch < event.epoch
+                {
+                    entry.epoch = event.epoch;
+                    entry
+                        .members
+                        .insert(member.peer.clone(), MemberInfo::from_member(member));
+                }
+            }
+        }
+        notices
+    }
+
+    /// Re-reads every tracked room after missing events, telling local peers what changed.
+    pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice> {
+        let mut inner = self.write();
+        let mut notices = Vec::new();
+        let mut rooms: Vec<RoomId> = inner.rooms.keys().cloned().collect();
+        for p in inner.peers.values() {
+            rooms.extend(p.pending_joins.keys().cloned());
+        }
+        rooms.sort();
+        rooms.dedup();
+        for room in rooms {
+            let old: HashMap<PeerId, MemberInfo> = inner
+                .rooms
+                .remove(&room)
+                .map(|e| e.members)
+                .unwrap_or_default();
+            let new = view(&room).map(|v| entry_from_view(&v));
+            let new_members: HashSet<PeerId> = new
+                .as_ref()
+                .map(|e| e.members.keys().cloned().collect())
+                .unwrap_or_default();
+            if let Some(entry) = new {
+                inner.rooms.insert(room.clone(), entry);
+            }
+            for gone in old.keys().filter(|p| !new_members.contains(*p)) {
+                if let Some(local) = inner.peers.get_mut(gone) {
+                    local.rooms.remove(&room);
+                }
+                notify_others(&inner, &self.me, &room, gone, &mut notices, |r, _| {
+                    let frame = protocol::encode(&ServerMessage::PeerLeft {
+                        room: r.as_str(),
+                        peer_id: gone.as_str(),
+                        reason: "disconnected",
+                    });
+                    Outgoing::new("peer-left", frame)
+                });
+            }
+            let arrived: Vec<PeerId> = new_members
+                .iter()
+                .filter(|p| !old.contains_key(*p))
+                .cloned()
+                .collect();
+            for peer in arrived {
+                let pending = inner
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.pending_joins.contains_key(&room));
+                if pending {
+                    complete_join(&mut inner, &room, &peer, &mut notices);
+                    continue;
+                }
+                let Some(info) = inner
+                    .rooms
+                    .get(&room)
+                    .and_then(|e| e.members.get(&peer))
+                    .cloned()
+                else {
+                    continue;
+                };
+                notify_others(&inner, &self.me, &room, &peer, &mut notices, |r, _| {
+                    let frame = protocol::encode(&ServerMessage::PeerJoined {
+                        room: r.as_str(),
+                        peer: peer_info(&peer, &info),
+                    });
+                    Outgoing::new("peer-joined", frame)
+                });
+            }
+            drop_if_unused(&mut inner, &self.me, &room);
+        }
+        notices
+    }
+}
+
+fn entry_from_view(view: &RoomView) -> RoomEntry {
+    RoomEntry {
+        epoch: view.epoch,
+        members: view
+            .members
+            .iter()
+            .map(|m| (m.peer.clone(), MemberInfo::from_member(m)))
+            .collect(),
+    }
+}
+
+fn peer_info<'a>(peer: &'a PeerId, info: &'a MemberInfo) -> PeerInfo<'a> {
+    PeerInfo {
+        id: peer.as_str(),
+        meta: &info.meta,
+        region: info.region.as_str(),
+    }
+}
+
+fn joined_frame(
+    room: &RoomId,
+    entry: &RoomEntry,
+    me: &PeerId,
+    reference: Option<&Ref>,
+) -> Outgoing {
+    let mut peers: Vec<PeerInfo<'_>> = entry
+        .members
+        .iter()
+        .filter(|(p, _)| *p != me)
+        .map(|(p, info)| peer_info(p, info))
+        .collect();
+    peers.sort_by(|a, b| a.id.cmp(b.id));
+    let frame = protocol::encode(&ServerMessage::Joined {
+        room: room.as_str(),
+        peers,
+        reference: protocol::ref_raw(reference),
+    });
+    Outgoing::new("joined", frame)
+}
+
+/// The local peer's join is in the room entry: it becomes a member and is told who is there.
+fn complete_join(inner: &mut Inner, room: &RoomId, peer: &PeerId, notices: &mut Vec<Notice>) {
+    let Some(entry) = inner.rooms.get(room) else {
+        return;
+    };
+    if !entry.members.contains_key(peer) {
+        return;
+    }
+    let Some(local) = inner.peers.get_mut(peer) else {
+        return;
+    };
+    let Some(reference) = local.pending_joins.remove(room) else {
+        // Not a join this session asked for (already completed).
+        return;
+    };
+    local.rooms.insert(room.clone());
+    notices.push((
+        local.handle.clone(),
+        joined_frame(room, entry, peer, reference.as_ref()),
+    ));
+}
+
+/// Queues a frame for every local member of `room` other than `subject`.
+fn notify_others(
+    inner: &Inner,
+    me: &EdgeId,
+    room: &RoomId,
+    subject: &PeerId,
+    notices: &mut Vec<Notice>,
+    frame: impl Fn(&RoomId, &PeerId) -> Outgoing,
+) {
+    let Some(entry) = inner.rooms.get(room) else {
+        return;
+    };
+    for (peer, info) in &entry.members {
+        if peer == subject || &info.edge != me {
+            continue;
+        }
+        if let Some(local) = inner.peers.get(peer).filter(|p| p.rooms.contains(room)) {
+            notices.push((local.handle.clone(), frame(room, peer)));
+        }
+    }
+}
+
+/// Stops tracking a room in which no local peer is a member. (A pending joiner's own event
+/// starts tracking it again from a fresh view.)
+fn drop_if_unused(inner: &mut Inner, me: &EdgeId, room: &RoomId) {
+    let used = inner.rooms.get(room).is_some_and(|entry| {
+        entry
+            .members
+            .iter()
+            .any(|(p, info)| &info.edge == me && inner.peers.contains_key(p))
+    });
+    if !used {
+        inner.rooms.remove(room);
+    }
+}

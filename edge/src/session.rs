@@ -1,0 +1,459 @@
+//! One client connection: welcome, the read loop, the bounded outbox, keepalive and close.
+//!
+//! A session processes its client's requests one at a time (a join finishes before the next
+//! frame is read), but keeps writing its outbox and answering keepalive while a registry
+//! call is in flight, so a slow commit never makes a peer look dead or slow.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
+use serde_json::value::RawValue;
+
+use crate::EdgeContext;
+use crate::metrics::CloseReason;
+use crate::outbox::{Delivery, Outgoing, outbox};
+use crate::protocol::{
+    self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
+};
+use crate::rooms::JoinStart;
+
+/// WebSocket close codes used by the edge (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Frames written to the socket in one go before flushing.
+const WRITE_BATCH: usize = 64;
+
+type Reply = Pin<Box<dyn Future<Output = Vec<Outgoing>> + Send>>;
+
+pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
+    let peer = PeerId::random();
+    let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
+    ctx.index.add_session(peer.clone(), handle);
+    ctx.metrics.connections_accepted.increment(1);
+    ctx.metrics.connections_open.increment(1.0);
+
+    let welcome = protocol::encode(&ServerMessage::Welcome {
+        peer_id: peer.as_str(),
+        resume_token: &resume_token(),
+        region: ctx.region.as_str(),
+        edge: ctx.edge_id.as_str(),
+        ice_servers: &ctx.ice_servers,
+        protocol: protocol::SUBPROTOCOL,
+    });
+    let mut reason = None;
+    if socket.send(Message::Text(welcome.into())).await.is_err() {
+        reason = Some(CloseReason::Abrupt);
+    } else {
+        ctx.metrics.sent("welcome");
+    }
+
+    let limits = DecodeLimits {
+        max_meta_bytes: ctx.config.limits.max_meta_bytes,
+    };
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval(ctx.config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut inflight: Option<Reply> = None;
+
+    let reason = match reason {
+        Some(r) => r,
+        None => loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => break CloseReason::Shutdown,
+                () = outbox.kicked.cancelled() => break CloseReason::SlowConsumer,
+                out = outbox.rx.recv() => {
+                    let Some(out) = out else { break CloseReason::Abrupt };
+                    if write_batch(&mut socket, out, &mut outbox.rx, &ctx).await.is_err() {
+                        break CloseReason::Abrupt;
+                    }
+                }
+                replies = async {
+                    match inflight.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if inflight.is_some() => {
+                    inflight = None;
+                    // The client was not read while the request ran; that is not its silence.
+                    last_heard = Instant::now();
+                    if send_all(&mut socket, replies, &ctx).await.is_err() {
+                        break CloseReason::Abrupt;
+                    }
+                }
+                _ = ping.tick() => {
+                    if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
+                        break CloseReason::KeepaliveTimeout;
+                    }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break CloseReason::Abrupt;
+                    }
+                }
+                msg = socket.recv(), if inflight.is_none() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        None => break CloseReason::Abrupt,
+                        Some(Err(e)) => break read_error_reason(e),
+                        Some(Ok(Message::Close(_))) => break CloseReason::ClientClose,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Binary(_))) => {
+                            ctx.metrics.received("invalid");
+                            let err = ProtocolError::new(
+                                ErrorCode::BinaryUnsupported,
+                                "binary frames are not part of heliograph.v1; send JSON text",
+                            );
+                            if send_error(&mut socket, &err, &ctx).await.is_err() {
+                                break CloseReason::Abrupt;
+                            }
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            let received_at = Instant::now();
+                            match handle_text(&text, &peer, &limits, &ctx, received_at) {
+                                Handled::Done => {}
+                                Handled::Reply(replies) => {
+                                    if send_all(&mut socket, replies, &ctx).await.is_err() {
+                                        break CloseReason::Abrupt;
+                                    }
+                                }
+                                Handled::Later(fut) => inflight = Some(fut),
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    };
+
+    close(&mut socket, reason).await;
+    ctx.metrics.closed(reason);
+    ctx.metrics.connections_open.decrement(1.0);
+    if ctx.index.remove_session(&peer) {
+        // The peer is gone for good: its rooms are told `peer-left` by the registry event.
+        if let Err(e) = ctx.registry.execute(Command::Disconnect { peer }).await {
+            tracing::warn!(error = %e, "could not remove a disconnected peer from the registry");
+        }
+    }
+}
+
+enum Handled {
+    Done,
+    Reply(Vec<Outgoing>),
+    Later(Reply),
+}
+
+fn error_out(err: &ProtocolError, ctx: &EdgeContext) -> Outgoing {
+    ctx.metrics.error(err.code);
+    Outgoing::new("error", protocol::encode_error(err))
+}
+
+fn handle_text(
+    text: &str,
+    peer: &PeerId,
+    limits: &DecodeLimits,
+    ctx: &Arc<EdgeContext>,
+    received_at: Instant,
+) -> Handled {
+    let request = match protocol::decode(text, limits) {
+        Ok(r) => r,
+        Err(err) => {
+            ctx.metrics.received("invalid");
+            return Handled::Reply(vec![error_out(&err, ctx)]);
+        }
+    };
+    ctx.metrics.received(request.message.type_name());
+    let reference = request.reference;
+    let fail = |code: ErrorCode, message: &str, reference: Option<Ref>| {
+        let err = ProtocolError {
+            code,
+            message: message.to_owned(),
+            reference,
+        };
+        Handled::Reply(vec![error_out(&err, ctx)])
+    };
+    match request.message {
+        ClientMessage::Signal {
+            room,
+            to,
+            kind,
+            data,
+        } => match ctx.index.route_signal(peer, &room, &to) {
+            Ok(target) => {
+                let text = protocol::encode(&ServerMessage::Signal {
+                    room: room.as_str(),
+                    from: peer.as_str(),
+                    kind,
+                    data,
+                });
+                let out = Outgoing {
+                    text,
+                    kind: "signal",
+                    relayed_at: Some(received_at),
+                };
+                match target.send(out) {
+                    Delivery::Queued => Handled::Done,
+                    Delivery::Kicked | Delivery::Closed => fail(
+                        ErrorCode::UnknownPeer,
+                        "the target peer's connection is closing",
+                        reference,
+                    ),
+                }
+            }
+            Err(ErrorCode::NotInRoom) => {
+                fail(ErrorCode::NotInRoom, "you are not in that room", reference)
+            }
+            Err(code) => fail(code, "no such peer in that room", reference),
+        },
+        ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
+            "pong",
+            protocol::encode(&ServerMessage::Pong {
+                reference: protocol::ref_raw(reference.as_ref()),
+            }),
+        )]),
+        ClientMessage::Join { room, meta } => join(ctx, peer, room, meta, reference),
+        ClientMessage::Leave { room } => {
+            if !ctx.index.is_member(peer, &room) {
+                return fail(ErrorCode::NotInRoom, "you are not in that room", reference);
+            }
+            let ctx = Arc::clone(ctx);
+            let peer = peer.clone();
+            Handled::Later(Box::pin(async move {
+                let result = ctx
+                    .registry
+                    .execute(Command::Leave {
+                        room: room.clone(),
+                        peer: peer.clone(),
+                    })
+                    .await;
+                match result {
+                    Ok(Outcome::Left { .. }) => {
+                        ctx.index.local_leave(&peer, &room);
+                        vec![Outgoing::new(
+                            "left",
+                            protocol::encode(&ServerMessage::Left {
+                                room: room.as_str(),
+                                reference: protocol::ref_raw(reference.as_ref()),
+                            }),
+                        )]
+                    }
+                    Ok(Outcome::Rejected(Rejection::NotInRoom)) => {
+                        ctx.index.local_leave(&peer, &room);
+                        vec![error_out(
+                            &ProtocolError {
+                                code: ErrorCode::NotInRoom,
+                                message: "you are not in that room".into(),
+                                reference,
+                            },
+                            &ctx,
+                        )]
+                    }
+                    other => vec![registry_failure(&ctx, other, reference)],
+                }
+            }))
+        }
+        ClientMessage::Resume { .. } => fail(
+            ErrorCode::ResumeFailed,
+            "this edge keeps no resumable sessions; continue with the session from `welcome`",
+            reference,
+        ),
+    }
+}
+
+fn join(
+    ctx: &Arc<EdgeContext>,
+    peer: &PeerId,
+    room: RoomId,
+    meta: Option<&RawValue>,
+    reference: Option<Ref>,
+) -> Handled {
+    let max_rooms = ctx.config.limits.max_rooms_per_connection;
+    match ctx
+        .index
+        .begin_join(peer, &room, reference.clone(), max_rooms)
+    {
+        Err(code) => {
+            let err = ProtocolError {
+                code,
+                message: format!("a connection may be in at most {max_rooms} rooms"),
+                reference,
+            };
+            Handled::Reply(vec![error_out(&err, ctx)])
+        }
+        Ok((JoinStart::AlreadyMember, notices)) => {
+            Handled::Reply(notices.into_iter().map(|(_, out)| out).collect())
+        }
+        Ok((JoinStart::Pending, _)) => {
+            let ctx = Arc::clone(ctx);
+            let peer = peer.clone();
+            let meta = meta.map_or_else(|| "{}".to_owned(), |m| m.get().to_owned());
+            Handled::Later(Box::pin(async move {
+                let started = Instant::now();
+                let result = ctx
+                    .registry
+                    .execute(Command::Join {
+                        room: room.clone(),
+                        peer: peer.clone(),
+                        edge: ctx.edge_id.clone(),
+                        meta,
+                        max_members: ctx.config.limits.max_room_size,
+                    })
+                    .await;
+                ctx.metrics
+                    .join_seconds
+                    .record(started.elapsed().as_secs_f64());
+                match result {
+                    // `joined` is sent when the room event arrives, in order with the room's
+                    // other events.
+                    Ok(Outcome::Joined { .. }) => Vec::new(),
+                    Ok(Outcome::Rejected(Rejection::RoomFull)) => {
+                        ctx.index.abort_join(&peer, &room);
+                        vec![error_out(
+                            &ProtocolError {
+                                code: ErrorCode::RoomFull,
+                                message: "the room is full".into(),
+                                reference,
+                            },
+                            &ctx,
+                        )]
+                    }
+                    other => {
+                        ctx.index.abort_join(&peer, &room);
+                        vec![registry_failure(&ctx, other, reference)]
+                    }
+                }
+            }))
+        }
+    }
+}
+
+/// The registry could not do what was asked; details stay in the log.
+fn registry_failure(
+    ctx: &EdgeContext,
+    result: Result<Outcome, heliograph_coordinator::CoordinatorError>,
+    reference: Option<Ref>,
+) -> Outgoing {
+    let (code, message) = match result {
+        Err(e) => {
+            tracing::warn!(error = %e, "registry call failed");
+            (
+                ErrorCode::Unavailable,
+                "the room registry is unavailable; retry",
+            )
+        }
+        Ok(outcome) => {
+            tracing::error!(?outcome, "unexpected registry outcome");
+            (ErrorCode::Internal, "internal error")
+        }
+    };
+    error_out(
+        &ProtocolError {
+            code,
+            message: message.into(),
+            reference,
+        },
+        ctx,
+    )
+}
+
+fn resume_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_error_reason(e: axum::Error) -> CloseReason {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(ws) => match *ws {
+            WsError::Capacity(_) => CloseReason::FrameTooLarge,
+            WsError::Utf8(_) => CloseReason::InvalidUtf8,
+            WsError::Protocol(_) => CloseReason::ProtocolError,
+            _ => CloseReason::Abrupt,
+        },
+        Err(_) => CloseReason::Abrupt,
+    }
+}
+
+/// Sends the close frame that matches `reason`, if the socket can still take one.
+async fn close(socket: &mut WebSocket, reason: CloseReason) {
+    let frame = match reason {
+        CloseReason::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
+        CloseReason::SlowConsumer => Some((close_code::POLICY, "slow consumer: outbox full")),
+        CloseReason::FrameTooLarge => Some((close_code::TOO_BIG, "frame too large")),
+        CloseReason::InvalidUtf8 => Some((close_code::INVALID_PAYLOAD, "invalid UTF-8")),
+        CloseReason::ProtocolError => None,
+        CloseReason::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
+        CloseReason::ClientClose | CloseReason::Abrupt => None,
+    };
+    let deadline = std::time::Duration::from_secs(1);
+    let send = async {
+        if let Some((code, reason)) = frame {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await;
+        } else {
+            // Flushes the automatic reply to a client's close frame.
+            let _ = socket.flush().await;
+        }
+    };
+    let _ = tokio::time::timeout(deadline, send).await;
+}
+
+async fn send_error(
+    socket: &mut WebSocket,
+    err: &ProtocolError,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    send_all(socket, vec![error_out(err, ctx)], ctx).await
+}
+
+async fn send_all(
+    socket: &mut WebSocket,
+    frames: Vec<Outgoing>,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for out in frames {
+        feed(socket, out, ctx).await?;
+    }
+    socket.flush().await
+}
+
+async fn feed(socket: &mut WebSocket, out: Outgoing, ctx: &EdgeContext) -> Result<(), axum::Error> {
+    ctx.metrics.sent(out.kind);
+    if let Some(at) = out.relayed_at {
+        ctx.metrics.relay_local.record(at.elapsed().as_secs_f64());
+    }
+    socket.feed(Message::Text(out.text.into())).await
+}
+
+/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Outgoing,
+    rx: &mut tokio::sync::mpsc::Receiver<Outgoing>,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    feed(socket, first, ctx).await?;
+    for _ in 1..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(out) => feed(socket, out, ctx).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}
