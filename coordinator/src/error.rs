@@ -12,4 +12,6 @@ pub enum CoordinatorError {
     ShuttingDown,
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
 }

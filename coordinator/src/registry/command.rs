@@ -68,6 +68,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// A fixed, low-cardinality name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RegisterEdge { .. } => "register_edge",
+            Self::RenewLease { .. } => "renew_lease",
+            Self::ReleaseEdge { .. } => "release_edge",
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Disconnect { .. } => "disconnect",
+            Self::Detach { .. } => "detach",
+            Self::Rebind { .. } => "rebind",
+            Self::Sweep { .. } => "sweep",
+        }
+    }
+}
+
 /// Why a command was refused. A refused command changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {

@@ -423,6 +423,11 @@ impl RegistryState {
             .collect()
     }
 
+    /// How many rooms have members.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
     pub fn edge(&self, edge: &EdgeId) -> Option<&EdgeRecord> {
         self.edges.get(edge)
     }

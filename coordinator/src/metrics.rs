@@ -1,0 +1,50 @@
+//! The coordinator's metrics, through the `metrics` facade (the binary installs a recorder).
+//!
+//! Invariant: names carry units and label values come from fixed sets (command names), never
+//! from room or peer ids.
+
+use std::time::Duration;
+
+pub const RAFT_TERM: &str = "heliograph_raft_term";
+pub const RAFT_COMMIT_INDEX: &str = "heliograph_raft_commit_index";
+pub const RAFT_LAST_APPLIED_INDEX: &str = "heliograph_raft_last_applied_index";
+pub const RAFT_LEADER_CHANGES: &str = "heliograph_raft_leader_changes_total";
+pub const RAFT_SNAPSHOTS_BUILT: &str = "heliograph_raft_snapshots_built_total";
+pub const REGISTRY_ROOMS: &str = "heliograph_registry_rooms";
+pub const REGISTRY_COMMAND_DURATION: &str = "heliograph_registry_command_duration_seconds";
+
+// Gauges are f64; indexes and counts stay exact up to 2^53, far beyond what a registry reaches.
+#[allow(clippy::cast_precision_loss)]
+fn as_gauge(v: u64) -> f64 {
+    v as f64
+}
+
+pub(crate) fn raft_term(term: u64) {
+    metrics::gauge!(RAFT_TERM).set(as_gauge(term));
+}
+
+pub(crate) fn raft_commit_index(index: u64) {
+    metrics::gauge!(RAFT_COMMIT_INDEX).set(as_gauge(index));
+}
+
+pub(crate) fn raft_last_applied_index(index: u64) {
+    metrics::gauge!(RAFT_LAST_APPLIED_INDEX).set(as_gauge(index));
+}
+
+pub(crate) fn raft_leader_changed() {
+    metrics::counter!(RAFT_LEADER_CHANGES).increment(1);
+}
+
+pub(crate) fn snapshot_built() {
+    metrics::counter!(RAFT_SNAPSHOTS_BUILT).increment(1);
+}
+
+pub(crate) fn registry_rooms(rooms: usize) {
+    metrics::gauge!(REGISTRY_ROOMS).set(as_gauge(u64::try_from(rooms).unwrap_or(u64::MAX)));
+}
+
+/// `command` is one of [`crate::registry::Command::name`]'s fixed names.
+pub(crate) fn command_duration(command: &'static str, elapsed: Duration) {
+    metrics::histogram!(REGISTRY_COMMAND_DURATION, "command" => command)
+        .record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,251 @@
+//! The registry state machine: applies committed entries to [`RegistryState`], publishes the
+//! room events they cause, and builds and installs snapshots.
+//!
+//! Invariants:
+//! - The registry, `last_applied` and `last_membership` change together under one lock, which
+//!   is never held across an await; readers see a state that some log prefix produced.
+//! - Room events are published in apply order, after the state that caused them is visible.
+//! - The snapshot on disk only moves forward: an older build never replaces a newer snapshot.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, Entry, EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::snapshot_file::SnapshotFile;
+use super::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::registry::{Outcome, RegistryState, RoomEvent};
+
+/// What the log has produced so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    pub registry: RegistryState,
+}
+
+/// Shared read access to the applied state, for reads that need not go through Raft.
+pub type SharedState = Arc<RwLock<Applied>>;
+
+/// The bytes of a snapshot (and of `snapshot.json`).
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    snapshot_id: String,
+    applied: Applied,
+}
+
+impl Payload {
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.applied.last_applied,
+            last_membership: self.applied.last_membership.clone(),
+            snapshot_id: self.snapshot_id.clone(),
+        }
+    }
+}
+
+pub struct StateMachineStore {
+    state: SharedState,
+    events: broadcast::Sender<RoomEvent>,
+    snapshots: Snapshots,
+}
+
+/// The snapshot file and the last log id it covers, shared with snapshot builders.
+#[derive(Clone)]
+struct Snapshots {
+    file: SnapshotFile,
+    covers: Arc<Mutex<Option<LogId>>>,
+}
+
+impl Snapshots {
+    /// Writes `payload` unless a snapshot at least as recent is already stored.
+    async fn persist(&self, payload: &Payload) -> Result<Vec<u8>, StorageError> {
+        let meta = payload.meta();
+        let bytes = serde_json::to_vec(payload).map_err(|e| snapshot_write_err(&meta, &e))?;
+        let this = self.clone();
+        let written = bytes.clone();
+        let last = meta.last_log_id;
+        tokio::task::spawn_blocking(move || {
+            // Held across the write so that two writers cannot interleave compare and replace.
+            let mut covers = this.covers.lock().unwrap_or_else(PoisonError::into_inner);
+            if *covers > last {
+                return Ok(());
+            }
+            this.file.write(&written)?;
+            *covers = last;
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .map_err(|e| snapshot_write_err(&meta, &e))?
+        .map_err(|e| snapshot_write_err(&meta, &e))?;
+        Ok(bytes)
+    }
+}
+
+impl StateMachineStore {
+    /// Restores the state from `dir`'s snapshot, if any; log replay does the rest.
+    pub fn open(dir: &Path, events: broadcast::Sender<RoomEvent>) -> Result<Self, String> {
+        let file = SnapshotFile::new(dir);
+        let applied = match file
+            .read()
+            .map_err(|e| format!("reading the snapshot: {e}"))?
+        {
+            Some(bytes) => {
+                serde_json::from_slice::<Payload>(&bytes)
+                    .map_err(|e| format!("decoding the snapshot: {e}"))?
+                    .applied
+            }
+            None => Applied::default(),
+        };
+        let covers = applied.last_applied;
+        Ok(Self {
+            state: Arc::new(RwLock::new(applied)),
+            events,
+            snapshots: Snapshots {
+                file,
+                covers: Arc::new(Mutex::new(covers)),
+            },
+        })
+    }
+
+    pub fn state(&self) -> SharedState {
+        Arc::clone(&self.state)
+    }
+}
+
+pub struct SnapshotBuilder {
+    copy: Applied,
+    snapshots: Snapshots,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let id = match self.copy.last_applied {
+            Some(log_id) => format!("{}-{}", log_id.leader_id, log_id.index),
+            None => "empty".to_owned(),
+        };
+        let payload = Payload {
+            // Two builds of the same log prefix hold the same data; the time keeps ids unique.
+            snapshot_id: format!("{id}-{}", crate::embedded::now_ms()),
+            applied: std::mem::take(&mut self.copy),
+        };
+        let bytes = self.snapshots.persist(&payload).await?;
+        crate::metrics::snapshot_built();
+        Ok(Snapshot {
+            meta: payload.meta(),
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok((st.last_applied, st.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        let mut events = Vec::new();
+        let rooms = {
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            for entry in entries {
+                st.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Outcome::Done,
+                    EntryPayload::Normal(stamped) => {
+                        let (outcome, caused) = st.registry.apply(&stamped);
+                        events.extend(caused);
+                        outcome
+                    }
+                    EntryPayload::Membership(membership) => {
+                        st.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Outcome::Done
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            st.registry.room_count()
+        };
+        for event in events {
+            // Nobody listening is fine: the state is the source of truth.
+            let _ = self.events.send(event);
+        }
+        crate::metrics::registry_rooms(rooms);
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The copy is taken now, in apply order; the build itself runs concurrently with apply.
+        let copy = self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        SnapshotBuilder {
+            copy,
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let received: Payload = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
+        // The meta is authoritative; only the registry is taken from the data.
+        let payload = Payload {
+            snapshot_id: meta.snapshot_id.clone(),
+            applied: Applied {
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+                registry: received.applied.registry,
+            },
+        };
+        self.snapshots.persist(&payload).await?;
+        let rooms = payload.applied.registry.room_count();
+        // Subscribers get no events for the jump; they resynchronise from the rooms they read.
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = payload.applied;
+        crate::metrics::registry_rooms(rooms);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let file = self.snapshots.file.clone();
+        let bytes = tokio::task::spawn_blocking(move || file.read())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        // The meta is read from the same bytes, so it cannot disagree with them.
+        let payload: Payload = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        Ok(Some(Snapshot {
+            meta: payload.meta(),
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+fn snapshot_write_err(meta: &SnapshotMeta, e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(e)).into()
+}
