@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
