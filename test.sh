@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every Heliograph test on a fresh machine: installs what is missing, then builds and
+# runs the Rust suites and the SDK's unit and browser tests. CI calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+if [ -f helm/requirements-test.txt ]; then
+  python3 -m pip install --quiet --disable-pip-version-check -r helm/requirements-test.txt
+fi
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+echo "== build (the binaries are used by other packages' tests)"
+cargo build --workspace --locked --quiet
+
+echo "== Rust tests"
+cargo nextest run --workspace --locked --no-fail-fast
+
+if [ -f edge/web/test/run-all.sh ]; then
+  echo "== SDK and browser tests"
+  bash edge/web/test/run-all.sh
+fi
