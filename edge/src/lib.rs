@@ -13,7 +13,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;
@@ -21,6 +23,7 @@ pub mod protocol;
 pub mod rooms;
 pub mod server;
 pub mod session;
+pub mod turn;
 
 use std::io;
 use std::net::SocketAddr;

@@ -32,10 +32,18 @@ pub enum ErrorCode {
     ResumeFailed,
     Unavailable,
     Internal,
+    TokenRequired,
+    TokenExpired,
+    TokenInvalidSignature,
+    TokenAlgorithmRefused,
+    TokenMalformed,
+    TokenWrongRoom,
+    Forbidden,
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadField,
@@ -49,6 +57,14 @@ impl ErrorCode {
         Self::ResumeFailed,
         Self::Unavailable,
         Self::Internal,
+        Self::TokenRequired,
+        Self::TokenExpired,
+        Self::TokenInvalidSignature,
+        Self::TokenAlgorithmRefused,
+        Self::TokenMalformed,
+        Self::TokenWrongRoom,
+        Self::Forbidden,
+        Self::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +82,14 @@ impl ErrorCode {
             Self::ResumeFailed => "resume-failed",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::TokenRequired => "token-required",
+            Self::TokenExpired => "token-expired",
+            Self::TokenInvalidSignature => "token-invalid-signature",
+            Self::TokenAlgorithmRefused => "token-algorithm-refused",
+            Self::TokenMalformed => "token-malformed",
+            Self::TokenWrongRoom => "token-wrong-room",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate-limited",
         }
     }
 }
