@@ -122,13 +122,21 @@ export class Heliograph extends Emitter {
     this.welcomed = null;
   }
 
-  /** Joins `room`; resolves with the peers already there. Rejoined after reconnects. */
+  /**
+   * Joins `room`; resolves with the peers already there. Rejoined after reconnects. `meta`
+   * may be a function of the client, called at every (re)join (e.g. to carry the edge).
+   */
   join(room, meta) {
     const entry = { meta: meta ?? null, peers: null };
     this.rooms.set(room, entry);
+    return this.#request(this.#joinMessage(room, entry)).then((reply) => reply.peers);
+  }
+
+  #joinMessage(room, entry) {
     const msg = { type: 'join', room };
+    const meta = typeof entry.meta === 'function' ? entry.meta(this) : entry.meta;
     if (meta != null) msg.meta = meta;
-    return this.#request(msg).then((reply) => reply.peers);
+    return msg;
   }
 
   /** Leaves `room`. Resolves once the server confirms (at once when not connected). */
@@ -414,7 +422,11 @@ export class Heliograph extends Emitter {
     }
     for (const req of this.pending.values()) {
       if (!req.sent) {
-        if (req.msg.type === 'join') req.rejoin = true;
+        if (req.msg.type === 'join') {
+          req.rejoin = true;
+          const entry = this.rooms.get(req.msg.room);
+          if (typeof entry?.meta === 'function') req.msg.meta = entry.meta(this);
+        }
         this.#transmit(req);
       }
     }
@@ -423,9 +435,7 @@ export class Heliograph extends Emitter {
   #rejoin(room) {
     const entry = this.rooms.get(room);
     if (!entry) return;
-    const msg = { type: 'join', room };
-    if (entry.meta != null) msg.meta = entry.meta;
-    this.#request(msg, { internal: true }).then(
+    this.#request(this.#joinMessage(room, entry), { internal: true }).then(
       () => this.emit('rejoined', { room }),
       (err) => this.#rejoinFailed(room, err));
   }

@@ -334,3 +334,17 @@ test('unknown message types and bad frames do not break the client', async () =>
   assert.deepEqual(errors, ['bad-frame']);
   assert.equal(c.state, 'open');
 });
+
+test('a meta function is evaluated at every (re)join', async () => {
+  const c = await connected({ initialDelay: 10, resume: false });
+  let ws = FakeWebSocket.last;
+  const j = c.join('r', (cl) => ({ name: 'A', edge: cl.edge }));
+  assert.deepEqual(ws.lastSent('join').meta, { name: 'A', edge: 'edge-1' });
+  ws.receive({ type: 'joined', room: 'r', ref: ws.lastSent('join').ref, peers: [] });
+  await j;
+  ws.serverClose(1001);
+  clock.advance(10);
+  ws = FakeWebSocket.last;
+  ws.welcome('p2', { edge: 'edge-2' });
+  assert.deepEqual(ws.lastSent('join').meta, { name: 'A', edge: 'edge-2' });
+});
