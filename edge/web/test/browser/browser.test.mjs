@@ -55,6 +55,10 @@ after(async () => {
 
 /** Starts an edge and resolves once it printed its listening line. */
 function startEdge({ name, listen = '127.0.0.1:0', region = 'local' }) {
+  if (!existsSync(EDGE_BIN)) {
+    throw new Error(`no edge binary at ${EDGE_BIN}: run \`cargo build -p heliograph-edge\` `
+      + '(it honours CARGO_TARGET_DIR) or set HELIOGRAPH_EDGE_BIN');
+  }
   const dataDir = path.join(scratch, name);
   const child = spawn(EDGE_BIN, [
     '--listen', listen, '--data-dir', dataDir, '--region', region,
