@@ -253,3 +253,55 @@ test('B: the SDK reconnects and rejoins after an edge restart; a new DataChannel
   await pageB.context().close();
   await stopEdge(edge);
 });
+
+test('C: SDK requests against a real edge: refs, errors, leave, ping', { skip, timeout: 60_000 }, async () => {
+  const edge = await startEdge({ name: 'sdk', region: 'eu-test' });
+  const page = await openDemo('c', edge, edge.ws);
+  await withDiagnostics([page], [edge], async () => {
+    const result = await page.evaluate(async (wsUrl) => {
+      const { Heliograph } = await import('/sdk/heliograph.js');
+      const a = new Heliograph();
+      const b = new Heliograph();
+      const welcome = await a.connect(wsUrl);
+      await b.connect(wsUrl);
+      const out = { welcome: { protocol: welcome.protocol, region: welcome.region } };
+      const code = (p) => p.then(() => 'resolved', (e) => e.code);
+      out.badRoom = await code(a.join(''));
+      out.peersA = await a.join('sdk-room', { name: 'a' });
+      const joinedB = new Promise((r) => a.once('peer-joined', r));
+      out.peersB = (await b.join('sdk-room', { name: 'b' })).map((p) => p.id === a.peerId);
+      out.peerJoined = (await joinedB).peer.id === b.peerId;
+      const got = new Promise((r) => b.once('signal', r));
+      a.signal('sdk-room', b.peerId, 'custom', { hello: 'b' });
+      const sig = await got;
+      out.signal = { from: sig.from === a.peerId, kind: sig.kind, data: sig.data };
+      const err = new Promise((r) => a.once('error', r));
+      const ref = a.signal('sdk-room', 'no-such-peer', 'custom', {});
+      const e = await err;
+      out.signalError = { code: e.code, sameRef: e.ref === ref, to: e.request?.to };
+      out.notInRoom = await code(a.leave('other-room'));
+      out.rtt = typeof await a.ping();
+      const left = new Promise((r) => b.once('peer-left', r));
+      out.leave = await code(a.leave('sdk-room'));
+      out.peerLeft = (await left).peerId === a.peerId;
+      a.close();
+      b.close();
+      return out;
+    }, edge.ws);
+    assert.deepEqual(result, {
+      welcome: { protocol: 'heliograph.v1', region: 'eu-test' },
+      badRoom: 'invalid-room',
+      peersA: [],
+      peersB: [true],
+      peerJoined: true,
+      signal: { from: true, kind: 'custom', data: { hello: 'b' } },
+      signalError: { code: 'unknown-peer', sameRef: true, to: 'no-such-peer' },
+      notInRoom: 'not-in-room',
+      rtt: 'number',
+      leave: 'resolved',
+      peerLeft: true,
+    });
+  });
+  await page.context().close();
+  await stopEdge(edge);
+});
