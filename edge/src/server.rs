@@ -1,4 +1,5 @@
-//! HTTP routes: the WebSocket endpoint, health, readiness, metrics and the demo page.
+//! HTTP routes: the WebSocket endpoint, health, readiness, metrics, the demo page and the
+//! browser SDK (both compiled into the binary).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,10 +18,14 @@ use crate::protocol::SUBPROTOCOL;
 use crate::session;
 
 const DEMO_PAGE: &str = include_str!("../web/index.html");
+const SDK_JS: &str = include_str!("../web/heliograph.js");
+const SDK_DTS: &str = include_str!("../web/heliograph.d.ts");
 
 pub fn router(ctx: Arc<EdgeContext>) -> Router {
     let router = Router::new()
         .route("/", get(demo))
+        .route("/sdk/heliograph.js", get(sdk_js))
+        .route("/sdk/heliograph.d.ts", get(sdk_dts))
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
@@ -94,4 +99,23 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
 
 async fn demo() -> Html<&'static str> {
     Html(DEMO_PAGE)
+}
+
+async fn sdk_js() -> Response {
+    static_text("text/javascript; charset=utf-8", SDK_JS)
+}
+
+async fn sdk_dts() -> Response {
+    static_text("application/typescript; charset=utf-8", SDK_DTS)
+}
+
+fn static_text(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1,0 +1,204 @@
+// Type declarations for heliograph.js, the Heliograph browser SDK (protocol heliograph.v1).
+
+export declare const PROTOCOL: 'heliograph.v1';
+
+export type Unsubscribe = () => void;
+
+/** Small event emitter; listeners receive the event payload. */
+export declare class Emitter<Events extends Record<string, unknown>> {
+  on<K extends keyof Events>(type: K, fn: (payload: Events[K]) => void): Unsubscribe;
+  off<K extends keyof Events>(type: K, fn: (payload: Events[K]) => void): void;
+  once<K extends keyof Events>(type: K, fn: (payload: Events[K]) => void): Unsubscribe;
+  emit<K extends keyof Events>(type: K, payload: Events[K]): void;
+}
+
+export type ErrorCode =
+  | 'bad-json' | 'unknown-type' | 'bad-field' | 'invalid-room' | 'invalid-meta'
+  | 'binary-unsupported' | 'not-in-room' | 'unknown-peer' | 'too-many-rooms' | 'room-full'
+  | 'resume-failed' | 'unavailable' | 'internal'
+  // raised by the SDK itself
+  | 'timeout' | 'closed' | 'disconnected' | 'cancelled' | 'bad-frame' | 'send-failed'
+  | 'connect-failed';
+
+export type SignalKind = 'offer' | 'answer' | 'candidate' | 'custom';
+export type State = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+export type Meta = Record<string, unknown>;
+
+export interface PeerInfo {
+  id: string;
+  meta: Meta;
+  region: string;
+}
+
+export interface IceServer {
+  urls: string[];
+  username?: string;
+  credential?: string;
+}
+
+export interface Welcome {
+  type: 'welcome';
+  peer_id: string;
+  resume_token: string;
+  region: string;
+  edge: string;
+  ice_servers: IceServer[];
+  protocol: string;
+}
+
+/** A client message as sent (with its `ref`). */
+export interface Request {
+  type: 'join' | 'leave' | 'signal' | 'ping' | 'resume';
+  ref?: string;
+  room?: string;
+  meta?: Meta;
+  to?: string;
+  kind?: SignalKind;
+  data?: unknown;
+  token?: string;
+  last_seq?: number;
+}
+
+export declare class HeliographError extends Error {
+  readonly code: ErrorCode | string;
+  /** The request that failed, when known. */
+  readonly request?: Request;
+  constructor(code: string, message: string, request?: Request);
+}
+
+export interface HeliographEvents {
+  [key: string]: unknown;
+  welcome: Welcome & { reconnect: boolean };
+  state: { state: State; previous: State };
+  joined: { room: string; peers: PeerInfo[]; rejoin: boolean };
+  left: { room: string };
+  rejoined: { room: string };
+  'rejoin-failed': { room: string; code: string; message: string };
+  resumed: { type: 'resumed'; peer_id?: string; [key: string]: unknown };
+  'peer-joined': { room: string; peer: PeerInfo };
+  'peer-left': { room: string; peerId: string; reason: string };
+  signal: { room: string; from: string; kind: SignalKind; data: unknown };
+  /** A signal the edge could not deliver in time (future edge feature). */
+  expired: { to: string; ref: string; request: Request | null };
+  error: { code: ErrorCode | string; message: string; ref?: string | number; request?: Request | null };
+  reconnecting: { attempt: number; delay: number };
+  disconnected: { code: number; reason: string };
+  /** Every frame from the edge, parsed. */
+  message: { type: string; [key: string]: unknown };
+}
+
+export interface HeliographOptions {
+  /** Reconnect after the socket closes (default true). */
+  reconnect?: boolean;
+  /** First reconnect delay in ms before jitter (default 500). */
+  initialDelay?: number;
+  /** Longest reconnect delay in ms (default 15000). */
+  maxDelay?: number;
+  /** Backoff growth per failed attempt (default 2). */
+  factor?: number;
+  /** Fraction of the delay that is random: delay ∈ [d·(1−jitter), d] (default 0.5). */
+  jitter?: number;
+  /** Time a request may wait for its reply, in ms (default 15000). */
+  requestTimeout?: number;
+  /** Interval of client pings in ms; 0 turns them off (default 20000). */
+  pingInterval?: number;
+  /** A ping unanswered for this long drops the connection (default 10000). */
+  pingTimeout?: number;
+  /** Try `resume` before rejoining after a reconnect (default true). */
+  resume?: boolean;
+  /** Injectables, for tests and non-browser hosts. */
+  WebSocket?: { new (url: string, protocol: string): WebSocket };
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: unknown) => void;
+  random?: () => number;
+  now?: () => number;
+}
+
+export interface RoomState {
+  meta: Meta | ((client: Heliograph) => Meta) | null;
+  /** The room's other peers; null while (re)joining. */
+  peers: Map<string, PeerInfo> | null;
+}
+
+export declare class Heliograph extends Emitter<HeliographEvents> {
+  constructor(options?: HeliographOptions);
+  readonly state: State;
+  readonly url: string | null;
+  readonly peerId: string | null;
+  readonly region: string | null;
+  readonly edge: string | null;
+  readonly iceServers: IceServer[];
+  readonly resumeToken: string | null;
+  /** Rooms this client is in or joining; rejoined after reconnects. */
+  readonly rooms: Map<string, RoomState>;
+
+  /** Connects; resolves with the first welcome. Keeps reconnecting until close(). */
+  connect(url: string): Promise<Welcome>;
+  /** Closes for good and rejects pending requests. */
+  close(): void;
+  /**
+   * Joins a room; resolves with the peers already in it. `meta` may be a function, called at
+   * every (re)join, so that it can carry values of the current connection (e.g. `edge`).
+   */
+  join(room: string, meta?: Meta | ((client: Heliograph) => Meta)): Promise<PeerInfo[]>;
+  /** Leaves a room. */
+  leave(room: string): Promise<void>;
+  /** Relays data to a peer; returns the ref that `error`/`expired` events will carry. */
+  signal(room: string, to: string, kind: SignalKind, data: unknown): string;
+  /** Round trip to the edge in ms. */
+  ping(): Promise<number>;
+  /** The known other peers of a room. */
+  peers(room: string): PeerInfo[];
+}
+
+export declare function isPolite(selfId: string, otherId: string): boolean;
+
+export interface MeshPeer {
+  readonly id: string;
+  readonly meta: Meta;
+  readonly region: string | null;
+  readonly pc: RTCPeerConnection;
+  /** Whether this side yields on offer collisions. */
+  readonly polite: boolean;
+  /** The default data channel (label `channelLabel`), once created or received. */
+  readonly channel: RTCDataChannel | null;
+  readonly closed: boolean;
+}
+
+export interface PeerMeshEvents {
+  [key: string]: unknown;
+  peer: { peer: MeshPeer };
+  /** A data channel to a peer opened (the default one or one the remote side created). */
+  channel: { peer: MeshPeer; channel: RTCDataChannel };
+  connectionstatechange: { peer: MeshPeer; state: RTCPeerConnectionState };
+  close: { peer: MeshPeer; reason: string };
+  custom: { peer: MeshPeer; data: unknown };
+  error: { peer: MeshPeer; error: unknown };
+}
+
+export interface PeerMeshOptions {
+  RTCPeerConnection?: typeof RTCPeerConnection;
+  /** Merged over `{ iceServers: client.iceServers }`. */
+  rtcConfig?: RTCConfiguration;
+  /** Label of the default channel (default "data"). */
+  channelLabel?: string;
+  channelOptions?: RTCDataChannelInit;
+  /** Which side is polite (default: the lexicographically smaller id). */
+  polite?: (selfId: string, otherId: string) => boolean;
+}
+
+export declare class PeerMesh extends Emitter<PeerMeshEvents> {
+  constructor(client: Heliograph, room: string, options?: PeerMeshOptions);
+  readonly client: Heliograph;
+  readonly room: string;
+  readonly peers: Map<string, MeshPeer>;
+  /** Follows the room's roster and signals; returns this. */
+  start(): this;
+  /** Stops following the room and closes every connection. */
+  close(): void;
+  /** The open default data channel to a peer, or null. */
+  channel(peerId: string): RTCDataChannel | null;
+  /** Sends on every open default channel; returns the number of peers reached. */
+  broadcast(data: string | ArrayBuffer | ArrayBufferView | Blob): number;
+  closePeer(peerId: string, reason?: string): void;
+}

@@ -1,0 +1,674 @@
+// Heliograph browser SDK: a signaling client for the heliograph.v1 protocol and a WebRTC
+// mesh helper ("perfect negotiation") on top of it. Dependency-free ES module; the
+// environment (WebSocket, RTCPeerConnection, timers, randomness) can be injected for tests.
+
+export const PROTOCOL = 'heliograph.v1';
+
+/** Tiny event emitter: `on` returns an unsubscribe function; listeners get the payload. */
+export class Emitter {
+  #listeners = new Map();
+
+  on(type, fn) {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, (set = new Set()));
+    set.add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    this.#listeners.get(type)?.delete(fn);
+  }
+
+  once(type, fn) {
+    const off = this.on(type, (ev) => { off(); fn(ev); });
+    return off;
+  }
+
+  emit(type, payload) {
+    for (const fn of [...(this.#listeners.get(type) ?? [])]) {
+      try {
+        fn(payload);
+      } catch (e) {
+        // A throwing listener must not break protocol handling.
+        (globalThis.reportError ?? console.error)(e);
+      }
+    }
+  }
+}
+
+/** A request the server (or the client) refused; `code` is the protocol error code. */
+export class HeliographError extends Error {
+  constructor(code, message, request) {
+    super(`${code}: ${message}`);
+    this.name = 'HeliographError';
+    this.code = code;
+    this.request = request;
+  }
+}
+
+const DEFAULTS = {
+  reconnect: true,
+  initialDelay: 500, // ms before the first reconnect attempt (before jitter)
+  maxDelay: 15000,
+  factor: 2,
+  jitter: 0.5, // delay is drawn uniformly from [d * (1 - jitter), d]
+  requestTimeout: 15000,
+  pingInterval: 20000, // client pings detect a dead link the browser has not noticed; 0 = off
+  pingTimeout: 10000,
+  resume: true,
+};
+
+/** How many recent signal refs are remembered to give `error`/`expired` their request. */
+const SIGNAL_MEMORY = 256;
+
+/**
+ * The signaling client. States: idle → connecting → open ⇄ reconnecting → closed.
+ * Events: welcome, state, joined, left, peer-joined, peer-left, signal, error, expired,
+ * resumed, rejoined, message (any frame).
+ */
+export class Heliograph extends Emitter {
+  constructor(options = {}) {
+    super();
+    this.options = { ...DEFAULTS, ...options };
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
+    this.clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this.random = options.random ?? Math.random;
+    this.now = options.now ?? (() => Date.now());
+    this.url = null;
+    this.state = 'idle';
+    this.peerId = null;
+    this.region = null;
+    this.edge = null;
+    this.iceServers = [];
+    this.resumeToken = null;
+    this.lastSeq = null;
+    /** Rooms this client wants to be in: room → { meta, peers: Map<id, peer> | null }. */
+    this.rooms = new Map();
+    this.ws = null;
+    this.attempt = 0;
+    this.nextRef = 1;
+    this.pending = new Map(); // ref → { msg, resolve, reject, timer, sent }
+    this.signals = new Map(); // ref → signal msg (bounded)
+    this.reconnectTimer = null;
+    this.pingTimer = null;
+    this.pongTimer = null;
+    this.welcomed = null; // { resolve } for connect()
+    this.resuming = false;
+    this.everWelcomed = false;
+  }
+
+  /** Opens the connection; resolves with the first `welcome`. Reconnects until `close()`. */
+  connect(url) {
+    if (this.state !== 'idle' && this.state !== 'closed') {
+      throw new Error(`connect() called in state ${this.state}`);
+    }
+    this.url = url;
+    const p = new Promise((resolve, reject) => { this.welcomed = { resolve, reject }; });
+    this.#open('connecting');
+    return p;
+  }
+
+  /** Closes for good: no more reconnects; pending requests are rejected. */
+  close() {
+    this.#clearTimers();
+    this.#dropSocket(1000, 'client closed');
+    this.#setState('closed');
+    for (const [ref, req] of this.pending) {
+      this.pending.delete(ref);
+      req.reject(new HeliographError('closed', 'the client was closed', req.msg));
+    }
+    this.welcomed?.reject(new HeliographError('closed', 'the client was closed'));
+    this.welcomed = null;
+  }
+
+  /**
+   * Joins `room`; resolves with the peers already there. Rejoined after reconnects. `meta`
+   * may be a function of the client, called at every (re)join (e.g. to carry the edge).
+   */
+  join(room, meta) {
+    const entry = { meta: meta ?? null, peers: null };
+    this.rooms.set(room, entry);
+    return this.#request(this.#joinMessage(room, entry)).then((reply) => reply.peers);
+  }
+
+  #joinMessage(room, entry) {
+    const msg = { type: 'join', room };
+    const meta = typeof entry.meta === 'function' ? entry.meta(this) : entry.meta;
+    if (meta != null) msg.meta = meta;
+    return msg;
+  }
+
+  /** Leaves `room`. Resolves once the server confirms (at once when not connected). */
+  leave(room) {
+    this.rooms.delete(room);
+    for (const [ref, req] of this.pending) {
+      if (req.msg.type === 'join' && req.msg.room === room) {
+        this.#settle(ref);
+        req.reject(new HeliographError('cancelled', 'left before the join completed', req.msg));
+      }
+    }
+    if (this.state !== 'open') return Promise.resolve();
+    return this.#request({ type: 'leave', room }).then(() => undefined);
+  }
+
+  /** Relays `data` to peer `to` in `room`. Returns the request ref (errors arrive as events). */
+  signal(room, to, kind, data) {
+    const ref = `s${this.nextRef++}`;
+    const msg = { type: 'signal', room, to, kind, data, ref };
+    this.signals.set(ref, msg);
+    if (this.signals.size > SIGNAL_MEMORY) this.signals.delete(this.signals.keys().next().value);
+    if (this.state !== 'open') {
+      this.emit('error', { code: 'disconnected', message: 'not connected', ref, request: msg });
+      return ref;
+    }
+    this.#send(msg);
+    return ref;
+  }
+
+  /** Round trip to the edge in milliseconds. */
+  ping() {
+    const started = this.now();
+    return this.#request({ type: 'ping' }, { queue: false }).then(() => this.now() - started);
+  }
+
+  /** The known peers of a joined room. */
+  peers(room) {
+    return [...(this.rooms.get(room)?.peers?.values() ?? [])];
+  }
+
+  // --- connection -------------------------------------------------------------------------
+
+  #open(state) {
+    this.#setState(state);
+    let ws;
+    try {
+      ws = new this.WebSocket(this.url, PROTOCOL);
+    } catch (e) {
+      this.emit('error', { code: 'connect-failed', message: String(e?.message ?? e) });
+      this.#scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (ev) => { if (this.ws === ws) this.#onFrame(ev.data); };
+    ws.onclose = (ev) => { if (this.ws === ws) this.#onClose(ev.code, ev.reason); };
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  #onClose(code, reason) {
+    this.ws = null;
+    this.#clearPing();
+    // Requests that cannot survive the connection: leave is done (we are out of every room),
+    // pings and resumes fail. Joins stay and are sent again on the next connection.
+    for (const [ref, req] of this.pending) {
+      if (req.msg.type === 'join') {
+        req.sent = false;
+        if (req.timer) this.clearTimeout(req.timer);
+        req.timer = null;
+        continue;
+      }
+      this.#settle(ref);
+      if (req.msg.type === 'leave') req.resolve({ type: 'left', room: req.msg.room });
+      else req.reject(new HeliographError('disconnected', `connection closed (${code})`, req.msg));
+    }
+    for (const entry of this.rooms.values()) entry.peers = null;
+    this.emit('disconnected', { code, reason });
+    if (this.state === 'closed') return;
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect() {
+    if (!this.options.reconnect || this.state === 'closed') {
+      this.#setState('closed');
+      return;
+    }
+    this.#setState('reconnecting');
+    const o = this.options;
+    const base = Math.min(o.maxDelay, o.initialDelay * o.factor ** this.attempt);
+    const delay = Math.round(base * (1 - o.jitter * this.random()));
+    this.attempt += 1;
+    this.emit('reconnecting', { attempt: this.attempt, delay });
+    this.reconnectTimer = this.setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.state === 'reconnecting') this.#open('reconnecting');
+    }, delay);
+  }
+
+  #dropSocket(code, reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    try { ws.close(code, reason); } catch { /* already closed */ }
+  }
+
+  #setState(state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this.emit('state', { state, previous });
+  }
+
+  #clearTimers() {
+    if (this.reconnectTimer) this.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.#clearPing();
+  }
+
+  #clearPing() {
+    if (this.pingTimer) this.clearTimeout(this.pingTimer);
+    if (this.pongTimer) this.clearTimeout(this.pongTimer);
+    this.pingTimer = this.pongTimer = null;
+  }
+
+  #schedulePing() {
+    this.#clearPing();
+    if (!this.options.pingInterval) return;
+    this.pingTimer = this.setTimeout(() => {
+      this.pingTimer = null;
+      this.pongTimer = this.setTimeout(() => {
+        // No pong: the link is dead even if the socket has not noticed. Start over.
+        this.pongTimer = null;
+        const ws = this.ws;
+        this.#dropSocket(4000, 'ping timeout');
+        if (ws) this.#onClose(4000, 'ping timeout');
+      }, this.options.pingTimeout);
+      this.ping().then(() => this.#schedulePing(), () => {});
+    }, this.options.pingInterval);
+  }
+
+  // --- requests ---------------------------------------------------------------------------
+
+  #request(msg, { queue = true, internal = false } = {}) {
+    return new Promise((resolve, reject) => {
+      if (this.state === 'closed') {
+        reject(new HeliographError('closed', 'the client is closed', msg));
+        return;
+      }
+      if (!queue && this.state !== 'open') {
+        reject(new HeliographError('disconnected', 'not connected', msg));
+        return;
+      }
+      const ref = `r${this.nextRef++}`;
+      msg.ref = ref;
+      const req = { msg, resolve, reject, sent: false, timer: null, internal, rejoin: internal };
+      this.pending.set(ref, req);
+      // While not open, the request waits for the next `welcome` (joins via rejoin).
+      if (this.state === 'open' && (!this.resuming || !queue)) this.#transmit(req);
+    });
+  }
+
+  /** Sends a pending request; its timeout runs only while it is on the wire. */
+  #transmit(req) {
+    req.sent = true;
+    const ref = req.msg.ref;
+    if (req.timer) this.clearTimeout(req.timer);
+    req.timer = this.setTimeout(() => {
+      if (!this.#settle(ref)) return;
+      req.reject(new HeliographError('timeout', `no reply to ${req.msg.type}`, req.msg));
+    }, this.options.requestTimeout);
+    this.#send(req.msg);
+  }
+
+  #settle(ref) {
+    const req = this.pending.get(ref);
+    if (!req) return null;
+    this.pending.delete(ref);
+    if (req.timer) this.clearTimeout(req.timer);
+    return req;
+  }
+
+  #send(msg) {
+    try {
+      this.ws?.send(JSON.stringify(msg));
+    } catch (e) {
+      this.emit('error', { code: 'send-failed', message: String(e?.message ?? e), request: msg });
+    }
+  }
+
+  // --- frames -----------------------------------------------------------------------------
+
+  #onFrame(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this.emit('error', { code: 'bad-frame', message: 'the server sent a frame that is not JSON' });
+      return;
+    }
+    if (typeof msg?.seq === 'number') this.lastSeq = msg.seq;
+    this.emit('message', msg);
+    switch (msg.type) {
+      case 'welcome': return this.#onWelcome(msg);
+      case 'joined': {
+        const entry = this.rooms.get(msg.room);
+        const peers = msg.peers ?? [];
+        if (entry) entry.peers = new Map(peers.map((p) => [p.id, p]));
+        const req = this.#settle(msg.ref);
+        req?.resolve(msg);
+        this.emit('joined', { room: msg.room, peers, rejoin: req ? !!req.rejoin : false });
+        return;
+      }
+      case 'left':
+        this.#settle(msg.ref)?.resolve(msg);
+        this.emit('left', { room: msg.room });
+        return;
+      case 'peer-joined':
+        this.rooms.get(msg.room)?.peers?.set(msg.peer.id, msg.peer);
+        this.emit('peer-joined', { room: msg.room, peer: msg.peer });
+        return;
+      case 'peer-left':
+        this.rooms.get(msg.room)?.peers?.delete(msg.peer_id);
+        this.emit('peer-left', { room: msg.room, peerId: msg.peer_id, reason: msg.reason });
+        return;
+      case 'signal':
+        this.emit('signal', { room: msg.room, from: msg.from, kind: msg.kind, data: msg.data });
+        return;
+      case 'resumed': // a future edge feature: settles the `resume` request
+      case 'pong':
+        this.#settle(msg.ref)?.resolve(msg);
+        return;
+      case 'expired':
+        this.emit('expired', { to: msg.to, ref: msg.ref, request: this.signals.get(msg.ref) ?? null });
+        return;
+      case 'error':
+        return this.#onError(msg);
+      default:
+        // Unknown types are ignored so that newer edges can talk to older clients.
+        return;
+    }
+  }
+
+  #onWelcome(msg) {
+    const previousToken = this.resumeToken;
+    const reconnect = this.everWelcomed;
+    this.everWelcomed = true;
+    this.attempt = 0;
+    this.peerId = msg.peer_id;
+    this.region = msg.region;
+    this.edge = msg.edge;
+    this.iceServers = msg.ice_servers ?? [];
+    this.resumeToken = msg.resume_token ?? null;
+    this.#setState('open');
+    this.emit('welcome', { ...msg, reconnect });
+    this.welcomed?.resolve(msg);
+    this.welcomed = null;
+    this.#schedulePing();
+    if (reconnect && this.rooms.size > 0 && this.options.resume && previousToken) {
+      // Try to keep the old session; on `resume-failed` (or any error) rejoin instead.
+      const resume = { type: 'resume', token: previousToken };
+      if (this.lastSeq != null) resume.last_seq = this.lastSeq;
+      this.#request(resume).then(
+        (reply) => this.#afterResume(reply),
+        () => { if (this.state === 'open') this.#afterResume(null); });
+      this.resuming = true;
+      return;
+    }
+    this.#afterResume(null);
+  }
+
+  /** After a (re)connect: rejoin the rooms (unless resumed) and send queued requests. */
+  #afterResume(resumed) {
+    this.resuming = false;
+    if (resumed) {
+      if (resumed.peer_id) this.peerId = resumed.peer_id;
+      this.emit('resumed', resumed);
+    } else {
+      for (const room of this.rooms.keys()) {
+        const waiting = [...this.pending.values()].some(
+          (r) => r.msg.type === 'join' && r.msg.room === room);
+        if (!waiting) this.#rejoin(room); // else the caller's own join is (re)sent below
+      }
+    }
+    for (const req of this.pending.values()) {
+      if (!req.sent) {
+        if (req.msg.type === 'join') {
+          req.rejoin = true;
+          const entry = this.rooms.get(req.msg.room);
+          if (typeof entry?.meta === 'function') req.msg.meta = entry.meta(this);
+        }
+        this.#transmit(req);
+      }
+    }
+  }
+
+  #rejoin(room) {
+    const entry = this.rooms.get(room);
+    if (!entry) return;
+    this.#request(this.#joinMessage(room, entry), { internal: true }).then(
+      () => this.emit('rejoined', { room }),
+      (err) => this.#rejoinFailed(room, err));
+  }
+
+  #rejoinFailed(room, err) {
+    if (!this.rooms.has(room) || this.state !== 'open') return; // the next welcome rejoins
+    if (err.code === 'unavailable' || err.code === 'timeout') {
+      // The registry is briefly unavailable: try again after the first backoff step.
+      this.setTimeout(() => { if (this.state === 'open') this.#rejoin(room); },
+        this.options.initialDelay);
+      return;
+    }
+    this.rooms.delete(room);
+    this.emit('rejoin-failed', { room, code: err.code, message: err.message });
+  }
+
+  #onError(msg) {
+    const req = msg.ref != null ? this.#settle(msg.ref) : null;
+    const request = req?.msg ?? (msg.ref != null ? this.signals.get(msg.ref) : undefined) ?? null;
+    if (req) {
+      if (req.msg.type === 'join' && !req.internal) this.rooms.delete(req.msg.room);
+      req.reject(new HeliographError(msg.code, msg.message, req.msg));
+      if (req.msg.type === 'resume') return; // expected while edges keep no sessions
+    }
+    this.emit('error', { code: msg.code, message: msg.message, ref: msg.ref, request });
+  }
+}
+
+// --- PeerMesh ------------------------------------------------------------------------------
+
+/** Default rule: the peer with the lexicographically smaller id is polite. */
+export function isPolite(selfId, otherId) {
+  return selfId < otherId;
+}
+
+/**
+ * One RTCPeerConnection per peer of a room, negotiated with the "perfect negotiation"
+ * pattern over Heliograph signals. The impolite side (larger id) opens the default data
+ * channel, which starts the first negotiation; either side may renegotiate later.
+ * Events: peer, channel, connectionstatechange, close, error.
+ */
+export class PeerMesh extends Emitter {
+  constructor(client, room, options = {}) {
+    super();
+    this.client = client;
+    this.room = room;
+    this.RTCPeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+    this.rtcConfig = options.rtcConfig ?? {};
+    this.channelLabel = options.channelLabel ?? 'data';
+    this.channelOptions = options.channelOptions ?? { ordered: true };
+    this.polite = options.polite ?? isPolite;
+    this.peers = new Map();
+    this.selfId = null;
+    this.unsubscribe = [];
+  }
+
+  /** Starts following the room (call after or before `client.join`). */
+  start() {
+    const c = this.client;
+    const mine = (ev) => ev.room === this.room;
+    this.unsubscribe.push(
+      c.on('welcome', () => this.#syncSelf()),
+      c.on('joined', (ev) => { if (mine(ev)) this.#reconcile(ev.peers); }),
+      c.on('left', (ev) => { if (mine(ev)) this.#closeAll('left'); }),
+      c.on('peer-joined', (ev) => { if (mine(ev)) this.#replace(ev.peer); }),
+      c.on('peer-left', (ev) => { if (mine(ev)) this.closePeer(ev.peerId, ev.reason ?? 'left'); }),
+      c.on('signal', (ev) => { if (mine(ev)) this.#onSignal(ev); }),
+      c.on('error', (ev) => {
+        const r = ev.request;
+        if (r?.type === 'signal' && r.room === this.room && ev.code === 'unknown-peer') {
+          this.closePeer(r.to, 'unknown-peer');
+        }
+      }),
+    );
+    this.#syncSelf();
+    const peers = c.rooms.get(this.room)?.peers;
+    if (peers) this.#reconcile([...peers.values()]);
+    return this;
+  }
+
+  /** Stops following the room and closes every connection. */
+  close() {
+    for (const off of this.unsubscribe) off();
+    this.unsubscribe = [];
+    this.#closeAll('closed');
+  }
+
+  /** The open default data channel to `peerId`, if any. */
+  channel(peerId) {
+    const ch = this.peers.get(peerId)?.channel;
+    return ch && ch.readyState === 'open' ? ch : null;
+  }
+
+  /** Sends on every open default channel; returns how many peers it went to. */
+  broadcast(data) {
+    let n = 0;
+    for (const id of this.peers.keys()) {
+      const ch = this.channel(id);
+      if (ch) { ch.send(data); n += 1; }
+    }
+    return n;
+  }
+
+  closePeer(peerId, reason = 'closed') {
+    const p = this.peers.get(peerId);
+    if (!p) return;
+    this.peers.delete(peerId);
+    p.closed = true;
+    try { p.channel?.close(); } catch { /* ignore */ }
+    try { p.pc.close(); } catch { /* ignore */ }
+    this.emit('close', { peer: p, reason });
+  }
+
+  #syncSelf() {
+    const id = this.client.peerId;
+    if (id && this.selfId && id !== this.selfId) {
+      // We reconnected as a new peer: every remote side knows us by the old id.
+      this.#closeAll('reconnected');
+    }
+    this.selfId = id;
+  }
+
+  #closeAll(reason) {
+    for (const id of [...this.peers.keys()]) this.closePeer(id, reason);
+  }
+
+  #reconcile(list) {
+    this.#syncSelf();
+    const ids = new Set(list.map((p) => p.id));
+    for (const id of [...this.peers.keys()]) if (!ids.has(id)) this.closePeer(id, 'gone');
+    for (const info of list) if (!this.peers.has(info.id)) this.#add(info);
+  }
+
+  #replace(info) {
+    if (this.peers.has(info.id)) this.closePeer(info.id, 'rejoined');
+    this.#add(info);
+  }
+
+  #add(info) {
+    if (!this.selfId || info.id === this.selfId) return null;
+    const rtcConfig = { iceServers: this.client.iceServers ?? [], ...this.rtcConfig };
+    const pc = new this.RTCPeerConnection(rtcConfig);
+    const p = {
+      id: info.id,
+      meta: info.meta ?? {},
+      region: info.region ?? null,
+      pc,
+      polite: this.polite(this.selfId, info.id),
+      channel: null,
+      makingOffer: false,
+      ignoreOffer: false,
+      settingAnswer: false,
+      queue: Promise.resolve(),
+      closed: false,
+    };
+    this.peers.set(p.id, p);
+    const send = (kind, data) => { if (!p.closed) this.client.signal(this.room, p.id, kind, data); };
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate) send('candidate', candidate.toJSON ? candidate.toJSON() : candidate);
+    };
+    pc.onnegotiationneeded = async () => {
+      try {
+        p.makingOffer = true;
+        await pc.setLocalDescription();
+        if (!p.closed) send('offer', { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
+      } catch (error) {
+        this.emit('error', { peer: p, error });
+      } finally {
+        p.makingOffer = false;
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (p.closed) return;
+      this.emit('connectionstatechange', { peer: p, state: pc.connectionState });
+      if (pc.connectionState === 'failed' && pc.restartIce) pc.restartIce();
+    };
+    pc.ondatachannel = ({ channel }) => this.#adopt(p, channel);
+    this.emit('peer', { peer: p });
+    if (!p.polite) {
+      this.#adopt(p, pc.createDataChannel(this.channelLabel, this.channelOptions));
+    }
+    return p;
+  }
+
+  #adopt(p, channel) {
+    channel.binaryType = 'arraybuffer';
+    if (channel.label === this.channelLabel) p.channel = channel;
+    const announce = () => { if (!p.closed) this.emit('channel', { peer: p, channel }); };
+    if (channel.readyState === 'open') announce();
+    else channel.addEventListener('open', announce, { once: true });
+  }
+
+  #onSignal({ from, kind, data }) {
+    let p = this.peers.get(from);
+    if (!p) {
+      // A peer we have not heard of yet (its signal overtook the roster event).
+      const info = this.client.rooms.get(this.room)?.peers?.get(from) ?? { id: from };
+      p = this.#add(info);
+      if (!p) return;
+    }
+    p.queue = p.queue.then(() => this.#handle(p, kind, data)).catch((error) => {
+      if (!p.closed) this.emit('error', { peer: p, error });
+    });
+  }
+
+  async #handle(p, kind, data) {
+    if (p.closed) return;
+    const pc = p.pc;
+    if (kind === 'offer' || kind === 'answer') {
+      const description = { type: kind, sdp: data?.sdp };
+      const readyForOffer = !p.makingOffer && (pc.signalingState === 'stable' || p.settingAnswer);
+      const collision = kind === 'offer' && !readyForOffer;
+      p.ignoreOffer = !p.polite && collision;
+      if (p.ignoreOffer) return;
+      p.settingAnswer = kind === 'answer';
+      try {
+        await pc.setRemoteDescription(description);
+      } finally {
+        p.settingAnswer = false;
+      }
+      if (kind === 'offer' && !p.closed) {
+        await pc.setLocalDescription();
+        this.client.signal(this.room, p.id, 'answer',
+          { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
+      }
+    } else if (kind === 'candidate') {
+      try {
+        await pc.addIceCandidate(data);
+      } catch (e) {
+        if (!p.ignoreOffer) throw e;
+      }
+    } else {
+      this.emit('custom', { peer: p, data });
+    }
+  }
+}
