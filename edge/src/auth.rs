@@ -122,8 +122,14 @@ impl JoinAuth {
                 }
                 (DecodingKey::from_secret(&secret), Algorithm::HS256)
             }
-            JoinKey::Es256(pem) => (DecodingKey::from_ec_pem(&pem).map_err(err)?, Algorithm::ES256),
-            JoinKey::Rs256(pem) => (DecodingKey::from_rsa_pem(&pem).map_err(err)?, Algorithm::RS256),
+            JoinKey::Es256(pem) => (
+                DecodingKey::from_ec_pem(&pem).map_err(err)?,
+                Algorithm::ES256,
+            ),
+            JoinKey::Rs256(pem) => (
+                DecodingKey::from_rsa_pem(&pem).map_err(err)?,
+                Algorithm::RS256,
+            ),
         };
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECONDS;
@@ -144,24 +150,32 @@ impl JoinAuth {
             return Ok(Grant::open());
         };
         let token = token.ok_or(TokenError::Missing)?;
-        if header_alg(token).is_some_and(|alg| !validation.algorithms.iter().any(|a| alg == format!("{a:?}"))) {
+        if header_alg(token).is_some_and(|alg| {
+            !validation
+                .algorithms
+                .iter()
+                .any(|a| alg == format!("{a:?}"))
+        }) {
             // Includes `alg: none`, which must never be accepted.
             return Err(TokenError::AlgorithmRefused);
         }
-        let data = jsonwebtoken::decode::<JoinClaims>(token, key, validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenError::AlgorithmRefused
+        let data =
+            jsonwebtoken::decode::<JoinClaims>(token, key, validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        TokenError::AlgorithmRefused
+                    }
+                    _ => TokenError::Malformed,
                 }
-                _ => TokenError::Malformed,
-            }
-        })?;
+            })?;
         let claims = data.claims;
         let admitted = match (&claims.room, &claims.room_prefix) {
             (Some(exact), _) if exact == room.as_str() => true,
-            (_, Some(prefix)) if !prefix.is_empty() && room.as_str().starts_with(prefix.as_str()) => {
+            (_, Some(prefix))
+                if !prefix.is_empty() && room.as_str().starts_with(prefix.as_str()) =>
+            {
                 true
             }
             _ => false,
@@ -197,7 +211,12 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
     fn token(claims: serde_json::Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     fn now() -> u64 {
@@ -214,11 +233,17 @@ mod tests {
         let valid = token(json!({"sub": "alice", "exp": now() + 60, "room": "a"}));
         let g = auth.authorize(Some(&valid), &room("a")).unwrap();
         assert_eq!((g.identity.as_str(), g.can_publish), ("alice", true));
-        assert_eq!(auth.authorize(Some(&valid), &room("b")), Err(TokenError::WrongRoom));
+        assert_eq!(
+            auth.authorize(Some(&valid), &room("b")),
+            Err(TokenError::WrongRoom)
+        );
         assert_eq!(auth.authorize(None, &room("a")), Err(TokenError::Missing));
 
         let expired = token(json!({"sub": "alice", "exp": now() - 600, "room": "a"}));
-        assert_eq!(auth.authorize(Some(&expired), &room("a")), Err(TokenError::Expired));
+        assert_eq!(
+            auth.authorize(Some(&expired), &room("a")),
+            Err(TokenError::Expired)
+        );
 
         let forged = encode(
             &Header::new(Algorithm::HS256),
@@ -226,24 +251,43 @@ mod tests {
             &EncodingKey::from_secret(b"not-the-secret-not-the-secret-xx"),
         )
         .unwrap();
-        assert_eq!(auth.authorize(Some(&forged), &room("a")), Err(TokenError::BadSignature));
+        assert_eq!(
+            auth.authorize(Some(&forged), &room("a")),
+            Err(TokenError::BadSignature)
+        );
 
-        let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
         let none = format!(
             "{}.{}.",
             b64(json!({"alg": "none", "typ": "JWT"})),
             b64(json!({"sub": "mallory", "exp": now() + 60, "room": "a"}))
         );
-        assert_eq!(auth.authorize(Some(&none), &room("a")), Err(TokenError::AlgorithmRefused));
-        assert_eq!(auth.authorize(Some("garbage"), &room("a")), Err(TokenError::Malformed));
+        assert_eq!(
+            auth.authorize(Some(&none), &room("a")),
+            Err(TokenError::AlgorithmRefused)
+        );
+        assert_eq!(
+            auth.authorize(Some("garbage"), &room("a")),
+            Err(TokenError::Malformed)
+        );
 
-        let prefix = token(json!({"sub": "bob", "exp": now() + 60, "room_prefix": "team-", "publish": false, "max_room_size": 4}));
+        let prefix = token(
+            json!({"sub": "bob", "exp": now() + 60, "room_prefix": "team-", "publish": false, "max_room_size": 4}),
+        );
         let g = auth.authorize(Some(&prefix), &room("team-7")).unwrap();
         assert_eq!((g.can_publish, g.max_room_size), (false, Some(4)));
-        assert_eq!(auth.authorize(Some(&prefix), &room("other")), Err(TokenError::WrongRoom));
+        assert_eq!(
+            auth.authorize(Some(&prefix), &room("other")),
+            Err(TokenError::WrongRoom)
+        );
 
         let no_room = token(json!({"sub": "eve", "exp": now() + 60}));
-        assert_eq!(auth.authorize(Some(&no_room), &room("a")), Err(TokenError::WrongRoom));
+        assert_eq!(
+            auth.authorize(Some(&no_room), &room("a")),
+            Err(TokenError::WrongRoom)
+        );
     }
 
     #[test]

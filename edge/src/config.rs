@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use heliograph_coordinator::registry::{EdgeId, Region};
 
+use crate::turn::TurnConfig;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_META_BYTES: usize = 4 * 1024;
@@ -17,6 +19,11 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 45_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_DETACH_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 50;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+pub const DEFAULT_TURN_TTL_SECS: u64 = 3_600;
 /// tungstenite's defaults (128 KiB read buffer) cost ~900 MB at 10k sockets.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -79,6 +86,44 @@ pub struct Args {
     /// Per-socket read and write buffer size.
     #[arg(long, env = "HELIOGRAPH_SOCKET_BUFFER_BYTES", default_value_t = DEFAULT_SOCKET_BUFFER_BYTES)]
     pub socket_buffer_bytes: usize,
+    /// Messages per second one connection may send on average (token bucket refill rate).
+    #[arg(long, env = "HELIOGRAPH_RATE_LIMIT_PER_SECOND", default_value_t = DEFAULT_RATE_LIMIT_PER_SECOND)]
+    pub rate_limit_per_second: u32,
+    /// Messages one connection may send in a burst (token bucket size).
+    #[arg(long, env = "HELIOGRAPH_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u32,
+    /// Connections this edge accepts at once; more are refused with HTTP 503.
+    #[arg(long, env = "HELIOGRAPH_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections one source IP address may hold at once; more are refused with HTTP 429.
+    #[arg(long, env = "HELIOGRAPH_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Origins allowed to open browser connections (repeatable); others get HTTP 403.
+    /// Without any, every origin is allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "HELIOGRAPH_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// HS256 secret (≥ 32 bytes) for join tokens; with a key, every join needs a token.
+    #[arg(long, env = "HELIOGRAPH_JOIN_TOKEN_SECRET", hide_env_values = true)]
+    pub join_token_secret: Option<String>,
+    /// PEM file of the ES256 or RS256 public key for join tokens (see --join-token-alg).
+    #[arg(long, env = "HELIOGRAPH_JOIN_TOKEN_PUBLIC_KEY")]
+    pub join_token_public_key: Option<PathBuf>,
+    /// Algorithm of --join-token-public-key: es256 or rs256.
+    #[arg(long, env = "HELIOGRAPH_JOIN_TOKEN_ALG", default_value = "es256")]
+    pub join_token_alg: String,
+    /// Shared secret of the TURN server (coturn `static-auth-secret`).
+    #[arg(long, env = "HELIOGRAPH_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// TURN URLs of this region handed out with credentials (repeatable).
+    #[arg(long = "turn-url", env = "HELIOGRAPH_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// Lifetime of TURN credentials.
+    #[arg(long, env = "HELIOGRAPH_TURN_TTL_SECS", default_value_t = DEFAULT_TURN_TTL_SECS)]
+    pub turn_ttl_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -100,7 +145,22 @@ pub struct Config {
     pub detach_grace: Duration,
     pub lease: Duration,
     pub socket_buffer_bytes: usize,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub allowed_origins: Vec<String>,
+    pub join_key: Option<JoinKeySource>,
+    pub turn: Option<TurnConfig>,
     log: String,
+}
+
+/// Where the join-token key comes from; read when the edge starts.
+#[derive(Debug, Clone)]
+pub enum JoinKeySource {
+    Hs256Secret(String),
+    Es256PemFile(PathBuf),
+    Rs256PemFile(PathBuf),
 }
 
 impl Config {
@@ -184,6 +244,80 @@ impl Args {
                 "--ice-server URLs must start with stun:, stuns:, turn: or turns:",
             )?;
         }
+        check(
+            self.rate_limit_per_second >= 1,
+            "--rate-limit-per-second must be at least 1",
+        )?;
+        check(
+            self.rate_limit_burst >= 1,
+            "--rate-limit-burst must be at least 1",
+        )?;
+        check(
+            self.max_connections >= 1,
+            "--max-connections must be at least 1",
+        )?;
+        check(
+            self.max_connections_per_ip >= 1,
+            "--max-connections-per-ip must be at least 1",
+        )?;
+        for o in &self.allowed_origins {
+            check(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "--allowed-origin values must be origins like https://app.example.com",
+            )?;
+        }
+        let join_key = match (&self.join_token_secret, &self.join_token_public_key) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "--join-token-secret and --join-token-public-key exclude each other".into(),
+                ));
+            }
+            (Some(secret), None) => {
+                check(
+                    secret.len() >= 32,
+                    "--join-token-secret must be at least 32 bytes",
+                )?;
+                Some(JoinKeySource::Hs256Secret(secret.clone()))
+            }
+            (None, Some(path)) => match self.join_token_alg.as_str() {
+                "es256" => Some(JoinKeySource::Es256PemFile(path.clone())),
+                "rs256" => Some(JoinKeySource::Rs256PemFile(path.clone())),
+                _ => {
+                    return Err(ConfigError(
+                        "--join-token-alg must be es256 or rs256".into(),
+                    ));
+                }
+            },
+            (None, None) => None,
+        };
+        let turn = match &self.turn_secret {
+            Some(secret) => {
+                check(!secret.is_empty(), "--turn-secret must not be empty")?;
+                check(
+                    !self.turn_urls.is_empty(),
+                    "--turn-secret needs at least one --turn-url",
+                )?;
+                for u in &self.turn_urls {
+                    check(
+                        u.starts_with("turn:") || u.starts_with("turns:"),
+                        "--turn-url values must start with turn: or turns:",
+                    )?;
+                }
+                check(
+                    (60..=7 * 24 * 3600).contains(&self.turn_ttl_secs),
+                    "--turn-ttl-secs must be between 60 and 604800",
+                )?;
+                Some(TurnConfig::new(
+                    secret.as_bytes().to_vec(),
+                    self.turn_urls.clone(),
+                    Duration::from_secs(self.turn_ttl_secs),
+                ))
+            }
+            None => {
+                check(self.turn_urls.is_empty(), "--turn-url needs --turn-secret")?;
+                None
+            }
+        };
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError(format!("--log is not a valid filter: {e}")))?;
         if let Some(m) = self.metrics_listen {
@@ -212,6 +346,13 @@ impl Args {
             detach_grace: Duration::from_millis(self.detach_grace_ms),
             lease: Duration::from_millis(self.lease_ms),
             socket_buffer_bytes: self.socket_buffer_bytes,
+            rate_limit_per_second: self.rate_limit_per_second,
+            rate_limit_burst: self.rate_limit_burst,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            allowed_origins: self.allowed_origins,
+            join_key,
+            turn,
             log: self.log,
         })
     }

@@ -40,7 +40,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::auth::{JoinAuth, JoinKey};
+use crate::config::{Config, JoinKeySource};
+use crate::limits::ConnectionLimiter;
 use crate::metrics::EdgeMetrics;
 use crate::rooms::RoomIndex;
 
@@ -58,6 +60,8 @@ pub enum StartError {
     EdgeId { path: String, source: io::Error },
     #[error("the registry refused this edge: {0:?}")]
     Registration(Outcome),
+    #[error("join-token key: {0}")]
+    JoinKey(String),
 }
 
 /// What every session and route shares.
@@ -75,6 +79,8 @@ pub struct EdgeContext {
     pub draining: AtomicBool,
     pub prometheus: Option<PrometheusHandle>,
     pub sessions: TaskTracker,
+    pub join_auth: JoinAuth,
+    pub connections: ConnectionLimiter,
 }
 
 /// A started edge.
@@ -138,9 +144,17 @@ pub async fn start(
     }
     tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
 
+    let join_auth = join_auth(config.join_key.as_ref())?;
+    if join_auth.is_open() {
+        tracing::warn!(
+            "no join-token key is configured: this edge is OPEN, anyone who can reach it may \
+             join any room (set --join-token-secret or --join-token-public-key)"
+        );
+    }
     let metrics = Arc::new(EdgeMetrics::new());
     let index = Arc::new(RoomIndex::new(edge_id.clone()));
     let events = registry.subscribe();
+    let config_limits = (config.max_connections, config.max_connections_per_ip);
     let ctx = Arc::new(EdgeContext {
         ice_servers: ice_servers_json(&config.ice_servers),
         region: config.region.clone(),
@@ -153,6 +167,8 @@ pub async fn start(
         draining: AtomicBool::new(false),
         prometheus,
         sessions: TaskTracker::new(),
+        join_auth,
+        connections: ConnectionLimiter::new(config_limits.0, config_limits.1),
     });
 
     let background = TaskTracker::new();
@@ -249,6 +265,19 @@ async fn renew_lease(
             Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
         }
     }
+}
+
+fn join_auth(source: Option<&JoinKeySource>) -> Result<JoinAuth, StartError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| StartError::JoinKey(format!("{}: {e}", path.display())))
+    };
+    let key = match source {
+        None => return Ok(JoinAuth::open()),
+        Some(JoinKeySource::Hs256Secret(s)) => JoinKey::Hs256(s.as_bytes().to_vec()),
+        Some(JoinKeySource::Es256PemFile(p)) => JoinKey::Es256(read(p)?),
+        Some(JoinKeySource::Rs256PemFile(p)) => JoinKey::Rs256(read(p)?),
+    };
+    JoinAuth::with_key(key).map_err(|e| StartError::JoinKey(e.to_string()))
 }
 
 fn stored_edge_id(data_dir: &Path) -> Result<EdgeId, StartError> {

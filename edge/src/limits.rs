@@ -145,7 +145,10 @@ mod tests {
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let s1 = l.acquire(a).unwrap();
         let _s2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).unwrap_err(), ConnectionRefusal::TooManyFromAddress);
+        assert_eq!(
+            l.acquire(a).unwrap_err(),
+            ConnectionRefusal::TooManyFromAddress
+        );
         let _s3 = l.acquire(b).unwrap();
         assert_eq!(l.acquire(b).unwrap_err(), ConnectionRefusal::EdgeFull);
         drop(s1);

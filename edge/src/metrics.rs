@@ -22,6 +22,10 @@ pub const ERRORS: &str = "heliograph_edge_errors_total";
 pub const JOIN_SECONDS: &str = "heliograph_edge_join_duration_seconds";
 pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
 pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
+pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total";
+
+/// Why an upgrade request was refused before it became a connection.
+pub const REFUSAL_REASONS: [&str; 4] = ["origin", "edge_full", "address_limit", "draining"];
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +96,7 @@ pub struct EdgeMetrics {
     pub join_seconds: Histogram,
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
+    refused: HashMap<&'static str, Counter>,
 }
 
 impl EdgeMetrics {
@@ -114,6 +119,10 @@ impl EdgeMetrics {
             JOIN_SECONDS,
             Unit::Seconds,
             "Time from a join request to its commit in the registry"
+        );
+        describe_counter!(
+            CONNECTIONS_REFUSED,
+            "WebSocket upgrade requests refused, by reason"
         );
         describe_gauge!(ROOMS_TRACKED, "Rooms with at least one member on this edge");
         describe_counter!(
@@ -143,6 +152,10 @@ impl EdgeMetrics {
             join_seconds: histogram!(JOIN_SECONDS),
             rooms_tracked: gauge!(ROOMS_TRACKED),
             registry_resyncs: counter!(REGISTRY_RESYNCS),
+            refused: REFUSAL_REASONS
+                .iter()
+                .map(|r| (*r, counter!(CONNECTIONS_REFUSED, "reason" => *r)))
+                .collect(),
         }
     }
 
@@ -160,6 +173,12 @@ impl EdgeMetrics {
 
     pub fn sent(&self, ty: &'static str) {
         if let Some(c) = self.sent.get(ty) {
+            c.increment(1);
+        }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        if let Some(c) = self.refused.get(reason) {
             c.increment(1);
         }
     }

@@ -197,6 +197,8 @@ pub enum ClientMessage<'a> {
         room: RoomId,
         /// A JSON object, as the client sent it.
         meta: Option<&'a RawValue>,
+        /// A join token (JWT), required when the edge has a signing key configured.
+        token: Option<String>,
     },
     Leave {
         room: RoomId,
@@ -299,7 +301,12 @@ fn decode_message<'a>(
                     Some(m)
                 }
             };
-            Ok(ClientMessage::Join { room, meta })
+            let token = match env.token {
+                None => None,
+                Some(t) if t.get() == "null" => None,
+                Some(t) => Some(required_str(Some(t), "token")?),
+            };
+            Ok(ClientMessage::Join { room, meta, token })
         }
         "leave" => Ok(ClientMessage::Leave {
             room: room(env.room)?,

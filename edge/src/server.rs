@@ -5,15 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::EdgeContext;
+use crate::limits::ConnectionRefusal;
 use crate::protocol::SUBPROTOCOL;
 use crate::session;
 
@@ -47,7 +50,8 @@ pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
 /// Serves until `shutdown`; then stops accepting. Upgraded WebSockets are not covered by
 /// axum's graceful shutdown and are tracked by the edge itself.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {
@@ -55,10 +59,39 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     }
 }
 
-async fn websocket(State(ctx): State<Arc<EdgeContext>>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(ctx): State<Arc<EdgeContext>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     if ctx.draining.load(Ordering::SeqCst) || ctx.sessions.is_closed() {
+        ctx.metrics.refused("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    if !origin_allowed(&ctx.config.allowed_origins, &headers) {
+        ctx.metrics.refused("origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let slot = match ctx.connections.acquire(remote.ip()) {
+        Ok(slot) => slot,
+        Err(ConnectionRefusal::EdgeFull) => {
+            ctx.metrics.refused("edge_full");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "edge at its connection limit\n",
+            )
+                .into_response();
+        }
+        Err(ConnectionRefusal::TooManyFromAddress) => {
+            ctx.metrics.refused("address_limit");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address\n",
+            )
+                .into_response();
+        }
+    };
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
     let sessions = ctx.sessions.clone();
@@ -69,7 +102,18 @@ async fn websocket(State(ctx): State<Arc<EdgeContext>>, upgrade: WebSocketUpgrad
         .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx)))
+        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, slot)))
+}
+
+/// Browsers always send `Origin`; other clients may not, and are not subject to the list.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
+    }
 }
 
 async fn healthz() -> &'static str {

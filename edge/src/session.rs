@@ -4,17 +4,21 @@
 //! frame is read), but keeps writing its outbox and answering keepalive while a registry
 //! call is in flight, so a slow commit never makes a peer look dead or slow.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
 
 use crate::EdgeContext;
+use crate::auth::Grant;
+use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::metrics::CloseReason;
 use crate::outbox::{Delivery, Outgoing, outbox};
 use crate::protocol::{
@@ -35,7 +39,19 @@ const WRITE_BATCH: usize = 64;
 
 type Reply = Pin<Box<dyn Future<Output = Vec<Outgoing>> + Send>>;
 
-pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
+/// Sends at most one `rate-limited` error per this interval, so a flood is not mirrored.
+const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a session remembers about its own requests.
+#[derive(Default)]
+struct SessionState {
+    /// Rooms joined with a receive-only token: signals from this peer there are refused.
+    receive_only: HashSet<RoomId>,
+}
+
+/// Serves one client until it leaves, fails, or the edge shuts down. `_slot` holds this
+/// connection's place in the connection limits until the session ends.
+pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: ConnectionSlot) {
     let peer = PeerId::random();
     let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
     ctx.index.add_session(peer.clone(), handle);
@@ -47,7 +63,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
         resume_token: &resume_token(),
         region: ctx.region.as_str(),
         edge: ctx.edge_id.as_str(),
-        ice_servers: &ctx.ice_servers,
+        ice_servers: &ice_servers(&ctx, &peer),
         protocol: protocol::SUBPROTOCOL,
     });
     let mut reason = None;
@@ -65,6 +81,12 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut inflight: Option<Reply> = None;
+    let mut state = SessionState::default();
+    let mut rate = RateLimiter::new(
+        ctx.config.rate_limit_per_second,
+        ctx.config.rate_limit_burst,
+    );
+    let mut last_rate_notice: Option<Instant> = None;
 
     let reason = match reason {
         Some(r) => r,
@@ -75,8 +97,9 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
                 () = outbox.kicked.cancelled() => break CloseReason::SlowConsumer,
                 out = outbox.rx.recv() => {
                     let Some(out) = out else { break CloseReason::Abrupt };
-                    if write_batch(&mut socket, out, &mut outbox.rx, &ctx).await.is_err() {
-                        break CloseReason::Abrupt;
+                    let write = write_batch(&mut socket, out, &mut outbox.rx, &ctx);
+                    if let Err(reason) = guarded(write, &outbox.kicked, &ctx).await {
+                        break reason;
                     }
                 }
                 replies = async {
@@ -88,20 +111,45 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
                     inflight = None;
                     // The client was not read while the request ran; that is not its silence.
                     last_heard = Instant::now();
-                    if send_all(&mut socket, replies, &ctx).await.is_err() {
-                        break CloseReason::Abrupt;
+                    if let Err(reason) =
+                        guarded(send_all(&mut socket, replies, &ctx), &outbox.kicked, &ctx).await
+                    {
+                        break reason;
                     }
                 }
                 _ = ping.tick() => {
                     if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
                         break CloseReason::KeepaliveTimeout;
                     }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break CloseReason::Abrupt;
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if let Err(reason) = guarded(ping, &outbox.kicked, &ctx).await {
+                        break reason;
                     }
                 }
                 msg = socket.recv(), if inflight.is_none() => {
                     last_heard = Instant::now();
+                    if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                        && !rate.allow(last_heard)
+                    {
+                        // Over its rate: the frame is dropped, and the client told (sparingly).
+                        ctx.metrics.received("invalid");
+                        let due = last_rate_notice
+                            .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
+                        if due {
+                            last_rate_notice = Some(last_heard);
+                            let err = ProtocolError::new(
+                                ErrorCode::RateLimited,
+                                "too many messages; frames are being dropped",
+                            );
+                            let send = send_error(&mut socket, &err, &ctx);
+                            if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                                break reason;
+                            }
+                        } else {
+                            ctx.metrics.error(ErrorCode::RateLimited);
+                        }
+                        continue;
+                    }
                     match msg {
                         None => break CloseReason::Abrupt,
                         Some(Err(e)) => break read_error_reason(e),
@@ -113,17 +161,19 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>) {
                                 ErrorCode::BinaryUnsupported,
                                 "binary frames are not part of heliograph.v1; send JSON text",
                             );
-                            if send_error(&mut socket, &err, &ctx).await.is_err() {
-                                break CloseReason::Abrupt;
+                            let send = send_error(&mut socket, &err, &ctx);
+                            if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                                break reason;
                             }
                         }
                         Some(Ok(Message::Text(text))) => {
                             let received_at = Instant::now();
-                            match handle_text(&text, &peer, &limits, &ctx, received_at) {
+                            match handle_text(&text, &peer, &limits, &ctx, &mut state, received_at) {
                                 Handled::Done => {}
                                 Handled::Reply(replies) => {
-                                    if send_all(&mut socket, replies, &ctx).await.is_err() {
-                                        break CloseReason::Abrupt;
+                                    let send = send_all(&mut socket, replies, &ctx);
+                                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                                        break reason;
                                     }
                                 }
                                 Handled::Later(fut) => inflight = Some(fut),
@@ -162,6 +212,7 @@ fn handle_text(
     peer: &PeerId,
     limits: &DecodeLimits,
     ctx: &Arc<EdgeContext>,
+    state: &mut SessionState,
     received_at: Instant,
 ) -> Handled {
     let request = match protocol::decode(text, limits) {
@@ -182,6 +233,11 @@ fn handle_text(
         Handled::Reply(vec![error_out(&err, ctx)])
     };
     match request.message {
+        ClientMessage::Signal { room, .. } if state.receive_only.contains(&room) => fail(
+            ErrorCode::Forbidden,
+            "your join token for this room does not allow sending signals",
+            reference,
+        ),
         ClientMessage::Signal {
             room,
             to,
@@ -220,7 +276,18 @@ fn handle_text(
                 reference: protocol::ref_raw(reference.as_ref()),
             }),
         )]),
-        ClientMessage::Join { room, meta } => join(ctx, peer, room, meta, reference),
+        ClientMessage::Join { room, meta, token } => {
+            let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
+                Ok(grant) => grant,
+                Err(e) => return fail(e.code(), &e.to_string(), reference),
+            };
+            if grant.can_publish {
+                state.receive_only.remove(&room);
+            } else {
+                state.receive_only.insert(room.clone());
+            }
+            join(ctx, peer, room, meta, &grant, reference)
+        }
         ClientMessage::Leave { room } => {
             if !ctx.index.is_member(peer, &room) {
                 return fail(ErrorCode::NotInRoom, "you are not in that room", reference);
@@ -274,6 +341,7 @@ fn join(
     peer: &PeerId,
     room: RoomId,
     meta: Option<&RawValue>,
+    grant: &Grant,
     reference: Option<Ref>,
 ) -> Handled {
     let max_rooms = ctx.config.limits.max_rooms_per_connection;
@@ -295,7 +363,11 @@ fn join(
         Ok((JoinStart::Pending, _)) => {
             let ctx = Arc::clone(ctx);
             let peer = peer.clone();
-            let meta = meta.map_or_else(|| "{}".to_owned(), |m| m.get().to_owned());
+            let meta = member_meta(meta, grant);
+            let max_members = match (ctx.config.limits.max_room_size, grant.max_room_size) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             Handled::Later(Box::pin(async move {
                 let started = Instant::now();
                 let result = ctx
@@ -305,7 +377,7 @@ fn join(
                         peer: peer.clone(),
                         edge: ctx.edge_id.clone(),
                         meta,
-                        max_members: ctx.config.limits.max_room_size,
+                        max_members,
                     })
                     .await;
                 ctx.metrics
@@ -365,6 +437,37 @@ fn registry_failure(
     )
 }
 
+/// The metadata other peers see. With join tokens, `identity` is the token's verified
+/// subject and overrides anything the client put there.
+fn member_meta(meta: Option<&RawValue>, grant: &Grant) -> String {
+    let raw = meta.map_or("{}", RawValue::get);
+    if grant.identity.is_empty() {
+        return raw.to_owned();
+    }
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw).unwrap_or_default();
+    object.insert(
+        "identity".into(),
+        serde_json::Value::String(grant.identity.clone()),
+    );
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The `ice_servers` of `welcome`: the configured STUN/TURN URLs, plus TURN credentials for
+/// this peer when a TURN secret is configured.
+fn ice_servers(ctx: &EdgeContext, peer: &PeerId) -> Box<RawValue> {
+    let Some(turn) = &ctx.config.turn else {
+        return ctx.ice_servers.clone();
+    };
+    let mut servers: Vec<serde_json::Value> =
+        serde_json::from_str(ctx.ice_servers.get()).unwrap_or_default();
+    let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+    if let Ok(v) = serde_json::to_value(turn.credentials(peer, now_unix)) {
+        servers.push(v);
+    }
+    protocol::raw_json(serde_json::Value::Array(servers).to_string())
+}
+
 fn resume_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -380,6 +483,22 @@ fn read_error_reason(e: axum::Error) -> CloseReason {
             _ => CloseReason::Abrupt,
         },
         Err(_) => CloseReason::Abrupt,
+    }
+}
+
+/// Runs a socket write, but gives up when the client is kicked, the edge shuts down, or the
+/// write stalls past the keepalive deadline: a client that stops reading blocks its writes,
+/// and must not keep its session from ending.
+async fn guarded(
+    write: impl Future<Output = Result<(), axum::Error>>,
+    kicked: &CancellationToken,
+    ctx: &EdgeContext,
+) -> Result<(), CloseReason> {
+    tokio::select! {
+        r = write => r.map_err(|_| CloseReason::Abrupt),
+        () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
+        () = ctx.shutdown.cancelled() => Err(CloseReason::Shutdown),
+        () = tokio::time::sleep(ctx.config.keepalive_timeout) => Err(CloseReason::SlowConsumer),
     }
 }
 

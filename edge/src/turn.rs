@@ -83,7 +83,11 @@ mod tests {
 
     #[test]
     fn username_is_expiry_colon_peer() {
-        let cfg = TurnConfig::new("s3cret", vec!["turn:turn.example:3478".into()], Duration::from_secs(600));
+        let cfg = TurnConfig::new(
+            "s3cret",
+            vec!["turn:turn.example:3478".into()],
+            Duration::from_secs(600),
+        );
         let peer = PeerId::new("abc").unwrap();
         let c = cfg.credentials(&peer, 1_000);
         assert_eq!(c.username, "1600:abc");
