@@ -3,6 +3,9 @@
 //! The edge binary is the one cargo built next to this test (`target/<profile>/heliograph-edge`);
 //! run `cargo build -p heliograph-edge` first.
 
+// Test helpers fail loudly: clippy's test allowances cover only `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
