@@ -314,3 +314,72 @@ fn repeat_reports_medians_and_every_run() {
     assert_eq!(v["runs"].as_array().unwrap().len(), 2);
     assert!(v["results"]["joins"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn report_renders_markdown_and_charts() {
+    let edge = Edge::start();
+    let results = tempfile::tempdir().unwrap();
+    let relay_out = results.path().join("relay.json");
+    let joins_out = results.path().join("joins.json");
+    for (args, out) in [
+        (
+            vec![
+                "relay",
+                "--url",
+                &edge.url,
+                "--clients",
+                "2",
+                "--window",
+                "1",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.2",
+            ],
+            &relay_out,
+        ),
+        (
+            vec![
+                "joins",
+                "--url",
+                &edge.url,
+                "--concurrency",
+                "2",
+                "--duration",
+                "1",
+            ],
+            &joins_out,
+        ),
+    ] {
+        let status = Command::new(LOADTEST)
+            .args(&args)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    let report = tempfile::tempdir().unwrap();
+    let status = Command::new(LOADTEST)
+        .args(["report", "--input"])
+        .arg(results.path())
+        .arg("--out-dir")
+        .arg(report.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("## Relay") && md.contains("## Join/leave storm"),
+        "{md}"
+    );
+    for chart in ["latency.svg", "throughput.svg"] {
+        let svg = std::fs::read_to_string(report.path().join(chart)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{chart}"
+        );
+    }
+}
