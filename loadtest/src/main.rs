@@ -1,0 +1,462 @@
+//! `heliograph-loadtest`: load generator for the Heliograph edge.
+//!
+//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins), `reference`
+//! (the bare forwarder relay is compared against), `procstat` and `machine` (what was
+//! measured on), `output` (result files and summaries), `report` (markdown and SVG charts).
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod machine;
+mod output;
+mod procstat;
+mod reference;
+mod report;
+mod scenarios;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::machine::Machine;
+use crate::output::RunFile;
+use crate::scenarios::idle::IdleSettings;
+use crate::scenarios::joins::JoinsSettings;
+use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "heliograph-loadtest",
+    version,
+    about = "Load generator for the Heliograph edge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pairs of peers ping-pong SDP-sized signals; measures relay throughput and latency.
+    Relay(RelayArgs),
+    /// Opens and holds many joined connections; measures server memory per connection.
+    Idle(IdleArgs),
+    /// A join/leave storm; measures joins per second and join latency.
+    Joins(JoinsArgs),
+    /// A minimal forwarder speaking enough of heliograph.v1 to be the relay ceiling.
+    ReferenceServer(ReferenceArgs),
+    /// Renders result files as a markdown table and SVG charts.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Result file (default: loadtest-results/<scenario>-<timestamp>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run the scenario this many times; results hold the median of each figure.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Generator runtime threads (1: tokio's current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Spread client sockets over source addresses 127.0.0.1 … 127.0.0.K.
+    #[arg(long, default_value_t = 16)]
+    source_addrs: usize,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Edge WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(long, required_unless_present = "reference_only")]
+    url: Option<String>,
+    /// Clients (an even number: N/2 two-peer rooms).
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Offers in flight per pair.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Server process whose CPU time per relayed message is measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Approximate size of each signal's `data`, in bytes.
+    #[arg(long, default_value_t = 400)]
+    payload_bytes: usize,
+    /// Longest wait for in-flight signals after the measured window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Also run against the reference forwarder with the same settings and print ratios.
+    #[arg(long)]
+    vs_reference: bool,
+    /// Run against the reference forwarder only (spawned, or --reference-url).
+    #[arg(long, conflicts_with = "vs_reference")]
+    reference_only: bool,
+    /// A reference server already running (else one is spawned from this binary).
+    #[arg(long, requires = "reference_pid")]
+    reference_url: Option<String>,
+    /// PID of the --reference-url server, for its CPU time.
+    #[arg(long)]
+    reference_pid: Option<u32>,
+    /// Pin the spawned reference server with `taskset -c CPUS` (e.g. the edge's core).
+    #[arg(long)]
+    reference_taskset: Option<String>,
+    /// Runtime threads of the spawned reference server (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    reference_threads: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    /// Edge WebSocket URL.
+    #[arg(long)]
+    url: String,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Server process whose RSS is measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Peers per room.
+    #[arg(long, default_value_t = 2)]
+    rooms_of: usize,
+    /// Seconds to hold the connections before measuring RSS again.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
+    /// Split the clients over this many child processes (one process holds < 20k sockets).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Internal: run as a child of `idle --processes`.
+    #[arg(long, hide = true)]
+    child: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct JoinsArgs {
+    /// Edge WebSocket URL.
+    #[arg(long)]
+    url: String,
+    /// Workers, each with its own connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds of storm.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Server process whose CPU time per join is measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct ReferenceArgs {
+    /// Address to listen on; prints {"listening":"ADDR"} once bound.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Runtime threads (1: tokio's current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Result files, or directories of them.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Where report.md and the SVG charts go.
+    #[arg(long, default_value = "loadtest-report")]
+    out_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Relay(a) => a.common.threads,
+        Command::Idle(a) => a.common.threads,
+        Command::Joins(a) => a.common.threads,
+        Command::ReferenceServer(a) => a.threads,
+        Command::Report(_) => 1,
+    };
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let result = match runtime {
+        Ok(rt) => rt.block_on(run(cli.command)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heliograph-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Relay(args) => relay(args).await,
+        Command::Idle(args) => idle(args).await,
+        Command::Joins(args) => joins(args).await,
+        Command::ReferenceServer(args) => reference::serve(args.listen).await,
+        Command::Report(args) => report::render(&args.input, &args.out_dir),
+    }
+}
+
+fn check_repeat(common: &Common) -> Result<()> {
+    if common.repeat == 0 {
+        bail!("--repeat must be ≥ 1");
+    }
+    Ok(())
+}
+
+fn finish(
+    scenario: &str,
+    settings: Value,
+    runs: Vec<Value>,
+    results: Value,
+    common: &Common,
+    started_at: String,
+) -> Result<()> {
+    let file = RunFile {
+        scenario: scenario.to_owned(),
+        settings,
+        machine: Machine::detect(),
+        results,
+        runs,
+        started_at,
+    };
+    let path = output::out_path(common.out.as_deref(), scenario);
+    output::write(&path, &file)?;
+    println!("{}", output::summary(scenario, &file.results));
+    if file.runs.len() > 1 {
+        println!("(median of {} runs)", file.runs.len());
+    }
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+fn relay_settings(args: &RelayArgs, url: String, server_pid: Option<u32>) -> RelaySettings {
+    RelaySettings {
+        url,
+        clients: args.clients,
+        window: args.window,
+        duration_secs: args.duration,
+        warmup_secs: args.warmup,
+        server_pid,
+        payload_bytes: args.payload_bytes,
+        source_addrs: args.common.source_addrs,
+        connect_concurrency: args.common.connect_concurrency,
+        drain_timeout_secs: args.drain_timeout,
+    }
+}
+
+async fn relay_once(settings: &RelaySettings, label: &str) -> Result<Value> {
+    let r = scenarios::relay::run(settings).await?;
+    if r.generator_limited {
+        eprintln!(
+            "WARNING ({label}): the load generator used {:.0}% of a core (≥ {:.0}%): it, not the \
+             server, is the limit of this run. Use fewer clients, a smaller window, or more \
+             generator threads/processes.",
+            r.generator_cpu_percent_of_core,
+            GENERATOR_LIMIT_FRACTION * 100.0
+        );
+    }
+    if r.sent != r.received {
+        eprintln!(
+            "WARNING ({label}): sent {} signals but {} arrived",
+            r.sent, r.received
+        );
+    }
+    Ok(serde_json::to_value(r)?)
+}
+
+fn ratio(edge: &Value, reference: &Value, path: &[&str]) -> Option<f64> {
+    let get = |v: &Value| path.iter().try_fold(v, |v, k| v.get(k))?.as_f64();
+    let (e, r) = (get(edge)?, get(reference)?);
+    (r != 0.0).then(|| e / r)
+}
+
+async fn relay(args: RelayArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let started_at = output::now_rfc3339();
+    let with_reference = args.vs_reference || args.reference_only;
+    let mut spawned = None;
+    let reference = if with_reference {
+        match (&args.reference_url, args.reference_pid) {
+            (Some(url), Some(pid)) => Some((url.clone(), pid)),
+            _ => {
+                let child = reference::ReferenceChild::spawn(
+                    args.reference_taskset.as_deref(),
+                    args.reference_threads,
+                )
+                .await?;
+                let r = (child.url.clone(), child.pid);
+                spawned = Some(child);
+                Some(r)
+            }
+        }
+    } else {
+        None
+    };
+    let outcome = relay_runs(&args, reference.as_ref(), started_at).await;
+    if let Some(child) = spawned {
+        child.stop().await;
+    }
+    outcome
+}
+
+async fn relay_runs(
+    args: &RelayArgs,
+    reference: Option<&(String, u32)>,
+    started_at: String,
+) -> Result<()> {
+    let edge = (!args.reference_only)
+        .then(|| args.url.clone())
+        .flatten()
+        .map(|url| relay_settings(args, url, args.server_pid));
+    let reference = reference.map(|(url, pid)| relay_settings(args, url.clone(), Some(*pid)));
+    let mut edge_runs = Vec::new();
+    let mut reference_runs = Vec::new();
+    for i in 0..args.common.repeat {
+        if args.common.repeat > 1 {
+            eprintln!("run {} of {}", i + 1, args.common.repeat);
+        }
+        if let Some(s) = &edge {
+            edge_runs.push(relay_once(s, "edge").await?);
+        }
+        if let Some(s) = &reference {
+            reference_runs.push(relay_once(s, "reference").await?);
+        }
+    }
+    match (edge, reference) {
+        (Some(e), Some(r)) => {
+            let edge_median = output::median(&edge_runs);
+            let reference_median = output::median(&reference_runs);
+            let results = json!({
+                "edge": edge_median,
+                "reference": reference_median,
+                "ratios": {
+                    "throughput": ratio(&edge_median, &reference_median, &["round_trips_per_sec"]),
+                    "cpu_per_message": ratio(&edge_median, &reference_median, &["server_cpu_us_per_message"]),
+                    "p99": ratio(&edge_median, &reference_median, &["rtt", "p99_us"]),
+                },
+            });
+            let runs = edge_runs
+                .into_iter()
+                .zip(reference_runs)
+                .map(|(e, r)| json!({"edge": e, "reference": r}))
+                .collect();
+            let settings = json!({"edge": e, "reference": r});
+            finish(
+                "relay-vs-reference",
+                settings,
+                runs,
+                results,
+                &args.common,
+                started_at,
+            )
+        }
+        (Some(s), None) | (None, Some(s)) => {
+            let runs = if edge_runs.is_empty() {
+                reference_runs
+            } else {
+                edge_runs
+            };
+            let results = output::median(&runs);
+            finish(
+                "relay",
+                serde_json::to_value(&s)?,
+                runs,
+                results,
+                &args.common,
+                started_at,
+            )
+        }
+        (None, None) => bail!("nothing to run: give --url, --vs-reference or --reference-only"),
+    }
+}
+
+async fn idle(args: IdleArgs) -> Result<()> {
+    let settings = IdleSettings {
+        url: args.url.clone(),
+        clients: args.clients,
+        server_pid: args.server_pid,
+        rooms_of: args.rooms_of,
+        hold_secs: args.hold,
+        source_addrs: args.common.source_addrs,
+        connect_concurrency: args.common.connect_concurrency,
+        processes: args.processes,
+    };
+    if args.child {
+        return scenarios::idle::run_child(&settings).await;
+    }
+    check_repeat(&args.common)?;
+    let started_at = output::now_rfc3339();
+    let mut runs = Vec::new();
+    for _ in 0..args.common.repeat {
+        runs.push(serde_json::to_value(
+            scenarios::idle::run(&settings).await?,
+        )?);
+    }
+    let results = output::median(&runs);
+    finish(
+        "idle",
+        serde_json::to_value(&settings)?,
+        runs,
+        results,
+        &args.common,
+        started_at,
+    )
+}
+
+async fn joins(args: JoinsArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let settings = JoinsSettings {
+        url: args.url.clone(),
+        concurrency: args.concurrency,
+        duration_secs: args.duration,
+        server_pid: args.server_pid,
+        source_addrs: args.common.source_addrs,
+    };
+    let started_at = output::now_rfc3339();
+    let mut runs = Vec::new();
+    for _ in 0..args.common.repeat {
+        runs.push(serde_json::to_value(
+            scenarios::joins::run(&settings).await?,
+        )?);
+    }
+    let results = output::median(&runs);
+    finish(
+        "joins",
+        serde_json::to_value(&settings)?,
+        runs,
+        results,
+        &args.common,
+        started_at,
+    )
+}

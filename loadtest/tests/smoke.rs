@@ -1,0 +1,385 @@
+//! Smoke tests: the real edge binary and the real load generator, at tiny sizes.
+//!
+//! The edge binary is the one cargo built next to this test (`target/<profile>/heliograph-edge`);
+//! run `cargo build -p heliograph-edge` first.
+
+// Test helpers fail loudly: clippy's test allowances cover only `#[test]` functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const LOADTEST: &str = env!("CARGO_BIN_EXE_heliograph-loadtest");
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Kills the child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn edge_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/smoke-… → target/<profile>/heliograph-edge
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let edge = profile_dir.join("heliograph-edge");
+    assert!(
+        edge.exists(),
+        "{} is missing: run `cargo build -p heliograph-edge` first",
+        edge.display()
+    );
+    edge
+}
+
+/// Starts `cmd` and returns it with the first stdout line parsed as JSON (within a deadline).
+fn start_with_json_line(mut cmd: Command) -> (Guard, Value) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(START_DEADLINE)
+        .expect("the server printed no address line in time");
+    let value: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+    (guard, value)
+}
+
+struct Edge {
+    guard: Guard,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Edge {
+    fn start() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(edge_binary());
+        cmd.args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .arg(data.path());
+        let (guard, line) = start_with_json_line(cmd);
+        let addr = line["listening"].as_str().unwrap().to_owned();
+        Self {
+            guard,
+            url: format!("ws://{addr}/ws"),
+            _data: data,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.guard.0.id().to_string()
+    }
+}
+
+/// Runs the load generator with `args` plus `--out`, and returns the result file.
+fn loadtest(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("result.json");
+    let child = Command::new(LOADTEST)
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(child);
+    // Bounded wait: every scenario here is a few seconds long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loadtest {args:?} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = guard.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(status.success(), "loadtest {args:?} failed: {stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn assert_envelope(v: &Value, scenario: &str) {
+    assert_eq!(v["scenario"], scenario);
+    assert!(v["settings"].is_object());
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(v["machine"]["kernel"].is_string());
+    assert!(v["machine"]["cpu_model"].is_string());
+    assert!(v["started_at"].is_string());
+    assert!(!v["runs"].as_array().unwrap().is_empty());
+}
+
+fn assert_relay_ok(r: &Value) {
+    assert!(
+        r["round_trips"].as_u64().unwrap() > 0,
+        "no round trips: {r}"
+    );
+    assert!(r["round_trips_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["sent"], r["received"], "sent != received: {r}");
+    assert!(r["sent"].as_u64().unwrap() > 0);
+    assert_eq!(r["errors"], 0, "errors: {r}");
+    assert_eq!(r["drained"], true);
+    assert!(r["rtt"]["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(r["rtt"]["p99_us"].is_number());
+    assert!(r["rtt"]["p999_us"].is_number());
+    assert!(r["server_cpu_us_per_message"].as_f64().is_some());
+    assert!(r["generator_cpu_percent_of_core"].is_number());
+    assert!(r["round_trips_per_second_samples"].is_array());
+}
+
+#[test]
+fn relay_against_the_edge() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&[
+        "relay",
+        "--url",
+        &edge.url,
+        "--clients",
+        "4",
+        "--window",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_envelope(&v, "relay");
+    assert_relay_ok(&v["results"]);
+    assert_eq!(
+        v["results"]["round_trips_per_second_samples"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn relay_vs_reference() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&[
+        "relay",
+        "--vs-reference",
+        "--url",
+        &edge.url,
+        "--clients",
+        "4",
+        "--window",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_envelope(&v, "relay-vs-reference");
+    assert_relay_ok(&v["results"]["edge"]);
+    assert_relay_ok(&v["results"]["reference"]);
+    assert!(v["results"]["ratios"]["throughput"].as_f64().unwrap() > 0.0);
+    assert!(v["results"]["ratios"]["cpu_per_message"].is_number());
+    assert!(v["results"]["ratios"]["p99"].is_number());
+}
+
+#[test]
+fn reference_server_alone() {
+    let mut cmd = Command::new(LOADTEST);
+    cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
+    let (guard, line) = start_with_json_line(cmd);
+    let url = format!("ws://{}/ws", line["listening"].as_str().unwrap());
+    let pid = guard.0.id().to_string();
+    let v = loadtest(&[
+        "relay",
+        "--url",
+        &url,
+        "--clients",
+        "4",
+        "--window",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_relay_ok(&v["results"]);
+}
+
+#[test]
+fn idle_holds_connections() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&[
+        "idle",
+        "--url",
+        &edge.url,
+        "--clients",
+        "20",
+        "--hold",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_envelope(&v, "idle");
+    let r = &v["results"];
+    assert_eq!(r["connected"], 20, "{r}");
+    assert_eq!(r["failed"], 0);
+    assert!(r["server_rss_after_bytes"].as_u64().unwrap() > 0);
+    assert!(r["server_bytes_per_connection"].is_number());
+}
+
+#[test]
+fn idle_in_child_processes() {
+    let edge = Edge::start();
+    let v = loadtest(&[
+        "idle",
+        "--url",
+        &edge.url,
+        "--clients",
+        "20",
+        "--hold",
+        "0.2",
+        "--processes",
+        "2",
+    ]);
+    assert_eq!(v["results"]["connected"], 20);
+    assert_eq!(v["results"]["processes"], 2);
+}
+
+#[test]
+fn joins_storm() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&[
+        "joins",
+        "--url",
+        &edge.url,
+        "--concurrency",
+        "4",
+        "--duration",
+        "2",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_envelope(&v, "joins");
+    let r = &v["results"];
+    assert!(r["joins"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["join_latency"]["p99_us"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn repeat_reports_medians_and_every_run() {
+    let edge = Edge::start();
+    let v = loadtest(&[
+        "joins",
+        "--url",
+        &edge.url,
+        "--concurrency",
+        "2",
+        "--duration",
+        "1",
+        "--repeat",
+        "2",
+    ]);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+    assert!(v["results"]["joins"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn report_renders_markdown_and_charts() {
+    let edge = Edge::start();
+    let results = tempfile::tempdir().unwrap();
+    let relay_out = results.path().join("relay.json");
+    let joins_out = results.path().join("joins.json");
+    for (args, out) in [
+        (
+            vec![
+                "relay",
+                "--url",
+                &edge.url,
+                "--clients",
+                "2",
+                "--window",
+                "1",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.2",
+            ],
+            &relay_out,
+        ),
+        (
+            vec![
+                "joins",
+                "--url",
+                &edge.url,
+                "--concurrency",
+                "2",
+                "--duration",
+                "1",
+            ],
+            &joins_out,
+        ),
+    ] {
+        let status = Command::new(LOADTEST)
+            .args(&args)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    let report = tempfile::tempdir().unwrap();
+    let status = Command::new(LOADTEST)
+        .args(["report", "--input"])
+        .arg(results.path())
+        .arg("--out-dir")
+        .arg(report.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("## Relay") && md.contains("## Join/leave storm"),
+        "{md}"
+    );
+    for chart in ["latency.svg", "throughput.svg"] {
+        let svg = std::fs::read_to_string(report.path().join(chart)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{chart}"
+        );
+    }
+}
