@@ -95,3 +95,23 @@ def test_secrets_stay_out_of_argv() -> None:
             for e in c.get("env", []):
                 if "SECRET" in e["name"] or "JWT" in e["name"]:
                     assert "valueFrom" in e, e
+
+
+def test_readme_documents_every_value() -> None:
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+
+    def paths(node: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in node.items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.append(p)
+            if isinstance(v, dict) and not p.endswith(("resources", "SecurityContext", "securityContext",
+                                                      "behavior", "Probe")):
+                out.extend(paths(v, p))
+        return out
+
+    missing = [p for p in paths(values) if isinstance(p, str) and f"`{p}" not in readme]
+    assert not missing, missing
