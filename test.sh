@@ -33,6 +33,11 @@ cargo build --workspace --locked --quiet
 echo "== Rust tests"
 cargo nextest run --workspace --locked --no-fail-fast
 
+if [ -f helm/tests/run.sh ]; then
+  echo "== Helm chart, image and monitoring tests"
+  bash helm/tests/run.sh
+fi
+
 if [ -f edge/web/test/run-all.sh ]; then
   echo "== SDK and browser tests"
   bash edge/web/test/run-all.sh

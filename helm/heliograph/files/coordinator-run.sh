@@ -1,0 +1,130 @@
+#!/bin/sh
+# Heliograph coordinator entrypoint for Kubernetes (StatefulSet pods).
+#
+# Starts `heliograph-coordinator serve` and then, once per data volume, makes the replica a
+# member of the Raft cluster:
+#   * ordinal 0 of the region with BOOTSTRAP=true bootstraps a fresh cluster, unless some other
+#     coordinator (this region's replicas or PEERS) already reports a leader: then it adds itself;
+#   * every other replica adds itself (`add`) through whichever known coordinator accepts it
+#     (the leader), as a learner when LEARNER_ONLY=true.
+# A marker file on the volume makes restarts skip the join; a replica that already sees a leader
+# from its own API counts as a member too. Scale-up works the same way: new ordinals add
+# themselves. Scale-down does NOT remove members: run `heliograph-coordinator remove` first.
+#
+# Environment (set by the chart): POD_NAME POD_NAMESPACE REGION ID_BASE RAFT_PORT API_PORT
+# METRICS_PORT GRACE_MS DATA_ROOT HEADLESS_SERVICE CLUSTER_DOMAIN ADVERTISE_HOST_TEMPLATE
+# SIBLINGS PEERS BOOTSTRAP LEARNER_ONLY JOIN_TIMEOUT HELIOGRAPH_CLUSTER_SECRET.
+# Extra arguments are passed to `serve`.
+set -eu
+
+log() { echo "coordinator-run: $*" >&2; }
+
+ordinal="${POD_NAME##*-}"
+case "$ordinal" in
+  ''|*[!0-9]*) log "cannot read the ordinal from pod name $POD_NAME"; exit 64 ;;
+esac
+id=$((ID_BASE + ordinal))
+if [ -n "${ADVERTISE_HOST_TEMPLATE:-}" ]; then
+  host=$(printf '%s' "$ADVERTISE_HOST_TEMPLATE" | sed "s/{ordinal}/$ordinal/g")
+else
+  host="$POD_NAME.$HEADLESS_SERVICE.$POD_NAMESPACE.svc.$CLUSTER_DOMAIN"
+fi
+data_dir="$DATA_ROOT/raft"
+marker="$DATA_ROOT/.heliograph-member"
+local_api="127.0.0.1:$API_PORT"
+mkdir -p "$data_dir"
+
+log "node $id of region $REGION, advertised as $host (raft $RAFT_PORT, api $API_PORT)"
+heliograph-coordinator serve \
+  --id "$id" \
+  --raft-listen "0.0.0.0:$RAFT_PORT" \
+  --api-listen "0.0.0.0:$API_PORT" \
+  --advertise-raft "$host:$RAFT_PORT" \
+  --advertise-api "$host:$API_PORT" \
+  --region "$REGION" \
+  --data-dir "$data_dir" \
+  --grace-ms "$GRACE_MS" \
+  --metrics-listen "0.0.0.0:$METRICS_PORT" \
+  "$@" &
+server=$!
+
+# SIGTERM goes to the server, which drains within --grace-ms; we then exit with its status.
+trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT
+
+alive() { kill -0 "$server" 2>/dev/null; }
+now() { date +%s; }
+deadline=$(( $(now) + JOIN_TIMEOUT ))
+in_time() { [ "$(now)" -lt "$deadline" ]; }
+
+# Every known coordinator API but our own: this region's replicas, then other regions' peers.
+candidates() {
+  for a in $(printf '%s,%s' "${SIBLINGS:-}" "${PEERS:-}" | tr ',' ' '); do
+    case "$a" in
+      "$POD_NAME".*) ;;
+      *) echo "$a" ;;
+    esac
+  done
+}
+
+# `status` prints JSON; a replica in a working cluster reports a numeric "leader".
+has_leader() {
+  heliograph-coordinator status --api "$1" 2>/dev/null \
+    | tr -d ' \n\t' | grep -q '"leader":[0-9]'
+}
+
+add_self() {
+  set -- --id "$id" --raft "$host:$RAFT_PORT" --node-api "$host:$API_PORT" --region "$REGION"
+  if [ "${LEARNER_ONLY:-false}" = true ]; then set -- "$@" --learner-only; fi
+  while alive && in_time; do
+    for api in $(candidates); do
+      if heliograph-coordinator add --api "$api" "$@"; then
+        log "added to the cluster through $api"
+        return 0
+      fi
+    done
+    sleep 2
+  done
+  return 1
+}
+
+join() {
+  until heliograph-coordinator status --api "$local_api" >/dev/null 2>&1; do
+    alive && in_time || return 1
+    sleep 1
+  done
+  if has_leader "$local_api"; then
+    log "already a member of a cluster"
+    return 0
+  fi
+  if [ "${BOOTSTRAP:-false}" = true ] && [ "$ordinal" = 0 ]; then
+    for api in $(candidates); do
+      if has_leader "$api"; then
+        log "$api already belongs to a cluster: joining it instead of bootstrapping"
+        add_self
+        return
+      fi
+    done
+    log "bootstrapping a new cluster"
+    heliograph-coordinator bootstrap --api "$local_api"
+    return
+  fi
+  add_self
+}
+
+if [ ! -f "$marker" ]; then
+  if join; then
+    date -u +%Y-%m-%dT%H:%M:%SZ > "$marker"
+  elif alive; then
+    log "could not join the cluster within ${JOIN_TIMEOUT}s; restarting"
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" || true
+    exit 1
+  fi
+fi
+
+while :; do
+  rc=0
+  wait "$server" || rc=$?
+  alive || break
+done
+exit "$rc"

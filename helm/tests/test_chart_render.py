@@ -1,0 +1,117 @@
+"""(1) The chart renders with default values and each example, passes the schema and lint."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CHART, VALUE_SETS, example_names, load_values, manifests, render
+
+
+def test_three_region_examples_exist() -> None:
+    assert example_names() == ["ap", "eu", "us"]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_renders_and_validates_against_values_schema(name: str) -> None:
+    import helm_python as helm
+
+    values = load_values(name)
+    with helm.Chart.load(str(CHART)) as chart:
+        assert chart.schema is not None, "values.schema.json is missing"
+        chart.validate_schema(values)
+    docs = manifests(values)
+    kinds = {d["kind"] for d in docs}
+    assert {"StatefulSet", "Deployment", "Service", "HorizontalPodAutoscaler",
+            "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"} <= kinds
+    for d in docs:
+        assert d["metadata"]["namespace"] == "heliograph" or d["kind"] in {"Namespace"}
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_lint_strict_kube_1_30(name: str) -> None:
+    import helm_python as helm
+
+    report = helm.lint(str(CHART), load_values(name), strict=True, kube_version="v1.30.0")
+    assert report["errors"] == [], report
+    serious = [m for m in report["messages"] if m["severity"] >= 2]
+    assert serious == [], serious
+
+
+def test_exactly_one_example_region_bootstraps_and_ids_do_not_overlap() -> None:
+    examples = {n: load_values(n) for n in example_names()}
+    boot = [n for n, v in examples.items() if v["coordinator"]["bootstrap"]]
+    assert boot == ["us"]
+    ranges = sorted(
+        (v["coordinator"]["idBase"], v["coordinator"]["idBase"] + v["coordinator"]["replicas"])
+        for v in examples.values()
+    )
+    for (_, end), (start, _) in zip(ranges, ranges[1:]):
+        assert end <= start, ranges
+    regions = {v["region"] for v in examples.values()}
+    assert regions == set(examples)
+    # Each region lists every other region's gateways as peers.
+    for name, v in examples.items():
+        hosts = {p.split(".")[1] for p in v["coordinator"]["peers"]}
+        assert hosts == regions - {name}, (name, hosts)
+
+
+def test_schema_rejects_unknown_and_bad_values() -> None:
+    import helm_python as helm
+
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad in (
+            {"bogus": 1},
+            {"region": "Not A Region"},
+            {"coordinator": {"peers": ["http://x:7001"]}},
+            {"edge": {"iceServers": ["http://x"]}},
+            {"ports": {"edge": 70000}},
+        ):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)
+
+
+def test_multi_region_requires_a_shared_cluster_secret() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="clusterSecret"):
+        render({"coordinator": {"peers": ["coord-0.eu.example.internal:7001"]}})
+
+
+def test_too_short_termination_grace_fails_the_render() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render({"edge": {"shutdownGraceMs": 30000, "terminationGracePeriodSeconds": 20}})
+
+
+def test_secrets_stay_out_of_argv() -> None:
+    docs = manifests(load_values("everything-on"))
+    for d in docs:
+        if d["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            argv = " ".join(c.get("command", []) + c.get("args", []))
+            assert "s3cret" not in argv and "--cluster-secret" not in argv
+            for e in c.get("env", []):
+                if "SECRET" in e["name"] or "JWT" in e["name"]:
+                    assert "valueFrom" in e, e
+
+
+def test_readme_documents_every_value() -> None:
+    import yaml
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+
+    def paths(node: dict, prefix: str = "") -> list[str]:
+        out = []
+        for k, v in node.items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.append(p)
+            if isinstance(v, dict) and not p.endswith(("resources", "SecurityContext", "securityContext",
+                                                      "behavior", "Probe")):
+                out.extend(paths(v, p))
+        return out
+
+    missing = [p for p in paths(values) if isinstance(p, str) and f"`{p}" not in readme]
+    assert not missing, missing
