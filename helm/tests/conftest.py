@@ -21,7 +21,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "region": "test-1",
     "clusterSecret": {"value": "s3cret"},
     "jwt": {"key": "jwt-key"},
-    "turn": {"secret": "turn-secret"},
+    "turn": {"secret": "turn-secret", "urls": ["turn:turn.example.org:3478"]},
     "edge": {
         "iceServers": ["stun:stun.example.com:3478"],
         "autoscaling": {"targetConnectionsPerPod": 2000},
