@@ -17,6 +17,7 @@ pub const DEFAULT_OUTBOX_MESSAGES: usize = 256;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 45_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_DETACH_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 50;
@@ -74,6 +75,10 @@ pub struct Args {
     /// A socket that sends nothing (not even a pong) for this long is closed and its peer leaves.
     #[arg(long, env = "HELIOGRAPH_KEEPALIVE_TIMEOUT_MS", default_value_t = DEFAULT_KEEPALIVE_TIMEOUT_MS)]
     pub keepalive_timeout_ms: u64,
+    /// A write to a client that stays blocked this long (the client stopped reading and the
+    /// socket buffers are full) cuts the client off as a slow consumer (close 1008).
+    #[arg(long, env = "HELIOGRAPH_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]
+    pub write_timeout_ms: u64,
     /// Longest time shutdown may take before the process exits anyway.
     #[arg(long, env = "HELIOGRAPH_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
@@ -141,6 +146,7 @@ pub struct Config {
     pub limits: Limits,
     pub ping_interval: Duration,
     pub keepalive_timeout: Duration,
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub detach_grace: Duration,
     pub lease: Duration,
@@ -342,6 +348,7 @@ impl Args {
             },
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             detach_grace: Duration::from_millis(self.detach_grace_ms),
             lease: Duration::from_millis(self.lease_ms),

@@ -487,8 +487,8 @@ fn read_error_reason(e: axum::Error) -> CloseReason {
 }
 
 /// Runs a socket write, but gives up when the client is kicked, the edge shuts down, or the
-/// write stalls past the keepalive deadline: a client that stops reading blocks its writes,
-/// and must not keep its session from ending.
+/// write stalls past `--write-timeout-ms`: a client that stops reading blocks its writes, and
+/// must not keep its session (or the memory queued for it) alive.
 async fn guarded(
     write: impl Future<Output = Result<(), axum::Error>>,
     kicked: &CancellationToken,
@@ -498,7 +498,7 @@ async fn guarded(
         r = write => r.map_err(|_| CloseReason::Abrupt),
         () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
         () = ctx.shutdown.cancelled() => Err(CloseReason::Shutdown),
-        () = tokio::time::sleep(ctx.config.keepalive_timeout) => Err(CloseReason::SlowConsumer),
+        () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
     }
 }
 
