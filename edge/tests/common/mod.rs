@@ -250,6 +250,18 @@ impl Client {
         self.expect("joined").await
     }
 
+    /// Asserts that the server answers a ping, skipping whatever answers came before it.
+    pub async fn assert_usable_after_noise(&mut self) {
+        self.send(json!({"type": "ping", "ref": "after-noise"}))
+            .await;
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["ref"] == "after-noise" {
+                return;
+            }
+        }
+    }
+
     /// Asserts that the server answers a ping (the connection is usable).
     pub async fn assert_usable(&mut self) {
         self.send(json!({"type": "ping", "ref": "alive"})).await;
