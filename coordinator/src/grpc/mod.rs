@@ -2,9 +2,11 @@
 //!
 //! - [`auth`]: the cluster secret every call carries.
 //! - [`raft_service`]: Raft RPCs from peer replicas (its own listener).
+//! - [`admin_client`]: the admin client the CLI and tests use, following the leader.
 //! - [`admin_service`]: cluster membership and status (on the API listener).
 //! - [`registry_service`]: the edge-facing registry API (on the API listener).
 
+pub mod admin_client;
 pub mod admin_service;
 pub mod auth;
 pub mod raft_service;
