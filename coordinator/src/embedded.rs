@@ -421,7 +421,8 @@ fn raft_config(timing: Timing, snapshot_after: u64) -> Result<openraft::Config, 
         // Entries kept behind a snapshot let a briefly lagging follower catch up from the log;
         // kept in proportion so that a small test threshold still forces a snapshot transfer.
         max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT.min(snapshot_after / 10),
-        purge_batch_size: PURGE_BATCH_ENTRIES,
+        // openraft purges only once this many entries can go; scaled for the same reason.
+        purge_batch_size: PURGE_BATCH_ENTRIES.min(snapshot_after / 10).max(1),
         ..Default::default()
     }
     .validate()

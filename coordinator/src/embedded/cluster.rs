@@ -19,6 +19,9 @@ use crate::raft::{NodeId, NodeInfo};
 /// How long a learner may take to catch up before `add_member` gives up on promoting it.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a freshly bootstrapped replica may take to elect itself.
+const LEAD_DEADLINE: Duration = Duration::from_secs(10);
+
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemberStatus {
@@ -57,7 +60,19 @@ impl EmbeddedCoordinator {
             .map_err(|e| self.data_dir_error(e))?;
         let members = BTreeMap::from([(inner.node_id, inner.node.clone())]);
         match inner.raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let id = inner.node_id;
+                inner
+                    .raft
+                    .wait(Some(LEAD_DEADLINE))
+                    .metrics(
+                        |m| m.current_leader == Some(id),
+                        "the bootstrapped node leads",
+                    )
+                    .await
+                    .map_err(|e| CoordinatorError::Unavailable(e.to_string()))?;
+                Ok(())
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(
                 CoordinatorError::Membership(format!("the cluster is already initialized: {e}")),
             ),
