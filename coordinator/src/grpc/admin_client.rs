@@ -41,12 +41,10 @@ impl AdminError {
     }
 }
 
-type Client = AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync>,
-    >,
->;
+/// Adds the secret, when there is one, to each call.
+type Attach =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync>;
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Attach>>;
 
 async fn connect(addr: &str, secret: Option<&ClusterSecret>) -> Result<Client, AdminError> {
     let connect_error = |reason: String| AdminError::Connect {
@@ -61,9 +59,7 @@ async fn connect(addr: &str, secret: Option<&ClusterSecret>) -> Result<Client, A
         .await
         .map_err(|e| connect_error(e.to_string()))?;
     let secret = secret.cloned();
-    let attach: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync,
-    > = Box::new(move |mut request| {
+    let attach: Attach = Box::new(move |mut request| {
         if let Some(s) = &secret {
             s.attach(&mut request);
         }
