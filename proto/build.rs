@@ -2,7 +2,11 @@
 //! is needed to build Heliograph.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/heliograph/v1/registry.proto"];
+    let protos = [
+        "proto/heliograph/v1/registry.proto",
+        "proto/heliograph/v1/raft.proto",
+        "proto/heliograph/v1/admin.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -14,4 +14,11 @@ pub enum CoordinatorError {
     Storage(String),
     #[error("invalid raft configuration: {0}")]
     Config(String),
+    /// Writes and membership changes go to the leader; `leader_api` is its edge-facing address
+    /// when one is known.
+    #[error("this replica is not the leader (leader: {})", leader_api.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader_api: Option<String> },
+    /// A membership change (bootstrap, add, remove) was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
 }

@@ -2,8 +2,10 @@
 //!
 //! - [`registry`]: the pure domain (edges, rooms, peers, commands, events); no transport.
 //! - [`raft`]: the registry as an openraft replica (durable log store, state machine, network).
-//! - [`embedded`]: a replica run inside another process (the single-node default), with the
-//!   handle that edges use to change and watch the registry.
+//! - [`embedded`]: the replica handle: the single-node default embedded in an edge, or a
+//!   member of a multi-replica cluster; edges use it to change and watch the registry.
+//! - [`grpc`]: the Raft, admin and registry services, and the admin client.
+//! - [`server`]: serves a replica's services on its two listeners.
 //! - [`metrics`]: metric names and how they are recorded.
 //! - [`error`]: the errors this crate returns.
 
@@ -15,6 +17,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
+pub mod server;
 
-pub use embedded::{EmbeddedConfig, EmbeddedCoordinator};
+pub use embedded::{EmbeddedConfig, EmbeddedCoordinator, Replica, ReplicaConfig, ReplicaOptions};
 pub use error::CoordinatorError;

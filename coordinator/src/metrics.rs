@@ -10,6 +10,9 @@ pub const RAFT_COMMIT_INDEX: &str = "heliograph_raft_commit_index";
 pub const RAFT_LAST_APPLIED_INDEX: &str = "heliograph_raft_last_applied_index";
 pub const RAFT_LEADER_CHANGES: &str = "heliograph_raft_leader_changes_total";
 pub const RAFT_SNAPSHOTS_BUILT: &str = "heliograph_raft_snapshots_built_total";
+pub const RAFT_SNAPSHOTS_INSTALLED: &str = "heliograph_raft_snapshots_installed_total";
+pub const RAFT_APPLY_LAG: &str = "heliograph_raft_apply_lag_entries";
+pub const REGISTRY_BATCH_COMMANDS: &str = "heliograph_registry_batch_commands";
 pub const REGISTRY_ROOMS: &str = "heliograph_registry_rooms";
 pub const REGISTRY_COMMAND_DURATION: &str = "heliograph_registry_command_duration_seconds";
 
@@ -37,6 +40,21 @@ pub(crate) fn raft_leader_changed() {
 
 pub(crate) fn snapshot_built() {
     metrics::counter!(RAFT_SNAPSHOTS_BUILT).increment(1);
+}
+
+pub(crate) fn snapshot_installed() {
+    metrics::counter!(RAFT_SNAPSHOTS_INSTALLED).increment(1);
+}
+
+/// Committed entries this replica has not applied yet.
+pub(crate) fn raft_apply_lag(entries: u64) {
+    metrics::gauge!(RAFT_APPLY_LAG).set(as_gauge(entries));
+}
+
+/// Commands proposed together in one log entry.
+pub(crate) fn batch_size(commands: usize) {
+    metrics::histogram!(REGISTRY_BATCH_COMMANDS)
+        .record(as_gauge(u64::try_from(commands).unwrap_or(u64::MAX)));
 }
 
 pub(crate) fn registry_rooms(rooms: usize) {

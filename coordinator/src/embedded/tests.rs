@@ -146,7 +146,7 @@ async fn restart_restores_snapshot_then_replays_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_all_commit() {
-    const TASKS: usize = 64;
+    const TASKS: usize = 256;
     const JOINS: usize = 2_000;
     const ROOMS: usize = 100;
     let dir = tempfile::tempdir().unwrap();

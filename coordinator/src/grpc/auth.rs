@@ -60,8 +60,11 @@ impl ClusterSecret {
         }
     }
 
-    /// A tonic interceptor that refuses requests without the secret.
-    pub fn interceptor(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    /// A tonic interceptor that refuses requests without the secret. It owns a copy of the
+    /// secret (`use<>`), so services built from it need not borrow this value.
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
         let secret = self.clone();
         move |request: Request<()>| {
             secret.check(&request)?;
@@ -70,7 +73,9 @@ impl ClusterSecret {
     }
 
     /// A tonic interceptor that adds the secret to outgoing requests.
-    pub fn attacher(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    pub fn attacher(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
         let secret = self.clone();
         move |mut request: Request<()>| {
             secret.attach(&mut request);

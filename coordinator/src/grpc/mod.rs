@@ -1,3 +1,49 @@
-//! gRPC plumbing shared by the coordinator's services and clients.
+//! gRPC services and the plumbing they share.
+//!
+//! - [`auth`]: the cluster secret every call carries.
+//! - [`raft_service`]: Raft RPCs from peer replicas (its own listener).
+//! - [`admin_client`]: the admin client the CLI and tests use, following the leader.
+//! - [`admin_service`]: cluster membership and status (on the API listener).
+//! - [`registry_service`]: the edge-facing registry API (on the API listener).
 
+pub mod admin_client;
+pub mod admin_service;
 pub mod auth;
+pub mod raft_service;
+pub mod registry_service;
+
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::error::CoordinatorError;
+
+/// Metadata key with the leader's API address on a `FAILED_PRECONDITION` from a follower.
+pub const LEADER_API_HEADER: &str = "x-heliograph-leader-api";
+
+/// The one mapping from the crate's errors to gRPC statuses. Storage and data-dir details stay
+/// in the logs, not in replies.
+pub fn status_from(error: CoordinatorError) -> Status {
+    match error {
+        CoordinatorError::NotLeader { leader_api } => {
+            let mut status = Status::failed_precondition(format!(
+                "not the leader; leader: {}",
+                leader_api.as_deref().unwrap_or("unknown")
+            ));
+            if let Some(addr) = leader_api
+                && let Ok(v) = MetadataValue::try_from(addr)
+            {
+                status.metadata_mut().insert(LEADER_API_HEADER, v);
+            }
+            status
+        }
+        CoordinatorError::Membership(m) => Status::failed_precondition(m),
+        CoordinatorError::ShuttingDown => Status::unavailable("the replica is shutting down"),
+        CoordinatorError::Unavailable(m) => Status::unavailable(m),
+        e @ (CoordinatorError::DataDir { .. }
+        | CoordinatorError::Storage(_)
+        | CoordinatorError::Config(_)) => {
+            tracing::error!(error = %e, "internal coordinator error");
+            Status::internal("internal coordinator error")
+        }
+    }
+}

@@ -19,6 +19,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -52,6 +53,19 @@ pub enum OpenError {
 #[derive(Clone)]
 pub struct LogStore {
     handle: Arc<Handle>,
+    /// The last commit index openraft reported plus one (0: none), for status and metrics;
+    /// openraft 0.9's metrics do not carry it.
+    committed: Arc<AtomicU64>,
+}
+
+/// Reads the commit index a [`LogStore`] last saw.
+#[derive(Clone)]
+pub struct CommittedIndex(Arc<AtomicU64>);
+
+impl CommittedIndex {
+    pub fn get(&self) -> Option<u64> {
+        self.0.load(Ordering::Relaxed).checked_sub(1)
+    }
 }
 
 /// Resolves once the writer thread has exited and the database file is closed.
@@ -162,9 +176,15 @@ impl LogStore {
         Ok((
             Self {
                 handle: Arc::new(Handle { shared }),
+                committed: Arc::new(AtomicU64::new(0)),
             },
             Closed(closed_rx),
         ))
+    }
+
+    /// The commit index last reported to this store, shared by every clone.
+    pub fn committed_index(&self) -> CommittedIndex {
+        CommittedIndex(Arc::clone(&self.committed))
     }
 
     fn shared(&self) -> &Shared {
@@ -308,6 +328,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(id) = committed {
             crate::metrics::raft_commit_index(id.index);
+            self.committed
+                .store(id.index.saturating_add(1), Ordering::Relaxed);
         }
         let value = serde_json::to_vec(&committed).map_err(|e| write_err(e.to_string()))?;
         self.submit(Op::PutMeta {
@@ -318,7 +340,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+        let committed = self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten();
+        if let Some(id) = committed {
+            self.committed
+                .store(id.index.saturating_add(1), Ordering::Relaxed);
+        }
+        Ok(committed)
     }
 
     async fn append<I>(

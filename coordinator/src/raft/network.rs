@@ -1,73 +1,205 @@
-//! Raft networking for a replica without peers: every peer is unreachable.
+//! Raft RPCs to peer replicas over gRPC.
 //!
-//! A single replica never needs to send an RPC; this keeps openraft's contract until the gRPC
-//! network for multi-replica clusters replaces it.
+//! One lazily connected tonic `Channel` per peer is cached and shared by every client openraft
+//! creates for it, so replication streams, votes and snapshots reuse one HTTP/2 connection and
+//! its reconnect backoff. Each call carries the cluster secret and this replica's cluster id;
+//! openraft's `RPCOption` bounds each call.
 
-use std::io;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use heliograph_proto::raft::v1::RaftBytes;
+use heliograph_proto::raft::v1::raft_client::RaftClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
 
-use super::{NodeId, TypeConfig};
+use super::identity::Identity;
+use super::{NodeId, NodeInfo, TypeConfig};
+use crate::grpc::auth::ClusterSecret;
+use crate::grpc::raft_service::MAX_MESSAGE_BYTES;
 
-/// Hands out clients that cannot reach anyone.
-#[derive(Debug, Clone, Default)]
-pub struct NoPeers;
+/// Metadata key carrying the sender's cluster id.
+pub const CLUSTER_HEADER: &str = "x-heliograph-cluster";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Detects a dead peer on an idle connection sooner than TCP would.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A client for a peer this replica has no way to reach.
-#[derive(Debug)]
-pub struct Unconnected {
+type Client = RaftClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds the cluster secret and cluster id to every outgoing Raft RPC.
+#[derive(Clone)]
+pub struct Credentials {
+    secret: Option<ClusterSecret>,
+    identity: Arc<Identity>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(secret) = &self.secret {
+            secret.attach(&mut request);
+        }
+        if let Some(cluster) = self.identity.cluster_id()
+            && let Ok(v) = MetadataValue::try_from(cluster)
+        {
+            request.metadata_mut().insert(CLUSTER_HEADER, v);
+        }
+        Ok(request)
+    }
+}
+
+/// Creates clients for peers, sharing one channel per peer address.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    credentials: Credentials,
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl GrpcNetwork {
+    /// Without a secret (the embedded single replica, which never sends) calls go out bare.
+    pub fn new(secret: Option<ClusterSecret>, identity: Arc<Identity>) -> Self {
+        Self {
+            credentials: Credentials { secret, identity },
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached_addr, channel)) = channels.get(&target)
+            && cached_addr == addr
+        {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .connect_lazy();
+        channels.insert(target, (addr.to_owned(), channel.clone()));
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        let client = self.channel(target, &node.raft_addr).map(|ch| {
+            RaftClient::with_interceptor(ch, self.credentials.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        PeerClient { target, client }
+    }
+}
+
+/// Sends Raft RPCs to one peer.
+pub struct PeerClient {
     target: NodeId,
+    /// `Err` holds why the peer's address is unusable.
+    client: Result<Client, String>,
 }
 
-impl Unconnected {
-    fn error<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let reason = io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!("no network to reach node {}", self.target),
-        );
-        RPCError::Unreachable(Unreachable::new(&reason))
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, E>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(reason) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    reason.clone(),
+                ))));
+            }
+        };
+        let json =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = Request::new(RaftBytes { json });
+        let ttl = option.hard_ttl();
+        req.set_timeout(ttl);
+        let sent = match method {
+            Method::AppendEntries => client.append_entries(req).await,
+            Method::Vote => client.vote(req).await,
+            Method::InstallSnapshot => client.install_snapshot(req).await,
+        };
+        let reply = sent.map_err(|status| status_error(&status))?.into_inner();
+        let result: Result<Resp, E> = serde_json::from_slice(&reply.json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = Unconnected;
+#[derive(Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        Unconnected { target }
+/// A peer that cannot be reached is `Unreachable` (openraft backs off); anything else is a
+/// network error, retried at once.
+fn status_error<E: std::error::Error>(status: &Status) -> RPCError<NodeId, NodeInfo, E> {
+    let e = TransportError(format!("{:?}: {}", status.code(), status.message()));
+    match status.code() {
+        Code::Unavailable | Code::Unauthenticated | Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
-impl RaftNetwork<TypeConfig> for Unconnected {
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.error())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(Method::AppendEntries, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.error())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(Method::InstallSnapshot, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.error())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(Method::Vote, &rpc, &option).await
     }
 }

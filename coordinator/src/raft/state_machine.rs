@@ -9,6 +9,7 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -17,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::snapshot_file::SnapshotFile;
-use super::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::registry::{Outcome, RegistryState, RoomEvent};
+use super::{Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::registry::{RegistryState, RoomEvent};
 
 /// What the log has produced so far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,6 +51,8 @@ impl Payload {
 
 pub struct StateMachineStore {
     state: SharedState,
+    /// Snapshots received from a leader since this process started.
+    installed: Arc<AtomicU64>,
     events: broadcast::Sender<RoomEvent>,
     snapshots: Snapshots,
 }
@@ -104,6 +107,7 @@ impl StateMachineStore {
         let covers = applied.last_applied;
         Ok(Self {
             state: Arc::new(RwLock::new(applied)),
+            installed: Arc::new(AtomicU64::new(0)),
             events,
             snapshots: Snapshots {
                 file,
@@ -114,6 +118,11 @@ impl StateMachineStore {
 
     pub fn state(&self) -> SharedState {
         Arc::clone(&self.state)
+    }
+
+    /// How many snapshots a leader has sent this replica since it started.
+    pub fn installed_snapshots(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.installed)
     }
 }
 
@@ -150,7 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((st.last_applied, st.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -162,15 +171,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 st.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
-                    EntryPayload::Blank => Outcome::Done,
-                    EntryPayload::Normal(stamped) => {
-                        let (outcome, caused) = st.registry.apply(&stamped);
-                        events.extend(caused);
-                        outcome
+                    EntryPayload::Blank => BatchOutcome::default(),
+                    EntryPayload::Normal(Batch(commands)) => {
+                        let mut outcomes = Vec::with_capacity(commands.len());
+                        for stamped in &commands {
+                            let (outcome, caused) = st.registry.apply(stamped);
+                            events.extend(caused);
+                            outcomes.push(outcome);
+                        }
+                        BatchOutcome(outcomes)
                     }
                     EntryPayload::Membership(membership) => {
                         st.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Outcome::Done
+                        BatchOutcome::default()
                     }
                 };
                 outcomes.push(outcome);
@@ -223,6 +236,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let rooms = payload.applied.registry.room_count();
         // Subscribers get no events for the jump; they resynchronise from the rooms they read.
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = payload.applied;
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::snapshot_installed();
         crate::metrics::registry_rooms(rooms);
         Ok(())
     }

@@ -1,0 +1,154 @@
+//! Membership of the Raft cluster: bootstrap, add and remove replicas, and status.
+//!
+//! Changes go through the leader; on another replica they fail with `NotLeader` carrying the
+//! leader's API address, so that admin clients can retry there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use openraft::error::{InitializeError, RaftError};
+use serde::Serialize;
+
+use super::EmbeddedCoordinator;
+use super::batcher::write_error;
+use crate::error::CoordinatorError;
+use crate::raft::{NodeId, NodeInfo};
+
+/// How long a learner may take to catch up before `add_member` gives up on promoting it.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a freshly bootstrapped replica may take to elect itself.
+const LEAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub voter: bool,
+    #[serde(flatten)]
+    pub node: NodeInfo,
+}
+
+/// This replica's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub cluster_id: Option<String>,
+    /// "Leader", "Follower", "Candidate", "Learner" or "Shutdown".
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub leader_api: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// Snapshots received from a leader since this process started.
+    pub snapshots_installed: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+impl EmbeddedCoordinator {
+    /// Starts a new cluster with this replica as its only voter, under a fresh cluster id.
+    pub async fn bootstrap(&self) -> Result<(), CoordinatorError> {
+        let inner = &self.inner;
+        inner
+            .identity
+            .bind_new_cluster()
+            .map_err(|e| self.data_dir_error(e))?;
+        let members = BTreeMap::from([(inner.node_id, inner.node.clone())]);
+        match inner.raft.initialize(members).await {
+            Ok(()) => {
+                let id = inner.node_id;
+                inner
+                    .raft
+                    .wait(Some(LEAD_DEADLINE))
+                    .metrics(
+                        |m| m.current_leader == Some(id),
+                        "the bootstrapped node leads",
+                    )
+                    .await
+                    .map_err(|e| CoordinatorError::Unavailable(e.to_string()))?;
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(
+                CoordinatorError::Membership(format!("the cluster is already initialized: {e}")),
+            ),
+            Err(e) => Err(CoordinatorError::Membership(e.to_string())),
+        }
+    }
+
+    /// Adds replica `id` as a learner, waits until it has caught up, then (unless
+    /// `learner_only`) promotes it to voter.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        learner_only: bool,
+    ) -> Result<(), CoordinatorError> {
+        let raft = &self.inner.raft;
+        let added = tokio::time::timeout(CATCH_UP_DEADLINE, raft.add_learner(id, node, true))
+            .await
+            .map_err(|_| {
+                CoordinatorError::Membership(format!("node {id} did not catch up in time"))
+            })?;
+        added.map_err(|e| write_error(raft, e))?;
+        if learner_only {
+            return Ok(());
+        }
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| write_error(raft, e))?;
+        Ok(())
+    }
+
+    /// Removes replica `id` from the cluster, voter or learner.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), CoordinatorError> {
+        let raft = &self.inner.raft;
+        let is_voter = {
+            let m = raft.metrics().borrow().membership_config.clone();
+            m.membership().voter_ids().any(|v| v == id)
+        };
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        // `retain = false`: a removed voter does not linger as a learner.
+        raft.change_membership(change, false)
+            .await
+            .map_err(|e| write_error(raft, e))?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let inner = &self.inner;
+        let m = inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                voter: voters.contains(id),
+                node: node.clone(),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: inner.node_id,
+            cluster_id: inner.identity.cluster_id(),
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            leader_api: self.leader_api_addr(),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: inner.committed.get(),
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            snapshots_installed: inner.installed_snapshots.load(Ordering::Relaxed),
+            members,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! A client of the admin service that follows the leader: membership changes answered with
+//! `FAILED_PRECONDITION` and a leader address are retried there.
+
+use std::time::Duration;
+
+use heliograph_proto::admin::v1 as pb;
+use heliograph_proto::admin::v1::admin_client::AdminClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::LEADER_API_HEADER;
+use super::auth::ClusterSecret;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Adding a member waits for it to catch up, which can take a while.
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Leader changes followed per call; more means the cluster is electing in a loop.
+const MAX_REDIRECTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{addr} answered {code:?}: {message}")]
+    Refused {
+        addr: String,
+        code: Code,
+        message: String,
+    },
+    #[error("gave up after following the leader {MAX_REDIRECTS} times")]
+    TooManyRedirects,
+}
+
+impl AdminError {
+    /// The gRPC code of a refusal, if the call reached a replica.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Adds the secret, when there is one, to each call.
+type Attach =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send + Sync>;
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Attach>>;
+
+async fn connect(addr: &str, secret: Option<&ClusterSecret>) -> Result<Client, AdminError> {
+    let connect_error = |reason: String| AdminError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| connect_error(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| connect_error(e.to_string()))?;
+    let secret = secret.cloned();
+    let attach: Attach = Box::new(move |mut request| {
+        if let Some(s) = &secret {
+            s.attach(&mut request);
+        }
+        Ok(request)
+    });
+    Ok(AdminClient::with_interceptor(channel, attach))
+}
+
+/// Which admin call to make.
+#[derive(Debug, Clone)]
+pub enum AdminCall {
+    Bootstrap,
+    Add(pb::AddMemberRequest),
+    Remove(pb::RemoveMemberRequest),
+    Status,
+}
+
+/// Makes `call` at `addr`, following the leader for membership changes. `secret` is optional so
+/// that tests can check that calls without it are refused.
+pub async fn call(
+    addr: &str,
+    secret: Option<&ClusterSecret>,
+    call: AdminCall,
+) -> Result<pb::StatusResponse, AdminError> {
+    let mut addr = addr.to_owned();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut client = connect(&addr, secret).await?;
+        let result = match call.clone() {
+            AdminCall::Bootstrap => client.bootstrap(pb::BootstrapRequest {}).await,
+            AdminCall::Add(r) => client.add_member(r).await,
+            AdminCall::Remove(r) => client.remove_member(r).await,
+            AdminCall::Status => client.status(pb::StatusRequest {}).await,
+        };
+        match result {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => {
+                let leader = status
+                    .metadata()
+                    .get(LEADER_API_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match leader {
+                    Some(leader) if status.code() == Code::FailedPrecondition && leader != addr => {
+                        addr = leader;
+                    }
+                    _ => {
+                        return Err(AdminError::Refused {
+                            addr,
+                            code: status.code(),
+                            message: status.message().to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Err(AdminError::TooManyRedirects)
+}
+
+/// The status as the JSON the CLI prints.
+pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "voter": m.voter,
+                "raft_addr": m.raft_addr,
+                "api_addr": m.api_addr,
+                "region": m.region,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node_id": s.node_id,
+        "cluster_id": s.cluster_id,
+        "state": s.state,
+        "leader": s.leader,
+        "leader_api": s.leader_api,
+        "term": s.term,
+        "last_log_index": s.last_log_index,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "snapshot_index": s.snapshot_index,
+        "snapshots_installed": s.snapshots_installed,
+        "members": members,
+    })
+}

@@ -1,0 +1,111 @@
+//! Cluster administration over gRPC: bootstrap, add and remove replicas, status.
+//!
+//! Membership changes run on the leader; a follower answers `FAILED_PRECONDITION` with the
+//! leader's API address in [`super::LEADER_API_HEADER`] and the client retries there.
+
+use heliograph_proto::admin::v1 as pb;
+use heliograph_proto::admin::v1::admin_server::{Admin, AdminServer};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use super::status_from;
+use crate::embedded::{ClusterStatus, EmbeddedCoordinator};
+use crate::grpc::auth::ClusterSecret;
+use crate::raft::NodeInfo;
+
+pub struct AdminService {
+    replica: EmbeddedCoordinator,
+}
+
+/// The admin service of `replica`, refusing calls without `secret`.
+pub fn admin_server(
+    replica: EmbeddedCoordinator,
+    secret: &ClusterSecret,
+) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
+    AdminServer::with_interceptor(AdminService { replica }, secret.interceptor())
+}
+
+impl AdminService {
+    fn status(&self) -> Response<pb::StatusResponse> {
+        Response::new(to_proto(self.replica.status()))
+    }
+}
+
+pub fn to_proto(s: ClusterStatus) -> pb::StatusResponse {
+    pb::StatusResponse {
+        node_id: s.node_id,
+        cluster_id: s.cluster_id,
+        state: s.state,
+        leader: s.leader,
+        leader_api: s.leader_api,
+        term: s.term,
+        last_log_index: s.last_log_index,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        snapshots_installed: s.snapshots_installed,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| pb::Member {
+                id: m.id,
+                voter: m.voter,
+                raft_addr: m.node.raft_addr,
+                api_addr: m.node.api_addr,
+                region: m.node.region,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn bootstrap(
+        &self,
+        _: Request<pb::BootstrapRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.replica.bootstrap().await.map_err(status_from)?;
+        Ok(self.status())
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let r = request.into_inner();
+        if r.id == 0 || r.raft_addr.is_empty() || r.api_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "a member needs an id above 0, a raft address and an api address",
+            ));
+        }
+        let node = NodeInfo {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+            region: r.region,
+        };
+        self.replica
+            .add_member(r.id, node, r.learner_only)
+            .await
+            .map_err(status_from)?;
+        Ok(self.status())
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.replica
+            .remove_member(request.into_inner().id)
+            .await
+            .map_err(status_from)?;
+        Ok(self.status())
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(self.status())
+    }
+}

@@ -1,0 +1,94 @@
+//! The peer-facing Raft service: hands other replicas' RPCs to openraft.
+//!
+//! Served on its own listener, behind the cluster secret. A request from another cluster (its
+//! `x-heliograph-cluster` id differs from the one this data directory is bound to) is refused,
+//! and an unbound directory binds itself to the first cluster that reaches it: that is how a
+//! joining replica learns its cluster id. Malformed bytes are the caller's fault, never a panic.
+
+use std::sync::Arc;
+
+use heliograph_proto::raft::v1::RaftBytes;
+use heliograph_proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::embedded::EmbeddedCoordinator;
+use crate::grpc::auth::ClusterSecret;
+use crate::raft::Raft;
+use crate::raft::identity::Identity;
+use crate::raft::network::CLUSTER_HEADER;
+
+/// Largest Raft message accepted; snapshots are sent whole, so this bounds the registry size a
+/// snapshot can carry.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct RaftService {
+    raft: Raft,
+    identity: Arc<Identity>,
+}
+
+/// The Raft service of `replica`, refusing calls without `secret`.
+pub fn raft_server(
+    replica: &EmbeddedCoordinator,
+    secret: &ClusterSecret,
+) -> InterceptedService<RaftServer<RaftService>, impl Interceptor + Clone + use<>> {
+    let service = RaftService {
+        raft: replica.raft().clone(),
+        identity: Arc::clone(replica.identity()),
+    };
+    InterceptedService::new(
+        RaftServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        secret.interceptor(),
+    )
+}
+
+impl RaftService {
+    /// Checks the caller's cluster and decodes its request.
+    fn accept<T: DeserializeOwned>(&self, request: &Request<RaftBytes>) -> Result<T, Status> {
+        let cluster = request
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::failed_precondition("the caller sent no cluster id"))?;
+        self.identity
+            .adopt(cluster)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        serde_json::from_slice(&request.get_ref().json)
+            .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+    }
+}
+
+fn reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Result<Response<RaftBytes>, Status> {
+    let json = serde_json::to_vec(result)
+        .map_err(|e| Status::internal(format!("cannot encode the raft reply: {e}")))?;
+    Ok(Response::new(RaftBytes { json }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let rpc = self.accept(&request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        let rpc = self.accept(&request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        let rpc = self.accept(&request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,344 @@
+//! `heliograph-coordinator`: runs one replica of the room registry (`serve`), or administers a
+//! running cluster (`bootstrap`, `add`, `remove`, `status`).
+//!
+//! Flow of `serve`: parse and validate the configuration (nothing bound yet; a bad one exits
+//! with code 64) → open the replica → bind both listeners and print their addresses as one JSON
+//! line → serve until SIGTERM/SIGINT → drain within the grace period → close the replica.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
+use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::{
+    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
+};
+use heliograph_proto::admin::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration (sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+const DEFAULT_GRACE_MS: u64 = 10_000;
+/// How long connections get to finish after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the replica gets to stop and close its data directory.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "heliograph-coordinator",
+    version,
+    about = "Heliograph coordinator replica"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a replica.
+    Serve(ServeArgs),
+    /// Start a new cluster with the replica at --api as its only voter.
+    Bootstrap {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a replica (as learner, then voter once caught up).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+        /// The new replica's advertised raft address.
+        #[arg(long)]
+        raft: String,
+        /// The new replica's advertised API address.
+        #[arg(long)]
+        node_api: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long)]
+        learner_only: bool,
+    },
+    /// Remove a replica from the cluster.
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Print the replica's view of the cluster as JSON.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// API address of a replica (membership changes follow the leader).
+    #[arg(long, env = "HELIOGRAPH_API")]
+    api: String,
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: String,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long, env = "HELIOGRAPH_ID")]
+    id: u64,
+    #[arg(long, env = "HELIOGRAPH_RAFT_LISTEN")]
+    raft_listen: SocketAddr,
+    #[arg(long, env = "HELIOGRAPH_API_LISTEN")]
+    api_listen: SocketAddr,
+    /// Raft address peers use; defaults to the bound raft listener.
+    #[arg(long, env = "HELIOGRAPH_ADVERTISE_RAFT")]
+    advertise_raft: Option<SocketAddr>,
+    /// API address edges and admin clients use; defaults to the bound API listener.
+    #[arg(long, env = "HELIOGRAPH_ADVERTISE_API")]
+    advertise_api: Option<String>,
+    #[arg(long, env = "HELIOGRAPH_REGION")]
+    region: String,
+    #[arg(long, env = "HELIOGRAPH_DATA_DIR")]
+    data_dir: PathBuf,
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: String,
+    /// How long a detached peer stays a member.
+    #[arg(long, env = "HELIOGRAPH_GRACE_MS", default_value_t = DEFAULT_GRACE_MS)]
+    grace_ms: u64,
+    /// Refuse to start unless the data directory is new or belongs to this cluster.
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// Log entries between snapshots (tests use small values).
+    #[arg(long, env = "HELIOGRAPH_SNAPSHOT_AFTER_ENTRIES", hide = true)]
+    snapshot_after_entries: Option<u64>,
+}
+
+/// A validated `serve` configuration; nothing bound yet.
+struct ServeConfig {
+    args: ServeArgs,
+    secret: ClusterSecret,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    #[error("invalid --cluster-secret: {0}")]
+    Secret(#[from] heliograph_coordinator::grpc::auth::SecretError),
+    #[error("--id must be at least 1")]
+    NodeId,
+    #[error("--region must not be empty")]
+    Region,
+    #[error("--snapshot-after-entries must be at least 1")]
+    SnapshotThreshold,
+    #[error("{0} listens on an unspecified address; set {1}")]
+    NeedsAdvertise(&'static str, &'static str),
+}
+
+impl ServeConfig {
+    fn validate(args: ServeArgs) -> Result<Self, ConfigError> {
+        let secret = ClusterSecret::new(&args.cluster_secret)?;
+        if args.id == 0 {
+            return Err(ConfigError::NodeId);
+        }
+        if args.region.trim().is_empty() {
+            return Err(ConfigError::Region);
+        }
+        if args.snapshot_after_entries == Some(0) {
+            return Err(ConfigError::SnapshotThreshold);
+        }
+        if args.raft_listen.ip().is_unspecified() && args.advertise_raft.is_none() {
+            return Err(ConfigError::NeedsAdvertise(
+                "--raft-listen",
+                "--advertise-raft",
+            ));
+        }
+        if args.api_listen.ip().is_unspecified() && args.advertise_api.is_none() {
+            return Err(ConfigError::NeedsAdvertise(
+                "--api-listen",
+                "--advertise-api",
+            ));
+        }
+        Ok(Self { args, secret })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string();
+            let line = first.lines().next().unwrap_or("invalid arguments");
+            eprintln!("heliograph-coordinator: {line}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("heliograph-coordinator: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Cmd) -> ExitCode {
+    let (target, call) = match command {
+        Cmd::Serve(args) => {
+            let config = match ServeConfig::validate(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("heliograph-coordinator: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            return match serve(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("heliograph-coordinator: {e:#}");
+                    match e.downcast_ref::<CoordinatorError>() {
+                        Some(CoordinatorError::DataDir { .. } | CoordinatorError::Config(_)) => {
+                            ExitCode::from(EXIT_CONFIG)
+                        }
+                        _ => ExitCode::FAILURE,
+                    }
+                }
+            };
+        }
+        Cmd::Bootstrap { target } => (target, AdminCall::Bootstrap),
+        Cmd::Add {
+            target,
+            id,
+            raft,
+            node_api,
+            region,
+            learner_only,
+        } => (
+            target,
+            AdminCall::Add(pb::AddMemberRequest {
+                id,
+                raft_addr: raft,
+                api_addr: node_api,
+                region,
+                learner_only,
+            }),
+        ),
+        Cmd::Remove { target, id } => (target, AdminCall::Remove(pb::RemoveMemberRequest { id })),
+        Cmd::Status { target } => (target, AdminCall::Status),
+    };
+    let secret = match ClusterSecret::new(&target.cluster_secret) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heliograph-coordinator: invalid --cluster-secret: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match admin_client::call(&target.api, Some(&secret), call).await {
+        Ok(status) => {
+            println!("{}", admin_client::status_json(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("heliograph-coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let ServeConfig { args, secret } = config;
+    let raft_listener = TcpListener::bind(args.raft_listen).await?;
+    let api_listener = TcpListener::bind(args.api_listen).await?;
+    let raft_addr = args.advertise_raft.unwrap_or(raft_listener.local_addr()?);
+    let api_addr = match args.advertise_api {
+        Some(a) => a,
+        None => api_listener.local_addr()?.to_string(),
+    };
+    let replica = EmbeddedCoordinator::open_replica_with(
+        ReplicaConfig {
+            node_id: args.id,
+            data_dir: args.data_dir,
+            raft_addr,
+            api_addr: api_addr.clone(),
+            region: args.region,
+            grace: Duration::from_millis(args.grace_ms),
+            secret: secret.clone(),
+        },
+        ReplicaOptions {
+            expected_cluster_id: args.cluster_id,
+            snapshot_after_entries: args.snapshot_after_entries,
+        },
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    let mut server = tokio::spawn(heliograph_coordinator::server::serve(
+        replica.clone(),
+        secret,
+        raft_listener,
+        api_listener,
+        shutdown.clone(),
+    ));
+    println!(
+        "{}",
+        serde_json::json!({
+            "raft": raft_addr.to_string(),
+            "api": api_addr,
+            "admin": api_addr,
+            "node_id": replica.node_id(),
+        })
+    );
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
+                Ok(joined) => joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
+                Err(_) => {
+                    tracing::warn!("connections did not drain in time");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+        joined = &mut server => joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
+    };
+    if tokio::time::timeout(CLOSE_DEADLINE, replica.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the replica did not stop in time");
+    }
+    outcome
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Serves a replica: the Raft service on its own listener, and the edge-facing registry and
+//! admin services on the API listener. The caller owns the listeners (bind port 0 in tests) and
+//! the shutdown token; nothing here reads signals.
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::embedded::EmbeddedCoordinator;
+use crate::grpc::admin_service::admin_server;
+use crate::grpc::auth::ClusterSecret;
+use crate::grpc::raft_service::raft_server;
+use crate::grpc::registry_service::registry_server;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the {listener} listener failed: {source}")]
+pub struct ServeError {
+    listener: &'static str,
+    source: tonic::transport::Error,
+}
+
+/// Serves until `shutdown` is cancelled and both servers have drained their connections.
+pub async fn serve(
+    replica: EmbeddedCoordinator,
+    secret: ClusterSecret,
+    raft_listener: TcpListener,
+    api_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let raft = Server::builder()
+        .add_service(raft_server(&replica, &secret))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(raft_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let api = Server::builder()
+        .add_service(admin_server(replica.clone(), &secret))
+        .add_service(registry_server(replica, secret))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(api_listener),
+            shutdown.cancelled_owned(),
+        );
+    let (raft, api) = tokio::join!(raft, api);
+    raft.map_err(|source| ServeError {
+        listener: "raft",
+        source,
+    })?;
+    api.map_err(|source| ServeError {
+        listener: "api",
+        source,
+    })
+}
