@@ -73,7 +73,10 @@ impl Edge {
     fn start() -> Self {
         let data = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(edge_binary());
-        cmd.args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        // Benchmarks measure relay capacity, not the per-connection abuse limiter.
+        cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(["--rate-limit-per-second", "1000000", "--rate-limit-burst", "1000000"])
+            .arg("--data-dir")
             .arg(data.path());
         let (guard, line) = start_with_json_line(cmd);
         let addr = line["listening"].as_str().unwrap().to_owned();
