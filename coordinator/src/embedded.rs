@@ -24,7 +24,9 @@ use crate::raft::log_store::{Closed, LogStore};
 use crate::raft::network::NoPeers;
 use crate::raft::state_machine::{SharedState, StateMachineStore};
 use crate::raft::{NodeId, Raft};
-use crate::registry::{Command, Outcome, RoomEvent, RoomId, RoomSummary, RoomView, Stamped};
+use crate::registry::{
+    Command, EdgeId, EdgeRecord, Outcome, RoomEvent, RoomId, RoomSummary, RoomView, Stamped,
+};
 
 /// Room events buffered per subscriber before it must resynchronise.
 pub const EVENT_BUFFER: usize = 16 * 1024;
@@ -187,6 +189,27 @@ impl EmbeddedCoordinator {
     pub fn is_ready(&self) -> bool {
         !self.inner.cancel.is_cancelled()
             && self.inner.raft.metrics().borrow().current_leader == Some(NODE_ID)
+    }
+
+    /// This replica's Raft node id.
+    pub fn node_id(&self) -> u64 {
+        NODE_ID
+    }
+
+    /// The edge-facing API address of the leader. A single replica leads itself and has no
+    /// separate API to forward to, so there is none.
+    pub fn leader_api_addr(&self) -> Option<String> {
+        None
+    }
+
+    /// The edge-facing API address of another replica; a single replica knows no others.
+    pub fn replica_api_addr(&self, _node_id: u64) -> Option<String> {
+        None
+    }
+
+    /// An edge as this replica has applied it.
+    pub fn edge(&self, edge: &EdgeId) -> Option<EdgeRecord> {
+        self.read(|s| s.edge(edge).cloned())
     }
 
     /// Stops the background tasks and the replica, and closes the data directory. Idempotent;

@@ -14,4 +14,7 @@ pub enum CoordinatorError {
     Storage(String),
     #[error("invalid raft configuration: {0}")]
     Config(String),
+    /// This replica does not lead; writes go to the leader's edge-facing API, when known.
+    #[error("this replica is not the leader")]
+    NotLeader { leader_api: Option<String> },
 }

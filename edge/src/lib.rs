@@ -128,6 +128,7 @@ pub async fn start(
             lease_ms,
             // Sessions live in this process only, so peers of a previous run cannot resume.
             resumable_sessions: false,
+            replica: 0,
         })
         .await?;
     if registered != Outcome::Done {

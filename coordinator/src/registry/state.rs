@@ -17,6 +17,9 @@ pub struct EdgeRecord {
     pub lease_until_ms: u64,
     /// The lease ran out or was released; the record stays while peers are detached from it.
     pub down: bool,
+    /// Node id of the replica the edge is attached to (0: unknown, e.g. an embedded edge).
+    #[serde(default)]
+    pub replica: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +76,18 @@ impl RegistryState {
                 incarnation,
                 lease_ms,
                 resumable_sessions,
+                replica,
             } => self.register_edge(
                 at,
                 edge,
-                region,
-                address,
-                *incarnation,
-                *lease_ms,
+                EdgeRecord {
+                    region: region.clone(),
+                    address: address.clone(),
+                    incarnation: *incarnation,
+                    lease_until_ms: at.saturating_add(*lease_ms),
+                    down: false,
+                    replica: *replica,
+                },
                 *resumable_sessions,
                 &mut events,
             ),
@@ -142,18 +150,15 @@ impl RegistryState {
         (outcome, events)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn register_edge(
         &mut self,
         at: u64,
         edge: &EdgeId,
-        region: &Region,
-        address: &str,
-        incarnation: u64,
-        lease_ms: u64,
+        record: EdgeRecord,
         resumable_sessions: bool,
         events: &mut Vec<RoomEvent>,
     ) -> Outcome {
+        let incarnation = record.incarnation;
         if let Some(rec) = self.edges.get(edge) {
             if rec.incarnation > incarnation {
                 return Outcome::Rejected(Rejection::StaleIncarnation);
@@ -172,16 +177,7 @@ impl RegistryState {
                 }
             }
         }
-        self.edges.insert(
-            edge.clone(),
-            EdgeRecord {
-                region: region.clone(),
-                address: address.to_owned(),
-                incarnation,
-                lease_until_ms: at.saturating_add(lease_ms),
-                down: false,
-            },
-        );
+        self.edges.insert(edge.clone(), record);
         Outcome::Done
     }
 
@@ -482,6 +478,7 @@ mod tests {
                 incarnation,
                 lease_ms: 1_000,
                 resumable_sessions: resumable,
+                replica: 0,
             },
         ));
         assert_eq!(o, Outcome::Done);
@@ -578,6 +575,7 @@ mod tests {
                 incarnation: 1,
                 lease_ms: 1,
                 resumable_sessions: false,
+                replica: 0,
             },
         ));
         assert_eq!(o, Outcome::Rejected(Rejection::StaleIncarnation));
