@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::registry::{EdgeId, Region};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -79,6 +80,14 @@ pub struct Args {
     /// Per-socket read and write buffer size.
     #[arg(long, env = "HELIOGRAPH_SOCKET_BUFFER_BYTES", default_value_t = DEFAULT_SOCKET_BUFFER_BYTES)]
     pub socket_buffer_bytes: usize,
+    /// Use a remote coordinator cluster instead of the embedded replica: the edge-facing API
+    /// URLs of its replicas (comma-separated or repeated), e.g. http://10.0.0.5:7100. The
+    /// first reachable one is used; the others are tried when it fails.
+    #[arg(long, env = "HELIOGRAPH_COORDINATOR", value_delimiter = ',')]
+    pub coordinator: Vec<String>,
+    /// Shared secret of the coordinator cluster (required with --coordinator).
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -100,7 +109,16 @@ pub struct Config {
     pub detach_grace: Duration,
     pub lease: Duration,
     pub socket_buffer_bytes: usize,
+    /// `None`: run the embedded single replica.
+    pub coordinator: Option<RemoteCoordinator>,
     log: String,
+}
+
+/// A remote coordinator cluster.
+#[derive(Debug, Clone)]
+pub struct RemoteCoordinator {
+    pub urls: Vec<String>,
+    pub secret: ClusterSecret,
 }
 
 impl Config {
@@ -192,7 +210,33 @@ impl Args {
                 "--metrics-listen must differ from --listen",
             )?;
         }
+        let coordinator = if self.coordinator.is_empty() {
+            check(
+                self.cluster_secret.is_none(),
+                "--cluster-secret is only used with --coordinator",
+            )?;
+            None
+        } else {
+            for url in &self.coordinator {
+                check(
+                    (url.starts_with("http://") || url.starts_with("https://"))
+                        && tonic::transport::Endpoint::from_shared(url.clone()).is_ok(),
+                    "--coordinator URLs must look like http://host:port",
+                )?;
+            }
+            let secret = self
+                .cluster_secret
+                .as_deref()
+                .ok_or_else(|| ConfigError("--coordinator needs --cluster-secret".into()))?;
+            let secret = ClusterSecret::new(secret)
+                .map_err(|e| ConfigError(format!("--cluster-secret: {e}")))?;
+            Some(RemoteCoordinator {
+                urls: self.coordinator.clone(),
+                secret,
+            })
+        };
         Ok(Config {
+            coordinator,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             data_dir: self.data_dir,
@@ -242,5 +286,23 @@ mod tests {
         assert!(e.to_string().contains("--region"), "{e}");
         let e = parse(&["--ice-server", "http://x"]).unwrap_err();
         assert!(e.to_string().contains("--ice-server"), "{e}");
+        let e = parse(&["--coordinator", "http://127.0.0.1:1"]).unwrap_err();
+        assert!(e.to_string().contains("--cluster-secret"), "{e}");
+        let e = parse(&[
+            "--coordinator",
+            "ftp://x",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--coordinator"), "{e}");
+        let c = parse(&[
+            "--coordinator",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().urls.len(), 2);
     }
 }

@@ -22,6 +22,7 @@ pub const ERRORS: &str = "heliograph_edge_errors_total";
 pub const JOIN_SECONDS: &str = "heliograph_edge_join_duration_seconds";
 pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
 pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
+pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total";
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,8 +78,15 @@ pub const SENT_TYPES: [&str; 8] = [
     "pong",
     "error",
 ];
-/// Where a relayed signal went.
-pub const RELAY_PATHS: [&str; 1] = ["local"];
+/// Where a relayed signal went: handed over in process, or through the coordinator
+/// replicas from another edge.
+pub const RELAY_PATHS: [&str; 2] = ["local", "coordinator"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPath {
+    Local,
+    Coordinator,
+}
 
 /// Handles for every metric, resolved once at start-up.
 pub struct EdgeMetrics {
@@ -89,6 +97,9 @@ pub struct EdgeMetrics {
     sent: HashMap<&'static str, Counter>,
     errors: HashMap<ErrorCode, Counter>,
     pub relay_local: Histogram,
+    pub relay_coordinator: Histogram,
+    /// Signals from other edges that could not be delivered here (target gone).
+    pub relay_undeliverable: Counter,
     pub join_seconds: Histogram,
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
@@ -120,6 +131,10 @@ impl EdgeMetrics {
             REGISTRY_RESYNCS,
             "Times the edge re-read rooms after falling behind the registry's events"
         );
+        describe_counter!(
+            RELAY_UNDELIVERABLE,
+            "Signals relayed from other edges whose target was no longer here"
+        );
         Self {
             connections_open: gauge!(CONNECTIONS_OPEN),
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
@@ -140,9 +155,18 @@ impl EdgeMetrics {
                 .map(|c| (*c, counter!(ERRORS, "code" => c.as_str())))
                 .collect(),
             relay_local: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[0]),
+            relay_coordinator: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[1]),
+            relay_undeliverable: counter!(RELAY_UNDELIVERABLE),
             join_seconds: histogram!(JOIN_SECONDS),
             rooms_tracked: gauge!(ROOMS_TRACKED),
             registry_resyncs: counter!(REGISTRY_RESYNCS),
+        }
+    }
+
+    pub fn relay(&self, path: RelayPath) -> &Histogram {
+        match path {
+            RelayPath::Local => &self.relay_local,
+            RelayPath::Coordinator => &self.relay_coordinator,
         }
     }
 

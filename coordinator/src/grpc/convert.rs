@@ -101,7 +101,10 @@ pub fn leave_reason_from_str(s: &str) -> Result<LeaveReason, ConvertError> {
         "left" => Ok(LeaveReason::Left),
         "disconnected" => Ok(LeaveReason::Disconnected),
         "expired" => Ok(LeaveReason::Expired),
-        other => Err(ConvertError::new("left.reason", format!("unknown {other:?}"))),
+        other => Err(ConvertError::new(
+            "left.reason",
+            format!("unknown {other:?}"),
+        )),
     }
 }
 

@@ -130,7 +130,10 @@ pub(super) async fn run(replica: EmbeddedCoordinator, links: Arc<Links>, stop: C
                 }
             }
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "fan-out fell behind the room events; resyncing edges");
+                tracing::warn!(
+                    missed,
+                    "fan-out fell behind the room events; resyncing edges"
+                );
                 metrics::fanout_resynced();
                 mirror = Mirror::seed(&replica);
                 for edge in links.edges() {

@@ -78,11 +78,11 @@ impl Links {
     /// Removes the link `id` of `edge`, unless a newer one replaced it.
     pub fn unregister(&self, edge: &EdgeId, id: u64) {
         let mut edges = self.lock();
-        if edges.get(edge).is_some_and(|e| e.id == id) {
-            if let Some(e) = edges.remove(edge) {
-                e.closed.cancel();
-                metrics::links_open(-1.0);
-            }
+        if edges.get(edge).is_some_and(|e| e.id == id)
+            && let Some(e) = edges.remove(edge)
+        {
+            e.closed.cancel();
+            metrics::links_open(-1.0);
         }
     }
 

@@ -47,7 +47,11 @@ pub fn registry_server(
     replica: EmbeddedCoordinator,
     secret: ClusterSecret,
 ) -> RegistryServer<RegistryService> {
-    RegistryServer::new(RegistryService::new(replica, secret, CancellationToken::new()))
+    RegistryServer::new(RegistryService::new(
+        replica,
+        secret,
+        CancellationToken::new(),
+    ))
 }
 
 /// Cheap to clone; all clones share the same links and tasks.
@@ -152,10 +156,11 @@ impl RegistryService {
     }
 }
 
-type Forward<Req, Resp> = fn(
-    RegistryClient<Channel>,
-    Request<Req>,
-) -> Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+type Forward<Req, Resp> =
+    fn(
+        RegistryClient<Channel>,
+        Request<Req>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
 
 fn invalid(e: ConvertError) -> Status {
     ServiceError::InvalidArgument(e).into()

@@ -99,7 +99,10 @@ impl Relay {
 
     /// The queue of the `Relay` stream to `addr`, opening the stream when there is none.
     fn forwarder(&self, addr: &str) -> mpsc::Sender<RelayedSignal> {
-        let mut map = self.forwarders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = map.get(addr).filter(|tx| !tx.is_closed()) {
             return tx.clone();
         }
@@ -141,8 +144,14 @@ impl ForwardStream {
             },
         }
         // Signals still queued are lost with the stream; the next signal opens a new one.
-        let mut map = self.forwarders.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&self.addr).is_some_and(|tx| tx.same_channel(&self.tx)) {
+        let mut map = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map
+            .get(&self.addr)
+            .is_some_and(|tx| tx.same_channel(&self.tx))
+        {
             map.remove(&self.addr);
         }
     }
