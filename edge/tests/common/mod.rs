@@ -281,3 +281,74 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+pub const CLUSTER_SECRET: &str = "edge-test-cluster-secret-0123";
+
+/// A coordinator replica served in the test process: an embedded single replica behind the
+/// edge-facing gRPC service on 127.0.0.1:0 (until the coordinator binary exists).
+pub struct TestCoordinator {
+    pub url: String,
+    pub replica: heliograph_coordinator::EmbeddedCoordinator,
+    stop: tokio_util::sync::CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestCoordinator {
+    /// `grace`: how long detached peers keep their place.
+    pub async fn start(dir: &Path, grace: Duration) -> TestCoordinator {
+        use heliograph_coordinator::grpc::auth::ClusterSecret;
+        use heliograph_coordinator::grpc::registry_service::registry_server;
+        let mut config = heliograph_coordinator::EmbeddedConfig::new(dir.join("replica"));
+        config.grace = grace;
+        let replica = heliograph_coordinator::EmbeddedCoordinator::open(config)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let service = registry_server(replica.clone(), ClusterSecret::new(CLUSTER_SECRET).unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                .unwrap();
+        });
+        TestCoordinator {
+            url,
+            replica,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    /// Flags that point an edge at this coordinator.
+    pub fn edge_args(&self) -> Vec<String> {
+        vec![
+            "--coordinator".into(),
+            self.url.clone(),
+            "--cluster-secret".into(),
+            CLUSTER_SECRET.into(),
+        ]
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        self.replica.shutdown().await;
+    }
+}
+
+/// Waits until the edge reports ready.
+pub async fn wait_ready(node: &Node) {
+    wait_for("the edge to be ready", || async {
+        (node.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+}
