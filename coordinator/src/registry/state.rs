@@ -175,6 +175,16 @@ impl RegistryState {
                         self.remove_peer(&peer, LeaveReason::Disconnected, events);
                     }
                 }
+            } else if rec.down {
+                // The same process is back (e.g. it reached another replica after its lease
+                // ran out): its sockets survived, so the peers that were detached only because
+                // the edge went down are attached again. Peers detached earlier stay detached.
+                let down_since = rec.lease_until_ms;
+                for p in self.peers.values_mut().filter(|p| &p.edge == edge) {
+                    if p.detached_since_ms == Some(down_since) {
+                        p.detached_since_ms = None;
+                    }
+                }
             }
         }
         self.edges.insert(edge.clone(), record);
@@ -611,6 +621,38 @@ mod tests {
             s.edge(&id("e1")).is_none(),
             "a down edge without peers is forgotten"
         );
+    }
+
+    #[test]
+    fn same_incarnation_reregisters_on_another_replica_and_keeps_its_peers() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        // The lease runs out while the edge switches replica.
+        s.apply(&at(1_000, Command::Sweep { grace_ms: 5_000 }));
+        assert_eq!(s.is_detached(&id("a")), Some(true));
+        let (o, ev) = s.apply(&at(
+            1_500,
+            Command::RegisterEdge {
+                edge: id("e1"),
+                region: id("eu"),
+                address: "127.0.0.1:1".into(),
+                incarnation: 1,
+                lease_ms: 1_000,
+                resumable_sessions: false,
+                replica: 7,
+            },
+        ));
+        assert_eq!(o, Outcome::Done);
+        assert!(ev.is_empty());
+        let rec = s.edge(&id("e1")).unwrap();
+        assert_eq!((rec.replica, rec.down), (7, false));
+        assert_eq!(s.is_detached(&id("a")), Some(false));
+        assert_eq!(s.room(&id("r")).unwrap().members.len(), 1);
+        // Nothing is due: the peer is not swept later.
+        assert_eq!(s.next_sweep_due_ms(5_000), Some(2_500));
+        let (_, ev) = s.apply(&at(2_400, Command::Sweep { grace_ms: 5_000 }));
+        assert!(ev.is_empty());
     }
 
     #[test]
