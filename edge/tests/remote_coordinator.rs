@@ -18,12 +18,16 @@ const LEASE_MS: &str = "300";
 const GRACE: Duration = Duration::from_millis(300);
 
 fn edge(dir: &Path, name: &str, coordinator: &TestCoordinator) -> Node {
+    edge_with_lease(dir, name, coordinator, LEASE_MS)
+}
+
+fn edge_with_lease(dir: &Path, name: &str, coordinator: &TestCoordinator, lease_ms: &str) -> Node {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut args = coordinator.edge_args();
     args.extend([
         "--lease-ms".into(),
-        LEASE_MS.into(),
+        lease_ms.into(),
         "--edge-id".into(),
         name.into(),
     ]);
@@ -106,6 +110,49 @@ async fn peers_on_two_edges_meet_signal_and_part() {
     b.assert_usable().await;
 
     drop(edge_b);
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lease and grace outlast the restart: nobody is removed meanwhile.
+    let coordinator = TestCoordinator::start(dir.path(), Duration::from_secs(30)).await;
+    let edge_a = edge_with_lease(dir.path(), "edge-a", &coordinator, "20000");
+    let edge_b = edge_with_lease(dir.path(), "edge-b", &coordinator, "20000");
+    wait_ready(&edge_a).await;
+    wait_ready(&edge_b).await;
+    let mut a = Client::connect(&edge_a.ws_url()).await;
+    let mut b = Client::connect(&edge_b.ws_url()).await;
+    a.join("r").await;
+    b.join("r").await;
+    a.expect("peer-joined").await;
+
+    let coordinator = coordinator
+        .restart(|| async {
+            for node in [&edge_a, &edge_b] {
+                wait_for("the edge to notice", || async {
+                    (node.get("/readyz").await.0 == 503).then_some(())
+                })
+                .await;
+            }
+        })
+        .await;
+    wait_ready(&edge_a).await;
+    wait_ready(&edge_b).await;
+
+    // Same peers, same room: signals flow again and departures are still reported.
+    a.send(json!({"type": "signal", "room": "r", "to": b.peer_id, "kind": "offer", "data": 1}))
+        .await;
+    let got = b.expect("signal").await;
+    assert_eq!(got["from"], a.peer_id.as_str());
+    b.send(json!({"type": "leave", "room": "r"})).await;
+    b.expect("left").await;
+    let pl = a.expect("peer-left").await;
+    assert_eq!(pl["peer_id"], b.peer_id.as_str());
+    nothing_pending(&mut a, "a").await;
+
+    drop((edge_a, edge_b));
     coordinator.stop().await;
 }
 

@@ -288,6 +288,9 @@ pub const CLUSTER_SECRET: &str = "edge-test-cluster-secret-0123";
 /// edge-facing gRPC service on 127.0.0.1:0 (until the coordinator binary exists).
 pub struct TestCoordinator {
     pub url: String,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+    grace: Duration,
     pub replica: heliograph_coordinator::EmbeddedCoordinator,
     stop: tokio_util::sync::CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -296,17 +299,40 @@ pub struct TestCoordinator {
 impl TestCoordinator {
     /// `grace`: how long detached peers keep their place.
     pub async fn start(dir: &Path, grace: Duration) -> TestCoordinator {
+        Self::start_on(dir, grace, "127.0.0.1:0").await
+    }
+
+    /// Stops the service and the replica, and starts them again on the same port and data.
+    /// `while_down` runs in between.
+    pub async fn restart<F: std::future::Future<Output = ()>>(
+        self,
+        while_down: impl FnOnce() -> F,
+    ) -> TestCoordinator {
+        let (dir, grace, addr) = (self.dir.clone(), self.grace, self.addr);
+        self.stop().await;
+        while_down().await;
+        Self::start_on(&dir, grace, &addr.to_string()).await
+    }
+
+    async fn start_on(dir: &Path, grace: Duration, listen: &str) -> TestCoordinator {
         use heliograph_coordinator::grpc::auth::ClusterSecret;
-        use heliograph_coordinator::grpc::registry_service::registry_server;
+        use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
+        use heliograph_coordinator::grpc::registry_service::RegistryService;
         let mut config = heliograph_coordinator::EmbeddedConfig::new(dir.join("replica"));
         config.grace = grace;
         let replica = heliograph_coordinator::EmbeddedCoordinator::open(config)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let service = registry_server(replica.clone(), ClusterSecret::new(CLUSTER_SECRET).unwrap());
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
         let stop = tokio_util::sync::CancellationToken::new();
+        // The service's token closes the edges' links, which graceful shutdown waits for.
+        let service = RegistryServer::new(RegistryService::new(
+            replica.clone(),
+            ClusterSecret::new(CLUSTER_SECRET).unwrap(),
+            stop.clone(),
+        ));
         let shutdown = stop.clone();
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -320,6 +346,9 @@ impl TestCoordinator {
         });
         TestCoordinator {
             url,
+            addr,
+            dir: dir.to_owned(),
+            grace,
             replica,
             stop,
             server: Some(server),
