@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use heliograph_coordinator::grpc::proto::RelayedSignal;
-use heliograph_coordinator::registry::{PeerId, RoomId};
+use std::collections::{HashMap, HashSet};
+
+use heliograph_coordinator::registry::{Command, PeerId, RoomId, RoomView};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EdgeMetrics, RelayPath};
@@ -40,7 +42,10 @@ pub async fn run(
                 metrics.registry_resyncs.increment(1);
                 let rooms = index.rooms_to_resync();
                 match registry.views(&rooms).await {
-                    Ok(views) => index.resync(|room| views.get(room).cloned().flatten()),
+                    Ok(views) => {
+                        remove_ghosts(&index, &registry, &views).await;
+                        index.resync(|room| views.get(room).cloned().flatten())
+                    }
                     Err(e) => {
                         // The link that asked for it is gone; the next one asks again.
                         tracing::warn!(error = %e, "could not re-read rooms");
@@ -55,6 +60,27 @@ pub async fn run(
         };
         deliver(notices);
         metrics.rooms_tracked.set(index.tracked_rooms() as f64);
+    }
+}
+
+/// Members on this edge without a session here are peers whose `Disconnect` was lost
+/// (e.g. they left while the coordinator was unreachable): remove them now.
+async fn remove_ghosts(
+    index: &RoomIndex,
+    registry: &Registry,
+    views: &HashMap<RoomId, Option<RoomView>>,
+) {
+    let ghosts: HashSet<PeerId> = views
+        .values()
+        .flatten()
+        .flat_map(|v| v.members.iter())
+        .filter(|m| &m.edge == index.edge() && !index.has_session(&m.peer))
+        .map(|m| m.peer.clone())
+        .collect();
+    for peer in ghosts {
+        if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
+            tracing::warn!(error = %e, "could not remove a departed peer from the registry");
+        }
     }
 }
 

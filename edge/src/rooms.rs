@@ -214,6 +214,15 @@ impl RoomIndex {
             .map(|p| p.handle.clone())
     }
 
+    /// Whether `peer` has a session on this edge.
+    pub fn has_session(&self, peer: &PeerId) -> bool {
+        self.read().peers.contains_key(peer)
+    }
+
+    pub fn edge(&self) -> &EdgeId {
+        &self.me
+    }
+
     /// Every room this edge tracks or is joining, for a resync.
     pub fn rooms_to_resync(&self) -> Vec<RoomId> {
         let inner = self.read();

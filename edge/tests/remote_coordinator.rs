@@ -128,6 +128,13 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
     b.join("r").await;
     a.expect("peer-joined").await;
 
+    // C is on edge A too, and goes away while the coordinator is down.
+    let mut c = Client::connect(&edge_a.ws_url()).await;
+    c.join("r").await;
+    a.expect("peer-joined").await;
+    b.expect("peer-joined").await;
+    let ghost = c.peer_id.clone();
+
     let coordinator = coordinator
         .restart(|| async {
             for node in [&edge_a, &edge_b] {
@@ -136,10 +143,23 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
                 })
                 .await;
             }
+            drop(c);
+            wait_for("edge A to fail to report C's departure", || async {
+                edge_a
+                    .log()
+                    .contains("could not remove a disconnected peer")
+                    .then_some(())
+            })
+            .await;
         })
         .await;
     wait_ready(&edge_a).await;
     wait_ready(&edge_b).await;
+    // Edge A's resync finds C in the registry without a session and removes it.
+    for peer in [&mut a, &mut b] {
+        let pl = peer.expect("peer-left").await;
+        assert_eq!(pl["peer_id"], ghost.as_str());
+    }
 
     // Same peers, same room: signals flow again and departures are still reported.
     a.send(json!({"type": "signal", "room": "r", "to": b.peer_id, "kind": "offer", "data": 1}))

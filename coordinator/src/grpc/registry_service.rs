@@ -37,7 +37,7 @@ use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::EmbeddedCoordinator;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, Outcome, Rejection};
+use crate::registry::{Command, Outcome};
 
 /// How long an edge has to send `hello` after opening its link.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -453,9 +453,4 @@ impl Registry for RegistryService {
         }
         Ok(Response::new(proto::RelayAck { received }))
     }
-}
-
-/// Whether a rejection means the edge must register again.
-pub fn needs_registration(r: Rejection) -> bool {
-    matches!(r, Rejection::UnknownEdge | Rejection::StaleIncarnation)
 }
