@@ -198,4 +198,8 @@ async fn readiness_follows_the_coordinator() {
     );
     assert_eq!(node.get("/readyz").await.0, 503);
     assert_eq!(node.get("/healthz").await.0, 200);
+    // It still stops promptly and cleanly while retrying.
+    let mut node = node;
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(Duration::from_secs(5)), Some(0));
 }
