@@ -27,7 +27,9 @@ use crate::raft::log_store::{Closed, CommittedIndex, LogStore};
 use crate::raft::network::GrpcNetwork;
 use crate::raft::state_machine::{SharedState, StateMachineStore};
 use crate::raft::{NodeId, NodeInfo, Raft};
-use crate::registry::{Command, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView};
+use crate::registry::{
+    Command, EdgeId, EdgeRecord, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView,
+};
 
 mod background;
 mod batcher;
@@ -373,6 +375,16 @@ impl EmbeddedCoordinator {
 
     pub(crate) fn identity(&self) -> &Arc<Identity> {
         &self.inner.identity
+    }
+
+    /// The edge-facing API address of a member replica, from the cluster membership.
+    pub fn replica_api_addr(&self, node_id: u64) -> Option<String> {
+        batcher::node_api_addr(&self.inner.raft, node_id)
+    }
+
+    /// An edge as this replica has applied it.
+    pub fn edge(&self, edge: &EdgeId) -> Option<EdgeRecord> {
+        self.read(|s| s.edge(edge).cloned())
     }
 
     /// Stops the background tasks and the replica, and closes the data directory. Idempotent;

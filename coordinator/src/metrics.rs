@@ -66,3 +66,43 @@ pub(crate) fn command_duration(command: &'static str, elapsed: Duration) {
     metrics::histogram!(REGISTRY_COMMAND_DURATION, "command" => command)
         .record(elapsed.as_secs_f64());
 }
+
+pub const RELAYED_SIGNALS: &str = "heliograph_coordinator_relayed_signals_total";
+pub const RELAY_DROPPED: &str = "heliograph_coordinator_relay_dropped_total";
+pub const LINKS_OPEN: &str = "heliograph_coordinator_edge_links_open";
+pub const LINKS_DROPPED: &str = "heliograph_coordinator_edge_links_dropped_total";
+pub const FANOUT_RESYNCS: &str = "heliograph_coordinator_fanout_resyncs_total";
+
+/// Where a relayed signal went from this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRoute {
+    /// Down a link to an edge attached to this replica.
+    Local,
+    /// To the replica the target edge is attached to.
+    Forwarded,
+}
+
+pub(crate) fn relayed(route: RelayRoute) {
+    let route = match route {
+        RelayRoute::Local => "local",
+        RelayRoute::Forwarded => "forwarded",
+    };
+    metrics::counter!(RELAYED_SIGNALS, "route" => route).increment(1);
+}
+
+/// `reason` is one of a fixed set: `unknown_edge`, `no_route`, `queue_full`, `invalid`.
+pub(crate) fn relay_dropped(reason: &'static str) {
+    metrics::counter!(RELAY_DROPPED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn links_open(delta: f64) {
+    metrics::gauge!(LINKS_OPEN).increment(delta);
+}
+
+pub(crate) fn link_dropped() {
+    metrics::counter!(LINKS_DROPPED).increment(1);
+}
+
+pub(crate) fn fanout_resynced() {
+    metrics::counter!(FANOUT_RESYNCS).increment(1);
+}

@@ -10,8 +10,9 @@ use tonic::transport::Server;
 use crate::embedded::EmbeddedCoordinator;
 use crate::grpc::admin_service::admin_server;
 use crate::grpc::auth::ClusterSecret;
+use crate::grpc::proto::registry_server::RegistryServer;
 use crate::grpc::raft_service::raft_server;
-use crate::grpc::registry_service::registry_server;
+use crate::grpc::registry_service::RegistryService;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the {listener} listener failed: {source}")]
@@ -36,7 +37,13 @@ pub async fn serve(
         );
     let api = Server::builder()
         .add_service(admin_server(replica.clone(), &secret))
-        .add_service(registry_server(replica, secret))
+        // Link streams stay open until the service is told to stop; without this token the
+        // API server's graceful shutdown would wait for every edge to hang up.
+        .add_service(RegistryServer::new(RegistryService::new(
+            replica,
+            secret,
+            shutdown.clone(),
+        )))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(api_listener),
             shutdown.cancelled_owned(),

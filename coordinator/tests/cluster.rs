@@ -179,6 +179,7 @@ fn register(edge: &str) -> Command {
         incarnation: 1,
         lease_ms: 600_000,
         resumable_sessions: true,
+        replica: 1,
     }
 }
 

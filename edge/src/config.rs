@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::registry::{EdgeId, Region};
 
 use crate::turn::TurnConfig;
@@ -129,6 +130,14 @@ pub struct Args {
     /// Lifetime of TURN credentials.
     #[arg(long, env = "HELIOGRAPH_TURN_TTL_SECS", default_value_t = DEFAULT_TURN_TTL_SECS)]
     pub turn_ttl_secs: u64,
+    /// Use a remote coordinator cluster instead of the embedded replica: the edge-facing API
+    /// URLs of its replicas (comma-separated or repeated), e.g. http://10.0.0.5:7100. The
+    /// first reachable one is used; the others are tried when it fails.
+    #[arg(long, env = "HELIOGRAPH_COORDINATOR", value_delimiter = ',')]
+    pub coordinator: Vec<String>,
+    /// Shared secret of the coordinator cluster (required with --coordinator).
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -158,6 +167,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub join_key: Option<JoinKeySource>,
     pub turn: Option<TurnConfig>,
+    /// `None`: run the embedded single replica.
+    pub coordinator: Option<RemoteCoordinator>,
     log: String,
 }
 
@@ -167,6 +178,13 @@ pub enum JoinKeySource {
     Hs256Secret(String),
     Es256PemFile(PathBuf),
     Rs256PemFile(PathBuf),
+}
+
+/// A remote coordinator cluster.
+#[derive(Debug, Clone)]
+pub struct RemoteCoordinator {
+    pub urls: Vec<String>,
+    pub secret: ClusterSecret,
 }
 
 impl Config {
@@ -332,7 +350,33 @@ impl Args {
                 "--metrics-listen must differ from --listen",
             )?;
         }
+        let coordinator = if self.coordinator.is_empty() {
+            check(
+                self.cluster_secret.is_none(),
+                "--cluster-secret is only used with --coordinator",
+            )?;
+            None
+        } else {
+            for url in &self.coordinator {
+                check(
+                    (url.starts_with("http://") || url.starts_with("https://"))
+                        && tonic::transport::Endpoint::from_shared(url.clone()).is_ok(),
+                    "--coordinator URLs must look like http://host:port",
+                )?;
+            }
+            let secret = self
+                .cluster_secret
+                .as_deref()
+                .ok_or_else(|| ConfigError("--coordinator needs --cluster-secret".into()))?;
+            let secret = ClusterSecret::new(secret)
+                .map_err(|e| ConfigError(format!("--cluster-secret: {e}")))?;
+            Some(RemoteCoordinator {
+                urls: self.coordinator.clone(),
+                secret,
+            })
+        };
         Ok(Config {
+            coordinator,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             data_dir: self.data_dir,
@@ -390,5 +434,23 @@ mod tests {
         assert!(e.to_string().contains("--region"), "{e}");
         let e = parse(&["--ice-server", "http://x"]).unwrap_err();
         assert!(e.to_string().contains("--ice-server"), "{e}");
+        let e = parse(&["--coordinator", "http://127.0.0.1:1"]).unwrap_err();
+        assert!(e.to_string().contains("--cluster-secret"), "{e}");
+        let e = parse(&[
+            "--coordinator",
+            "ftp://x",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--coordinator"), "{e}");
+        let c = parse(&[
+            "--coordinator",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--cluster-secret",
+            "0123456789abcdef",
+        ])
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().urls.len(), 2);
     }
 }

@@ -5,7 +5,8 @@
 //! - [`session`]: one socket: read loop, outbox, keepalive, close.
 //! - [`outbox`]: the bounded per-client queue.
 //! - [`rooms`]: the local index of peers and the rooms they are in.
-//! - [`membership`]: applies the registry's room events to the index.
+//! - [`registry`]: the room registry, embedded or a remote coordinator cluster.
+//! - [`membership`]: applies the registry's events to the index, delivers relayed signals.
 //! - [`server`]: HTTP routes (WebSocket, health, readiness, metrics, demo page).
 //! - [`metrics`]: metric names and handles.
 //!
@@ -20,6 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod registry;
 pub mod rooms;
 pub mod server;
 pub mod session;
@@ -44,6 +46,7 @@ use crate::auth::{JoinAuth, JoinKey};
 use crate::config::{Config, JoinKeySource};
 use crate::limits::ConnectionLimiter;
 use crate::metrics::EdgeMetrics;
+use crate::registry::{Events, Registry, RemoteRegistry, RemoteSettings};
 use crate::rooms::RoomIndex;
 
 /// File in the data directory that keeps a generated edge id across restarts.
@@ -70,7 +73,7 @@ pub struct EdgeContext {
     pub edge_id: EdgeId,
     pub region: Region,
     pub index: Arc<RoomIndex>,
-    pub registry: EmbeddedCoordinator,
+    pub registry: Registry,
     pub metrics: Arc<EdgeMetrics>,
     pub ice_servers: Box<RawValue>,
     /// Cancelled when the edge starts shutting down; sessions close with 1001.
@@ -117,32 +120,32 @@ pub async fn start(
     })?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let registry = EmbeddedCoordinator::open(EmbeddedConfig {
-        data_dir: config.data_dir.clone(),
-        grace: config.detach_grace,
-    })
-    .await?;
     let edge_id = match &config.edge_id {
         Some(id) => id.clone(),
         None => stored_edge_id(&config.data_dir)?,
     };
     let incarnation = heliograph_coordinator::embedded::now_ms();
     let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
-    let registered = registry
-        .execute(Command::RegisterEdge {
-            edge: edge_id.clone(),
-            region: config.region.clone(),
-            address: http_addr.to_string(),
-            incarnation,
-            lease_ms,
-            // Sessions live in this process only, so peers of a previous run cannot resume.
-            resumable_sessions: false,
-        })
-        .await?;
-    if registered != Outcome::Done {
-        return Err(StartError::Registration(registered));
-    }
-    tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
+    let (registry, events) = match &config.coordinator {
+        None => open_embedded(&config, &edge_id, http_addr, incarnation, lease_ms).await?,
+        Some(remote) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(registry::EVENTS_BUFFER);
+            let settings = RemoteSettings {
+                urls: remote.urls.clone(),
+                secret: remote.secret.clone(),
+                edge: edge_id.clone(),
+                region: config.region.clone(),
+                address: http_addr.to_string(),
+                incarnation,
+                lease_ms,
+            };
+            tracing::info!(urls = ?remote.urls, "using a remote coordinator cluster");
+            (
+                Registry::Remote(RemoteRegistry::start(settings, tx)),
+                Events::Remote(rx),
+            )
+        }
+    };
 
     let join_auth = join_auth(config.join_key.as_ref())?;
     if join_auth.is_open() {
@@ -153,7 +156,6 @@ pub async fn start(
     }
     let metrics = Arc::new(EdgeMetrics::new());
     let index = Arc::new(RoomIndex::new(edge_id.clone()));
-    let events = registry.subscribe();
     let config_limits = (config.max_connections, config.max_connections_per_ip);
     let ctx = Arc::new(EdgeContext {
         ice_servers: ice_servers_json(&config.ice_servers),
@@ -180,13 +182,16 @@ pub async fn start(
         metrics,
         stop_background.clone(),
     ));
-    background.spawn(renew_lease(
-        registry.clone(),
-        edge_id.clone(),
-        incarnation,
-        lease_ms,
-        stop_background.clone(),
-    ));
+    if let Registry::Embedded(embedded) = &registry {
+        // A remote registry renews the lease in its own session with the replica.
+        background.spawn(renew_lease(
+            embedded.clone(),
+            edge_id.clone(),
+            incarnation,
+            lease_ms,
+            stop_background.clone(),
+        ));
+    }
 
     let finished = tokio::spawn(async move {
         let http = tokio::spawn(server::serve(
@@ -235,6 +240,47 @@ pub async fn start(
         metrics_addr,
         finished,
     })
+}
+
+/// Opens the embedded replica and registers this edge with it.
+async fn open_embedded(
+    config: &Config,
+    edge_id: &EdgeId,
+    http_addr: SocketAddr,
+    incarnation: u64,
+    lease_ms: u64,
+) -> Result<(Registry, Events), StartError> {
+    let coordinator = EmbeddedCoordinator::open(EmbeddedConfig {
+        data_dir: config.data_dir.clone(),
+        grace: config.detach_grace,
+    })
+    .await?;
+    let registered = coordinator
+        .execute(Command::RegisterEdge {
+            edge: edge_id.clone(),
+            region: config.region.clone(),
+            address: http_addr.to_string(),
+            incarnation,
+            lease_ms,
+            // Sessions live in this process only, so peers of a previous run cannot resume.
+            resumable_sessions: false,
+            replica: 0,
+        })
+        .await;
+    let registered = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            coordinator.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    if registered != Outcome::Done {
+        coordinator.shutdown().await;
+        return Err(StartError::Registration(registered));
+    }
+    tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
+    let events = Events::Embedded(coordinator.subscribe());
+    Ok((Registry::Embedded(coordinator), events))
 }
 
 /// Renews the edge's lease at a third of its length, so two renewals may fail in a row.

@@ -1,47 +1,86 @@
-//! Follows the registry's room events and turns them into frames for local peers.
+//! Follows the registry's events and turns them into frames for local peers.
 //!
-//! One task per edge consumes the event stream in order. If it falls too far behind, it
-//! re-reads the rooms it tracks instead of guessing what it missed.
+//! One task per edge consumes the events in order: room events update the index; "resync"
+//! (the edge fell behind, or its coordinator link was re-established) re-reads every tracked
+//! room; signals relayed from other edges are handed to their local target.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use heliograph_coordinator::EmbeddedCoordinator;
-use heliograph_coordinator::registry::RoomEvent;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use heliograph_coordinator::grpc::proto::RelayedSignal;
+use std::collections::{HashMap, HashSet};
+
+use heliograph_coordinator::registry::{Command, PeerId, RoomId, RoomView};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::EdgeMetrics;
-use crate::outbox::Delivery;
+use crate::metrics::{EdgeMetrics, RelayPath};
+use crate::outbox::{Delivery, Outgoing};
+use crate::registry::{Events, Registry, RegistryEvent};
 use crate::rooms::{Notice, RoomIndex};
 
 /// `events` is subscribed before the edge accepts its first socket, so nothing is missed.
 pub async fn run(
     index: Arc<RoomIndex>,
-    registry: EmbeddedCoordinator,
-    mut events: broadcast::Receiver<RoomEvent>,
+    registry: Registry,
+    mut events: Events,
     metrics: Arc<EdgeMetrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = events.recv() => r,
+            r = events.next() => r,
         };
         let notices = match received {
-            Ok(event) => index.apply(&event, |room| registry.room(room)),
-            Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    missed,
-                    "fell behind the registry's events; re-reading rooms"
-                );
+            None => return,
+            Some(RegistryEvent::Room { event, view }) => index.apply(&event, |room| {
+                view.clone()
+                    .filter(|v| &v.room == room)
+                    .or_else(|| registry.local_view(room))
+            }),
+            Some(RegistryEvent::Resync) => {
                 metrics.registry_resyncs.increment(1);
-                index.resync(|room| registry.room(room))
+                let rooms = index.rooms_to_resync();
+                match registry.views(&rooms).await {
+                    Ok(views) => {
+                        remove_ghosts(&index, &registry, &views).await;
+                        index.resync(|room| views.get(room).cloned().flatten())
+                    }
+                    Err(e) => {
+                        // The link that asked for it is gone; the next one asks again.
+                        tracing::warn!(error = %e, "could not re-read rooms");
+                        Vec::new()
+                    }
+                }
             }
-            Err(RecvError::Closed) => return,
+            Some(RegistryEvent::Signal(signal)) => {
+                deliver_relayed(&index, &metrics, signal);
+                continue;
+            }
         };
         deliver(notices);
         metrics.rooms_tracked.set(index.tracked_rooms() as f64);
+    }
+}
+
+/// Members on this edge without a session here are peers whose `Disconnect` was lost
+/// (e.g. they left while the coordinator was unreachable): remove them now.
+async fn remove_ghosts(
+    index: &RoomIndex,
+    registry: &Registry,
+    views: &HashMap<RoomId, Option<RoomView>>,
+) {
+    let ghosts: HashSet<PeerId> = views
+        .values()
+        .flatten()
+        .flat_map(|v| v.members.iter())
+        .filter(|m| &m.edge == index.edge() && !index.has_session(&m.peer))
+        .map(|m| m.peer.clone())
+        .collect();
+    for peer in ghosts {
+        if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
+            tracing::warn!(error = %e, "could not remove a departed peer from the registry");
+        }
     }
 }
 
@@ -52,4 +91,44 @@ pub fn deliver(notices: Vec<Notice>) {
             tracing::debug!("outbox full while delivering a room event");
         }
     }
+}
+
+/// A signal from another edge: its frame (with `from` stamped there) goes to the local
+/// target if it is still in the room.
+fn deliver_relayed(index: &RoomIndex, metrics: &EdgeMetrics, signal: RelayedSignal) {
+    let target = PeerId::new(signal.to_peer)
+        .ok()
+        .zip(RoomId::new(signal.room).ok())
+        .and_then(|(peer, room)| index.local_member(&peer, &room));
+    let (Some(target), Ok(text)) = (target, String::from_utf8(signal.frame)) else {
+        metrics.relay_undeliverable.increment(1);
+        return;
+    };
+    let out = Outgoing {
+        text,
+        kind: "signal",
+        relayed_at: sent_at(signal.sent_at_us),
+        path: RelayPath::Coordinator,
+    };
+    if target.send(out) != Delivery::Queued {
+        metrics.relay_undeliverable.increment(1);
+    }
+}
+
+/// The sender's read time as a local `Instant` (wall clocks of the two edges are assumed
+/// close; a sender clock ahead of ours counts as no delay).
+fn sent_at(sent_at_us: u64) -> Option<Instant> {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_micros()).ok())?;
+    Instant::now().checked_sub(Duration::from_micros(now_us.saturating_sub(sent_at_us)))
+}
+
+/// Microseconds since the Unix epoch, to stamp relayed signals.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

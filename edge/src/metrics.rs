@@ -26,6 +26,7 @@ pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total
 
 /// Why an upgrade request was refused before it became a connection.
 pub const REFUSAL_REASONS: [&str; 4] = ["origin", "edge_full", "address_limit", "draining"];
+pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total";
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,8 +82,15 @@ pub const SENT_TYPES: [&str; 8] = [
     "pong",
     "error",
 ];
-/// Where a relayed signal went.
-pub const RELAY_PATHS: [&str; 1] = ["local"];
+/// Where a relayed signal went: handed over in process, or through the coordinator
+/// replicas from another edge.
+pub const RELAY_PATHS: [&str; 2] = ["local", "coordinator"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPath {
+    Local,
+    Coordinator,
+}
 
 /// Handles for every metric, resolved once at start-up.
 pub struct EdgeMetrics {
@@ -93,6 +101,9 @@ pub struct EdgeMetrics {
     sent: HashMap<&'static str, Counter>,
     errors: HashMap<ErrorCode, Counter>,
     pub relay_local: Histogram,
+    pub relay_coordinator: Histogram,
+    /// Signals from other edges that could not be delivered here (target gone).
+    pub relay_undeliverable: Counter,
     pub join_seconds: Histogram,
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
@@ -129,6 +140,10 @@ impl EdgeMetrics {
             REGISTRY_RESYNCS,
             "Times the edge re-read rooms after falling behind the registry's events"
         );
+        describe_counter!(
+            RELAY_UNDELIVERABLE,
+            "Signals relayed from other edges whose target was no longer here"
+        );
         Self {
             connections_open: gauge!(CONNECTIONS_OPEN),
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
@@ -149,6 +164,8 @@ impl EdgeMetrics {
                 .map(|c| (*c, counter!(ERRORS, "code" => c.as_str())))
                 .collect(),
             relay_local: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[0]),
+            relay_coordinator: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[1]),
+            relay_undeliverable: counter!(RELAY_UNDELIVERABLE),
             join_seconds: histogram!(JOIN_SECONDS),
             rooms_tracked: gauge!(ROOMS_TRACKED),
             registry_resyncs: counter!(REGISTRY_RESYNCS),
@@ -156,6 +173,13 @@ impl EdgeMetrics {
                 .iter()
                 .map(|r| (*r, counter!(CONNECTIONS_REFUSED, "reason" => *r)))
                 .collect(),
+        }
+    }
+
+    pub fn relay(&self, path: RelayPath) -> &Histogram {
+        match path {
+            RelayPath::Local => &self.relay_local,
+            RelayPath::Coordinator => &self.relay_coordinator,
         }
     }
 

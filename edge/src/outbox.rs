@@ -6,6 +6,8 @@
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+
+use crate::metrics::RelayPath;
 use tokio_util::sync::CancellationToken;
 
 /// One encoded frame for a client.
@@ -16,6 +18,8 @@ pub struct Outgoing {
     pub kind: &'static str,
     /// When a relayed signal was read from its sender, for the relay-latency histogram.
     pub relayed_at: Option<Instant>,
+    /// How a relayed signal reached this edge, for the histogram's `path` label.
+    pub path: RelayPath,
 }
 
 impl Outgoing {
@@ -24,6 +28,7 @@ impl Outgoing {
             text,
             kind,
             relayed_at: None,
+            path: RelayPath::Local,
         }
     }
 }

@@ -57,6 +57,15 @@ struct Inner {
 /// A frame to hand to a local session once the index lock is released.
 pub type Notice = (SessionHandle, Outgoing);
 
+/// Where a signal goes, decided from this edge's membership cache.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// The target is connected here: hand the frame over in process.
+    Local(SessionHandle),
+    /// The target is connected to another edge: relay through the coordinator.
+    Remote { edge: EdgeId },
+}
+
 /// Why a join cannot start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinStart {
@@ -162,13 +171,13 @@ impl RoomIndex {
         }
     }
 
-    /// Finds the session a signal from `from` to `to` in `room` goes to.
+    /// Finds where a signal from `from` to `to` in `room` goes.
     pub fn route_signal(
         &self,
         from: &PeerId,
         room: &RoomId,
         to: &PeerId,
-    ) -> Result<SessionHandle, ErrorCode> {
+    ) -> Result<Route, ErrorCode> {
         let inner = self.read();
         if !inner
             .peers
@@ -183,19 +192,52 @@ impl RoomIndex {
             .and_then(|entry| entry.members.get(to))
             .ok_or(ErrorCode::UnknownPeer)?;
         if member.edge != self.me {
-            // Only one edge exists in this deployment; a member elsewhere is not reachable.
-            return Err(ErrorCode::UnknownPeer);
+            return Ok(Route::Remote {
+                edge: member.edge.clone(),
+            });
         }
         inner
             .peers
             .get(to)
             .filter(|p| p.rooms.contains(room))
-            .map(|p| p.handle.clone())
+            .map(|p| Route::Local(p.handle.clone()))
             .ok_or(ErrorCode::UnknownPeer)
     }
 
+    /// The session of a local peer that is a member of `room`, for a signal relayed from
+    /// another edge (which checked the sender's side).
+    pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<SessionHandle> {
+        self.read()
+            .peers
+            .get(peer)
+            .filter(|p| p.rooms.contains(room))
+            .map(|p| p.handle.clone())
+    }
+
+    /// Whether `peer` has a session on this edge.
+    pub fn has_session(&self, peer: &PeerId) -> bool {
+        self.read().peers.contains_key(peer)
+    }
+
+    pub fn edge(&self) -> &EdgeId {
+        &self.me
+    }
+
+    /// Every room this edge tracks or is joining, for a resync.
+    pub fn rooms_to_resync(&self) -> Vec<RoomId> {
+        let inner = self.read();
+        let mut rooms: Vec<RoomId> = inner.rooms.keys().cloned().collect();
+        for p in inner.peers.values() {
+            rooms.extend(p.pending_joins.keys().cloned());
+        }
+        rooms.sort();
+        rooms.dedup();
+        rooms
+    }
+
     /// Applies one registry event; returns the frames local peers must be sent.
-    /// `view` reads a room from the registry, for a room this edge starts tracking.
+    /// `view` gives the room's members at the event's epoch, for a room this edge starts
+    /// tracking (a remote coordinator sends them with the event; the embedded one is read).
     pub fn apply(
         &self,
         event: &RoomEvent,
@@ -295,14 +337,9 @@ impl RoomIndex {
 
     /// Re-reads every tracked room after missing events, telling local peers what changed.
     pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice> {
+        let rooms = self.rooms_to_resync();
         let mut inner = self.write();
         let mut notices = Vec::new();
-        let mut rooms: Vec<RoomId> = inner.rooms.keys().cloned().collect();
-        for p in inner.peers.values() {
-            rooms.extend(p.pending_joins.keys().cloned());
-        }
-        rooms.sort();
-        rooms.dedup();
         for room in rooms {
             let old: HashMap<PeerId, MemberInfo> = inner
                 .rooms

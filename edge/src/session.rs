@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
+use heliograph_coordinator::grpc::proto::RelayedSignal;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::EdgeContext;
 use crate::auth::Grant;
 use crate::limits::{ConnectionSlot, RateLimiter};
-use crate::metrics::CloseReason;
+use crate::membership;
+use crate::metrics::{CloseReason, RelayPath};
 use crate::outbox::{Delivery, Outgoing, outbox};
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
 };
-use crate::rooms::JoinStart;
+use crate::rooms::{JoinStart, Route};
 
 /// WebSocket close codes used by the edge (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -244,25 +246,49 @@ fn handle_text(
             kind,
             data,
         } => match ctx.index.route_signal(peer, &room, &to) {
-            Ok(target) => {
+            Ok(route) => {
                 let text = protocol::encode(&ServerMessage::Signal {
                     room: room.as_str(),
                     from: peer.as_str(),
                     kind,
                     data,
                 });
-                let out = Outgoing {
-                    text,
-                    kind: "signal",
-                    relayed_at: Some(received_at),
+                let delivered = match route {
+                    Route::Local(target) => {
+                        let out = Outgoing {
+                            text,
+                            kind: "signal",
+                            relayed_at: Some(received_at),
+                            path: RelayPath::Local,
+                        };
+                        match target.send(out) {
+                            Delivery::Queued => Ok(()),
+                            Delivery::Kicked | Delivery::Closed => Err((
+                                ErrorCode::UnknownPeer,
+                                "the target peer's connection is closing",
+                            )),
+                        }
+                    }
+                    Route::Remote { edge } => {
+                        let relayed = ctx.registry.relay(RelayedSignal {
+                            to_edge: edge.to_string(),
+                            to_peer: to.to_string(),
+                            room: room.to_string(),
+                            frame: text.into_bytes(),
+                            sent_at_us: membership::now_us(),
+                        });
+                        relayed.map_err(|e| {
+                            tracing::debug!(error = %e, "cannot relay a signal to another edge");
+                            (
+                                ErrorCode::Unavailable,
+                                "the target peer's edge cannot be reached right now; retry",
+                            )
+                        })
+                    }
                 };
-                match target.send(out) {
-                    Delivery::Queued => Handled::Done,
-                    Delivery::Kicked | Delivery::Closed => fail(
-                        ErrorCode::UnknownPeer,
-                        "the target peer's connection is closing",
-                        reference,
-                    ),
+                match delivered {
+                    Ok(()) => Handled::Done,
+                    Err((code, message)) => fail(code, message, reference),
                 }
             }
             Err(ErrorCode::NotInRoom) => {
@@ -555,7 +581,9 @@ async fn send_all(
 async fn feed(socket: &mut WebSocket, out: Outgoing, ctx: &EdgeContext) -> Result<(), axum::Error> {
     ctx.metrics.sent(out.kind);
     if let Some(at) = out.relayed_at {
-        ctx.metrics.relay_local.record(at.elapsed().as_secs_f64());
+        ctx.metrics
+            .relay(out.path)
+            .record(at.elapsed().as_secs_f64());
     }
     socket.feed(Message::Text(out.text.into())).await
 }

@@ -75,7 +75,12 @@ impl Edge {
         let mut cmd = Command::new(edge_binary());
         // Benchmarks measure relay capacity, not the per-connection abuse limiter.
         cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"])
-            .args(["--rate-limit-per-second", "1000000", "--rate-limit-burst", "1000000"])
+            .args([
+                "--rate-limit-per-second",
+                "1000000",
+                "--rate-limit-burst",
+                "1000000",
+            ])
             .arg("--data-dir")
             .arg(data.path());
         let (guard, line) = start_with_json_line(cmd);

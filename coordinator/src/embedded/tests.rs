@@ -37,6 +37,7 @@ async fn register(c: &EmbeddedCoordinator, edge: &str, lease_ms: u64) {
             incarnation: 1,
             lease_ms,
             resumable_sessions: true,
+            replica: 0,
         })
         .await
         .unwrap();

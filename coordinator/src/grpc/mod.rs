@@ -5,12 +5,24 @@
 //! - [`admin_client`]: the admin client the CLI and tests use, following the leader.
 //! - [`admin_service`]: cluster membership and status (on the API listener).
 //! - [`registry_service`]: the edge-facing registry API (on the API listener).
+//! - [`convert`]: protobuf ↔ registry types (ids validated here, nowhere else).
+//! - [`status`]: the one place errors become `tonic::Status`.
+//! - `fanout`: turns room events into per-edge `Link` messages.
+//! - `links`: the edges linked to this replica.
+//! - `relay`: where a signal between edges goes next (local link or one other replica).
+//! - `leader`: cached clients that forward writes from a follower to the leader.
 
 pub mod admin_client;
 pub mod admin_service;
 pub mod auth;
+pub mod convert;
+mod fanout;
+mod leader;
+mod links;
 pub mod raft_service;
 pub mod registry_service;
+mod relay;
+pub mod status;
 
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -45,5 +57,20 @@ pub fn status_from(error: CoordinatorError) -> Status {
             tracing::error!(error = %e, "internal coordinator error");
             Status::internal("internal coordinator error")
         }
+    }
+}
+
+/// The generated protobuf types and gRPC stubs of the edge-facing API.
+pub use heliograph_proto::registry::v1 as proto;
+
+/// Metadata key marking a write already forwarded once, so it is never forwarded again.
+pub const FORWARDED: &str = "x-heliograph-forwarded";
+
+/// Adds a scheme to a bare `host:port` address, as tonic endpoints need one.
+pub fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
     }
 }

@@ -1,89 +1,456 @@
-//! Placeholder for the edge-facing registry service (written separately; this stub only keeps
-//! the binary's wiring compiling until it lands). Every call is `UNIMPLEMENTED`.
+//! The edge-facing `Registry` gRPC service of one replica.
+//!
+//! - Writes become registry [`Command`]s. On a follower they are forwarded to the leader by
+//!   this service (once; a forwarded write that meets another follower fails with
+//!   `unavailable`), so edges never need to know who leads.
+//! - Reads come from this replica's applied state.
+//! - `Link` is one stream per edge: room events from [`super::fanout`], signals both ways.
+//! - `Relay` takes signals from other replicas for edges linked here.
+//!
+//! The service checks the cluster secret on every call itself, so it cannot be mounted
+//! without it. Background tasks (fan-out, relay streams, link readers) are tracked and stop
+//! when the last clone of the service is dropped, or when the shutdown token given to
+//! [`RegistryService::new`] is cancelled.
 
-use heliograph_proto::registry::v1 as pb;
-use heliograph_proto::registry::v1::registry_server::{Registry, RegistryServer};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::embedded::EmbeddedCoordinator;
-use crate::grpc::auth::ClusterSecret;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
 
-pub struct RegistryStub {
-    _replica: EmbeddedCoordinator,
-}
+use super::FORWARDED;
+use super::auth::ClusterSecret;
+use super::convert::{self, ConvertError};
+use super::fanout;
+use super::leader::Clients;
+use super::links::{LINK_BUFFER, LinkItem, Links};
+use super::proto::registry_client::RegistryClient;
+use super::proto::registry_server::{Registry, RegistryServer};
+use super::proto::{self, edge_to_replica};
+use super::relay::{Origin, Relay};
+use super::status::ServiceError;
+use crate::EmbeddedCoordinator;
+use crate::error::CoordinatorError;
+use crate::registry::{Command, Outcome};
 
-/// The edge-facing service of `replica`, refusing calls without `secret`.
+/// How long an edge has to send `hello` after opening its link.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The service mounted by the coordinator binary; it checks the cluster secret itself.
 pub fn registry_server(
     replica: EmbeddedCoordinator,
     secret: ClusterSecret,
-) -> InterceptedService<RegistryServer<RegistryStub>, impl Interceptor + Clone + use<>> {
-    RegistryServer::with_interceptor(RegistryStub { _replica: replica }, secret.interceptor())
-}
-
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(
-        "the registry API is not available yet",
+) -> RegistryServer<RegistryService> {
+    RegistryServer::new(RegistryService::new(
+        replica,
+        secret,
+        CancellationToken::new(),
     ))
 }
 
-#[tonic::async_trait]
-impl Registry for RegistryStub {
-    type WatchStream = tokio_stream::Empty<Result<pb::RoomEvent, Status>>;
+/// Cheap to clone; all clones share the same links and tasks.
+#[derive(Clone)]
+pub struct RegistryService {
+    shared: Arc<Shared>,
+}
 
+struct Shared {
+    replica: EmbeddedCoordinator,
+    secret: ClusterSecret,
+    links: Arc<Links>,
+    relay: Arc<Relay>,
+    clients: Arc<Clients>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+impl RegistryService {
+    /// Starts the fan-out task; everything stops when `shutdown` is cancelled or the last
+    /// clone is dropped.
+    pub fn new(
+        replica: EmbeddedCoordinator,
+        secret: ClusterSecret,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let stop = shutdown.child_token();
+        let tasks = TaskTracker::new();
+        let links = Arc::new(Links::default());
+        let clients = Arc::new(Clients::default());
+        let relay = Arc::new(Relay::new(
+            replica.clone(),
+            Arc::clone(&links),
+            Arc::clone(&clients),
+            secret.clone(),
+            tasks.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(fanout::run(
+            replica.clone(),
+            Arc::clone(&links),
+            stop.clone(),
+        ));
+        Self {
+            shared: Arc::new(Shared {
+                replica,
+                secret,
+                links,
+                relay,
+                clients,
+                tasks,
+                _stop_on_drop: stop.clone().drop_guard(),
+                stop,
+            }),
+        }
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn shutdown(&self) {
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
+    /// Executes `command` here, or on the leader through `forward` when this replica does
+    /// not lead.
+    async fn write<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        command: Command,
+        respond: fn(Outcome) -> Resp,
+        forward: Forward<Req, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+    {
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        match self.shared.replica.execute(command).await {
+            Ok(outcome) => Ok(Response::new(respond(outcome))),
+            Err(CoordinatorError::NotLeader {
+                leader_api: Some(addr),
+            }) if !forwarded => {
+                let client = self.shared.clients.get(&addr)?;
+                let mut fwd = Request::new(request.into_inner());
+                self.shared.secret.attach(&mut fwd);
+                fwd.metadata_mut()
+                    .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                forward(client, fwd)
+                    .await
+                    .map_err(|status| ServiceError::Forward { addr, status }.into())
+            }
+            Err(CoordinatorError::NotLeader { .. }) if forwarded => {
+                Err(ServiceError::LeaderMoved.into())
+            }
+            Err(e) => Err(ServiceError::from(e).into()),
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.shared.secret.check(request)
+    }
+}
+
+type Forward<Req, Resp> =
+    fn(
+        RegistryClient<Channel>,
+        Request<Req>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+
+fn invalid(e: ConvertError) -> Status {
+    ServiceError::InvalidArgument(e).into()
+}
+
+fn rejected(outcome: &Outcome) -> i32 {
+    let r = match outcome {
+        Outcome::Rejected(r) => Some(*r),
+        _ => None,
+    };
+    convert::rejection_to_proto(r) as i32
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
     async fn register_edge(
         &self,
-        _: Request<pb::RegisterEdgeRequest>,
-    ) -> Result<Response<pb::RegisterEdgeResponse>, Status> {
-        unimplemented()
+        request: Request<proto::RegisterEdgeRequest>,
+    ) -> Result<Response<proto::RegisterEdgeResponse>, Status> {
+        self.check(&request)?;
+        let mut request = request;
+        let r = request.get_mut();
+        if r.replica == 0 {
+            // The edge is attached to (linked with) this replica.
+            r.replica = self.shared.replica.node_id();
+        }
+        let command = Command::RegisterEdge {
+            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            region: convert::region("region", &r.region).map_err(invalid)?,
+            address: r.address.clone(),
+            incarnation: r.incarnation,
+            lease_ms: r.lease_ms,
+            resumable_sessions: r.resumable_sessions,
+            replica: r.replica,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::RegisterEdgeResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.register_edge(r).await }),
+        )
+        .await
     }
+
     async fn renew_lease(
         &self,
-        _: Request<pb::RenewLeaseRequest>,
-    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        unimplemented()
+        request: Request<proto::RenewLeaseRequest>,
+    ) -> Result<Response<proto::RenewLeaseResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::RenewLease {
+            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            incarnation: r.incarnation,
+            lease_ms: r.lease_ms,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::RenewLeaseResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.renew_lease(r).await }),
+        )
+        .await
     }
+
     async fn release_edge(
         &self,
-        _: Request<pb::ReleaseEdgeRequest>,
-    ) -> Result<Response<pb::ReleaseEdgeResponse>, Status> {
-        unimplemented()
+        request: Request<proto::ReleaseEdgeRequest>,
+    ) -> Result<Response<proto::ReleaseEdgeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::ReleaseEdge {
+            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            incarnation: r.incarnation,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::ReleaseEdgeResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.release_edge(r).await }),
+        )
+        .await
     }
+
     async fn join(
         &self,
-        _: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
-        unimplemented()
+        request: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Join {
+            room: convert::room("room", &r.room).map_err(invalid)?,
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            meta: r.meta_json.clone(),
+            max_members: (r.max_members > 0).then_some(r.max_members),
+        };
+        self.write(
+            request,
+            command,
+            |o| match o {
+                Outcome::Joined { epoch, members } => proto::JoinResponse {
+                    rejected: 0,
+                    epoch,
+                    members: members.iter().map(convert::member_to_proto).collect(),
+                },
+                other => proto::JoinResponse {
+                    rejected: rejected(&other),
+                    ..Default::default()
+                },
+            },
+            |mut c, r| Box::pin(async move { c.join(r).await }),
+        )
+        .await
     }
+
     async fn leave(
         &self,
-        _: Request<pb::LeaveRequest>,
-    ) -> Result<Response<pb::LeaveResponse>, Status> {
-        unimplemented()
+        request: Request<proto::LeaveRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Leave {
+            room: convert::room("room", &r.room).map_err(invalid)?,
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            |o| match o {
+                Outcome::Left { epoch } => proto::LeaveResponse { rejected: 0, epoch },
+                other => proto::LeaveResponse {
+                    rejected: rejected(&other),
+                    epoch: 0,
+                },
+            },
+            |mut c, r| Box::pin(async move { c.leave(r).await }),
+        )
+        .await
     }
+
     async fn disconnect(
         &self,
-        _: Request<pb::DisconnectRequest>,
-    ) -> Result<Response<pb::DisconnectResponse>, Status> {
-        unimplemented()
+        request: Request<proto::DisconnectRequest>,
+    ) -> Result<Response<proto::DisconnectResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Disconnect {
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::DisconnectResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.disconnect(r).await }),
+        )
+        .await
     }
+
+    async fn detach(
+        &self,
+        request: Request<proto::DetachRequest>,
+    ) -> Result<Response<proto::DetachResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Detach {
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::DetachResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.detach(r).await }),
+        )
+        .await
+    }
+
+    async fn rebind(
+        &self,
+        request: Request<proto::RebindRequest>,
+    ) -> Result<Response<proto::RebindResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Rebind {
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            |o| proto::RebindResponse {
+                rejected: rejected(&o),
+            },
+            |mut c, r| Box::pin(async move { c.rebind(r).await }),
+        )
+        .await
+    }
+
     async fn get_room(
         &self,
-        _: Request<pb::GetRoomRequest>,
-    ) -> Result<Response<pb::GetRoomResponse>, Status> {
-        unimplemented()
+        request: Request<proto::GetRoomRequest>,
+    ) -> Result<Response<proto::GetRoomResponse>, Status> {
+        self.check(&request)?;
+        let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        Ok(Response::new(convert::room_view_to_proto(
+            self.shared.replica.room(&room),
+        )))
     }
+
     async fn list_rooms(
         &self,
-        _: Request<pb::ListRoomsRequest>,
-    ) -> Result<Response<pb::ListRoomsResponse>, Status> {
-        unimplemented()
+        request: Request<proto::ListRoomsRequest>,
+    ) -> Result<Response<proto::ListRoomsResponse>, Status> {
+        self.check(&request)?;
+        let rooms = self.shared.replica.rooms();
+        Ok(Response::new(proto::ListRoomsResponse {
+            rooms: rooms.iter().map(convert::summary_to_proto).collect(),
+        }))
     }
-    async fn watch(
+
+    type LinkStream = ReceiverStream<LinkItem>;
+
+    async fn link(
         &self,
-        _: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        unimplemented()
+        request: Request<Streaming<proto::EdgeToReplica>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        self.check(&request)?;
+        let mut incoming = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.message())
+            .await
+            .map_err(|_| Status::from(ServiceError::NoHello))??;
+        let Some(proto::EdgeToReplica {
+            msg: Some(edge_to_replica::Msg::Hello(hello)),
+        }) = first
+        else {
+            return Err(ServiceError::NoHello.into());
+        };
+        let edge = convert::edge("hello.edge_id", &hello.edge_id).map_err(invalid)?;
+        let (tx, rx) = mpsc::channel(LINK_BUFFER);
+        let registered = self.shared.links.register(edge.clone(), tx);
+        tracing::info!(%edge, incarnation = hello.incarnation, "edge linked");
+        let links = Arc::clone(&self.shared.links);
+        let relay = Arc::clone(&self.shared.relay);
+        let stop = self.shared.stop.clone();
+        self.shared.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = registered.closed.cancelled() => break,
+                    m = incoming.message() => m,
+                };
+                match next {
+                    Ok(Some(proto::EdgeToReplica {
+                        msg: Some(edge_to_replica::Msg::Signal(signal)),
+                    })) => relay.route(signal, Origin::Edge),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            links.unregister(&edge, registered.id);
+            tracing::info!(%edge, "edge unlinked");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn relay(
+        &self,
+        request: Request<Streaming<proto::RelayedSignal>>,
+    ) -> Result<Response<proto::RelayAck>, Status> {
+        self.check(&request)?;
+        let mut incoming = request.into_inner();
+        let mut received = 0u64;
+        loop {
+            let next = tokio::select! {
+                () = self.shared.stop.cancelled() => break,
+                m = incoming.message() => m?,
+            };
+            let Some(signal) = next else { break };
+            received += 1;
+            self.shared.relay.route(signal, Origin::Replica);
+        }
+        Ok(Response::new(proto::RelayAck { received }))
     }
 }

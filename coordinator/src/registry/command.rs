@@ -25,6 +25,10 @@ pub enum Command {
         incarnation: u64,
         lease_ms: u64,
         resumable_sessions: bool,
+        /// Node id of the replica the edge is attached to (its `Link`), so that signals for
+        /// the edge can be sent to that replica. Updated when the edge switches replica.
+        #[serde(default)]
+        replica: u64,
     },
     RenewLease {
         edge: EdgeId,

@@ -17,6 +17,9 @@ pub struct EdgeRecord {
     pub lease_until_ms: u64,
     /// The lease ran out or was released; the record stays while peers are detached from it.
     pub down: bool,
+    /// Node id of the replica the edge is attached to (0: unknown, e.g. an embedded edge).
+    #[serde(default)]
+    pub replica: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +76,18 @@ impl RegistryState {
                 incarnation,
                 lease_ms,
                 resumable_sessions,
+                replica,
             } => self.register_edge(
                 at,
                 edge,
-                region,
-                address,
-                *incarnation,
-                *lease_ms,
+                EdgeRecord {
+                    region: region.clone(),
+                    address: address.clone(),
+                    incarnation: *incarnation,
+                    lease_until_ms: at.saturating_add(*lease_ms),
+                    down: false,
+                    replica: *replica,
+                },
                 *resumable_sessions,
                 &mut events,
             ),
@@ -142,18 +150,15 @@ impl RegistryState {
         (outcome, events)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn register_edge(
         &mut self,
         at: u64,
         edge: &EdgeId,
-        region: &Region,
-        address: &str,
-        incarnation: u64,
-        lease_ms: u64,
+        record: EdgeRecord,
         resumable_sessions: bool,
         events: &mut Vec<RoomEvent>,
     ) -> Outcome {
+        let incarnation = record.incarnation;
         if let Some(rec) = self.edges.get(edge) {
             if rec.incarnation > incarnation {
                 return Outcome::Rejected(Rejection::StaleIncarnation);
@@ -170,18 +175,19 @@ impl RegistryState {
                         self.remove_peer(&peer, LeaveReason::Disconnected, events);
                     }
                 }
+            } else if rec.down {
+                // The same process is back (e.g. it reached another replica after its lease
+                // ran out): its sockets survived, so the peers that were detached only because
+                // the edge went down are attached again. Peers detached earlier stay detached.
+                let down_since = rec.lease_until_ms;
+                for p in self.peers.values_mut().filter(|p| &p.edge == edge) {
+                    if p.detached_since_ms == Some(down_since) {
+                        p.detached_since_ms = None;
+                    }
+                }
             }
         }
-        self.edges.insert(
-            edge.clone(),
-            EdgeRecord {
-                region: region.clone(),
-                address: address.to_owned(),
-                incarnation,
-                lease_until_ms: at.saturating_add(lease_ms),
-                down: false,
-            },
-        );
+        self.edges.insert(edge.clone(), record);
         Outcome::Done
     }
 
@@ -482,6 +488,7 @@ mod tests {
                 incarnation,
                 lease_ms: 1_000,
                 resumable_sessions: resumable,
+                replica: 0,
             },
         ));
         assert_eq!(o, Outcome::Done);
@@ -578,6 +585,7 @@ mod tests {
                 incarnation: 1,
                 lease_ms: 1,
                 resumable_sessions: false,
+                replica: 0,
             },
         ));
         assert_eq!(o, Outcome::Rejected(Rejection::StaleIncarnation));
@@ -613,6 +621,38 @@ mod tests {
             s.edge(&id("e1")).is_none(),
             "a down edge without peers is forgotten"
         );
+    }
+
+    #[test]
+    fn same_incarnation_reregisters_on_another_replica_and_keeps_its_peers() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        // The lease runs out while the edge switches replica.
+        s.apply(&at(1_000, Command::Sweep { grace_ms: 5_000 }));
+        assert_eq!(s.is_detached(&id("a")), Some(true));
+        let (o, ev) = s.apply(&at(
+            1_500,
+            Command::RegisterEdge {
+                edge: id("e1"),
+                region: id("eu"),
+                address: "127.0.0.1:1".into(),
+                incarnation: 1,
+                lease_ms: 1_000,
+                resumable_sessions: false,
+                replica: 7,
+            },
+        ));
+        assert_eq!(o, Outcome::Done);
+        assert!(ev.is_empty());
+        let rec = s.edge(&id("e1")).unwrap();
+        assert_eq!((rec.replica, rec.down), (7, false));
+        assert_eq!(s.is_detached(&id("a")), Some(false));
+        assert_eq!(s.room(&id("r")).unwrap().members.len(), 1);
+        // Nothing is due: the peer is not swept later.
+        assert_eq!(s.next_sweep_due_ms(5_000), Some(2_500));
+        let (_, ev) = s.apply(&at(2_400, Command::Sweep { grace_ms: 5_000 }));
+        assert!(ev.is_empty());
     }
 
     #[test]

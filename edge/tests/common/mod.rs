@@ -293,3 +293,103 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+pub const CLUSTER_SECRET: &str = "edge-test-cluster-secret-0123";
+
+/// A coordinator replica served in the test process: an embedded single replica behind the
+/// edge-facing gRPC service on 127.0.0.1:0 (until the coordinator binary exists).
+pub struct TestCoordinator {
+    pub url: String,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+    grace: Duration,
+    pub replica: heliograph_coordinator::EmbeddedCoordinator,
+    stop: tokio_util::sync::CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestCoordinator {
+    /// `grace`: how long detached peers keep their place.
+    pub async fn start(dir: &Path, grace: Duration) -> TestCoordinator {
+        Self::start_on(dir, grace, "127.0.0.1:0").await
+    }
+
+    /// Stops the service and the replica, and starts them again on the same port and data.
+    /// `while_down` runs in between.
+    pub async fn restart<F: std::future::Future<Output = ()>>(
+        self,
+        while_down: impl FnOnce() -> F,
+    ) -> TestCoordinator {
+        let (dir, grace, addr) = (self.dir.clone(), self.grace, self.addr);
+        self.stop().await;
+        while_down().await;
+        Self::start_on(&dir, grace, &addr.to_string()).await
+    }
+
+    async fn start_on(dir: &Path, grace: Duration, listen: &str) -> TestCoordinator {
+        use heliograph_coordinator::grpc::auth::ClusterSecret;
+        use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
+        use heliograph_coordinator::grpc::registry_service::RegistryService;
+        let mut config = heliograph_coordinator::EmbeddedConfig::new(dir.join("replica"));
+        config.grace = grace;
+        let replica = heliograph_coordinator::EmbeddedCoordinator::open(config)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
+        let stop = tokio_util::sync::CancellationToken::new();
+        // The service's token closes the edges' links, which graceful shutdown waits for.
+        let service = RegistryServer::new(RegistryService::new(
+            replica.clone(),
+            ClusterSecret::new(CLUSTER_SECRET).unwrap(),
+            stop.clone(),
+        ));
+        let shutdown = stop.clone();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                .unwrap();
+        });
+        TestCoordinator {
+            url,
+            addr,
+            dir: dir.to_owned(),
+            grace,
+            replica,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    /// Flags that point an edge at this coordinator.
+    pub fn edge_args(&self) -> Vec<String> {
+        vec![
+            "--coordinator".into(),
+            self.url.clone(),
+            "--cluster-secret".into(),
+            CLUSTER_SECRET.into(),
+        ]
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        self.replica.shutdown().await;
+    }
+}
+
+/// Waits until the edge reports ready.
+pub async fn wait_ready(node: &Node) {
+    wait_for("the edge to be ready", || async {
+        (node.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+}

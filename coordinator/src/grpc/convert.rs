@@ -1,0 +1,246 @@
+//! Conversions between the protobuf messages and the registry's types.
+//!
+//! Wire strings become validated ids here; a bad id is a [`ConvertError`] naming the field,
+//! which the service answers with `invalid_argument`.
+
+use super::proto;
+use crate::registry::{
+    EdgeId, IdError, LeaveReason, Member, PeerId, Region, Rejection, RoomEvent, RoomEventKind,
+    RoomId, RoomSummary, RoomView,
+};
+
+/// A field of a request that does not hold a valid value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConvertError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ConvertError {
+    pub fn new(field: &'static str, reason: impl ToString) -> Self {
+        Self {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn id<T>(
+    field: &'static str,
+    s: &str,
+    make: impl FnOnce(String) -> Result<T, IdError>,
+) -> Result<T, ConvertError> {
+    make(s.to_owned()).map_err(|e| ConvertError::new(field, e))
+}
+
+pub fn room(field: &'static str, s: &str) -> Result<RoomId, ConvertError> {
+    id(field, s, RoomId::new)
+}
+pub fn peer(field: &'static str, s: &str) -> Result<PeerId, ConvertError> {
+    id(field, s, PeerId::new)
+}
+pub fn edge(field: &'static str, s: &str) -> Result<EdgeId, ConvertError> {
+    id(field, s, EdgeId::new)
+}
+pub fn region(field: &'static str, s: &str) -> Result<Region, ConvertError> {
+    id(field, s, Region::new)
+}
+
+pub fn member_to_proto(m: &Member) -> proto::Member {
+    proto::Member {
+        peer_id: m.peer.to_string(),
+        edge_id: m.edge.to_string(),
+        region: m.region.to_string(),
+        meta_json: m.meta.clone(),
+    }
+}
+
+pub fn member_from_proto(m: &proto::Member) -> Result<Member, ConvertError> {
+    Ok(Member {
+        peer: peer("member.peer_id", &m.peer_id)?,
+        edge: edge("member.edge_id", &m.edge_id)?,
+        region: region("member.region", &m.region)?,
+        meta: m.meta_json.clone(),
+    })
+}
+
+pub fn members_from_proto(ms: &[proto::Member]) -> Result<Vec<Member>, ConvertError> {
+    ms.iter().map(member_from_proto).collect()
+}
+
+pub fn rejection_to_proto(r: Option<Rejection>) -> proto::Rejection {
+    match r {
+        None => proto::Rejection::None,
+        Some(Rejection::UnknownEdge) => proto::Rejection::UnknownEdge,
+        Some(Rejection::StaleIncarnation) => proto::Rejection::StaleIncarnation,
+        Some(Rejection::RoomFull) => proto::Rejection::RoomFull,
+        Some(Rejection::UnknownPeer) => proto::Rejection::UnknownPeer,
+        Some(Rejection::NotInRoom) => proto::Rejection::NotInRoom,
+        Some(Rejection::WrongEdge) => proto::Rejection::WrongEdge,
+    }
+}
+
+/// `None` for `REJECTION_NONE`; an unknown value (a newer peer) is an error.
+pub fn rejection_from_proto(value: i32) -> Result<Option<Rejection>, ConvertError> {
+    let r = proto::Rejection::try_from(value)
+        .map_err(|_| ConvertError::new("rejected", format!("unknown value {value}")))?;
+    Ok(match r {
+        proto::Rejection::None => None,
+        proto::Rejection::UnknownEdge => Some(Rejection::UnknownEdge),
+        proto::Rejection::StaleIncarnation => Some(Rejection::StaleIncarnation),
+        proto::Rejection::RoomFull => Some(Rejection::RoomFull),
+        proto::Rejection::UnknownPeer => Some(Rejection::UnknownPeer),
+        proto::Rejection::NotInRoom => Some(Rejection::NotInRoom),
+        proto::Rejection::WrongEdge => Some(Rejection::WrongEdge),
+    })
+}
+
+pub fn leave_reason_from_str(s: &str) -> Result<LeaveReason, ConvertError> {
+    match s {
+        "left" => Ok(LeaveReason::Left),
+        "disconnected" => Ok(LeaveReason::Disconnected),
+        "expired" => Ok(LeaveReason::Expired),
+        other => Err(ConvertError::new(
+            "left.reason",
+            format!("unknown {other:?}"),
+        )),
+    }
+}
+
+/// `members` is the room's full member list, sent only with a `joined` event about a member
+/// on the receiving edge.
+pub fn event_to_proto(event: &RoomEvent, members: Option<&[Member]>) -> proto::RoomEvent {
+    let kind = match &event.kind {
+        RoomEventKind::Joined(m) => proto::room_event::Kind::Joined(member_to_proto(m)),
+        RoomEventKind::Moved(m) => proto::room_event::Kind::Moved(member_to_proto(m)),
+        RoomEventKind::Left { peer, edge, reason } => {
+            proto::room_event::Kind::Left(proto::PeerLeft {
+                peer_id: peer.to_string(),
+                edge_id: edge.to_string(),
+                reason: reason.as_str().to_owned(),
+            })
+        }
+    };
+    proto::RoomEvent {
+        room: event.room.to_string(),
+        epoch: event.epoch,
+        kind: Some(kind),
+        members: members
+            .unwrap_or_default()
+            .iter()
+            .map(member_to_proto)
+            .collect(),
+    }
+}
+
+/// The event, and the room's member list at its epoch when one came with it.
+pub fn event_from_proto(
+    e: &proto::RoomEvent,
+) -> Result<(RoomEvent, Option<RoomView>), ConvertError> {
+    let room_id = room("event.room", &e.room)?;
+    let kind = match &e.kind {
+        Some(proto::room_event::Kind::Joined(m)) => RoomEventKind::Joined(member_from_proto(m)?),
+        Some(proto::room_event::Kind::Moved(m)) => RoomEventKind::Moved(member_from_proto(m)?),
+        Some(proto::room_event::Kind::Left(l)) => RoomEventKind::Left {
+            peer: peer("left.peer_id", &l.peer_id)?,
+            edge: edge("left.edge_id", &l.edge_id)?,
+            reason: leave_reason_from_str(&l.reason)?,
+        },
+        None => return Err(ConvertError::new("event.kind", "missing")),
+    };
+    let view = if e.members.is_empty() {
+        None
+    } else {
+        Some(RoomView {
+            room: room_id.clone(),
+            epoch: e.epoch,
+            members: members_from_proto(&e.members)?,
+        })
+    };
+    Ok((
+        RoomEvent {
+            room: room_id,
+            epoch: e.epoch,
+            kind,
+        },
+        view,
+    ))
+}
+
+pub fn room_view_to_proto(view: Option<RoomView>) -> proto::GetRoomResponse {
+    match view {
+        None => proto::GetRoomResponse::default(),
+        Some(v) => proto::GetRoomResponse {
+            found: true,
+            epoch: v.epoch,
+            members: v.members.iter().map(member_to_proto).collect(),
+        },
+    }
+}
+
+pub fn room_view_from_proto(
+    room_id: &RoomId,
+    r: &proto::GetRoomResponse,
+) -> Result<Option<RoomView>, ConvertError> {
+    if !r.found {
+        return Ok(None);
+    }
+    Ok(Some(RoomView {
+        room: room_id.clone(),
+        epoch: r.epoch,
+        members: members_from_proto(&r.members)?,
+    }))
+}
+
+pub fn summary_to_proto(s: &RoomSummary) -> proto::RoomSummary {
+    proto::RoomSummary {
+        room: s.room.to_string(),
+        epoch: s.epoch,
+        members: s.members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip() {
+        let m = Member {
+            peer: PeerId::new("p").unwrap(),
+            edge: EdgeId::new("e").unwrap(),
+            region: Region::new("eu").unwrap(),
+            meta: "{}".into(),
+        };
+        for kind in [
+            RoomEventKind::Joined(m.clone()),
+            RoomEventKind::Moved(m.clone()),
+            RoomEventKind::Left {
+                peer: m.peer.clone(),
+                edge: m.edge.clone(),
+                reason: LeaveReason::Expired,
+            },
+        ] {
+            let event = RoomEvent {
+                room: RoomId::new("r").unwrap(),
+                epoch: 7,
+                kind,
+            };
+            let wire = event_to_proto(&event, Some(std::slice::from_ref(&m)));
+            let (back, view) = event_from_proto(&wire).unwrap();
+            assert_eq!(back, event);
+            assert_eq!(view.unwrap().members, vec![m.clone()]);
+        }
+        for r in [None, Some(Rejection::RoomFull), Some(Rejection::WrongEdge)] {
+            let wire = rejection_to_proto(r) as i32;
+            assert_eq!(rejection_from_proto(wire).unwrap(), r);
+        }
+        assert!(rejection_from_proto(99).is_err());
+        let bad = proto::RoomEvent {
+            room: String::new(),
+            ..Default::default()
+        };
+        assert_eq!(event_from_proto(&bad).unwrap_err().field, "event.room");
+    }
+}

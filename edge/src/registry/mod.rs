@@ -1,0 +1,125 @@
+//! The room registry as the edge sees it: the embedded single replica (the default) or a
+//! remote coordinator cluster, behind the same calls, so sessions and the membership task
+//! have one code path.
+//!
+//! - writes: [`Registry::execute`] with registry [`Command`]s;
+//! - events: [`Events`], a stream of [`RegistryEvent`]s (room events in order, "resync"
+//!   when events may have been missed, and signals relayed from other edges);
+//! - reads: [`Registry::views`] for a resync.
+
+mod remote;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use heliograph_coordinator::grpc::proto::RelayedSignal;
+use heliograph_coordinator::registry::{Command, Outcome, RoomEvent, RoomId, RoomView};
+use heliograph_coordinator::{CoordinatorError, EmbeddedCoordinator};
+use tokio::sync::{broadcast, mpsc};
+
+pub use remote::{EVENTS_BUFFER, RemoteRegistry, RemoteSettings};
+
+/// Something the membership task must act on, in order.
+#[derive(Debug)]
+pub enum RegistryEvent {
+    /// A room event; `view` is the room at the event's epoch when the registry sent it along.
+    Room {
+        event: RoomEvent,
+        view: Option<RoomView>,
+    },
+    /// Events may have been missed: re-read every tracked room.
+    Resync,
+    /// A signal from a peer on another edge, for a local peer.
+    Signal(RelayedSignal),
+}
+
+#[derive(Clone)]
+pub enum Registry {
+    Embedded(EmbeddedCoordinator),
+    Remote(Arc<RemoteRegistry>),
+}
+
+/// Why a signal could not be handed to the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("no coordinator link")]
+    NoLink,
+    #[error("the coordinator link is congested")]
+    Full,
+    #[error("this edge runs alone: there is no other edge to relay to")]
+    Embedded,
+}
+
+impl Registry {
+    pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
+        match self {
+            Self::Embedded(c) => c.execute(command).await,
+            Self::Remote(r) => r.execute(command).await,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Self::Embedded(c) => c.is_ready(),
+            Self::Remote(r) => r.is_ready(),
+        }
+    }
+
+    /// A room as the registry has it, when it can be read without a round trip.
+    pub fn local_view(&self, room: &RoomId) -> Option<RoomView> {
+        match self {
+            Self::Embedded(c) => c.room(room),
+            Self::Remote(_) => None,
+        }
+    }
+
+    /// The current views of `rooms` (`None`: empty). Fails as a whole, so that a resync
+    /// never mistakes an unreadable room for an empty one.
+    pub async fn views(
+        &self,
+        rooms: &[RoomId],
+    ) -> Result<HashMap<RoomId, Option<RoomView>>, CoordinatorError> {
+        match self {
+            Self::Embedded(c) => Ok(rooms.iter().map(|r| (r.clone(), c.room(r))).collect()),
+            Self::Remote(remote) => remote.views(rooms).await,
+        }
+    }
+
+    /// Sends a signal towards a peer on another edge.
+    pub fn relay(&self, signal: RelayedSignal) -> Result<(), RelayError> {
+        match self {
+            Self::Embedded(_) => Err(RelayError::Embedded),
+            Self::Remote(r) => r.relay(signal),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        match self {
+            Self::Embedded(c) => c.shutdown().await,
+            Self::Remote(r) => r.shutdown().await,
+        }
+    }
+}
+
+/// The registry's events for this edge.
+pub enum Events {
+    Embedded(broadcast::Receiver<RoomEvent>),
+    Remote(mpsc::Receiver<RegistryEvent>),
+}
+
+impl Events {
+    /// The next event; `None` when the registry is gone.
+    pub async fn next(&mut self) -> Option<RegistryEvent> {
+        match self {
+            Self::Embedded(rx) => match rx.recv().await {
+                Ok(event) => Some(RegistryEvent::Room { event, view: None }),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "fell behind the registry's events");
+                    Some(RegistryEvent::Resync)
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            Self::Remote(rx) => rx.recv().await,
+        }
+    }
+}

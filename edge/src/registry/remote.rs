@@ -1,0 +1,443 @@
+//! The edge's client of a remote coordinator cluster.
+//!
+//! One supervisor task keeps a session with one replica: connect (the URLs in turn, with
+//! backoff), register this edge (same incarnation on every reconnect, so its peers stay),
+//! open the `Link`, ask the membership task to resync, then renew the lease and pass the
+//! link's messages on until something fails, and start over. Writes use the current
+//! session's client; while there is none the edge is not ready and writes fail fast.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use heliograph_coordinator::CoordinatorError;
+use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::grpc::convert;
+use heliograph_coordinator::grpc::proto::{
+    self, EdgeToReplica, RelayedSignal, edge_to_replica, registry_client::RegistryClient,
+    replica_to_edge,
+};
+use heliograph_coordinator::registry::{
+    Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::{RegistryEvent, RelayError};
+
+/// How long connecting to a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one unary call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Signals queued towards the replica before new ones are refused.
+const LINK_OUT_BUFFER: usize = 4 * 1024;
+/// Events queued for the membership task; the link waits when it is full (backpressure
+/// reaches the replica, which drops the link if the edge stays behind).
+pub const EVENTS_BUFFER: usize = 4 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub urls: Vec<String>,
+    pub secret: ClusterSecret,
+    pub edge: EdgeId,
+    pub region: Region,
+    /// This edge's public address, recorded in the registry.
+    pub address: String,
+    pub incarnation: u64,
+    pub lease_ms: u64,
+}
+
+pub struct RemoteRegistry {
+    settings: RemoteSettings,
+    client: RwLock<Option<RegistryClient<Channel>>>,
+    link: RwLock<Option<mpsc::Sender<EdgeToReplica>>>,
+    ready: AtomicBool,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Why a session with a replica ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("call failed: {0}")]
+    Call(#[from] Status),
+    #[error("the registry refused this edge: {0}")]
+    Refused(Rejection),
+    #[error("the link ended")]
+    LinkEnded,
+    #[error("the membership task is gone")]
+    EventsClosed,
+}
+
+impl RemoteRegistry {
+    /// Starts the supervisor; events go to `events`.
+    pub fn start(settings: RemoteSettings, events: mpsc::Sender<RegistryEvent>) -> Arc<Self> {
+        let this = Arc::new(Self {
+            settings,
+            client: RwLock::new(None),
+            link: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        this.tasks.spawn(supervise(Arc::clone(&this), events));
+        this
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    fn client(&self) -> Result<RegistryClient<Channel>, CoordinatorError> {
+        self.client
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| CoordinatorError::Unavailable("no coordinator reachable".into()))
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.set_timeout(CALL_TIMEOUT);
+        self.settings.secret.attach(&mut r);
+        r
+    }
+
+    pub fn relay(&self, signal: RelayedSignal) -> Result<(), RelayError> {
+        let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
+        let tx = link.as_ref().ok_or(RelayError::NoLink)?;
+        let msg = EdgeToReplica {
+            msg: Some(edge_to_replica::Msg::Signal(signal)),
+        };
+        tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RelayError::Full,
+            mpsc::error::TrySendError::Closed(_) => RelayError::NoLink,
+        })
+    }
+
+    pub async fn views(
+        &self,
+        rooms: &[RoomId],
+    ) -> Result<HashMap<RoomId, Option<RoomView>>, CoordinatorError> {
+        let mut client = self.client()?;
+        let mut views = HashMap::with_capacity(rooms.len());
+        for room in rooms {
+            let response = client
+                .get_room(self.request(proto::GetRoomRequest {
+                    room: room.to_string(),
+                }))
+                .await
+                .map_err(unavailable)?;
+            let view = convert::room_view_from_proto(room, response.get_ref())
+                .map_err(|e| CoordinatorError::Unavailable(e.to_string()))?;
+            views.insert(room.clone(), view);
+        }
+        Ok(views)
+    }
+
+    /// Runs one registry command as the matching RPC.
+    pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
+        let mut c = self.client()?;
+        let done = |rejected: i32| -> Result<Outcome, CoordinatorError> {
+            Ok(match reject(rejected)? {
+                Some(r) => Outcome::Rejected(r),
+                None => Outcome::Done,
+            })
+        };
+        match command {
+            Command::Join {
+                room,
+                peer,
+                edge,
+                meta,
+                max_members,
+            } => {
+                let r = c
+                    .join(self.request(proto::JoinRequest {
+                        room: room.to_string(),
+                        peer_id: peer.to_string(),
+                        edge_id: edge.to_string(),
+                        meta_json: meta,
+                        max_members: max_members.unwrap_or(0),
+                    }))
+                    .await
+                    .map_err(unavailable)?
+                    .into_inner();
+                if let Some(rejection) = reject(r.rejected)? {
+                    return Ok(Outcome::Rejected(rejection));
+                }
+                let members = convert::members_from_proto(&r.members)
+                    .map_err(|e| CoordinatorError::Unavailable(e.to_string()))?;
+                Ok(Outcome::Joined {
+                    epoch: r.epoch,
+                    members,
+                })
+            }
+            Command::Leave { room, peer } => {
+                let r = c
+                    .leave(self.request(proto::LeaveRequest {
+                        room: room.to_string(),
+                        peer_id: peer.to_string(),
+                    }))
+                    .await
+                    .map_err(unavailable)?
+                    .into_inner();
+                match reject(r.rejected)? {
+                    Some(rejection) => Ok(Outcome::Rejected(rejection)),
+                    None => Ok(Outcome::Left { epoch: r.epoch }),
+                }
+            }
+            Command::Disconnect { peer } => done(
+                c.disconnect(self.request(proto::DisconnectRequest {
+                    peer_id: peer.to_string(),
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::Detach { peer } => done(
+                c.detach(self.request(proto::DetachRequest {
+                    peer_id: peer.to_string(),
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::Rebind { peer, edge } => done(
+                c.rebind(self.request(proto::RebindRequest {
+                    peer_id: peer.to_string(),
+                    edge_id: edge.to_string(),
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::ReleaseEdge { edge, incarnation } => done(
+                c.release_edge(self.request(proto::ReleaseEdgeRequest {
+                    edge_id: edge.to_string(),
+                    incarnation,
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::RenewLease {
+                edge,
+                incarnation,
+                lease_ms,
+            } => done(
+                c.renew_lease(self.request(proto::RenewLeaseRequest {
+                    edge_id: edge.to_string(),
+                    incarnation,
+                    lease_ms,
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::RegisterEdge {
+                edge,
+                region,
+                address,
+                incarnation,
+                lease_ms,
+                resumable_sessions,
+                replica,
+            } => done(
+                c.register_edge(self.request(proto::RegisterEdgeRequest {
+                    edge_id: edge.to_string(),
+                    region: region.to_string(),
+                    address,
+                    incarnation,
+                    lease_ms,
+                    resumable_sessions,
+                    replica,
+                }))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .rejected,
+            ),
+            Command::Sweep { .. } => Err(CoordinatorError::Unavailable(
+                "sweeps are the leader's, not an edge's".into(),
+            )),
+        }
+    }
+
+    fn registration(&self) -> Command {
+        let s = &self.settings;
+        Command::RegisterEdge {
+            edge: s.edge.clone(),
+            region: s.region.clone(),
+            address: s.address.clone(),
+            incarnation: s.incarnation,
+            lease_ms: s.lease_ms,
+            // Sessions live in this process only, so peers of a previous run cannot resume.
+            resumable_sessions: false,
+            // The serving replica fills in its own id.
+            replica: 0,
+        }
+    }
+
+    /// Registers this edge; a refusal ends the session.
+    async fn register(&self) -> Result<(), SessionError> {
+        match self.execute(self.registration()).await {
+            Ok(Outcome::Done) => Ok(()),
+            Ok(Outcome::Rejected(r)) => Err(SessionError::Refused(r)),
+            Ok(other) => Err(SessionError::Connect(format!("unexpected {other:?}"))),
+            Err(e) => Err(SessionError::Connect(e.to_string())),
+        }
+    }
+
+    fn clear(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        *self.client.write().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.link.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// One session with the replica at `url`; returns when it fails (or on stop: `Ok`).
+    async fn session(
+        &self,
+        url: &str,
+        events: &mpsc::Sender<RegistryEvent>,
+    ) -> Result<(), SessionError> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| SessionError::Connect(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        let mut client = RegistryClient::new(channel);
+        *self.client.write().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+        self.register().await?;
+
+        // The link opens before the resync, so no event falls between the two.
+        let (tx, rx) = mpsc::channel(LINK_OUT_BUFFER);
+        let hello = EdgeToReplica {
+            msg: Some(edge_to_replica::Msg::Hello(proto::LinkHello {
+                edge_id: self.settings.edge.to_string(),
+                incarnation: self.settings.incarnation,
+            })),
+        };
+        tx.try_send(hello).map_err(|_| SessionError::LinkEnded)?;
+        let mut request = Request::new(ReceiverStream::new(rx));
+        self.settings.secret.attach(&mut request);
+        let mut inbound = client.link(request).await?.into_inner();
+        *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        events
+            .send(RegistryEvent::Resync)
+            .await
+            .map_err(|_| SessionError::EventsClosed)?;
+        self.ready.store(true, Ordering::SeqCst);
+        tracing::info!(%url, "linked to a coordinator replica");
+
+        let mut renew = tokio::time::interval(Duration::from_millis(self.settings.lease_ms / 3));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return Ok(()),
+                _ = renew.tick() => self.renew().await?,
+                msg = inbound.message() => {
+                    let msg = msg?.ok_or(SessionError::LinkEnded)?;
+                    let event = match msg.msg {
+                        Some(replica_to_edge::Msg::Event(e)) => match convert::event_from_proto(&e) {
+                            Ok((event, view)) => RegistryEvent::Room { event, view },
+                            Err(err) => {
+                                tracing::warn!(error = %err, "malformed room event; resyncing");
+                                RegistryEvent::Resync
+                            }
+                        },
+                        Some(replica_to_edge::Msg::Signal(s)) => RegistryEvent::Signal(s),
+                        Some(replica_to_edge::Msg::Resync(_)) => RegistryEvent::Resync,
+                        None => continue,
+                    };
+                    events.send(event).await.map_err(|_| SessionError::EventsClosed)?;
+                }
+            }
+        }
+    }
+
+    async fn renew(&self) -> Result<(), SessionError> {
+        let s = &self.settings;
+        let renewed = self
+            .execute(Command::RenewLease {
+                edge: s.edge.clone(),
+                incarnation: s.incarnation,
+                lease_ms: s.lease_ms,
+            })
+            .await;
+        match renewed {
+            Ok(Outcome::Done) => Ok(()),
+            Ok(Outcome::Rejected(r)) => {
+                // The lease ran out (e.g. while the cluster elected a leader): register again.
+                tracing::warn!(rejection = %r, "lease renewal refused; registering again");
+                self.register().await
+            }
+            Ok(other) => Err(SessionError::Connect(format!("unexpected {other:?}"))),
+            Err(e) => Err(SessionError::Connect(e.to_string())),
+        }
+    }
+}
+
+/// Keeps a session with some replica until stopped.
+async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent>) {
+    let urls = this.settings.urls.clone();
+    let mut next = 0usize;
+    let mut backoff = BACKOFF_MIN;
+    while !this.stop.is_cancelled() {
+        let Some(url) = urls.get(next % urls.len().max(1)) else {
+            return;
+        };
+        let result = this.session(url, &events).await;
+        let was_ready = this.is_ready();
+        this.clear();
+        match result {
+            Ok(()) => return,
+            Err(SessionError::EventsClosed) => return,
+            Err(e) => tracing::warn!(%url, error = %e, "coordinator session ended"),
+        }
+        if was_ready {
+            // A working session ended: retry soon, starting with the same replica.
+            backoff = BACKOFF_MIN;
+        } else {
+            next += 1;
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+        tokio::select! {
+            () = this.stop.cancelled() => return,
+            () = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn unavailable(status: Status) -> CoordinatorError {
+    CoordinatorError::Unavailable(format!("{}: {}", status.code(), status.message()))
+}
+
+fn reject(value: i32) -> Result<Option<Rejection>, CoordinatorError> {
+    convert::rejection_from_proto(value).map_err(|e| CoordinatorError::Unavailable(e.to_string()))
+}
