@@ -14,7 +14,7 @@ if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund
 fi
 if [ -z "${HELIOGRAPH_EDGE_BIN:-}" ]; then
-  cargo build --quiet -p heliograph-edge
+  cargo build --quiet -p heliograph-edge -p heliograph-coordinator
 fi
 
 exec bash test/run-browser-tests.sh test/*.test.mjs test/browser/

@@ -24,6 +24,9 @@ const EDGE_BIN = process.env.HELIOGRAPH_EDGE_BIN
     .map((dir) => path.join(dir, 'debug', 'heliograph-edge'))
     .find((p) => existsSync(p))
   ?? path.join(ROOT, 'target', 'debug', 'heliograph-edge');
+const COORDINATOR_BIN = process.env.HELIOGRAPH_COORDINATOR_BIN
+  ?? path.join(path.dirname(EDGE_BIN), 'heliograph-coordinator');
+const CLUSTER_SECRET = randomBytes(24).toString('hex');
 const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -53,38 +56,62 @@ after(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-/** Starts an edge and resolves once it printed its listening line. */
-function startEdge({ name, listen = '127.0.0.1:0', region = 'local' }) {
-  if (!existsSync(EDGE_BIN)) {
-    throw new Error(`no edge binary at ${EDGE_BIN}: run \`cargo build -p heliograph-edge\` `
-      + '(it honours CARGO_TARGET_DIR) or set HELIOGRAPH_EDGE_BIN');
+/** Spawns `bin` and resolves with its first stdout line (JSON with its bound addresses). */
+function spawnWithJsonLine(bin, args, label, env = {}) {
+  if (!existsSync(bin)) {
+    throw new Error(`no binary at ${bin}: run \`cargo build --workspace\` `
+      + '(it honours CARGO_TARGET_DIR) or set HELIOGRAPH_EDGE_BIN / HELIOGRAPH_COORDINATOR_BIN');
   }
-  const dataDir = path.join(scratch, name);
-  const child = spawn(EDGE_BIN, [
-    '--listen', listen, '--data-dir', dataDir, '--region', region,
-    '--shutdown-grace-ms', '3000', '--log', 'warn',
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   children.add(child);
   const stderr = [];
   child.stderr.on('data', (d) => { stderr.push(String(d)); if (stderr.length > 200) stderr.shift(); });
   child.once('exit', () => children.delete(child));
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error('edge did not start within 20 s')), 20_000);
+    const timer = setTimeout(() => fail(new Error(`${label} did not start within 20 s`)), 20_000);
     const fail = (e) => {
       clearTimeout(timer);
       child.kill('SIGKILL');
       reject(new Error(`${e.message}\n${stderr.join('')}`));
     };
     child.once('error', fail);
-    child.once('exit', (code) => fail(new Error(`edge exited with ${code}`)));
+    child.once('exit', (code) => fail(new Error(`${label} exited with ${code}`)));
     createInterface({ input: child.stdout }).once('line', (line) => {
       clearTimeout(timer);
       child.removeAllListeners('exit');
       child.once('exit', () => children.delete(child));
-      const addr = JSON.parse(line).listening;
-      resolve({ name, child, addr, http: `http://${addr}`, ws: `ws://${addr}/ws`, region, stderr });
+      resolve({ child, line: JSON.parse(line), stderr });
     });
   });
+}
+
+/** A one-replica coordinator cluster that edges of several regions share. */
+async function startCoordinator() {
+  const { child, line, stderr } = await spawnWithJsonLine(COORDINATOR_BIN, [
+    'serve', '--id', '1', '--raft-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0',
+    '--region', 'eu-test', '--data-dir', mkdtempSync(path.join(scratch, 'coordinator-')),
+  ], 'coordinator', { HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET, HELIOGRAPH_LOG: 'warn' });
+  const bootstrap = spawn(COORDINATOR_BIN, ['bootstrap', '--api', line.api],
+    { stdio: 'ignore', env: { ...process.env, HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET } });
+  const code = await new Promise((r) => bootstrap.once('exit', r));
+  assert.equal(code, 0, 'bootstrap the coordinator');
+  return { name: 'coordinator', child, api: `http://${line.api}`, stderr };
+}
+
+/** Starts an edge (embedded registry, or `coordinator`'s cluster) once it is listening. */
+async function startEdge({ name, listen = '127.0.0.1:0', region = 'local', coordinator = null }) {
+  const args = [
+    '--listen', listen, '--data-dir', path.join(scratch, `edge-${name}`), '--region', region,
+    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '3000', '--log', 'warn',
+  ];
+  const env = {};
+  if (coordinator) {
+    args.push('--coordinator', coordinator.api);
+    env.HELIOGRAPH_CLUSTER_SECRET = CLUSTER_SECRET;
+  }
+  const { child, line, stderr } = await spawnWithJsonLine(EDGE_BIN, args, `edge ${name}`, env);
+  const addr = line.listening;
+  return { name, child, addr, http: `http://${addr}`, ws: `ws://${addr}/ws`, region, stderr };
 }
 
 /** SIGTERM, then SIGKILL if the edge overruns its deadline. */
@@ -155,13 +182,12 @@ async function withDiagnostics(pages, edges, fn) {
   }
 }
 
-test('A: two pages, chat both ways and a 5 MiB file over a DataChannel', { skip, timeout: 180_000 }, async () => {
-  const edgeA = await startEdge({ name: 'a', region: 'eu-test' });
-  const edgeB = await startEdge({ name: 'b', region: 'us-test' });
-  // Which edge each page signals through. Both use edge A for now: edges do not share rooms
-  // until the cluster feature lands; then page B's entry becomes edgeB.ws. Page B already
-  // loads the demo and the SDK from edge B.
-  const signaling = { a: edgeA.ws, b: edgeA.ws };
+test('A: two pages on two edges in two regions: chat both ways and a 5 MiB file over a DataChannel', { skip, timeout: 180_000 }, async () => {
+  const coordinator = await startCoordinator();
+  const edgeA = await startEdge({ name: 'a', region: 'eu-test', coordinator });
+  const edgeB = await startEdge({ name: 'b', region: 'us-test', coordinator });
+  // Each page loads the demo from its own edge and signals through it: the room spans both.
+  const signaling = { a: edgeA.ws, b: edgeB.ws };
 
   for (const edge of [edgeA, edgeB]) {
     const res = await fetch(`${edge.http}/sdk/heliograph.js`);
@@ -188,7 +214,8 @@ test('A: two pages, chat both ways and a 5 MiB file over a DataChannel', { skip,
     assert.ok(edgeId.length > 0 && edgeId !== '–');
     assert.equal(await pageA.textContent('[data-testid=self-region]'), 'eu-test');
     const pathB = await pageA.textContent(`[data-testid=path-peer][data-peer-id="${idB}"]`);
-    assert.ok(pathB.includes('Bob') && pathB.includes(edgeId) && pathB.includes('eu-test'), pathB);
+    assert.ok(pathB.includes('Bob') && pathB.includes('edge-b') && pathB.includes('us-test'), pathB);
+    assert.equal(await pageB.textContent('[data-testid=self-region]'), 'us-test');
 
     await chat(pageA, pageB, 'hello from Alice');
     await chat(pageB, pageA, 'hello back from Bob');
@@ -214,15 +241,18 @@ test('A: two pages, chat both ways and a 5 MiB file over a DataChannel', { skip,
   await pageB.context().close();
   await stopEdge(edgeA);
   await stopEdge(edgeB);
+  await stopEdge(coordinator);
 });
 
-test('B: the SDK reconnects and rejoins after an edge restart; a new DataChannel works', { skip, timeout: 180_000 }, async () => {
-  let edge = await startEdge({ name: 'restart', region: 'eu-test' });
+test('B: the edge of one page restarts mid-session; the SDK comes back and a new DataChannel works', { skip, timeout: 180_000 }, async () => {
+  const coordinator = await startCoordinator();
+  let edge = await startEdge({ name: 'restart', region: 'eu-test', coordinator });
+  const other = await startEdge({ name: 'steady', region: 'us-test', coordinator });
   const port = edge.addr.split(':').at(-1);
-  // Both pages signal through the restarted edge for now (see test A about multi-edge rooms).
+  // Page A signals through the edge that restarts; page B through one that stays up.
   const pageA = await openDemo('a', edge, edge.ws);
-  const pageB = await openDemo('b', edge, edge.ws);
-  await withDiagnostics([pageA, pageB], [edge], async () => {
+  const pageB = await openDemo('b', other, other.ws);
+  await withDiagnostics([pageA, pageB], [edge, other, coordinator], async () => {
     await join(pageA, 'restart-room', 'Alice');
     await join(pageB, 'restart-room', 'Bob');
     const oldA = await selfId(pageA);
@@ -233,25 +263,25 @@ test('B: the SDK reconnects and rejoins after an edge restart; a new DataChannel
 
     await stopEdge(edge);
     await pageA.waitForFunction(() => document.getElementById('status').textContent !== 'open');
-    edge = await startEdge({ name: 'restart', listen: `127.0.0.1:${port}`, region: 'eu-test' });
+    edge = await startEdge({ name: 'restart', listen: `127.0.0.1:${port}`, region: 'eu-test', coordinator });
 
-    // Both reconnect with new peer ids and rejoin; the old connections are replaced.
-    for (const [page, old] of [[pageA, oldA], [pageB, oldB]]) {
-      await page.waitForFunction((o) => document.getElementById('status').textContent === 'open'
-        && document.querySelector('[data-testid=self-id]').textContent !== o, old, { timeout: STEP });
-    }
+    // Page A reconnects and rejoins; page B's mesh replaces the old connection with a new
+    // negotiation to A.
+    await pageA.waitForFunction(() => document.getElementById('status').textContent === 'open',
+      null, { timeout: STEP });
     const newA = await selfId(pageA);
-    const newB = await selfId(pageB);
-    assert.notEqual(newA, oldA);
-    assert.equal(await openChannelPeer(pageA, oldB), newB);
-    assert.equal(await openChannelPeer(pageB, oldA), newA);
+    assert.equal(await selfId(pageB), oldB, 'page B kept its session');
+    assert.equal(await openChannelPeer(pageA), oldB);
+    await pageB.waitForFunction((id) => [...document.querySelectorAll('[data-testid=peer]')]
+      .some((e) => e.dataset.channel === 'open' && e.dataset.peerId === id), newA, { timeout: STEP });
     await chat(pageA, pageB, 'after the restart, from Alice');
     await chat(pageB, pageA, 'after the restart, from Bob');
-    assert.ok((await pageA.textContent('[data-testid=log]')).includes('rejoined restart-room'));
   });
   await pageA.context().close();
   await pageB.context().close();
   await stopEdge(edge);
+  await stopEdge(other);
+  await stopEdge(coordinator);
 });
 
 test('C: SDK requests against a real edge: refs, errors, leave, ping', { skip, timeout: 60_000 }, async () => {
