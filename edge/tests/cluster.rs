@@ -852,3 +852,99 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
     assert!(snap_rooms.iter().all(|(_, m)| m.len() == 1));
     drop(clients);
 }
+
+/// Runs `deploy/local-cluster.sh` with the binaries under test; `down` again on drop, so a
+/// failed test leaves no processes behind.
+struct LocalCluster {
+    dir: tempfile::TempDir,
+    offset: u16,
+}
+
+fn local_cluster(dir: &Path, offset: u16, command: &str) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
+    let bin_dir = coordinator_bin().parent().unwrap().to_owned();
+    Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .arg(dir)
+        .env("HELIOGRAPH_BIN_DIR", bin_dir)
+        .env("HELIOGRAPH_PORT_OFFSET", offset.to_string())
+        .output()
+        .unwrap()
+}
+
+impl LocalCluster {
+    fn run(&self, command: &str) -> std::process::Output {
+        local_cluster(self.dir.path(), self.offset, command)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.run("down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_script_starts_reports_and_stops_the_cluster() {
+    // Below the kernel's ephemeral range, where other tests' port-0 listeners live.
+    let offset = 10_000 + u16::try_from(std::process::id() % 1_400).unwrap() * 10;
+    let local = LocalCluster {
+        dir: tempfile::tempdir().unwrap(),
+        offset,
+    };
+    let dir = local.dir.path().to_owned();
+    let out = blocking(move || local_cluster(&dir, offset, "up")).await;
+    assert!(
+        out.status.success(),
+        "up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = local.run("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut pids = Vec::new();
+    for name in [
+        "edge-a",
+        "edge-b",
+        "coordinator-1",
+        "coordinator-2",
+        "coordinator-3",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from status:\n{text}"));
+        assert!(line.ends_with("alive"), "{line}");
+        pids.push(line.split_whitespace().nth(2).unwrap().to_owned());
+    }
+    let cluster: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(cluster["leader"].is_u64(), "{cluster:#}");
+    assert_eq!(voters(&cluster), [1, 2, 3]);
+
+    // Peers on the two edges meet.
+    let edge = |port: u16| format!("ws://127.0.0.1:{}/ws", port + offset);
+    let mut a = Client::connect(&edge(8101)).await;
+    let mut b = Client::connect(&edge(8102)).await;
+    a.join("local").await;
+    let joined = b.join("local").await;
+    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
+    let (code, _) = common::http_get(&format!("127.0.0.1:{}", 7301 + offset), "/readyz").await;
+    assert_eq!(code, 200);
+
+    let out = local.run("down");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pid in pids {
+        let alive = Command::new("kill").args(["-0", &pid]).status().unwrap();
+        assert!(!alive.success(), "pid {pid} is still running after down");
+    }
+}
