@@ -433,7 +433,7 @@ async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent
         }
         // Back off only once every replica has been tried, so that one dead replica (or one
         // without a leader yet) does not slow down reaching a healthy one.
-        if next % urls.len().max(1) == 0 {
+        if next.is_multiple_of(urls.len().max(1)) {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
