@@ -6,6 +6,7 @@
 //!   member of a multi-replica cluster; edges use it to change and watch the registry.
 //! - [`grpc`]: the Raft, admin and registry services, and the admin client.
 //! - [`server`]: serves a replica's services on its two listeners.
+//! - [`http`]: health, readiness and metrics over HTTP.
 //! - [`metrics`]: metric names and how they are recorded.
 //! - [`error`]: the errors this crate returns.
 
@@ -14,6 +15,7 @@
 pub mod embedded;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod metrics;
 pub mod raft;
 pub mod registry;

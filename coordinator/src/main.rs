@@ -19,12 +19,20 @@ use heliograph_coordinator::{
     CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
 };
 use heliograph_proto::admin::v1 as pb;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a bad configuration (sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 const DEFAULT_GRACE_MS: u64 = 10_000;
+/// Health, readiness and metrics; loopback unless told otherwise (the chart uses 0.0.0.0).
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7002";
+/// Histogram buckets of every `_seconds` metric: 50 µs to 10 s, as on the edge.
+const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
 /// How long connections get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the replica gets to stop and close its data directory.
@@ -98,6 +106,9 @@ struct ServeArgs {
     raft_listen: SocketAddr,
     #[arg(long, env = "HELIOGRAPH_API_LISTEN")]
     api_listen: SocketAddr,
+    /// HTTP listener of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HELIOGRAPH_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
     /// Raft address peers use; defaults to the bound raft listener.
     #[arg(long, env = "HELIOGRAPH_ADVERTISE_RAFT")]
     advertise_raft: Option<SocketAddr>,
@@ -266,8 +277,11 @@ async fn run(command: Cmd) -> ExitCode {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let ServeConfig { args, secret } = config;
+    let prometheus = install_metrics()?;
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let raft_addr = args.advertise_raft.unwrap_or(raft_listener.local_addr()?);
     let api_addr = match args.advertise_api {
         Some(a) => a,
@@ -297,12 +311,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         api_listener,
         shutdown.clone(),
     ));
+    let mut http = tokio::spawn(heliograph_coordinator::http::serve(
+        metrics_listener,
+        heliograph_coordinator::http::router(replica.clone(), Some(prometheus)),
+        shutdown.clone(),
+    ));
     println!(
         "{}",
         serde_json::json!({
             "raft": raft_addr.to_string(),
             "api": api_addr,
             "admin": api_addr,
+            "metrics": metrics_addr.to_string(),
             "node_id": replica.node_id(),
         })
     );
@@ -321,7 +341,23 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         }
         joined = &mut server => joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
+        joined = &mut http => {
+            // The gRPC servers must not outlive the HTTP listener's failure unnoticed.
+            shutdown.cancel();
+            server.abort();
+            joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?))
+        }
     };
+    // Cancelled by now on every path; the HTTP listener has no long-lived connections. A
+    // finished handle may already have been consumed by the select above.
+    shutdown.cancel();
+    if !http.is_finished()
+        && tokio::time::timeout(DRAIN_DEADLINE, &mut http)
+            .await
+            .is_err()
+    {
+        http.abort();
+    }
     if tokio::time::timeout(CLOSE_DEADLINE, replica.shutdown())
         .await
         .is_err()
@@ -329,6 +365,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("the replica did not stop in time");
     }
     outcome
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)?
+        .install_recorder()?)
 }
 
 /// Resolves on SIGTERM or SIGINT.

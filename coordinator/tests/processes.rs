@@ -24,6 +24,7 @@ struct Proc {
     child: Child,
     raft: String,
     api: String,
+    metrics: String,
 }
 
 impl Drop for Proc {
@@ -43,6 +44,8 @@ fn spawn(id: u64, dir: &Path, raft: &str, api: &str, extra: &[&str]) -> Child {
             raft,
             "--api-listen",
             api,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .args(["--region", &format!("r{id}"), "--data-dir"])
         .arg(dir)
@@ -75,6 +78,7 @@ impl Proc {
             child,
             raft: String::new(),
             api: String::new(),
+            metrics: String::new(),
         };
         let line = rx
             .recv_timeout(STARTUP)
@@ -82,6 +86,7 @@ impl Proc {
         let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         proc.raft = v["raft"].as_str().unwrap().to_owned();
         proc.api = v["api"].as_str().unwrap().to_owned();
+        proc.metrics = v["metrics"].as_str().unwrap().to_owned();
         proc
     }
 
@@ -98,6 +103,26 @@ impl Proc {
         }
         panic!("node {} did not stop on SIGTERM", self.id);
     }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STARTUP)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Runs an admin subcommand and returns its JSON output, or the error line.
@@ -274,8 +299,15 @@ fn grow_to_five_and_shrink_to_three() {
 fn bad_config_and_foreign_data_dirs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::start(1, dir.path());
+    // Alive but not ready until it belongs to a cluster with a leader.
+    assert_eq!(http_get(&p.metrics, "/healthz").0, 200);
+    assert_eq!(http_get(&p.metrics, "/readyz").0, 503);
     let boot = cli(&["bootstrap", "--api", &p.api]).unwrap();
     assert!(boot["cluster_id"].is_string());
+    assert_eq!(http_get(&p.metrics, "/readyz").0, 200);
+    let (code, metrics) = http_get(&p.metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("heliograph_raft_term"), "{metrics}");
     // Without the secret the replica refuses to talk.
     let out = Command::new(BIN)
         .args([
@@ -309,6 +341,8 @@ fn bad_config_and_foreign_data_dirs_are_refused() {
             "--raft-listen",
             "127.0.0.1:0",
             "--api-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
             "127.0.0.1:0",
             "--region",
             "r",

@@ -149,9 +149,9 @@ struct IdleArgs {
 
 #[derive(Debug, Args)]
 struct JoinsArgs {
-    /// Edge WebSocket URL.
-    #[arg(long)]
-    url: String,
+    /// Edge WebSocket URL; repeat it to spread the workers over several edges in turn.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
     /// Workers, each with its own connection.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -437,7 +437,7 @@ async fn idle(args: IdleArgs) -> Result<()> {
 async fn joins(args: JoinsArgs) -> Result<()> {
     check_repeat(&args.common)?;
     let settings = JoinsSettings {
-        url: args.url.clone(),
+        urls: args.urls.clone(),
         concurrency: args.concurrency,
         duration_secs: args.duration,
         server_pid: args.server_pid,

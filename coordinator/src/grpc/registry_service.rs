@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,6 +39,10 @@ use crate::EmbeddedCoordinator;
 use crate::error::CoordinatorError;
 use crate::registry::{Command, Outcome};
 
+/// How long a write waits for a new leader during a failover: longer than an election.
+const FAILOVER_WAIT: Duration = Duration::from_secs(3);
+/// Tries of one write across leader changes.
+const WRITE_ATTEMPTS: usize = 4;
 /// How long an edge has to send `hello` after opening its link.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -118,7 +122,10 @@ impl RegistryService {
     }
 
     /// Executes `command` here, or on the leader through `forward` when this replica does
-    /// not lead.
+    /// not lead. When no leader is known, or the known one cannot be reached, the write waits
+    /// (up to [`FAILOVER_WAIT`]) for a new leader and is tried again: a failover delays writes
+    /// instead of failing them. Retrying is safe because registry commands are idempotent (a
+    /// repeated join is answered, not applied twice).
     async fn write<Req, Resp>(
         &self,
         request: Request<Req>,
@@ -127,28 +134,66 @@ impl RegistryService {
         forward: Forward<Req, Resp>,
     ) -> Result<Response<Resp>, Status>
     where
-        Req: Send + 'static,
+        Req: Clone + Send + 'static,
     {
         let forwarded = request.metadata().contains_key(FORWARDED);
-        match self.shared.replica.execute(command).await {
-            Ok(outcome) => Ok(Response::new(respond(outcome))),
-            Err(CoordinatorError::NotLeader {
-                leader_api: Some(addr),
-            }) if !forwarded => {
-                let client = self.shared.clients.get(&addr)?;
-                let mut fwd = Request::new(request.into_inner());
-                self.shared.secret.attach(&mut fwd);
-                fwd.metadata_mut()
-                    .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-                forward(client, fwd)
-                    .await
-                    .map_err(|status| ServiceError::Forward { addr, status }.into())
+        let message = request.into_inner();
+        let deadline = Instant::now() + FAILOVER_WAIT;
+        let mut failure = Status::unavailable("no leader");
+        for _ in 0..WRITE_ATTEMPTS {
+            let gone_leader = match self.shared.replica.execute(command.clone()).await {
+                Ok(outcome) => return Ok(Response::new(respond(outcome))),
+                Err(CoordinatorError::NotLeader {
+                    leader_api: Some(addr),
+                }) if !forwarded => {
+                    let tried = self.current_leader();
+                    let client = self.shared.clients.get(&addr)?;
+                    let mut fwd = Request::new(message.clone());
+                    self.shared.secret.attach(&mut fwd);
+                    fwd.metadata_mut()
+                        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    match forward(client, fwd).await {
+                        Ok(response) => return Ok(response),
+                        // The leader is unreachable or no longer leads.
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            failure = ServiceError::Forward { addr, status }.into();
+                            tried
+                        }
+                        Err(status) => return Err(ServiceError::Forward { addr, status }.into()),
+                    }
+                }
+                Err(CoordinatorError::NotLeader { .. }) if forwarded => {
+                    return Err(ServiceError::LeaderMoved.into());
+                }
+                Err(e @ CoordinatorError::NotLeader { leader_api: None }) => {
+                    failure = ServiceError::from(e).into();
+                    None
+                }
+                Err(e) => return Err(ServiceError::from(e).into()),
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
             }
-            Err(CoordinatorError::NotLeader { .. }) if forwarded => {
-                Err(ServiceError::LeaderMoved.into())
+            let elected = self
+                .shared
+                .replica
+                .raft()
+                .wait(Some(remaining))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != gone_leader,
+                    "a new leader",
+                )
+                .await;
+            if elected.is_err() {
+                break;
             }
-            Err(e) => Err(ServiceError::from(e).into()),
         }
+        Err(failure)
+    }
+
+    fn current_leader(&self) -> Option<u64> {
+        self.shared.replica.raft().metrics().borrow().current_leader
     }
 
     fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {

@@ -420,17 +420,22 @@ async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent
             Err(e) => tracing::warn!(%url, error = %e, "coordinator session ended"),
         }
         if was_ready {
-            // A working session ended: retry soon, starting with the same replica.
+            // A working session ended, most often because its replica died: retry soon.
             backoff = BACKOFF_MIN;
-        } else {
-            next += 1;
         }
+        // The next attempt goes to another replica: the one that just failed is the least
+        // likely to answer, and a failover must not wait for a dead replica's backoff.
+        next += 1;
         let jitter = Duration::from_millis(rand::random::<u64>() % 50);
         tokio::select! {
             () = this.stop.cancelled() => return,
             () = tokio::time::sleep(backoff + jitter) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // Back off only once every replica has been tried, so that one dead replica (or one
+        // without a leader yet) does not slow down reaching a healthy one.
+        if next.is_multiple_of(urls.len().max(1)) {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 

@@ -19,7 +19,8 @@ const ROOMS_PER_WORKER: u64 = 16;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JoinsSettings {
-    pub url: String,
+    /// Worker `i` connects to `urls[i % urls.len()]`.
+    pub urls: Vec<String>,
     pub concurrency: usize,
     pub duration_secs: f64,
     pub server_pid: Option<u32>,
@@ -91,12 +92,18 @@ pub async fn run(settings: &JoinsSettings) -> Result<JoinsResults> {
     }
     let limit = super::raise_nofile_limit();
     super::check_fd_budget(settings.concurrency as u64, limit, false)?;
-    let target = Target::resolve(&settings.url).await?;
+    let mut targets = Vec::with_capacity(settings.urls.len());
+    for url in &settings.urls {
+        targets.push(Target::resolve(url).await?);
+    }
+    if targets.is_empty() {
+        bail!("give at least one --url");
+    }
     let prefix = room_prefix("joins");
     let mut clients = Vec::with_capacity(settings.concurrency);
     for i in 0..settings.concurrency {
-        clients
-            .push(Client::connect(&target, source_addr(&target, i, settings.source_addrs)).await?);
+        let target = &targets[i % targets.len()];
+        clients.push(Client::connect(target, source_addr(target, i, settings.source_addrs)).await?);
     }
     let shared = Arc::new(Shared {
         joins: AtomicU64::new(0),
