@@ -169,6 +169,28 @@ fn wait_status(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
+    wait_statuses(procs, within, what, |all| all.iter().all(&pred))
+}
+
+/// Like [`wait_status`], and every replica names the same leader (statuses read during an
+/// election can disagree for a moment).
+fn wait_agreed_status(
+    procs: &[&Proc],
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    wait_statuses(procs, within, what, |all| {
+        all.iter().all(&pred) && all.iter().all(|v| v["leader"] == all[0]["leader"])
+    })
+}
+
+fn wait_statuses(
+    procs: &[&Proc],
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + within;
     let mut last = Vec::new();
     for _ in 0..10_000 {
@@ -176,7 +198,7 @@ fn wait_status(
             .iter()
             .map(|p| status(p).unwrap_or(Value::Null))
             .collect();
-        if last.iter().all(&pred) {
+        if pred(&last) {
             return last;
         }
         if Instant::now() > deadline {
@@ -226,7 +248,7 @@ fn kill_the_leader_then_restart_everyone() {
     let killed_at = Instant::now();
     drop(leader);
     let refs: Vec<&Proc> = procs.iter().collect();
-    let after = wait_status(
+    let after = wait_agreed_status(
         &refs,
         Duration::from_secs(3),
         "a new leader after kill -9",
@@ -258,7 +280,7 @@ fn kill_the_leader_then_restart_everyone() {
         .map(|(id, raft, api)| Proc::start_at(*id, dirs[*id as usize - 1].path(), raft, api))
         .collect();
     let refs: Vec<&Proc> = procs.iter().collect();
-    let restarted = wait_status(
+    let restarted = wait_agreed_status(
         &refs,
         Duration::from_secs(10),
         "a leader after a full restart",
