@@ -4,17 +4,19 @@
 //! leader's API address, so that admin clients can retry there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
-use openraft::error::{InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use serde::Serialize;
 
 use super::EmbeddedCoordinator;
 use super::batcher::write_error;
 use crate::error::CoordinatorError;
-use crate::raft::{NodeId, NodeInfo};
+use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
 
 /// How long a learner may take to catch up before `add_member` gives up on promoting it.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
@@ -49,6 +51,38 @@ pub struct ClusterStatus {
     pub snapshots_installed: u64,
     pub members: Vec<MemberStatus>,
 }
+
+/// How long a membership change waits for an earlier one to commit before it gives up.
+const CHANGE_IN_FLIGHT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs a membership change, waiting (with backoff, up to a deadline) while an earlier change
+/// is still being committed: Raft allows one at a time, and admin commands issued back to back
+/// — by scripts or the Helm bootstrap — should simply take turns.
+async fn when_no_change_in_flight<F, Fut>(
+    raft: &Raft,
+    mut change: F,
+) -> Result<(), CoordinatorError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<ClientWriteResponse<TypeConfig>, ClientWriteFailure>>,
+{
+    let deadline = Instant::now() + CHANGE_IN_FLIGHT_DEADLINE;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match change().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() < deadline => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(write_error(raft, e)),
+        }
+    }
+}
+
+type ClientWriteFailure = RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
 
 impl EmbeddedCoordinator {
     /// Starts a new cluster with this replica as its only voter, under a fresh cluster id.
@@ -89,19 +123,20 @@ impl EmbeddedCoordinator {
         learner_only: bool,
     ) -> Result<(), CoordinatorError> {
         let raft = &self.inner.raft;
-        let added = tokio::time::timeout(CATCH_UP_DEADLINE, raft.add_learner(id, node, true))
-            .await
-            .map_err(|_| {
-                CoordinatorError::Membership(format!("node {id} did not catch up in time"))
-            })?;
-        added.map_err(|e| write_error(raft, e))?;
+        let added = tokio::time::timeout(
+            CATCH_UP_DEADLINE,
+            when_no_change_in_flight(raft, || raft.add_learner(id, node.clone(), true)),
+        )
+        .await
+        .map_err(|_| CoordinatorError::Membership(format!("node {id} did not catch up in time")))?;
+        added?;
         if learner_only {
             return Ok(());
         }
-        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| write_error(raft, e))?;
-        Ok(())
+        when_no_change_in_flight(raft, || {
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        })
+        .await
     }
 
     /// Removes replica `id` from the cluster, voter or learner.
@@ -117,10 +152,7 @@ impl EmbeddedCoordinator {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         // `retain = false`: a removed voter does not linger as a learner.
-        raft.change_membership(change, false)
-            .await
-            .map_err(|e| write_error(raft, e))?;
-        Ok(())
+        when_no_change_in_flight(raft, || raft.change_membership(change.clone(), false)).await
     }
 
     pub fn status(&self) -> ClusterStatus {
