@@ -20,7 +20,10 @@ fn assert_json_object(frame: &str) {
         Err(e) => panic!("the edge would send invalid JSON ({e}): {frame}"),
     };
     assert!(value.is_object(), "not a JSON object: {frame}");
-    assert!(value.get("type").is_some_and(|t| t.is_string()), "no type: {frame}");
+    assert!(
+        value.get("type").is_some_and(|t| t.is_string()),
+        "no type: {frame}"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
