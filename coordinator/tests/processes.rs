@@ -233,16 +233,24 @@ fn kill_the_leader_then_restart_everyone() {
         .map(|(id, raft, api)| Proc::start_at(*id, dirs[*id as usize - 1].path(), raft, api))
         .collect();
     let refs: Vec<&Proc> = procs.iter().collect();
-    let restarted = wait_status(
-        &refs,
-        Duration::from_secs(10),
-        "a leader after a full restart",
-        |v| {
-            v["leader"].is_u64()
-                && voters(v) == [1, 2, 3]
-                && v["applied_index"].as_u64() >= Some(commit)
-        },
-    );
+    // Each replica may briefly name the leader of an older term: wait until they agree.
+    let agreed_by = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        let s = wait_status(
+            &refs,
+            Duration::from_secs(10),
+            "a leader after a full restart",
+            |v| {
+                v["leader"].is_u64()
+                    && voters(v) == [1, 2, 3]
+                    && v["applied_index"].as_u64() >= Some(commit)
+            },
+        );
+        if s.iter().all(|v| v["leader"] == s[0]["leader"]) || Instant::now() > agreed_by {
+            break s;
+        }
+        std::thread::sleep(POLL);
+    };
     let leader = restarted[0]["leader"].clone();
     assert!(restarted.iter().all(|v| v["leader"] == leader));
     assert_eq!(restarted[0]["cluster_id"], before[0]["cluster_id"]);
