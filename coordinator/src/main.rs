@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
 use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::grpc::tls::{MutualTls, TlsError};
 use heliograph_coordinator::{
     CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
 };
@@ -96,6 +97,32 @@ struct Target {
     api: String,
     #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Mutual TLS for gRPC: all three or none. The cluster secret is still required.
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// PEM certificate (chain) this process presents, as server and as client.
+    #[arg(long, env = "HELIOGRAPH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HELIOGRAPH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that signs every replica's, edge's and admin's certificate.
+    #[arg(long, env = "HELIOGRAPH_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<Option<MutualTls>, TlsError> {
+        MutualTls::from_flags(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +157,8 @@ struct ServeArgs {
     /// Log entries between snapshots (tests use small values).
     #[arg(long, env = "HELIOGRAPH_SNAPSHOT_AFTER_ENTRIES", hide = true)]
     snapshot_after_entries: Option<u64>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// A validated `serve` configuration; nothing bound yet.
@@ -148,6 +177,8 @@ enum ConfigError {
     Region,
     #[error("--snapshot-after-entries must be at least 1")]
     SnapshotThreshold,
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("{0} listens on an unspecified address; set {1}")]
     NeedsAdvertise(&'static str, &'static str),
 }
@@ -176,6 +207,7 @@ impl ServeConfig {
                 "--advertise-api",
             ));
         }
+        let secret = secret.with_tls(args.tls.load()?);
         Ok(Self { args, secret })
     }
 }
@@ -260,6 +292,13 @@ async fn run(command: Cmd) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("heliograph-coordinator: invalid --cluster-secret: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let secret = match target.tls.load() {
+        Ok(tls) => secret.with_tls(tls),
+        Err(e) => {
+            eprintln!("heliograph-coordinator: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

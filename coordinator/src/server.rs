@@ -1,11 +1,11 @@
 //! Serves a replica: the Raft service on its own listener, and the edge-facing registry and
 //! admin services on the API listener. The caller owns the listeners (bind port 0 in tests) and
-//! the shutdown token; nothing here reads signals.
+//! the shutdown token; nothing here reads signals. With a TLS identity on the secret, both
+//! listeners require client certificates from the cluster CA.
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 
 use crate::embedded::EmbeddedCoordinator;
 use crate::grpc::admin_service::admin_server;
@@ -13,6 +13,7 @@ use crate::grpc::auth::ClusterSecret;
 use crate::grpc::proto::registry_server::RegistryServer;
 use crate::grpc::raft_service::raft_server;
 use crate::grpc::registry_service::RegistryService;
+use crate::grpc::tls;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the {listener} listener failed: {source}")]
@@ -29,13 +30,15 @@ pub async fn serve(
     api_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let raft = Server::builder()
+    let builder =
+        |listener| tls::server(secret.tls()).map_err(|source| ServeError { listener, source });
+    let raft = builder("raft")?
         .add_service(raft_server(&replica, &secret))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(raft_listener),
             shutdown.clone().cancelled_owned(),
         );
-    let api = Server::builder()
+    let api = builder("api")?
         .add_service(admin_server(replica.clone(), &secret))
         // Link streams stay open until the service is told to stop; without this token the
         // API server's graceful shutdown would wait for every edge to hang up.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::grpc::tls::MutualTls;
 use heliograph_coordinator::registry::{EdgeId, Region};
 
 use crate::turn::TurnConfig;
@@ -138,6 +139,15 @@ pub struct Args {
     /// Shared secret of the coordinator cluster (required with --coordinator).
     #[arg(long, env = "HELIOGRAPH_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// PEM client certificate for mutual TLS to the coordinator (with --tls-key, --tls-ca).
+    #[arg(long, env = "HELIOGRAPH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HELIOGRAPH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signed the coordinator replicas' certificates.
+    #[arg(long, env = "HELIOGRAPH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -355,6 +365,10 @@ impl Args {
                 self.cluster_secret.is_none(),
                 "--cluster-secret is only used with --coordinator",
             )?;
+            check(
+                self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none(),
+                "--tls-cert, --tls-key and --tls-ca are only used with --coordinator",
+            )?;
             None
         } else {
             for url in &self.coordinator {
@@ -370,6 +384,13 @@ impl Args {
                 .ok_or_else(|| ConfigError("--coordinator needs --cluster-secret".into()))?;
             let secret = ClusterSecret::new(secret)
                 .map_err(|e| ConfigError(format!("--cluster-secret: {e}")))?;
+            let tls = MutualTls::from_flags(
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+                self.tls_ca.as_deref(),
+            )
+            .map_err(|e| ConfigError(e.to_string()))?;
+            let secret = secret.with_tls(tls);
             Some(RemoteCoordinator {
                 urls: self.coordinator.clone(),
                 secret,

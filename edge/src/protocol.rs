@@ -269,9 +269,54 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
     }
     let env: Envelope<'a> = serde_json::from_str(text)
         .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
+    if has_unpaired_surrogate(text) {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "invalid JSON: unpaired UTF-16 surrogate escape",
+        ));
+    }
     let reference = env.reference.map(Ref::parse).transpose()?;
     let message = decode_message(&env, limits).map_err(|e| e.with_ref(reference.clone()))?;
     Ok(Request { reference, message })
+}
+
+/// serde_json skips over raw values (`ref`, `data`, `meta`, unknown fields) without decoding
+/// their escapes, so a lone surrogate such as `"\ud83d"` would be echoed or relayed verbatim,
+/// and strict JSON parsers on the receiving side reject it. Found by `edge/fuzz`.
+fn has_unpaired_surrogate(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut expect_low = false;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            if expect_low {
+                return true;
+            }
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) == Some(&b'u') {
+            let unit = bytes
+                .get(i + 2..i + 6)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            let Some(unit) = unit else {
+                return true;
+            };
+            let low = (0xDC00..0xE000).contains(&unit);
+            if low != expect_low {
+                return true;
+            }
+            expect_low = (0xD800..0xDC00).contains(&unit);
+            i += 6;
+        } else {
+            if expect_low {
+                return true;
+            }
+            i += 2;
+        }
+    }
+    expect_low
 }
 
 fn decode_message<'a>(
@@ -549,6 +594,34 @@ mod tests {
             ErrorCode::BadField
         );
         assert_eq!(err(r#"{"type":1}"#).code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn unpaired_surrogates_are_refused_anywhere() {
+        assert_eq!(
+            err(r#"{"type":"ping","ref":"\u00e9\ud83d|ude00"}"#).code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            err(r#"{"type":"signal","room":"r","to":"p","kind":"offer","data":{"s":"\udc00"}}"#)
+                .code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            err(r#"{"type":"ping","x":"\ud83d\n"}"#).code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            err(r#"{"type":"ping","x":"\ud83d"}"#).code,
+            ErrorCode::BadJson
+        );
+        assert!(
+            decode(
+                r#"{"type":"ping","ref":"\ud83d\ude00 \\ud83d \u00e9"}"#,
+                &LIMITS
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use heliograph_proto::admin::v1 as pb;
 use heliograph_proto::admin::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::LEADER_API_HEADER;
 use super::auth::ClusterSecret;
+use super::tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Adding a member waits for it to catch up, which can take a while.
@@ -51,13 +52,13 @@ async fn connect(addr: &str, secret: Option<&ClusterSecret>) -> Result<Client, A
         addr: addr.to_owned(),
         reason,
     };
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| connect_error(e.to_string()))?
+    let channel = tls::endpoint(addr, secret.and_then(ClusterSecret::tls))
+        .map_err(|e| connect_error(tls::error_chain(&e)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|e| connect_error(tls::error_chain(&e)))?;
     let secret = secret.cloned();
     let attach: Attach = Box::new(move |mut request| {
         if let Some(s) = &secret {

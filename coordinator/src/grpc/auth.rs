@@ -1,5 +1,7 @@
 //! Cluster authentication: every gRPC call between edges and replicas, and between replicas,
-//! carries the shared cluster secret as `authorization: Bearer <secret>`.
+//! carries the shared cluster secret as `authorization: Bearer <secret>`. When the process
+//! has a TLS identity ([`MutualTls`]) it travels with the secret, so every place that dials or
+//! serves with the secret also uses mutual TLS.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,14 +9,16 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
+use super::tls::MutualTls;
+
 /// Metadata key that carries the secret.
 pub const AUTHORIZATION: &str = "authorization";
 /// Shortest secret accepted; shorter ones are guessable.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// The shared cluster secret. Never printed.
+/// The shared cluster secret, and this process's optional TLS identity. Never printed.
 #[derive(Clone)]
-pub struct ClusterSecret(Arc<str>);
+pub struct ClusterSecret(Arc<str>, Option<MutualTls>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -32,7 +36,17 @@ impl ClusterSecret {
         if !secret.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(SecretError::NotPrintable);
         }
-        Ok(Self(Arc::from(secret)))
+        Ok(Self(Arc::from(secret), None))
+    }
+
+    /// The same secret, with mutual TLS on every connection made or served with it.
+    pub fn with_tls(self, tls: Option<MutualTls>) -> Self {
+        Self(self.0, tls)
+    }
+
+    /// The TLS identity, when the cluster uses mutual TLS.
+    pub fn tls(&self) -> Option<&MutualTls> {
+        self.1.as_ref()
     }
 
     fn bearer(&self) -> String {

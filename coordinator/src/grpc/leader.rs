@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::endpoint_uri;
 use super::proto::registry_client::RegistryClient;
 use super::status::ServiceError;
+use super::tls::{self, MutualTls};
 
 /// How long connecting to another replica may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -16,19 +16,28 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Default)]
 pub struct Clients {
     by_addr: Mutex<HashMap<String, RegistryClient<Channel>>>,
+    tls: Option<MutualTls>,
 }
 
 impl Clients {
+    /// Clients that dial with mutual TLS when `tls` is set.
+    pub fn new(tls: Option<MutualTls>) -> Self {
+        Self {
+            by_addr: Mutex::default(),
+            tls,
+        }
+    }
+
     /// A client for `addr`; the connection is made lazily and re-made by tonic when lost.
     pub fn get(&self, addr: &str) -> Result<RegistryClient<Channel>, ServiceError> {
         let mut map = self.by_addr.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+        let endpoint = tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| ServiceError::Forward {
                 addr: addr.to_owned(),
-                status: tonic::Status::unavailable(e.to_string()),
+                status: tonic::Status::unavailable(tls::error_chain(&e)),
             })?
             .connect_timeout(CONNECT_TIMEOUT);
         let client = RegistryClient::new(endpoint.connect_lazy());

@@ -1,7 +1,9 @@
 //! gRPC services and the plumbing they share.
 //!
 //! - [`auth`]: the cluster secret every call carries.
+//! - [`tls`]: optional mutual TLS on every connection.
 //! - [`raft_service`]: Raft RPCs from peer replicas (its own listener).
+//! - [`raft_guard`]: only members and learners of the cluster may send Raft RPCs.
 //! - [`admin_client`]: the admin client the CLI and tests use, following the leader.
 //! - [`admin_service`]: cluster membership and status (on the API listener).
 //! - [`registry_service`]: the edge-facing registry API (on the API listener).
@@ -19,10 +21,12 @@ pub mod convert;
 mod fanout;
 mod leader;
 mod links;
+pub mod raft_guard;
 pub mod raft_service;
 pub mod registry_service;
 mod relay;
 pub mod status;
+pub mod tls;
 
 use tonic::Status;
 use tonic::metadata::MetadataValue;

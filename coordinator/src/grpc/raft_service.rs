@@ -3,12 +3,15 @@
 //! Served on its own listener, behind the cluster secret. A request from another cluster (its
 //! `x-heliograph-cluster` id differs from the one this data directory is bound to) is refused,
 //! and an unbound directory binds itself to the first cluster that reaches it: that is how a
-//! joining replica learns its cluster id. Malformed bytes are the caller's fault, never a panic.
+//! joining replica learns its cluster id. A sender that is not a replica of the cluster is
+//! refused (see [`raft_guard`](super::raft_guard)). Malformed bytes are the caller's fault,
+//! never a panic.
 
 use std::sync::Arc;
 
 use heliograph_proto::raft::v1::RaftBytes;
 use heliograph_proto::raft::v1::raft_server::{Raft as RaftRpc, RaftServer};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::service::Interceptor;
@@ -17,9 +20,10 @@ use tonic::{Request, Response, Status};
 
 use crate::embedded::EmbeddedCoordinator;
 use crate::grpc::auth::ClusterSecret;
-use crate::raft::Raft;
+use crate::grpc::raft_guard::{RpcKind, admit};
 use crate::raft::identity::Identity;
 use crate::raft::network::CLUSTER_HEADER;
+use crate::raft::{NodeId, Raft, TypeConfig};
 
 /// Largest Raft message accepted; snapshots are sent whole, so this bounds the registry size a
 /// snapshot can carry.
@@ -75,12 +79,14 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let rpc = self.accept(&request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.accept(&request)?;
+        admit(&self.raft, &rpc.vote, RpcKind::Replication)?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
-        let rpc = self.accept(&request)?;
+        let rpc: VoteRequest<NodeId> = self.accept(&request)?;
+        admit(&self.raft, &rpc.vote, RpcKind::Vote)?;
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -88,7 +94,8 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let rpc = self.accept(&request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.accept(&request)?;
+        admit(&self.raft, &rpc.vote, RpcKind::Replication)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -86,7 +86,7 @@ impl RegistryService {
         let stop = shutdown.child_token();
         let tasks = TaskTracker::new();
         let links = Arc::new(Links::default());
-        let clients = Arc::new(Clients::default());
+        let clients = Arc::new(Clients::new(secret.tls().cloned()));
         let relay = Arc::new(Relay::new(
             replica.clone(),
             Arc::clone(&links),

@@ -2,7 +2,8 @@
 //!
 //! One lazily connected tonic `Channel` per peer is cached and shared by every client openraft
 //! creates for it, so replication streams, votes and snapshots reuse one HTTP/2 connection and
-//! its reconnect backoff. Each call carries the cluster secret and this replica's cluster id;
+//! its reconnect backoff (over mutual TLS when configured). Each call carries the cluster
+//! secret and this replica's cluster id;
 //! openraft's `RPCOption` bounds each call.
 
 use std::collections::HashMap;
@@ -25,13 +26,14 @@ use serde::de::DeserializeOwned;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::identity::Identity;
 use super::{NodeId, NodeInfo, TypeConfig};
 use crate::grpc::auth::ClusterSecret;
 use crate::grpc::raft_service::MAX_MESSAGE_BYTES;
+use crate::grpc::tls;
 
 /// Metadata key carrying the sender's cluster id.
 pub const CLUSTER_HEADER: &str = "x-heliograph-cluster";
@@ -85,7 +87,12 @@ impl GrpcNetwork {
         {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let tls = self
+            .credentials
+            .secret
+            .as_ref()
+            .and_then(ClusterSecret::tls);
+        let channel = tls::endpoint(addr, tls)
             .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -18,6 +18,7 @@ use heliograph_coordinator::grpc::proto::{
     self, EdgeToReplica, RelayedSignal, edge_to_replica, registry_client::RegistryClient,
     replica_to_edge,
 };
+use heliograph_coordinator::grpc::tls;
 use heliograph_coordinator::registry::{
     Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
 };
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::{RegistryEvent, RelayError};
@@ -322,13 +323,13 @@ impl RemoteRegistry {
         url: &str,
         events: &mpsc::Sender<RegistryEvent>,
     ) -> Result<(), SessionError> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| SessionError::Connect(e.to_string()))?
+        let channel = tls::endpoint(url, self.settings.secret.tls())
+            .map_err(|e| SessionError::Connect(tls::error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| SessionError::Connect(e.to_string()))?;
+            .map_err(|e| SessionError::Connect(tls::error_chain(&e)))?;
         let mut client = RegistryClient::new(channel);
         *self.client.write().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
         self.register().await?;
