@@ -7,14 +7,18 @@
 //! - [`grpc`]: the Raft, admin and registry services, and the admin client.
 //! - [`server`]: serves a replica's services on its two listeners.
 //! - [`metrics`]: metric names and how they are recorded.
+//! - [`metrics_http`]: the Prometheus `/metrics` listener of a replica process.
 //! - [`error`]: the errors this crate returns.
+//! - [`dial`]: address rewrites for reaching other replicas.
 
 #![forbid(unsafe_code)]
 
+pub mod dial;
 pub mod embedded;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod metrics_http;
 pub mod raft;
 pub mod registry;
 pub mod server;

@@ -119,12 +119,24 @@ struct ServeArgs {
     /// Log entries between snapshots (tests use small values).
     #[arg(long, env = "HELIOGRAPH_SNAPSHOT_AFTER_ENTRIES", hide = true)]
     snapshot_after_entries: Option<u64>,
+    /// Dial the replica advertised at FROM at TO instead (repeatable, FROM=TO), e.g. through
+    /// a tunnel, or the delay proxies of the multi-region simulation.
+    #[arg(long = "dial-via", env = "HELIOGRAPH_DIAL_VIA", value_delimiter = ',')]
+    dial_via: Vec<String>,
+    /// Raft heartbeat interval in ms (elections wait 5–10 of them); above the longest
+    /// round trip between replicas when they span regions.
+    #[arg(long, env = "HELIOGRAPH_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Serve Prometheus metrics at /metrics on this address.
+    #[arg(long, env = "HELIOGRAPH_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// A validated `serve` configuration; nothing bound yet.
 struct ServeConfig {
     args: ServeArgs,
     secret: ClusterSecret,
+    dial: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +147,12 @@ enum ConfigError {
     NodeId,
     #[error("--region must not be empty")]
     Region,
+    #[error("--heartbeat-ms must be between 10 and 10000")]
+    Heartbeat,
     #[error("--snapshot-after-entries must be at least 1")]
     SnapshotThreshold,
+    #[error("{0}")]
+    Dial(#[from] heliograph_coordinator::dial::DialError),
     #[error("{0} listens on an unspecified address; set {1}")]
     NeedsAdvertise(&'static str, &'static str),
 }
@@ -149,6 +165,12 @@ impl ServeConfig {
         }
         if args.region.trim().is_empty() {
             return Err(ConfigError::Region);
+        }
+        if args
+            .heartbeat_ms
+            .is_some_and(|h| !(10..=10_000).contains(&h))
+        {
+            return Err(ConfigError::Heartbeat);
         }
         if args.snapshot_after_entries == Some(0) {
             return Err(ConfigError::SnapshotThreshold);
@@ -165,7 +187,8 @@ impl ServeConfig {
                 "--advertise-api",
             ));
         }
-        Ok(Self { args, secret })
+        let dial = heliograph_coordinator::dial::parse(&args.dial_via)?;
+        Ok(Self { args, secret, dial })
     }
 }
 
@@ -265,9 +288,22 @@ async fn run(command: Cmd) -> ExitCode {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let ServeConfig { args, secret } = config;
+    let ServeConfig { args, secret, dial } = config;
+    heliograph_coordinator::dial::install(dial)?;
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
+    // Metrics: the recorder is installed before the replica opens so that it sees every series.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some((
+            TcpListener::bind(addr).await?,
+            heliograph_coordinator::metrics_http::install()?,
+        )),
+        None => None,
+    };
+    let metrics_addr = match &metrics {
+        Some((l, _)) => Some(l.local_addr()?.to_string()),
+        None => None,
+    };
     let raft_addr = args.advertise_raft.unwrap_or(raft_listener.local_addr()?);
     let api_addr = match args.advertise_api {
         Some(a) => a,
@@ -286,10 +322,18 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ReplicaOptions {
             expected_cluster_id: args.cluster_id,
             snapshot_after_entries: args.snapshot_after_entries,
+            heartbeat_ms: args.heartbeat_ms,
         },
     )
     .await?;
     let shutdown = CancellationToken::new();
+    let metrics_server = metrics.map(|(listener, handle)| {
+        tokio::spawn(heliograph_coordinator::metrics_http::serve(
+            listener,
+            handle,
+            shutdown.clone(),
+        ))
+    });
     let mut server = tokio::spawn(heliograph_coordinator::server::serve(
         replica.clone(),
         secret,
@@ -304,6 +348,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "api": api_addr,
             "admin": api_addr,
             "node_id": replica.node_id(),
+            "metrics": metrics_addr,
         })
     );
     let outcome = tokio::select! {
@@ -322,6 +367,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
         joined = &mut server => joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
     };
+    shutdown.cancel();
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, m).await;
+    }
     if tokio::time::timeout(CLOSE_DEADLINE, replica.shutdown())
         .await
         .is_err()

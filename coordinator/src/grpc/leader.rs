@@ -25,7 +25,7 @@ impl Clients {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+        let endpoint = Endpoint::from_shared(endpoint_uri(crate::dial::resolve(addr)))
             .map_err(|e| ServiceError::Forward {
                 addr: addr.to_owned(),
                 status: tonic::Status::unavailable(e.to_string()),

@@ -85,7 +85,7 @@ impl GrpcNetwork {
         {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let channel = Endpoint::from_shared(format!("http://{}", crate::dial::resolve(addr)))
             .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
