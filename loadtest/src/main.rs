@@ -82,7 +82,7 @@ struct RegionsArgs {
     /// Rounds in which every client signals every other client once.
     #[arg(long, default_value_t = 30)]
     rounds: usize,
-    /// Pause between rounds, in ms.
+    /// Length of a round, in ms; the senders take turns through it.
     #[arg(long, default_value_t = 50)]
     round_interval_ms: u64,
     /// Times each client leaves and rejoins, one at a time, for join latency.

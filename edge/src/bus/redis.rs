@@ -47,7 +47,13 @@ pub struct UrlError(String);
 
 /// Checks a Redis URL without connecting.
 pub fn parse_url(url: &str) -> Result<redis::Client, UrlError> {
-    redis::Client::open(url).map_err(|e| UrlError(e.to_string()))
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| UrlError(e.to_string()))?
+        // Signals are small and latency-bound: never hold one back for Nagle.
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(|e| UrlError(e.to_string()))
 }
 
 pub struct RedisBus {

@@ -9,6 +9,7 @@
 //! member in the other region hears `peer-joined`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,8 @@ struct Participant {
     sink: SplitSink<Ws, Message>,
     /// `joined` and `left` frames for this client, in order.
     answers: mpsc::Receiver<String>,
+    /// Other members this client knows of (from `joined`, `peer-joined`, `peer-left`).
+    known: Arc<AtomicI64>,
 }
 
 pub async fn run(spec: SimSpec, settings: &RegionsSettings) -> Result<Value> {
@@ -123,12 +126,23 @@ async fn measure(sim: &Sim, s: &RegionsSettings, layout: Layout) -> Result<Layou
                 .with_context(|| format!("connecting to {url}"))?;
             let (sink, stream) = client.ws.split();
             let (tx, rx) = mpsc::channel(16);
-            readers.spawn(read_loop(stream, region, epoch, Arc::clone(&stats), tx));
+            let known = Arc::new(AtomicI64::new(0));
+            readers.spawn(read_loop(
+                stream,
+                Reader {
+                    region,
+                    epoch,
+                    stats: Arc::clone(&stats),
+                    answers: tx,
+                    known: Arc::clone(&known),
+                },
+            ));
             people.push(Participant {
                 region,
                 peer_id: client.peer_id,
                 sink,
                 answers: rx,
+                known,
             });
         }
     }
@@ -137,9 +151,25 @@ async fn measure(sim: &Sim, s: &RegionsSettings, layout: Layout) -> Result<Layou
     for &i in &order {
         join(&mut people[i], &stats).await?;
     }
+    // Signals go to members the sender's edge knows: wait until every client knows all.
+    let others = i64::try_from(people.len().saturating_sub(1)).unwrap_or(i64::MAX);
+    let deadline = Instant::now() + STEP;
+    while people
+        .iter()
+        .any(|p| p.known.load(Ordering::SeqCst) < others)
+    {
+        if Instant::now() > deadline {
+            bail!("not every client heard of every join within {STEP:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Signals: every round, every client sends one to every other client.
     let ids: Vec<String> = people.iter().map(|p| p.peer_id.clone()).collect();
     let mut sent = 0u64;
+    // Senders take turns through the round, so that a delivery measures the path, not a
+    // queue of the whole room's signals behind it.
+    let turns = u32::try_from(people.len()).unwrap_or(u32::MAX).max(1);
+    let gap = Duration::from_millis(s.round_interval_ms) / turns;
     for _ in 0..s.rounds {
         for p in &mut people {
             for to in ids.iter().filter(|id| **id != p.peer_id) {
@@ -151,8 +181,8 @@ async fn measure(sim: &Sim, s: &RegionsSettings, layout: Layout) -> Result<Layou
                     .await?;
                 sent += 1;
             }
+            tokio::time::sleep(gap).await;
         }
-        tokio::time::sleep(Duration::from_millis(s.round_interval_ms)).await;
     }
     let deadline = Instant::now() + DRAIN;
     while lock(&stats).received < sent && Instant::now() < deadline {
@@ -253,13 +283,23 @@ async fn answer(p: &mut Participant, ty: &str) -> Result<()> {
     Ok(())
 }
 
-async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+/// What one client's reader records into.
+struct Reader {
     region: usize,
     epoch: Instant,
     stats: Arc<Mutex<Stats>>,
     answers: mpsc::Sender<String>,
-) {
+    known: Arc<AtomicI64>,
+}
+
+async fn read_loop(mut stream: futures_util::stream::SplitStream<Ws>, r: Reader) {
+    let Reader {
+        region,
+        epoch,
+        stats,
+        answers,
+        known,
+    } = r;
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
         let Ok(v) = serde_json::from_str::<Value>(&text) else {
@@ -281,7 +321,11 @@ async fn read_loop(
                     Duration::from_micros(now.saturating_sub(t)),
                 );
             }
+            Some("peer-left") => {
+                known.fetch_sub(1, Ordering::SeqCst);
+            }
             Some("peer-joined") => {
+                known.fetch_add(1, Ordering::SeqCst);
                 let Some(peer) = v["peer"]["id"].as_str() else {
                     continue;
                 };
@@ -290,8 +334,14 @@ async fn read_loop(
                     record(&mut st.join_seen, (from, region), at.elapsed());
                 }
             }
-            Some(ty @ ("joined" | "left")) if answers.send(ty.to_owned()).await.is_err() => {
-                return;
+            Some(ty @ ("joined" | "left")) => {
+                if ty == "joined" {
+                    let peers = v["peers"].as_array().map_or(0, Vec::len);
+                    known.store(i64::try_from(peers).unwrap_or(0), Ordering::SeqCst);
+                }
+                if answers.send(ty.to_owned()).await.is_err() {
+                    return;
+                }
             }
             Some("error") => {
                 eprintln!("regions: server error: {text}");
