@@ -276,7 +276,8 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
     for n in 0..20 {
         sender.send(signal("steady", &to, n)).await;
     }
-    let (_, seen) = collecting.await.unwrap();
+    // The receiver stays connected until the end: its departure would reach the sender.
+    let (_receiver, seen) = collecting.await.unwrap();
     assert!(
         seen.values().all(|k| *k == 1) && seen.len() == 20,
         "{seen:?}"

@@ -374,3 +374,20 @@ pub async fn replica_counters(r: &Replica) -> HashMap<&'static str, f64> {
     .map(|(k, s)| (k, common::metric(&text, s).unwrap_or(0.0)))
     .collect()
 }
+
+impl Drop for Cluster {
+    /// A failing test shows what the edges logged.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for e in &self.edges {
+            let log = e.node.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- edge {} ({}) log tail ---", e.name, e.region);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
