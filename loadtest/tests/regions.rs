@@ -17,7 +17,7 @@ fn regions_matrix_at_tiny_size() {
     let out = dir.path().join("regions.json");
     let mut child = Command::new(LOADTEST)
         .args(["regions", "--regions", "us,eu,ap", "--leader", "us"])
-        .args(["--delay", "us-eu=10,us-ap=15,eu-ap=20"])
+        .args(["--delay", "us-eu=20,us-ap=30,eu-ap=40"])
         .args(["--edges-per-region", "2", "--clients-per-region", "2"])
         .args([
             "--rounds",
@@ -75,8 +75,9 @@ fn regions_matrix_at_tiny_size() {
         }
         let fed = p["signal"]["federated"]["p50_ms"].as_f64().unwrap();
         if p["from"] == p["to"] {
-            // Within a region a signal never crosses a delayed link (10 ms is the smallest).
-            assert!(fed < 10.0, "same-region signal took {fed} ms: {p}");
+            // Within a region a signal never crosses a delayed link (20 ms is the smallest;
+            // delays this large keep the check meaningful on a busy 2-core machine).
+            assert!(fed < 20.0, "same-region signal took {fed} ms: {p}");
         } else {
             // Across regions it does, exactly once each way it goes.
             assert!(
