@@ -115,6 +115,10 @@ pub struct ReplicaOptions {
     /// Log entries between snapshots (default [`DEFAULT_SNAPSHOT_AFTER_ENTRIES`]); small in
     /// tests that need a snapshot to be sent.
     pub snapshot_after_entries: Option<u64>,
+    /// Raft heartbeat interval (default 100 ms); elections wait 5–10 heartbeats. Replicas
+    /// across regions need it above the longest round trip between them, since openraft
+    /// gives each append-entries call one heartbeat interval.
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// The handle's name where it serves as a cluster member.
@@ -201,7 +205,14 @@ impl EmbeddedCoordinator {
             data_dir: config.data_dir,
             grace: config.grace,
             secret: Some(config.secret),
-            timing: REPLICA_TIMING,
+            timing: match options.heartbeat_ms {
+                Some(h) => Timing {
+                    election_min_ms: h * 5,
+                    election_max_ms: h * 10,
+                    heartbeat_ms: h,
+                },
+                None => REPLICA_TIMING,
+            },
             options,
         })
         .await

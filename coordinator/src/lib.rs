@@ -9,9 +9,11 @@
 //! - [`http`]: health, readiness and metrics over HTTP.
 //! - [`metrics`]: metric names and how they are recorded.
 //! - [`error`]: the errors this crate returns.
+//! - [`dial`]: address rewrites for reaching other replicas.
 
 #![forbid(unsafe_code)]
 
+pub mod dial;
 pub mod embedded;
 pub mod error;
 pub mod grpc;

@@ -159,12 +159,21 @@ struct ServeArgs {
     snapshot_after_entries: Option<u64>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Dial the replica advertised at FROM at TO instead (repeatable, FROM=TO), e.g. through
+    /// a tunnel, or the delay proxies of the multi-region simulation.
+    #[arg(long = "dial-via", env = "HELIOGRAPH_DIAL_VIA", value_delimiter = ',')]
+    dial_via: Vec<String>,
+    /// Raft heartbeat interval in ms (elections wait 5–10 of them); above the longest
+    /// round trip between replicas when they span regions.
+    #[arg(long, env = "HELIOGRAPH_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
 }
 
 /// A validated `serve` configuration; nothing bound yet.
 struct ServeConfig {
     args: ServeArgs,
     secret: ClusterSecret,
+    dial: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,10 +184,14 @@ enum ConfigError {
     NodeId,
     #[error("--region must not be empty")]
     Region,
+    #[error("--heartbeat-ms must be between 10 and 10000")]
+    Heartbeat,
     #[error("--snapshot-after-entries must be at least 1")]
     SnapshotThreshold,
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Dial(#[from] heliograph_coordinator::dial::DialError),
     #[error("{0} listens on an unspecified address; set {1}")]
     NeedsAdvertise(&'static str, &'static str),
 }
@@ -191,6 +204,12 @@ impl ServeConfig {
         }
         if args.region.trim().is_empty() {
             return Err(ConfigError::Region);
+        }
+        if args
+            .heartbeat_ms
+            .is_some_and(|h| !(10..=10_000).contains(&h))
+        {
+            return Err(ConfigError::Heartbeat);
         }
         if args.snapshot_after_entries == Some(0) {
             return Err(ConfigError::SnapshotThreshold);
@@ -208,7 +227,8 @@ impl ServeConfig {
             ));
         }
         let secret = secret.with_tls(args.tls.load()?);
-        Ok(Self { args, secret })
+        let dial = heliograph_coordinator::dial::parse(&args.dial_via)?;
+        Ok(Self { args, secret, dial })
     }
 }
 
@@ -315,7 +335,8 @@ async fn run(command: Cmd) -> ExitCode {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let ServeConfig { args, secret } = config;
+    let ServeConfig { args, secret, dial } = config;
+    heliograph_coordinator::dial::install(dial)?;
     let prometheus = install_metrics()?;
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
@@ -339,6 +360,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ReplicaOptions {
             expected_cluster_id: args.cluster_id,
             snapshot_after_entries: args.snapshot_after_entries,
+            heartbeat_ms: args.heartbeat_ms,
         },
     )
     .await?;

@@ -75,22 +75,54 @@ pub const RELAY_DROPPED: &str = "heliograph_coordinator_relay_dropped_total";
 pub const LINKS_OPEN: &str = "heliograph_coordinator_edge_links_open";
 pub const LINKS_DROPPED: &str = "heliograph_coordinator_edge_links_dropped_total";
 pub const FANOUT_RESYNCS: &str = "heliograph_coordinator_fanout_resyncs_total";
+pub const CROSS_REGION_MESSAGES: &str =
+    "heliograph_coordinator_cross_region_streams_messages_total";
+
+/// Directions of [`CROSS_REGION_MESSAGES`]: `out` to a replica of another region, `in` from one.
+pub const CROSS_REGION_DIRECTIONS: [&str; 2] = ["in", "out"];
+/// Labels of [`RELAYED_SIGNALS`].
+pub const RELAY_ROUTES: [&str; 3] = ["local", "forwarded", "cross_region"];
 
 /// Where a relayed signal went from this replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayRoute {
     /// Down a link to an edge attached to this replica.
     Local,
-    /// To the replica the target edge is attached to.
+    /// To the replica the target edge is attached to, in this replica's region.
     Forwarded,
+    /// To the replica the target edge is attached to, in another region (this replica is the
+    /// sender's gateway).
+    CrossRegion,
 }
 
 pub(crate) fn relayed(route: RelayRoute) {
     let route = match route {
-        RelayRoute::Local => "local",
-        RelayRoute::Forwarded => "forwarded",
+        RelayRoute::Local => RELAY_ROUTES[0],
+        RelayRoute::Forwarded => RELAY_ROUTES[1],
+        RelayRoute::CrossRegion => RELAY_ROUTES[2],
     };
     metrics::counter!(RELAYED_SIGNALS, "route" => route).increment(1);
+}
+
+/// One signal on a relay stream between replicas of different regions.
+pub(crate) fn cross_region_message(outgoing: bool) {
+    let direction = if outgoing {
+        CROSS_REGION_DIRECTIONS[1]
+    } else {
+        CROSS_REGION_DIRECTIONS[0]
+    };
+    metrics::counter!(CROSS_REGION_MESSAGES, "direction" => direction).increment(1);
+}
+
+/// Registers every labelled series at zero, so that a scrape shows them before the first
+/// signal (tests and dashboards compare against 0 rather than a missing series).
+pub fn describe() {
+    for route in RELAY_ROUTES {
+        metrics::counter!(RELAYED_SIGNALS, "route" => route).absolute(0);
+    }
+    for direction in CROSS_REGION_DIRECTIONS {
+        metrics::counter!(CROSS_REGION_MESSAGES, "direction" => direction).absolute(0);
+    }
 }
 
 /// `reason` is one of a fixed set: `unknown_edge`, `no_route`, `queue_full`, `invalid`.

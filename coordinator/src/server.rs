@@ -34,10 +34,7 @@ pub async fn serve(
         |listener| tls::server(secret.tls()).map_err(|source| ServeError { listener, source });
     let raft = builder("raft")?
         .add_service(raft_server(&replica, &secret))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(raft_listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(nodelay(raft_listener), shutdown.clone().cancelled_owned());
     let api = builder("api")?
         .add_service(admin_server(replica.clone(), &secret))
         // Link streams stay open until the service is told to stop; without this token the
@@ -47,10 +44,7 @@ pub async fn serve(
             secret,
             shutdown.clone(),
         )))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(api_listener),
-            shutdown.cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(nodelay(api_listener), shutdown.cancelled_owned());
     let (raft, api) = tokio::join!(raft, api);
     raft.map_err(|source| ServeError {
         listener: "raft",
@@ -59,5 +53,21 @@ pub async fn serve(
     api.map_err(|source| ServeError {
         listener: "api",
         source,
+    })
+}
+
+/// Accepted connections with Nagle off. tonic sets TCP_NODELAY only on listeners it binds
+/// itself; without it a small relayed signal or event can wait for the peer's delayed ACK
+/// (~40 ms) behind another unacknowledged one.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
     })
 }

@@ -62,6 +62,7 @@ impl Node {
             ReplicaOptions {
                 expected_cluster_id: None,
                 snapshot_after_entries: snapshot,
+                ..ReplicaOptions::default()
             },
         )
         .await
@@ -519,6 +520,7 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
         ReplicaOptions {
             expected_cluster_id: Some("0000".into()),
             snapshot_after_entries: None,
+            ..ReplicaOptions::default()
         },
     )
     .await;
@@ -532,6 +534,7 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
         ReplicaOptions {
             expected_cluster_id: Some(cluster_id),
             snapshot_after_entries: None,
+            ..ReplicaOptions::default()
         },
     )
     .await

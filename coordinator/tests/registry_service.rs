@@ -177,6 +177,7 @@ async fn register_join_leave_and_watch_events() {
             room: "r".into(),
             frame: b"{\"type\":\"signal\"}".to_vec(),
             sent_at_us: 1,
+            ..Default::default()
         })),
     })
     .await

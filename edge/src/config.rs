@@ -133,7 +133,9 @@ pub struct Args {
     pub turn_ttl_secs: u64,
     /// Use a remote coordinator cluster instead of the embedded replica: the edge-facing API
     /// URLs of its replicas (comma-separated or repeated), e.g. http://10.0.0.5:7100. The
-    /// first reachable one is used; the others are tried when it fails.
+    /// first reachable one is used; the others are tried when it fails. List only replicas
+    /// of this edge's own --region: the replica an edge attaches to is its region's gateway
+    /// for cross-region signals.
     #[arg(long, env = "HELIOGRAPH_COORDINATOR", value_delimiter = ',')]
     pub coordinator: Vec<String>,
     /// Shared secret of the coordinator cluster (required with --coordinator).
@@ -148,6 +150,13 @@ pub struct Args {
     /// PEM CA that signed the coordinator replicas' certificates.
     #[arg(long, env = "HELIOGRAPH_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Redis of this edge's region (e.g. redis://10.0.0.7:6379/): signals to other edges of
+    /// the region go over its pub/sub. Without it they go through the coordinator.
+    #[arg(long, env = "HELIOGRAPH_REDIS")]
+    pub redis: Option<String>,
+    /// Signals queued for Redis before new ones take the coordinator path.
+    #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::bus::redis::DEFAULT_PUBLISH_QUEUE)]
+    pub redis_publish_queue: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -179,6 +188,8 @@ pub struct Config {
     pub turn: Option<TurnConfig>,
     /// `None`: run the embedded single replica.
     pub coordinator: Option<RemoteCoordinator>,
+    /// `None`: the in-memory bus (edges of this process only).
+    pub redis: Option<RedisConfig>,
     log: String,
 }
 
@@ -188,6 +199,13 @@ pub enum JoinKeySource {
     Hs256Secret(String),
     Es256PemFile(PathBuf),
     Rs256PemFile(PathBuf),
+}
+
+/// The region's Redis, for the bus between its edges.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub publish_queue: usize,
 }
 
 /// A remote coordinator cluster.
@@ -396,8 +414,24 @@ impl Args {
                 secret,
             })
         };
+        let redis = match &self.redis {
+            Some(url) => {
+                crate::bus::redis::parse_url(url)
+                    .map_err(|e| ConfigError(format!("--redis: {e}")))?;
+                check(
+                    (1..=1_000_000).contains(&self.redis_publish_queue),
+                    "--redis-publish-queue must be between 1 and 1000000",
+                )?;
+                Some(RedisConfig {
+                    url: url.clone(),
+                    publish_queue: self.redis_publish_queue,
+                })
+            }
+            None => None,
+        };
         Ok(Config {
             coordinator,
+            redis,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             data_dir: self.data_dir,

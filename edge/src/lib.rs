@@ -7,6 +7,8 @@
 //! - [`rooms`]: the local index of peers and the rooms they are in.
 //! - [`registry`]: the room registry, embedded or a remote coordinator cluster.
 //! - [`membership`]: applies the registry's events to the index, delivers relayed signals.
+//! - [`router`]: where a signal goes (in process, the region's bus, or the replicas).
+//! - [`bus`]: the region's bus between edges (Redis pub/sub, or in memory).
 //! - [`server`]: HTTP routes (WebSocket, health, readiness, metrics, demo page).
 //! - [`metrics`]: metric names and handles.
 //!
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod limits;
 pub mod membership;
@@ -23,6 +26,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod rooms;
+pub mod router;
 pub mod server;
 pub mod session;
 pub mod turn;
@@ -48,6 +52,7 @@ use crate::limits::ConnectionLimiter;
 use crate::metrics::EdgeMetrics;
 use crate::registry::{Events, Registry, RemoteRegistry, RemoteSettings};
 use crate::rooms::RoomIndex;
+use crate::router::{BusConfig, Router};
 
 /// File in the data directory that keeps a generated edge id across restarts.
 const EDGE_ID_FILE: &str = "edge-id";
@@ -65,6 +70,8 @@ pub enum StartError {
     Registration(Outcome),
     #[error("join-token key: {0}")]
     JoinKey(String),
+    #[error("{0}")]
+    Redis(#[from] crate::bus::redis::UrlError),
 }
 
 /// What every session and route shares.
@@ -74,6 +81,8 @@ pub struct EdgeContext {
     pub region: Region,
     pub index: Arc<RoomIndex>,
     pub registry: Registry,
+    /// Regions: sends signals for peers on other edges (router.rs).
+    pub router: Arc<Router>,
     pub metrics: Arc<EdgeMetrics>,
     pub ice_servers: Box<RawValue>,
     /// Cancelled when the edge starts shutting down; sessions close with 1001.
@@ -157,6 +166,22 @@ pub async fn start(
     let metrics = Arc::new(EdgeMetrics::new());
     let index = Arc::new(RoomIndex::new(edge_id.clone()));
     let config_limits = (config.max_connections, config.max_connections_per_ip);
+    // Regions: the bus between this region's edges, and the router that chooses paths.
+    let bus = match &config.redis {
+        Some(r) => BusConfig::Redis {
+            client: crate::bus::redis::parse_url(&r.url)?,
+            queue: r.publish_queue,
+        },
+        None => BusConfig::Local,
+    };
+    let router = Router::start(
+        edge_id.clone(),
+        config.region.clone(),
+        registry.clone(),
+        bus,
+        Arc::clone(&index),
+        Arc::clone(&metrics),
+    );
     let ctx = Arc::new(EdgeContext {
         ice_servers: ice_servers_json(&config.ice_servers),
         region: config.region.clone(),
@@ -164,6 +189,7 @@ pub async fn start(
         edge_id: edge_id.clone(),
         index: Arc::clone(&index),
         registry: registry.clone(),
+        router: Arc::clone(&router),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         draining: AtomicBool::new(false),
@@ -180,6 +206,7 @@ pub async fn start(
         registry.clone(),
         events,
         metrics,
+        ctx.region.clone(),
         stop_background.clone(),
     ));
     if let Registry::Embedded(embedded) = &registry {
@@ -223,6 +250,7 @@ pub async fn start(
         stop_background.cancel();
         background.close();
         background.wait().await;
+        router.shutdown().await;
         let released = registry
             .execute(Command::ReleaseEdge {
                 edge: edge_id,

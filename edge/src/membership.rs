@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use heliograph_coordinator::grpc::proto::RelayedSignal;
 use std::collections::{HashMap, HashSet};
 
-use heliograph_coordinator::registry::{Command, PeerId, RoomId, RoomView};
+use heliograph_coordinator::registry::{Command, PeerId, Region, RoomId, RoomView};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EdgeMetrics, RelayPath};
@@ -24,6 +24,7 @@ pub async fn run(
     registry: Registry,
     mut events: Events,
     metrics: Arc<EdgeMetrics>,
+    region: Region,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -54,7 +55,7 @@ pub async fn run(
                 }
             }
             Some(RegistryEvent::Signal(signal)) => {
-                deliver_relayed(&index, &metrics, signal);
+                deliver_relayed(&index, &metrics, &region, signal);
                 continue;
             }
         };
@@ -95,7 +96,18 @@ pub fn deliver(notices: Vec<Notice>) {
 
 /// A signal from another edge: its frame (with `from` stamped there) goes to the local
 /// target if it is still in the room.
-fn deliver_relayed(index: &RoomIndex, metrics: &EdgeMetrics, signal: RelayedSignal) {
+fn deliver_relayed(
+    index: &RoomIndex,
+    metrics: &EdgeMetrics,
+    region: &Region,
+    signal: RelayedSignal,
+) {
+    // The sender's edge names its region: a signal from elsewhere came through the gateways.
+    let path = if signal.from_region.is_empty() || signal.from_region == region.as_str() {
+        RelayPath::Coordinator
+    } else {
+        RelayPath::CrossRegion
+    };
     let target = PeerId::new(signal.to_peer)
         .ok()
         .zip(RoomId::new(signal.room).ok())
@@ -108,7 +120,7 @@ fn deliver_relayed(index: &RoomIndex, metrics: &EdgeMetrics, signal: RelayedSign
         text,
         kind: "signal",
         relayed_at: sent_at(signal.sent_at_us),
-        path: RelayPath::Coordinator,
+        path,
     };
     if target.send(out) != Delivery::Queued {
         metrics.relay_undeliverable.increment(1);
@@ -117,7 +129,7 @@ fn deliver_relayed(index: &RoomIndex, metrics: &EdgeMetrics, signal: RelayedSign
 
 /// The sender's read time as a local `Instant` (wall clocks of the two edges are assumed
 /// close; a sender clock ahead of ours counts as no delay).
-fn sent_at(sent_at_us: u64) -> Option<Instant> {
+pub fn sent_at(sent_at_us: u64) -> Option<Instant> {
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .ok()

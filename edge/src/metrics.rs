@@ -27,6 +27,70 @@ pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total
 /// Why an upgrade request was refused before it became a connection.
 pub const REFUSAL_REASONS: [&str; 4] = ["origin", "edge_full", "address_limit", "draining"];
 pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total";
+pub const ROUTING_DECISIONS: &str = "heliograph_edge_routing_decisions_total";
+pub const REDIS_ERRORS: &str = "heliograph_edge_redis_errors_total";
+pub const REDIS_UP: &str = "heliograph_edge_redis_up";
+
+/// Which way a signal for another peer left this edge (see `router`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoutingPath {
+    /// Handed over in process.
+    Local,
+    /// On the region's bus (Redis, or the in-memory bus).
+    Region,
+    /// Through this region's replica to the target region's replica.
+    CrossRegion,
+    /// Same region, but the bus could not carry it: through the coordinator replicas.
+    CoordinatorFallback,
+}
+
+impl RoutingPath {
+    pub const ALL: [RoutingPath; 4] = [
+        Self::Local,
+        Self::Region,
+        Self::CrossRegion,
+        Self::CoordinatorFallback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Region => "region",
+            Self::CrossRegion => "cross_region",
+            Self::CoordinatorFallback => "coordinator_fallback",
+        }
+    }
+}
+
+/// Redis operations whose failures are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedisOp {
+    Connect,
+    Ping,
+    Publish,
+    Subscribe,
+    Decode,
+}
+
+impl RedisOp {
+    pub const ALL: [RedisOp; 5] = [
+        Self::Connect,
+        Self::Ping,
+        Self::Publish,
+        Self::Subscribe,
+        Self::Decode,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Ping => "ping",
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::Decode => "decode",
+        }
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,13 +146,15 @@ pub const SENT_TYPES: [&str; 8] = [
     "pong",
     "error",
 ];
-/// Where a relayed signal went: handed over in process, or through the coordinator
-/// replicas from another edge.
-pub const RELAY_PATHS: [&str; 2] = ["local", "coordinator"];
+/// How a relayed signal reached its target's edge: in process, on the region's bus, through
+/// the coordinator replicas of this region, or from another region through the gateways.
+pub const RELAY_PATHS: [&str; 4] = ["local", "region", "cross_region", "coordinator"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayPath {
     Local,
+    Region,
+    CrossRegion,
     Coordinator,
 }
 
@@ -101,7 +167,13 @@ pub struct EdgeMetrics {
     sent: HashMap<&'static str, Counter>,
     errors: HashMap<ErrorCode, Counter>,
     pub relay_local: Histogram,
+    pub relay_region: Histogram,
+    pub relay_cross_region: Histogram,
     pub relay_coordinator: Histogram,
+    routing: HashMap<RoutingPath, Counter>,
+    redis_errors: HashMap<RedisOp, Counter>,
+    /// 1 while the region's Redis carries this edge's signals (reachable and subscribed).
+    pub redis_up: Gauge,
     /// Signals from other edges that could not be delivered here (target gone).
     pub relay_undeliverable: Counter,
     pub join_seconds: Histogram,
@@ -144,6 +216,15 @@ impl EdgeMetrics {
             RELAY_UNDELIVERABLE,
             "Signals relayed from other edges whose target was no longer here"
         );
+        describe_counter!(
+            ROUTING_DECISIONS,
+            "Signals for a peer on another edge or this one, by the path chosen"
+        );
+        describe_counter!(REDIS_ERRORS, "Failed Redis bus operations, by operation");
+        describe_gauge!(
+            REDIS_UP,
+            "1 while the region's Redis carries same-region signals, else 0"
+        );
         Self {
             connections_open: gauge!(CONNECTIONS_OPEN),
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
@@ -164,7 +245,18 @@ impl EdgeMetrics {
                 .map(|c| (*c, counter!(ERRORS, "code" => c.as_str())))
                 .collect(),
             relay_local: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[0]),
-            relay_coordinator: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[1]),
+            relay_region: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[1]),
+            relay_cross_region: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[2]),
+            relay_coordinator: histogram!(SIGNAL_RELAY_SECONDS, "path" => RELAY_PATHS[3]),
+            routing: RoutingPath::ALL
+                .iter()
+                .map(|p| (*p, counter!(ROUTING_DECISIONS, "path" => p.as_str())))
+                .collect(),
+            redis_errors: RedisOp::ALL
+                .iter()
+                .map(|o| (*o, counter!(REDIS_ERRORS, "op" => o.as_str())))
+                .collect(),
+            redis_up: gauge!(REDIS_UP),
             relay_undeliverable: counter!(RELAY_UNDELIVERABLE),
             join_seconds: histogram!(JOIN_SECONDS),
             rooms_tracked: gauge!(ROOMS_TRACKED),
@@ -179,7 +271,21 @@ impl EdgeMetrics {
     pub fn relay(&self, path: RelayPath) -> &Histogram {
         match path {
             RelayPath::Local => &self.relay_local,
+            RelayPath::Region => &self.relay_region,
+            RelayPath::CrossRegion => &self.relay_cross_region,
             RelayPath::Coordinator => &self.relay_coordinator,
+        }
+    }
+
+    pub fn routed(&self, path: RoutingPath) {
+        if let Some(c) = self.routing.get(&path) {
+            c.increment(1);
+        }
+    }
+
+    pub fn redis_error(&self, op: RedisOp) {
+        if let Some(c) = self.redis_errors.get(&op) {
+            c.increment(1);
         }
     }
 

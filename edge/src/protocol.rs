@@ -269,6 +269,12 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
     }
     let env: Envelope<'a> = serde_json::from_str(text)
         .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
+    if has_out_of_range_number(text) {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "invalid JSON: a number is out of the range of a 64-bit float",
+        ));
+    }
     if has_unpaired_surrogate(text) {
         return Err(ProtocolError::new(
             ErrorCode::BadJson,
@@ -283,6 +289,50 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
 /// serde_json skips over raw values (`ref`, `data`, `meta`, unknown fields) without decoding
 /// their escapes, so a lone surrogate such as `"\ud83d"` would be echoed or relayed verbatim,
 /// and strict JSON parsers on the receiving side reject it. Found by `edge/fuzz`.
+/// Whether a number in the text (outside strings) is too large for a 64-bit float. serde_json
+/// skips over such numbers in fields it passes through (`ref`, `data`, `meta`) but refuses them
+/// when parsing, so echoing or relaying one would hand peers a frame they cannot read.
+fn has_out_of_range_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 2,
+                b'"' => {
+                    in_string = false;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let finite = text
+                .get(start..i)
+                .and_then(|t| t.parse::<f64>().ok())
+                .is_some_and(f64::is_finite);
+            if !finite {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
 fn has_unpaired_surrogate(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -594,6 +644,21 @@ mod tests {
             ErrorCode::BadField
         );
         assert_eq!(err(r#"{"type":1}"#).code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_anywhere() {
+        assert_eq!(
+            err(r#"{"~e":"","ref":800e00050000000}"#).code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            err(r#"{"type":"signal","room":"r","to":"p","kind":"offer","data":[1e999]}"#).code,
+            ErrorCode::BadJson
+        );
+        // Big but finite numbers, and digits inside strings, are fine.
+        assert!(decode(r#"{"type":"ping","ref":1e300,"x":"1e999"}"#, &LIMITS).is_ok());
+        assert!(decode(r#"{"type":"ping","ref":-0.5e-10}"#, &LIMITS).is_ok());
     }
 
     #[test]

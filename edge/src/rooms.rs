@@ -62,8 +62,8 @@ pub type Notice = (SessionHandle, Outgoing);
 pub enum Route {
     /// The target is connected here: hand the frame over in process.
     Local(SessionHandle),
-    /// The target is connected to another edge: relay through the coordinator.
-    Remote { edge: EdgeId },
+    /// The target is connected to another edge, in `region` (see `router`).
+    Remote { edge: EdgeId, region: Region },
 }
 
 /// Why a join cannot start.
@@ -194,6 +194,7 @@ impl RoomIndex {
         if member.edge != self.me {
             return Ok(Route::Remote {
                 edge: member.edge.clone(),
+                region: member.region.clone(),
             });
         }
         inner

@@ -50,7 +50,15 @@ pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
 /// Serves until `shutdown`; then stops accepting. Upgraded WebSockets are not covered by
 /// axum's graceful shutdown and are tracked by the edge itself.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    use axum::serve::ListenerExt;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    // Signals are small frames that must leave at once; Nagle would hold one back for up to
+    // the peer's delayed-ACK time (~40 ms) while another is unacknowledged.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;

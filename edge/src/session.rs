@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use heliograph_coordinator::grpc::proto::RelayedSignal;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -20,13 +19,12 @@ use tokio_util::sync::CancellationToken;
 use crate::EdgeContext;
 use crate::auth::Grant;
 use crate::limits::{ConnectionSlot, RateLimiter};
-use crate::membership;
-use crate::metrics::{CloseReason, RelayPath};
-use crate::outbox::{Delivery, Outgoing, outbox};
+use crate::metrics::CloseReason;
+use crate::outbox::{Outgoing, outbox};
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
 };
-use crate::rooms::{JoinStart, Route};
+use crate::rooms::JoinStart;
 
 /// WebSocket close codes used by the edge (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -253,42 +251,19 @@ fn handle_text(
                     kind,
                     data,
                 });
-                let delivered = match route {
-                    Route::Local(target) => {
-                        let out = Outgoing {
-                            text,
-                            kind: "signal",
-                            relayed_at: Some(received_at),
-                            path: RelayPath::Local,
-                        };
-                        match target.send(out) {
-                            Delivery::Queued => Ok(()),
-                            Delivery::Kicked | Delivery::Closed => Err((
-                                ErrorCode::UnknownPeer,
-                                "the target peer's connection is closing",
-                            )),
-                        }
-                    }
-                    Route::Remote { edge } => {
-                        let relayed = ctx.registry.relay(RelayedSignal {
-                            to_edge: edge.to_string(),
-                            to_peer: to.to_string(),
-                            room: room.to_string(),
-                            frame: text.into_bytes(),
-                            sent_at_us: membership::now_us(),
-                        });
-                        relayed.map_err(|e| {
-                            tracing::debug!(error = %e, "cannot relay a signal to another edge");
-                            (
-                                ErrorCode::Unavailable,
-                                "the target peer's edge cannot be reached right now; retry",
-                            )
-                        })
-                    }
-                };
+                // Regions: where the signal goes is the router's decision (router.rs).
+                let delivered = ctx.router.send(
+                    route,
+                    crate::router::Outbound {
+                        room: &room,
+                        to: &to,
+                        text,
+                        received_at,
+                    },
+                );
                 match delivered {
                     Ok(()) => Handled::Done,
-                    Err((code, message)) => fail(code, message, reference),
+                    Err(e) => fail(e.code(), &e.to_string(), reference),
                 }
             }
             Err(ErrorCode::NotInRoom) => {

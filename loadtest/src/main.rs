@@ -1,18 +1,21 @@
 //! `heliograph-loadtest`: load generator for the Heliograph edge.
 //!
-//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins), `reference`
+//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions),
+//! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
 //! (the bare forwarder relay is compared against), `procstat` and `machine` (what was
 //! measured on), `output` (result files and summaries), `report` (markdown and SVG charts).
 
 #![forbid(unsafe_code)]
 
 mod client;
+mod delay_proxy;
 mod machine;
 mod output;
 mod procstat;
 mod reference;
 mod report;
 mod scenarios;
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +54,59 @@ enum Command {
     ReferenceServer(ReferenceArgs),
     /// Renders result files as a markdown table and SVG charts.
     Report(ReportArgs),
+    /// The multi-region latency matrix: a simulated cluster across regions vs one central edge.
+    Regions(RegionsArgs),
+    /// A TCP proxy that delays every byte by a fixed one-way delay, both ways.
+    DelayProxy(DelayProxyArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegionsArgs {
+    /// Region names; region i gets the loopback range 127.0.(i+1).x.
+    #[arg(long, value_delimiter = ',', default_value = "us,eu,ap")]
+    regions: Vec<String>,
+    /// One-way delay per region pair, A-B=MS (repeatable or comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "us-eu=40,us-ap=80,eu-ap=100"
+    )]
+    delay: Vec<String>,
+    /// Region of the Raft leader (and of the central edge).
+    #[arg(long, default_value = "us")]
+    leader: String,
+    #[arg(long, default_value_t = 2)]
+    edges_per_region: usize,
+    #[arg(long, default_value_t = 4)]
+    clients_per_region: usize,
+    /// Rounds in which every client signals every other client once.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Length of a round, in ms; the senders take turns through it.
+    #[arg(long, default_value_t = 50)]
+    round_interval_ms: u64,
+    /// Times each client leaves and rejoins, one at a time, for join latency.
+    #[arg(long, default_value_t = 3)]
+    join_rounds: usize,
+    /// heliograph-edge binary (default: next to this one).
+    #[arg(long)]
+    edge_bin: Option<PathBuf>,
+    /// heliograph-coordinator binary (default: next to this one).
+    #[arg(long)]
+    coordinator_bin: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct DelayProxyArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    to: SocketAddr,
+    /// One-way delay in each direction.
+    #[arg(long)]
+    delay_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +249,8 @@ fn main() -> ExitCode {
         Command::Joins(a) => a.common.threads,
         Command::ReferenceServer(a) => a.threads,
         Command::Report(_) => 1,
+        Command::Regions(a) => a.common.threads,
+        Command::DelayProxy(_) => 1,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -224,6 +282,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Joins(args) => joins(args).await,
         Command::ReferenceServer(args) => reference::serve(args.listen).await,
         Command::Report(args) => report::render(&args.input, &args.out_dir),
+        Command::Regions(args) => regions(args).await,
+        Command::DelayProxy(a) => delay_proxy::serve(a.listen, a.to, a.delay_ms).await,
     }
 }
 
@@ -453,6 +513,62 @@ async fn joins(args: JoinsArgs) -> Result<()> {
     let results = output::median(&runs);
     finish(
         "joins",
+        serde_json::to_value(&settings)?,
+        runs,
+        results,
+        &args.common,
+        started_at,
+    )
+}
+
+async fn regions(args: RegionsArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let delay_ms = sim::parse_delays(&args.regions, &args.delay)?;
+    let leader = args
+        .regions
+        .iter()
+        .position(|r| *r == args.leader)
+        .ok_or_else(|| anyhow::anyhow!("--leader {} is not in --regions", args.leader))?;
+    let edge_bin = match &args.edge_bin {
+        Some(p) => p.clone(),
+        None => sim::sibling_binary("heliograph-edge")?,
+    };
+    let coordinator_bin = match &args.coordinator_bin {
+        Some(p) => p.clone(),
+        None => sim::sibling_binary("heliograph-coordinator")?,
+    };
+    let settings = scenarios::regions::RegionsSettings {
+        regions: args.regions.clone(),
+        delay_ms: delay_ms.clone(),
+        leader: args.leader.clone(),
+        edges_per_region: args.edges_per_region,
+        clients_per_region: args.clients_per_region,
+        rounds: args.rounds,
+        round_interval_ms: args.round_interval_ms,
+        join_rounds: args.join_rounds,
+    };
+    let started_at = output::now_rfc3339();
+    let mut runs = Vec::new();
+    for _ in 0..args.common.repeat {
+        let dir = tempfile::tempdir()?;
+        let spec = sim::SimSpec {
+            regions: args.regions.clone(),
+            delay_ms: delay_ms.clone(),
+            leader,
+            edges_per_region: args.edges_per_region,
+            edge_bin: edge_bin.clone(),
+            coordinator_bin: coordinator_bin.clone(),
+            dir: dir.path().to_owned(),
+        };
+        runs.push(scenarios::regions::run(spec, &settings).await?);
+    }
+    let results = if runs.len() == 1 {
+        runs[0].clone()
+    } else {
+        output::median(&runs)
+    };
+    finish(
+        "regions",
         serde_json::to_value(&settings)?,
         runs,
         results,

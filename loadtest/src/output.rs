@@ -96,6 +96,7 @@ fn show(v: Option<f64>, digits: usize) -> String {
 pub fn summary(scenario: &str, results: &Value) -> String {
     match scenario {
         "relay" => relay_summary(results),
+        "regions" => crate::scenarios::regions::summary(results),
         "idle" => format!(
             "idle: {} of {} connected in {} s ({} conn/s), {} failed, {} closed early\n\
              server RSS {} → {} MiB, {} bytes per connection",

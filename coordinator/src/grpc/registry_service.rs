@@ -231,6 +231,17 @@ impl Registry for RegistryService {
         if r.replica == 0 {
             // The edge is attached to (linked with) this replica.
             r.replica = self.shared.replica.node_id();
+            // Cross-region signals leave through the edge's replica: one in another region
+            // would add an inter-region hop to every signal of the edge's own region.
+            if r.region != self.shared.replica.region() {
+                tracing::warn!(
+                    edge = %r.edge_id,
+                    edge_region = %r.region,
+                    replica_region = %self.shared.replica.region(),
+                    "an edge attached to a replica of another region; point its --coordinator \
+                     at its own region's replicas"
+                );
+            }
         }
         let command = Command::RegisterEdge {
             edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,

@@ -1,6 +1,8 @@
 //! Where a signal between edges goes from this replica: down the target edge's link when it
 //! is attached here, else over one `Relay` stream to the replica it is attached to (from the
 //! registry's edge record). Signals never take a second replica hop, and never touch Raft.
+//! A signal for another region leaves through the sender's replica (its region's gateway) and
+//! arrives at the target edge's replica: one inter-region hop, whichever replica leads Raft.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,6 +67,9 @@ impl Relay {
             metrics::relay_dropped("invalid");
             return;
         };
+        if origin == Origin::Replica && signal.from_region != self.replica.region() {
+            metrics::cross_region_message(false);
+        }
         if self.links.is_linked(&to_edge) || origin == Origin::Replica {
             let msg = ReplicaToEdge {
                 msg: Some(replica_to_edge::Msg::Signal(signal)),
@@ -82,6 +87,9 @@ impl Relay {
             return;
         };
         let target = record.replica;
+        // The target edge's replica serves the target's region (edges attach to a replica of
+        // their own region), so this is the one inter-region hop when the regions differ.
+        let cross_region = record.region.as_str() != self.replica.region();
         let addr = (target != self.replica.node_id())
             .then(|| self.replica.replica_api_addr(target))
             .flatten();
@@ -92,6 +100,10 @@ impl Relay {
             return;
         };
         match self.forwarder(&addr).try_send(signal) {
+            Ok(()) if cross_region => {
+                metrics::relayed(RelayRoute::CrossRegion);
+                metrics::cross_region_message(true);
+            }
             Ok(()) => metrics::relayed(RelayRoute::Forwarded),
             Err(_) => metrics::relay_dropped("queue_full"),
         }

@@ -92,7 +92,7 @@ impl GrpcNetwork {
             .secret
             .as_ref()
             .and_then(ClusterSecret::tls);
-        let channel = tls::endpoint(addr, tls)
+        let channel = tls::endpoint(crate::dial::resolve(addr), tls)
             .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -3,6 +3,7 @@
 
 pub mod idle;
 pub mod joins;
+pub mod regions;
 pub mod relay;
 
 use std::sync::atomic::{AtomicU64, Ordering};

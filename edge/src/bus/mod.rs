@@ -1,0 +1,162 @@
+//! The region's signal bus between edges: one channel per edge, which only that edge reads.
+//!
+//! - [`redis`]: Redis pub/sub, channel `heliograph:edge:<edge_id>`, for edges of one region
+//!   that run as separate processes;
+//! - [`local`]: an in-memory bus for edges in one process (a node running alone, tests).
+//!
+//! The bus is best effort by design: whatever it cannot carry (Redis unreachable, no
+//! subscriber on the target's channel, a full publish queue) is handed to the fallback,
+//! the coordinator path, so a signal is slower then, never lost.
+
+pub mod local;
+pub mod redis;
+
+use std::sync::Arc;
+
+use heliograph_coordinator::registry::EdgeId;
+
+/// Prefix of every edge's channel; the edge id follows.
+pub const CHANNEL_PREFIX: &str = "heliograph:edge:";
+
+/// The channel `edge` subscribes to.
+pub fn channel(edge: &EdgeId) -> String {
+    format!("{CHANNEL_PREFIX}{edge}")
+}
+
+/// A signal for a peer on another edge of this region. `frame` is the client frame as the
+/// sender's edge encoded it (with `from` stamped there); nobody re-encodes it on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub to_edge: EdgeId,
+    pub to_peer: String,
+    pub room: String,
+    pub frame: String,
+    /// Sender edge's wall clock when it read the signal (µs since the Unix epoch).
+    pub sent_at_us: u64,
+    pub from_region: String,
+}
+
+/// Why a message on the bus could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the bus message is truncated")]
+    Truncated,
+    #[error("the bus message is not UTF-8")]
+    NotUtf8,
+    #[error("the bus message has an unknown version")]
+    Version,
+}
+
+/// Wire version of [`Envelope::encode`].
+const WIRE_VERSION: &str = "h1";
+
+impl Envelope {
+    /// `h1\n<to_peer>\n<room>\n<sent_at_us>\n<from_region>\n<frame>`: ids and regions hold
+    /// no control characters, so a newline separates them; the frame is the rest as is.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.frame.len() + 96);
+        for part in [
+            WIRE_VERSION,
+            &self.to_peer,
+            &self.room,
+            &self.sent_at_us.to_string(),
+            &self.from_region,
+        ] {
+            out.extend_from_slice(part.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(self.frame.as_bytes());
+        out
+    }
+
+    /// Reads a message published on `to_edge`'s channel.
+    pub fn decode(to_edge: &EdgeId, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
+        let mut parts = text.splitn(6, '\n');
+        let mut next = || parts.next().ok_or(DecodeError::Truncated);
+        if next()? != WIRE_VERSION {
+            return Err(DecodeError::Version);
+        }
+        let to_peer = next()?.to_owned();
+        let room = next()?.to_owned();
+        let sent_at_us = next()?.parse().map_err(|_| DecodeError::Truncated)?;
+        let from_region = next()?.to_owned();
+        let frame = next()?.to_owned();
+        Ok(Self {
+            to_edge: to_edge.clone(),
+            to_peer,
+            room,
+            frame,
+            sent_at_us,
+            from_region,
+        })
+    }
+}
+
+/// Takes a signal the bus could not carry (to the coordinator path).
+pub type Fallback = Arc<dyn Fn(Envelope) + Send + Sync>;
+/// Hands a signal read from this edge's channel to its local target.
+pub type Inbound = Arc<dyn Fn(Envelope) + Send + Sync>;
+
+/// The bus this edge publishes on.
+#[derive(Clone)]
+pub enum Bus {
+    Local(Arc<local::LocalBus>),
+    Redis(Arc<redis::RedisBus>),
+}
+
+impl Bus {
+    /// Whether the bus can carry signals right now (Redis reachable and subscribed).
+    pub fn is_up(&self) -> bool {
+        match self {
+            Self::Local(_) => true,
+            Self::Redis(r) => r.is_up(),
+        }
+    }
+
+    /// Hands a signal to the bus, which accounts for it from then on (including its own
+    /// fallback); `Err` gives it back when the bus cannot take it now.
+    pub fn publish(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        match self {
+            Self::Local(l) => l.publish(envelope),
+            Self::Redis(r) => r.publish(envelope),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        match self {
+            Self::Local(l) => l.close(),
+            Self::Redis(r) => r.shutdown().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_envelope_survives_the_wire() {
+        let edge = EdgeId::new("edge-b").unwrap();
+        let e = Envelope {
+            to_edge: edge.clone(),
+            to_peer: "p1".into(),
+            room: "room one".into(),
+            frame: "{\"type\":\"signal\",\n\"data\":\"x\ny\"}".into(),
+            sent_at_us: 1_700_000_000_000_123,
+            from_region: "eu".into(),
+        };
+        assert_eq!(Envelope::decode(&edge, &e.encode()), Ok(e));
+        assert_eq!(
+            Envelope::decode(&edge, b"h1\np1\nroom"),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Envelope::decode(&edge, b"h9\np\nr\n1\neu\n{}"),
+            Err(DecodeError::Version)
+        );
+        assert_eq!(channel(&edge), "heliograph:edge:edge-b");
+    }
+}

@@ -1,0 +1,337 @@
+//! The region's Redis as the bus between its edges (pub/sub).
+//!
+//! Three tracked tasks per edge:
+//! - the subscriber keeps a subscription to this edge's own channel and hands what arrives
+//!   to the local targets; it reconnects with backoff when the connection drops;
+//! - the health check keeps a publish connection, pings it, and after a failure retries
+//!   with backoff until Redis answers again, then traffic switches back to Redis;
+//! - the publisher takes signals from a bounded queue and publishes them in order, a batch
+//!   per pipeline.
+//!
+//! Pub/sub keeps nothing for absent subscribers, so a publish that reached no subscriber
+//! (the target's subscription is down) is handed to the coordinator path, as is every
+//! signal while Redis is marked down and every signal of a failed or timed-out publish. A
+//! publish that timed out may still have arrived, so a signal can then (rarely) arrive
+//! twice; the timeout is long compared with a healthy publish to keep that rare.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use heliograph_coordinator::registry::EdgeId;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Envelope, Fallback, Inbound, channel};
+use crate::metrics::{EdgeMetrics, RedisOp, RoutingPath};
+
+/// Signals queued for publishing before new ones take the coordinator path.
+pub const DEFAULT_PUBLISH_QUEUE: usize = 4 * 1024;
+/// Signals published in one pipeline at most.
+const PUBLISH_BATCH: usize = 64;
+/// Longest a publish (or a health ping) may take before Redis counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Interval of health pings while Redis is up: an idle edge notices an outage this soon.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why the Redis bus cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis URL: {0}")]
+pub struct UrlError(String);
+
+/// Checks a Redis URL without connecting.
+pub fn parse_url(url: &str) -> Result<redis::Client, UrlError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|e| UrlError(e.to_string()))?
+        // Signals are small and latency-bound: never hold one back for Nagle.
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(|e| UrlError(e.to_string()))
+}
+
+pub struct RedisBus {
+    client: redis::Client,
+    me: EdgeId,
+    queue: mpsc::Sender<Envelope>,
+    /// The publish connection answered its last call.
+    publish_up: AtomicBool,
+    /// This edge's subscription is in place.
+    subscribed: AtomicBool,
+    manager: RwLock<Option<ConnectionManager>>,
+    /// Wakes the health check at once after a failed publish.
+    recheck: Notify,
+    metrics: Arc<EdgeMetrics>,
+    fallback: Fallback,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RedisBus {
+    /// Starts the bus tasks for edge `me`; signals for it go to `inbound`, signals the bus
+    /// cannot carry to `fallback`.
+    pub fn start(
+        client: redis::Client,
+        me: EdgeId,
+        queue: usize,
+        inbound: Inbound,
+        fallback: Fallback,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let this = Arc::new(Self {
+            client,
+            me,
+            queue: tx,
+            publish_up: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            manager: RwLock::new(None),
+            recheck: Notify::new(),
+            metrics,
+            fallback,
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        this.tasks.spawn(Arc::clone(&this).subscribe(inbound));
+        this.tasks.spawn(Arc::clone(&this).health());
+        this.tasks.spawn(Arc::clone(&this).publish_loop(rx));
+        this
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.publish_up.load(Ordering::SeqCst) && self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Queues a signal; `Err` gives it back when Redis is down or the queue is full.
+    pub fn publish(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        if !self.is_up() {
+            return Err(Box::new(envelope));
+        }
+        self.queue.try_send(envelope).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => {
+                Box::new(e)
+            }
+        })
+    }
+
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn set_up(&self, flag: &AtomicBool, up: bool) {
+        flag.store(up, Ordering::SeqCst);
+        self.metrics
+            .redis_up
+            .set(if self.is_up() { 1.0 } else { 0.0 });
+    }
+
+    /// Waits `backoff` (or until stopped); returns false when stopped.
+    async fn pause(&self, backoff: &mut Duration) -> bool {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    async fn subscribe(self: Arc<Self>, inbound: Inbound) {
+        let channel = channel(&self.me);
+        let mut backoff = BACKOFF_MIN;
+        while !self.stop.is_cancelled() {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            })
+            .await;
+            let pubsub = match connected {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    self.failed(RedisOp::Subscribe, &e.to_string());
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    self.failed(RedisOp::Subscribe, "timed out");
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            self.set_up(&self.subscribed, true);
+            tracing::info!(%channel, "subscribed to this edge's Redis channel");
+            let mut messages = pubsub.into_on_message();
+            loop {
+                let next = tokio::select! {
+                    () = self.stop.cancelled() => break,
+                    m = messages.next() => m,
+                };
+                let Some(msg) = next else {
+                    self.failed(RedisOp::Subscribe, "the subscription ended");
+                    break;
+                };
+                match Envelope::decode(&self.me, msg.get_payload_bytes()) {
+                    Ok(envelope) => inbound(envelope),
+                    Err(e) => self.failed(RedisOp::Decode, &e.to_string()),
+                }
+            }
+            self.set_up(&self.subscribed, false);
+        }
+    }
+
+    fn failed(&self, op: RedisOp, error: &str) {
+        self.metrics.redis_error(op);
+        tracing::warn!(op = op.as_str(), error, "Redis bus");
+    }
+
+    /// Keeps the publish connection and its health; see the module docs.
+    async fn health(self: Arc<Self>) {
+        let mut backoff = BACKOFF_MIN;
+        while !self.stop.is_cancelled() {
+            let manager = self
+                .manager
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let manager = match manager {
+                Some(m) => m,
+                None => match self.connect().await {
+                    Ok(m) => {
+                        *self.manager.write().unwrap_or_else(PoisonError::into_inner) =
+                            Some(m.clone());
+                        m
+                    }
+                    Err(e) => {
+                        self.failed(RedisOp::Connect, &e);
+                        if !self.pause(&mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let mut conn = manager;
+            let ping = tokio::time::timeout(
+                CALL_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            let ok = matches!(ping, Ok(Ok(_)));
+            if !ok {
+                let error = match ping {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                self.failed(RedisOp::Ping, &error);
+            }
+            let was_up = self.publish_up.load(Ordering::SeqCst);
+            self.set_up(&self.publish_up, ok);
+            if ok && !was_up {
+                tracing::info!("Redis bus reachable: same-region signals use Redis");
+            }
+            if ok {
+                backoff = BACKOFF_MIN;
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                    () = self.recheck.notified() => {}
+                }
+            } else if !self.pause(&mut backoff).await {
+                return;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<ConnectionManager, String> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF_MAX);
+        tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())
+    }
+
+    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        loop {
+            let first = tokio::select! {
+                () = self.stop.cancelled() => break,
+                e = rx.recv() => e,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < PUBLISH_BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            self.publish_batch(&mut batch).await;
+        }
+        // Stopping: what is still queued takes the coordinator path.
+        rx.close();
+        while let Ok(e) = rx.try_recv() {
+            (self.fallback)(e);
+        }
+    }
+
+    async fn publish_batch(&self, batch: &mut Vec<Envelope>) {
+        let manager = self
+            .manager
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(mut conn) = manager.filter(|_| self.publish_up.load(Ordering::SeqCst)) else {
+            batch.drain(..).for_each(|e| (self.fallback)(e));
+            return;
+        };
+        let mut pipe = redis::pipe();
+        for e in batch.iter() {
+            pipe.cmd("PUBLISH").arg(channel(&e.to_edge)).arg(e.encode());
+        }
+        let sent =
+            tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<i64>>(&mut conn)).await;
+        match sent {
+            Ok(Ok(receivers)) if receivers.len() == batch.len() => {
+                for (e, n) in batch.drain(..).zip(receivers) {
+                    if n > 0 {
+                        self.metrics.routed(RoutingPath::Region);
+                    } else {
+                        // The target edge is not subscribed right now: nobody would read it.
+                        (self.fallback)(e);
+                    }
+                }
+            }
+            other => {
+                let error = match other {
+                    Ok(Ok(_)) => "unexpected reply".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+                self.failed(RedisOp::Publish, &error);
+                self.set_up(&self.publish_up, false);
+                self.recheck.notify_one();
+                batch.drain(..).for_each(|e| (self.fallback)(e));
+            }
+        }
+    }
+}
