@@ -105,10 +105,7 @@ impl Node {
                 grace: Duration::from_secs(10),
                 secret: secret.clone(),
             },
-            ReplicaOptions {
-                expected_cluster_id: None,
-                snapshot_after_entries: None,
-            },
+            ReplicaOptions::default(),
         )
         .await
         .unwrap();

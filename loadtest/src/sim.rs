@@ -113,6 +113,7 @@ impl Sim {
             cmd.args(["serve", "--id", &(r + 1).to_string()])
                 .args(["--raft-listen", &raft[r].to_string()])
                 .args(["--api-listen", &api[r].to_string()])
+                .args(["--metrics-listen", &format!("{}:0", raft[r].ip())])
                 .args(["--region", &spec.regions[r]])
                 .arg("--data-dir")
                 .arg(&data)

@@ -89,7 +89,8 @@ function spawnWithJsonLine(bin, args, label, env = {}) {
 async function startCoordinator() {
   const { child, line, stderr } = await spawnWithJsonLine(COORDINATOR_BIN, [
     'serve', '--id', '1', '--raft-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0',
-    '--region', 'eu-test', '--data-dir', mkdtempSync(path.join(scratch, 'coordinator-')),
+    '--region', 'eu-test', '--metrics-listen', '127.0.0.1:0',
+    '--data-dir', mkdtempSync(path.join(scratch, 'coordinator-')),
   ], 'coordinator', { HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET, HELIOGRAPH_LOG: 'warn' });
   const bootstrap = spawn(COORDINATOR_BIN, ['bootstrap', '--api', line.api],
     { stdio: 'ignore', env: { ...process.env, HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET } });
