@@ -776,7 +776,7 @@ async fn grow_to_five_and_shrink_to_three_while_joins_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_replica_catches_up_by_snapshot() {
-    const THRESHOLD: u64 = 40;
+    const THRESHOLD: u64 = 20;
     let threshold = THRESHOLD.to_string();
     let mut cluster = Cluster::start(
         3,
