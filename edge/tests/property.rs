@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{Client, Node};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -26,21 +24,19 @@ const SERVER_TYPES: [&str; 8] = [
     "error",
 ];
 
-fn node() -> &'static (tempfile::TempDir, Node) {
-    static NODE: OnceLock<(tempfile::TempDir, Node)> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(
-            dir.path(),
-            &[
-                "--rate-limit-per-second",
-                "100000",
-                "--rate-limit-burst",
-                "100000",
-            ],
-        );
-        (dir, node)
-    })
+/// A node for one test; dropped (and so killed) when the test ends.
+fn node() -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--rate-limit-per-second",
+            "100000",
+            "--rate-limit-burst",
+            "100000",
+        ],
+    );
+    (dir, node)
 }
 
 fn valid_frames() -> Vec<String> {
@@ -89,14 +85,21 @@ fn frame() -> impl Strategy<Value = String> {
     prop_oneof![valid, mutated, typed, ".{0,64}"]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_frames_are_answered_and_never_break_the_connection(frames in prop::collection::vec(frame(), 1..24)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+#[test]
+fn random_frames_are_answered_and_never_break_the_connection() {
+    let (_dir, node) = node();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&prop::collection::vec(frame(), 1..24), |frames| {
         rt.block_on(async {
-            let (_, node) = node();
             let mut c = Client::connect(&node.ws_url()).await;
             for f in &frames {
                 c.send_raw(Message::text(f.clone())).await;
@@ -114,12 +117,16 @@ proptest! {
                 }
             }
         });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
 #[tokio::test]
 async fn bystanders_are_unaffected_by_a_fuzzing_neighbour() {
-    let (_, node) = node();
+    let (_dir, node) = node();
     let mut x = Client::connect(&node.ws_url()).await;
     let mut y = Client::connect(&node.ws_url()).await;
     x.join("bystanders").await;
