@@ -338,6 +338,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let ServeConfig { args, secret, dial } = config;
     heliograph_coordinator::dial::install(dial)?;
     let prometheus = install_metrics()?;
+    heliograph_coordinator::metrics::describe();
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
     let metrics_listener = TcpListener::bind(args.metrics_listen).await?;

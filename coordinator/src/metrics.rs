@@ -123,7 +123,27 @@ pub fn describe() {
     for direction in CROSS_REGION_DIRECTIONS {
         metrics::counter!(CROSS_REGION_MESSAGES, "direction" => direction).absolute(0);
     }
+    for reason in RELAY_DROP_REASONS {
+        metrics::counter!(RELAY_DROPPED, "reason" => reason).absolute(0);
+    }
+    for counter in [
+        RAFT_LEADER_CHANGES,
+        RAFT_SNAPSHOTS_BUILT,
+        RAFT_SNAPSHOTS_INSTALLED,
+        REGISTRY_BATCHES,
+        REGISTRY_BATCHED_COMMANDS,
+        LINKS_DROPPED,
+        FANOUT_RESYNCS,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    for gauge in [RAFT_APPLY_LAG, REGISTRY_ROOMS, LINKS_OPEN] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
 }
+
+/// Why a relayed signal could not be passed on.
+pub const RELAY_DROP_REASONS: [&str; 4] = ["unknown_edge", "no_route", "queue_full", "invalid"];
 
 /// `reason` is one of a fixed set: `unknown_edge`, `no_route`, `queue_full`, `invalid`.
 pub(crate) fn relay_dropped(reason: &'static str) {
