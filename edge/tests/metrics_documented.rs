@@ -72,10 +72,10 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
         clients.push(c);
     }
     let ids: Vec<String> = clients.iter().map(|c| c.peer_id.clone()).collect();
-    for i in 0..clients.len() {
+    for (i, sender) in clients.iter_mut().enumerate() {
         for (j, to) in ids.iter().enumerate() {
             if i != j {
-                clients[i]
+                sender
                     .send(json!({"type": "signal", "room": "metrics-room", "to": to, "kind": "offer", "data": {"i": i}}))
                     .await;
             }
