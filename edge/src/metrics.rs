@@ -23,6 +23,7 @@ pub const JOIN_SECONDS: &str = "heliograph_edge_join_duration_seconds";
 pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
 pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
 pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total";
+pub const COORDINATOR_RECONNECTS: &str = "heliograph_edge_coordinator_reconnects_total";
 
 /// Why an upgrade request was refused before it became a connection.
 pub const REFUSAL_REASONS: [&str; 4] = ["origin", "edge_full", "address_limit", "draining"];
@@ -203,6 +204,11 @@ impl EdgeMetrics {
             Unit::Seconds,
             "Time from a join request to its commit in the registry"
         );
+        describe_counter!(
+            COORDINATOR_RECONNECTS,
+            "Times the edge's stream to its coordinator replica ended and was opened again"
+        );
+        counter!(COORDINATOR_RECONNECTS).increment(0);
         describe_counter!(
             CONNECTIONS_REFUSED,
             "WebSocket upgrade requests refused, by reason"

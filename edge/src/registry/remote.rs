@@ -418,7 +418,10 @@ async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent
         match result {
             Ok(()) => return,
             Err(SessionError::EventsClosed) => return,
-            Err(e) => tracing::warn!(%url, error = %e, "coordinator session ended"),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "coordinator session ended");
+                metrics::counter!(crate::metrics::COORDINATOR_RECONNECTS).increment(1);
+            }
         }
         if was_ready {
             // A working session ended, most often because its replica died: retry soon.
