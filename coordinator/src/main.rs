@@ -378,6 +378,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         heliograph_coordinator::http::router(replica.clone(), Some(prometheus)),
         shutdown.clone(),
     ));
+    let signalled = shutdown_signal()?;
     println!(
         "{}",
         serde_json::json!({
@@ -389,8 +390,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         })
     );
     let outcome = tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
+        () = signalled => {
             tracing::info!("shutting down");
             shutdown.cancel();
             match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
@@ -435,14 +435,16 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Installs the SIGTERM/SIGINT handlers at once (before the replica announces its addresses, so
+/// that an early SIGTERM still drains) and resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -42,6 +42,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    let signalled = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heliograph-edge: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
     let prometheus = match install_metrics() {
         Ok(h) => h,
         Err(e) => {
@@ -70,7 +77,7 @@ async fn run(config: Config) -> ExitCode {
         "heliograph-edge listening on http://{0} (WebSocket ws://{0}/ws)",
         running.http_addr
     );
-    wait_for_signal().await;
+    signalled.await;
     shutdown.cancel();
     // The edge bounds its own shutdown by the grace period; this is the backstop.
     match tokio::time::timeout(grace + Duration::from_secs(2), running.finished).await {
@@ -89,27 +96,18 @@ fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
     Ok(handle)
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Installs the SIGTERM/SIGINT handlers at once (before anything is announced as listening, so
+/// that an early SIGTERM still drains instead of killing the process) and resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }
 
 fn init_tracing(filter: &str) {
