@@ -27,6 +27,11 @@ pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 pub const DEFAULT_TURN_TTL_SECS: u64 = 3_600;
+pub const DEFAULT_CLUSTER_NAME: &str = "heliograph";
+pub const DEFAULT_RESUME_TOKEN_TTL_MS: u64 = 24 * 3_600 * 1_000;
+pub const DEFAULT_PENDING_SIGNALS: usize = 256;
+pub const DEFAULT_REPLAY_WINDOW: usize = 128;
+pub const DEFAULT_DRAIN_WINDOW_MS: u64 = 2_000;
 /// tungstenite's defaults (128 KiB read buffer) cost ~900 MB at 10k sockets.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -157,6 +162,29 @@ pub struct Args {
     /// Signals queued for Redis before new ones take the coordinator path.
     #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::bus::redis::DEFAULT_PUBLISH_QUEUE)]
     pub redis_publish_queue: usize,
+    /// Key that signs resume tokens; every edge of a cluster needs the same one so that a
+    /// client can resume on any of them. Without it each process makes up its own, and its
+    /// sessions resume on that process only.
+    #[arg(long, env = "HELIOGRAPH_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+    /// Name of this cluster, written into resume tokens: a token of another cluster is
+    /// refused even if it shares the secret.
+    #[arg(long, env = "HELIOGRAPH_CLUSTER_NAME", default_value = DEFAULT_CLUSTER_NAME)]
+    pub cluster_name: String,
+    /// How long a resume token stays valid after it was issued.
+    #[arg(long, env = "HELIOGRAPH_RESUME_TOKEN_TTL_MS", default_value_t = DEFAULT_RESUME_TOKEN_TTL_MS)]
+    pub resume_token_ttl_ms: u64,
+    /// Signals kept for a peer without a socket (detached) until it resumes; beyond it each
+    /// new signal's sender is told `expired`.
+    #[arg(long, env = "HELIOGRAPH_PENDING_SIGNALS", default_value_t = DEFAULT_PENDING_SIGNALS)]
+    pub pending_signals: usize,
+    /// Frames a session keeps, as sent, to replay after its socket drops.
+    #[arg(long, env = "HELIOGRAPH_REPLAY_WINDOW", default_value_t = DEFAULT_REPLAY_WINDOW)]
+    pub replay_window: usize,
+    /// On SIGTERM, sockets are closed (after a `reconnect` notice) spread over this window,
+    /// so that their clients do not all resume elsewhere at once.
+    #[arg(long, env = "HELIOGRAPH_DRAIN_WINDOW_MS", default_value_t = DEFAULT_DRAIN_WINDOW_MS)]
+    pub drain_window_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -190,7 +218,19 @@ pub struct Config {
     pub coordinator: Option<RemoteCoordinator>,
     /// `None`: the in-memory bus (edges of this process only).
     pub redis: Option<RedisConfig>,
+    pub sessions: SessionConfig,
     log: String,
+}
+
+/// Resumable sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub secret: Option<String>,
+    pub cluster_name: String,
+    pub token_ttl: Duration,
+    pub pending_signals: usize,
+    pub replay_window: usize,
+    pub drain_window: Duration,
 }
 
 /// Where the join-token key comes from; read when the edge starts.
@@ -284,6 +324,30 @@ impl Args {
             "--shutdown-grace-ms must be at least 100",
         )?;
         check(self.lease_ms >= 300, "--lease-ms must be at least 300")?;
+        check(
+            (1..=100_000).contains(&self.pending_signals),
+            "--pending-signals must be between 1 and 100000",
+        )?;
+        check(
+            self.replay_window <= 100_000,
+            "--replay-window must be at most 100000",
+        )?;
+        check(
+            self.drain_window_ms < self.shutdown_grace_ms,
+            "--drain-window-ms must be less than --shutdown-grace-ms",
+        )?;
+        check(
+            self.resume_token_ttl_ms >= 1_000,
+            "--resume-token-ttl-ms must be at least 1000",
+        )?;
+        check(
+            self.session_secret.as_ref().is_none_or(|s| s.len() >= 16),
+            "--session-secret must be at least 16 bytes",
+        )?;
+        check(
+            !self.cluster_name.is_empty() && !self.cluster_name.contains('|'),
+            "--cluster-name must be non-empty and must not contain '|'",
+        )?;
         check(
             (256..=1024 * 1024).contains(&self.socket_buffer_bytes),
             "--socket-buffer-bytes must be between 256 and 1048576",
@@ -459,6 +523,14 @@ impl Args {
             allowed_origins: self.allowed_origins,
             join_key,
             turn,
+            sessions: SessionConfig {
+                secret: self.session_secret,
+                cluster_name: self.cluster_name,
+                token_ttl: Duration::from_millis(self.resume_token_ttl_ms),
+                pending_signals: self.pending_signals,
+                replay_window: self.replay_window,
+                drain_window: Duration::from_millis(self.drain_window_ms),
+            },
             log: self.log,
         })
     }

@@ -9,6 +9,7 @@
 //! - [`membership`]: applies the registry's events to the index, delivers relayed signals.
 //! - [`router`]: where a signal goes (in process, the region's bus, or the replicas).
 //! - [`bus`]: the region's bus between edges (Redis pub/sub, or in memory).
+//! - [`sessions`]: resumable sessions (replay window, pending buffers, resume tokens).
 //! - [`server`]: HTTP routes (WebSocket, health, readiness, metrics, demo page).
 //! - [`metrics`]: metric names and handles.
 //!
@@ -29,6 +30,7 @@ pub mod rooms;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod turn;
 
 use std::io;
@@ -47,12 +49,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JoinAuth, JoinKey};
+use crate::bus::redis::Mailboxes;
 use crate::config::{Config, JoinKeySource};
 use crate::limits::ConnectionLimiter;
 use crate::metrics::EdgeMetrics;
 use crate::registry::{Events, Registry, RemoteRegistry, RemoteSettings};
 use crate::rooms::RoomIndex;
 use crate::router::{BusConfig, Router};
+use crate::sessions::memory::MemoryStore;
+use crate::sessions::redis::RedisStore;
+use crate::sessions::{Sessions, StoreLimits, TokenKey};
+
+/// How much longer than the registry's grace period a detached session is kept.
+const SESSION_TTL_MARGIN: Duration = Duration::from_secs(60);
+/// How often the session keeper looks at Redis's health.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// After the grace period, how long sessions get to close their sockets.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// File in the data directory that keeps a generated edge id across restarts.
 const EDGE_ID_FILE: &str = "edge-id";
@@ -85,8 +98,13 @@ pub struct EdgeContext {
     pub router: Arc<Router>,
     pub metrics: Arc<EdgeMetrics>,
     pub ice_servers: Box<RawValue>,
-    /// Cancelled when the edge starts shutting down; sessions close with 1001.
+    /// Cancelled when the edge starts draining: sessions are told to `reconnect`, then closed
+    /// with 1001 over `--drain-window-ms`.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: whatever still runs stops now.
+    pub hard_stop: CancellationToken,
+    pub sessions_store: Sessions,
+    pub tokens: TokenKey,
     /// Readiness fails as soon as shutdown begins.
     pub draining: AtomicBool,
     pub prometheus: Option<PrometheusHandle>,
@@ -147,6 +165,7 @@ pub async fn start(
                 address: http_addr.to_string(),
                 incarnation,
                 lease_ms,
+                resumable_sessions: config.redis.is_some(),
             };
             tracing::info!(urls = ?remote.urls, "using a remote coordinator cluster");
             (
@@ -166,13 +185,43 @@ pub async fn start(
     let metrics = Arc::new(EdgeMetrics::new());
     let index = Arc::new(RoomIndex::new(edge_id.clone()));
     let config_limits = (config.max_connections, config.max_connections_per_ip);
+    let store_limits = StoreLimits {
+        // A detached session must outlive the registry's grace period, or its senders could
+        // not be told `expired` when it ends.
+        ttl: config.detach_grace + SESSION_TTL_MARGIN,
+        pending: config.sessions.pending_signals,
+    };
     // Regions: the bus between this region's edges, and the router that chooses paths.
     let bus = match &config.redis {
         Some(r) => BusConfig::Redis {
             client: crate::bus::redis::parse_url(&r.url)?,
             queue: r.publish_queue,
+            mailboxes: Mailboxes {
+                max_pending: store_limits.pending,
+                ttl_ms: store_limits.ttl_ms(),
+            },
         },
         None => BusConfig::Local,
+    };
+    let sessions = match &config.redis {
+        Some(r) => Sessions::Redis(Arc::new(RedisStore::new(
+            crate::bus::redis::parse_url(&r.url)?,
+            edge_id.clone(),
+            store_limits,
+        ))),
+        None => Sessions::Memory(Arc::new(MemoryStore::new(store_limits))),
+    };
+    let tokens = match &config.sessions.secret {
+        Some(secret) => TokenKey::new(secret.as_bytes()),
+        None => {
+            if config.redis.is_some() {
+                tracing::warn!(
+                    "no --session-secret: clients of this edge can resume only on this edge \
+                     (give every edge of the cluster the same secret)"
+                );
+            }
+            TokenKey::random()
+        }
     };
     let router = Router::start(
         edge_id.clone(),
@@ -180,6 +229,7 @@ pub async fn start(
         registry.clone(),
         bus,
         Arc::clone(&index),
+        sessions.clone(),
         Arc::clone(&metrics),
     );
     let ctx = Arc::new(EdgeContext {
@@ -192,6 +242,9 @@ pub async fn start(
         router: Arc::clone(&router),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+        sessions_store: sessions.clone(),
+        tokens,
         draining: AtomicBool::new(false),
         prometheus,
         sessions: TaskTracker::new(),
@@ -202,11 +255,20 @@ pub async fn start(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
     background.spawn(membership::run(
-        index,
+        Arc::clone(&index),
         registry.clone(),
         events,
-        metrics,
+        Arc::clone(&router),
+        Arc::clone(&metrics),
         ctx.region.clone(),
+        stop_background.clone(),
+    ));
+    background.spawn(keep_sessions(
+        sessions,
+        index,
+        Arc::clone(&router),
+        metrics,
+        store_limits,
         stop_background.clone(),
     ));
     if let Registry::Embedded(embedded) = &registry {
@@ -235,13 +297,18 @@ pub async fn start(
         });
         shutdown.cancelled().await;
         ctx.draining.store(true, Ordering::SeqCst);
-        tracing::info!("shutting down: closing sockets");
+        tracing::info!(
+            window_ms = ctx.config.sessions.drain_window.as_millis() as u64,
+            "draining: clients are told to reconnect elsewhere"
+        );
         ctx.sessions.close();
         if tokio::time::timeout(ctx.config.shutdown_grace, ctx.sessions.wait())
             .await
             .is_err()
         {
             tracing::warn!("sessions did not finish within the shutdown grace period");
+            ctx.hard_stop.cancel();
+            let _ = tokio::time::timeout(HARD_STOP_WAIT, ctx.sessions.wait()).await;
         }
         let _ = http.await;
         if let Some(m) = metrics_http {
@@ -309,6 +376,60 @@ async fn open_embedded(
     tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
     let events = Events::Embedded(coordinator.subscribe());
     Ok((Registry::Embedded(coordinator), events))
+}
+
+/// Keeps this edge's sessions alive in the store (at a third of their TTL, and at once when
+/// Redis comes back, since a restarted Redis has lost them) and delivers what reached their
+/// pending buffers; without Redis, forgets sessions detached for too long.
+async fn keep_sessions(
+    sessions: Sessions,
+    index: Arc<RoomIndex>,
+    router: Arc<Router>,
+    metrics: Arc<EdgeMetrics>,
+    limits: StoreLimits,
+    stop: CancellationToken,
+) {
+    let every = match &sessions {
+        Sessions::Redis(_) => limits.ttl / 3,
+        Sessions::Memory(_) => Duration::from_secs(1),
+    };
+    let mut tick = tokio::time::interval(SESSION_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut bus_was_up = router.bus_up();
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let bus_up = router.bus_up();
+        let came_back = bus_up && !bus_was_up;
+        bus_was_up = bus_up;
+        // A failed refresh is retried at the next check.
+        if !came_back && !failed && last_refresh.elapsed() < every {
+            continue;
+        }
+        last_refresh = tokio::time::Instant::now();
+        let refreshed = sessions.refresh(&index.local_sessions()).await;
+        failed = refreshed.is_err();
+        match refreshed {
+            Ok(found) => {
+                for e in found {
+                    match &sessions {
+                        Sessions::Memory(_) => router.expire(e),
+                        Sessions::Redis(_) => {
+                            router.deliver_inbound(e, crate::metrics::RelayPath::Region)
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not refresh sessions"),
+        }
+        if let Sessions::Memory(m) = &sessions {
+            metrics.signals_pending.set(m.pending_total() as f64);
+        }
+    }
 }
 
 /// Renews the edge's lease at a third of its length, so two renewals may fail in a row.

@@ -10,23 +10,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use heliograph_coordinator::grpc::proto::RelayedSignal;
 use std::collections::{HashMap, HashSet};
 
-use heliograph_coordinator::registry::{Command, PeerId, Region, RoomId, RoomView};
+use heliograph_coordinator::registry::{
+    Command, LeaveReason, PeerId, Region, RoomEventKind, RoomId, RoomView,
+};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Envelope;
 use crate::metrics::{EdgeMetrics, RelayPath};
-use crate::outbox::{Delivery, Outgoing};
+use crate::outbox::Delivery;
 use crate::registry::{Events, Registry, RegistryEvent};
 use crate::rooms::{Notice, RoomIndex};
+use crate::router::Router;
+use crate::sessions::Sessions;
 
 /// `events` is subscribed before the edge accepts its first socket, so nothing is missed.
 pub async fn run(
     index: Arc<RoomIndex>,
     registry: Registry,
     mut events: Events,
+    router: Arc<Router>,
     metrics: Arc<EdgeMetrics>,
     region: Region,
     shutdown: CancellationToken,
 ) {
+    let sessions = router.sessions().clone();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -34,17 +41,29 @@ pub async fn run(
         };
         let notices = match received {
             None => return,
-            Some(RegistryEvent::Room { event, view }) => index.apply(&event, |room| {
-                view.clone()
-                    .filter(|v| &v.room == room)
-                    .or_else(|| registry.local_view(room))
-            }),
+            Some(RegistryEvent::Room { event, view }) => {
+                if let RoomEventKind::Left {
+                    peer,
+                    reason: LeaveReason::Expired,
+                    ..
+                } = &event.kind
+                {
+                    // The peer did not resume in time: whoever sent it signals meanwhile
+                    // is told. (Every edge in the room sees this; one takes the buffer.)
+                    expire_pending(&sessions, &router, peer).await;
+                }
+                index.apply(&event, |room| {
+                    view.clone()
+                        .filter(|v| &v.room == room)
+                        .or_else(|| registry.local_view(room))
+                })
+            }
             Some(RegistryEvent::Resync) => {
                 metrics.registry_resyncs.increment(1);
                 let rooms = index.rooms_to_resync();
                 match registry.views(&rooms).await {
                     Ok(views) => {
-                        remove_ghosts(&index, &registry, &views).await;
+                        remove_ghosts(&index, &registry, &sessions, &views).await;
                         index.resync(|room| views.get(room).cloned().flatten())
                     }
                     Err(e) => {
@@ -55,7 +74,7 @@ pub async fn run(
                 }
             }
             Some(RegistryEvent::Signal(signal)) => {
-                deliver_relayed(&index, &metrics, &region, signal);
+                deliver_relayed(&router, &metrics, &region, signal);
                 continue;
             }
         };
@@ -64,11 +83,21 @@ pub async fn run(
     }
 }
 
+/// Takes the pending buffer of a peer that is gone for good; its senders are told `expired`.
+pub async fn expire_pending(sessions: &Sessions, router: &Router, peer: &PeerId) {
+    match sessions.end(peer, None).await {
+        Ok(pending) => pending.into_iter().for_each(|e| router.expire(e)),
+        Err(e) => tracing::warn!(error = %e, "could not take an expired peer's pending signals"),
+    }
+}
+
 /// Members on this edge without a session here are peers whose `Disconnect` was lost
-/// (e.g. they left while the coordinator was unreachable): remove them now.
+/// (e.g. they left while the coordinator was unreachable): remove them now. Detached peers
+/// (they may still resume) are left to the grace period.
 async fn remove_ghosts(
     index: &RoomIndex,
     registry: &Registry,
+    sessions: &Sessions,
     views: &HashMap<RoomId, Option<RoomView>>,
 ) {
     let ghosts: HashSet<PeerId> = views
@@ -79,6 +108,9 @@ async fn remove_ghosts(
         .map(|m| m.peer.clone())
         .collect();
     for peer in ghosts {
+        if sessions.is_detached(&peer).await.unwrap_or(true) {
+            continue;
+        }
         if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a departed peer from the registry");
         }
@@ -94,37 +126,37 @@ pub fn deliver(notices: Vec<Notice>) {
     }
 }
 
-/// A signal from another edge: its frame (with `from` stamped there) goes to the local
-/// target if it is still in the room.
-fn deliver_relayed(
-    index: &RoomIndex,
-    metrics: &EdgeMetrics,
-    region: &Region,
-    signal: RelayedSignal,
-) {
+/// A signal from another edge through the coordinator: its frame (with `from` stamped
+/// there) goes to the local target if it is still in the room.
+fn deliver_relayed(router: &Router, metrics: &EdgeMetrics, region: &Region, signal: RelayedSignal) {
     // The sender's edge names its region: a signal from elsewhere came through the gateways.
     let path = if signal.from_region.is_empty() || signal.from_region == region.as_str() {
         RelayPath::Coordinator
     } else {
         RelayPath::CrossRegion
     };
-    let target = PeerId::new(signal.to_peer)
-        .ok()
-        .zip(RoomId::new(signal.room).ok())
-        .and_then(|(peer, room)| index.local_member(&peer, &room));
-    let (Some(target), Ok(text)) = (target, String::from_utf8(signal.frame)) else {
+    let Ok(frame) = String::from_utf8(signal.frame) else {
         metrics.relay_undeliverable.increment(1);
         return;
     };
-    let out = Outgoing {
-        text,
-        kind: "signal",
-        relayed_at: sent_at(signal.sent_at_us),
-        path,
-    };
-    if target.send(out) != Delivery::Queued {
+    let Ok(to_edge) = heliograph_coordinator::registry::EdgeId::new(signal.to_edge) else {
         metrics.relay_undeliverable.increment(1);
-    }
+        return;
+    };
+    router.deliver_inbound(
+        Envelope {
+            to_edge,
+            to_peer: signal.to_peer,
+            room: signal.room,
+            frame,
+            sent_at_us: signal.sent_at_us,
+            from_region: signal.from_region,
+            // The relay does not carry the sender: it cannot be told `expired`.
+            from_peer: String::new(),
+            reference: String::new(),
+        },
+        path,
+    );
 }
 
 /// The sender's read time as a local `Instant` (wall clocks of the two edges are assumed

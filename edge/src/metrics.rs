@@ -31,6 +31,12 @@ pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total
 pub const ROUTING_DECISIONS: &str = "heliograph_edge_routing_decisions_total";
 pub const REDIS_ERRORS: &str = "heliograph_edge_redis_errors_total";
 pub const REDIS_UP: &str = "heliograph_edge_redis_up";
+pub const RESUMES: &str = "heliograph_edge_resumes_total";
+pub const SIGNALS_EXPIRED: &str = "heliograph_edge_signals_expired_total";
+pub const SESSIONS_DETACHED: &str = "heliograph_edge_sessions_detached_total";
+pub const SIGNALS_REPLAYED: &str = "heliograph_edge_signals_replayed_total";
+pub const SIGNALS_PENDING: &str = "heliograph_edge_signals_pending";
+pub const DRAIN_NOTICES: &str = "heliograph_edge_drain_notices_total";
 
 /// Which way a signal for another peer left this edge (see `router`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,14 +49,17 @@ pub enum RoutingPath {
     CrossRegion,
     /// Same region, but the bus could not carry it: through the coordinator replicas.
     CoordinatorFallback,
+    /// The target had no socket (it is detached): kept in its pending buffer.
+    Pending,
 }
 
 impl RoutingPath {
-    pub const ALL: [RoutingPath; 4] = [
+    pub const ALL: [RoutingPath; 5] = [
         Self::Local,
         Self::Region,
         Self::CrossRegion,
         Self::CoordinatorFallback,
+        Self::Pending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +68,7 @@ impl RoutingPath {
             Self::Region => "region",
             Self::CrossRegion => "cross_region",
             Self::CoordinatorFallback => "coordinator_fallback",
+            Self::Pending => "pending",
         }
     }
 }
@@ -98,6 +108,8 @@ impl RedisOp {
 pub enum CloseReason {
     /// The client sent a close frame.
     ClientClose,
+    /// The client closed with a 4000–4099 code: it will resume the session elsewhere.
+    ClientDetach,
     /// The socket ended without a close frame.
     Abrupt,
     KeepaliveTimeout,
@@ -109,8 +121,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    /// Whether the session ends with the socket. Otherwise it is detached: the peer keeps
+    /// its rooms for the grace period and may resume on any edge of the region.
+    pub fn ends_session(self) -> bool {
+        matches!(
+            self,
+            Self::ClientClose | Self::FrameTooLarge | Self::InvalidUtf8 | Self::ProtocolError
+        )
+    }
+
+    pub const ALL: [CloseReason; 9] = [
         Self::ClientClose,
+        Self::ClientDetach,
         Self::Abrupt,
         Self::KeepaliveTimeout,
         Self::SlowConsumer,
@@ -123,6 +145,7 @@ impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ClientClose => "client_close",
+            Self::ClientDetach => "client_detach",
             Self::Abrupt => "abrupt",
             Self::KeepaliveTimeout => "keepalive_timeout",
             Self::SlowConsumer => "slow_consumer",
@@ -137,8 +160,11 @@ impl CloseReason {
 /// Client message types, plus `invalid` for frames that did not decode.
 pub const RECEIVED_TYPES: [&str; 6] = ["join", "leave", "signal", "ping", "resume", "invalid"];
 /// Server message types.
-pub const SENT_TYPES: [&str; 8] = [
+pub const SENT_TYPES: [&str; 11] = [
     "welcome",
+    "resumed",
+    "reconnect",
+    "expired",
     "joined",
     "peer-joined",
     "left",
@@ -181,7 +207,21 @@ pub struct EdgeMetrics {
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
     refused: HashMap<&'static str, Counter>,
+    resumes: HashMap<&'static str, Counter>,
+    /// Signals whose sender was told `expired`.
+    pub signals_expired: Counter,
+    /// Sessions saved for a later resume when their socket ended.
+    pub sessions_detached: Counter,
+    /// Signals replayed or handed over from pending buffers on resume.
+    pub signals_replayed: Counter,
+    /// Signals in this process's pending buffers (without Redis; Redis: not tracked here).
+    pub signals_pending: Gauge,
+    /// Connections told to reconnect elsewhere while draining.
+    pub drain_notices: Counter,
 }
+
+/// Results of `resume` requests.
+pub const RESUME_RESULTS: [&str; 5] = ["ok", "bad_token", "no_session", "gap", "unavailable"];
 
 impl EdgeMetrics {
     pub fn new() -> Self {
@@ -231,7 +271,37 @@ impl EdgeMetrics {
             REDIS_UP,
             "1 while the region's Redis carries same-region signals, else 0"
         );
+        describe_counter!(RESUMES, "Resume requests, by result");
+        describe_counter!(
+            SIGNALS_EXPIRED,
+            "Signals never delivered whose sender was told `expired` (grace period over, or pending buffer full)"
+        );
+        describe_counter!(
+            SESSIONS_DETACHED,
+            "Sessions saved for a resume when their socket ended without a close from the client"
+        );
+        describe_counter!(
+            SIGNALS_REPLAYED,
+            "Frames replayed from the replay window or handed over from pending buffers on resume"
+        );
+        describe_gauge!(
+            SIGNALS_PENDING,
+            "Signals waiting in this process's pending buffers (in-memory sessions only)"
+        );
+        describe_counter!(
+            DRAIN_NOTICES,
+            "Connections sent `reconnect` because the edge is draining"
+        );
         Self {
+            resumes: RESUME_RESULTS
+                .iter()
+                .map(|r| (*r, counter!(RESUMES, "result" => *r)))
+                .collect(),
+            signals_expired: counter!(SIGNALS_EXPIRED),
+            sessions_detached: counter!(SESSIONS_DETACHED),
+            signals_replayed: counter!(SIGNALS_REPLAYED),
+            signals_pending: gauge!(SIGNALS_PENDING),
+            drain_notices: counter!(DRAIN_NOTICES),
             connections_open: gauge!(CONNECTIONS_OPEN),
             connections_accepted: counter!(CONNECTIONS_ACCEPTED),
             closed: CloseReason::ALL
@@ -315,6 +385,12 @@ impl EdgeMetrics {
 
     pub fn refused(&self, reason: &'static str) {
         if let Some(c) = self.refused.get(reason) {
+            c.increment(1);
+        }
+    }
+
+    pub fn resume(&self, result: &'static str) {
+        if let Some(c) = self.resumes.get(result) {
             c.increment(1);
         }
     }

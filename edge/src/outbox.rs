@@ -70,14 +70,33 @@ pub enum Delivery {
 }
 
 impl SessionHandle {
+    /// Whether both handles lead to the same session.
+    pub fn same(&self, other: &SessionHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
+    /// Cuts the session off (its peer resumed on another socket).
+    pub fn kick(&self) {
+        self.kicked.cancel();
+    }
+
     pub fn send(&self, out: Outgoing) -> Delivery {
-        match self.tx.try_send(out) {
+        match self.try_send(out) {
             Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err((d, _)) => d,
+        }
+    }
+
+    /// Like [`send`](Self::send), but gives the frame back when it was not queued, so that
+    /// it can go to the peer's pending buffer instead.
+    pub fn try_send(&self, out: Outgoing) -> Result<(), (Delivery, Outgoing)> {
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(out)) => {
                 self.kicked.cancel();
-                Delivery::Kicked
+                Err((Delivery::Kicked, out))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Closed(out)) => Err((Delivery::Closed, out)),
         }
     }
 }

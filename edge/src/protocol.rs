@@ -521,6 +521,27 @@ pub enum ServerMessage<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a RawValue>,
     },
+    /// The session named by a `resume` continues on this socket; the frames it missed came
+    /// just before this one.
+    Resumed {
+        peer_id: &'a str,
+        /// Frames sent before this one because the client had not read them.
+        replayed: usize,
+        resume_token: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    /// The edge is draining: it closes this socket (1001) in about `after_ms`; resume then.
+    Reconnect {
+        after_ms: u64,
+    },
+    /// A signal this client sent to `to` will never be delivered.
+    Expired {
+        to: &'a str,
+        room: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
 }
 
 impl ServerMessage<'_> {
@@ -535,6 +556,9 @@ impl ServerMessage<'_> {
             Self::Signal { .. } => "signal",
             Self::Pong { .. } => "pong",
             Self::Error { .. } => "error",
+            Self::Resumed { .. } => "resumed",
+            Self::Reconnect { .. } => "reconnect",
+            Self::Expired { .. } => "expired",
         }
     }
 }

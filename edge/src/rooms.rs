@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::outbox::{Outgoing, SessionHandle};
 use crate::protocol::{self, ErrorCode, PeerInfo, Ref, ServerMessage};
+use crate::sessions::{Owner, StoredRoom};
 
 /// Where a member of a tracked room is connected.
 #[derive(Debug, Clone)]
@@ -43,7 +44,13 @@ struct RoomEntry {
 #[derive(Debug)]
 struct LocalPeer {
     handle: SessionHandle,
+    /// This socket's claim on the stored session.
+    owner: Owner,
     rooms: HashSet<RoomId>,
+    /// Rooms joined with a token that does not allow sending signals (kept for a resume).
+    receive_only: HashSet<RoomId>,
+    /// A resume is being set up: relayed signals are taken before its rooms are known.
+    resuming: bool,
     /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
     pending_joins: HashMap<RoomId, Option<Ref>>,
 }
@@ -52,6 +59,42 @@ struct LocalPeer {
 struct Inner {
     rooms: HashMap<RoomId, RoomEntry>,
     peers: HashMap<PeerId, LocalPeer>,
+}
+
+/// A session with a socket on this edge.
+#[derive(Debug, Clone)]
+pub struct LocalSession {
+    pub peer: PeerId,
+    pub owner: Owner,
+    pub rooms: Vec<StoredRoom>,
+}
+
+fn stored(local: &LocalPeer) -> Vec<StoredRoom> {
+    let mut rooms: Vec<StoredRoom> = local
+        .rooms
+        .iter()
+        .chain(local.pending_joins.keys())
+        .map(|room| StoredRoom {
+            room: room.clone(),
+            receive_only: local.receive_only.contains(room),
+        })
+        .collect();
+    rooms.sort_by(|a, b| a.room.cmp(&b.room));
+    rooms.dedup();
+    rooms
+}
+
+impl LocalPeer {
+    fn new(handle: SessionHandle, owner: Owner) -> Self {
+        Self {
+            handle,
+            owner,
+            rooms: HashSet::new(),
+            receive_only: HashSet::new(),
+            resuming: false,
+            pending_joins: HashMap::new(),
+        }
+    }
 }
 
 /// A frame to hand to a local session once the index lock is released.
@@ -64,6 +107,9 @@ pub enum Route {
     Local(SessionHandle),
     /// The target is connected to another edge, in `region` (see `router`).
     Remote { edge: EdgeId, region: Region },
+    /// The target was connected here and has no socket now (it may resume): its signals go
+    /// to its pending buffer.
+    Detached,
 }
 
 /// Why a join cannot start.
@@ -98,24 +144,110 @@ impl RoomIndex {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn add_session(&self, peer: PeerId, handle: SessionHandle) {
-        self.write().peers.insert(
-            peer,
-            LocalPeer {
-                handle,
-                rooms: HashSet::new(),
-                pending_joins: HashMap::new(),
-            },
-        );
-    }
-
-    /// Forgets a local peer; returns whether it was in any room (and so must be removed from
-    /// the registry).
-    pub fn remove_session(&self, peer: &PeerId) -> bool {
+    pub fn add_session(&self, peer: PeerId, handle: SessionHandle, owner: Owner) {
         self.write()
             .peers
+            .insert(peer, LocalPeer::new(handle, owner));
+    }
+
+    /// Forgets a local peer if `handle` is still its session (a resume on this edge may have
+    /// replaced it); returns whether it was in any room (and so must be removed from the
+    /// registry).
+    pub fn remove_session(&self, peer: &PeerId, handle: &SessionHandle) -> Option<bool> {
+        let mut inner = self.write();
+        if !inner.peers.get(peer).is_some_and(|p| p.handle.same(handle)) {
+            return None;
+        }
+        inner
+            .peers
             .remove(peer)
+            .map(|p| !p.rooms.is_empty() || !p.pending_joins.is_empty())
+    }
+
+    /// A resume of `peer` starts on this edge with `handle`; returns the session it replaces
+    /// (the peer's previous socket here, not yet noticed as dead), which must be cut off.
+    pub fn add_resuming(
+        &self,
+        peer: PeerId,
+        handle: SessionHandle,
+        owner: Owner,
+    ) -> Option<SessionHandle> {
+        let mut local = LocalPeer::new(handle, owner);
+        local.resuming = true;
+        self.write().peers.insert(peer, local).map(|p| p.handle)
+    }
+
+    /// Gives a resumed peer its rooms back. `views` are the rooms as the registry has them;
+    /// rooms that no longer list the peer are dropped. Returns the rooms it is in.
+    pub fn complete_resume(
+        &self,
+        peer: &PeerId,
+        rooms: &[StoredRoom],
+        views: &HashMap<RoomId, Option<RoomView>>,
+    ) -> Vec<StoredRoom> {
+        let mut inner = self.write();
+        let mut kept = Vec::new();
+        for stored in rooms {
+            let Some(view) = views.get(&stored.room).cloned().flatten() else {
+                continue;
+            };
+            if !view.members.iter().any(|m| &m.peer == peer) {
+                continue;
+            }
+            let entry = inner
+                .rooms
+                .entry(stored.room.clone())
+                .or_insert_with(|| entry_from_view(&view));
+            if let Some(member) = entry.members.get_mut(peer) {
+                // The registry learns of the move from the rebind that follows.
+                member.edge = self.me.clone();
+            }
+            kept.push(stored.clone());
+        }
+        if let Some(local) = inner.peers.get_mut(peer) {
+            local.resuming = false;
+            for stored in &kept {
+                local.rooms.insert(stored.room.clone());
+                if stored.receive_only {
+                    local.receive_only.insert(stored.room.clone());
+                }
+            }
+        }
+        kept
+    }
+
+    /// The rooms of a local peer (joined or being joined), as a resume needs them.
+    pub fn stored_rooms(&self, peer: &PeerId) -> Vec<StoredRoom> {
+        let inner = self.read();
+        inner.peers.get(peer).map(stored).unwrap_or_default()
+    }
+
+    /// Whether a local peer is in or joining any room.
+    pub fn in_any_room(&self, peer: &PeerId) -> bool {
+        self.read()
+            .peers
+            .get(peer)
             .is_some_and(|p| !p.rooms.is_empty() || !p.pending_joins.is_empty())
+    }
+
+    /// Every session with a socket here, as the store keeps it.
+    pub fn local_sessions(&self) -> Vec<LocalSession> {
+        let inner = self.read();
+        inner
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.resuming)
+            .map(|(peer, p)| LocalSession {
+                peer: peer.clone(),
+                owner: p.owner.clone(),
+                rooms: stored(p),
+            })
+            .collect()
+    }
+
+    /// The session of a local peer, whatever its rooms.
+    pub fn session(&self, peer: &PeerId) -> Option<SessionHandle> {
+        self.read().peers.get(peer).map(|p| p.handle.clone())
     }
 
     pub fn tracked_rooms(&self) -> usize {
@@ -129,11 +261,17 @@ impl RoomIndex {
         room: &RoomId,
         reference: Option<Ref>,
         max_rooms: usize,
+        receive_only: bool,
     ) -> Result<(JoinStart, Vec<Notice>), ErrorCode> {
         let mut inner = self.write();
         let Some(local) = inner.peers.get_mut(peer) else {
             return Err(ErrorCode::Internal);
         };
+        if receive_only {
+            local.receive_only.insert(room.clone());
+        } else {
+            local.receive_only.remove(room);
+        }
         if local.rooms.contains(room) {
             let handle = local.handle.clone();
             let notice = inner
@@ -197,12 +335,11 @@ impl RoomIndex {
                 region: member.region.clone(),
             });
         }
-        inner
-            .peers
-            .get(to)
-            .filter(|p| p.rooms.contains(room))
-            .map(|p| Route::Local(p.handle.clone()))
-            .ok_or(ErrorCode::UnknownPeer)
+        match inner.peers.get(to) {
+            None => Ok(Route::Detached),
+            Some(p) if p.rooms.contains(room) => Ok(Route::Local(p.handle.clone())),
+            Some(_) => Err(ErrorCode::UnknownPeer),
+        }
     }
 
     /// The session of a local peer that is a member of `room`, for a signal relayed from
@@ -211,7 +348,7 @@ impl RoomIndex {
         self.read()
             .peers
             .get(peer)
-            .filter(|p| p.rooms.contains(room))
+            .filter(|p| p.resuming || p.rooms.contains(room))
             .map(|p| p.handle.clone())
     }
 

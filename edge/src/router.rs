@@ -9,27 +9,34 @@
 //! 3. Target in another region: this edge's replica (its region's gateway) → the target
 //!    edge's replica (in the target's region) → the target edge, over the long-lived gRPC
 //!    streams: one inter-region hop, whichever replica leads Raft.
+//! 4. Target without a socket (detached, it may resume): its pending buffer, in this
+//!    process or in the region's Redis. A signal that cannot be kept there (buffer full, no
+//!    such session) is answered with `expired` to its sender, wherever the sender is.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use heliograph_coordinator::grpc::proto::RelayedSignal;
 use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
 
 use crate::bus::local::{LocalBus, LocalHub};
-use crate::bus::redis::RedisBus;
+use crate::bus::redis::{Mailboxes, RedisBus};
 use crate::bus::{Bus, Envelope, Fallback, Inbound};
 use crate::membership;
 use crate::metrics::{EdgeMetrics, RelayPath, RoutingPath};
-use crate::outbox::{Delivery, Outgoing};
-use crate::protocol::ErrorCode;
+use crate::outbox::Outgoing;
+use crate::protocol::{self, ErrorCode, Ref, ServerMessage};
 use crate::registry::Registry;
 use crate::rooms::{RoomIndex, Route};
+use crate::sessions::Sessions;
 
 /// A signal ready to leave the sender's edge.
 pub struct Outbound<'a> {
     pub room: &'a RoomId,
+    pub from: &'a PeerId,
     pub to: &'a PeerId,
+    /// The sender's `ref`, echoed in `expired` if the signal is never delivered.
+    pub reference: Option<&'a Ref>,
     /// The encoded client frame, `from` stamped.
     pub text: String,
     pub received_at: Instant,
@@ -38,8 +45,6 @@ pub struct Outbound<'a> {
 /// Why a signal could not be sent; answered to the sender as an error frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("the target peer's connection is closing")]
-    TargetClosing,
     #[error("the target peer's edge cannot be reached right now; retry")]
     Unreachable,
 }
@@ -47,7 +52,6 @@ pub enum RouteError {
 impl RouteError {
     pub fn code(self) -> ErrorCode {
         match self {
-            Self::TargetClosing => ErrorCode::UnknownPeer,
             Self::Unreachable => ErrorCode::Unavailable,
         }
     }
@@ -56,15 +60,22 @@ impl RouteError {
 /// The region's bus of this edge, as configured.
 pub enum BusConfig {
     /// Redis pub/sub at this client's URL, with a publish queue of this many signals.
-    Redis { client: redis::Client, queue: usize },
+    Redis {
+        client: redis::Client,
+        queue: usize,
+        mailboxes: Mailboxes,
+    },
     /// The in-memory bus of this process.
     Local,
 }
 
 pub struct Router {
+    me: EdgeId,
     region: Region,
     registry: Registry,
     bus: Bus,
+    index: Arc<RoomIndex>,
+    sessions: Sessions,
     metrics: Arc<EdgeMetrics>,
 }
 
@@ -76,76 +87,97 @@ impl Router {
         registry: Registry,
         bus: BusConfig,
         index: Arc<RoomIndex>,
+        sessions: Sessions,
         metrics: Arc<EdgeMetrics>,
     ) -> Arc<Self> {
-        let inbound: Inbound = {
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move |e| deliver_from_bus(&index, &metrics, e))
-        };
-        let fallback: Fallback = {
-            let registry = registry.clone();
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move |e| {
-                if let Err(e) =
-                    via_coordinator(&registry, &metrics, e, RoutingPath::CoordinatorFallback)
-                {
-                    // Nothing can take it now (no replica link either); the sender already
-                    // had its answer, so it is counted and logged.
-                    metrics.relay_undeliverable.increment(1);
-                    tracing::warn!(error = %e, "a signal could take neither Redis nor the coordinator");
-                }
-            })
-        };
-        let bus = match bus {
-            BusConfig::Redis { client, queue } => Bus::Redis(RedisBus::start(
-                client,
+        Arc::new_cyclic(|this: &Weak<Router>| {
+            let inbound: Inbound = {
+                let this = this.clone();
+                Arc::new(move |e| {
+                    if let Some(router) = this.upgrade() {
+                        router.deliver_inbound(e, RelayPath::Region);
+                    }
+                })
+            };
+            let expired: Inbound = {
+                let this = this.clone();
+                Arc::new(move |e| {
+                    if let Some(router) = this.upgrade() {
+                        router.expire(e);
+                    }
+                })
+            };
+            let fallback: Fallback = {
+                let this = this.clone();
+                Arc::new(move |e| {
+                    if let Some(router) = this.upgrade() {
+                        router.fallback(e);
+                    }
+                })
+            };
+            let bus = match bus {
+                BusConfig::Redis {
+                    client,
+                    queue,
+                    mailboxes,
+                } => Bus::Redis(RedisBus::start(
+                    client,
+                    me.clone(),
+                    queue,
+                    mailboxes,
+                    inbound,
+                    fallback,
+                    expired,
+                    Arc::clone(&metrics),
+                )),
+                BusConfig::Local => Bus::Local(LocalBus::join(
+                    LocalHub::global(),
+                    me.clone(),
+                    inbound,
+                    Arc::clone(&metrics),
+                )),
+            };
+            Self {
                 me,
-                queue,
-                inbound,
-                fallback,
-                Arc::clone(&metrics),
-            )),
-            BusConfig::Local => Bus::Local(LocalBus::join(
-                LocalHub::global(),
-                me,
-                inbound,
-                Arc::clone(&metrics),
-            )),
-        };
-        Arc::new(Self {
-            region,
-            registry,
-            bus,
-            metrics,
+                region,
+                registry,
+                bus,
+                index,
+                sessions,
+                metrics,
+            }
         })
     }
 
     /// Sends a signal along `route` (from [`RoomIndex::route_signal`]).
     pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), RouteError> {
+        let meta = signal.meta();
         let (edge, region) = match route {
             Route::Local(target) => {
-                self.metrics.routed(RoutingPath::Local);
                 let out = Outgoing {
                     text: signal.text,
                     kind: "signal",
                     relayed_at: Some(signal.received_at),
                     path: RelayPath::Local,
                 };
-                return match target.send(out) {
-                    Delivery::Queued => Ok(()),
-                    Delivery::Kicked | Delivery::Closed => Err(RouteError::TargetClosing),
-                };
+                match target.try_send(out) {
+                    Ok(()) => self.metrics.routed(RoutingPath::Local),
+                    // Its socket is ending: the peer is being detached here.
+                    Err((_, out)) => {
+                        let envelope = self.envelope(&meta, self.me.clone(), out.text);
+                        self.deposit(envelope);
+                    }
+                }
+                return Ok(());
+            }
+            Route::Detached => {
+                let envelope = self.envelope(&meta, self.me.clone(), signal.text);
+                self.deposit(envelope);
+                return Ok(());
             }
             Route::Remote { edge, region } => (edge, region),
         };
-        let envelope = Envelope {
-            to_edge: edge,
-            to_peer: signal.to.to_string(),
-            room: signal.room.to_string(),
-            frame: signal.text,
-            sent_at_us: membership::now_us(),
-            from_region: self.region.to_string(),
-        };
+        let envelope = self.envelope(&meta, edge, signal.text);
         if region != self.region {
             return via_coordinator(
                 &self.registry,
@@ -165,6 +197,147 @@ impl Router {
         }
     }
 
+    fn envelope(&self, meta: &SignalMeta<'_>, to_edge: EdgeId, frame: String) -> Envelope {
+        Envelope {
+            to_edge,
+            to_peer: meta.to.to_string(),
+            room: meta.room.to_string(),
+            frame,
+            sent_at_us: membership::now_us(),
+            from_region: self.region.to_string(),
+            from_peer: meta.from.to_string(),
+            reference: meta
+                .reference
+                .map(|r| r.raw().get().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A signal for a peer that has no socket on this edge: into its pending buffer (or, with
+    /// Redis, to the edge it resumed on), else its sender is told `expired`.
+    pub fn deposit(&self, envelope: Envelope) {
+        match &self.sessions {
+            Sessions::Memory(store) => match store.deposit(envelope) {
+                Ok(()) => self.metrics.routed(RoutingPath::Pending),
+                Err((_, envelope)) => self.expire(*envelope),
+            },
+            // The bus's script decides: the owner's edge, or the pending buffer.
+            Sessions::Redis(_) => {
+                if let Err(envelope) = self.bus.publish(envelope) {
+                    self.expire(*envelope);
+                }
+            }
+        }
+    }
+
+    /// A signal that reached this edge (from the bus or the coordinator), for a local peer.
+    pub fn deliver_inbound(&self, e: Envelope, path: RelayPath) {
+        let Ok(peer) = PeerId::new(e.to_peer.clone()) else {
+            self.metrics.relay_undeliverable.increment(1);
+            return;
+        };
+        // An `expired` notice (no room) goes to the session whatever its rooms.
+        let notice = e.room.is_empty();
+        let target = if notice {
+            self.index.session(&peer)
+        } else {
+            RoomId::new(e.room.clone())
+                .ok()
+                .and_then(|room| self.index.local_member(&peer, &room))
+        };
+        let Some(target) = target else {
+            if self.index.session(&peer).is_none() {
+                // No socket here any more (detached, or resumed elsewhere).
+                self.deposit(e);
+            } else {
+                // Still here, but no longer in that room.
+                self.metrics.relay_undeliverable.increment(1);
+            }
+            return;
+        };
+        let out = Outgoing {
+            text: e.frame,
+            kind: if notice { "expired" } else { "signal" },
+            relayed_at: if notice {
+                None
+            } else {
+                membership::sent_at(e.sent_at_us)
+            },
+            path,
+        };
+        if let Err((_, out)) = target.try_send(out) {
+            self.deposit(Envelope {
+                frame: out.text,
+                ..e
+            });
+        }
+    }
+
+    /// Tells the sender of `e` that it will never be delivered.
+    pub fn expire(&self, e: Envelope) {
+        let Ok(sender) = PeerId::new(e.from_peer.clone()) else {
+            // A notice itself, or a signal relayed without its sender: nobody to tell.
+            self.metrics.relay_undeliverable.increment(1);
+            return;
+        };
+        self.metrics.signals_expired.increment(1);
+        let reference = (!e.reference.is_empty()).then(|| protocol::raw_json(e.reference.clone()));
+        let frame = protocol::encode(&ServerMessage::Expired {
+            to: &e.to_peer,
+            room: &e.room,
+            reference: reference.as_deref(),
+        });
+        if let Some(handle) = self.index.session(&sender)
+            && handle
+                .try_send(Outgoing::new("expired", frame.clone()))
+                .is_ok()
+        {
+            return;
+        }
+        // The sender is on another edge, or has no socket itself right now.
+        let notice = Envelope {
+            to_edge: self.me.clone(),
+            to_peer: e.from_peer,
+            room: String::new(),
+            frame,
+            sent_at_us: membership::now_us(),
+            from_region: self.region.to_string(),
+            from_peer: String::new(),
+            reference: String::new(),
+        };
+        let kept = match &self.sessions {
+            Sessions::Memory(store) => store.deposit(notice).is_ok(),
+            Sessions::Redis(_) => self.bus.publish(notice).is_ok(),
+        };
+        if !kept {
+            self.metrics.relay_undeliverable.increment(1);
+        }
+    }
+
+    /// What the bus could not carry takes the coordinator path, unless it is for a peer of
+    /// this edge (its session is missing in Redis): relaying it to ourselves would loop.
+    fn fallback(&self, e: Envelope) {
+        if e.to_edge == self.me {
+            self.expire(e);
+            return;
+        }
+        if let Err(err) = via_coordinator(
+            &self.registry,
+            &self.metrics,
+            e,
+            RoutingPath::CoordinatorFallback,
+        ) {
+            // Nothing can take it now (no replica link either); the sender already had its
+            // answer, so it is counted and logged.
+            self.metrics.relay_undeliverable.increment(1);
+            tracing::warn!(error = %err, "a signal could take neither Redis nor the coordinator");
+        }
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Whether same-region signals currently take the bus.
     pub fn bus_up(&self) -> bool {
         self.bus.is_up()
@@ -172,6 +345,25 @@ impl Router {
 
     pub async fn shutdown(&self) {
         self.bus.shutdown().await;
+    }
+}
+
+/// The parts of a signal an envelope needs besides its frame.
+struct SignalMeta<'a> {
+    room: &'a RoomId,
+    from: &'a PeerId,
+    to: &'a PeerId,
+    reference: Option<&'a Ref>,
+}
+
+impl<'a> Outbound<'a> {
+    fn meta(&self) -> SignalMeta<'a> {
+        SignalMeta {
+            room: self.room,
+            from: self.from,
+            to: self.to,
+            reference: self.reference,
+        }
     }
 }
 
@@ -199,27 +391,5 @@ fn via_coordinator(
             tracing::debug!(error = %e, "cannot relay a signal to another edge");
             Err(RouteError::Unreachable)
         }
-    }
-}
-
-/// A signal read from this edge's channel on the bus: to its local target if it is still in
-/// the room (the sender's edge checked the sender's side).
-fn deliver_from_bus(index: &RoomIndex, metrics: &EdgeMetrics, e: Envelope) {
-    let target = PeerId::new(e.to_peer)
-        .ok()
-        .zip(RoomId::new(e.room).ok())
-        .and_then(|(peer, room)| index.local_member(&peer, &room));
-    let Some(target) = target else {
-        metrics.relay_undeliverable.increment(1);
-        return;
-    };
-    let out = Outgoing {
-        text: e.frame,
-        kind: "signal",
-        relayed_at: membership::sent_at(e.sent_at_us),
-        path: RelayPath::Region,
-    };
-    if target.send(out) != Delivery::Queued {
-        metrics.relay_undeliverable.increment(1);
     }
 }

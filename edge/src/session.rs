@@ -20,11 +20,14 @@ use crate::EdgeContext;
 use crate::auth::Grant;
 use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::metrics::CloseReason;
-use crate::outbox::{Outgoing, outbox};
+use crate::outbox::{Outgoing, SessionHandle, outbox};
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
 };
 use crate::rooms::JoinStart;
+use crate::sessions::resume::{self, Switch};
+use crate::sessions::sequencer::Sequencer;
+use crate::sessions::{Owner, TokenClaims};
 
 /// WebSocket close codes used by the edge (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -32,12 +35,31 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// Client close codes in this range detach the session (the client resumes it later)
+    /// instead of ending it.
+    pub const RESUME_LATER: std::ops::RangeInclusive<u16> = 4000..=4099;
 }
 
 /// Frames written to the socket in one go before flushing.
 const WRITE_BATCH: usize = 64;
 
-type Reply = Pin<Box<dyn Future<Output = Vec<Outgoing>> + Send>>;
+/// What a request that ran in the background produced.
+pub struct Done {
+    pub frames: Vec<Outgoing>,
+    /// A resume succeeded: this socket continues that session.
+    pub switch: Option<Box<Switch>>,
+}
+
+impl Done {
+    pub fn frames(frames: Vec<Outgoing>) -> Self {
+        Self {
+            frames,
+            switch: None,
+        }
+    }
+}
+
+type Reply = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// Sends at most one `rate-limited` error per this interval, so a flood is not mirrored.
 const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,28 +71,47 @@ struct SessionState {
     receive_only: HashSet<RoomId>,
 }
 
+/// The identity this socket serves: its peer, and its claim on that peer's stored session.
+struct Identity {
+    peer: PeerId,
+    owner: Owner,
+}
+
 /// Serves one client until it leaves, fails, or the edge shuts down. `_slot` holds this
 /// connection's place in the connection limits until the session ends.
 pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: ConnectionSlot) {
-    let peer = PeerId::random();
+    let mut me = Identity {
+        peer: PeerId::random(),
+        owner: Owner::new(&ctx.edge_id),
+    };
     let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
-    ctx.index.add_session(peer.clone(), handle);
+    ctx.index
+        .add_session(me.peer.clone(), handle.clone(), me.owner.clone());
     ctx.metrics.connections_accepted.increment(1);
     ctx.metrics.connections_open.increment(1.0);
+    if let Err(e) = ctx.sessions_store.open(&me.peer, &me.owner).await {
+        // The session works; it just cannot be resumed.
+        tracing::warn!(error = %e, "could not store a new session");
+    }
+    let mut seq = Sequencer::new(ctx.config.sessions.replay_window);
 
     let welcome = protocol::encode(&ServerMessage::Welcome {
-        peer_id: peer.as_str(),
-        resume_token: &resume_token(),
+        peer_id: me.peer.as_str(),
+        resume_token: &issue_token(&ctx, &me.peer),
         region: ctx.region.as_str(),
         edge: ctx.edge_id.as_str(),
-        ice_servers: &ice_servers(&ctx, &peer),
+        ice_servers: &ice_servers(&ctx, &me.peer),
         protocol: protocol::SUBPROTOCOL,
     });
     let mut reason = None;
-    if socket.send(Message::Text(welcome.into())).await.is_err() {
+    let welcome = send_all(
+        &mut socket,
+        vec![Outgoing::new("welcome", welcome)],
+        &mut seq,
+        &ctx,
+    );
+    if welcome.await.is_err() {
         reason = Some(CloseReason::Abrupt);
-    } else {
-        ctx.metrics.sent("welcome");
     }
 
     let limits = DecodeLimits {
@@ -81,39 +122,93 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut inflight: Option<Reply> = None;
+    // A resume in flight: the outbox waits, so that what the resumed session missed is
+    // written before anything newer.
+    let mut resuming = false;
     let mut state = SessionState::default();
     let mut rate = RateLimiter::new(
         ctx.config.rate_limit_per_second,
         ctx.config.rate_limit_burst,
     );
     let mut last_rate_notice: Option<Instant> = None;
+    let mut drain_close_at: Option<tokio::time::Instant> = None;
 
     let reason = match reason {
         Some(r) => r,
         None => loop {
             tokio::select! {
                 biased;
-                () = ctx.shutdown.cancelled() => break CloseReason::Shutdown,
+                () = ctx.hard_stop.cancelled() => break CloseReason::Shutdown,
+                () = ctx.shutdown.cancelled(), if drain_close_at.is_none() => {
+                    // Draining: this socket closes at a random point of the drain window,
+                    // so that its clients do not all resume elsewhere at once.
+                    let window = ctx.config.sessions.drain_window;
+                    let after = window.mul_f64(rand::random::<f64>());
+                    drain_close_at = Some(tokio::time::Instant::now() + after);
+                    ctx.metrics.drain_notices.increment(1);
+                    let notice = Outgoing::new(
+                        "reconnect",
+                        protocol::encode(&ServerMessage::Reconnect {
+                            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                        }),
+                    );
+                    let send = send_all(&mut socket, vec![notice], &mut seq, &ctx);
+                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                        break reason;
+                    }
+                }
+                () = async {
+                    match drain_close_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => break CloseReason::Shutdown,
                 () = outbox.kicked.cancelled() => break CloseReason::SlowConsumer,
-                out = outbox.rx.recv() => {
+                out = outbox.rx.recv(), if !resuming => {
                     let Some(out) = out else { break CloseReason::Abrupt };
-                    let write = write_batch(&mut socket, out, &mut outbox.rx, &ctx);
+                    let write = write_batch(&mut socket, out, &mut outbox.rx, &mut seq, &ctx);
                     if let Err(reason) = guarded(write, &outbox.kicked, &ctx).await {
                         break reason;
                     }
                 }
-                replies = async {
+                done = async {
                     match inflight.as_mut() {
                         Some(f) => f.await,
                         None => std::future::pending().await,
                     }
                 }, if inflight.is_some() => {
                     inflight = None;
+                    resuming = false;
                     // The client was not read while the request ran; that is not its silence.
                     last_heard = Instant::now();
-                    if let Err(reason) =
-                        guarded(send_all(&mut socket, replies, &ctx), &outbox.kicked, &ctx).await
-                    {
+                    let mut frames = done.frames;
+                    if let Some(switch) = done.switch {
+                        let replayed = switch.replay.len() + switch.pending.len();
+                        let previous = std::mem::replace(
+                            &mut me,
+                            Identity {
+                                peer: switch.peer.clone(),
+                                owner: switch.owner.clone(),
+                            },
+                        );
+                        // The fresh session of this socket's `welcome` is not needed.
+                        ctx.index.remove_session(&previous.peer, &handle);
+                        let store = ctx.sessions_store.clone();
+                        tokio::spawn(async move {
+                            let _ = store.end(&previous.peer, Some(&previous.owner)).await;
+                        });
+                        state.receive_only = switch.receive_only.clone();
+                        seq.resume_from(switch.last_seq, switch.window.clone());
+                        let replay = write_stamped(&mut socket, &switch.replay, &ctx);
+                        if let Err(reason) = guarded(replay, &outbox.kicked, &ctx).await {
+                            break reason;
+                        }
+                        frames = switch.into_frames(&ctx, issue_token(&ctx, &me.peer));
+                        ctx.metrics.signals_replayed.increment(replayed as u64);
+                        ctx.metrics.resume("ok");
+                    }
+                    let send = send_all(&mut socket, frames, &mut seq, &ctx);
+                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
                         break reason;
                     }
                 }
@@ -141,7 +236,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                                 ErrorCode::RateLimited,
                                 "too many messages; frames are being dropped",
                             );
-                            let send = send_error(&mut socket, &err, &ctx);
+                            let send = send_error(&mut socket, &err, &mut seq, &ctx);
                             if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
                                 break reason;
                             }
@@ -153,7 +248,14 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                     match msg {
                         None => break CloseReason::Abrupt,
                         Some(Err(e)) => break read_error_reason(e),
-                        Some(Ok(Message::Close(_))) => break CloseReason::ClientClose,
+                        Some(Ok(Message::Close(frame))) => {
+                            break match frame {
+                                Some(f) if close_code::RESUME_LATER.contains(&f.code) => {
+                                    CloseReason::ClientDetach
+                                }
+                                _ => CloseReason::ClientClose,
+                            };
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Binary(_))) => {
                             ctx.metrics.received("invalid");
@@ -161,22 +263,32 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                                 ErrorCode::BinaryUnsupported,
                                 "binary frames are not part of heliograph.v1; send JSON text",
                             );
-                            let send = send_error(&mut socket, &err, &ctx);
+                            let send = send_error(&mut socket, &err, &mut seq, &ctx);
                             if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
                                 break reason;
                             }
                         }
                         Some(Ok(Message::Text(text))) => {
                             let received_at = Instant::now();
-                            match handle_text(&text, &peer, &limits, &ctx, &mut state, received_at) {
+                            let caller = Caller {
+                                peer: &me.peer,
+                                owner: &me.owner,
+                                handle: &handle,
+                                received_at,
+                            };
+                            match handle_text(&text, &caller, &limits, &ctx, &mut state) {
                                 Handled::Done => {}
                                 Handled::Reply(replies) => {
-                                    let send = send_all(&mut socket, replies, &ctx);
+                                    let send = send_all(&mut socket, replies, &mut seq, &ctx);
                                     if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
                                         break reason;
                                     }
                                 }
                                 Handled::Later(fut) => inflight = Some(fut),
+                                Handled::Resume(fut) => {
+                                    inflight = Some(fut);
+                                    resuming = true;
+                                }
                             }
                         }
                     }
@@ -185,21 +297,103 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         },
     };
 
-    close(&mut socket, reason).await;
     ctx.metrics.closed(reason);
     ctx.metrics.connections_open.decrement(1.0);
-    if ctx.index.remove_session(&peer) {
-        // The peer is gone for good: its rooms are told `peer-left` by the registry event.
+    if reason.ends_session() {
+        close(&mut socket, reason).await;
+        end_for_good(&ctx, &me, &handle).await;
+    } else {
+        // The peer may resume: its state is stored before the socket is closed, so that a
+        // client that reconnects at once finds it.
+        outbox.rx.close();
+        let mut leftovers = Vec::new();
+        while let Ok(out) = outbox.rx.try_recv() {
+            leftovers.push(out);
+        }
+        detach(&ctx, &me, &handle, seq, leftovers, reason).await;
+        close(&mut socket, reason).await;
+    }
+}
+
+/// The client closed the session (or broke the protocol): it leaves its rooms now, and the
+/// senders of signals still pending for it are told `expired`.
+async fn end_for_good(ctx: &Arc<EdgeContext>, me: &Identity, handle: &SessionHandle) {
+    let Some(in_rooms) = ctx.index.remove_session(&me.peer, handle) else {
+        // Another socket of this edge resumed the peer already.
+        return;
+    };
+    if in_rooms {
+        // Its rooms are told `peer-left` by the registry event.
+        let peer = me.peer.clone();
         if let Err(e) = ctx.registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a disconnected peer from the registry");
         }
     }
+    match ctx.sessions_store.end(&me.peer, Some(&me.owner)).await {
+        Ok(pending) => pending.into_iter().for_each(|e| ctx.router.expire(e)),
+        Err(e) => tracing::warn!(error = %e, "could not end a stored session"),
+    }
+}
+
+/// The socket ended without the client closing the session: what it may not have read
+/// (the replay window, then whatever was still queued) is stored for a resume, and the
+/// registry keeps its place for the grace period.
+async fn detach(
+    ctx: &Arc<EdgeContext>,
+    me: &Identity,
+    handle: &SessionHandle,
+    mut seq: Sequencer,
+    leftovers: Vec<Outgoing>,
+    reason: CloseReason,
+) {
+    let Some(in_rooms) = ctx.index.remove_session(&me.peer, handle) else {
+        return;
+    };
+    let mut window = seq.window();
+    window.extend(leftovers.iter().map(|out| seq.stamp_unkept(&out.text)));
+    match ctx
+        .sessions_store
+        .detach(&me.peer, &me.owner, seq.last(), window)
+        .await
+    {
+        Ok(true) => ctx.metrics.sessions_detached.increment(1),
+        // Resumed on another socket already.
+        Ok(false) => return,
+        Err(e) => tracing::warn!(error = %e, "could not store a detached session"),
+    }
+    // A draining edge releases its lease at the end, which detaches its peers at once.
+    if in_rooms && reason != CloseReason::Shutdown {
+        let peer = me.peer.clone();
+        if let Err(e) = ctx.registry.execute(Command::Detach { peer }).await {
+            tracing::warn!(error = %e, "could not mark a peer detached in the registry");
+        }
+    }
+}
+
+fn issue_token(ctx: &EdgeContext, peer: &PeerId) -> String {
+    let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+    ctx.tokens.sign(&TokenClaims {
+        peer: peer.to_string(),
+        region: ctx.region.to_string(),
+        cluster: ctx.config.sessions.cluster_name.clone(),
+        expires_unix: now_unix + ctx.config.sessions.token_ttl.as_secs(),
+    })
+}
+
+/// What `handle_text` needs to know about the socket it serves.
+struct Caller<'a> {
+    peer: &'a PeerId,
+    owner: &'a Owner,
+    handle: &'a SessionHandle,
+    received_at: Instant,
 }
 
 enum Handled {
     Done,
     Reply(Vec<Outgoing>),
     Later(Reply),
+    /// A resume: nothing else is written to the socket until it finishes.
+    Resume(Reply),
 }
 
 fn error_out(err: &ProtocolError, ctx: &EdgeContext) -> Outgoing {
@@ -209,12 +403,12 @@ fn error_out(err: &ProtocolError, ctx: &EdgeContext) -> Outgoing {
 
 fn handle_text(
     text: &str,
-    peer: &PeerId,
+    caller: &Caller<'_>,
     limits: &DecodeLimits,
     ctx: &Arc<EdgeContext>,
     state: &mut SessionState,
-    received_at: Instant,
 ) -> Handled {
+    let peer = caller.peer;
     let request = match protocol::decode(text, limits) {
         Ok(r) => r,
         Err(err) => {
@@ -256,9 +450,11 @@ fn handle_text(
                     route,
                     crate::router::Outbound {
                         room: &room,
+                        from: peer,
                         to: &to,
+                        reference: reference.as_ref(),
                         text,
-                        received_at,
+                        received_at: caller.received_at,
                     },
                 );
                 match delivered {
@@ -287,7 +483,7 @@ fn handle_text(
             } else {
                 state.receive_only.insert(room.clone());
             }
-            join(ctx, peer, room, meta, &grant, reference)
+            join(ctx, caller, room, meta, &grant, reference)
         }
         ClientMessage::Leave { room } => {
             if !ctx.index.is_member(peer, &room) {
@@ -295,6 +491,7 @@ fn handle_text(
             }
             let ctx = Arc::clone(ctx);
             let peer = peer.clone();
+            let owner = caller.owner.clone();
             Handled::Later(Box::pin(async move {
                 let result = ctx
                     .registry
@@ -303,9 +500,10 @@ fn handle_text(
                         peer: peer.clone(),
                     })
                     .await;
-                match result {
+                let frames = match result {
                     Ok(Outcome::Left { .. }) => {
                         ctx.index.local_leave(&peer, &room);
+                        save_rooms(&ctx, &peer, &owner).await;
                         vec![Outgoing::new(
                             "left",
                             protocol::encode(&ServerMessage::Left {
@@ -326,30 +524,79 @@ fn handle_text(
                         )]
                     }
                     other => vec![registry_failure(&ctx, other, reference)],
-                }
+                };
+                Done::frames(frames)
             }))
         }
-        ClientMessage::Resume { .. } => fail(
-            ErrorCode::ResumeFailed,
-            "this edge keeps no resumable sessions; continue with the session from `welcome`",
-            reference,
-        ),
+        ClientMessage::Resume { token, last_seq } => {
+            let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+            let claims = ctx.tokens.verify(
+                &token,
+                ctx.region.as_str(),
+                &ctx.config.sessions.cluster_name,
+                now_unix,
+            );
+            let resumed = match claims.map(|c| PeerId::new(c.peer)) {
+                Ok(Ok(peer)) => peer,
+                refused => {
+                    ctx.metrics.resume("bad_token");
+                    let why = match refused {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "malformed token".to_owned(),
+                    };
+                    return fail(
+                        ErrorCode::ResumeFailed,
+                        &format!(
+                            "resume token refused ({why}); continue with the session from `welcome`"
+                        ),
+                        reference,
+                    );
+                }
+            };
+            if &resumed == peer || ctx.index.in_any_room(peer) {
+                ctx.metrics.resume("bad_token");
+                return fail(
+                    ErrorCode::ResumeFailed,
+                    "`resume` must be the first request on a new connection",
+                    reference,
+                );
+            }
+            Handled::Resume(Box::pin(resume::run(
+                Arc::clone(ctx),
+                resumed,
+                last_seq.unwrap_or(0),
+                caller.handle.clone(),
+                reference,
+            )))
+        }
+    }
+}
+
+/// Stores the rooms of a local peer for a later resume.
+async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
+    let rooms = ctx.index.stored_rooms(peer);
+    if let Err(e) = ctx.sessions_store.save_rooms(peer, owner, &rooms).await {
+        tracing::warn!(error = %e, "could not store a session's rooms");
     }
 }
 
 fn join(
     ctx: &Arc<EdgeContext>,
-    peer: &PeerId,
+    caller: &Caller<'_>,
     room: RoomId,
     meta: Option<&RawValue>,
     grant: &Grant,
     reference: Option<Ref>,
 ) -> Handled {
+    let peer = caller.peer;
     let max_rooms = ctx.config.limits.max_rooms_per_connection;
-    match ctx
-        .index
-        .begin_join(peer, &room, reference.clone(), max_rooms)
-    {
+    match ctx.index.begin_join(
+        peer,
+        &room,
+        reference.clone(),
+        max_rooms,
+        !grant.can_publish,
+    ) {
         Err(code) => {
             let err = ProtocolError {
                 code,
@@ -364,6 +611,7 @@ fn join(
         Ok((JoinStart::Pending, _)) => {
             let ctx = Arc::clone(ctx);
             let peer = peer.clone();
+            let owner = caller.owner.clone();
             let meta = member_meta(meta, grant);
             let max_members = match (ctx.config.limits.max_room_size, grant.max_room_size) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -384,10 +632,13 @@ fn join(
                 ctx.metrics
                     .join_seconds
                     .record(started.elapsed().as_secs_f64());
-                match result {
+                let frames = match result {
                     // `joined` is sent when the room event arrives, in order with the room's
                     // other events.
-                    Ok(Outcome::Joined { .. }) => Vec::new(),
+                    Ok(Outcome::Joined { .. }) => {
+                        save_rooms(&ctx, &peer, &owner).await;
+                        Vec::new()
+                    }
                     Ok(Outcome::Rejected(Rejection::RoomFull)) => {
                         ctx.index.abort_join(&peer, &room);
                         vec![error_out(
@@ -403,7 +654,8 @@ fn join(
                         ctx.index.abort_join(&peer, &room);
                         vec![registry_failure(&ctx, other, reference)]
                     }
-                }
+                };
+                Done::frames(frames)
             }))
         }
     }
@@ -469,11 +721,6 @@ fn ice_servers(ctx: &EdgeContext, peer: &PeerId) -> Box<RawValue> {
     protocol::raw_json(serde_json::Value::Array(servers).to_string())
 }
 
-fn resume_token() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn read_error_reason(e: axum::Error) -> CloseReason {
     use tokio_tungstenite::tungstenite::Error as WsError;
     match e.into_inner().downcast::<WsError>() {
@@ -498,7 +745,7 @@ async fn guarded(
     tokio::select! {
         r = write => r.map_err(|_| CloseReason::Abrupt),
         () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
-        () = ctx.shutdown.cancelled() => Err(CloseReason::Shutdown),
+        () = ctx.hard_stop.cancelled() => Err(CloseReason::Shutdown),
         () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
     }
 }
@@ -512,7 +759,7 @@ async fn close(socket: &mut WebSocket, reason: CloseReason) {
         CloseReason::InvalidUtf8 => Some((close_code::INVALID_PAYLOAD, "invalid UTF-8")),
         CloseReason::ProtocolError => None,
         CloseReason::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
-        CloseReason::ClientClose | CloseReason::Abrupt => None,
+        CloseReason::ClientClose | CloseReason::ClientDetach | CloseReason::Abrupt => None,
     };
     let deadline = std::time::Duration::from_secs(1);
     let send = async {
@@ -534,33 +781,58 @@ async fn close(socket: &mut WebSocket, reason: CloseReason) {
 async fn send_error(
     socket: &mut WebSocket,
     err: &ProtocolError,
+    seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> Result<(), axum::Error> {
-    send_all(socket, vec![error_out(err, ctx)], ctx).await
+    send_all(socket, vec![error_out(err, ctx)], seq, ctx).await
 }
 
 async fn send_all(
     socket: &mut WebSocket,
     frames: Vec<Outgoing>,
+    seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> Result<(), axum::Error> {
     if frames.is_empty() {
         return Ok(());
     }
     for out in frames {
-        feed(socket, out, ctx).await?;
+        feed(socket, out, seq, ctx).await?;
     }
     socket.flush().await
 }
 
-async fn feed(socket: &mut WebSocket, out: Outgoing, ctx: &EdgeContext) -> Result<(), axum::Error> {
+/// Numbers a frame and queues it on the socket.
+async fn feed(
+    socket: &mut WebSocket,
+    out: Outgoing,
+    seq: &mut Sequencer,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
     ctx.metrics.sent(out.kind);
     if let Some(at) = out.relayed_at {
         ctx.metrics
             .relay(out.path)
             .record(at.elapsed().as_secs_f64());
     }
-    socket.feed(Message::Text(out.text.into())).await
+    let text = seq.stamp(&out.text);
+    socket.feed(Message::Text(text.into())).await
+}
+
+/// Writes frames that carry their `seq` already (a resumed session's replay).
+async fn write_stamped(
+    socket: &mut WebSocket,
+    frames: &[String],
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        ctx.metrics.sent(crate::sessions::resume::kind_of(frame));
+        socket.feed(Message::Text(frame.clone().into())).await?;
+    }
+    socket.flush().await
 }
 
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
@@ -568,12 +840,13 @@ async fn write_batch(
     socket: &mut WebSocket,
     first: Outgoing,
     rx: &mut tokio::sync::mpsc::Receiver<Outgoing>,
+    seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> Result<(), axum::Error> {
-    feed(socket, first, ctx).await?;
+    feed(socket, first, seq, ctx).await?;
     for _ in 1..WRITE_BATCH {
         match rx.try_recv() {
-            Ok(out) => feed(socket, out, ctx).await?,
+            Ok(out) => feed(socket, out, seq, ctx).await?,
             Err(_) => break,
         }
     }

@@ -9,7 +9,7 @@ mod cluster;
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Spec, edge_metric, replica_counters, wait_metric};
 use common::Client;
@@ -271,6 +271,12 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
     // Redis comes back on the same port: both edges switch back to it.
     cluster.redis.get_mut("us").unwrap().restart();
     cluster.wait_redis_up().await;
+    // The restarted Redis is empty: the edges store their sessions in it again.
+    let deadline = Instant::now() + common::DEADLINE;
+    while !cluster.redis["us"].has_session(&to).await {
+        assert!(Instant::now() < deadline, "sessions not stored again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let a = &cluster.edge("us-a").node;
     let collecting = tokio::spawn(collect(receiver, 20));
     for n in 0..20 {

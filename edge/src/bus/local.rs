@@ -91,6 +91,8 @@ mod tests {
             frame: "{}".into(),
             sent_at_us: 1,
             from_region: "eu".into(),
+            from_peer: String::new(),
+            reference: String::new(),
         }
     }
 

@@ -34,6 +34,11 @@ pub struct Envelope {
     /// Sender edge's wall clock when it read the signal (µs since the Unix epoch).
     pub sent_at_us: u64,
     pub from_region: String,
+    /// The sender, to be told `expired` if the signal is never delivered (empty: nobody,
+    /// e.g. for an `expired` notice itself).
+    pub from_peer: String,
+    /// The sender's `ref` as raw JSON (a string or a number; empty: none).
+    pub reference: String,
 }
 
 /// Why a message on the bus could not be read.
@@ -48,11 +53,12 @@ pub enum DecodeError {
 }
 
 /// Wire version of [`Envelope::encode`].
-const WIRE_VERSION: &str = "h1";
+const WIRE_VERSION: &str = "h2";
 
 impl Envelope {
-    /// `h1\n<to_peer>\n<room>\n<sent_at_us>\n<from_region>\n<frame>`: ids and regions hold
-    /// no control characters, so a newline separates them; the frame is the rest as is.
+    /// `h2\n<to_peer>\n<room>\n<sent_at_us>\n<from_region>\n<from_peer>\n<ref>\n<frame>`:
+    /// ids, regions and a `ref` (a JSON string or number) hold no raw newline, so a newline
+    /// separates them; the frame is the rest as is.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.frame.len() + 96);
         for part in [
@@ -61,6 +67,8 @@ impl Envelope {
             &self.room,
             &self.sent_at_us.to_string(),
             &self.from_region,
+            &self.from_peer,
+            &self.reference,
         ] {
             out.extend_from_slice(part.as_bytes());
             out.push(b'\n');
@@ -72,7 +80,7 @@ impl Envelope {
     /// Reads a message published on `to_edge`'s channel.
     pub fn decode(to_edge: &EdgeId, bytes: &[u8]) -> Result<Self, DecodeError> {
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
-        let mut parts = text.splitn(6, '\n');
+        let mut parts = text.splitn(8, '\n');
         let mut next = || parts.next().ok_or(DecodeError::Truncated);
         if next()? != WIRE_VERSION {
             return Err(DecodeError::Version);
@@ -81,6 +89,8 @@ impl Envelope {
         let room = next()?.to_owned();
         let sent_at_us = next()?.parse().map_err(|_| DecodeError::Truncated)?;
         let from_region = next()?.to_owned();
+        let from_peer = next()?.to_owned();
+        let reference = next()?.to_owned();
         let frame = next()?.to_owned();
         Ok(Self {
             to_edge: to_edge.clone(),
@@ -89,6 +99,8 @@ impl Envelope {
             frame,
             sent_at_us,
             from_region,
+            from_peer,
+            reference,
         })
     }
 }
@@ -147,10 +159,12 @@ mod tests {
             frame: "{\"type\":\"signal\",\n\"data\":\"x\ny\"}".into(),
             sent_at_us: 1_700_000_000_000_123,
             from_region: "eu".into(),
+            from_peer: "p0".into(),
+            reference: "\"r1\"".into(),
         };
         assert_eq!(Envelope::decode(&edge, &e.encode()), Ok(e));
         assert_eq!(
-            Envelope::decode(&edge, b"h1\np1\nroom"),
+            Envelope::decode(&edge, b"h2\np1\nroom"),
             Err(DecodeError::Truncated)
         );
         assert_eq!(

@@ -8,9 +8,11 @@
 //! - the publisher takes signals from a bounded queue and publishes them in order, a batch
 //!   per pipeline.
 //!
-//! Pub/sub keeps nothing for absent subscribers, so a publish that reached no subscriber
-//! (the target's subscription is down) is handed to the coordinator path, as is every
-//! signal while Redis is marked down and every signal of a failed or timed-out publish. A
+//! Every signal is handed over by one Lua script (`sessions::redis::DELIVER`): published on
+//! the channel of the edge that owns the target's session now, or, when that edge does not
+//! listen (it died) or the target has no socket, kept in the target's pending buffer until
+//! it resumes. A target without a session in Redis, every signal while Redis is marked
+//! down, and every signal of a failed or timed-out call take the coordinator path. A
 //! publish that timed out may still have arrived, so a signal can then (rarely) arrive
 //! twice; the timeout is long compared with a healthy publish to keep that rare.
 
@@ -27,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Envelope, Fallback, Inbound, channel};
 use crate::metrics::{EdgeMetrics, RedisOp, RoutingPath};
+use crate::sessions::redis::{DELIVER, pending_key, session_key};
 
 /// Signals queued for publishing before new ones take the coordinator path.
 pub const DEFAULT_PUBLISH_QUEUE: usize = 4 * 1024;
@@ -56,8 +59,20 @@ pub fn parse_url(url: &str) -> Result<redis::Client, UrlError> {
     redis::Client::open(info).map_err(|e| UrlError(e.to_string()))
 }
 
+/// What the bus needs to hand signals to resumable sessions (see `sessions::redis`).
+#[derive(Debug, Clone, Copy)]
+pub struct Mailboxes {
+    /// Signals a detached peer's pending buffer holds.
+    pub max_pending: usize,
+    /// TTL of a pending buffer, as of its last signal.
+    pub ttl_ms: u64,
+}
+
 pub struct RedisBus {
     client: redis::Client,
+    mailboxes: Mailboxes,
+    /// Signals whose target's pending buffer is full: their senders are told `expired`.
+    expired: Inbound,
     me: EdgeId,
     queue: mpsc::Sender<Envelope>,
     /// The publish connection answered its last call.
@@ -76,17 +91,22 @@ pub struct RedisBus {
 impl RedisBus {
     /// Starts the bus tasks for edge `me`; signals for it go to `inbound`, signals the bus
     /// cannot carry to `fallback`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         client: redis::Client,
         me: EdgeId,
         queue: usize,
+        mailboxes: Mailboxes,
         inbound: Inbound,
         fallback: Fallback,
+        expired: Inbound,
         metrics: Arc<EdgeMetrics>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let this = Arc::new(Self {
             client,
+            mailboxes,
+            expired,
             me,
             queue: tx,
             publish_up: AtomicBool::new(false),
@@ -304,20 +324,33 @@ impl RedisBus {
             batch.drain(..).for_each(|e| (self.fallback)(e));
             return;
         };
+        // Each signal goes to whichever edge owns its target's session now (not the edge
+        // the registry named, which may be gone), or to the target's pending buffer.
         let mut pipe = redis::pipe();
         for e in batch.iter() {
-            pipe.cmd("PUBLISH").arg(channel(&e.to_edge)).arg(e.encode());
+            pipe.cmd("EVAL")
+                .arg(DELIVER)
+                .arg(2)
+                .arg(session_key(&e.to_peer))
+                .arg(pending_key(&e.to_peer))
+                .arg(self.me.as_str())
+                .arg(super::CHANNEL_PREFIX)
+                .arg(e.encode())
+                .arg(self.mailboxes.max_pending)
+                .arg(self.mailboxes.ttl_ms);
         }
         let sent =
             tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<i64>>(&mut conn)).await;
         match sent {
             Ok(Ok(receivers)) if receivers.len() == batch.len() => {
-                for (e, n) in batch.drain(..).zip(receivers) {
-                    if n > 0 {
-                        self.metrics.routed(RoutingPath::Region);
-                    } else {
-                        // The target edge is not subscribed right now: nobody would read it.
-                        (self.fallback)(e);
+                for (e, outcome) in batch.drain(..).zip(receivers) {
+                    match outcome {
+                        1 => self.metrics.routed(RoutingPath::Region),
+                        2 => self.metrics.routed(RoutingPath::Pending),
+                        -1 => (self.expired)(e),
+                        // No session in Redis (it was never stored, or Redis lost it): the
+                        // edge the registry names is the best guess left.
+                        _ => (self.fallback)(e),
                     }
                 }
             }

@@ -53,6 +53,8 @@ pub struct RemoteSettings {
     pub address: String,
     pub incarnation: u64,
     pub lease_ms: u64,
+    /// Sessions are kept in the region's Redis: peers of a previous run may resume.
+    pub resumable_sessions: bool,
 }
 
 pub struct RemoteRegistry {
@@ -294,8 +296,7 @@ impl RemoteRegistry {
             address: s.address.clone(),
             incarnation: s.incarnation,
             lease_ms: s.lease_ms,
-            // Sessions live in this process only, so peers of a previous run cannot resume.
-            resumable_sessions: false,
+            resumable_sessions: s.resumable_sessions,
             // The serving replica fills in its own id.
             replica: 0,
         }

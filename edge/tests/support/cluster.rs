@@ -60,6 +60,21 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Whether Redis holds a resumable session for `peer`.
+    pub async fn has_session(&self, peer: &str) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        redis::cmd("EXISTS")
+            .arg(format!("heliograph:s:{peer}"))
+            .query_async::<i64>(&mut conn)
+            .await
+            .is_ok_and(|n| n == 1)
+    }
+
     /// kill -9: clients see their connections reset.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,228 @@
+//! `resume`: a new socket takes over a stored session.
+//!
+//! Order matters: the socket is entered in the index under the resumed peer *before* the
+//! store hands over the session, so a signal published to this edge after the handover
+//! finds it; the store's handover is atomic with its pending buffer; the frames go out as
+//! replay window, then pending signals, then `resumed`, then whatever came in meanwhile.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
+
+use super::sequencer::{replay_after, seq_of};
+use super::{Owner, Restored};
+use crate::EdgeContext;
+use crate::bus::Envelope;
+use crate::outbox::{Outgoing, SessionHandle};
+use crate::protocol::{self, ErrorCode, ProtocolError, Ref, ServerMessage};
+use crate::session::Done;
+
+/// A resume that succeeded: what the socket continues with.
+pub struct Switch {
+    pub peer: PeerId,
+    pub owner: Owner,
+    /// The last `seq` of the session before this socket.
+    pub last_seq: u64,
+    /// The replay window to keep (frames already numbered).
+    pub window: Vec<String>,
+    /// Frames the client missed, with their `seq`, to write first.
+    pub replay: Vec<String>,
+    /// Signals that waited for the peer, to number and write next.
+    pub pending: Vec<Envelope>,
+    pub receive_only: HashSet<RoomId>,
+    reference: Option<Ref>,
+}
+
+impl Switch {
+    /// The pending signals and the `resumed` frame, to be numbered as they are written.
+    pub fn into_frames(self, ctx: &EdgeContext, token: String) -> Vec<Outgoing> {
+        let replayed = self.replay.len() + self.pending.len();
+        let mut frames: Vec<Outgoing> = self
+            .pending
+            .into_iter()
+            .map(|e| {
+                let kind = if e.room.is_empty() {
+                    "expired"
+                } else {
+                    "signal"
+                };
+                Outgoing::new(kind, e.frame)
+            })
+            .collect();
+        frames.push(Outgoing::new(
+            "resumed",
+            protocol::encode(&ServerMessage::Resumed {
+                peer_id: self.peer.as_str(),
+                replayed,
+                resume_token: &token,
+                reference: protocol::ref_raw(self.reference.as_ref()),
+            }),
+        ));
+        let _ = ctx;
+        frames
+    }
+}
+
+/// The message type of a numbered frame, for the sent-messages metric.
+pub fn kind_of(frame: &str) -> &'static str {
+    crate::metrics::SENT_TYPES
+        .iter()
+        .find(|t| frame.contains(&format!("\"type\":\"{t}\"")))
+        .copied()
+        .unwrap_or("signal")
+}
+
+fn refused(ctx: &EdgeContext, result: &'static str, message: &str, reference: Option<Ref>) -> Done {
+    ctx.metrics.resume(result);
+    let err = ProtocolError {
+        code: ErrorCode::ResumeFailed,
+        message: format!("{message}; continue with the session from `welcome`"),
+        reference,
+    };
+    ctx.metrics.error(err.code);
+    Done::frames(vec![Outgoing::new("error", protocol::encode_error(&err))])
+}
+
+/// Takes over `peer`'s session for the socket of `handle`, from the client's `last_seq`.
+pub async fn run(
+    ctx: Arc<EdgeContext>,
+    peer: PeerId,
+    last_seq: u64,
+    handle: SessionHandle,
+    reference: Option<Ref>,
+) -> Done {
+    let owner = Owner::new(&ctx.edge_id);
+    let resuming = ctx
+        .index
+        .add_resuming(peer.clone(), handle.clone(), owner.clone());
+    if let Some(previous) = resuming {
+        // The peer's previous socket here has not noticed it is dead; it must stop.
+        previous.kick();
+    }
+    let restored = match ctx.sessions_store.resume(&peer, &owner).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            ctx.index.remove_session(&peer, &handle);
+            return refused(
+                &ctx,
+                "no_session",
+                "the session has ended or expired",
+                reference,
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "resume: session store unavailable");
+            ctx.index.remove_session(&peer, &handle);
+            return refused(
+                &ctx,
+                "unavailable",
+                "the session store is unavailable",
+                reference,
+            );
+        }
+    };
+    // An edge killed outright never stored what it sent last: the client knows more than
+    // the store then, and nothing it holds can be replayed (or needs to be).
+    let (last, replay) = if last_seq >= restored.seq {
+        (last_seq, Vec::new())
+    } else {
+        match replay_after(&restored.window, last_seq, restored.seq) {
+            Some(replay) => (restored.seq, replay),
+            None => {
+                give_up(&ctx, &peer, &owner, &handle, restored).await;
+                return refused(
+                    &ctx,
+                    "gap",
+                    "frames after `last_seq` are no longer available",
+                    reference,
+                );
+            }
+        }
+    };
+    let rooms: Vec<RoomId> = restored.rooms.iter().map(|r| r.room.clone()).collect();
+    let views = match ctx.registry.views(&rooms).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "resume: cannot read the peer's rooms");
+            // Hand the session back, so that a later attempt finds it as it was.
+            let _ = ctx
+                .sessions_store
+                .detach(&peer, &owner, restored.seq, restored.window)
+                .await;
+            ctx.index.remove_session(&peer, &handle);
+            for e in restored.pending {
+                ctx.router.deposit(e);
+            }
+            return refused(
+                &ctx,
+                "unavailable",
+                "the room registry is unavailable",
+                reference,
+            );
+        }
+    };
+    let kept = ctx.index.complete_resume(&peer, &restored.rooms, &views);
+    if !kept.is_empty() {
+        let rebind = Command::Rebind {
+            peer: peer.clone(),
+            edge: ctx.edge_id.clone(),
+        };
+        match ctx.registry.execute(rebind).await {
+            Ok(Outcome::Done) => {}
+            Ok(Outcome::Rejected(Rejection::UnknownPeer)) => {
+                // Removed from the registry in the meantime (its grace period ran out).
+                give_up(&ctx, &peer, &owner, &handle, restored).await;
+                return refused(&ctx, "no_session", "the session has expired", reference);
+            }
+            other => tracing::warn!(?other, "resume: the registry did not take the rebind"),
+        }
+    }
+    if kept.len() != restored.rooms.len() {
+        let _ = ctx.sessions_store.save_rooms(&peer, &owner, &kept).await;
+    }
+    let window: Vec<String> = restored
+        .window
+        .into_iter()
+        .filter(|f| seq_of(f).is_some_and(|s| s <= last))
+        .collect();
+    Done {
+        frames: Vec::new(),
+        switch: Some(Box::new(Switch {
+            peer,
+            owner,
+            last_seq: last,
+            window,
+            replay,
+            pending: restored.pending,
+            receive_only: kept
+                .iter()
+                .filter(|r| r.receive_only)
+                .map(|r| r.room.clone())
+                .collect(),
+            reference,
+        })),
+    }
+}
+
+/// The session cannot be continued: it ends for good (its rooms see `peer-left`, the
+/// senders of its pending signals get `expired`).
+async fn give_up(
+    ctx: &EdgeContext,
+    peer: &PeerId,
+    owner: &Owner,
+    handle: &SessionHandle,
+    restored: Restored,
+) {
+    ctx.index.remove_session(peer, handle);
+    let command = Command::Disconnect { peer: peer.clone() };
+    if let Err(e) = ctx.registry.execute(command).await {
+        tracing::warn!(error = %e, "could not remove a peer that cannot resume");
+    }
+    for e in restored.pending {
+        ctx.router.expire(e);
+    }
+    if let Ok(more) = ctx.sessions_store.end(peer, Some(owner)).await {
+        more.into_iter().for_each(|e| ctx.router.expire(e));
+    }
+}

@@ -1,0 +1,134 @@
+//! Sequence numbers of one session's frames, and the replay window of the last ones sent.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+
+/// Numbers every frame a session writes, and keeps the last `capacity` as written so they
+/// can be replayed after the socket drops.
+#[derive(Debug)]
+pub struct Sequencer {
+    last: u64,
+    capacity: usize,
+    window: VecDeque<String>,
+}
+
+impl Sequencer {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            last: 0,
+            capacity,
+            window: VecDeque::new(),
+        }
+    }
+
+    /// The last `seq` handed out.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Stamps the next `seq` into `frame` and remembers the result.
+    pub fn stamp(&mut self, frame: &str) -> String {
+        self.last += 1;
+        let stamped = with_seq(frame, self.last);
+        if self.capacity > 0 {
+            if self.window.len() == self.capacity {
+                self.window.pop_front();
+            }
+            self.window.push_back(stamped.clone());
+        }
+        stamped
+    }
+
+    /// Continues a resumed session: after `last`, with `window` (frames already stamped).
+    pub fn resume_from(&mut self, last: u64, window: impl IntoIterator<Item = String>) {
+        self.last = last;
+        self.window.clear();
+        for frame in window {
+            if self.window.len() == self.capacity {
+                self.window.pop_front();
+            }
+            self.window.push_back(frame);
+        }
+    }
+
+    /// Numbers a frame that is never written (it was still queued when the socket ended):
+    /// it goes straight into the stored window.
+    pub fn stamp_unkept(&mut self, frame: &str) -> String {
+        self.last += 1;
+        with_seq(frame, self.last)
+    }
+
+    /// The replay window, oldest first.
+    pub fn window(&self) -> Vec<String> {
+        self.window.iter().cloned().collect()
+    }
+}
+
+/// Puts `"seq":N` first into an encoded server message (always a JSON object).
+pub fn with_seq(frame: &str, seq: u64) -> String {
+    let rest = frame.strip_prefix('{').unwrap_or(frame);
+    let mut out = String::with_capacity(frame.len() + 24);
+    out.push_str("{\"seq\":");
+    let _ = write!(out, "{seq}");
+    if rest != "}" {
+        out.push(',');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The `seq` of a stamped frame (it comes first).
+pub fn seq_of(frame: &str) -> Option<u64> {
+    let rest = frame.strip_prefix("{\"seq\":")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+/// The frames of `window` with a `seq` above `last_seq`; `None` when some of them are no
+/// longer in the window (the client missed more than it holds).
+pub fn replay_after(window: &[String], last_seq: u64, window_last: u64) -> Option<Vec<String>> {
+    if last_seq >= window_last {
+        return Some(Vec::new());
+    }
+    let missed: Vec<String> = window
+        .iter()
+        .filter(|f| seq_of(f).is_some_and(|s| s > last_seq))
+        .cloned()
+        .collect();
+    let first = missed.first().and_then(|f| seq_of(f))?;
+    (first == last_seq + 1 && missed.len() as u64 == window_last - last_seq).then_some(missed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_goes_first() {
+        assert_eq!(
+            with_seq(r#"{"type":"pong"}"#, 7),
+            r#"{"seq":7,"type":"pong"}"#
+        );
+        assert_eq!(with_seq("{}", 1), r#"{"seq":1}"#);
+        assert_eq!(seq_of(r#"{"seq":42,"type":"pong"}"#), Some(42));
+    }
+
+    #[test]
+    fn the_window_replays_exactly_what_was_missed() {
+        let mut s = Sequencer::new(3);
+        for _ in 0..5 {
+            s.stamp(r#"{"type":"x"}"#);
+        }
+        assert_eq!(s.last(), 5);
+        let w = s.window();
+        assert_eq!(w.len(), 3);
+        let r = replay_after(&w, 3, 5).unwrap_or_default();
+        assert_eq!(
+            r.iter().map(|f| seq_of(f)).collect::<Vec<_>>(),
+            vec![Some(4), Some(5)]
+        );
+        assert_eq!(replay_after(&w, 5, 5), Some(Vec::new()));
+        assert_eq!(replay_after(&w, 9, 5), Some(Vec::new()));
+        assert_eq!(replay_after(&w, 1, 5), None, "seq 2 is gone");
+    }
+}
