@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::bus::Envelope;
 use crate::metrics::RelayPath;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,9 @@ pub struct Outgoing {
     pub relayed_at: Option<Instant>,
     /// How a relayed signal reached this edge, for the histogram's `path` label.
     pub path: RelayPath,
+    /// For a signal: where it came from, so that if it is never written (the socket ended
+    /// first) it goes to the pending buffer and its sender can be told `expired`.
+    pub origin: Option<Box<Envelope>>,
 }
 
 impl Outgoing {
@@ -29,6 +33,19 @@ impl Outgoing {
             kind,
             relayed_at: None,
             path: RelayPath::Local,
+            origin: None,
+        }
+    }
+
+    /// The signal as an envelope for a pending buffer (its frame is `text`); `None` for
+    /// anything but a signal.
+    pub fn into_envelope(self) -> Result<Envelope, Outgoing> {
+        match self.origin {
+            Some(origin) => Ok(Envelope {
+                frame: self.text,
+                ..*origin
+            }),
+            None => Err(self),
         }
     }
 }
@@ -38,6 +55,7 @@ impl Outgoing {
 pub struct SessionHandle {
     tx: mpsc::Sender<Outgoing>,
     kicked: CancellationToken,
+    finished: CancellationToken,
 }
 
 /// The receiving side, owned by the session task.
@@ -45,17 +63,25 @@ pub struct OutboxReceiver {
     pub rx: mpsc::Receiver<Outgoing>,
     /// Cancelled when the client was too slow and must be disconnected.
     pub kicked: CancellationToken,
+    /// Cancelled by the session when it has ended and stored what a resume needs.
+    pub finished: CancellationToken,
 }
 
 pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let kicked = CancellationToken::new();
+    let finished = CancellationToken::new();
     (
         SessionHandle {
             tx,
             kicked: kicked.clone(),
+            finished: finished.clone(),
         },
-        OutboxReceiver { rx, kicked },
+        OutboxReceiver {
+            rx,
+            kicked,
+            finished,
+        },
     )
 }
 
@@ -78,6 +104,11 @@ impl SessionHandle {
     /// Cuts the session off (its peer resumed on another socket).
     pub fn kick(&self) {
         self.kicked.cancel();
+    }
+
+    /// Resolves when the session has ended and stored its state.
+    pub async fn finished(&self) {
+        self.finished.cancelled().await;
     }
 
     pub fn send(&self, out: Outgoing) -> Delivery {

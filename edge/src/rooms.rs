@@ -329,17 +329,22 @@ impl RoomIndex {
             .get(room)
             .and_then(|entry| entry.members.get(to))
             .ok_or(ErrorCode::UnknownPeer)?;
+        // A socket here wins over the registry's view, which may not have seen the peer
+        // resume here yet. A resuming socket holds what it is sent until its replay is out.
+        match inner.peers.get(to) {
+            Some(p) if p.resuming || p.rooms.contains(room) => {
+                return Ok(Route::Local(p.handle.clone()));
+            }
+            Some(_) if member.edge == self.me => return Err(ErrorCode::UnknownPeer),
+            _ => {}
+        }
         if member.edge != self.me {
             return Ok(Route::Remote {
                 edge: member.edge.clone(),
                 region: member.region.clone(),
             });
         }
-        match inner.peers.get(to) {
-            None => Ok(Route::Detached),
-            Some(p) if p.rooms.contains(room) => Ok(Route::Local(p.handle.clone())),
-            Some(_) => Err(ErrorCode::UnknownPeer),
-        }
+        Ok(Route::Detached)
     }
 
     /// The session of a local peer that is a member of `room`, for a signal relayed from

@@ -155,6 +155,11 @@ impl Router {
         let (edge, region) = match route {
             Route::Local(target) => {
                 let out = Outgoing {
+                    origin: Some(Box::new(self.envelope(
+                        &meta,
+                        self.me.clone(),
+                        String::new(),
+                    ))),
                     text: signal.text,
                     kind: "signal",
                     relayed_at: Some(signal.received_at),
@@ -255,21 +260,23 @@ impl Router {
             }
             return;
         };
+        let mut origin = e;
+        let text = std::mem::take(&mut origin.frame);
         let out = Outgoing {
-            text: e.frame,
+            text,
             kind: if notice { "expired" } else { "signal" },
             relayed_at: if notice {
                 None
             } else {
-                membership::sent_at(e.sent_at_us)
+                membership::sent_at(origin.sent_at_us)
             },
             path,
+            origin: Some(Box::new(origin)),
         };
-        if let Err((_, out)) = target.try_send(out) {
-            self.deposit(Envelope {
-                frame: out.text,
-                ..e
-            });
+        if let Err((_, out)) = target.try_send(out)
+            && let Ok(envelope) = out.into_envelope()
+        {
+            self.deposit(envelope);
         }
     }
 

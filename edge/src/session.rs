@@ -302,6 +302,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
     if reason.ends_session() {
         close(&mut socket, reason).await;
         end_for_good(&ctx, &me, &handle).await;
+        outbox.rx.close();
     } else {
         // The peer may resume: its state is stored before the socket is closed, so that a
         // client that reconnects at once finds it.
@@ -313,6 +314,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         detach(&ctx, &me, &handle, seq, leftovers, reason).await;
         close(&mut socket, reason).await;
     }
+    outbox.finished.cancel();
 }
 
 /// The client closed the session (or broke the protocol): it leaves its rooms now, and the
@@ -349,11 +351,19 @@ async fn detach(
     let Some(in_rooms) = ctx.index.remove_session(&me.peer, handle) else {
         return;
     };
+    // Frames never written: signals go back to the pending buffer (their senders must be
+    // told if the peer never returns), anything else joins the replay window.
     let mut window = seq.window();
-    window.extend(leftovers.iter().map(|out| seq.stamp_unkept(&out.text)));
+    let mut unsent = Vec::new();
+    for out in leftovers {
+        match out.into_envelope() {
+            Ok(e) => unsent.push(e),
+            Err(out) => window.push(seq.stamp_unkept(&out.text)),
+        }
+    }
     match ctx
         .sessions_store
-        .detach(&me.peer, &me.owner, seq.last(), window)
+        .detach(&me.peer, &me.owner, seq.last(), window, unsent)
         .await
     {
         Ok(true) => ctx.metrics.sessions_detached.increment(1),
@@ -723,10 +733,13 @@ fn ice_servers(ctx: &EdgeContext, peer: &PeerId) -> Box<RawValue> {
 
 fn read_error_reason(e: axum::Error) -> CloseReason {
     use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e.into_inner().downcast::<WsError>() {
         Ok(ws) => match *ws {
             WsError::Capacity(_) => CloseReason::FrameTooLarge,
             WsError::Utf8(_) => CloseReason::InvalidUtf8,
+            // The connection was lost (a reset), not a client speaking badly.
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Abrupt,
             WsError::Protocol(_) => CloseReason::ProtocolError,
             _ => CloseReason::Abrupt,
         },

@@ -56,7 +56,14 @@ impl MemoryStore {
         }
     }
 
-    pub fn detach(&self, peer: &PeerId, owner: &Owner, seq: u64, window: Vec<String>) -> bool {
+    pub fn detach(
+        &self,
+        peer: &PeerId,
+        owner: &Owner,
+        seq: u64,
+        window: Vec<String>,
+        unsent: Vec<Envelope>,
+    ) -> bool {
         let mut records = self.records();
         let Some(r) = records
             .get_mut(peer)
@@ -68,6 +75,9 @@ impl MemoryStore {
         r.detached_at = Some(Instant::now());
         r.seq = seq;
         r.window = window;
+        for e in unsent.into_iter().rev() {
+            r.pending.push_front(e);
+        }
         true
     }
 
@@ -177,8 +187,11 @@ mod tests {
             Some(Deposit::NoSession)
         );
         store.open(&p, &first);
-        assert!(store.detach(&p, &first, 7, vec!["{\"seq\":7}".into()]));
-        assert!(!store.detach(&p, &first, 7, Vec::new()), "already detached");
+        assert!(store.detach(&p, &first, 7, vec!["{\"seq\":7}".into()], Vec::new()));
+        assert!(
+            !store.detach(&p, &first, 7, Vec::new(), Vec::new()),
+            "already detached"
+        );
         assert!(store.is_detached(&p));
         assert_eq!(outcome(store.deposit(envelope("p", 1))), None);
         assert_eq!(outcome(store.deposit(envelope("p", 2))), None);
@@ -188,7 +201,7 @@ mod tests {
         );
         let r = store.resume(&p, &second).unwrap();
         assert!(
-            !store.detach(&p, &first, 9, Vec::new()),
+            !store.detach(&p, &first, 9, Vec::new(), Vec::new()),
             "the old socket lost its claim"
         );
         assert_eq!(r.seq, 7);

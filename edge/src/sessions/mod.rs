@@ -132,19 +132,21 @@ impl Sessions {
         }
     }
 
-    /// The socket ended but the peer may resume: saves what it may not have read, and from
-    /// now on signals for it go to its pending buffer. Returns false when another edge owns
-    /// the session already (it resumed there).
+    /// The socket ended but the peer may resume: saves what it may not have read (the
+    /// replay window; the signals never written go in front of its pending buffer, so that
+    /// their senders are told if it never comes back), and from now on signals for it go to
+    /// its pending buffer. Returns false when another socket owns the session already.
     pub async fn detach(
         &self,
         peer: &PeerId,
         owner: &Owner,
         seq: u64,
         window: Vec<String>,
+        unsent: Vec<Envelope>,
     ) -> Result<bool, StoreError> {
         match self {
-            Self::Memory(m) => Ok(m.detach(peer, owner, seq, window)),
-            Self::Redis(r) => r.detach(peer, owner, seq, window).await,
+            Self::Memory(m) => Ok(m.detach(peer, owner, seq, window, unsent)),
+            Self::Redis(r) => r.detach(peer, owner, seq, window, unsent).await,
         }
     }
 

@@ -64,12 +64,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
-/// KEYS: session, window, pending. ARGV: owner, ttl ms, seq, frames...
+/// KEYS: session, window, pending. ARGV: owner, ttl ms, seq, window length, window frames...,
+/// unsent signals... (oldest first; they go in front of the pending buffer).
 const DETACH: &str = r#"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'owner', '', 'seq', ARGV[3])
 redis.call('DEL', KEYS[2])
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = #ARGV, 5 + n, -1 do redis.call('LPUSH', KEYS[3], ARGV[i]) end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 "#;
@@ -223,14 +226,19 @@ impl RedisStore {
         owner: &Owner,
         seq: u64,
         window: Vec<String>,
+        unsent: Vec<Envelope>,
     ) -> Result<bool, StoreError> {
         let mut inv = self.detach.prepare_invoke();
         inv.key(&Self::keys3(peer.as_str())[..])
             .arg(owner.as_str())
             .arg(self.limits.ttl_ms())
-            .arg(seq);
+            .arg(seq)
+            .arg(window.len());
         for frame in window {
             inv.arg(frame);
+        }
+        for e in unsent {
+            inv.arg(e.encode());
         }
         self.call::<i64>(&mut inv).await.map(|n| n == 1)
     }

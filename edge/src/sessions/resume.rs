@@ -18,6 +18,9 @@ use crate::outbox::{Outgoing, SessionHandle};
 use crate::protocol::{self, ErrorCode, ProtocolError, Ref, ServerMessage};
 use crate::session::Done;
 
+/// How long a resume waits for the peer's previous socket on this edge to wind down.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A resume that succeeded: what the socket continues with.
 pub struct Switch {
     pub peer: PeerId,
@@ -93,11 +96,21 @@ pub async fn run(
     reference: Option<Ref>,
 ) -> Done {
     let owner = Owner::new(&ctx.edge_id);
-    let resuming = ctx
+    if let Some(previous) = ctx.index.session(&peer) {
+        // The peer's previous socket here has not noticed it is dead: it is cut off, and
+        // stores what it holds before this socket takes the session over.
+        previous.kick();
+        if tokio::time::timeout(TAKEOVER_WAIT, previous.finished())
+            .await
+            .is_err()
+        {
+            tracing::warn!("resume: the previous socket did not finish in time");
+        }
+    }
+    if let Some(previous) = ctx
         .index
-        .add_resuming(peer.clone(), handle.clone(), owner.clone());
-    if let Some(previous) = resuming {
-        // The peer's previous socket here has not noticed it is dead; it must stop.
+        .add_resuming(peer.clone(), handle.clone(), owner.clone())
+    {
         previous.kick();
     }
     let restored = match ctx.sessions_store.resume(&peer, &owner).await {
@@ -148,12 +161,15 @@ pub async fn run(
             // Hand the session back, so that a later attempt finds it as it was.
             let _ = ctx
                 .sessions_store
-                .detach(&peer, &owner, restored.seq, restored.window)
+                .detach(
+                    &peer,
+                    &owner,
+                    restored.seq,
+                    restored.window,
+                    restored.pending,
+                )
                 .await;
             ctx.index.remove_session(&peer, &handle);
-            for e in restored.pending {
-                ctx.router.deposit(e);
-            }
             return refused(
                 &ctx,
                 "unavailable",

@@ -17,6 +17,8 @@ use tempfile::TempDir;
 
 use crate::common::{self, CLUSTER_SECRET, DEADLINE, Node};
 
+pub const SESSION_SECRET: &str = "test-session-secret-0123456789";
+
 const POLL: Duration = Duration::from_millis(20);
 
 /// A binary of another workspace package: next to this test's executable (`target/<profile>`).
@@ -303,6 +305,9 @@ impl Cluster {
                 (*region).into(),
                 "--edge-id".into(),
                 (*name).into(),
+                // Every edge of the cluster must accept the others' resume tokens.
+                "--session-secret".into(),
+                SESSION_SECRET.into(),
             ];
             if let Some(r) = redis.get(*region) {
                 args.extend(["--redis".into(), r.url()]);
