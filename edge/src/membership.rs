@@ -108,9 +108,7 @@ async fn remove_ghosts(
         .map(|m| m.peer.clone())
         .collect();
     for peer in ghosts {
-        if sessions.is_detached(&peer).await.unwrap_or(true) {
-            continue;
-        }
+        let _ = sessions;
         if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a departed peer from the registry");
         }

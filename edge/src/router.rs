@@ -228,7 +228,7 @@ impl Router {
             },
             // The bus's script decides: the owner's edge, or the pending buffer.
             Sessions::Redis(_) => {
-                if let Err(envelope) = self.bus.publish(envelope) {
+                if let Err(envelope) = self.bus.deposit(envelope) {
                     self.expire(*envelope);
                 }
             }
@@ -314,7 +314,7 @@ impl Router {
         };
         let kept = match &self.sessions {
             Sessions::Memory(store) => store.deposit(notice).is_ok(),
-            Sessions::Redis(_) => self.bus.publish(notice).is_ok(),
+            Sessions::Redis(_) => self.bus.deposit(notice).is_ok(),
         };
         if !kept {
             self.metrics.relay_undeliverable.increment(1);

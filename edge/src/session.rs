@@ -40,6 +40,10 @@ pub mod close_code {
     pub const RESUME_LATER: std::ops::RangeInclusive<u16> = 4000..=4099;
 }
 
+/// A draining socket is closed at least this long after its `reconnect` notice: what the
+/// client sent before it read the notice still arrives and is served.
+pub const DRAIN_NOTICE_FLOOR: Duration = Duration::from_secs(1);
+
 /// Frames written to the socket in one go before flushing.
 const WRITE_BATCH: usize = 64;
 
@@ -142,8 +146,9 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                 () = ctx.shutdown.cancelled(), if drain_close_at.is_none() => {
                     // Draining: this socket closes at a random point of the drain window,
                     // so that its clients do not all resume elsewhere at once.
+                    // The floor lets what the client sent before it read the notice arrive.
                     let window = ctx.config.sessions.drain_window;
-                    let after = window.mul_f64(rand::random::<f64>());
+                    let after = DRAIN_NOTICE_FLOOR + window.mul_f64(rand::random::<f64>());
                     drain_close_at = Some(tokio::time::Instant::now() + after);
                     ctx.metrics.drain_notices.increment(1);
                     let notice = Outgoing::new(

@@ -48,7 +48,10 @@ async fn killed_node_restarts_cleanly_on_the_same_data_dir() {
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path(), &["--shutdown-grace-ms", "3000"]);
+    let mut node = Node::start(
+        dir.path(),
+        &["--shutdown-grace-ms", "3000", "--drain-window-ms", "500"],
+    );
     let mut a = Client::connect(&node.ws_url()).await;
     let mut b = Client::connect(&node.ws_url()).await;
     a.join("r").await;

@@ -147,7 +147,7 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
             wait_for("edge A to fail to report C's departure", || async {
                 edge_a
                     .log()
-                    .contains("could not remove a disconnected peer")
+                    .contains("could not mark a peer detached")
                     .then_some(())
             })
             .await;
@@ -155,7 +155,7 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
         .await;
     wait_ready(&edge_a).await;
     wait_ready(&edge_b).await;
-    // Edge A's resync finds C in the registry without a session and removes it.
+    // Edge A's resync finds C in the registry without a socket here and removes it.
     for peer in [&mut a, &mut b] {
         let pl = peer.expect("peer-left").await;
         assert_eq!(pl["peer_id"], ghost.as_str());

@@ -44,6 +44,38 @@ export interface Welcome {
   edge: string;
   ice_servers: IceServer[];
   protocol: string;
+  /** Position of the frame in its session (absent from older edges); see `Heliograph.lastSeq`. */
+  seq?: number;
+}
+
+/** The answer to a successful `resume`, after the frames the old session had missed. */
+export interface Resumed {
+  type: 'resumed';
+  /** The resumed session's peer id (the one from before the reconnect). */
+  peer_id: string;
+  /** How many missed frames of the old session were replayed before this one. */
+  replayed: number;
+  /** Replaces the previous token; the next resume uses it. */
+  resume_token: string;
+  ref?: string;
+  seq?: number;
+}
+
+/** The edge is draining: it closes the socket (code 1001) in about `after_ms`. */
+export interface ReconnectNotice {
+  type: 'reconnect';
+  after_ms: number;
+  seq?: number;
+}
+
+/** A signal this client sent to `to` will never be delivered. */
+export interface Expired {
+  type: 'expired';
+  to: string;
+  room: string;
+  /** The `ref` of the signal, as returned by `signal()`. */
+  ref?: string;
+  seq?: number;
 }
 
 /** A client message as sent (with its `ref`). */
@@ -68,18 +100,28 @@ export declare class HeliographError extends Error {
 
 export interface HeliographEvents {
   [key: string]: unknown;
-  welcome: Welcome & { reconnect: boolean };
+  /**
+   * Every new socket's welcome. `resuming`: a `resume` is in flight, so `peerId` is the fresh
+   * session's only until `resumed` (restores the old id) or `resume-failed` (keeps this one).
+   */
+  welcome: Welcome & { reconnect: boolean; resuming: boolean };
   state: { state: State; previous: State };
   joined: { room: string; peers: PeerInfo[]; rejoin: boolean };
   left: { room: string };
   rejoined: { room: string };
   'rejoin-failed': { room: string; code: string; message: string };
-  resumed: { type: 'resumed'; peer_id?: string; [key: string]: unknown };
+  /** The old session continues: same peer id, rooms kept (not re-joined), missed frames delivered. */
+  resumed: { peerId: string; replayed: number };
+  /** The edge is draining: the client reconnects (and resumes) without backoff when it closes. */
+  reconnect: { after_ms: number };
   'peer-joined': { room: string; peer: PeerInfo };
   'peer-left': { room: string; peerId: string; reason: string };
   signal: { room: string; from: string; kind: SignalKind; data: unknown };
-  /** A signal the edge could not deliver in time (future edge feature). */
-  expired: { to: string; ref: string; request: Request | null };
+  /**
+   * A signal this client sent will never be delivered (its target did not come back within the
+   * edge's grace period, or its pending buffer was full). `request`: the signal, if remembered.
+   */
+  expired: { to: string; room: string | null; ref: string | null; request: Request | null };
   error: { code: ErrorCode | string; message: string; ref?: string | number; request?: Request | null };
   reconnecting: { attempt: number; delay: number };
   disconnected: { code: number; reason: string };
@@ -104,7 +146,10 @@ export interface HeliographOptions {
   pingInterval?: number;
   /** A ping unanswered for this long drops the connection (default 10000). */
   pingTimeout?: number;
-  /** Try `resume` before rejoining after a reconnect (default true). */
+  /**
+   * After a reconnect, resume the previous session (same peer id, rooms kept, missed frames
+   * replayed) before falling back to rejoining the rooms (default true).
+   */
   resume?: boolean;
   /** Injectables, for tests and non-browser hosts. */
   WebSocket?: { new (url: string, protocol: string): WebSocket };
@@ -128,8 +173,11 @@ export declare class Heliograph extends Emitter<HeliographEvents> {
   readonly region: string | null;
   readonly edge: string | null;
   readonly iceServers: IceServer[];
+  /** Token of the current session, sent in `resume` after an unexpected disconnect. */
   readonly resumeToken: string | null;
-  /** Rooms this client is in or joining; rejoined after reconnects. */
+  /** The highest `seq` processed in the current session; frames at or below it are dropped. */
+  readonly lastSeq: number | null;
+  /** Rooms this client is in or joining; kept by a resume, else rejoined after reconnects. */
   readonly rooms: Map<string, RoomState>;
 
   /** Connects; resolves with the first welcome. Keeps reconnecting until close(). */

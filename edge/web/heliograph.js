@@ -61,10 +61,16 @@ const DEFAULTS = {
 /** How many recent signal refs are remembered to give `error`/`expired` their request. */
 const SIGNAL_MEMORY = 256;
 
+/** After a `reconnect` notice the edge closes within `after_ms`; past this much more, we do. */
+const DRAIN_GRACE = 5000;
+
+/** Upper bound (ms) of the random delay before reconnecting off a draining edge. */
+const DRAIN_JITTER = 100;
+
 /**
  * The signaling client. States: idle → connecting → open ⇄ reconnecting → closed.
  * Events: welcome, state, joined, left, peer-joined, peer-left, signal, error, expired,
- * resumed, rejoined, message (any frame).
+ * resumed, rejoined, rejoin-failed, reconnect, reconnecting, disconnected, message (any frame).
  */
 export class Heliograph extends Emitter {
   constructor(options = {}) {
@@ -82,6 +88,7 @@ export class Heliograph extends Emitter {
     this.edge = null;
     this.iceServers = [];
     this.resumeToken = null;
+    /** The highest `seq` processed in the current session (null: the edge sends none). */
     this.lastSeq = null;
     /** Rooms this client wants to be in: room → { meta, peers: Map<id, peer> | null }. */
     this.rooms = new Map();
@@ -94,8 +101,18 @@ export class Heliograph extends Emitter {
     this.pingTimer = null;
     this.pongTimer = null;
     this.welcomed = null; // { resolve } for connect()
-    this.resuming = false;
     this.everWelcomed = false;
+    /**
+     * The resume in flight: the old session { peerId, token, ref } and the fresh one from
+     * `welcome` ({ peerId, token, lastSeq }) to fall back to. Kept across a socket that dies
+     * during the resume, so that the next connection resumes the same old session.
+     */
+    this.resume = null;
+    /** Rosters of the rooms while disconnected, given back if the session is resumed. */
+    this.heldRosters = new Map();
+    /** Rooms left while the session could not be told; left again after a resume. */
+    this.leaving = new Set();
+    this.drain = null; // { timer } after a `reconnect` notice
   }
 
   /** Opens the connection; resolves with the first `welcome`. Reconnects until `close()`. */
@@ -114,6 +131,9 @@ export class Heliograph extends Emitter {
     this.#clearTimers();
     this.#dropSocket(1000, 'client closed');
     this.#setState('closed');
+    // The edge ends the session on our close: a later connect() starts afresh, no resume.
+    this.resume = null;
+    this.everWelcomed = false;
     for (const [ref, req] of this.pending) {
       this.pending.delete(ref);
       req.reject(new HeliographError('closed', 'the client was closed', req.msg));
@@ -129,6 +149,8 @@ export class Heliograph extends Emitter {
   join(room, meta) {
     const entry = { meta: meta ?? null, peers: null };
     this.rooms.set(room, entry);
+    this.leaving.delete(room);
+    this.heldRosters.delete(room);
     return this.#request(this.#joinMessage(room, entry)).then((reply) => reply.peers);
   }
 
@@ -142,13 +164,18 @@ export class Heliograph extends Emitter {
   /** Leaves `room`. Resolves once the server confirms (at once when not connected). */
   leave(room) {
     this.rooms.delete(room);
+    this.heldRosters.delete(room);
     for (const [ref, req] of this.pending) {
       if (req.msg.type === 'join' && req.msg.room === room) {
         this.#settle(ref);
         req.reject(new HeliographError('cancelled', 'left before the join completed', req.msg));
       }
     }
-    if (this.state !== 'open') return Promise.resolve();
+    if (this.state !== 'open') {
+      // A resumed session would still be in the room: remember to leave it then.
+      this.leaving.add(room);
+      return Promise.resolve();
+    }
     return this.#request({ type: 'leave', room }).then(() => undefined);
   }
 
@@ -198,8 +225,10 @@ export class Heliograph extends Emitter {
   #onClose(code, reason) {
     this.ws = null;
     this.#clearPing();
-    // Requests that cannot survive the connection: leave is done (we are out of every room),
-    // pings and resumes fail. Joins stay and are sent again on the next connection.
+    const drained = this.#endDrain(code);
+    // Requests that cannot survive the connection: leave is done (we are out of every room,
+    // or leave the resumed session's again), pings and resumes fail. Joins stay and are sent
+    // again on the next connection.
     for (const [ref, req] of this.pending) {
       if (req.msg.type === 'join') {
         req.sent = false;
@@ -208,16 +237,25 @@ export class Heliograph extends Emitter {
         continue;
       }
       this.#settle(ref);
-      if (req.msg.type === 'leave') req.resolve({ type: 'left', room: req.msg.room });
-      else req.reject(new HeliographError('disconnected', `connection closed (${code})`, req.msg));
+      if (req.msg.type === 'leave') {
+        this.leaving.add(req.msg.room);
+        req.resolve({ type: 'left', room: req.msg.room });
+      } else {
+        req.reject(new HeliographError('disconnected', `connection closed (${code})`, req.msg));
+      }
     }
-    for (const entry of this.rooms.values()) entry.peers = null;
+    // The roster is unknown while disconnected; a resume gives it back with what was missed.
+    for (const [room, entry] of this.rooms) {
+      if (entry.peers) this.heldRosters.set(room, entry.peers);
+      entry.peers = null;
+    }
     this.emit('disconnected', { code, reason });
     if (this.state === 'closed') return;
-    this.#scheduleReconnect();
+    this.#scheduleReconnect(drained);
   }
 
-  #scheduleReconnect() {
+  /** `quick`: the edge is draining, not failing, so skip the backoff (but not a jitter). */
+  #scheduleReconnect(quick = false) {
     if (!this.options.reconnect || this.state === 'closed') {
       this.#setState('closed');
       return;
@@ -225,13 +263,22 @@ export class Heliograph extends Emitter {
     this.#setState('reconnecting');
     const o = this.options;
     const base = Math.min(o.maxDelay, o.initialDelay * o.factor ** this.attempt);
-    const delay = Math.round(base * (1 - o.jitter * this.random()));
+    const delay = quick
+      ? Math.round(DRAIN_JITTER * this.random())
+      : Math.round(base * (1 - o.jitter * this.random()));
     this.attempt += 1;
     this.emit('reconnecting', { attempt: this.attempt, delay });
     this.reconnectTimer = this.setTimeout(() => {
       this.reconnectTimer = null;
       if (this.state === 'reconnecting') this.#open('reconnecting');
     }, delay);
+  }
+
+  /** Gives up on the current socket (a dead or doomed link) and reconnects. */
+  #abandonSocket(code, reason) {
+    const ws = this.ws;
+    this.#dropSocket(code, reason);
+    if (ws) this.#onClose(code, reason);
   }
 
   #dropSocket(code, reason) {
@@ -253,6 +300,15 @@ export class Heliograph extends Emitter {
     if (this.reconnectTimer) this.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.#clearPing();
+    this.#endDrain(null);
+  }
+
+  /** Forgets a `reconnect` notice; true if `code` is the close that the notice announced. */
+  #endDrain(code) {
+    if (!this.drain) return false;
+    if (this.drain.timer) this.clearTimeout(this.drain.timer);
+    this.drain = null;
+    return code === 1001 || code === 4001;
   }
 
   #clearPing() {
@@ -269,9 +325,7 @@ export class Heliograph extends Emitter {
       this.pongTimer = this.setTimeout(() => {
         // No pong: the link is dead even if the socket has not noticed. Start over.
         this.pongTimer = null;
-        const ws = this.ws;
-        this.#dropSocket(4000, 'ping timeout');
-        if (ws) this.#onClose(4000, 'ping timeout');
+        this.#abandonSocket(4000, 'ping timeout');
       }, this.options.pingTimeout);
       this.ping().then(() => this.#schedulePing(), () => {});
     }, this.options.pingInterval);
@@ -279,13 +333,18 @@ export class Heliograph extends Emitter {
 
   // --- requests ---------------------------------------------------------------------------
 
-  #request(msg, { queue = true, internal = false } = {}) {
+  /**
+   * `queue: false` fails at once when not open instead of waiting for the next session, and
+   * is not held back by a resume; `now` sends on the current socket whatever the state (the
+   * resume itself, before anyone can hear of the new `welcome`).
+   */
+  #request(msg, { queue = true, internal = false, now = false } = {}) {
     return new Promise((resolve, reject) => {
       if (this.state === 'closed') {
         reject(new HeliographError('closed', 'the client is closed', msg));
         return;
       }
-      if (!queue && this.state !== 'open') {
+      if (!queue && !now && this.state !== 'open') {
         reject(new HeliographError('disconnected', 'not connected', msg));
         return;
       }
@@ -293,8 +352,9 @@ export class Heliograph extends Emitter {
       msg.ref = ref;
       const req = { msg, resolve, reject, sent: false, timer: null, internal, rejoin: internal };
       this.pending.set(ref, req);
-      // While not open, the request waits for the next `welcome` (joins via rejoin).
-      if (this.state === 'open' && (!this.resuming || !queue)) this.#transmit(req);
+      // While not open, the request waits for the next `welcome` (joins via rejoin); while
+      // resuming, until the session is known (a rejoin would race the resumed membership).
+      if (now || (this.state === 'open' && (!this.resume || !queue))) this.#transmit(req);
     });
   }
 
@@ -336,7 +396,7 @@ export class Heliograph extends Emitter {
       this.emit('error', { code: 'bad-frame', message: 'the server sent a frame that is not JSON' });
       return;
     }
-    if (typeof msg?.seq === 'number') this.lastSeq = msg.seq;
+    if (!this.#inSequence(msg)) return;
     this.emit('message', msg);
     switch (msg.type) {
       case 'welcome': return this.#onWelcome(msg);
@@ -350,6 +410,7 @@ export class Heliograph extends Emitter {
         return;
       }
       case 'left':
+        this.leaving.delete(msg.room);
         this.#settle(msg.ref)?.resolve(msg);
         this.emit('left', { room: msg.room });
         return;
@@ -364,13 +425,20 @@ export class Heliograph extends Emitter {
       case 'signal':
         this.emit('signal', { room: msg.room, from: msg.from, kind: msg.kind, data: msg.data });
         return;
-      case 'resumed': // a future edge feature: settles the `resume` request
+      case 'resumed':
+        return this.#onResumed(msg);
       case 'pong':
         this.#settle(msg.ref)?.resolve(msg);
         return;
-      case 'expired':
-        this.emit('expired', { to: msg.to, ref: msg.ref, request: this.signals.get(msg.ref) ?? null });
+      case 'expired': {
+        const request = this.signals.get(msg.ref) ?? null;
+        this.emit('expired', {
+          to: msg.to, room: msg.room ?? request?.room ?? null, ref: msg.ref ?? null, request,
+        });
         return;
+      }
+      case 'reconnect':
+        return this.#onReconnectNotice(msg);
       case 'error':
         return this.#onError(msg);
       default:
@@ -379,9 +447,30 @@ export class Heliograph extends Emitter {
     }
   }
 
+  /**
+   * Tracks `seq` and tells whether to process the frame: false for one already processed
+   * (an edge may replay what it is unsure we got). Frames without `seq` (older edges) pass.
+   */
+  #inSequence(msg) {
+    const seq = msg?.seq;
+    if (!Number.isInteger(seq)) return true;
+    // Both open a session of their own, numbered from scratch (see #onWelcome, #resumeFailed).
+    if (msg.type === 'welcome' || this.#isResumeFailure(msg)) return true;
+    if (this.lastSeq != null && seq <= this.lastSeq) return false;
+    this.lastSeq = seq;
+    // While resuming, numbered frames are the old session's: it is back, rosters included.
+    if (this.resume) this.#restoreRosters();
+    return true;
+  }
+
+  #isResumeFailure(msg) {
+    return msg.type === 'error' && this.resume != null && msg.ref != null
+      && msg.ref === this.resume.ref;
+  }
+
   #onWelcome(msg) {
-    const previousToken = this.resumeToken;
     const reconnect = this.everWelcomed;
+    const target = reconnect && this.options.resume ? this.#resumeTarget() : null;
     this.everWelcomed = true;
     this.attempt = 0;
     this.peerId = msg.peer_id;
@@ -389,31 +478,106 @@ export class Heliograph extends Emitter {
     this.edge = msg.edge;
     this.iceServers = msg.ice_servers ?? [];
     this.resumeToken = msg.resume_token ?? null;
+    this.lastSeq = Number.isInteger(msg.seq) ? msg.seq : null;
+    if (target) {
+      // Try to keep the old session; on `resume-failed` carry on with this one and rejoin.
+      // Sent before anyone hears of this welcome, so that it is the first request.
+      this.resume = {
+        ...target,
+        ref: null,
+        fresh: { peerId: this.peerId, token: this.resumeToken, lastSeq: this.lastSeq },
+      };
+      this.#sendResume(target);
+    } else {
+      this.resume = null;
+    }
     this.#setState('open');
-    this.emit('welcome', { ...msg, reconnect });
+    this.emit('welcome', { ...msg, reconnect, resuming: !!target });
     this.welcomed?.resolve(msg);
     this.welcomed = null;
     this.#schedulePing();
-    if (reconnect && this.rooms.size > 0 && this.options.resume && previousToken) {
-      // Try to keep the old session; on `resume-failed` (or any error) rejoin instead.
-      const resume = { type: 'resume', token: previousToken };
-      if (this.lastSeq != null) resume.last_seq = this.lastSeq;
-      this.#request(resume).then(
-        (reply) => this.#afterResume(reply),
-        () => { if (this.state === 'open') this.#afterResume(null); });
-      this.resuming = true;
-      return;
+    if (!target) {
+      this.#startFresh();
+      this.#afterSession(false);
     }
-    this.#afterResume(null);
   }
 
-  /** After a (re)connect: rejoin the rooms (unless resumed) and send queued requests. */
-  #afterResume(resumed) {
-    this.resuming = false;
-    if (resumed) {
-      if (resumed.peer_id) this.peerId = resumed.peer_id;
-      this.emit('resumed', resumed);
-    } else {
+  /** The session to resume: the one of a resume cut short, else the last one, if any. */
+  #resumeTarget() {
+    const r = this.resume;
+    const token = r ? r.token : this.resumeToken;
+    if (!token) return null;
+    return { peerId: r ? r.peerId : this.peerId, token, lastSeq: this.lastSeq };
+  }
+
+  #sendResume(target) {
+    const msg = { type: 'resume', token: target.token };
+    if (target.lastSeq != null) msg.last_seq = target.lastSeq;
+    this.#request(msg, { queue: false, now: true }).then(() => {}, (err) => {
+      // No answer on a live socket leaves the session's state unknown: start over, resuming
+      // the same old session (the edge answers `resume-failed` once it is gone).
+      if (err.code === 'timeout' && this.resume?.ref === msg.ref) {
+        this.#abandonSocket(4002, 'resume timeout');
+      }
+    });
+    this.resume.ref = msg.ref;
+    // From the first numbered frame on, the stream is the resumed session's.
+    this.lastSeq = target.lastSeq;
+  }
+
+  #onResumed(msg) {
+    const req = this.#settle(msg.ref);
+    req?.resolve(msg);
+    const r = this.resume;
+    if (!r || (msg.ref != null && msg.ref !== r.ref)) return; // not our resume (stale)
+    this.resume = null;
+    this.#restoreRosters();
+    this.peerId = msg.peer_id ?? r.peerId;
+    this.resumeToken = msg.resume_token ?? r.token;
+    // The session kept its rooms, including those left while it could not be told.
+    for (const room of this.leaving) {
+      if (!this.rooms.has(room)) {
+        this.#request({ type: 'leave', room }, { internal: true }).then(() => {}, () => {});
+      }
+    }
+    this.leaving.clear();
+    this.emit('resumed', { peerId: this.peerId, replayed: msg.replayed ?? 0 });
+    this.#afterSession(true);
+  }
+
+  #resumeFailed(msg) {
+    const { fresh } = this.resume;
+    this.resume = null;
+    this.peerId = fresh.peerId;
+    this.resumeToken = fresh.token;
+    this.lastSeq = Number.isInteger(msg.seq) ? msg.seq : fresh.lastSeq;
+    this.#startFresh();
+    this.#afterSession(false);
+  }
+
+  #restoreRosters() {
+    for (const [room, peers] of this.heldRosters) {
+      const entry = this.rooms.get(room);
+      if (entry && !entry.peers) entry.peers = peers;
+    }
+    this.heldRosters.clear();
+  }
+
+  /** A new session is in no room: forget what only a resumed one would need. */
+  #startFresh() {
+    this.heldRosters.clear();
+    this.leaving.clear();
+    for (const [ref, req] of this.pending) {
+      if (req.msg.type === 'leave' && !req.sent) {
+        this.#settle(ref);
+        req.resolve({ type: 'left', room: req.msg.room });
+      }
+    }
+  }
+
+  /** Once the session is known: rejoin the rooms (unless resumed) and send queued requests. */
+  #afterSession(resumed) {
+    if (!resumed) {
       for (const room of this.rooms.keys()) {
         const waiting = [...this.pending.values()].some(
           (r) => r.msg.type === 'join' && r.msg.room === room);
@@ -430,6 +594,25 @@ export class Heliograph extends Emitter {
         this.#transmit(req);
       }
     }
+  }
+
+  /**
+   * The edge is draining and closes this socket (1001) in about `after_ms`: reconnect at
+   * once when it does, and close it ourselves if it does not.
+   */
+  #onReconnectNotice(msg) {
+    // During a resume it may be a replayed notice meant for the old socket, not this one.
+    if (this.resume) return;
+    const afterMs = Math.max(0, Number(msg.after_ms) || 0);
+    this.#endDrain(null);
+    const ws = this.ws;
+    this.drain = {
+      timer: this.setTimeout(() => {
+        this.drain.timer = null;
+        if (this.ws === ws) this.#abandonSocket(4001, 'reconnect notice expired');
+      }, afterMs + DRAIN_GRACE),
+    };
+    this.emit('reconnect', { after_ms: afterMs });
   }
 
   #rejoin(room) {
@@ -453,12 +636,20 @@ export class Heliograph extends Emitter {
   }
 
   #onError(msg) {
+    if (this.#isResumeFailure(msg)) {
+      // Expected when the session is gone (or the edge keeps none): not an error event.
+      const req = this.#settle(msg.ref);
+      req?.reject(new HeliographError(msg.code, msg.message, req.msg));
+      this.#resumeFailed(msg);
+      return;
+    }
     const req = msg.ref != null ? this.#settle(msg.ref) : null;
     const request = req?.msg ?? (msg.ref != null ? this.signals.get(msg.ref) : undefined) ?? null;
     if (req) {
       if (req.msg.type === 'join' && !req.internal) this.rooms.delete(req.msg.room);
       req.reject(new HeliographError(msg.code, msg.message, req.msg));
-      if (req.msg.type === 'resume') return; // expected while edges keep no sessions
+      if (req.msg.type === 'resume') return; // a stale resume: the session is settled
+      if (req.msg.type === 'leave' && req.internal) return; // the session had left already
     }
     this.emit('error', { code: msg.code, message: msg.message, ref: msg.ref, request });
   }
@@ -497,7 +688,8 @@ export class PeerMesh extends Emitter {
     const c = this.client;
     const mine = (ev) => ev.room === this.room;
     this.unsubscribe.push(
-      c.on('welcome', () => this.#syncSelf()),
+      // While resuming, `peerId` is the fresh session's only until `resumed` restores ours.
+      c.on('welcome', (ev) => { if (!ev.resuming) this.#syncSelf(); }),
       c.on('joined', (ev) => { if (mine(ev)) this.#reconcile(ev.peers); }),
       c.on('left', (ev) => { if (mine(ev)) this.#closeAll('left'); }),
       c.on('peer-joined', (ev) => { if (mine(ev)) this.#replace(ev.peer); }),

@@ -131,7 +131,16 @@ impl Bus {
     pub fn publish(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
         match self {
             Self::Local(l) => l.publish(envelope),
-            Self::Redis(r) => r.publish(envelope),
+            Self::Redis(r) => r.publish(envelope, false),
+        }
+    }
+
+    /// Hands over a signal for a peer without a socket on this edge (Redis only: its
+    /// pending buffer, or the edge it resumed on).
+    pub fn deposit(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+        match self {
+            Self::Local(_) => Err(Box::new(envelope)),
+            Self::Redis(r) => r.publish(envelope, true),
         }
     }
 

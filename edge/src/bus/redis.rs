@@ -73,8 +73,12 @@ pub struct RedisBus {
     mailboxes: Mailboxes,
     /// Signals whose target's pending buffer is full: their senders are told `expired`.
     expired: Inbound,
+    /// Signals for a peer that has a socket on this edge after all.
+    inbound: Inbound,
     me: EdgeId,
-    queue: mpsc::Sender<Envelope>,
+    /// Signals to hand over, each with whether it is a deposit (this edge has no socket
+    /// for its target).
+    queue: mpsc::Sender<(Envelope, bool)>,
     /// The publish connection answered its last call.
     publish_up: AtomicBool,
     /// This edge's subscription is in place.
@@ -107,6 +111,7 @@ impl RedisBus {
             client,
             mailboxes,
             expired,
+            inbound: Arc::clone(&inbound),
             me,
             queue: tx,
             publish_up: AtomicBool::new(false),
@@ -128,16 +133,19 @@ impl RedisBus {
         self.publish_up.load(Ordering::SeqCst) && self.subscribed.load(Ordering::SeqCst)
     }
 
-    /// Queues a signal; `Err` gives it back when Redis is down or the queue is full.
-    pub fn publish(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
+    /// Queues a signal; `Err` gives it back when Redis is down or the queue is full. With
+    /// `deposit`, this edge has no socket for the target (it goes to its pending buffer
+    /// unless another edge owns the session now).
+    pub fn publish(&self, envelope: Envelope, deposit: bool) -> Result<(), Box<Envelope>> {
         if !self.is_up() {
             return Err(Box::new(envelope));
         }
-        self.queue.try_send(envelope).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => {
-                Box::new(e)
-            }
-        })
+        self.queue
+            .try_send((envelope, deposit))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full((e, _))
+                | mpsc::error::TrySendError::Closed((e, _)) => Box::new(e),
+            })
     }
 
     pub async fn shutdown(&self) {
@@ -290,7 +298,7 @@ impl RedisBus {
         .map_err(|e| e.to_string())
     }
 
-    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
+    async fn publish_loop(self: Arc<Self>, mut rx: mpsc::Receiver<(Envelope, bool)>) {
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         loop {
             let first = tokio::select! {
@@ -309,25 +317,25 @@ impl RedisBus {
         }
         // Stopping: what is still queued takes the coordinator path.
         rx.close();
-        while let Ok(e) = rx.try_recv() {
+        while let Ok((e, _)) = rx.try_recv() {
             (self.fallback)(e);
         }
     }
 
-    async fn publish_batch(&self, batch: &mut Vec<Envelope>) {
+    async fn publish_batch(&self, batch: &mut Vec<(Envelope, bool)>) {
         let manager = self
             .manager
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(mut conn) = manager.filter(|_| self.publish_up.load(Ordering::SeqCst)) else {
-            batch.drain(..).for_each(|e| (self.fallback)(e));
+            batch.drain(..).for_each(|(e, _)| (self.fallback)(e));
             return;
         };
         // Each signal goes to whichever edge owns its target's session now (not the edge
         // the registry named, which may be gone), or to the target's pending buffer.
         let mut pipe = redis::pipe();
-        for e in batch.iter() {
+        for (e, deposit) in batch.iter() {
             pipe.cmd("EVAL")
                 .arg(DELIVER)
                 .arg(2)
@@ -337,17 +345,20 @@ impl RedisBus {
                 .arg(super::CHANNEL_PREFIX)
                 .arg(e.encode())
                 .arg(self.mailboxes.max_pending)
-                .arg(self.mailboxes.ttl_ms);
+                .arg(self.mailboxes.ttl_ms)
+                .arg(u8::from(*deposit));
         }
         let sent =
             tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<i64>>(&mut conn)).await;
         match sent {
             Ok(Ok(receivers)) if receivers.len() == batch.len() => {
-                for (e, outcome) in batch.drain(..).zip(receivers) {
+                for ((e, _), outcome) in batch.drain(..).zip(receivers) {
                     match outcome {
                         1 => self.metrics.routed(RoutingPath::Region),
                         2 => self.metrics.routed(RoutingPath::Pending),
                         -1 => (self.expired)(e),
+                        // The target resumed on this edge meanwhile.
+                        3 => (self.inbound)(e),
                         // No session in Redis (it was never stored, or Redis lost it): the
                         // edge the registry names is the best guess left.
                         _ => (self.fallback)(e),
@@ -363,7 +374,7 @@ impl RedisBus {
                 self.failed(RedisOp::Publish, &error);
                 self.set_up(&self.publish_up, false);
                 self.recheck.notify_one();
-                batch.drain(..).for_each(|e| (self.fallback)(e));
+                batch.drain(..).for_each(|(e, _)| (self.fallback)(e));
             }
         }
     }

@@ -32,15 +32,19 @@ pub fn pending_key(peer: &str) -> String {
 /// A signal for a peer on another edge, or for a peer without a socket. The owner is
 /// `<edge>/<nonce>`: a signal goes to the owner's edge unless that is the caller (which has
 /// no socket for the peer: it is being detached there).
-/// KEYS: session, pending. ARGV: caller edge, channel prefix, envelope, max pending, ttl ms.
+/// KEYS: session, pending. ARGV: caller edge, channel prefix, envelope, max pending, ttl ms,
+/// deposit (1: the caller has no socket for the peer).
 /// Returns 1: published to the owner's channel; 2: queued in the pending buffer; 0: no
-/// session; -1: the pending buffer is full.
+/// session; -1: the pending buffer is full; 3: the caller owns the session (the peer
+/// resumed there since the caller routed the signal): deliver it there.
 pub const DELIVER: &str = r#"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return 0 end
 local edge = string.match(owner, '^(.*)/')
 if edge and edge ~= ARGV[1] then
   if redis.call('PUBLISH', ARGV[2] .. edge, ARGV[3]) > 0 then return 1 end
+elseif edge and ARGV[6] == '0' then
+  return 3
 end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
 redis.call('RPUSH', KEYS[2], ARGV[3])

@@ -81,6 +81,7 @@ impl Session {
     }
 
     /// Drops the TCP connection without a close frame (a lost network).
+    #[allow(dead_code)]
     pub fn drop_connection(self) -> (String, String, u64) {
         #[allow(deprecated)]
         if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = self.client.ws.get_ref() {

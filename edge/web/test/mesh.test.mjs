@@ -6,7 +6,7 @@ import { FakeClock, FakePeerConnection, FakeWebSocket, flush } from './fakes.mjs
 
 let clock;
 
-async function setup(selfId, peers) {
+async function setup(selfId, peers, options = {}) {
   const c = new Heliograph({
     WebSocket: FakeWebSocket,
     setTimeout: clock.setTimeout,
@@ -15,6 +15,7 @@ async function setup(selfId, peers) {
     pingInterval: 0,
     initialDelay: 10,
     resume: false,
+    ...options,
   });
   const welcome = c.connect('ws://edge.test/ws');
   FakeWebSocket.last.welcome(selfId);
@@ -146,6 +147,35 @@ test('after a reconnect with a new id, old connections close and the roster is r
   assert.equal(c.peerId, 'mn');
   assert.deepEqual([...mesh.peers.keys()], ['ab']);
   assert.ok(events.some((e) => e[0] === 'close' && e[2] === 'reconnected'));
+});
+
+test('a resumed session keeps its connections; a failed resume rebuilds them', async () => {
+  const { c, mesh, events } = await setup('mm', [{ id: 'aa', meta: {}, region: 'eu' }], { resume: true });
+  const old = mesh.peers.get('aa').pc;
+  FakeWebSocket.last.serverClose(1006);
+  clock.advance(10);
+  let ws = FakeWebSocket.last;
+  ws.welcome('a0'); // the fresh session's id, polite towards 'ab' where 'mm' is not
+  assert.equal(old.closed, false, 'not while the resume is in flight');
+  ws.receive({ type: 'peer-joined', room: 'room', peer: { id: 'ab', meta: {}, region: 'eu' }, seq: 5 });
+  ws.receive({ type: 'resumed', peer_id: 'mm', replayed: 1, resume_token: 't2', ref: ws.sent[0].ref, seq: 6 });
+  await flush();
+  assert.equal(c.peerId, 'mm');
+  assert.equal(old.closed, false);
+  assert.deepEqual([...mesh.peers.keys()].sort(), ['aa', 'ab']);
+  assert.equal(mesh.peers.get('ab').polite, false, 'negotiated as mm, the resumed id');
+  // The next outage outlives the session: a fresh id, so every connection is rebuilt.
+  ws.serverClose(1006);
+  clock.advance(10);
+  ws = FakeWebSocket.last;
+  ws.welcome('mo');
+  ws.receive({ type: 'error', code: 'resume-failed', message: 'gone', ref: ws.sent[0].ref });
+  const join = ws.lastSent('join');
+  ws.receive({ type: 'joined', room: 'room', ref: join.ref, peers: [{ id: 'aa', meta: {}, region: 'eu' }] });
+  await flush();
+  assert.equal(old.closed, true);
+  assert.ok(events.some((e) => e[0] === 'close' && e[2] === 'reconnected'));
+  assert.notEqual(mesh.peers.get('aa').pc, old);
 });
 
 test('close() stops the mesh', async () => {

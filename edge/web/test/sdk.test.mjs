@@ -348,3 +348,262 @@ test('a meta function is evaluated at every (re)join', async () => {
   ws.welcome('p2', { edge: 'edge-2' });
   assert.deepEqual(ws.lastSent('join').meta, { name: 'A', edge: 'edge-2' });
 });
+
+// --- resumable sessions --------------------------------------------------------------------
+
+/** A client (p1) in room `r` with peer p2; its session is at seq 2. */
+async function inRoom(options = {}) {
+  const c = client({ initialDelay: 10, ...options });
+  const welcome = c.connect('ws://edge.test/ws');
+  const ws = FakeWebSocket.last;
+  ws.welcome('p1', { seq: 1 });
+  await welcome;
+  const j = c.join('r');
+  ws.receive({ type: 'joined', room: 'r', ref: ws.lastSent('join').ref, peers: [{ id: 'p2', meta: {}, region: 'eu' }], seq: 2 });
+  await j;
+  return { c, ws };
+}
+
+/** Closes `ws` unexpectedly and answers the reconnect with a fresh welcome (p1b, seq 1). */
+function reconnect(c, ws, code = 1006) {
+  ws.serverClose(code);
+  clock.advance(10);
+  const next = FakeWebSocket.last;
+  assert.notEqual(next, ws, 'a new socket');
+  next.welcome('p1b', { seq: 1 });
+  return next;
+}
+
+const sig = (seq, data) => ({ type: 'signal', room: 'r', from: 'p2', kind: 'custom', data, seq });
+
+test('seq: lastSeq follows the frames, duplicates are dropped, frames without seq pass', async () => {
+  const { c, ws } = await inRoom();
+  assert.equal(c.lastSeq, 2);
+  const got = [];
+  const messages = [];
+  c.on('signal', (s) => got.push(s.data));
+  c.on('message', (m) => messages.push(m.type));
+  ws.receive(sig(3, 'a'));
+  ws.receive(sig(3, 'a again'));
+  ws.receive(sig(2, 'older'));
+  ws.receive({ type: 'signal', room: 'r', from: 'p2', kind: 'custom', data: 'unnumbered' });
+  assert.equal(c.lastSeq, 3, 'a frame without seq leaves lastSeq alone');
+  ws.receive(sig(4, 'b'));
+  assert.deepEqual(got, ['a', 'unnumbered', 'b']);
+  assert.deepEqual(messages, ['signal', 'signal', 'signal'], 'dropped frames are not even messages');
+  assert.equal(c.lastSeq, 4);
+});
+
+test('after an unexpected close the first request is resume with the old token and last_seq', async () => {
+  const { c, ws } = await inRoom();
+  ws.receive(sig(5, 'x'));
+  const welcomes = [];
+  c.on('welcome', (w) => welcomes.push(w));
+  ws.serverClose(1006);
+  c.join('later'); // made while disconnected: must wait for the resume's outcome
+  clock.advance(10);
+  const ws2 = FakeWebSocket.last;
+  ws2.welcome('p1b', { seq: 1 });
+  assert.equal(ws2.sent.length, 1, 'nothing but the resume while it is in flight');
+  const resume = ws2.sent[0];
+  assert.deepEqual(resume, { type: 'resume', token: 'tok-p1', last_seq: 5, ref: resume.ref });
+  assert.equal(welcomes[0].reconnect, true);
+  assert.equal(welcomes[0].resuming, true);
+  c.join('even-later');
+  await flush();
+  assert.equal(ws2.sent.length, 1, 'no join, no rejoin');
+});
+
+test('a successful resume delivers the replay, keeps rooms and peer id, stores the new token', async () => {
+  const { c, ws } = await inRoom();
+  ws.receive(sig(3, 'before'));
+  const ws2 = reconnect(c, ws);
+  const resume = ws2.sent[0];
+  assert.equal(resume.last_seq, 3);
+  const got = [];
+  const roster = [];
+  const resumed = [];
+  const rejoined = [];
+  c.on('signal', (s) => got.push(s.data));
+  c.on('peer-joined', (e) => roster.push(['+', e.peer.id]));
+  c.on('peer-left', (e) => roster.push(['-', e.peerId]));
+  c.on('resumed', (e) => resumed.push(e));
+  c.on('rejoined', (e) => rejoined.push(e.room));
+  // Missed frames of the old session (original seqs), a duplicate, queued signals, resumed.
+  ws2.receive({ type: 'peer-joined', room: 'r', peer: { id: 'p3', meta: {}, region: 'us' }, seq: 4 });
+  ws2.receive(sig(3, 'before')); // already processed on the old socket
+  ws2.receive(sig(5, 'missed'));
+  ws2.receive({ type: 'peer-left', room: 'r', peer_id: 'p2', reason: 'left', seq: 6 });
+  ws2.receive(sig(7, 'queued'));
+  ws2.receive({ type: 'resumed', peer_id: 'p1', replayed: 3, resume_token: 'tok-p1-2', ref: resume.ref, seq: 8 });
+  await flush();
+  assert.deepEqual(got, ['missed', 'queued']);
+  assert.deepEqual(roster, [['+', 'p3'], ['-', 'p2']]);
+  assert.deepEqual(c.peers('r').map((p) => p.id), ['p3'], 'the old roster, updated by the replay');
+  assert.equal(c.peerId, 'p1');
+  assert.equal(c.resumeToken, 'tok-p1-2');
+  assert.equal(c.lastSeq, 8);
+  assert.deepEqual(resumed, [{ peerId: 'p1', replayed: 3 }]);
+  assert.deepEqual(rejoined, []);
+  assert.equal(ws2.lastSent('join'), undefined, 'rooms are not re-joined');
+  assert.equal([...c.pending.values()].some((r) => r.msg.type === 'resume'), false, 'resume settled');
+  assert.deepEqual([...c.rooms.keys()], ['r']);
+  // The next resume uses the new token and the resumed session's seq.
+  const ws3 = reconnect(c, ws2);
+  assert.deepEqual(ws3.sent[0], { type: 'resume', token: 'tok-p1-2', last_seq: 8, ref: ws3.sent[0].ref });
+});
+
+test('requests queued during a resume are sent once it succeeds', async () => {
+  const { c, ws } = await inRoom();
+  ws.serverClose(1006);
+  const p = c.join('s');
+  clock.advance(10);
+  const ws2 = FakeWebSocket.last;
+  ws2.welcome('p1b', { seq: 1 });
+  ws2.receive({ type: 'resumed', peer_id: 'p1', replayed: 0, resume_token: 't2', ref: ws2.sent[0].ref, seq: 3 });
+  const join = ws2.lastSent('join');
+  assert.equal(join.room, 's');
+  assert.equal(ws2.sent.filter((m) => m.type === 'join').length, 1, 'only the new room');
+  ws2.receive({ type: 'joined', room: 's', ref: join.ref, peers: [], seq: 4 });
+  assert.deepEqual(await p, []);
+});
+
+test('a room left while disconnected is left again after a resume', async () => {
+  const { c, ws } = await inRoom();
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  ws.serverClose(1006);
+  await c.leave('r');
+  clock.advance(10);
+  const ws2 = FakeWebSocket.last;
+  ws2.welcome('p1b', { seq: 1 });
+  ws2.receive({ type: 'resumed', peer_id: 'p1', replayed: 0, resume_token: 't2', ref: ws2.sent[0].ref, seq: 3 });
+  const leave = ws2.lastSent('leave');
+  assert.equal(leave.room, 'r');
+  ws2.receive({ type: 'error', code: 'not-in-room', message: 'gone', ref: leave.ref, seq: 4 });
+  await flush();
+  assert.deepEqual(errors, [], 'the session had already left: not an error');
+});
+
+test('resume-failed: the fresh session from welcome is kept and rooms are re-joined', async () => {
+  const { c, ws } = await inRoom();
+  for (let seq = 3; seq <= 9; seq++) ws.receive(sig(seq, seq));
+  const ws2 = reconnect(c, ws);
+  const resume = ws2.sent[0];
+  assert.equal(resume.last_seq, 9);
+  const rejoined = [];
+  const errors = [];
+  const resumed = [];
+  c.on('rejoined', (e) => rejoined.push(e.room));
+  c.on('error', (e) => errors.push(e));
+  c.on('resumed', (e) => resumed.push(e));
+  // Numbered in the fresh session: lower than the old lastSeq, and still not a duplicate.
+  ws2.receive({ type: 'error', code: 'resume-failed', message: 'unknown session', ref: resume.ref, seq: 2 });
+  assert.equal(c.peerId, 'p1b');
+  assert.equal(c.resumeToken, 'tok-p1b');
+  assert.equal(c.lastSeq, 2);
+  const join = ws2.lastSent('join');
+  assert.equal(join.room, 'r');
+  ws2.receive({ type: 'joined', room: 'r', ref: join.ref, peers: [{ id: 'p2', meta: {}, region: 'eu' }], seq: 3 });
+  await flush();
+  assert.deepEqual(rejoined, ['r']);
+  assert.deepEqual(errors, []);
+  assert.deepEqual(resumed, []);
+  assert.deepEqual(c.peers('r').map((p) => p.id), ['p2']);
+  const got = [];
+  c.on('signal', (s) => got.push(s.data));
+  ws2.receive(sig(4, 'fresh'));
+  assert.deepEqual(got, ['fresh']);
+  assert.equal(c.lastSeq, 4);
+});
+
+test('a resume cut short by another close is retried for the same old session', async () => {
+  const { c, ws } = await inRoom();
+  const ws2 = reconnect(c, ws);
+  assert.equal(ws2.sent[0].token, 'tok-p1');
+  ws2.receive(sig(3, 'replayed'));
+  const ws3 = reconnect(c, ws2);
+  assert.deepEqual(ws3.sent[0], { type: 'resume', token: 'tok-p1', last_seq: 3, ref: ws3.sent[0].ref },
+    'not the token of the welcome in between');
+  ws3.receive({ type: 'resumed', peer_id: 'p1', replayed: 0, resume_token: 't3', ref: ws3.sent[0].ref, seq: 4 });
+  assert.equal(c.peerId, 'p1');
+  assert.equal(ws3.lastSent('join'), undefined);
+});
+
+test('a resume without an answer drops the socket and tries again', async () => {
+  const { c, ws } = await inRoom({ requestTimeout: 1000 });
+  const ws2 = reconnect(c, ws);
+  clock.advance(1000);
+  await flush();
+  assert.equal(ws2.closedWith.code, 4002);
+  assert.equal(c.state, 'reconnecting');
+  clock.advance(10);
+  FakeWebSocket.last.welcome('p1c', { seq: 1 });
+  assert.equal(FakeWebSocket.last.sent[0].token, 'tok-p1');
+});
+
+test('a reconnect notice then a 1001 close reconnects at once and resumes', async () => {
+  const { c, ws } = await inRoom({ initialDelay: 1000, jitter: 0 });
+  const notices = [];
+  const delays = [];
+  c.on('reconnect', (e) => notices.push(e));
+  c.on('reconnecting', (e) => delays.push(e.delay));
+  ws.receive({ type: 'reconnect', after_ms: 2000, seq: 3 });
+  assert.deepEqual(notices, [{ after_ms: 2000 }]);
+  assert.equal(c.lastSeq, 3);
+  clock.advance(1500);
+  ws.serverClose(1001, 'draining');
+  assert.deepEqual(delays, [50], 'only a jitter of up to 100 ms (random() = 0.5)');
+  clock.advance(50);
+  const ws2 = FakeWebSocket.last;
+  assert.notEqual(ws2, ws);
+  ws2.welcome('p1b', { seq: 1 });
+  assert.deepEqual(ws2.sent[0], { type: 'resume', token: 'tok-p1', last_seq: 3, ref: ws2.sent[0].ref });
+  // The notice is spent: a later 1001 without one backs off as usual.
+  ws2.receive({ type: 'resumed', peer_id: 'p1', replayed: 0, resume_token: 't2', ref: ws2.sent[0].ref, seq: 4 });
+  ws2.serverClose(1001);
+  assert.equal(delays.at(-1), 1000);
+});
+
+test('a socket still open after a reconnect notice is closed by the client, which resumes', async () => {
+  const { c, ws } = await inRoom({ initialDelay: 1000, random: () => 1 });
+  const delays = [];
+  c.on('reconnecting', (e) => delays.push(e.delay));
+  ws.receive({ type: 'reconnect', after_ms: 1000, seq: 3 });
+  clock.advance(5999);
+  assert.equal(ws.closedWith, null);
+  assert.equal(c.state, 'open');
+  clock.advance(1);
+  assert.equal(ws.closedWith.code, 4001);
+  assert.equal(c.state, 'reconnecting');
+  assert.deepEqual(delays, [100]);
+  clock.advance(100);
+  const ws2 = FakeWebSocket.last;
+  assert.notEqual(ws2, ws);
+  ws2.welcome('p1b', { seq: 1 });
+  assert.deepEqual(ws2.sent[0], { type: 'resume', token: 'tok-p1', last_seq: 3, ref: ws2.sent[0].ref });
+});
+
+test('expired reports an undeliverable signal with its room and ref', async () => {
+  const { c, ws } = await inRoom();
+  const expired = [];
+  c.on('expired', (e) => expired.push(e));
+  const ref = c.signal('r', 'p2', 'offer', { sdp: 'x' });
+  ws.receive({ type: 'expired', to: 'p2', room: 'r', ref, seq: 3 });
+  ws.receive({ type: 'expired', to: 'p2', room: 'r', seq: 4 });
+  assert.equal(expired.length, 2);
+  assert.deepEqual({ ...expired[0], request: undefined }, { to: 'p2', room: 'r', ref, request: undefined });
+  assert.equal(expired[0].request.kind, 'offer');
+  assert.deepEqual(expired[1], { to: 'p2', room: 'r', ref: null, request: null });
+});
+
+test('close() ends the session: a later connect() does not resume', async () => {
+  const { c } = await inRoom();
+  c.close();
+  const p = c.connect('ws://edge.test/ws');
+  const ws2 = FakeWebSocket.last;
+  ws2.welcome('p9', { seq: 1 });
+  await p;
+  assert.equal(ws2.sent[0].type, 'join');
+  assert.equal(ws2.sent.some((m) => m.type === 'resume'), false);
+});
