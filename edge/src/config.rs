@@ -163,8 +163,8 @@ pub struct Args {
     #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::bus::redis::DEFAULT_PUBLISH_QUEUE)]
     pub redis_publish_queue: usize,
     /// Key that signs resume tokens; every edge of a cluster needs the same one so that a
-    /// client can resume on any of them. Without it each process makes up its own, and its
-    /// sessions resume on that process only.
+    /// client can resume on any of them. Default: derived from --cluster-secret; a single
+    /// node (no --coordinator) makes up its own, and its sessions resume on it only.
     #[arg(long, env = "HELIOGRAPH_SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
     /// Name of this cluster, written into resume tokens: a token of another cluster is

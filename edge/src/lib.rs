@@ -211,17 +211,12 @@ pub async fn start(
         ))),
         None => Sessions::Memory(Arc::new(MemoryStore::new(store_limits))),
     };
-    let tokens = match &config.sessions.secret {
-        Some(secret) => TokenKey::new(secret.as_bytes()),
-        None => {
-            if config.redis.is_some() {
-                tracing::warn!(
-                    "no --session-secret: clients of this edge can resume only on this edge \
-                     (give every edge of the cluster the same secret)"
-                );
-            }
-            TokenKey::random()
-        }
+    // Resume tokens must check out on every edge of the cluster: an explicit secret, else
+    // a key derived from the cluster secret the edges share already.
+    let tokens = match (&config.sessions.secret, &config.coordinator) {
+        (Some(secret), _) => TokenKey::new(secret.as_bytes()),
+        (None, Some(remote)) => TokenKey::new(&remote.secret.derive("heliograph resume tokens v1")),
+        (None, None) => TokenKey::random(),
     };
     let router = Router::start(
         edge_id.clone(),

@@ -153,6 +153,17 @@ impl Router {
     pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), RouteError> {
         let meta = signal.meta();
         let (edge, region) = match route {
+            // Signals for this target still queued on the bus go first: this one queues too.
+            Route::Local(_) if self.bus.busy(meta.to.as_str()) => {
+                let envelope = self.envelope(&meta, self.me.clone(), signal.text);
+                return match self.bus.publish(envelope) {
+                    Ok(()) => Ok(()),
+                    Err(envelope) => {
+                        self.deposit(*envelope);
+                        Ok(())
+                    }
+                };
+            }
             Route::Local(target) => {
                 let out = Outgoing {
                     origin: Some(Box::new(self.envelope(

@@ -291,15 +291,11 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: while a peer resumes, a signal taking the in-process path can overtake \
-            earlier ones still queued for Redis (order across a path change); run with \
-            --run-ignored all"]
 async fn a_draining_edge_hands_every_client_to_another_edge_losing_nothing() {
     failover(Failure::Drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "same ordering gap as the drain test; losses: none seen; run with --run-ignored all"]
 async fn a_killed_edge_loses_nothing_sent_after_the_kill() {
     failover(Failure::Kill).await;
 }

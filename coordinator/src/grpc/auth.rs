@@ -44,6 +44,18 @@ impl ClusterSecret {
         Self(self.0, tls)
     }
 
+    /// A key for `purpose`, derived from the secret (HMAC-SHA256), so that one configured
+    /// secret can key other things every member of the cluster must agree on (e.g. the
+    /// edges' resume tokens) without the secret itself being used twice.
+    pub fn derive(&self, purpose: &str) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(self.0.as_bytes()) else {
+            return Vec::new();
+        };
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     /// The TLS identity, when the cluster uses mutual TLS.
     pub fn tls(&self) -> Option<&MutualTls> {
         self.1.as_ref()

@@ -105,6 +105,46 @@ impl Envelope {
     }
 }
 
+/// Signals queued on the bus and not yet handed over, per target peer. While a target has
+/// some, a newer signal for it must not take the in-process path, or it would overtake them
+/// (e.g. the target resumed on this edge while they were queued).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    total: std::sync::atomic::AtomicUsize,
+    per_peer: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl InFlight {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.per_peer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add(&self, peer: &str) {
+        use std::sync::atomic::Ordering;
+        *self.map().entry(peer.to_owned()).or_insert(0) += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn done(&self, peer: &str) {
+        use std::sync::atomic::Ordering;
+        let mut map = self.map();
+        if let Some(n) = map.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(peer);
+            }
+            self.total.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether signals for `peer` are still queued.
+    pub fn busy(&self, peer: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        // Nothing queued at all is the common case, and costs no lock.
+        self.total.load(Ordering::SeqCst) > 0 && self.map().contains_key(peer)
+    }
+}
+
 /// Takes a signal the bus could not carry (to the coordinator path).
 pub type Fallback = Arc<dyn Fn(Envelope) + Send + Sync>;
 /// Hands a signal read from this edge's channel to its local target.
@@ -118,6 +158,15 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// Signals queued for each target (always none for the in-memory bus, which hands over
+    /// at once).
+    pub fn busy(&self, peer: &str) -> bool {
+        match self {
+            Self::Local(_) => false,
+            Self::Redis(r) => r.in_flight().busy(peer),
+        }
+    }
+
     /// Whether the bus can carry signals right now (Redis reachable and subscribed).
     pub fn is_up(&self) -> bool {
         match self {

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Envelope, Fallback, Inbound, channel};
+use super::{Envelope, Fallback, InFlight, Inbound, channel};
 use crate::metrics::{EdgeMetrics, RedisOp, RoutingPath};
 use crate::sessions::redis::{DELIVER, pending_key, session_key};
 
@@ -75,6 +75,7 @@ pub struct RedisBus {
     expired: Inbound,
     /// Signals for a peer that has a socket on this edge after all.
     inbound: Inbound,
+    in_flight: InFlight,
     me: EdgeId,
     /// Signals to hand over, each with whether it is a deposit (this edge has no socket
     /// for its target).
@@ -112,6 +113,7 @@ impl RedisBus {
             mailboxes,
             expired,
             inbound: Arc::clone(&inbound),
+            in_flight: InFlight::default(),
             me,
             queue: tx,
             publish_up: AtomicBool::new(false),
@@ -140,12 +142,19 @@ impl RedisBus {
         if !self.is_up() {
             return Err(Box::new(envelope));
         }
-        self.queue
-            .try_send((envelope, deposit))
-            .map_err(|e| match e {
+        let peer = envelope.to_peer.clone();
+        self.in_flight.add(&peer);
+        self.queue.try_send((envelope, deposit)).map_err(|e| {
+            self.in_flight.done(&peer);
+            match e {
                 mpsc::error::TrySendError::Full((e, _))
                 | mpsc::error::TrySendError::Closed((e, _)) => Box::new(e),
-            })
+            }
+        })
+    }
+
+    pub fn in_flight(&self) -> &InFlight {
+        &self.in_flight
     }
 
     pub async fn shutdown(&self) {
@@ -318,6 +327,7 @@ impl RedisBus {
         // Stopping: what is still queued takes the coordinator path.
         rx.close();
         while let Ok((e, _)) = rx.try_recv() {
+            self.in_flight.done(&e.to_peer);
             (self.fallback)(e);
         }
     }
@@ -329,7 +339,10 @@ impl RedisBus {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(mut conn) = manager.filter(|_| self.publish_up.load(Ordering::SeqCst)) else {
-            batch.drain(..).for_each(|(e, _)| (self.fallback)(e));
+            batch.drain(..).for_each(|(e, _)| {
+                self.in_flight.done(&e.to_peer);
+                (self.fallback)(e)
+            });
             return;
         };
         // Each signal goes to whichever edge owns its target's session now (not the edge
@@ -353,6 +366,8 @@ impl RedisBus {
         match sent {
             Ok(Ok(receivers)) if receivers.len() == batch.len() => {
                 for ((e, _), outcome) in batch.drain(..).zip(receivers) {
+                    // Handed over (to the outbox, for outcome 3) before it stops counting.
+                    let peer = e.to_peer.clone();
                     match outcome {
                         1 => self.metrics.routed(RoutingPath::Region),
                         2 => self.metrics.routed(RoutingPath::Pending),
@@ -363,6 +378,7 @@ impl RedisBus {
                         // edge the registry names is the best guess left.
                         _ => (self.fallback)(e),
                     }
+                    self.in_flight.done(&peer);
                 }
             }
             other => {
@@ -374,7 +390,10 @@ impl RedisBus {
                 self.failed(RedisOp::Publish, &error);
                 self.set_up(&self.publish_up, false);
                 self.recheck.notify_one();
-                batch.drain(..).for_each(|(e, _)| (self.fallback)(e));
+                batch.drain(..).for_each(|(e, _)| {
+                    self.in_flight.done(&e.to_peer);
+                    (self.fallback)(e)
+                });
             }
         }
     }
