@@ -299,3 +299,72 @@ async fn a_draining_edge_hands_every_client_to_another_edge_losing_nothing() {
 async fn a_killed_edge_loses_nothing_sent_after_the_kill() {
     failover(Failure::Kill).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_peer_keeps_receiving_signals_from_another_region() {
+    let mut cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu")],
+        edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
+        redis: &["us", "eu"],
+    })
+    .await;
+    let mut x = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
+    let mut y = Session::connect(&cluster.edge("eu-a").node.ws_url()).await;
+    x.send(json!({"type": "join", "room": "world"})).await;
+    x.expect("joined").await;
+    y.send(json!({"type": "join", "room": "world"})).await;
+    y.expect("joined").await;
+    x.expect("peer-joined").await;
+    y.send(signal("world", &x.peer_id, 0)).await;
+    assert_eq!(x.expect("signal").await["data"]["n"], 0);
+
+    // X's edge drains: X resumes on the other edge of its region.
+    let a = cluster.edges.iter_mut().find(|e| e.name == "us-a").unwrap();
+    a.node.signal("TERM");
+    x.expect("reconnect").await;
+    assert!(
+        x.recv_within(Duration::from_secs(10)).await.is_none(),
+        "closed"
+    );
+    let (peer, token, last) = (x.peer_id.clone(), x.token.clone(), x.last_seq);
+    let (mut x, replay, _) =
+        Session::resume(&cluster.edge("us-b").node.ws_url(), peer, token, last).await;
+    assert!(replay.is_empty(), "{replay:?}");
+
+    // Y, in the other region, keeps signalling X. Until the rebind reaches Y's region a
+    // signal may still head for the old edge; once one arrives, all later ones do.
+    let mut n = 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        y.send(signal("world", &x.peer_id, n)).await;
+        n += 1;
+        if let Some(v) = x.recv_within(Duration::from_millis(100)).await {
+            assert_eq!(v["type"], "signal", "{v}");
+            break v["data"]["n"].as_u64().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cross-region signal reached the resumed peer"
+        );
+    };
+    let mut got = vec![first];
+    for m in n..n + 10 {
+        y.send(signal("world", &x.peer_id, m)).await;
+    }
+    while got.last() != Some(&(n + 9)) {
+        let v = x.expect("signal").await;
+        got.push(v["data"]["n"].as_u64().unwrap());
+    }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {got:?}"
+    );
+    assert!((n..n + 10).all(|m| got.contains(&m)), "{got:?}");
+
+    // And back the other way; nobody saw anyone leave.
+    x.send(signal("world", &y.peer_id, 1)).await;
+    let s = y.expect("signal").await;
+    assert_eq!(s["from"], x.peer_id.as_str());
+    y.send(json!({"type": "ping", "ref": "end"})).await;
+    assert_eq!(y.expect("pong").await["ref"], "end");
+}
