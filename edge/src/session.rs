@@ -43,6 +43,8 @@ pub mod close_code {
 /// A draining socket is closed at least this long after its `reconnect` notice: what the
 /// client sent before it read the notice still arrives and is served.
 pub const DRAIN_NOTICE_FLOOR: Duration = Duration::from_secs(1);
+/// How long a draining socket waits for the client's reply to its close.
+const DRAIN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Frames written to the socket in one go before flushing.
 const WRITE_BATCH: usize = 64;
@@ -309,17 +311,69 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         end_for_good(&ctx, &me, &handle).await;
         outbox.rx.close();
     } else {
-        // The peer may resume: its state is stored before the socket is closed, so that a
-        // client that reconnects at once finds it.
+        let draining = reason == CloseReason::Shutdown && !ctx.hard_stop.is_cancelled();
+        if draining {
+            // The close goes first, and what the client sent before it read the close is
+            // still served; a resume elsewhere waits until the state below is stored.
+            let caller = Caller {
+                peer: &me.peer,
+                owner: &me.owner,
+                handle: &handle,
+                received_at: Instant::now(),
+            };
+            serve_until_closed(&mut socket, &caller, &limits, &ctx, &mut state).await;
+        }
+        // The peer may resume: what it may not have read is stored before it can.
         outbox.rx.close();
         let mut leftovers = Vec::new();
         while let Ok(out) = outbox.rx.try_recv() {
             leftovers.push(out);
         }
         detach(&ctx, &me, &handle, seq, leftovers, reason).await;
-        close(&mut socket, reason).await;
+        if !draining {
+            close(&mut socket, reason).await;
+        }
     }
     outbox.finished.cancel();
+}
+
+/// Drain: sends the close (1001), then reads until the client's close reply (at most
+/// [`DRAIN_CLOSE_WAIT`]), relaying the signals the client sent before it saw the close.
+/// Anything else it sent then is dropped: it resumes elsewhere and asks again.
+async fn serve_until_closed(
+    socket: &mut WebSocket,
+    caller: &Caller<'_>,
+    limits: &DecodeLimits,
+    ctx: &Arc<EdgeContext>,
+    state: &mut SessionState,
+) {
+    let frame = CloseFrame {
+        code: close_code::GOING_AWAY,
+        reason: Utf8Bytes::from_static("edge draining: resume elsewhere"),
+    };
+    let sent = tokio::time::timeout(DRAIN_CLOSE_WAIT, socket.send(Message::Close(Some(frame))));
+    if !matches!(sent.await, Ok(Ok(()))) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_CLOSE_WAIT;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, socket.recv()).await {
+        let Message::Text(text) = msg else {
+            if matches!(msg, Message::Close(_)) {
+                return;
+            }
+            continue;
+        };
+        let is_signal = protocol::decode(&text, limits)
+            .is_ok_and(|r| matches!(r.message, ClientMessage::Signal { .. }));
+        if is_signal {
+            let caller = Caller {
+                received_at: Instant::now(),
+                ..*caller
+            };
+            // Its replies (errors) cannot be sent after the close.
+            let _ = handle_text(&text, &caller, limits, ctx, state);
+        }
+    }
 }
 
 /// The client closed the session (or broke the protocol): it leaves its rooms now, and the
@@ -396,6 +450,7 @@ fn issue_token(ctx: &EdgeContext, peer: &PeerId) -> String {
 }
 
 /// What `handle_text` needs to know about the socket it serves.
+#[derive(Clone, Copy)]
 struct Caller<'a> {
     peer: &'a PeerId,
     owner: &'a Owner,
@@ -834,7 +889,7 @@ async fn feed(
             .record(at.elapsed().as_secs_f64());
     }
     let text = seq.stamp(&out.text);
-    socket.feed(Message::Text(text.into())).await
+    socket.feed(Message::Text(text)).await
 }
 
 /// Writes frames that carry their `seq` already (a resumed session's replay).

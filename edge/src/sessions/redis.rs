@@ -18,6 +18,9 @@ use crate::bus::Envelope;
 use crate::rooms::LocalSession;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// Longest a resume waits for the session's previous socket to let go of it.
+const TAKEOVER_WAIT: Duration = Duration::from_millis(2_000);
+const TAKEOVER_POLL: Duration = Duration::from_millis(20);
 
 pub fn session_key(peer: &str) -> String {
     format!("heliograph:s:{peer}")
@@ -81,10 +84,18 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1
 "#;
 
-/// KEYS: session, window, pending. ARGV: owner, ttl ms.
-/// Returns {} without a session, else {rooms, seq, #window, window..., pending...}.
+/// KEYS: session, window, pending. ARGV: owner, ttl ms, force (0/1), channel prefix.
+/// Returns {} without a session; {'busy'} while another socket still holds the session on
+/// a live edge (it is storing what it holds; unless `force`); else
+/// {rooms, seq, #window, window..., pending...}.
 const RESUME: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local current = redis.call('HGET', KEYS[1], 'owner')
+local edge = string.match(current, '^(.*)/')
+if ARGV[3] == '0' and edge and current ~= ARGV[1] then
+  local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[4] .. edge)
+  if tonumber(subs[2]) > 0 then return {'busy'} end
+end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 local rooms = redis.call('HGET', KEYS[1], 'rooms') or '[]'
 local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
@@ -252,11 +263,24 @@ impl RedisStore {
         peer: &PeerId,
         owner: &Owner,
     ) -> Result<Option<Restored>, StoreError> {
-        let mut inv = self.resume.prepare_invoke();
-        inv.key(&Self::keys3(peer.as_str())[..])
-            .arg(owner.as_str())
-            .arg(self.limits.ttl_ms());
-        let reply: Vec<Vec<u8>> = self.call(&mut inv).await?;
+        // A socket on a live edge that still holds the session is storing what it holds
+        // (a drain closes first, then stores): wait for it, but not for ever.
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let reply = loop {
+            let force = tokio::time::Instant::now() >= deadline;
+            let mut inv = self.resume.prepare_invoke();
+            inv.key(&Self::keys3(peer.as_str())[..])
+                .arg(owner.as_str())
+                .arg(self.limits.ttl_ms())
+                .arg(u8::from(force))
+                .arg(crate::bus::CHANNEL_PREFIX);
+            let reply: Vec<Vec<u8>> = self.call(&mut inv).await?;
+            if reply.len() == 1 && reply[0] == b"busy" {
+                tokio::time::sleep(TAKEOVER_POLL).await;
+                continue;
+            }
+            break reply;
+        };
         if reply.is_empty() {
             return Ok(None);
         }

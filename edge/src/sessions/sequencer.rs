@@ -3,13 +3,16 @@
 use std::collections::VecDeque;
 use std::fmt::Write;
 
+use axum::extract::ws::Utf8Bytes;
+
 /// Numbers every frame a session writes, and keeps the last `capacity` as written so they
 /// can be replayed after the socket drops.
 #[derive(Debug)]
 pub struct Sequencer {
     last: u64,
     capacity: usize,
-    window: VecDeque<String>,
+    /// Shared with the messages handed to the socket: keeping a frame costs no copy.
+    window: VecDeque<Utf8Bytes>,
 }
 
 impl Sequencer {
@@ -27,9 +30,9 @@ impl Sequencer {
     }
 
     /// Stamps the next `seq` into `frame` and remembers the result.
-    pub fn stamp(&mut self, frame: &str) -> String {
+    pub fn stamp(&mut self, frame: &str) -> Utf8Bytes {
         self.last += 1;
-        let stamped = with_seq(frame, self.last);
+        let stamped = Utf8Bytes::from(with_seq(frame, self.last));
         if self.capacity > 0 {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
@@ -47,7 +50,7 @@ impl Sequencer {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
             }
-            self.window.push_back(frame);
+            self.window.push_back(Utf8Bytes::from(frame));
         }
     }
 
@@ -60,7 +63,7 @@ impl Sequencer {
 
     /// The replay window, oldest first.
     pub fn window(&self) -> Vec<String> {
-        self.window.iter().cloned().collect()
+        self.window.iter().map(|f| f.as_str().to_owned()).collect()
     }
 }
 
