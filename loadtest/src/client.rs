@@ -1,5 +1,6 @@
 //! A lean WebSocket client of protocol `heliograph.v1`: connect from a chosen source address,
-//! read `welcome`, join a room, and send or receive JSON text frames.
+//! read `welcome`, join a room, and send or receive JSON text frames. It remembers what a
+//! later `resume` needs: the `resume_token` of `welcome` and the highest `seq` it has read.
 //!
 //! Buffers are kept small (4 KiB) so that tens of thousands of clients fit in memory, and the
 //! socket is bound to a loopback source address before connecting so that many source
@@ -85,6 +86,9 @@ pub struct Incoming<'a> {
     pub code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub message: Option<Cow<'a, str>>,
+    /// The frame's number within its session (edges with resumable sessions stamp every frame).
+    #[serde(default)]
+    pub seq: Option<u64>,
 }
 
 impl<'a> Incoming<'a> {
@@ -97,6 +101,10 @@ impl<'a> Incoming<'a> {
 pub struct Client {
     pub ws: Ws,
     pub peer_id: String,
+    /// From `welcome` (empty if the edge sent none): resumes this session elsewhere.
+    pub resume_token: String,
+    /// The highest `seq` read so far by [`Client::recv_type`] (0: none).
+    pub last_seq: u64,
 }
 
 impl Client {
@@ -128,6 +136,8 @@ impl Client {
         let mut client = Self {
             ws,
             peer_id: String::new(),
+            resume_token: String::new(),
+            last_seq: 0,
         };
         let welcome = client.recv_type("welcome").await?;
         let v: serde_json::Value = serde_json::from_str(&welcome)?;
@@ -135,6 +145,11 @@ impl Client {
             .get("peer_id")
             .and_then(|p| p.as_str())
             .ok_or_else(|| anyhow!("welcome without peer_id: {welcome:.200}"))?
+            .to_owned();
+        client.resume_token = v
+            .get("resume_token")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
             .to_owned();
         Ok(client)
     }
@@ -176,6 +191,9 @@ impl Client {
                 .await
                 .map_err(|_| anyhow!("no `{ty}` within {STEP_TIMEOUT:?}"))??;
             let frame = Incoming::parse(&text)?;
+            if let Some(seq) = frame.seq {
+                self.last_seq = self.last_seq.max(seq);
+            }
             if frame.ty == ty {
                 return Ok(text.as_str().to_owned());
             }

@@ -1,6 +1,6 @@
 //! `heliograph-loadtest`: load generator for the Heliograph edge.
 //!
-//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions),
+//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover),
 //! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
 //! (the bare forwarder relay is compared against), `procstat` and `machine` (what was
 //! measured on), `output` (result files and summaries), `report` (markdown and SVG charts).
@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::machine::Machine;
 use crate::output::RunFile;
+use crate::scenarios::failover::{FailoverSettings, Mode as FailoverMode};
 use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
 use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings};
@@ -58,6 +59,50 @@ enum Command {
     Regions(RegionsArgs),
     /// A TCP proxy that delays every byte by a fixed one-way delay, both ways.
     DelayProxy(DelayProxyArgs),
+    /// Clients on one edge signal each other; the edge is killed or drained; measures how fast
+    /// they resume on another edge of the region and that no signal is lost.
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// WebSocket URL of the edge that fails, e.g. ws://127.0.0.1:8101/ws.
+    #[arg(long)]
+    edge: String,
+    /// PID of that edge's process: sent SIGKILL (--mode kill) or SIGTERM (--mode drain).
+    #[arg(long)]
+    edge_pid: u32,
+    /// WebSocket URL of another edge of the same region (same Redis, same --session-secret),
+    /// where the clients resume.
+    #[arg(long)]
+    other: String,
+    /// Clients (an even number: N/2 two-peer rooms, both peers on --edge).
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// How the edge fails: kill (kill -9) or drain (SIGTERM).
+    #[arg(long, value_enum, default_value_t = FailoverMode::Kill)]
+    mode: FailoverMode,
+    /// Signals per second per pair (half each way), before, during and after the failure.
+    #[arg(long, default_value_t = 4.0)]
+    rate: f64,
+    /// Seconds of signalling before the failure.
+    #[arg(long, default_value_t = 2.0)]
+    before_secs: f64,
+    /// Seconds of signalling after every client has resumed (or given up).
+    #[arg(long, default_value_t = 2.0)]
+    after_secs: f64,
+    /// A client that has not resumed this many seconds after the failure gives up.
+    #[arg(long, default_value_t = 30.0)]
+    resume_timeout: f64,
+    /// Longest wait, after sending stops, for the last signals to arrive (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// After a `reconnect` notice, send nothing more on that socket until resumed elsewhere
+    /// (default: go on until the edge closes it, as the SDK does).
+    #[arg(long)]
+    hold_after_notice: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -112,7 +157,7 @@ struct DelayProxyArgs {
 #[derive(Debug, Args)]
 struct Common {
     /// Result file (default: loadtest-results/<scenario>-<timestamp>.json).
-    #[arg(long)]
+    #[arg(long, visible_alias = "json")]
     out: Option<PathBuf>,
     /// Run the scenario this many times; results hold the median of each figure.
     #[arg(long, default_value_t = 1)]
@@ -251,6 +296,7 @@ fn main() -> ExitCode {
         Command::Report(_) => 1,
         Command::Regions(a) => a.common.threads,
         Command::DelayProxy(_) => 1,
+        Command::Failover(a) => a.common.threads,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -284,7 +330,53 @@ async fn run(command: Command) -> Result<()> {
         Command::Report(args) => report::render(&args.input, &args.out_dir),
         Command::Regions(args) => regions(args).await,
         Command::DelayProxy(a) => delay_proxy::serve(a.listen, a.to, a.delay_ms).await,
+        Command::Failover(args) => failover(args).await,
     }
+}
+
+async fn failover(args: FailoverArgs) -> Result<()> {
+    if args.common.repeat != 1 {
+        bail!("failover runs once (--repeat 1): the edge it fails does not come back");
+    }
+    let started_at = output::now_rfc3339();
+    let settings = FailoverSettings {
+        edge: args.edge.clone(),
+        edge_pid: args.edge_pid,
+        other: args.other.clone(),
+        mode: args.mode,
+        clients: args.clients,
+        rate: args.rate,
+        before_secs: args.before_secs,
+        after_secs: args.after_secs,
+        resume_timeout_secs: args.resume_timeout,
+        drain_timeout_secs: args.drain_timeout,
+        hold_after_notice: args.hold_after_notice,
+        source_addrs: args.common.source_addrs,
+        connect_concurrency: args.common.connect_concurrency,
+    };
+    let r = scenarios::failover::run(&settings).await?;
+    if r.generator_limited {
+        eprintln!(
+            "WARNING: the load generator used {:.0}% of a core (≥ {:.0}%): resume times may \
+             include its own delays. Use fewer clients or more generator threads.",
+            r.generator_cpu_percent_of_core,
+            GENERATOR_LIMIT_FRACTION * 100.0
+        );
+    }
+    let (lost, failed) = (r.lost, r.failed);
+    let results = serde_json::to_value(&r)?;
+    finish(
+        "failover",
+        serde_json::to_value(&settings)?,
+        vec![results.clone()],
+        results,
+        &args.common,
+        started_at,
+    )?;
+    if lost > 0 || failed > 0 {
+        bail!("{lost} signals lost, {failed} clients did not resume");
+    }
+    Ok(())
 }
 
 fn check_repeat(common: &Common) -> Result<()> {

@@ -97,6 +97,7 @@ pub fn summary(scenario: &str, results: &Value) -> String {
     match scenario {
         "relay" => relay_summary(results),
         "regions" => crate::scenarios::regions::summary(results),
+        "failover" => failover_summary(results),
         "idle" => format!(
             "idle: {} of {} connected in {} s ({} conn/s), {} failed, {} closed early\n\
              server RSS {} → {} MiB, {} bytes per connection",
@@ -142,6 +143,54 @@ pub fn summary(scenario: &str, results: &Value) -> String {
         }
         _ => serde_json::to_string_pretty(results).unwrap_or_default(),
     }
+}
+
+fn failover_summary(r: &Value) -> String {
+    let mode = r.get("mode").and_then(Value::as_str).unwrap_or("?");
+    let in_flight = if mode == "kill" {
+        format!(
+            ", {} in flight at the kill ({} of them written after it)",
+            show(f(r, &["lost_in_flight_at_kill"]), 0),
+            show(f(r, &["in_flight_written_after_kill"]), 0),
+        )
+    } else {
+        format!(
+            " ({} of them sent after a reconnect notice)",
+            show(f(r, &["lost_sent_after_reconnect_notice"]), 0),
+        )
+    };
+    format!(
+        "failover ({mode}): {} of {} clients resumed; 50% in {} ms, 99% in {} ms, 100% in {} ms \
+         ({} failed, {} attempts, {} frames replayed)\n  socket loss to resumed: p50 {} ms, \
+         p99 {} ms, max {} ms\n  signals: {} sent, {} received, {} \
+         duplicates, {} reordered, {} expired, {} refused, {} lost{in_flight}\n  generator CPU \
+         {}% of a core; target (99% within {} ms, 0 lost): {}",
+        show(f(r, &["resumed"]), 0),
+        show(f(r, &["clients"]), 0),
+        show(f(r, &["resumed_p50_ms"]), 0),
+        show(f(r, &["resumed_p99_ms"]), 0),
+        show(f(r, &["resumed_max_ms"]), 0),
+        show(f(r, &["failed"]), 0),
+        show(f(r, &["resume_attempts"]), 0),
+        show(f(r, &["replayed"]), 0),
+        show(f(r, &["resume_latency_p50_ms"]), 0),
+        show(f(r, &["resume_latency_p99_ms"]), 0),
+        show(f(r, &["resume_latency_max_ms"]), 0),
+        show(f(r, &["sent"]), 0),
+        show(f(r, &["received"]), 0),
+        show(f(r, &["duplicates"]), 0),
+        show(f(r, &["reordered"]), 0),
+        show(f(r, &["expired"]), 0),
+        show(f(r, &["refused"]), 0),
+        show(f(r, &["lost"]), 0),
+        show(f(r, &["generator_cpu_percent_of_core"]), 0),
+        show(f(r, &["target_p99_ms"]), 0),
+        if r.get("target_met") == Some(&Value::Bool(true)) {
+            "met"
+        } else {
+            "missed"
+        },
+    )
 }
 
 fn relay_summary(r: &Value) -> String {

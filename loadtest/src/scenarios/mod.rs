@@ -1,6 +1,9 @@
 //! The load scenarios: `relay` (signal ping-pong between peer pairs), `idle` (many held
-//! connections) and `joins` (a join/leave storm). Each returns a serialisable result.
+//! connections), `joins` (a join/leave storm), `regions` (the multi-region latency matrix) and
+//! `failover` (an edge dies or drains; its clients resume on another). Each returns a
+//! serialisable result.
 
+pub mod failover;
 pub mod idle;
 pub mod joins;
 pub mod regions;
