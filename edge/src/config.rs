@@ -182,7 +182,8 @@ pub struct Args {
     #[arg(long, env = "HELIOGRAPH_REPLAY_WINDOW", default_value_t = DEFAULT_REPLAY_WINDOW)]
     pub replay_window: usize,
     /// On SIGTERM, sockets are told to `reconnect` and closed 1 s later plus a random delay
-    /// within this window, so that their clients do not all resume elsewhere at once.
+    /// within this window, so that their clients do not all resume elsewhere at once (both
+    /// shortened as needed to fit in --shutdown-grace-ms with time to store the sessions).
     #[arg(long, env = "HELIOGRAPH_DRAIN_WINDOW_MS", default_value_t = DEFAULT_DRAIN_WINDOW_MS)]
     pub drain_window_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
@@ -333,8 +334,8 @@ impl Args {
             "--replay-window must be at most 100000",
         )?;
         check(
-            self.drain_window_ms + 1_000 < self.shutdown_grace_ms,
-            "--drain-window-ms plus 1000 (the notice's floor) must be less than --shutdown-grace-ms",
+            self.drain_window_ms < self.shutdown_grace_ms,
+            "--drain-window-ms must be less than --shutdown-grace-ms",
         )?;
         check(
             self.resume_token_ttl_ms >= 1_000,

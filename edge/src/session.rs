@@ -148,9 +148,19 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                 () = ctx.shutdown.cancelled(), if drain_close_at.is_none() => {
                     // Draining: this socket closes at a random point of the drain window,
                     // so that its clients do not all resume elsewhere at once.
-                    // The floor lets what the client sent before it read the notice arrive.
-                    let window = ctx.config.sessions.drain_window;
-                    let after = DRAIN_NOTICE_FLOOR + window.mul_f64(rand::random::<f64>());
+                    // The floor lets what the client sent before it read the notice arrive;
+                    // both fit in the shutdown grace with time left to close and store.
+                    let budget = ctx
+                        .config
+                        .shutdown_grace
+                        .saturating_sub(DRAIN_CLOSE_WAIT * 2);
+                    let floor = DRAIN_NOTICE_FLOOR.min(budget / 2);
+                    let window = ctx
+                        .config
+                        .sessions
+                        .drain_window
+                        .min(budget.saturating_sub(floor));
+                    let after = floor + window.mul_f64(rand::random::<f64>());
                     drain_close_at = Some(tokio::time::Instant::now() + after);
                     ctx.metrics.drain_notices.increment(1);
                     let notice = Outgoing::new(
