@@ -30,6 +30,9 @@ use crate::registry::Registry;
 use crate::rooms::{RoomIndex, Route};
 use crate::sessions::Sessions;
 
+/// How often [`Router::settle`] looks at the bus's queue.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A signal ready to leave the sender's edge.
 pub struct Outbound<'a> {
     pub room: &'a RoomId,
@@ -349,6 +352,22 @@ impl Router {
             // answer, so it is counted and logged.
             self.metrics.relay_undeliverable.increment(1);
             tracing::warn!(error = %err, "a signal could take neither Redis nor the coordinator");
+        }
+    }
+
+    /// Waits (at most `within`) until nothing that concerns `peer` is still on its way
+    /// through this edge: signals it sent, signals for it queued on the bus, and signals
+    /// published to this edge for it before now (they go to its pending buffer). Its session
+    /// is handed over only then, or what comes by a shorter path later could overtake them.
+    pub async fn settle(&self, peer: &PeerId, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        if !self.bus.round_trip(within).await {
+            tracing::debug!("could not confirm this edge's channel is drained");
+        }
+        while (self.bus.sending(peer.as_str()) || self.bus.busy(peer.as_str()))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 

@@ -43,6 +43,8 @@ pub mod close_code {
 /// A draining socket is closed at least this long after its `reconnect` notice: what the
 /// client sent before it read the notice still arrives and is served.
 pub const DRAIN_NOTICE_FLOOR: Duration = Duration::from_secs(1);
+/// How long a detaching session waits for signals on their way through this edge.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 /// How long a draining socket waits for the client's reply to its close.
 const DRAIN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -420,6 +422,9 @@ async fn detach(
     let Some(in_rooms) = ctx.index.remove_session(&me.peer, handle) else {
         return;
     };
+    // Whatever concerns this peer and is still on its way through this edge gets where it
+    // goes before the session can be resumed elsewhere (order, see `Router::settle`).
+    ctx.router.settle(&me.peer, SETTLE_WAIT).await;
     // Frames never written: signals go back to the pending buffer (their senders must be
     // told if the peer never returns), anything else joins the replay window.
     let mut window = seq.window();

@@ -105,43 +105,66 @@ impl Envelope {
     }
 }
 
-/// Signals queued on the bus and not yet handed over, per target peer. While a target has
-/// some, a newer signal for it must not take the in-process path, or it would overtake them
-/// (e.g. the target resumed on this edge while they were queued).
+/// Signals queued on the bus and not yet handed over, per target and per sender.
+///
+/// While a target has some, a newer signal for it must not take the in-process path, or it
+/// would overtake them (e.g. the target resumed on this edge while they were queued). While
+/// a sender has some, its session is not handed over to another edge yet, or what it sends
+/// from there could overtake them.
 #[derive(Debug, Default)]
 pub struct InFlight {
     total: std::sync::atomic::AtomicUsize,
-    per_peer: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    targets: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    senders: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+fn lock(
+    m: &std::sync::Mutex<std::collections::HashMap<String, usize>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bump(m: &std::sync::Mutex<std::collections::HashMap<String, usize>>, key: &str, up: bool) {
+    if key.is_empty() {
+        return;
+    }
+    let mut map = lock(m);
+    if up {
+        *map.entry(key.to_owned()).or_insert(0) += 1;
+    } else if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl InFlight {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
-        self.per_peer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn add(&self, peer: &str) {
+    pub fn add(&self, e: &Envelope) {
         use std::sync::atomic::Ordering;
-        *self.map().entry(peer.to_owned()).or_insert(0) += 1;
+        bump(&self.targets, &e.to_peer, true);
+        bump(&self.senders, &e.from_peer, true);
         self.total.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub fn done(&self, peer: &str) {
+    pub fn done(&self, to: &str, from: &str) {
         use std::sync::atomic::Ordering;
-        let mut map = self.map();
-        if let Some(n) = map.get_mut(peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(peer);
-            }
-            self.total.fetch_sub(1, Ordering::SeqCst);
-        }
+        bump(&self.targets, to, false);
+        bump(&self.senders, from, false);
+        self.total.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether signals for `peer` are still queued.
     pub fn busy(&self, peer: &str) -> bool {
         use std::sync::atomic::Ordering;
         // Nothing queued at all is the common case, and costs no lock.
-        self.total.load(Ordering::SeqCst) > 0 && self.map().contains_key(peer)
+        self.total.load(Ordering::SeqCst) > 0 && lock(&self.targets).contains_key(peer)
+    }
+
+    /// Whether signals from `peer` are still queued.
+    pub fn sending(&self, peer: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        self.total.load(Ordering::SeqCst) > 0 && lock(&self.senders).contains_key(peer)
     }
 }
 
@@ -164,6 +187,22 @@ impl Bus {
         match self {
             Self::Local(_) => false,
             Self::Redis(r) => r.in_flight().busy(peer),
+        }
+    }
+
+    /// Waits until what was published to this edge before has been read (Redis only).
+    pub async fn round_trip(&self, within: std::time::Duration) -> bool {
+        match self {
+            Self::Local(_) => true,
+            Self::Redis(r) => r.round_trip(within).await,
+        }
+    }
+
+    /// Signals queued from each sender.
+    pub fn sending(&self, peer: &str) -> bool {
+        match self {
+            Self::Local(_) => false,
+            Self::Redis(r) => r.in_flight().sending(peer),
         }
     }
 

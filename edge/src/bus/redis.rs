@@ -76,6 +76,8 @@ pub struct RedisBus {
     /// Signals for a peer that has a socket on this edge after all.
     inbound: Inbound,
     in_flight: InFlight,
+    /// Markers this edge published on its own channel, by nonce, and who waits for them.
+    markers: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     me: EdgeId,
     /// Signals to hand over, each with whether it is a deposit (this edge has no socket
     /// for its target).
@@ -114,6 +116,7 @@ impl RedisBus {
             expired,
             inbound: Arc::clone(&inbound),
             in_flight: InFlight::default(),
+            markers: std::sync::Mutex::new(std::collections::HashMap::new()),
             me,
             queue: tx,
             publish_up: AtomicBool::new(false),
@@ -142,19 +145,77 @@ impl RedisBus {
         if !self.is_up() {
             return Err(Box::new(envelope));
         }
-        let peer = envelope.to_peer.clone();
-        self.in_flight.add(&peer);
+        self.in_flight.add(&envelope);
         self.queue.try_send((envelope, deposit)).map_err(|e| {
-            self.in_flight.done(&peer);
-            match e {
+            let e = match e {
                 mpsc::error::TrySendError::Full((e, _))
-                | mpsc::error::TrySendError::Closed((e, _)) => Box::new(e),
-            }
+                | mpsc::error::TrySendError::Closed((e, _)) => e,
+            };
+            self.in_flight.done(&e.to_peer, &e.from_peer);
+            Box::new(e)
         })
     }
 
     pub fn in_flight(&self) -> &InFlight {
         &self.in_flight
+    }
+
+    /// Resolves once everything published on this edge's channel before the call has been
+    /// read by its subscription (a marker went round); false when that could not be shown
+    /// within `within` (Redis down, or slow).
+    pub async fn round_trip(&self, within: Duration) -> bool {
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.markers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(nonce.clone(), tx);
+        let marker = Envelope {
+            to_edge: self.me.clone(),
+            to_peer: String::new(),
+            room: String::new(),
+            frame: nonce.clone(),
+            sent_at_us: 0,
+            from_region: String::new(),
+            from_peer: String::new(),
+            reference: String::new(),
+        };
+        let manager = self
+            .manager
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let done = match manager {
+            Some(mut conn) => {
+                let published = tokio::time::timeout(
+                    within,
+                    redis::cmd("PUBLISH")
+                        .arg(channel(&self.me))
+                        .arg(marker.encode())
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+                matches!(published, Ok(Ok(n)) if n > 0)
+                    && tokio::time::timeout(within, rx).await.is_ok()
+            }
+            None => false,
+        };
+        self.markers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&nonce);
+        done
+    }
+
+    fn marker_seen(&self, nonce: &str) {
+        let waiter = self
+            .markers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(nonce);
+        if let Some(tx) = waiter {
+            let _ = tx.send(());
+        }
     }
 
     pub async fn shutdown(&self) {
@@ -221,6 +282,9 @@ impl RedisBus {
                     break;
                 };
                 match Envelope::decode(&self.me, msg.get_payload_bytes()) {
+                    Ok(envelope) if envelope.to_peer.is_empty() => {
+                        self.marker_seen(&envelope.frame)
+                    }
                     Ok(envelope) => inbound(envelope),
                     Err(e) => self.failed(RedisOp::Decode, &e.to_string()),
                 }
@@ -327,7 +391,7 @@ impl RedisBus {
         // Stopping: what is still queued takes the coordinator path.
         rx.close();
         while let Ok((e, _)) = rx.try_recv() {
-            self.in_flight.done(&e.to_peer);
+            self.in_flight.done(&e.to_peer, &e.from_peer);
             (self.fallback)(e);
         }
     }
@@ -340,7 +404,7 @@ impl RedisBus {
             .clone();
         let Some(mut conn) = manager.filter(|_| self.publish_up.load(Ordering::SeqCst)) else {
             batch.drain(..).for_each(|(e, _)| {
-                self.in_flight.done(&e.to_peer);
+                self.in_flight.done(&e.to_peer, &e.from_peer);
                 (self.fallback)(e)
             });
             return;
@@ -366,8 +430,8 @@ impl RedisBus {
         match sent {
             Ok(Ok(receivers)) if receivers.len() == batch.len() => {
                 for ((e, _), outcome) in batch.drain(..).zip(receivers) {
-                    // Handed over (to the outbox, for outcome 3) before it stops counting.
-                    let peer = e.to_peer.clone();
+                    // It stops counting once handed over (to the outbox, for outcome 3).
+                    let (to, from) = (e.to_peer.clone(), e.from_peer.clone());
                     match outcome {
                         1 => self.metrics.routed(RoutingPath::Region),
                         2 => self.metrics.routed(RoutingPath::Pending),
@@ -378,7 +442,7 @@ impl RedisBus {
                         // edge the registry names is the best guess left.
                         _ => (self.fallback)(e),
                     }
-                    self.in_flight.done(&peer);
+                    self.in_flight.done(&to, &from);
                 }
             }
             other => {
@@ -391,7 +455,7 @@ impl RedisBus {
                 self.set_up(&self.publish_up, false);
                 self.recheck.notify_one();
                 batch.drain(..).for_each(|(e, _)| {
-                    self.in_flight.done(&e.to_peer);
+                    self.in_flight.done(&e.to_peer, &e.from_peer);
                     (self.fallback)(e)
                 });
             }
