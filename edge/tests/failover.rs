@@ -368,3 +368,58 @@ async fn a_resumed_peer_keeps_receiving_signals_from_another_region() {
     y.send(json!({"type": "ping", "ref": "end"})).await;
     assert_eq!(y.expect("pong").await["ref"], "end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_returns_leaves_and_its_senders_on_other_edges_are_told() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us")],
+        edges: &[("us-a", "us"), ("us-b", "us")],
+        redis: &["us"],
+    })
+    .await;
+    let mut gone = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
+    let mut sender = Session::connect(&cluster.edge("us-b").node.ws_url()).await;
+    gone.send(json!({"type": "join", "room": "r"})).await;
+    gone.expect("joined").await;
+    sender.send(json!({"type": "join", "room": "r"})).await;
+    sender.expect("joined").await;
+    gone.expect("peer-joined").await;
+    let gone_id = gone.peer_id.clone();
+    let dropped = Instant::now();
+    let _ = gone.drop_connection();
+    // Wait until edge A noticed (its session is stored without an owner).
+    let a = &cluster.edge("us-a").node;
+    wait_until("edge A stored the detached session", || async {
+        let (_, body) = a.get("/metrics").await;
+        common::metric(&body, "heliograph_edge_sessions_detached_total").is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    for n in 0..3 {
+        sender.send(signal("r", &gone_id, n)).await;
+    }
+    // The replicas' grace period is 500 ms: then the room sees it leave, and each signal
+    // waiting for it comes back to its sender as `expired`.
+    let mut expired = Vec::new();
+    let mut left = None;
+    while left.is_none() || expired.len() < 3 {
+        let v = sender.recv().await;
+        match v["type"].as_str() {
+            Some("expired") => {
+                assert_eq!(v["to"], gone_id.as_str());
+                expired.push(v["ref"].as_u64().unwrap());
+            }
+            Some("peer-left") => left = Some(v),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    let left = left.unwrap();
+    assert_eq!(left["peer_id"], gone_id.as_str());
+    assert_eq!(left["reason"], "expired");
+    assert!(dropped.elapsed() >= Duration::from_millis(500));
+    expired.sort_unstable();
+    assert_eq!(expired, vec![0, 1, 2]);
+    assert!(
+        !cluster.redis["us"].has_session(&gone_id).await,
+        "the session is gone"
+    );
+}
