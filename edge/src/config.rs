@@ -30,7 +30,7 @@ pub const DEFAULT_TURN_TTL_SECS: u64 = 3_600;
 pub const DEFAULT_CLUSTER_NAME: &str = "heliograph";
 pub const DEFAULT_RESUME_TOKEN_TTL_MS: u64 = 24 * 3_600 * 1_000;
 pub const DEFAULT_PENDING_SIGNALS: usize = 256;
-pub const DEFAULT_REPLAY_WINDOW: usize = 128;
+pub const DEFAULT_REPLAY_WINDOW: usize = 32;
 pub const DEFAULT_DRAIN_WINDOW_MS: u64 = 2_000;
 /// tungstenite's defaults (128 KiB read buffer) cost ~900 MB at 10k sockets.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024;
@@ -178,7 +178,9 @@ pub struct Args {
     /// new signal's sender is told `expired`.
     #[arg(long, env = "HELIOGRAPH_PENDING_SIGNALS", default_value_t = DEFAULT_PENDING_SIGNALS)]
     pub pending_signals: usize,
-    /// Frames a session keeps, as sent, to replay after its socket drops.
+    /// Frames a session keeps, as sent, to replay after its socket drops (a client that
+    /// missed more cannot resume). Each kept frame costs memory and relay CPU (measured in
+    /// docs/BENCHMARKS.md).
     #[arg(long, env = "HELIOGRAPH_REPLAY_WINDOW", default_value_t = DEFAULT_REPLAY_WINDOW)]
     pub replay_window: usize,
     /// On SIGTERM, sockets are told to `reconnect` and closed 1 s later plus a random delay

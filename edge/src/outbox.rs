@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
+
 use crate::bus::Envelope;
 use crate::metrics::RelayPath;
+use crate::protocol::Ref;
 use tokio_util::sync::CancellationToken;
 
 /// One encoded frame for a client.
@@ -23,7 +26,20 @@ pub struct Outgoing {
     pub path: RelayPath,
     /// For a signal: where it came from, so that if it is never written (the socket ended
     /// first) it goes to the pending buffer and its sender can be told `expired`.
-    pub origin: Option<Box<Envelope>>,
+    pub origin: Option<Box<Origin>>,
+}
+
+/// Where a queued signal came from (see [`Outgoing::origin`]).
+#[derive(Debug)]
+pub enum Origin {
+    /// From a peer of this edge: its parts are moved here, not copied, on the hot path.
+    Local {
+        from: PeerId,
+        room: RoomId,
+        reference: Option<Ref>,
+    },
+    /// From another edge; the frame is in `Outgoing::text`.
+    Relayed(Envelope),
 }
 
 impl Outgoing {
@@ -37,16 +53,39 @@ impl Outgoing {
         }
     }
 
-    /// The signal as an envelope for a pending buffer (its frame is `text`); `None` for
-    /// anything but a signal.
-    pub fn into_envelope(self) -> Result<Envelope, Outgoing> {
-        match self.origin {
-            Some(origin) => Ok(Envelope {
+    /// The signal, for `to` on edge `edge`, as an envelope for a pending buffer (its frame is
+    /// `text`); `Err` gives back anything but a signal.
+    pub fn into_envelope(
+        self,
+        to: &PeerId,
+        edge: &EdgeId,
+        region: &Region,
+    ) -> Result<Envelope, Outgoing> {
+        let Some(origin) = self.origin else {
+            return Err(self);
+        };
+        Ok(match *origin {
+            Origin::Relayed(e) => Envelope {
                 frame: self.text,
-                ..*origin
-            }),
-            None => Err(self),
-        }
+                ..e
+            },
+            Origin::Local {
+                from,
+                room,
+                reference,
+            } => Envelope {
+                to_edge: edge.clone(),
+                to_peer: to.to_string(),
+                room: room.into(),
+                frame: self.text,
+                sent_at_us: crate::membership::now_us(),
+                from_region: region.to_string(),
+                from_peer: from.into(),
+                reference: reference
+                    .map(|r| r.raw().get().to_owned())
+                    .unwrap_or_default(),
+            },
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use crate::bus::redis::{Mailboxes, RedisBus};
 use crate::bus::{Bus, Envelope, Fallback, Inbound};
 use crate::membership;
 use crate::metrics::{EdgeMetrics, RelayPath, RoutingPath};
-use crate::outbox::Outgoing;
+use crate::outbox::{Origin, Outgoing};
 use crate::protocol::{self, ErrorCode, Ref, ServerMessage};
 use crate::registry::Registry;
 use crate::rooms::{RoomIndex, Route};
@@ -35,14 +35,21 @@ const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A signal ready to leave the sender's edge.
 pub struct Outbound<'a> {
-    pub room: &'a RoomId,
+    pub room: RoomId,
     pub from: &'a PeerId,
     pub to: &'a PeerId,
     /// The sender's `ref`, echoed in `expired` if the signal is never delivered.
-    pub reference: Option<&'a Ref>,
+    pub reference: Option<Ref>,
     /// The encoded client frame, `from` stamped.
     pub text: String,
     pub received_at: Instant,
+}
+
+/// A signal that could not be sent, with its `ref` for the error frame.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: RouteError,
+    pub reference: Option<Ref>,
 }
 
 /// Why a signal could not be sent; answered to the sender as an error frame.
@@ -153,83 +160,85 @@ impl Router {
     }
 
     /// Sends a signal along `route` (from [`RoomIndex::route_signal`]).
-    pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), RouteError> {
-        let meta = signal.meta();
+    pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), Box<Refused>> {
         let (edge, region) = match route {
             // Signals for this target still queued on the bus go first: this one queues too.
-            Route::Local(_) if self.bus.busy(meta.to.as_str()) => {
-                let envelope = self.envelope(&meta, self.me.clone(), signal.text);
-                return match self.bus.publish(envelope) {
-                    Ok(()) => Ok(()),
-                    Err(envelope) => {
-                        self.deposit(*envelope);
-                        Ok(())
-                    }
-                };
+            Route::Local(_) if self.bus.busy(signal.to.as_str()) => {
+                let (envelope, _) = self.envelope(signal, self.me.clone());
+                if let Err(envelope) = self.bus.publish(envelope) {
+                    self.deposit(*envelope);
+                }
+                return Ok(());
             }
             Route::Local(target) => {
                 let out = Outgoing {
-                    origin: Some(Box::new(self.envelope(
-                        &meta,
-                        self.me.clone(),
-                        String::new(),
-                    ))),
                     text: signal.text,
                     kind: "signal",
                     relayed_at: Some(signal.received_at),
                     path: RelayPath::Local,
+                    origin: Some(Box::new(Origin::Local {
+                        from: signal.from.clone(),
+                        room: signal.room,
+                        reference: signal.reference,
+                    })),
                 };
                 match target.try_send(out) {
                     Ok(()) => self.metrics.routed(RoutingPath::Local),
                     // Its socket is ending: the peer is being detached here.
                     Err((_, out)) => {
-                        let envelope = self.envelope(&meta, self.me.clone(), out.text);
-                        self.deposit(envelope);
+                        if let Ok(e) = out.into_envelope(signal.to, &self.me, &self.region) {
+                            self.deposit(e);
+                        }
                     }
                 }
                 return Ok(());
             }
             Route::Detached => {
-                let envelope = self.envelope(&meta, self.me.clone(), signal.text);
+                let (envelope, _) = self.envelope(signal, self.me.clone());
                 self.deposit(envelope);
                 return Ok(());
             }
             Route::Remote { edge, region } => (edge, region),
         };
-        let envelope = self.envelope(&meta, edge, signal.text);
-        if region != self.region {
-            return via_coordinator(
+        let (envelope, reference) = self.envelope(signal, edge);
+        let sent = if region != self.region {
+            via_coordinator(
                 &self.registry,
                 &self.metrics,
                 envelope,
                 RoutingPath::CrossRegion,
-            );
-        }
-        match self.bus.publish(envelope) {
-            Ok(()) => Ok(()),
-            Err(envelope) => via_coordinator(
-                &self.registry,
-                &self.metrics,
-                *envelope,
-                RoutingPath::CoordinatorFallback,
-            ),
-        }
+            )
+        } else {
+            match self.bus.publish(envelope) {
+                Ok(()) => Ok(()),
+                Err(envelope) => via_coordinator(
+                    &self.registry,
+                    &self.metrics,
+                    *envelope,
+                    RoutingPath::CoordinatorFallback,
+                ),
+            }
+        };
+        sent.map_err(|error| Box::new(Refused { error, reference }))
     }
 
-    fn envelope(&self, meta: &SignalMeta<'_>, to_edge: EdgeId, frame: String) -> Envelope {
-        Envelope {
+    /// The signal as an envelope for `to_edge`; its `ref` is given back too, for an error.
+    fn envelope(&self, signal: Outbound<'_>, to_edge: EdgeId) -> (Envelope, Option<Ref>) {
+        let envelope = Envelope {
             to_edge,
-            to_peer: meta.to.to_string(),
-            room: meta.room.to_string(),
-            frame,
+            to_peer: signal.to.to_string(),
+            room: signal.room.into(),
+            frame: signal.text,
             sent_at_us: membership::now_us(),
             from_region: self.region.to_string(),
-            from_peer: meta.from.to_string(),
-            reference: meta
+            from_peer: signal.from.to_string(),
+            reference: signal
                 .reference
+                .as_ref()
                 .map(|r| r.raw().get().to_owned())
                 .unwrap_or_default(),
-        }
+        };
+        (envelope, signal.reference)
     }
 
     /// A signal for a peer that has no socket on this edge: into its pending buffer (or, with
@@ -276,19 +285,19 @@ impl Router {
         };
         let mut origin = e;
         let text = std::mem::take(&mut origin.frame);
+        let origin = Origin::Relayed(origin);
         let out = Outgoing {
             text,
             kind: if notice { "expired" } else { "signal" },
-            relayed_at: if notice {
-                None
-            } else {
-                membership::sent_at(origin.sent_at_us)
+            relayed_at: match &origin {
+                Origin::Relayed(e) if !notice => membership::sent_at(e.sent_at_us),
+                _ => None,
             },
             path,
             origin: Some(Box::new(origin)),
         };
         if let Err((_, out)) = target.try_send(out)
-            && let Ok(envelope) = out.into_envelope()
+            && let Ok(envelope) = out.into_envelope(&peer, &self.me, &self.region)
         {
             self.deposit(envelope);
         }
@@ -382,25 +391,6 @@ impl Router {
 
     pub async fn shutdown(&self) {
         self.bus.shutdown().await;
-    }
-}
-
-/// The parts of a signal an envelope needs besides its frame.
-struct SignalMeta<'a> {
-    room: &'a RoomId,
-    from: &'a PeerId,
-    to: &'a PeerId,
-    reference: Option<&'a Ref>,
-}
-
-impl<'a> Outbound<'a> {
-    fn meta(&self) -> SignalMeta<'a> {
-        SignalMeta {
-            room: self.room,
-            from: self.from,
-            to: self.to,
-            reference: self.reference,
-        }
     }
 }
 

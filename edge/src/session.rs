@@ -146,7 +146,8 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         None => loop {
             tokio::select! {
                 biased;
-                () = ctx.hard_stop.cancelled() => break CloseReason::Shutdown,
+                // (After the drain notice the socket closes by itself, within the shutdown
+                // grace; a write stuck past it is cut by `guarded`.)
                 () = ctx.shutdown.cancelled(), if drain_close_at.is_none() => {
                     // Draining: this socket closes at a random point of the drain window,
                     // so that its clients do not all resume elsewhere at once.
@@ -430,7 +431,7 @@ async fn detach(
     let mut window = seq.window();
     let mut unsent = Vec::new();
     for out in leftovers {
-        match out.into_envelope() {
+        match out.into_envelope(&me.peer, &ctx.edge_id, &ctx.region) {
             Ok(e) => unsent.push(e),
             Err(out) => window.push(seq.stamp_unkept(&out.text)),
         }
@@ -534,17 +535,21 @@ fn handle_text(
                 let delivered = ctx.router.send(
                     route,
                     crate::router::Outbound {
-                        room: &room,
+                        room,
                         from: peer,
                         to: &to,
-                        reference: reference.as_ref(),
+                        reference,
                         text,
                         received_at: caller.received_at,
                     },
                 );
                 match delivered {
                     Ok(()) => Handled::Done,
-                    Err(e) => fail(e.code(), &e.to_string(), reference),
+                    Err(refused) => fail(
+                        refused.error.code(),
+                        &refused.error.to_string(),
+                        refused.reference,
+                    ),
                 }
             }
             Err(ErrorCode::NotInRoom) => {
