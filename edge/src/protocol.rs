@@ -295,23 +295,22 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
 fn has_out_of_range_number(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut i = 0;
-    let mut in_string = false;
     while i < bytes.len() {
         let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => i += 2,
-                b'"' => {
-                    in_string = false;
-                    i += 1;
-                }
-                _ => i += 1,
-            }
-            continue;
-        }
         if b == b'"' {
-            in_string = true;
-            i += 1;
+            // Inside a string: jump to its end (escapes skip the byte after the backslash).
+            let mut j = i + 1;
+            loop {
+                match memchr::memchr2(b'"', b'\\', &bytes[j.min(bytes.len())..]) {
+                    None => return false,
+                    Some(k) if bytes[j + k] == b'\\' => j += k + 2,
+                    Some(k) => {
+                        j += k + 1;
+                        break;
+                    }
+                }
+            }
+            i = j;
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
             while i < bytes.len()
@@ -337,14 +336,12 @@ fn has_unpaired_surrogate(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut i = 0;
     let mut expect_low = false;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            if expect_low {
-                return true;
-            }
-            i += 1;
-            continue;
+    // Only escapes matter: jump from one backslash to the next.
+    while let Some(k) = memchr::memchr(b'\\', &bytes[i..]) {
+        if expect_low && k > 0 {
+            return true;
         }
+        i += k;
         if bytes.get(i + 1) == Some(&b'u') {
             let unit = bytes
                 .get(i + 2..i + 6)
@@ -364,6 +361,9 @@ fn has_unpaired_surrogate(text: &str) -> bool {
                 return true;
             }
             i += 2;
+        }
+        if i >= bytes.len() {
+            break;
         }
     }
     expect_low
@@ -683,6 +683,12 @@ mod tests {
         // Big but finite numbers, and digits inside strings, are fine.
         assert!(decode(r#"{"type":"ping","ref":1e300,"x":"1e999"}"#, &LIMITS).is_ok());
         assert!(decode(r#"{"type":"ping","ref":-0.5e-10}"#, &LIMITS).is_ok());
+        // Escaped quotes do not end a string early.
+        assert!(decode(r#"{"type":"ping","x":"a\"1e999\" \\","ref":1}"#, &LIMITS).is_ok());
+        assert_eq!(
+            err(r#"{"type":"ping","x":"a\"1e999\" \\","ref":1e999}"#).code,
+            ErrorCode::BadJson
+        );
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
     let mut last_rate_notice: Option<Instant> = None;
     let mut drain_close_at: Option<tokio::time::Instant> = None;
 
+    // Waiting on these is set up once, not on every turn of the loop.
+    let mut drain_starts = std::pin::pin!(ctx.shutdown.cancelled());
+    let kicked_token = outbox.kicked.clone();
+    let mut kicked = std::pin::pin!(kicked_token.cancelled());
     let reason = match reason {
         Some(r) => r,
         None => loop {
@@ -148,7 +152,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                 biased;
                 // (After the drain notice the socket closes by itself, within the shutdown
                 // grace; a write stuck past it is cut by `guarded`.)
-                () = ctx.shutdown.cancelled(), if drain_close_at.is_none() => {
+                () = &mut drain_starts, if drain_close_at.is_none() => {
                     // Draining: this socket closes at a random point of the drain window,
                     // so that its clients do not all resume elsewhere at once.
                     // The floor lets what the client sent before it read the notice arrive;
@@ -183,7 +187,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                         None => std::future::pending().await,
                     }
                 } => break CloseReason::Shutdown,
-                () = outbox.kicked.cancelled() => break CloseReason::SlowConsumer,
+                () = &mut kicked => break CloseReason::SlowConsumer,
                 out = outbox.rx.recv(), if !resuming => {
                     let Some(out) = out else { break CloseReason::Abrupt };
                     let write = write_batch(&mut socket, out, &mut outbox.rx, &mut seq, &ctx);
@@ -835,6 +839,12 @@ async fn guarded(
     kicked: &CancellationToken,
     ctx: &EdgeContext,
 ) -> Result<(), CloseReason> {
+    let mut write = std::pin::pin!(write);
+    // Most writes complete at once (there is room in the socket buffer): they need no timer
+    // and no waiters, which would cost more than the write.
+    if let Some(r) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+        return r.map_err(|_| CloseReason::Abrupt);
+    }
     tokio::select! {
         r = write => r.map_err(|_| CloseReason::Abrupt),
         () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
