@@ -406,7 +406,12 @@ async fn keep_sessions(
             continue;
         }
         last_refresh = tokio::time::Instant::now();
-        let refreshed = sessions.refresh(&index.local_sessions()).await;
+        // In Redis: keep this edge's sessions alive and take what reached their buffers. In
+        // memory: forget sessions detached too long; their pending signals expire.
+        let refreshed = match &sessions {
+            Sessions::Redis(r) => r.refresh(&index.local_sessions()).await,
+            Sessions::Memory(m) => Ok(m.purge()),
+        };
         failed = refreshed.is_err();
         match refreshed {
             Ok(found) => {

@@ -63,7 +63,7 @@ pub async fn run(
                 let rooms = index.rooms_to_resync();
                 match registry.views(&rooms).await {
                     Ok(views) => {
-                        remove_ghosts(&index, &registry, &sessions, &views).await;
+                        remove_ghosts(&index, &registry, &views).await;
                         index.resync(|room| views.get(room).cloned().flatten())
                     }
                     Err(e) => {
@@ -92,12 +92,10 @@ pub async fn expire_pending(sessions: &Sessions, router: &Router, peer: &PeerId)
 }
 
 /// Members on this edge without a session here are peers whose `Disconnect` was lost
-/// (e.g. they left while the coordinator was unreachable): remove them now. Detached peers
-/// (they may still resume) are left to the grace period.
+/// (e.g. they left while the coordinator was unreachable): remove them now.
 async fn remove_ghosts(
     index: &RoomIndex,
     registry: &Registry,
-    sessions: &Sessions,
     views: &HashMap<RoomId, Option<RoomView>>,
 ) {
     let ghosts: HashSet<PeerId> = views
@@ -108,7 +106,6 @@ async fn remove_ghosts(
         .map(|m| m.peer.clone())
         .collect();
     for peer in ghosts {
-        let _ = sessions;
         if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a departed peer from the registry");
         }

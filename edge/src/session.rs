@@ -227,7 +227,7 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                         if let Err(reason) = guarded(replay, &outbox.kicked, &ctx).await {
                             break reason;
                         }
-                        frames = switch.into_frames(&ctx, issue_token(&ctx, &me.peer));
+                        frames = switch.into_frames(issue_token(&ctx, &me.peer));
                         ctx.metrics.signals_replayed.increment(replayed as u64);
                         ctx.metrics.resume("ok");
                     }

@@ -109,10 +109,6 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
-    pub fn is_detached(&self, peer: &PeerId) -> bool {
-        self.records().get(peer).is_some_and(|r| r.owner.is_none())
-    }
-
     /// Keeps a signal for a detached peer until it resumes; gives it back when it cannot.
     pub fn deposit(&self, envelope: Envelope) -> Result<(), (Deposit, Box<Envelope>)> {
         let mut records = self.records();
@@ -192,7 +188,6 @@ mod tests {
             !store.detach(&p, &first, 7, Vec::new(), Vec::new()),
             "already detached"
         );
-        assert!(store.is_detached(&p));
         assert_eq!(outcome(store.deposit(envelope("p", 1))), None);
         assert_eq!(outcome(store.deposit(envelope("p", 2))), None);
         assert_eq!(

@@ -176,31 +176,4 @@ impl Sessions {
             Self::Redis(r) => r.end(peer, owner).await,
         }
     }
-
-    /// Whether the peer has a session without a socket (it may still resume).
-    pub async fn is_detached(&self, peer: &PeerId) -> Result<bool, StoreError> {
-        match self {
-            Self::Memory(m) => Ok(m.is_detached(peer)),
-            Self::Redis(r) => r.is_detached(peer).await,
-        }
-    }
-
-    /// Keeps the sessions of `peers` (connected here) alive; returns signals that reached
-    /// the pending buffer of one of them while it had a socket (e.g. the edge that owned it
-    /// was not subscribed for a moment). Without Redis: forgets sessions detached for longer
-    /// than the TTL and returns their pending signals.
-    pub async fn refresh(
-        &self,
-        sessions: &[crate::rooms::LocalSession],
-    ) -> Result<Vec<Envelope>, StoreError> {
-        match self {
-            Self::Memory(m) => Ok(m.purge()),
-            Self::Redis(r) => r.refresh(sessions).await,
-        }
-    }
-
-    /// Whether every edge of the region shares these sessions.
-    pub fn shared(&self) -> bool {
-        matches!(self, Self::Redis(_))
-    }
 }

@@ -118,11 +118,6 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return pending
 "#;
 
-/// KEYS: session. Returns 1 when the session exists without a socket.
-const IS_DETACHED: &str = r#"
-return redis.call('HGET', KEYS[1], 'owner') == '' and 1 or 0
-"#;
-
 /// KEYS: session, pending. ARGV: owner, rooms json, ttl ms.
 /// Keeps a connected session alive (and stores it again if Redis lost it, e.g. after a
 /// restart); hands back signals that reached its pending buffer.
@@ -152,7 +147,6 @@ pub struct RedisStore {
     resume: Script,
     end: Script,
     refresh: Script,
-    is_detached: Script,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -172,7 +166,6 @@ impl RedisStore {
             resume: Script::new(RESUME),
             end: Script::new(END),
             refresh: Script::new(REFRESH),
-            is_detached: Script::new(IS_DETACHED),
         }
     }
 
@@ -314,12 +307,6 @@ impl RedisStore {
             .arg(owner.map_or("", Owner::as_str));
         let reply: Vec<Vec<u8>> = self.call(&mut inv).await?;
         Ok(self.envelopes(&reply))
-    }
-
-    pub async fn is_detached(&self, peer: &PeerId) -> Result<bool, StoreError> {
-        let mut inv = self.is_detached.prepare_invoke();
-        inv.key(session_key(peer.as_str()));
-        self.call::<i64>(&mut inv).await.map(|n| n == 1)
     }
 
     pub async fn refresh(&self, sessions: &[LocalSession]) -> Result<Vec<Envelope>, StoreError> {

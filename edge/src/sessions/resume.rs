@@ -39,7 +39,7 @@ pub struct Switch {
 
 impl Switch {
     /// The pending signals and the `resumed` frame, to be numbered as they are written.
-    pub fn into_frames(self, ctx: &EdgeContext, token: String) -> Vec<Outgoing> {
+    pub fn into_frames(self, token: String) -> Vec<Outgoing> {
         let replayed = self.replay.len() + self.pending.len();
         let mut frames: Vec<Outgoing> = self
             .pending
@@ -62,16 +62,19 @@ impl Switch {
                 reference: protocol::ref_raw(self.reference.as_ref()),
             }),
         ));
-        let _ = ctx;
         frames
     }
 }
 
 /// The message type of a numbered frame, for the sent-messages metric.
 pub fn kind_of(frame: &str) -> &'static str {
+    let ty = frame
+        .split_once("\"type\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(ty, _)| ty);
     crate::metrics::SENT_TYPES
         .iter()
-        .find(|t| frame.contains(&format!("\"type\":\"{t}\"")))
+        .find(|t| Some(**t) == ty)
         .copied()
         .unwrap_or("signal")
 }

@@ -181,6 +181,7 @@ pub struct FailoverResults {
 }
 
 /// What every client task shares with the conductor.
+#[derive(Default)]
 struct Shared {
     /// When the edge was sent its signal.
     failed_at: OnceLock<Instant>,
@@ -446,16 +447,7 @@ pub async fn run(s: &FailoverSettings) -> Result<FailoverResults> {
         s.edge
     );
 
-    let shared = Arc::new(Shared {
-        failed_at: OnceLock::new(),
-        stop_sending: CancellationToken::new(),
-        done: CancellationToken::new(),
-        resumed: AtomicU64::new(0),
-        gave_up: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
-        accounted: AtomicU64::new(0),
-        errors_shown: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::default());
     // Each client sends half of its pair's rate.
     let period = Duration::from_secs_f64(2.0 / s.rate);
     let resume_timeout = Duration::from_secs_f64(s.resume_timeout_secs);
@@ -821,16 +813,7 @@ mod tests {
             sent,
             ..Report::default()
         };
-        let shared = Shared {
-            failed_at: OnceLock::new(),
-            stop_sending: CancellationToken::new(),
-            done: CancellationToken::new(),
-            resumed: AtomicU64::new(0),
-            gave_up: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            accounted: AtomicU64::new(0),
-            errors_shown: AtomicU64::new(0),
-        };
+        let shared = Shared::default();
         for n in received {
             r.receive(*n, &shared);
         }
