@@ -9,6 +9,12 @@ use heliograph_edge::config::{Args, Config};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+/// The allocator: a signaling edge allocates and frees many small frames per message, from
+/// every worker thread; mimalloc does that with less CPU and less fragmentation than the
+/// system allocator (measured: docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration that cannot work (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 const EXIT_START: u8 = 1;

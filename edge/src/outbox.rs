@@ -20,13 +20,21 @@ pub struct Outgoing {
     pub text: String,
     /// Message type, for the sent-messages metric.
     pub kind: &'static str,
-    /// When a relayed signal was read from its sender, for the relay-latency histogram.
+    /// For a signal: what the edge must know besides its frame. Boxed, so that every slot of
+    /// every session's outbox stays small (the queue allocates its slots in blocks).
+    pub signal: Option<Box<SignalMeta>>,
+}
+
+/// What a queued signal carries besides its frame.
+#[derive(Debug)]
+pub struct SignalMeta {
+    /// When it was read from its sender, for the relay-latency histogram.
     pub relayed_at: Option<Instant>,
-    /// How a relayed signal reached this edge, for the histogram's `path` label.
+    /// How it reached this edge, for the histogram's `path` label.
     pub path: RelayPath,
-    /// For a signal: where it came from, so that if it is never written (the socket ended
-    /// first) it goes to the pending buffer and its sender can be told `expired`.
-    pub origin: Option<Box<Origin>>,
+    /// Where it came from, so that if it is never written (the socket ended first) it goes
+    /// to the pending buffer and its sender can be told `expired`.
+    pub origin: Origin,
 }
 
 /// Where a queued signal came from (see [`Outgoing::origin`]).
@@ -47,9 +55,16 @@ impl Outgoing {
         Self {
             text,
             kind,
-            relayed_at: None,
-            path: RelayPath::Local,
-            origin: None,
+            signal: None,
+        }
+    }
+
+    /// A signal (or an `expired` notice) with what it came with.
+    pub fn signal(kind: &'static str, text: String, meta: SignalMeta) -> Self {
+        Self {
+            text,
+            kind,
+            signal: Some(Box::new(meta)),
         }
     }
 
@@ -61,10 +76,10 @@ impl Outgoing {
         edge: &EdgeId,
         region: &Region,
     ) -> Result<Envelope, Outgoing> {
-        let Some(origin) = self.origin else {
+        let Some(meta) = self.signal else {
             return Err(self);
         };
-        Ok(match *origin {
+        Ok(match meta.origin {
             Origin::Relayed(e) => Envelope {
                 frame: self.text,
                 ..e

@@ -24,7 +24,7 @@ use crate::bus::redis::{Mailboxes, RedisBus};
 use crate::bus::{Bus, Envelope, Fallback, Inbound};
 use crate::membership;
 use crate::metrics::{EdgeMetrics, RelayPath, RoutingPath};
-use crate::outbox::{Origin, Outgoing};
+use crate::outbox::{Origin, Outgoing, SignalMeta};
 use crate::protocol::{self, ErrorCode, Ref, ServerMessage};
 use crate::registry::Registry;
 use crate::rooms::{RoomIndex, Route};
@@ -171,17 +171,19 @@ impl Router {
                 return Ok(());
             }
             Route::Local(target) => {
-                let out = Outgoing {
-                    text: signal.text,
-                    kind: "signal",
-                    relayed_at: Some(signal.received_at),
-                    path: RelayPath::Local,
-                    origin: Some(Box::new(Origin::Local {
-                        from: signal.from.clone(),
-                        room: signal.room,
-                        reference: signal.reference,
-                    })),
-                };
+                let out = Outgoing::signal(
+                    "signal",
+                    signal.text,
+                    SignalMeta {
+                        relayed_at: Some(signal.received_at),
+                        path: RelayPath::Local,
+                        origin: Origin::Local {
+                            from: signal.from.clone(),
+                            room: signal.room,
+                            reference: signal.reference,
+                        },
+                    },
+                );
                 match target.try_send(out) {
                     Ok(()) => self.metrics.routed(RoutingPath::Local),
                     // Its socket is ending: the peer is being detached here.
@@ -286,16 +288,18 @@ impl Router {
         let mut origin = e;
         let text = std::mem::take(&mut origin.frame);
         let origin = Origin::Relayed(origin);
-        let out = Outgoing {
+        let out = Outgoing::signal(
+            if notice { "expired" } else { "signal" },
             text,
-            kind: if notice { "expired" } else { "signal" },
-            relayed_at: match &origin {
-                Origin::Relayed(e) if !notice => membership::sent_at(e.sent_at_us),
-                _ => None,
+            SignalMeta {
+                relayed_at: match &origin {
+                    Origin::Relayed(e) if !notice => membership::sent_at(e.sent_at_us),
+                    _ => None,
+                },
+                path,
+                origin,
             },
-            path,
-            origin: Some(Box::new(origin)),
-        };
+        );
         if let Err((_, out)) = target.try_send(out)
             && let Ok(envelope) = out.into_envelope(&peer, &self.me, &self.region)
         {

@@ -110,7 +110,11 @@ async fn websocket(
         .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, ctx, slot)))
+        .on_upgrade(move |socket| {
+            let f = session::run(socket, ctx, slot);
+            eprintln!("FUTSIZE {}", std::mem::size_of_val(&f));
+            sessions.track_future(f)
+        })
 }
 
 /// Browsers always send `Origin`; other clients may not, and are not subject to the list.

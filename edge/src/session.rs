@@ -97,7 +97,8 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         .add_session(me.peer.clone(), handle.clone(), me.owner.clone());
     ctx.metrics.connections_accepted.increment(1);
     ctx.metrics.connections_open.increment(1.0);
-    if let Err(e) = ctx.sessions_store.open(&me.peer, &me.owner).await {
+    // Cold steps are boxed: their futures would otherwise size every idle session's task.
+    if let Err(e) = Box::pin(ctx.sessions_store.open(&me.peer, &me.owner)).await {
         // The session works; it just cannot be resumed.
         tracing::warn!(error = %e, "could not store a new session");
     }
@@ -324,8 +325,8 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
     ctx.metrics.closed(reason);
     ctx.metrics.connections_open.decrement(1.0);
     if reason.ends_session() {
-        close(&mut socket, reason).await;
-        end_for_good(&ctx, &me, &handle).await;
+        Box::pin(close(&mut socket, reason)).await;
+        Box::pin(end_for_good(&ctx, &me, &handle)).await;
         outbox.rx.close();
     } else {
         let draining = reason == CloseReason::Shutdown && !ctx.hard_stop.is_cancelled();
@@ -338,7 +339,14 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                 handle: &handle,
                 received_at: Instant::now(),
             };
-            serve_until_closed(&mut socket, &caller, &limits, &ctx, &mut state).await;
+            Box::pin(serve_until_closed(
+                &mut socket,
+                &caller,
+                &limits,
+                &ctx,
+                &mut state,
+            ))
+            .await;
         }
         // The peer may resume: what it may not have read is stored before it can.
         outbox.rx.close();
@@ -346,9 +354,9 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         while let Ok(out) = outbox.rx.try_recv() {
             leftovers.push(out);
         }
-        detach(&ctx, &me, &handle, seq, leftovers, reason).await;
+        Box::pin(detach(&ctx, &me, &handle, seq, leftovers, reason)).await;
         if !draining {
-            close(&mut socket, reason).await;
+            Box::pin(close(&mut socket, reason)).await;
         }
     }
     outbox.finished.cancel();
@@ -845,12 +853,16 @@ async fn guarded(
     if let Some(r) = futures_util::FutureExt::now_or_never(write.as_mut()) {
         return r.map_err(|_| CloseReason::Abrupt);
     }
-    tokio::select! {
-        r = write => r.map_err(|_| CloseReason::Abrupt),
-        () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
-        () = ctx.hard_stop.cancelled() => Err(CloseReason::Shutdown),
-        () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
-    }
+    // Boxed: the timer and waiters are rare, and would otherwise size every session's task.
+    Box::pin(async move {
+        tokio::select! {
+            r = write => r.map_err(|_| CloseReason::Abrupt),
+            () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
+            () = ctx.hard_stop.cancelled() => Err(CloseReason::Shutdown),
+            () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
+        }
+    })
+    .await
 }
 
 /// Sends the close frame that matches `reason`, if the socket can still take one.
@@ -913,10 +925,12 @@ async fn feed(
     ctx: &EdgeContext,
 ) -> Result<(), axum::Error> {
     ctx.metrics.sent(out.kind);
-    if let Some(at) = out.relayed_at {
-        ctx.metrics
-            .relay(out.path)
-            .record(at.elapsed().as_secs_f64());
+    if let Some((at, path)) = out
+        .signal
+        .as_ref()
+        .and_then(|m| Some((m.relayed_at?, m.path)))
+    {
+        ctx.metrics.relay(path).record(at.elapsed().as_secs_f64());
     }
     let text = seq.stamp(&out.text);
     socket.feed(Message::Text(text)).await

@@ -31,6 +31,10 @@ use super::{LogId, NodeId, StorageError, TypeConfig};
 
 /// Name of the database file under the data directory.
 pub const DB_FILE: &str = "raft.redb";
+/// redb's page cache for the log (its default is 1 GiB). The log is written once, read back
+/// only to replicate to a lagging follower, and purged after each snapshot: a small cache
+/// keeps a replica's memory proportional to its rooms, not to its write history.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -139,13 +143,16 @@ impl LogStore {
     /// Opens (or creates) `dir/raft.redb` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<(Self, Closed), OpenError> {
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen(path.clone()),
-            other => OpenError::Database {
-                path: path.clone(),
-                reason: other.to_string(),
-            },
-        })?;
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen(path.clone()),
+                other => OpenError::Database {
+                    path: path.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
         let init = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(LOG)?;
