@@ -188,6 +188,9 @@ impl SignalKind {
 #[derive(Debug)]
 pub struct Request<'a> {
     pub reference: Option<Ref>,
+    /// The highest `seq` the client has read (any request may carry it): frames up to it
+    /// need not be kept for a replay.
+    pub ack: Option<u64>,
     pub message: ClientMessage<'a>,
 }
 
@@ -251,6 +254,18 @@ struct Envelope<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow)]
     last_seq: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ack: Option<&'a RawValue>,
+}
+
+/// A `seq` the client names (`ack`, `last_seq`).
+fn sequence_number(raw: &RawValue, field: &str) -> Result<u64, ProtocolError> {
+    serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::BadField,
+            format!("`{field}` must be a non-negative integer"),
+        )
+    })
 }
 
 /// Limits applied while decoding.
@@ -282,8 +297,17 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
         ));
     }
     let reference = env.reference.map(Ref::parse).transpose()?;
+    let ack = env
+        .ack
+        .map(|raw| sequence_number(raw, "ack"))
+        .transpose()
+        .map_err(|e| e.with_ref(reference.clone()))?;
     let message = decode_message(&env, limits).map_err(|e| e.with_ref(reference.clone()))?;
-    Ok(Request { reference, message })
+    Ok(Request {
+        reference,
+        ack,
+        message,
+    })
 }
 
 /// serde_json skips over raw values (`ref`, `data`, `meta`, unknown fields) without decoding
@@ -432,15 +456,10 @@ fn decode_message<'a>(
         "ping" => Ok(ClientMessage::Ping),
         "resume" => {
             let token: String = required_str(env.token, "token")?;
-            let last_seq = match env.last_seq {
-                None => None,
-                Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
-                    ProtocolError::new(
-                        ErrorCode::BadField,
-                        "`last_seq` must be a non-negative integer",
-                    )
-                })?),
-            };
+            let last_seq = env
+                .last_seq
+                .map(|raw| sequence_number(raw, "last_seq"))
+                .transpose()?;
             Ok(ClientMessage::Resume { token, last_seq })
         }
         other => {

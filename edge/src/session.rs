@@ -77,6 +77,8 @@ const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 struct SessionState {
     /// Rooms joined with a receive-only token: signals from this peer there are refused.
     receive_only: HashSet<RoomId>,
+    /// The highest `ack` the client sent since the replay window was last trimmed.
+    acked: Option<u64>,
 }
 
 /// The identity this socket serves: its peer, and its claim on that peer's stored session.
@@ -301,7 +303,11 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                                 handle: &handle,
                                 received_at,
                             };
-                            match handle_text(&text, &caller, &limits, &ctx, &mut state) {
+                            let handled = handle_text(&text, &caller, &limits, &ctx, &mut state);
+                            if let Some(ack) = state.acked.take() {
+                                seq.acknowledge(ack);
+                            }
+                            match handled {
                                 Handled::Done => {}
                                 Handled::Reply(replies) => {
                                     let send = send_all(&mut socket, replies, &mut seq, &ctx);
@@ -515,6 +521,9 @@ fn handle_text(
         }
     };
     ctx.metrics.received(request.message.type_name());
+    if request.ack.is_some() {
+        state.acked = state.acked.max(request.ack);
+    }
     let reference = request.reference;
     let fail = |code: ErrorCode, message: &str, reference: Option<Ref>| {
         let err = ProtocolError {

@@ -130,6 +130,62 @@ async fn frames_the_client_had_not_read_are_replayed_exactly_once() {
 }
 
 #[tokio::test]
+async fn acknowledged_frames_leave_the_window_and_everything_after_is_still_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--session-secret", SECRET]);
+    let (mut a, mut b) = pair(&node).await;
+    let b_id = b.peer_id.clone();
+    for n in 0..6 {
+        a.send(signal(&b_id, n)).await;
+    }
+    for n in 0..3 {
+        assert_eq!(b.expect("signal").await["data"]["n"], n);
+    }
+    // B acknowledges what it read, on an ordinary request.
+    let acked = b.last_seq;
+    b.send(json!({"type": "ping", "ref": "ack", "ack": acked}))
+        .await;
+    for _ in 0..3 {
+        b.expect("signal").await;
+    }
+    assert_eq!(b.expect("pong").await["ref"], "ack");
+    // An `ack` that is not a sequence number is refused.
+    a.send(json!({"type": "ping", "ref": "bad", "ack": "3"}))
+        .await;
+    let err = a.expect("error").await;
+    assert_eq!(err["code"], "bad-field");
+    assert_eq!(err["ref"], "bad");
+
+    // Resuming from the acknowledged point replays the rest, exactly once.
+    let (b_id, token, _) = b.drop_connection();
+    let (b2, replay, resumed) =
+        Session::resume(&node.ws_url(), b_id.clone(), token.clone(), acked).await;
+    let got: Vec<&str> = replay.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        got,
+        vec!["signal", "signal", "signal", "pong"],
+        "{replay:?}"
+    );
+    let ns: Vec<u64> = replay[..3]
+        .iter()
+        .map(|v| v["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![3, 4, 5]);
+    assert_eq!(resumed["replayed"], 4);
+
+    // Frames up to the ack are gone: asking for them again is refused, not half served.
+    let token = resumed["resume_token"].as_str().unwrap().to_owned();
+    let (b_id, _, _) = b2.drop_connection();
+    wait_detached(&node, 2.0).await;
+    let mut c = Session::connect(&node.ws_url()).await;
+    c.send(json!({"type": "resume", "token": token, "last_seq": acked - 1, "ref": "old"}))
+        .await;
+    let err = c.expect("error").await;
+    assert_eq!(err["code"], "resume-failed", "{err}");
+    assert_ne!(c.peer_id, b_id);
+}
+
+#[tokio::test]
 async fn a_peer_that_never_returns_leaves_and_its_senders_are_told() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(

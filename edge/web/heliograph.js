@@ -379,8 +379,13 @@ export class Heliograph extends Emitter {
   }
 
   #send(msg) {
+    // `ack`: every frame up to it has been read, so the edge need not keep it for a replay.
+    // Not while a resume is under way: the numbering is then about to change.
+    const out = this.lastSeq != null && this.resume == null && msg.type !== 'resume'
+      ? { ...msg, ack: this.lastSeq }
+      : msg;
     try {
-      this.ws?.send(JSON.stringify(msg));
+      this.ws?.send(JSON.stringify(out));
     } catch (e) {
       this.emit('error', { code: 'send-failed', message: String(e?.message ?? e), request: msg });
     }

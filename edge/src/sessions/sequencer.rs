@@ -42,6 +42,18 @@ impl Sequencer {
         stamped
     }
 
+    /// The client has read every frame up to `ack`: they leave the window (a resume names a
+    /// `last_seq` at least as high, so they can never be asked for again).
+    pub fn acknowledge(&mut self, ack: u64) {
+        while self
+            .window
+            .front()
+            .is_some_and(|f| seq_of(f).is_none_or(|s| s <= ack))
+        {
+            self.window.pop_front();
+        }
+    }
+
     /// Continues a resumed session: after `last`, with `window` (frames already stamped).
     pub fn resume_from(&mut self, last: u64, window: impl IntoIterator<Item = String>) {
         self.last = last;
@@ -133,5 +145,26 @@ mod tests {
         assert_eq!(replay_after(&w, 5, 5), Some(Vec::new()));
         assert_eq!(replay_after(&w, 9, 5), Some(Vec::new()));
         assert_eq!(replay_after(&w, 1, 5), None, "seq 2 is gone");
+    }
+
+    #[test]
+    fn acknowledged_frames_leave_the_window_and_are_never_needed() {
+        let mut s = Sequencer::new(8);
+        for _ in 0..6 {
+            s.stamp(r#"{"type":"x"}"#);
+        }
+        s.acknowledge(4);
+        let w = s.window();
+        assert_eq!(
+            w.iter().map(|f| seq_of(f)).collect::<Vec<_>>(),
+            vec![Some(5), Some(6)]
+        );
+        // A resume names at least what was acknowledged: the window still covers it.
+        assert_eq!(replay_after(&w, 4, 6).map(|r| r.len()), Some(2));
+        assert_eq!(replay_after(&w, 6, 6), Some(Vec::new()));
+        // Acknowledging more than was sent empties the window and harms nothing else.
+        s.acknowledge(100);
+        assert!(s.window().is_empty());
+        assert_eq!(s.last(), 6);
     }
 }

@@ -394,6 +394,15 @@ test('seq: lastSeq follows the frames, duplicates are dropped, frames without se
   assert.equal(c.lastSeq, 4);
 });
 
+test('requests acknowledge the last frame read (a resume does not: see the next test)', async () => {
+  const { c, ws } = await inRoom();
+  ws.receive(sig(3, 'a'));
+  c.signal('r', 'p2', 'offer', { sdp: 'x' });
+  const sent = ws.sent.at(-1);
+  assert.equal(sent.type, 'signal');
+  assert.equal(sent.ack, 3, 'frames up to 3 were read');
+});
+
 test('after an unexpected close the first request is resume with the old token and last_seq', async () => {
   const { c, ws } = await inRoom();
   ws.receive(sig(5, 'x'));

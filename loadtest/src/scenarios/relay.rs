@@ -208,12 +208,18 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
         );
         offerers.spawn(offerer(
             pair.offerer.ws,
+            pair.offerer.last_seq,
             offer_prefix,
             pad.clone(),
             settings.window,
             shared.clone(),
         ));
-        answerers.spawn(answerer(pair.answerer.ws, answer_prefix, shared.clone()));
+        answerers.spawn(answerer(
+            pair.answerer.ws,
+            pair.answerer.last_seq,
+            answer_prefix,
+            shared.clone(),
+        ));
     }
 
     tokio::time::sleep(Duration::from_secs_f64(settings.warmup_secs)).await;
@@ -308,9 +314,22 @@ fn now_nanos(shared: &Shared) -> u64 {
     shared.base.elapsed().as_nanos() as u64
 }
 
-fn offer_frame(prefix: &str, seq: u64, nanos: u64, pad: &str) -> Message {
-    let mut s = String::with_capacity(prefix.len() + pad.len() + 48);
-    s.push_str(prefix);
+/// Starts a client frame from `prefix` (`{"type":...`), with `ack` first when the server
+/// numbers its frames: like the SDK, the client tells what it has read.
+fn start_frame(s: &mut String, prefix: &str, ack: u64) {
+    if ack > 0 {
+        s.push_str("{\"ack\":");
+        s.push_str(&ack.to_string());
+        s.push(',');
+        s.push_str(&prefix[1..]);
+    } else {
+        s.push_str(prefix);
+    }
+}
+
+fn offer_frame(prefix: &str, ack: u64, seq: u64, nanos: u64, pad: &str) -> Message {
+    let mut s = String::with_capacity(prefix.len() + pad.len() + 72);
+    start_frame(&mut s, prefix, ack);
     s.push_str(&format!(r#"{seq},"t":{nanos},"p":""#));
     s.push_str(pad);
     s.push_str(r#""}}"#);
@@ -324,7 +343,11 @@ enum Event {
     Closed,
 }
 
-fn classify_offerer(msg: Option<Result<Message, impl std::fmt::Debug>>, shared: &Shared) -> Event {
+fn classify_offerer(
+    msg: Option<Result<Message, impl std::fmt::Debug>>,
+    shared: &Shared,
+    last_seq: &mut u64,
+) -> Event {
     let text = match msg {
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Event::Closed,
         Some(Ok(Message::Text(t))) => t,
@@ -333,6 +356,7 @@ fn classify_offerer(msg: Option<Result<Message, impl std::fmt::Debug>>, shared: 
     let Ok(frame) = Incoming::parse(&text) else {
         return Event::Other;
     };
+    *last_seq = (*last_seq).max(frame.seq.unwrap_or(0));
     match (&*frame.ty, frame.kind.as_deref(), frame.data) {
         ("signal", Some("answer"), Some(data)) => match serde_json::from_str::<Stamp>(data.get()) {
             Ok(stamp) => {
@@ -349,14 +373,27 @@ fn classify_offerer(msg: Option<Result<Message, impl std::fmt::Debug>>, shared: 
     }
 }
 
-async fn offerer(mut ws: Ws, prefix: String, pad: Arc<str>, window: usize, shared: Arc<Shared>) {
+async fn offerer(
+    mut ws: Ws,
+    mut last_seq: u64,
+    prefix: String,
+    pad: Arc<str>,
+    window: usize,
+    shared: Arc<Shared>,
+) {
     let mut seq = 0u64;
     let mut inflight = 0usize;
     let mut samples = Vec::with_capacity(SAMPLE_BATCH);
     for _ in 0..window {
         seq += 1;
         if ws
-            .feed(offer_frame(&prefix, seq, now_nanos(&shared), &pad))
+            .feed(offer_frame(
+                &prefix,
+                last_seq,
+                seq,
+                now_nanos(&shared),
+                &pad,
+            ))
             .await
             .is_err()
         {
@@ -374,7 +411,7 @@ async fn offerer(mut ws: Ws, prefix: String, pad: Arc<str>, window: usize, share
         let mut next = Some(ws.next().await);
         let mut handled = 0;
         while let Some(msg) = next {
-            match classify_offerer(msg, &shared) {
+            match classify_offerer(msg, &shared, &mut last_seq) {
                 Event::Closed => {
                     bump(&shared.unexpected_closes);
                     shared.record(&mut samples);
@@ -394,7 +431,13 @@ async fn offerer(mut ws: Ws, prefix: String, pad: Arc<str>, window: usize, share
                     if phase != STOP {
                         seq += 1;
                         if ws
-                            .feed(offer_frame(&prefix, seq, now_nanos(&shared), &pad))
+                            .feed(offer_frame(
+                                &prefix,
+                                last_seq,
+                                seq,
+                                now_nanos(&shared),
+                                &pad,
+                            ))
                             .await
                             .is_err()
                         {
@@ -420,7 +463,7 @@ async fn offerer(mut ws: Ws, prefix: String, pad: Arc<str>, window: usize, share
     shared.record(&mut samples);
 }
 
-async fn answerer(mut ws: Ws, prefix: String, shared: Arc<Shared>) {
+async fn answerer(mut ws: Ws, mut last_seq: u64, prefix: String, shared: Arc<Shared>) {
     loop {
         let mut next = Some(ws.next().await);
         let mut handled = 0;
@@ -434,11 +477,12 @@ async fn answerer(mut ws: Ws, prefix: String, shared: Arc<Shared>) {
                 Some(Ok(_)) => Utf8Bytes::from_static("{}"),
             };
             if let Ok(frame) = Incoming::parse(&text) {
+                last_seq = last_seq.max(frame.seq.unwrap_or(0));
                 match (&*frame.ty, frame.kind.as_deref(), frame.data) {
                     ("signal", Some("offer"), Some(data)) => {
                         bump(&shared.offers_recv);
-                        let mut s = String::with_capacity(prefix.len() + data.get().len() + 1);
-                        s.push_str(&prefix);
+                        let mut s = String::with_capacity(prefix.len() + data.get().len() + 32);
+                        start_frame(&mut s, &prefix, last_seq);
                         s.push_str(data.get());
                         s.push('}');
                         if ws.feed(Message::Text(Utf8Bytes::from(s))).await.is_err() {
