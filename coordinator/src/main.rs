@@ -20,7 +20,6 @@ use heliograph_coordinator::{
     CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
 };
 use heliograph_proto::admin::v1 as pb;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +28,6 @@ const EXIT_CONFIG: u8 = 64;
 const DEFAULT_GRACE_MS: u64 = 10_000;
 /// Health, readiness and metrics; loopback unless told otherwise (the chart uses 0.0.0.0).
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7002";
-/// Histogram buckets of every `_seconds` metric: 50 µs to 10 s, as on the edge.
-const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
-];
 /// How long connections get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the replica gets to stop and close its data directory.
@@ -337,7 +331,7 @@ async fn run(command: Cmd) -> ExitCode {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let ServeConfig { args, secret, dial } = config;
     heliograph_coordinator::dial::install(dial)?;
-    let prometheus = install_metrics()?;
+    let prometheus = heliograph_coordinator::metrics::install_prometheus()?;
     heliograph_coordinator::metrics::describe();
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
@@ -427,12 +421,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("the replica did not stop in time");
     }
     outcome
-}
-
-fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    Ok(PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)?
-        .install_recorder()?)
 }
 
 /// Installs the SIGTERM/SIGINT handlers at once (before the replica announces its addresses, so

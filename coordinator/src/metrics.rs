@@ -5,6 +5,42 @@
 
 use std::time::Duration;
 
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Histogram buckets for latencies, in seconds (50 µs to 10 s).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder of a Heliograph binary (`_seconds` histograms get
+/// [`LATENCY_BUCKETS_SECONDS`]) and starts its upkeep: histogram samples are kept until
+/// folded into buckets, and an edge records one per relayed signal, so without upkeep they
+/// would grow until the next scrape (or forever). The upkeep runs on a thread of its own,
+/// never on the runtime's workers, where it would stall sessions.
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        // Scrapes still fold the samples; only an unscraped process grows.
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread");
+    }
+    Ok(handle)
+}
+
 pub const RAFT_TERM: &str = "heliograph_raft_term";
 pub const RAFT_COMMIT_INDEX: &str = "heliograph_raft_commit_index";
 pub const RAFT_LAST_APPLIED_INDEX: &str = "heliograph_raft_last_applied_index";

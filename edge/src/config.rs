@@ -34,6 +34,8 @@ pub const DEFAULT_REPLAY_WINDOW: usize = 32;
 pub const DEFAULT_DRAIN_WINDOW_MS: u64 = 2_000;
 /// tungstenite's defaults (128 KiB read buffer) cost ~900 MB at 10k sockets.
 pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024;
+/// Most runtime worker threads accepted.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// Command-line flags; every flag also reads a `HELIOGRAPH_*` environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -188,6 +190,10 @@ pub struct Args {
     /// shortened as needed to fit in --shutdown-grace-ms with time to store the sessions).
     #[arg(long, env = "HELIOGRAPH_DRAIN_WINDOW_MS", default_value_t = DEFAULT_DRAIN_WINDOW_MS)]
     pub drain_window_ms: u64,
+    /// Runtime worker threads (0: one per core available to the process, cgroup quotas
+    /// included). With one, the edge runs a single-threaded runtime.
+    #[arg(long, env = "HELIOGRAPH_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
@@ -210,6 +216,8 @@ pub struct Config {
     pub detach_grace: Duration,
     pub lease: Duration,
     pub socket_buffer_bytes: usize,
+    /// Runtime worker threads, resolved (at least 1).
+    pub worker_threads: usize,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     pub max_connections: usize,
@@ -350,6 +358,10 @@ impl Args {
         check(
             !self.cluster_name.is_empty() && !self.cluster_name.contains('|'),
             "--cluster-name must be non-empty and must not contain '|'",
+        )?;
+        check(
+            self.worker_threads <= MAX_WORKER_THREADS,
+            "--worker-threads must be at most 1024",
         )?;
         check(
             (256..=1024 * 1024).contains(&self.socket_buffer_bytes),
@@ -519,6 +531,10 @@ impl Args {
             detach_grace: Duration::from_millis(self.detach_grace_ms),
             lease: Duration::from_millis(self.lease_ms),
             socket_buffer_bytes: self.socket_buffer_bytes,
+            worker_threads: match self.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                n => n,
+            },
             rate_limit_per_second: self.rate_limit_per_second,
             rate_limit_burst: self.rate_limit_burst,
             max_connections: self.max_connections,

@@ -5,6 +5,10 @@
 
 use std::collections::HashMap;
 
+/// Maps from a fixed label set to its handle, looked up per message: a fixed-seed foldhash
+/// (the keys are the program's own constants, never input).
+type Handles<K> = HashMap<K, Counter, foldhash::fast::FixedState>;
+
 use metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
@@ -189,16 +193,16 @@ pub enum RelayPath {
 pub struct EdgeMetrics {
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
-    closed: HashMap<CloseReason, Counter>,
-    received: HashMap<&'static str, Counter>,
-    sent: HashMap<&'static str, Counter>,
-    errors: HashMap<ErrorCode, Counter>,
+    closed: Handles<CloseReason>,
+    received: Handles<&'static str>,
+    sent: Handles<&'static str>,
+    errors: Handles<ErrorCode>,
     pub relay_local: Histogram,
     pub relay_region: Histogram,
     pub relay_cross_region: Histogram,
     pub relay_coordinator: Histogram,
-    routing: HashMap<RoutingPath, Counter>,
-    redis_errors: HashMap<RedisOp, Counter>,
+    routing: Handles<RoutingPath>,
+    redis_errors: Handles<RedisOp>,
     /// 1 while the region's Redis carries this edge's signals (reachable and subscribed).
     pub redis_up: Gauge,
     /// Signals from other edges that could not be delivered here (target gone).
@@ -206,8 +210,8 @@ pub struct EdgeMetrics {
     pub join_seconds: Histogram,
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
-    refused: HashMap<&'static str, Counter>,
-    resumes: HashMap<&'static str, Counter>,
+    refused: Handles<&'static str>,
+    resumes: Handles<&'static str>,
     /// Signals whose sender was told `expired`.
     pub signals_expired: Counter,
     /// Sessions saved for a later resume when their socket ended.

@@ -8,6 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
+/// The index's maps are read on every signal, keyed by ids (room ids chosen by clients):
+/// foldhash, seeded per process, costs a fraction of SipHash there.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
 use heliograph_coordinator::registry::{
     EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
 };
@@ -38,7 +43,7 @@ impl MemberInfo {
 #[derive(Debug)]
 struct RoomEntry {
     epoch: u64,
-    members: HashMap<PeerId, MemberInfo>,
+    members: Map<PeerId, MemberInfo>,
 }
 
 #[derive(Debug)]
@@ -46,19 +51,19 @@ struct LocalPeer {
     handle: SessionHandle,
     /// This socket's claim on the stored session.
     owner: Owner,
-    rooms: HashSet<RoomId>,
+    rooms: Set<RoomId>,
     /// Rooms joined with a token that does not allow sending signals (kept for a resume).
-    receive_only: HashSet<RoomId>,
+    receive_only: Set<RoomId>,
     /// A resume is being set up: relayed signals are taken before its rooms are known.
     resuming: bool,
     /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
-    pending_joins: HashMap<RoomId, Option<Ref>>,
+    pending_joins: Map<RoomId, Option<Ref>>,
 }
 
 #[derive(Default)]
 struct Inner {
-    rooms: HashMap<RoomId, RoomEntry>,
-    peers: HashMap<PeerId, LocalPeer>,
+    rooms: Map<RoomId, RoomEntry>,
+    peers: Map<PeerId, LocalPeer>,
 }
 
 /// A session with a socket on this edge.
@@ -89,10 +94,10 @@ impl LocalPeer {
         Self {
             handle,
             owner,
-            rooms: HashSet::new(),
-            receive_only: HashSet::new(),
+            rooms: Set::default(),
+            receive_only: Set::default(),
             resuming: false,
-            pending_joins: HashMap::new(),
+            pending_joins: Map::default(),
         }
     }
 }
@@ -484,7 +489,7 @@ impl RoomIndex {
         let mut inner = self.write();
         let mut notices = Vec::new();
         for room in rooms {
-            let old: HashMap<PeerId, MemberInfo> = inner
+            let old: Map<PeerId, MemberInfo> = inner
                 .rooms
                 .remove(&room)
                 .map(|e| e.members)

@@ -153,98 +153,13 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
         None => loop {
             tokio::select! {
                 biased;
-                // (After the drain notice the socket closes by itself, within the shutdown
-                // grace; a write stuck past it is cut by `guarded`.)
-                () = &mut drain_starts, if drain_close_at.is_none() => {
-                    // Draining: this socket closes at a random point of the drain window,
-                    // so that its clients do not all resume elsewhere at once.
-                    // The floor lets what the client sent before it read the notice arrive;
-                    // both fit in the shutdown grace with time left to close and store.
-                    let budget = ctx
-                        .config
-                        .shutdown_grace
-                        .saturating_sub(DRAIN_CLOSE_WAIT * 2);
-                    let floor = DRAIN_NOTICE_FLOOR.min(budget / 2);
-                    let window = ctx
-                        .config
-                        .sessions
-                        .drain_window
-                        .min(budget.saturating_sub(floor));
-                    let after = floor + window.mul_f64(rand::random::<f64>());
-                    drain_close_at = Some(tokio::time::Instant::now() + after);
-                    ctx.metrics.drain_notices.increment(1);
-                    let notice = Outgoing::new(
-                        "reconnect",
-                        protocol::encode(&ServerMessage::Reconnect {
-                            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-                        }),
-                    );
-                    let send = send_all(&mut socket, vec![notice], &mut seq, &ctx);
-                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-                () = async {
-                    match drain_close_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => break CloseReason::Shutdown,
-                () = &mut kicked => break CloseReason::SlowConsumer,
+                // The frequent events first: when one is ready the rarer ones are not even
+                // polled. None of those is urgent to the frame (a kicked or draining
+                // session ends once nothing else is ready; a stuck write is cut by `guarded`).
                 out = outbox.rx.recv(), if !resuming => {
                     let Some(out) = out else { break CloseReason::Abrupt };
                     let write = write_batch(&mut socket, out, &mut outbox.rx, &mut seq, &ctx);
                     if let Err(reason) = guarded(write, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-                done = async {
-                    match inflight.as_mut() {
-                        Some(f) => f.await,
-                        None => std::future::pending().await,
-                    }
-                }, if inflight.is_some() => {
-                    inflight = None;
-                    resuming = false;
-                    // The client was not read while the request ran; that is not its silence.
-                    last_heard = Instant::now();
-                    let mut frames = done.frames;
-                    if let Some(switch) = done.switch {
-                        let replayed = switch.replay.len() + switch.pending.len();
-                        let previous = std::mem::replace(
-                            &mut me,
-                            Identity {
-                                peer: switch.peer.clone(),
-                                owner: switch.owner.clone(),
-                            },
-                        );
-                        // The fresh session of this socket's `welcome` is not needed.
-                        ctx.index.remove_session(&previous.peer, &handle);
-                        let store = ctx.sessions_store.clone();
-                        tokio::spawn(async move {
-                            let _ = store.end(&previous.peer, Some(&previous.owner)).await;
-                        });
-                        state.receive_only = switch.receive_only.clone();
-                        seq.resume_from(switch.last_seq, switch.window.clone());
-                        let replay = write_stamped(&mut socket, &switch.replay, &ctx);
-                        if let Err(reason) = guarded(replay, &outbox.kicked, &ctx).await {
-                            break reason;
-                        }
-                        frames = switch.into_frames(issue_token(&ctx, &me.peer));
-                        ctx.metrics.signals_replayed.increment(replayed as u64);
-                        ctx.metrics.resume("ok");
-                    }
-                    let send = send_all(&mut socket, frames, &mut seq, &ctx);
-                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-                _ = ping.tick() => {
-                    if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
-                        break CloseReason::KeepaliveTimeout;
-                    }
-                    let ping = socket.send(Message::Ping(Default::default()));
-                    if let Err(reason) = guarded(ping, &outbox.kicked, &ctx).await {
                         break reason;
                     }
                 }
@@ -322,6 +237,94 @@ pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: Connection
                                 }
                             }
                         }
+                    }
+                }
+                done = async {
+                    match inflight.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if inflight.is_some() => {
+                    inflight = None;
+                    resuming = false;
+                    // The client was not read while the request ran; that is not its silence.
+                    last_heard = Instant::now();
+                    let mut frames = done.frames;
+                    if let Some(switch) = done.switch {
+                        let replayed = switch.replay.len() + switch.pending.len();
+                        let previous = std::mem::replace(
+                            &mut me,
+                            Identity {
+                                peer: switch.peer.clone(),
+                                owner: switch.owner.clone(),
+                            },
+                        );
+                        // The fresh session of this socket's `welcome` is not needed.
+                        ctx.index.remove_session(&previous.peer, &handle);
+                        let store = ctx.sessions_store.clone();
+                        tokio::spawn(async move {
+                            let _ = store.end(&previous.peer, Some(&previous.owner)).await;
+                        });
+                        state.receive_only = switch.receive_only.clone();
+                        seq.resume_from(switch.last_seq, switch.window.clone());
+                        let replay = write_stamped(&mut socket, &switch.replay, &ctx);
+                        if let Err(reason) = guarded(replay, &outbox.kicked, &ctx).await {
+                            break reason;
+                        }
+                        frames = switch.into_frames(issue_token(&ctx, &me.peer));
+                        ctx.metrics.signals_replayed.increment(replayed as u64);
+                        ctx.metrics.resume("ok");
+                    }
+                    let send = send_all(&mut socket, frames, &mut seq, &ctx);
+                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                        break reason;
+                    }
+                }
+                () = &mut kicked => break CloseReason::SlowConsumer,
+                // (After the drain notice the socket closes by itself, within the shutdown
+                // grace; a write stuck past it is cut by `guarded`.)
+                () = &mut drain_starts, if drain_close_at.is_none() => {
+                    // Draining: this socket closes at a random point of the drain window,
+                    // so that its clients do not all resume elsewhere at once.
+                    // The floor lets what the client sent before it read the notice arrive;
+                    // both fit in the shutdown grace with time left to close and store.
+                    let budget = ctx
+                        .config
+                        .shutdown_grace
+                        .saturating_sub(DRAIN_CLOSE_WAIT * 2);
+                    let floor = DRAIN_NOTICE_FLOOR.min(budget / 2);
+                    let window = ctx
+                        .config
+                        .sessions
+                        .drain_window
+                        .min(budget.saturating_sub(floor));
+                    let after = floor + window.mul_f64(rand::random::<f64>());
+                    drain_close_at = Some(tokio::time::Instant::now() + after);
+                    ctx.metrics.drain_notices.increment(1);
+                    let notice = Outgoing::new(
+                        "reconnect",
+                        protocol::encode(&ServerMessage::Reconnect {
+                            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                        }),
+                    );
+                    let send = send_all(&mut socket, vec![notice], &mut seq, &ctx);
+                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
+                        break reason;
+                    }
+                }
+                () = async {
+                    match drain_close_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => break CloseReason::Shutdown,
+                _ = ping.tick() => {
+                    if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
+                        break CloseReason::KeepaliveTimeout;
+                    }
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if let Err(reason) = guarded(ping, &outbox.kicked, &ctx).await {
+                        break reason;
                     }
                 }
             }

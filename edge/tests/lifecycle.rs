@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 #[tokio::test]
 async fn killed_node_restarts_cleanly_on_the_same_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path(), &[]);
+    // A single-threaded runtime (what an edge on one core runs) before the kill, the
+    // multi-threaded one after.
+    let mut node = Node::start(dir.path(), &["--worker-threads", "1"]);
     let listen = node.addr.clone();
     let mut a = Client::connect(&node.ws_url()).await;
     let mut b = Client::connect(&node.ws_url()).await;
@@ -50,7 +52,15 @@ async fn sigterm_closes_sockets_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(
         dir.path(),
-        &["--shutdown-grace-ms", "3000", "--drain-window-ms", "500"],
+        &[
+            "--shutdown-grace-ms",
+            "3000",
+            "--drain-window-ms",
+            "500",
+            // The drain on a single-threaded runtime (the other tests run multi-threaded).
+            "--worker-threads",
+            "1",
+        ],
     );
     let mut a = Client::connect(&node.ws_url()).await;
     let mut b = Client::connect(&node.ws_url()).await;
@@ -76,13 +86,14 @@ async fn health_and_readiness() {
 
 #[test]
 fn invalid_config_exits_non_zero_with_one_line() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         &[
             "--ping-interval-ms",
             "1000",
             "--keepalive-timeout-ms",
             "500",
         ],
+        &["--worker-threads", "5000"],
         &["--region", ""],
         &["--max-frame-bytes", "10"],
         &["--ice-server", "http://not-ice"],

@@ -11,8 +11,9 @@ use axum::extract::ws::Utf8Bytes;
 pub struct Sequencer {
     last: u64,
     capacity: usize,
-    /// Shared with the messages handed to the socket: keeping a frame costs no copy.
-    window: VecDeque<Utf8Bytes>,
+    /// Each frame with its `seq` (read without touching the frame, long since out of the
+    /// cache). Shared with the messages handed to the socket: keeping a frame costs no copy.
+    window: VecDeque<(u64, Utf8Bytes)>,
 }
 
 impl Sequencer {
@@ -37,7 +38,7 @@ impl Sequencer {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
             }
-            self.window.push_back(stamped.clone());
+            self.window.push_back((self.last, stamped.clone()));
         }
         stamped
     }
@@ -45,11 +46,7 @@ impl Sequencer {
     /// The client has read every frame up to `ack`: they leave the window (a resume names a
     /// `last_seq` at least as high, so they can never be asked for again).
     pub fn acknowledge(&mut self, ack: u64) {
-        while self
-            .window
-            .front()
-            .is_some_and(|f| seq_of(f).is_none_or(|s| s <= ack))
-        {
+        while self.window.front().is_some_and(|(s, _)| *s <= ack) {
             self.window.pop_front();
         }
     }
@@ -62,7 +59,10 @@ impl Sequencer {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
             }
-            self.window.push_back(Utf8Bytes::from(frame));
+            // Stored frames were stamped here: a frame without its `seq` cannot be replayed.
+            if let Some(s) = seq_of(&frame) {
+                self.window.push_back((s, Utf8Bytes::from(frame)));
+            }
         }
     }
 
@@ -75,7 +75,10 @@ impl Sequencer {
 
     /// The replay window, oldest first.
     pub fn window(&self) -> Vec<String> {
-        self.window.iter().map(|f| f.as_str().to_owned()).collect()
+        self.window
+            .iter()
+            .map(|(_, f)| f.as_str().to_owned())
+            .collect()
     }
 }
 
