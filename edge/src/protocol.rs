@@ -397,8 +397,8 @@ fn decode_message<'a>(
     env: &Envelope<'a>,
     limits: &DecodeLimits,
 ) -> Result<ClientMessage<'a>, ProtocolError> {
-    let ty: String = required_str(env.ty, "type")?;
-    match ty.as_str() {
+    let ty = required_text(env.ty, "type")?;
+    match &*ty {
         "join" => {
             let room = room(env.room)?;
             let meta = match env.meta {
@@ -436,7 +436,7 @@ fn decode_message<'a>(
             let to = PeerId::new(to).map_err(|e| {
                 ProtocolError::new(ErrorCode::BadField, format!("`to` is not a peer id: {e}"))
             })?;
-            let kind: String = required_str(env.kind, "kind")?;
+            let kind = required_text(env.kind, "kind")?;
             let kind = SignalKind::parse(&kind).ok_or_else(|| {
                 ProtocolError::new(
                     ErrorCode::BadField,
@@ -469,6 +469,18 @@ fn decode_message<'a>(
                 format!("unknown message type `{shown}`"),
             ))
         }
+    }
+}
+
+/// A string field read in place when it has no escapes (the common case: no allocation).
+fn required_text<'a>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
+    let plain = raw.and_then(|r| serde_json::from_str::<&'a str>(r.get()).ok());
+    match plain {
+        Some(s) => Ok(std::borrow::Cow::Borrowed(s)),
+        None => required_str(raw, field).map(std::borrow::Cow::Owned),
     }
 }
 

@@ -87,288 +87,305 @@ struct Identity {
     owner: Owner,
 }
 
-/// Serves one client until it leaves, fails, or the edge shuts down. `_slot` holds this
+/// Serves one client until it leaves, fails, or the edge shuts down. `slot` holds this
 /// connection's place in the connection limits until the session ends.
-pub async fn run(mut socket: WebSocket, ctx: Arc<EdgeContext>, _slot: ConnectionSlot) {
-    let mut me = Identity {
-        peer: PeerId::random(),
-        owner: Owner::new(&ctx.edge_id),
-    };
-    let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
-    ctx.index
-        .add_session(me.peer.clone(), handle.clone(), me.owner.clone());
-    ctx.metrics.connections_accepted.increment(1);
-    ctx.metrics.connections_open.increment(1.0);
-    // Cold steps are boxed: their futures would otherwise size every idle session's task.
-    if let Err(e) = Box::pin(ctx.sessions_store.open(&me.peer, &me.owner)).await {
-        // The session works; it just cannot be resumed.
-        tracing::warn!(error = %e, "could not store a new session");
-    }
-    let mut seq = Sequencer::new(ctx.config.sessions.replay_window);
+pub fn run(
+    mut socket: WebSocket,
+    ctx: Arc<EdgeContext>,
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
+    // An async block rather than an async fn: an async fn keeps a second copy of its
+    // by-value arguments (the socket alone is ~370 bytes) in every session's task.
+    async move {
+        let mut me = Identity {
+            peer: PeerId::random(),
+            owner: Owner::new(&ctx.edge_id),
+        };
+        let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
+        ctx.index
+            .add_session(me.peer.clone(), handle.clone(), me.owner.clone());
+        ctx.metrics.connections_accepted.increment(1);
+        ctx.metrics.connections_open.increment(1.0);
+        // Cold steps are boxed: their futures would otherwise size every idle session's task.
+        if let Err(e) = Box::pin(ctx.sessions_store.open(&me.peer, &me.owner)).await {
+            // The session works; it just cannot be resumed.
+            tracing::warn!(error = %e, "could not store a new session");
+        }
+        let mut seq = Sequencer::new(ctx.config.sessions.replay_window);
 
-    let welcome = protocol::encode(&ServerMessage::Welcome {
-        peer_id: me.peer.as_str(),
-        resume_token: &issue_token(&ctx, &me.peer),
-        region: ctx.region.as_str(),
-        edge: ctx.edge_id.as_str(),
-        ice_servers: &ice_servers(&ctx, &me.peer),
-        protocol: protocol::SUBPROTOCOL,
-    });
-    let mut reason = None;
-    let welcome = send_all(
-        &mut socket,
-        vec![Outgoing::new("welcome", welcome)],
-        &mut seq,
-        &ctx,
-    );
-    if welcome.await.is_err() {
-        reason = Some(CloseReason::Abrupt);
-    }
+        let welcome = protocol::encode(&ServerMessage::Welcome {
+            peer_id: me.peer.as_str(),
+            resume_token: &issue_token(&ctx, &me.peer),
+            region: ctx.region.as_str(),
+            edge: ctx.edge_id.as_str(),
+            ice_servers: &ice_servers(&ctx, &me.peer),
+            protocol: protocol::SUBPROTOCOL,
+        });
+        let mut reason = None;
+        let welcome = send_all(
+            &mut socket,
+            vec![Outgoing::new("welcome", welcome)],
+            &mut seq,
+            &ctx,
+        );
+        if welcome.await.is_err() {
+            reason = Some(CloseReason::Abrupt);
+        }
 
-    let limits = DecodeLimits {
-        max_meta_bytes: ctx.config.limits.max_meta_bytes,
-    };
-    let mut last_heard = Instant::now();
-    let mut ping = tokio::time::interval(ctx.config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut inflight: Option<Reply> = None;
-    // A resume in flight: the outbox waits, so that what the resumed session missed is
-    // written before anything newer.
-    let mut resuming = false;
-    let mut state = SessionState::default();
-    let mut rate = RateLimiter::new(
-        ctx.config.rate_limit_per_second,
-        ctx.config.rate_limit_burst,
-    );
-    let mut last_rate_notice: Option<Instant> = None;
-    let mut drain_close_at: Option<tokio::time::Instant> = None;
+        let limits = DecodeLimits {
+            max_meta_bytes: ctx.config.limits.max_meta_bytes,
+        };
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval(ctx.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut inflight: Option<Reply> = None;
+        // A resume in flight: the outbox waits, so that what the resumed session missed is
+        // written before anything newer.
+        let mut resuming = false;
+        let mut state = SessionState::default();
+        let mut rate = RateLimiter::new(
+            ctx.config.rate_limit_per_second,
+            ctx.config.rate_limit_burst,
+        );
+        let mut last_rate_notice: Option<Instant> = None;
+        let mut drain_close_at: Option<tokio::time::Instant> = None;
 
-    // Waiting on these is set up once, not on every turn of the loop.
-    let mut drain_starts = std::pin::pin!(ctx.shutdown.cancelled());
-    let kicked_token = outbox.kicked.clone();
-    let mut kicked = std::pin::pin!(kicked_token.cancelled());
-    let reason = match reason {
-        Some(r) => r,
-        None => loop {
-            tokio::select! {
-                biased;
-                // The frequent events first: when one is ready the rarer ones are not even
-                // polled. None of those is urgent to the frame (a kicked or draining
-                // session ends once nothing else is ready; a stuck write is cut by `guarded`).
-                out = outbox.rx.recv(), if !resuming => {
-                    let Some(out) = out else { break CloseReason::Abrupt };
-                    let write = write_batch(&mut socket, out, &mut outbox.rx, &mut seq, &ctx);
-                    if let Err(reason) = guarded(write, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-                msg = socket.recv(), if inflight.is_none() => {
-                    last_heard = Instant::now();
-                    if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
-                        && !rate.allow(last_heard)
-                    {
-                        // Over its rate: the frame is dropped, and the client told (sparingly).
-                        ctx.metrics.received("invalid");
-                        let due = last_rate_notice
-                            .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
-                        if due {
-                            last_rate_notice = Some(last_heard);
-                            let err = ProtocolError::new(
-                                ErrorCode::RateLimited,
-                                "too many messages; frames are being dropped",
-                            );
-                            let send = send_error(&mut socket, &err, &mut seq, &ctx);
-                            if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                                break reason;
-                            }
-                        } else {
-                            ctx.metrics.error(ErrorCode::RateLimited);
-                        }
-                        continue;
-                    }
-                    match msg {
-                        None => break CloseReason::Abrupt,
-                        Some(Err(e)) => break read_error_reason(e),
-                        Some(Ok(Message::Close(frame))) => {
-                            break match frame {
-                                Some(f) if close_code::RESUME_LATER.contains(&f.code) => {
-                                    CloseReason::ClientDetach
-                                }
-                                _ => CloseReason::ClientClose,
-                            };
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Binary(_))) => {
-                            ctx.metrics.received("invalid");
-                            let err = ProtocolError::new(
-                                ErrorCode::BinaryUnsupported,
-                                "binary frames are not part of heliograph.v1; send JSON text",
-                            );
-                            let send = send_error(&mut socket, &err, &mut seq, &ctx);
-                            if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                                break reason;
-                            }
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            let received_at = Instant::now();
-                            let caller = Caller {
-                                peer: &me.peer,
-                                owner: &me.owner,
-                                handle: &handle,
-                                received_at,
-                            };
-                            let handled = handle_text(&text, &caller, &limits, &ctx, &mut state);
-                            if let Some(ack) = state.acked.take() {
-                                seq.acknowledge(ack);
-                            }
-                            match handled {
-                                Handled::Done => {}
-                                Handled::Reply(replies) => {
-                                    let send = send_all(&mut socket, replies, &mut seq, &ctx);
-                                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                                        break reason;
-                                    }
-                                }
-                                Handled::Later(fut) => inflight = Some(fut),
-                                Handled::Resume(fut) => {
-                                    inflight = Some(fut);
-                                    resuming = true;
-                                }
-                            }
-                        }
-                    }
-                }
-                done = async {
-                    match inflight.as_mut() {
-                        Some(f) => f.await,
-                        None => std::future::pending().await,
-                    }
-                }, if inflight.is_some() => {
-                    inflight = None;
-                    resuming = false;
-                    // The client was not read while the request ran; that is not its silence.
-                    last_heard = Instant::now();
-                    let mut frames = done.frames;
-                    if let Some(switch) = done.switch {
-                        let replayed = switch.replay.len() + switch.pending.len();
-                        let previous = std::mem::replace(
-                            &mut me,
-                            Identity {
-                                peer: switch.peer.clone(),
-                                owner: switch.owner.clone(),
-                            },
-                        );
-                        // The fresh session of this socket's `welcome` is not needed.
-                        ctx.index.remove_session(&previous.peer, &handle);
-                        let store = ctx.sessions_store.clone();
-                        tokio::spawn(async move {
-                            let _ = store.end(&previous.peer, Some(&previous.owner)).await;
-                        });
-                        state.receive_only = switch.receive_only.clone();
-                        seq.resume_from(switch.last_seq, switch.window.clone());
-                        let replay = write_stamped(&mut socket, &switch.replay, &ctx);
-                        if let Err(reason) = guarded(replay, &outbox.kicked, &ctx).await {
+        // Waiting on these is set up once, not on every turn of the loop.
+        let mut drain_starts = std::pin::pin!(ctx.shutdown.cancelled());
+        let kicked_token = outbox.kicked.clone();
+        let mut kicked = std::pin::pin!(kicked_token.cancelled());
+        let reason = match reason {
+            Some(r) => r,
+            None => loop {
+                tokio::select! {
+                    biased;
+                    // The frequent events first: when one is ready the rarer ones are not even
+                    // polled. None of those is urgent to the frame (a kicked or draining
+                    // session ends once nothing else is ready; a stuck write is cut by `guarded`).
+                    out = outbox.rx.recv(), if !resuming => {
+                        let Some(out) = out else { break CloseReason::Abrupt };
+                        if let Err(reason) =
+                            guarded(|| write_batch(&mut socket, out, &mut outbox.rx, &mut seq, &ctx), &outbox.kicked, &ctx).await
+                        {
                             break reason;
                         }
-                        frames = switch.into_frames(issue_token(&ctx, &me.peer));
-                        ctx.metrics.signals_replayed.increment(replayed as u64);
-                        ctx.metrics.resume("ok");
                     }
-                    let send = send_all(&mut socket, frames, &mut seq, &ctx);
-                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                        break reason;
+                    msg = socket.recv(), if inflight.is_none() => {
+                        last_heard = Instant::now();
+                        if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                            && !rate.allow(last_heard)
+                        {
+                            // Over its rate: the frame is dropped, and the client told (sparingly).
+                            ctx.metrics.received("invalid");
+                            let due = last_rate_notice
+                                .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
+                            if due {
+                                last_rate_notice = Some(last_heard);
+                                let err = ProtocolError::new(
+                                    ErrorCode::RateLimited,
+                                    "too many messages; frames are being dropped",
+                                );
+                                if let Err(reason) =
+                                    guarded(|| send_error(&mut socket, &err, &mut seq, &ctx), &outbox.kicked, &ctx).await
+                                {
+                                    break reason;
+                                }
+                            } else {
+                                ctx.metrics.error(ErrorCode::RateLimited);
+                            }
+                            continue;
+                        }
+                        match msg {
+                            None => break CloseReason::Abrupt,
+                            Some(Err(e)) => break read_error_reason(e),
+                            Some(Ok(Message::Close(frame))) => {
+                                break match frame {
+                                    Some(f) if close_code::RESUME_LATER.contains(&f.code) => {
+                                        CloseReason::ClientDetach
+                                    }
+                                    _ => CloseReason::ClientClose,
+                                };
+                            }
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            Some(Ok(Message::Binary(_))) => {
+                                ctx.metrics.received("invalid");
+                                let err = ProtocolError::new(
+                                    ErrorCode::BinaryUnsupported,
+                                    "binary frames are not part of heliograph.v1; send JSON text",
+                                );
+                                if let Err(reason) =
+                                    guarded(|| send_error(&mut socket, &err, &mut seq, &ctx), &outbox.kicked, &ctx).await
+                                {
+                                    break reason;
+                                }
+                            }
+                            Some(Ok(Message::Text(text))) => {
+                                let received_at = last_heard;
+                                let caller = Caller {
+                                    peer: &me.peer,
+                                    owner: &me.owner,
+                                    handle: &handle,
+                                    received_at,
+                                };
+                                let handled = handle_text(&text, &caller, &limits, &ctx, &mut state);
+                                if let Some(ack) = state.acked.take() {
+                                    seq.acknowledge(ack);
+                                }
+                                match handled {
+                                    Handled::Done => {}
+                                    Handled::Reply(replies) => {
+                                        if let Err(reason) =
+                                            guarded(|| send_all(&mut socket, replies, &mut seq, &ctx), &outbox.kicked, &ctx).await
+                                        {
+                                            break reason;
+                                        }
+                                    }
+                                    Handled::Later(fut) => inflight = Some(fut),
+                                    Handled::Resume(fut) => {
+                                        inflight = Some(fut);
+                                        resuming = true;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    done = async {
+                        match inflight.as_mut() {
+                            Some(f) => f.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if inflight.is_some() => {
+                        inflight = None;
+                        resuming = false;
+                        // The client was not read while the request ran; that is not its silence.
+                        last_heard = Instant::now();
+                        let mut frames = done.frames;
+                        if let Some(switch) = done.switch {
+                            let replayed = switch.replay.len() + switch.pending.len();
+                            let previous = std::mem::replace(
+                                &mut me,
+                                Identity {
+                                    peer: switch.peer.clone(),
+                                    owner: switch.owner.clone(),
+                                },
+                            );
+                            // The fresh session of this socket's `welcome` is not needed.
+                            ctx.index.remove_session(&previous.peer, &handle);
+                            let store = ctx.sessions_store.clone();
+                            tokio::spawn(async move {
+                                let _ = store.end(&previous.peer, Some(&previous.owner)).await;
+                            });
+                            state.receive_only = switch.receive_only.clone();
+                            seq.resume_from(switch.last_seq, switch.window.clone());
+                            if let Err(reason) =
+                                guarded(|| write_stamped(&mut socket, &switch.replay, &ctx), &outbox.kicked, &ctx).await
+                            {
+                                break reason;
+                            }
+                            frames = switch.into_frames(issue_token(&ctx, &me.peer));
+                            ctx.metrics.signals_replayed.increment(replayed as u64);
+                            ctx.metrics.resume("ok");
+                        }
+                        if let Err(reason) =
+                            guarded(|| send_all(&mut socket, frames, &mut seq, &ctx), &outbox.kicked, &ctx).await
+                        {
+                            break reason;
+                        }
+                    }
+                    () = &mut kicked => break CloseReason::SlowConsumer,
+                    // (After the drain notice the socket closes by itself, within the shutdown
+                    // grace; a write stuck past it is cut by `guarded`.)
+                    () = &mut drain_starts, if drain_close_at.is_none() => {
+                        // Draining: this socket closes at a random point of the drain window,
+                        // so that its clients do not all resume elsewhere at once.
+                        // The floor lets what the client sent before it read the notice arrive;
+                        // both fit in the shutdown grace with time left to close and store.
+                        let budget = ctx
+                            .config
+                            .shutdown_grace
+                            .saturating_sub(DRAIN_CLOSE_WAIT * 2);
+                        let floor = DRAIN_NOTICE_FLOOR.min(budget / 2);
+                        let window = ctx
+                            .config
+                            .sessions
+                            .drain_window
+                            .min(budget.saturating_sub(floor));
+                        let after = floor + window.mul_f64(rand::random::<f64>());
+                        drain_close_at = Some(tokio::time::Instant::now() + after);
+                        ctx.metrics.drain_notices.increment(1);
+                        let notice = Outgoing::new(
+                            "reconnect",
+                            protocol::encode(&ServerMessage::Reconnect {
+                                after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                            }),
+                        );
+                        if let Err(reason) =
+                            guarded(|| send_all(&mut socket, vec![notice], &mut seq, &ctx), &outbox.kicked, &ctx).await
+                        {
+                            break reason;
+                        }
+                    }
+                    () = async {
+                        match drain_close_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => break CloseReason::Shutdown,
+                    _ = ping.tick() => {
+                        if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
+                            break CloseReason::KeepaliveTimeout;
+                        }
+                        if let Err(reason) =
+                            guarded(|| socket.send(Message::Ping(Default::default())), &outbox.kicked, &ctx).await
+                        {
+                            break reason;
+                        }
                     }
                 }
-                () = &mut kicked => break CloseReason::SlowConsumer,
-                // (After the drain notice the socket closes by itself, within the shutdown
-                // grace; a write stuck past it is cut by `guarded`.)
-                () = &mut drain_starts, if drain_close_at.is_none() => {
-                    // Draining: this socket closes at a random point of the drain window,
-                    // so that its clients do not all resume elsewhere at once.
-                    // The floor lets what the client sent before it read the notice arrive;
-                    // both fit in the shutdown grace with time left to close and store.
-                    let budget = ctx
-                        .config
-                        .shutdown_grace
-                        .saturating_sub(DRAIN_CLOSE_WAIT * 2);
-                    let floor = DRAIN_NOTICE_FLOOR.min(budget / 2);
-                    let window = ctx
-                        .config
-                        .sessions
-                        .drain_window
-                        .min(budget.saturating_sub(floor));
-                    let after = floor + window.mul_f64(rand::random::<f64>());
-                    drain_close_at = Some(tokio::time::Instant::now() + after);
-                    ctx.metrics.drain_notices.increment(1);
-                    let notice = Outgoing::new(
-                        "reconnect",
-                        protocol::encode(&ServerMessage::Reconnect {
-                            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-                        }),
-                    );
-                    let send = send_all(&mut socket, vec![notice], &mut seq, &ctx);
-                    if let Err(reason) = guarded(send, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-                () = async {
-                    match drain_close_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => break CloseReason::Shutdown,
-                _ = ping.tick() => {
-                    if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
-                        break CloseReason::KeepaliveTimeout;
-                    }
-                    let ping = socket.send(Message::Ping(Default::default()));
-                    if let Err(reason) = guarded(ping, &outbox.kicked, &ctx).await {
-                        break reason;
-                    }
-                }
-            }
-        },
-    };
+            },
+        };
 
-    ctx.metrics.closed(reason);
-    ctx.metrics.connections_open.decrement(1.0);
-    if reason.ends_session() {
-        Box::pin(close(&mut socket, reason)).await;
-        Box::pin(end_for_good(&ctx, &me, &handle)).await;
-        outbox.rx.close();
-    } else {
-        let draining = reason == CloseReason::Shutdown && !ctx.hard_stop.is_cancelled();
-        if draining {
-            // The close goes first, and what the client sent before it read the close is
-            // still served; a resume elsewhere waits until the state below is stored.
-            let caller = Caller {
-                peer: &me.peer,
-                owner: &me.owner,
-                handle: &handle,
-                received_at: Instant::now(),
-            };
-            Box::pin(serve_until_closed(
-                &mut socket,
-                &caller,
-                &limits,
-                &ctx,
-                &mut state,
-            ))
-            .await;
-        }
-        // The peer may resume: what it may not have read is stored before it can.
-        outbox.rx.close();
-        let mut leftovers = Vec::new();
-        while let Ok(out) = outbox.rx.try_recv() {
-            leftovers.push(out);
-        }
-        Box::pin(detach(&ctx, &me, &handle, seq, leftovers, reason)).await;
-        if !draining {
+        ctx.metrics.closed(reason);
+        ctx.metrics.connections_open.decrement(1.0);
+        if reason.ends_session() {
             Box::pin(close(&mut socket, reason)).await;
+            Box::pin(end_for_good(&ctx, &me, &handle)).await;
+            outbox.rx.close();
+        } else {
+            let draining = reason == CloseReason::Shutdown && !ctx.hard_stop.is_cancelled();
+            if draining {
+                // The close goes first, and what the client sent before it read the close is
+                // still served; a resume elsewhere waits until the state below is stored.
+                let caller = Caller {
+                    peer: &me.peer,
+                    owner: &me.owner,
+                    handle: &handle,
+                    received_at: Instant::now(),
+                };
+                Box::pin(serve_until_closed(
+                    &mut socket,
+                    &caller,
+                    &limits,
+                    &ctx,
+                    &mut state,
+                ))
+                .await;
+            }
+            // The peer may resume: what it may not have read is stored before it can.
+            outbox.rx.close();
+            let mut leftovers = Vec::new();
+            while let Ok(out) = outbox.rx.try_recv() {
+                leftovers.push(out);
+            }
+            Box::pin(detach(&ctx, &me, &handle, seq, leftovers, reason)).await;
+            if !draining {
+                Box::pin(close(&mut socket, reason)).await;
+            }
         }
+        outbox.finished.cancel();
+        drop(slot);
     }
-    outbox.finished.cancel();
 }
 
 /// Drain: sends the close (1001), then reads until the client's close reply (at most
@@ -854,12 +871,15 @@ fn read_error_reason(e: axum::Error) -> CloseReason {
 /// Runs a socket write, but gives up when the client is kicked, the edge shuts down, or the
 /// write stalls past `--write-timeout-ms`: a client that stops reading blocks its writes, and
 /// must not keep its session (or the memory queued for it) alive.
-async fn guarded(
-    write: impl Future<Output = Result<(), axum::Error>>,
+///
+/// Takes the write as a function making it: the future is then built in place, where a future
+/// passed by value would be stored twice in every session's task.
+async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
+    write: impl FnOnce() -> W,
     kicked: &CancellationToken,
     ctx: &EdgeContext,
 ) -> Result<(), CloseReason> {
-    let mut write = std::pin::pin!(write);
+    let mut write = std::pin::pin!(write());
     // Most writes complete at once (there is room in the socket buffer): they need no timer
     // and no waiters, which would cost more than the write.
     if let Some(r) = futures_util::FutureExt::now_or_never(write.as_mut()) {
@@ -929,13 +949,14 @@ async fn send_all(
     socket.flush().await
 }
 
-/// Numbers a frame and queues it on the socket.
-async fn feed(
-    socket: &mut WebSocket,
+/// Numbers a frame and queues it on the socket. Not an async fn: the numbering is done at
+/// once, and what is awaited is only the socket's own `feed`.
+fn feed<'s>(
+    socket: &'s mut WebSocket,
     out: Outgoing,
     seq: &mut Sequencer,
     ctx: &EdgeContext,
-) -> Result<(), axum::Error> {
+) -> futures_util::sink::Feed<'s, WebSocket, Message> {
     ctx.metrics.sent(out.kind);
     if let Some((at, path)) = out
         .signal
@@ -945,7 +966,7 @@ async fn feed(
         ctx.metrics.relay(path).record(at.elapsed().as_secs_f64());
     }
     let text = seq.stamp(&out.text);
-    socket.feed(Message::Text(text)).await
+    socket.feed(Message::Text(text))
 }
 
 /// Writes frames that carry their `seq` already (a resumed session's replay).
