@@ -89,6 +89,7 @@ struct Identity {
 
 /// Serves one client until it leaves, fails, or the edge shuts down. `slot` holds this
 /// connection's place in the connection limits until the session ends.
+#[allow(clippy::manual_async_fn)] // deliberately not an async fn: see the comment inside
 pub fn run(
     mut socket: WebSocket,
     ctx: Arc<EdgeContext>,
