@@ -104,9 +104,15 @@ impl Outgoing {
     }
 }
 
-/// The sending side of a client's outbox. Cheap to clone.
+/// The sending side of a client's outbox. Cheap to clone: one reference count (routing a
+/// signal clones it; a sender and two tokens would be three, two of them behind a lock).
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
+    inner: std::sync::Arc<HandleInner>,
+}
+
+#[derive(Debug)]
+struct HandleInner {
     tx: mpsc::Sender<Outgoing>,
     kicked: CancellationToken,
     finished: CancellationToken,
@@ -127,9 +133,11 @@ pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
     let finished = CancellationToken::new();
     (
         SessionHandle {
-            tx,
-            kicked: kicked.clone(),
-            finished: finished.clone(),
+            inner: std::sync::Arc::new(HandleInner {
+                tx,
+                kicked: kicked.clone(),
+                finished: finished.clone(),
+            }),
         },
         OutboxReceiver {
             rx,
@@ -152,17 +160,17 @@ pub enum Delivery {
 impl SessionHandle {
     /// Whether both handles lead to the same session.
     pub fn same(&self, other: &SessionHandle) -> bool {
-        self.tx.same_channel(&other.tx)
+        self.inner.tx.same_channel(&other.inner.tx)
     }
 
     /// Cuts the session off (its peer resumed on another socket).
     pub fn kick(&self) {
-        self.kicked.cancel();
+        self.inner.kicked.cancel();
     }
 
     /// Resolves when the session has ended and stored its state.
     pub async fn finished(&self) {
-        self.finished.cancelled().await;
+        self.inner.finished.cancelled().await;
     }
 
     pub fn send(&self, out: Outgoing) -> Delivery {
@@ -175,10 +183,10 @@ impl SessionHandle {
     /// Like [`send`](Self::send), but gives the frame back when it was not queued, so that
     /// it can go to the peer's pending buffer instead.
     pub fn try_send(&self, out: Outgoing) -> Result<(), (Delivery, Outgoing)> {
-        match self.tx.try_send(out) {
+        match self.inner.tx.try_send(out) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(out)) => {
-                self.kicked.cancel();
+                self.inner.kicked.cancel();
                 Err((Delivery::Kicked, out))
             }
             Err(mpsc::error::TrySendError::Closed(out)) => Err((Delivery::Closed, out)),
