@@ -1,7 +1,6 @@
 //! Sequence numbers of one session's frames, and the replay window of the last ones sent.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -85,10 +84,14 @@ impl Sequencer {
 /// Puts `"seq":N` first into an encoded server message (always a JSON object).
 pub fn with_seq(frame: &str, seq: u64) -> String {
     let rest = frame.strip_prefix('{').unwrap_or(frame);
-    let mut out = String::with_capacity(frame.len() + 24);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(seq);
+    // Sized exactly: a frame is written once and kept as it is.
+    let comma = rest != "}";
+    let mut out = String::with_capacity(7 + digits.len() + usize::from(comma) + rest.len());
     out.push_str("{\"seq\":");
-    let _ = write!(out, "{seq}");
-    if rest != "}" {
+    out.push_str(digits);
+    if comma {
         out.push(',');
     }
     out.push_str(rest);
