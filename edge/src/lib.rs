@@ -292,6 +292,8 @@ pub async fn start(
         });
         shutdown.cancelled().await;
         ctx.draining.store(true, Ordering::SeqCst);
+        // A session that enters the index after this looks at `draining` itself.
+        ctx.index.drain_sessions();
         tracing::info!(
             window_ms = ctx.config.sessions.drain_window.as_millis() as u64,
             "draining: clients are told to reconnect elsewhere"

@@ -3,7 +3,13 @@
 //! Full means the client reads slower than it is sent to: it is cut off (kicked) rather than
 //! buffered without bound. Senders never wait on a slow client.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
+
+use futures_util::task::AtomicWaker;
 
 use tokio::sync::mpsc;
 
@@ -114,7 +120,8 @@ pub struct SessionHandle {
 #[derive(Debug)]
 struct HandleInner {
     tx: mpsc::Sender<Outgoing>,
-    kicked: CancellationToken,
+    kicked: Arc<Flag>,
+    drain: Arc<Flag>,
     finished: CancellationToken,
 }
 
@@ -122,29 +129,70 @@ struct HandleInner {
 pub struct OutboxReceiver {
     pub rx: mpsc::Receiver<Outgoing>,
     /// Cancelled when the client was too slow and must be disconnected.
-    pub kicked: CancellationToken,
+    pub kicked: Arc<Flag>,
+    /// Raised when the edge starts draining.
+    pub drain: Arc<Flag>,
     /// Cancelled by the session when it has ended and stored what a resume needs.
     pub finished: CancellationToken,
 }
 
 pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
-    let kicked = CancellationToken::new();
+    let kicked = Arc::new(Flag::default());
+    let drain = Arc::new(Flag::default());
     let finished = CancellationToken::new();
     (
         SessionHandle {
             inner: std::sync::Arc::new(HandleInner {
                 tx,
                 kicked: kicked.clone(),
+                drain: drain.clone(),
                 finished: finished.clone(),
             }),
         },
         OutboxReceiver {
             rx,
             kicked,
+            drain,
             finished,
         },
     )
+}
+
+/// A flag raised once, by anyone, and awaited by its session. Checking it is one atomic
+/// load: a session looks at it every time it waits, where a cancellation token would take a
+/// lock on each look.
+#[derive(Debug, Default)]
+pub struct Flag {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Flag {
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the flag is raised. Waited on by one task at a time (its session).
+    pub fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_raised() {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Raised between the look and the registration: its wake-up may have been missed.
+            if self.is_raised() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
 }
 
 /// What became of a frame handed to [`SessionHandle::send`].
@@ -165,7 +213,12 @@ impl SessionHandle {
 
     /// Cuts the session off (its peer resumed on another socket).
     pub fn kick(&self) {
-        self.inner.kicked.cancel();
+        self.inner.kicked.raise();
+    }
+
+    /// Tells the session the edge is draining.
+    pub fn drain(&self) {
+        self.inner.drain.raise();
     }
 
     /// Resolves when the session has ended and stored its state.
@@ -186,7 +239,7 @@ impl SessionHandle {
         match self.inner.tx.try_send(out) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(out)) => {
-                self.inner.kicked.cancel();
+                self.inner.kicked.raise();
                 Err((Delivery::Kicked, out))
             }
             Err(mpsc::error::TrySendError::Closed(out)) => Err((Delivery::Closed, out)),

@@ -149,6 +149,13 @@ impl RoomIndex {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells every session of this edge that it is draining.
+    pub fn drain_sessions(&self) {
+        for local in self.read().peers.values() {
+            local.handle.drain();
+        }
+    }
+
     pub fn add_session(&self, peer: PeerId, handle: SessionHandle, owner: Owner) {
         self.write()
             .peers

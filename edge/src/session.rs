@@ -14,13 +14,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 
 use crate::EdgeContext;
 use crate::auth::Grant;
 use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::metrics::CloseReason;
-use crate::outbox::{Outgoing, SessionHandle, outbox};
+use crate::outbox::{Flag, Outgoing, SessionHandle, outbox};
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
 };
@@ -105,6 +104,10 @@ pub fn run(
         let (handle, mut outbox) = outbox(ctx.config.limits.outbox_messages);
         ctx.index
             .add_session(me.peer.clone(), handle.clone(), me.owner.clone());
+        // Entered after the drain told the sessions of the index: it drains too.
+        if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            handle.drain();
+        }
         ctx.metrics.connections_accepted.increment(1);
         ctx.metrics.connections_open.increment(1.0);
         // Cold steps are boxed: their futures would otherwise size every idle session's task.
@@ -152,10 +155,6 @@ pub fn run(
         let mut last_rate_notice: Option<Instant> = None;
         let mut drain_close_at: Option<tokio::time::Instant> = None;
 
-        // Waiting on these is set up once, not on every turn of the loop.
-        let mut drain_starts = std::pin::pin!(ctx.shutdown.cancelled());
-        let kicked_token = outbox.kicked.clone();
-        let mut kicked = std::pin::pin!(kicked_token.cancelled());
         let reason = match reason {
             Some(r) => r,
             None => loop {
@@ -294,10 +293,10 @@ pub fn run(
                             break reason;
                         }
                     }
-                    () = &mut kicked => break CloseReason::SlowConsumer,
+                    () = outbox.kicked.raised() => break CloseReason::SlowConsumer,
                     // (After the drain notice the socket closes by itself, within the shutdown
                     // grace; a write stuck past it is cut by `guarded`.)
-                    () = &mut drain_starts, if drain_close_at.is_none() => {
+                    () = outbox.drain.raised(), if drain_close_at.is_none() => {
                         // Draining: this socket closes at a random point of the drain window,
                         // so that its clients do not all resume elsewhere at once.
                         // The floor lets what the client sent before it read the notice arrive;
@@ -877,7 +876,7 @@ fn read_error_reason(e: axum::Error) -> CloseReason {
 /// passed by value would be stored twice in every session's task.
 async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
     write: impl FnOnce() -> W,
-    kicked: &CancellationToken,
+    kicked: &Flag,
     ctx: &EdgeContext,
 ) -> Result<(), CloseReason> {
     let mut write = std::pin::pin!(write());
@@ -890,7 +889,7 @@ async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
     Box::pin(async move {
         tokio::select! {
             r = write => r.map_err(|_| CloseReason::Abrupt),
-            () = kicked.cancelled() => Err(CloseReason::SlowConsumer),
+            () = kicked.raised() => Err(CloseReason::SlowConsumer),
             () = ctx.hard_stop.cancelled() => Err(CloseReason::Shutdown),
             () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
         }
