@@ -147,6 +147,11 @@ pub fn summary(scenario: &str, results: &Value) -> String {
 
 fn failover_summary(r: &Value) -> String {
     let mode = r.get("mode").and_then(Value::as_str).unwrap_or("?");
+    let since = if mode == "kill" {
+        "the kill"
+    } else {
+        "their socket's close"
+    };
     let in_flight = if mode == "kill" {
         format!(
             ", {} in flight at the kill ({} of them written after it)",
@@ -164,7 +169,7 @@ fn failover_summary(r: &Value) -> String {
          ({} failed, {} attempts, {} frames replayed)\n  socket loss to resumed: p50 {} ms, \
          p99 {} ms, max {} ms\n  signals: {} sent, {} received, {} \
          duplicates, {} reordered, {} expired, {} refused, {} lost{in_flight}\n  generator CPU \
-         {}% of a core; target (99% within {} ms, 0 lost): {}",
+         {}% of a core; target (99% resumed within {} ms of {since}, 0 lost): {}",
         show(f(r, &["resumed"]), 0),
         show(f(r, &["clients"]), 0),
         show(f(r, &["resumed_p50_ms"]), 0),

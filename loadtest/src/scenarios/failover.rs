@@ -176,7 +176,8 @@ pub struct FailoverResults {
     pub generator_cpu_percent_of_core: f64,
     pub generator_limited: bool,
     pub target_p99_ms: f64,
-    /// 99 % resumed within the target and nothing lost (the issue sets it for 2,000 clients).
+    /// 99 % resumed within the target and nothing lost (the issue sets it for 2,000 clients);
+    /// counted from the kill, or in a drain from each client's socket close.
     pub target_met: bool,
 }
 
@@ -800,7 +801,13 @@ fn account(
         res.lost += lost_here;
         res.directions_with_loss += u64::from(lost_here > 0);
     }
-    res.target_met = res.lost == 0 && res.resumed_p99_ms.is_some_and(|t| t <= TARGET_P99_MS);
+    // After a kill every client lost its socket at the kill; a drain closes sockets over its
+    // window on purpose, so there the time counts from each client's own socket close.
+    let p99 = match mode {
+        Mode::Kill => res.resumed_p99_ms,
+        Mode::Drain => res.resume_latency_p99_ms,
+    };
+    res.target_met = res.lost == 0 && p99.is_some_and(|t| t <= TARGET_P99_MS);
     res
 }
 
