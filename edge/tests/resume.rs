@@ -98,22 +98,27 @@ async fn a_dropped_peer_resumes_with_its_id_rooms_and_missed_signals() {
     );
 }
 
+/// A sends B six signals; B reads (and counts) the first three. Returns B's `last_seq`.
+async fn six_sent_three_read(a: &mut Session, b: &mut Session) -> u64 {
+    let b_id = b.peer_id.clone();
+    for n in 0..6 {
+        a.send(signal(&b_id, n)).await;
+    }
+    for n in 0..3 {
+        assert_eq!(b.expect("signal").await["data"]["n"], n);
+    }
+    b.last_seq
+}
+
 #[tokio::test]
 async fn frames_the_client_had_not_read_are_replayed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--session-secret", SECRET]);
     let (mut a, mut b) = pair(&node).await;
-    let b_id = b.peer_id.clone();
-    for n in 0..6 {
-        a.send(signal(&b_id, n)).await;
-    }
     // B reads three of them, then its connection is lost: it claims what it read.
-    for n in 0..3 {
-        assert_eq!(b.expect("signal").await["data"]["n"], n);
-    }
+    let read_up_to = six_sent_three_read(&mut a, &mut b).await;
     // Wait until the edge wrote the rest to B's socket (B reads them off the wire but
     // does not count them), so they are in the replay window, not the pending buffer.
-    let read_up_to = b.last_seq;
     for _ in 0..3 {
         b.expect("signal").await;
     }
@@ -134,15 +139,8 @@ async fn acknowledged_frames_leave_the_window_and_everything_after_is_still_repl
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--session-secret", SECRET]);
     let (mut a, mut b) = pair(&node).await;
-    let b_id = b.peer_id.clone();
-    for n in 0..6 {
-        a.send(signal(&b_id, n)).await;
-    }
-    for n in 0..3 {
-        assert_eq!(b.expect("signal").await["data"]["n"], n);
-    }
     // B acknowledges what it read, on an ordinary request.
-    let acked = b.last_seq;
+    let acked = six_sent_three_read(&mut a, &mut b).await;
     b.send(json!({"type": "ping", "ref": "ack", "ack": acked}))
         .await;
     for _ in 0..3 {
