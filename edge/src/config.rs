@@ -162,7 +162,7 @@ pub struct Args {
     #[arg(long, env = "HELIOGRAPH_REDIS")]
     pub redis: Option<String>,
     /// Signals queued for Redis before new ones take the coordinator path.
-    #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::bus::redis::DEFAULT_PUBLISH_QUEUE)]
+    #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::region::DEFAULT_PUBLISH_QUEUE)]
     pub redis_publish_queue: usize,
     /// Key that signs resume tokens; every edge of a cluster needs the same one so that a
     /// client can resume on any of them. Default: derived from --cluster-secret; a single
@@ -495,7 +495,7 @@ impl Args {
         };
         let redis = match &self.redis {
             Some(url) => {
-                crate::bus::redis::parse_url(url)
+                crate::region::Backend::redis(url, self.redis_publish_queue)
                     .map_err(|e| ConfigError(format!("--redis: {e}")))?;
                 check(
                     (1..=1_000_000).contains(&self.redis_publish_queue),

@@ -1,46 +1,57 @@
 //! Heliograph's edge: the WebSocket server that clients talk to.
 //!
-//! - [`config`]: flags and validation.
-//! - [`protocol`]: the v1 wire format (decode, validate, encode).
-//! - [`session`]: one socket: read loop, outbox, keepalive, close.
-//! - [`outbox`]: the bounded per-client queue.
-//! - [`rooms`]: the local index of peers and the rooms they are in.
-//! - [`registry`]: the room registry, embedded or a remote coordinator cluster.
-//! - [`membership`]: applies the registry's events to the index, delivers relayed signals.
-//! - [`router`]: where a signal goes (in process, the region's bus, or the replicas).
-//! - [`bus`]: the region's bus between edges (Redis pub/sub, or in memory).
-//! - [`sessions`]: resumable sessions (replay window, pending buffers, resume tokens).
-//! - [`server`]: HTTP routes (WebSocket, health, readiness, metrics, demo page).
-//! - [`metrics`]: metric names and handles.
+//! The map (each module: what it owns; what it may import is in its own `//!` header and in
+//! `docs/ARCHITECTURE.md`):
+//!
+//! - [`config`]: flags and validation (public: the binary parses them).
+//! - [`protocol`]: the v1 wire format (decode, validate, encode); domain, no transport
+//!   (public: the fuzz target drives the decoder).
+//! - `signal`: a signal between edges (the envelope) and its bus wire form; `clock`.
+//! - `rooms`: the room index, a pure core (`rooms::core`) behind one lock.
+//! - `session`: what a resumable session is (records, claim, sequence numbers, tokens).
+//! - `region`: the region backend, memory or Redis, behind one type: the bus between the
+//!   region's edges and the session store.
+//! - `router`: where a signal goes (in process, the region's bus, or the replicas).
+//! - `registry`: the registry client (embedded replica or remote cluster); protobuf types
+//!   stop there. `follower`: the one task that applies its events to the room index.
+//! - `outbox`: the bounded per-client queue, its handle and kick.
+//! - `connection`: one socket: its select loop, requests, resume, writer, drain.
+//! - `server`: HTTP routes; `context`: what routes and connections share; `shutdown`: the
+//!   one shutdown signal and its stages; `background`: session upkeep and lease renewal.
+//! - `auth`, `limits`, `turn`, `metrics`: join tokens, limits, TURN credentials, metrics.
 //!
 //! [`start`] takes the shutdown token as an argument: the library never reads signals.
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod bus;
+mod auth;
+mod background;
+mod clock;
 pub mod config;
-pub mod limits;
-pub mod membership;
-pub mod metrics;
-pub mod outbox;
+mod connection;
+mod context;
+mod follower;
+mod limits;
+mod metrics;
+mod outbox;
 pub mod protocol;
-pub mod registry;
-pub mod rooms;
-pub mod router;
-pub mod server;
-pub mod session;
-pub mod sessions;
-pub mod turn;
+mod region;
+mod registry;
+mod rooms;
+mod router;
+mod server;
+mod session;
+mod shutdown;
+mod signal;
+mod turn;
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use heliograph_coordinator::registry::{Command, EdgeId, Outcome, Region};
+use heliograph_coordinator::registry::{Command, EdgeId, Outcome};
 use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, EmbeddedCoordinator};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::value::RawValue;
@@ -49,21 +60,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JoinAuth, JoinKey};
-use crate::bus::redis::Mailboxes;
 use crate::config::{Config, JoinKeySource};
+use crate::context::EdgeContext;
 use crate::limits::ConnectionLimiter;
 use crate::metrics::EdgeMetrics;
+use crate::region::Backend;
 use crate::registry::{Events, Registry, RemoteRegistry, RemoteSettings};
 use crate::rooms::RoomIndex;
-use crate::router::{BusConfig, Router};
-use crate::sessions::memory::MemoryStore;
-use crate::sessions::redis::RedisStore;
-use crate::sessions::{Sessions, StoreLimits, TokenKey};
+use crate::router::Router;
+use crate::session::{StoreLimits, TokenKey};
+use crate::shutdown::{Shutdown, Stage};
 
 /// How much longer than the registry's grace period a detached session is kept.
 const SESSION_TTL_MARGIN: Duration = Duration::from_secs(60);
-/// How often the session keeper looks at Redis's health.
-const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// After the grace period, how long sessions get to close their sockets.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 
@@ -84,33 +93,7 @@ pub enum StartError {
     #[error("join-token key: {0}")]
     JoinKey(String),
     #[error("{0}")]
-    Redis(#[from] crate::bus::redis::UrlError),
-}
-
-/// What every session and route shares.
-pub struct EdgeContext {
-    pub config: Config,
-    pub edge_id: EdgeId,
-    pub region: Region,
-    pub index: Arc<RoomIndex>,
-    pub registry: Registry,
-    /// Regions: sends signals for peers on other edges (router.rs).
-    pub router: Arc<Router>,
-    pub metrics: Arc<EdgeMetrics>,
-    pub ice_servers: Box<RawValue>,
-    /// Cancelled when the edge starts draining: sessions are told to `reconnect`, then closed
-    /// with 1001 over `--drain-window-ms`.
-    pub shutdown: CancellationToken,
-    /// Cancelled when the shutdown grace period is over: whatever still runs stops now.
-    pub hard_stop: CancellationToken,
-    pub sessions_store: Sessions,
-    pub tokens: TokenKey,
-    /// Readiness fails as soon as shutdown begins.
-    pub draining: AtomicBool,
-    pub prometheus: Option<PrometheusHandle>,
-    pub sessions: TaskTracker,
-    pub join_auth: JoinAuth,
-    pub connections: ConnectionLimiter,
+    Redis(#[from] crate::region::UrlError),
 }
 
 /// A started edge.
@@ -151,7 +134,7 @@ pub async fn start(
         Some(id) => id.clone(),
         None => stored_edge_id(&config.data_dir)?,
     };
-    let incarnation = heliograph_coordinator::embedded::now_ms();
+    let incarnation = clock::now_ms();
     let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
     let (registry, events) = match &config.coordinator {
         None => open_embedded(&config, &edge_id, http_addr, incarnation, lease_ms).await?,
@@ -191,25 +174,9 @@ pub async fn start(
         ttl: config.detach_grace + SESSION_TTL_MARGIN,
         pending: config.sessions.pending_signals,
     };
-    // Regions: the bus between this region's edges, and the router that chooses paths.
-    let bus = match &config.redis {
-        Some(r) => BusConfig::Redis {
-            client: crate::bus::redis::parse_url(&r.url)?,
-            queue: r.publish_queue,
-            mailboxes: Mailboxes {
-                max_pending: store_limits.pending,
-                ttl_ms: store_limits.ttl_ms(),
-            },
-        },
-        None => BusConfig::Local,
-    };
-    let sessions = match &config.redis {
-        Some(r) => Sessions::Redis(Arc::new(RedisStore::new(
-            crate::bus::redis::parse_url(&r.url)?,
-            edge_id.clone(),
-            store_limits,
-        ))),
-        None => Sessions::Memory(Arc::new(MemoryStore::new(store_limits))),
+    let backend = match &config.redis {
+        Some(r) => Backend::redis(&r.url, r.publish_queue)?,
+        None => Backend::Memory,
     };
     // Resume tokens must check out on every edge of the cluster: an explicit secret, else
     // a key derived from the cluster secret the edges share already.
@@ -222,11 +189,12 @@ pub async fn start(
         edge_id.clone(),
         config.region.clone(),
         registry.clone(),
-        bus,
+        backend,
+        store_limits,
         Arc::clone(&index),
-        sessions.clone(),
         Arc::clone(&metrics),
     );
+    let stages = Arc::new(Shutdown::default());
     let ctx = Arc::new(EdgeContext {
         ice_servers: ice_servers_json(&config.ice_servers),
         region: config.region.clone(),
@@ -236,44 +204,36 @@ pub async fn start(
         registry: registry.clone(),
         router: Arc::clone(&router),
         metrics: Arc::clone(&metrics),
-        shutdown: shutdown.clone(),
-        hard_stop: CancellationToken::new(),
-        sessions_store: sessions.clone(),
+        shutdown: Arc::clone(&stages),
         tokens,
-        draining: AtomicBool::new(false),
         prometheus,
-        sessions: TaskTracker::new(),
+        connection_tasks: TaskTracker::new(),
         join_auth,
         connections: ConnectionLimiter::new(config_limits.0, config_limits.1),
     });
 
     let background = TaskTracker::new();
-    let stop_background = CancellationToken::new();
-    background.spawn(membership::run(
+    background.spawn(follower::follow(
         Arc::clone(&index),
         registry.clone(),
         events,
         Arc::clone(&router),
         Arc::clone(&metrics),
         ctx.region.clone(),
-        stop_background.clone(),
+        Arc::clone(&stages),
     ));
-    background.spawn(keep_sessions(
-        sessions,
-        index,
+    background.spawn(background::keep_sessions(
         Arc::clone(&router),
-        metrics,
-        store_limits,
-        stop_background.clone(),
+        index,
+        Arc::clone(&stages),
     ));
     if let Registry::Embedded(embedded) = &registry {
-        // A remote registry renews the lease in its own session with the replica.
-        background.spawn(renew_lease(
+        background.spawn(background::renew_lease(
             embedded.clone(),
             edge_id.clone(),
             incarnation,
             lease_ms,
-            stop_background.clone(),
+            Arc::clone(&stages),
         ));
     }
 
@@ -281,37 +241,37 @@ pub async fn start(
         let http = tokio::spawn(server::serve(
             listener,
             server::router(Arc::clone(&ctx)),
-            shutdown.clone(),
+            Arc::clone(&ctx),
         ));
         let metrics_http = metrics_listener.map(|l| {
             tokio::spawn(server::serve(
                 l,
                 server::metrics_router(Arc::clone(&ctx)),
-                shutdown.clone(),
+                Arc::clone(&ctx),
             ))
         });
         shutdown.cancelled().await;
-        ctx.draining.store(true, Ordering::SeqCst);
-        // A session that enters the index after this looks at `draining` itself.
+        stages.advance(Stage::Draining);
+        // A session that enters the index after this looks at the stage itself.
         ctx.index.drain_sessions();
         tracing::info!(
             window_ms = ctx.config.sessions.drain_window.as_millis() as u64,
             "draining: clients are told to reconnect elsewhere"
         );
-        ctx.sessions.close();
-        if tokio::time::timeout(ctx.config.shutdown_grace, ctx.sessions.wait())
+        ctx.connection_tasks.close();
+        if tokio::time::timeout(ctx.config.shutdown_grace, ctx.connection_tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("sessions did not finish within the shutdown grace period");
-            ctx.hard_stop.cancel();
-            let _ = tokio::time::timeout(HARD_STOP_WAIT, ctx.sessions.wait()).await;
+            stages.advance(Stage::HardStop);
+            let _ = tokio::time::timeout(HARD_STOP_WAIT, ctx.connection_tasks.wait()).await;
         }
         let _ = http.await;
         if let Some(m) = metrics_http {
             let _ = m.await;
         }
-        stop_background.cancel();
+        stages.advance(Stage::Stopped);
         background.close();
         background.wait().await;
         router.shutdown().await;
@@ -373,95 +333,6 @@ async fn open_embedded(
     tracing::info!(edge = %edge_id, region = %config.region, %http_addr, "edge registered");
     let events = Events::Embedded(coordinator.subscribe());
     Ok((Registry::Embedded(coordinator), events))
-}
-
-/// Keeps this edge's sessions alive in the store (at a third of their TTL, and at once when
-/// Redis comes back, since a restarted Redis has lost them) and delivers what reached their
-/// pending buffers; without Redis, forgets sessions detached for too long.
-async fn keep_sessions(
-    sessions: Sessions,
-    index: Arc<RoomIndex>,
-    router: Arc<Router>,
-    metrics: Arc<EdgeMetrics>,
-    limits: StoreLimits,
-    stop: CancellationToken,
-) {
-    let every = match &sessions {
-        Sessions::Redis(_) => limits.ttl / 3,
-        Sessions::Memory(_) => Duration::from_secs(1),
-    };
-    let mut tick = tokio::time::interval(SESSION_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_refresh = tokio::time::Instant::now();
-    let mut bus_was_up = router.bus_up();
-    let mut failed = false;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let bus_up = router.bus_up();
-        let came_back = bus_up && !bus_was_up;
-        bus_was_up = bus_up;
-        // A failed refresh is retried at the next check.
-        if !came_back && !failed && last_refresh.elapsed() < every {
-            continue;
-        }
-        last_refresh = tokio::time::Instant::now();
-        // In Redis: keep this edge's sessions alive and take what reached their buffers. In
-        // memory: forget sessions detached too long; their pending signals expire.
-        let refreshed = match &sessions {
-            Sessions::Redis(r) => r.refresh(&index.local_sessions()).await,
-            Sessions::Memory(m) => Ok(m.purge()),
-        };
-        failed = refreshed.is_err();
-        match refreshed {
-            Ok(found) => {
-                for e in found {
-                    match &sessions {
-                        Sessions::Memory(_) => router.expire(e),
-                        Sessions::Redis(_) => {
-                            router.deliver_inbound(e, crate::metrics::RelayPath::Region)
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not refresh sessions"),
-        }
-        if let Sessions::Memory(m) = &sessions {
-            metrics.signals_pending.set(m.pending_total() as f64);
-        }
-    }
-}
-
-/// Renews the edge's lease at a third of its length, so two renewals may fail in a row.
-async fn renew_lease(
-    registry: EmbeddedCoordinator,
-    edge: EdgeId,
-    incarnation: u64,
-    lease_ms: u64,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let renewed = registry
-            .execute(Command::RenewLease {
-                edge: edge.clone(),
-                incarnation,
-                lease_ms,
-            })
-            .await;
-        match renewed {
-            Ok(Outcome::Done) => {}
-            Ok(other) => tracing::error!(?other, "the registry refused to renew this edge's lease"),
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-        }
-    }
 }
 
 fn join_auth(source: Option<&JoinKeySource>) -> Result<JoinAuth, StartError> {

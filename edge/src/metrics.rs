@@ -118,6 +118,8 @@ pub enum CloseReason {
     Abrupt,
     KeepaliveTimeout,
     SlowConsumer,
+    /// Its peer resumed on another socket (this one had not noticed it was dead).
+    Replaced,
     FrameTooLarge,
     InvalidUtf8,
     Shutdown,
@@ -134,12 +136,13 @@ impl CloseReason {
         )
     }
 
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         Self::ClientClose,
         Self::ClientDetach,
         Self::Abrupt,
         Self::KeepaliveTimeout,
         Self::SlowConsumer,
+        Self::Replaced,
         Self::FrameTooLarge,
         Self::InvalidUtf8,
         Self::Shutdown,
@@ -153,12 +156,26 @@ impl CloseReason {
             Self::Abrupt => "abrupt",
             Self::KeepaliveTimeout => "keepalive_timeout",
             Self::SlowConsumer => "slow_consumer",
+            Self::Replaced => "replaced",
             Self::FrameTooLarge => "frame_too_large",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::Shutdown => "shutdown",
             Self::ProtocolError => "protocol_error",
         }
     }
+}
+
+/// The message type of a frame as sent (a replayed frame), for the sent-messages metric.
+pub fn sent_kind_of(frame: &str) -> &'static str {
+    let ty = frame
+        .split_once("\"type\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(ty, _)| ty);
+    SENT_TYPES
+        .iter()
+        .find(|t| Some(**t) == ty)
+        .copied()
+        .unwrap_or("signal")
 }
 
 /// Client message types, plus `invalid` for frames that did not decode.

@@ -1,11 +1,12 @@
 //! The bounded queue of frames waiting to be written to one client.
 //!
 //! Full means the client reads slower than it is sent to: it is cut off (kicked) rather than
-//! buffered without bound. Senders never wait on a slow client.
+//! buffered without bound. Senders never wait on a slow client. A kick carries its reason
+//! ([`KickReason`]): too slow, or replaced by a resume on another socket.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -15,9 +16,9 @@ use tokio::sync::mpsc;
 
 use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
 
-use crate::bus::Envelope;
 use crate::metrics::RelayPath;
 use crate::protocol::Ref;
+use crate::signal::Envelope;
 use tokio_util::sync::CancellationToken;
 
 /// One encoded frame for a client.
@@ -99,7 +100,7 @@ impl Outgoing {
                 to_peer: to.to_string(),
                 room: room.into(),
                 frame: self.text,
-                sent_at_us: crate::membership::now_us(),
+                sent_at_us: crate::clock::now_us(),
                 from_region: region.to_string(),
                 from_peer: from.into(),
                 reference: reference
@@ -120,26 +121,26 @@ pub struct SessionHandle {
 #[derive(Debug)]
 struct HandleInner {
     tx: mpsc::Sender<Outgoing>,
-    kicked: Arc<Flag>,
-    drain: Arc<Flag>,
+    kicked: Arc<Latch>,
+    drain: Arc<Latch>,
     finished: CancellationToken,
 }
 
 /// The receiving side, owned by the session task.
 pub struct OutboxReceiver {
     pub rx: mpsc::Receiver<Outgoing>,
-    /// Cancelled when the client was too slow and must be disconnected.
-    pub kicked: Arc<Flag>,
+    /// Raised, with a [`KickReason`], when the session must be cut off.
+    pub kicked: Arc<Latch>,
     /// Raised when the edge starts draining.
-    pub drain: Arc<Flag>,
+    pub drain: Arc<Latch>,
     /// Cancelled by the session when it has ended and stored what a resume needs.
     pub finished: CancellationToken,
 }
 
 pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
-    let kicked = Arc::new(Flag::default());
-    let drain = Arc::new(Flag::default());
+    let kicked = Arc::new(Latch::default());
+    let drain = Arc::new(Latch::default());
     let finished = CancellationToken::new();
     (
         SessionHandle {
@@ -159,26 +160,55 @@ pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
     )
 }
 
-/// A flag raised once, by anyone, and awaited by its session. Checking it is one atomic
-/// load: a session looks at it every time it waits, where a cancellation token would take a
-/// lock on each look.
+/// Why a session is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KickReason {
+    /// Its outbox was full or a write stalled: the client reads too slowly.
+    SlowConsumer = 1,
+    /// Its peer resumed on another socket.
+    Replaced = 2,
+}
+
+impl KickReason {
+    fn from_latch(value: u8) -> Self {
+        if value == Self::Replaced as u8 {
+            Self::Replaced
+        } else {
+            Self::SlowConsumer
+        }
+    }
+}
+
+/// A latch raised once, by anyone, with a small non-zero value (the first raise wins), and
+/// awaited by its session. Checking it is one atomic load: a session looks at it every time
+/// it waits, where a cancellation token would take a lock on each look.
 #[derive(Debug, Default)]
-pub struct Flag {
-    raised: AtomicBool,
+pub struct Latch {
+    value: AtomicU8,
     waker: AtomicWaker,
 }
 
-impl Flag {
-    pub fn raise(&self) {
-        self.raised.store(true, Ordering::Release);
+/// The value a latch holds when raised without one.
+const RAISED: u8 = 1;
+
+impl Latch {
+    fn raise_with(&self, value: u8) {
+        let _ = self
+            .value
+            .compare_exchange(0, value, Ordering::AcqRel, Ordering::Acquire);
         self.waker.wake();
     }
 
-    pub fn is_raised(&self) -> bool {
-        self.raised.load(Ordering::Acquire)
+    pub fn raise(&self) {
+        self.raise_with(RAISED);
     }
 
-    /// Resolves once the flag is raised. Waited on by one task at a time (its session).
+    pub fn is_raised(&self) -> bool {
+        self.value.load(Ordering::Acquire) != 0
+    }
+
+    /// Resolves once the latch is raised. Waited on by one task at a time (its session).
     pub fn raised(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             if self.is_raised() {
@@ -192,6 +222,11 @@ impl Flag {
                 Poll::Pending
             }
         })
+    }
+
+    /// Why the session was kicked, once it was.
+    pub fn kick_reason(&self) -> KickReason {
+        KickReason::from_latch(self.value.load(Ordering::Acquire))
     }
 }
 
@@ -211,9 +246,9 @@ impl SessionHandle {
         self.inner.tx.same_channel(&other.inner.tx)
     }
 
-    /// Cuts the session off (its peer resumed on another socket).
-    pub fn kick(&self) {
-        self.inner.kicked.raise();
+    /// Cuts the session off.
+    pub fn kick(&self, reason: KickReason) {
+        self.inner.kicked.raise_with(reason as u8);
     }
 
     /// Tells the session the edge is draining.
@@ -239,7 +274,7 @@ impl SessionHandle {
         match self.inner.tx.try_send(out) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(out)) => {
-                self.inner.kicked.raise();
+                self.kick(KickReason::SlowConsumer);
                 Err((Delivery::Kicked, out))
             }
             Err(mpsc::error::TrySendError::Closed(out)) => Err((Delivery::Closed, out)),

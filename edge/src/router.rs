@@ -16,19 +16,17 @@
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use heliograph_coordinator::grpc::proto::RelayedSignal;
-use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
+use heliograph_coordinator::registry::{EdgeId, PeerId, Region as RegionName, RoomId};
 
-use crate::bus::local::{LocalBus, LocalHub};
-use crate::bus::redis::{Mailboxes, RedisBus};
-use crate::bus::{Bus, Envelope, Fallback, Inbound};
-use crate::membership;
+use crate::clock;
 use crate::metrics::{EdgeMetrics, RelayPath, RoutingPath};
 use crate::outbox::{Origin, Outgoing, SignalMeta};
 use crate::protocol::{self, ErrorCode, Ref, ServerMessage};
+use crate::region::{Backend, Hooks, Region};
 use crate::registry::Registry;
 use crate::rooms::{RoomIndex, Route};
-use crate::sessions::Sessions;
+use crate::session::StoreLimits;
+use crate::signal::Envelope;
 
 /// How often [`Router::settle`] looks at the bus's queue.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
@@ -67,93 +65,49 @@ impl RouteError {
     }
 }
 
-/// The region's bus of this edge, as configured.
-pub enum BusConfig {
-    /// Redis pub/sub at this client's URL, with a publish queue of this many signals.
-    Redis {
-        client: redis::Client,
-        queue: usize,
-        mailboxes: Mailboxes,
-    },
-    /// The in-memory bus of this process.
-    Local,
-}
-
 pub struct Router {
     me: EdgeId,
-    region: Region,
+    region_name: RegionName,
     registry: Registry,
-    bus: Bus,
+    /// The region's bus and session store.
+    region: Region,
     index: Arc<RoomIndex>,
-    sessions: Sessions,
     metrics: Arc<EdgeMetrics>,
 }
 
 impl Router {
-    /// Starts the bus; signals that arrive on it are handed to `index`'s sessions.
+    /// Starts the region backend; signals that arrive on it are handed to `index`'s
+    /// sessions.
     pub fn start(
         me: EdgeId,
-        region: Region,
+        region_name: RegionName,
         registry: Registry,
-        bus: BusConfig,
+        backend: Backend,
+        limits: StoreLimits,
         index: Arc<RoomIndex>,
-        sessions: Sessions,
         metrics: Arc<EdgeMetrics>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|this: &Weak<Router>| {
-            let inbound: Inbound = {
+            let hook = |act: fn(&Router, Envelope)| -> crate::region::Hook {
                 let this = this.clone();
                 Arc::new(move |e| {
                     if let Some(router) = this.upgrade() {
-                        router.deliver_inbound(e, RelayPath::Region);
+                        act(&router, e);
                     }
                 })
             };
-            let expired: Inbound = {
-                let this = this.clone();
-                Arc::new(move |e| {
-                    if let Some(router) = this.upgrade() {
-                        router.expire(e);
-                    }
-                })
+            let hooks = Hooks {
+                inbound: hook(|r, e| r.deliver_inbound(e, RelayPath::Region)),
+                expired: hook(Router::expire),
+                fallback: hook(Router::fallback),
             };
-            let fallback: Fallback = {
-                let this = this.clone();
-                Arc::new(move |e| {
-                    if let Some(router) = this.upgrade() {
-                        router.fallback(e);
-                    }
-                })
-            };
-            let bus = match bus {
-                BusConfig::Redis {
-                    client,
-                    queue,
-                    mailboxes,
-                } => Bus::Redis(RedisBus::start(
-                    client,
-                    me.clone(),
-                    queue,
-                    mailboxes,
-                    inbound,
-                    fallback,
-                    expired,
-                    Arc::clone(&metrics),
-                )),
-                BusConfig::Local => Bus::Local(LocalBus::join(
-                    LocalHub::global(),
-                    me.clone(),
-                    inbound,
-                    Arc::clone(&metrics),
-                )),
-            };
+            let region = Region::start(backend, me.clone(), limits, hooks, Arc::clone(&metrics));
             Self {
                 me,
-                region,
+                region_name,
                 registry,
-                bus,
+                region,
                 index,
-                sessions,
                 metrics,
             }
         })
@@ -163,9 +117,9 @@ impl Router {
     pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), Box<Refused>> {
         let (edge, region) = match route {
             // Signals for this target still queued on the bus go first: this one queues too.
-            Route::Local(_) if self.bus.busy(signal.to.as_str()) => {
+            Route::Local(_) if self.region.busy(signal.to.as_str()) => {
                 let (envelope, _) = self.envelope(signal, self.me.clone());
-                if let Err(envelope) = self.bus.publish(envelope) {
+                if let Err(envelope) = self.region.publish(envelope) {
                     self.deposit(*envelope);
                 }
                 return Ok(());
@@ -188,7 +142,7 @@ impl Router {
                     Ok(()) => self.metrics.routed(RoutingPath::Local),
                     // Its socket is ending: the peer is being detached here.
                     Err((_, out)) => {
-                        if let Ok(e) = out.into_envelope(signal.to, &self.me, &self.region) {
+                        if let Ok(e) = out.into_envelope(signal.to, &self.me, &self.region_name) {
                             self.deposit(e);
                         }
                     }
@@ -203,7 +157,7 @@ impl Router {
             Route::Remote { edge, region } => (edge, region),
         };
         let (envelope, reference) = self.envelope(signal, edge);
-        let sent = if region != self.region {
+        let sent = if region != self.region_name {
             via_coordinator(
                 &self.registry,
                 &self.metrics,
@@ -211,7 +165,7 @@ impl Router {
                 RoutingPath::CrossRegion,
             )
         } else {
-            match self.bus.publish(envelope) {
+            match self.region.publish(envelope) {
                 Ok(()) => Ok(()),
                 Err(envelope) => via_coordinator(
                     &self.registry,
@@ -231,8 +185,8 @@ impl Router {
             to_peer: signal.to.to_string(),
             room: signal.room.into(),
             frame: signal.text,
-            sent_at_us: membership::now_us(),
-            from_region: self.region.to_string(),
+            sent_at_us: clock::now_us(),
+            from_region: self.region_name.to_string(),
             from_peer: signal.from.to_string(),
             reference: signal
                 .reference
@@ -246,17 +200,8 @@ impl Router {
     /// A signal for a peer that has no socket on this edge: into its pending buffer (or, with
     /// Redis, to the edge it resumed on), else its sender is told `expired`.
     pub fn deposit(&self, envelope: Envelope) {
-        match &self.sessions {
-            Sessions::Memory(store) => match store.deposit(envelope) {
-                Ok(()) => self.metrics.routed(RoutingPath::Pending),
-                Err((_, envelope)) => self.expire(*envelope),
-            },
-            // The bus's script decides: the owner's edge, or the pending buffer.
-            Sessions::Redis(_) => {
-                if let Err(envelope) = self.bus.deposit(envelope) {
-                    self.expire(*envelope);
-                }
-            }
+        if let Err(envelope) = self.region.deposit(envelope) {
+            self.expire(*envelope);
         }
     }
 
@@ -293,7 +238,7 @@ impl Router {
             text,
             SignalMeta {
                 relayed_at: match &origin {
-                    Origin::Relayed(e) if !notice => membership::sent_at(e.sent_at_us),
+                    Origin::Relayed(e) if !notice => clock::sent_at(e.sent_at_us),
                     _ => None,
                 },
                 path,
@@ -301,7 +246,7 @@ impl Router {
             },
         );
         if let Err((_, out)) = target.try_send(out)
-            && let Ok(envelope) = out.into_envelope(&peer, &self.me, &self.region)
+            && let Ok(envelope) = out.into_envelope(&peer, &self.me, &self.region_name)
         {
             self.deposit(envelope);
         }
@@ -334,16 +279,12 @@ impl Router {
             to_peer: e.from_peer,
             room: String::new(),
             frame,
-            sent_at_us: membership::now_us(),
-            from_region: self.region.to_string(),
+            sent_at_us: clock::now_us(),
+            from_region: self.region_name.to_string(),
             from_peer: String::new(),
             reference: String::new(),
         };
-        let kept = match &self.sessions {
-            Sessions::Memory(store) => store.deposit(notice).is_ok(),
-            Sessions::Redis(_) => self.bus.deposit(notice).is_ok(),
-        };
-        if !kept {
+        if !self.region.deposit_notice(notice) {
             self.metrics.relay_undeliverable.increment(1);
         }
     }
@@ -374,27 +315,23 @@ impl Router {
     /// is handed over only then, or what comes by a shorter path later could overtake them.
     pub async fn settle(&self, peer: &PeerId, within: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        if !self.bus.round_trip(within).await {
+        if !self.region.round_trip(within).await {
             tracing::debug!("could not confirm this edge's channel is drained");
         }
-        while (self.bus.sending(peer.as_str()) || self.bus.busy(peer.as_str()))
+        while (self.region.sending(peer.as_str()) || self.region.busy(peer.as_str()))
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 
-    pub fn sessions(&self) -> &Sessions {
-        &self.sessions
-    }
-
-    /// Whether same-region signals currently take the bus.
-    pub fn bus_up(&self) -> bool {
-        self.bus.is_up()
+    /// The region backend (its session store, for connections).
+    pub fn region(&self) -> &Region {
+        &self.region
     }
 
     pub async fn shutdown(&self) {
-        self.bus.shutdown().await;
+        self.region.shutdown().await;
     }
 }
 
@@ -405,15 +342,7 @@ fn via_coordinator(
     e: Envelope,
     path: RoutingPath,
 ) -> Result<(), RouteError> {
-    let relayed = registry.relay(RelayedSignal {
-        to_edge: e.to_edge.to_string(),
-        to_peer: e.to_peer,
-        room: e.room,
-        frame: e.frame.into_bytes(),
-        sent_at_us: e.sent_at_us,
-        from_region: e.from_region,
-    });
-    match relayed {
+    match registry.relay(e) {
         Ok(()) => {
             metrics.routed(path);
             Ok(())

@@ -2,7 +2,6 @@
 //! browser SDK (both compiled into the binary).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use std::net::SocketAddr;
@@ -13,12 +12,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::EdgeContext;
+use crate::connection;
+use crate::context::EdgeContext;
 use crate::limits::ConnectionRefusal;
 use crate::protocol::SUBPROTOCOL;
-use crate::session;
+use crate::shutdown::Stage;
 
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const SDK_JS: &str = include_str!("../web/heliograph.js");
@@ -47,9 +46,9 @@ pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
         .with_state(ctx)
 }
 
-/// Serves until `shutdown`; then stops accepting. Upgraded WebSockets are not covered by
-/// axum's graceful shutdown and are tracked by the edge itself.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+/// Serves until the edge starts draining; then stops accepting. Upgraded WebSockets are not
+/// covered by axum's graceful shutdown and are tracked by the edge itself.
+pub async fn serve(listener: TcpListener, router: Router, ctx: Arc<EdgeContext>) {
     use axum::serve::ListenerExt;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     // Signals are small frames that must leave at once; Nagle would hold one back for up to
@@ -60,7 +59,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         }
     });
     let result = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(async move { ctx.shutdown.reached(Stage::Draining).await })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
@@ -73,7 +72,7 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if ctx.draining.load(Ordering::SeqCst) || ctx.sessions.is_closed() {
+    if ctx.shutdown.is_draining() || ctx.connection_tasks.is_closed() {
         ctx.metrics.refused("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
@@ -102,7 +101,7 @@ async fn websocket(
     };
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
-    let sessions = ctx.sessions.clone();
+    let tasks = ctx.connection_tasks.clone();
     upgrade
         .protocols([SUBPROTOCOL])
         .read_buffer_size(buffer)
@@ -110,11 +109,7 @@ async fn websocket(
         .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let f = session::run(socket, ctx, slot);
-            eprintln!("FUTSIZE {}", std::mem::size_of_val(&f));
-            sessions.track_future(f)
-        })
+        .on_upgrade(move |socket| tasks.track_future(connection::run(socket, ctx, slot)))
 }
 
 /// Browsers always send `Origin`; other clients may not, and are not subject to the list.
@@ -133,7 +128,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(ctx): State<Arc<EdgeContext>>) -> Response {
-    if ctx.draining.load(Ordering::SeqCst) {
+    if ctx.shutdown.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if !ctx.registry.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n").into_response()

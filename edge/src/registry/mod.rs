@@ -5,19 +5,25 @@
 //! - writes: [`Registry::execute`] with registry [`Command`]s;
 //! - events: [`Events`], a stream of [`RegistryEvent`]s (room events in order, "resync"
 //!   when events may have been missed, and signals relayed from other edges);
-//! - reads: [`Registry::views`] for a resync.
+//! - reads: [`Registry::views`] for a resync;
+//!
+//! The follower (`crate::follower`) is the one task that consumes the events.
+//! Protobuf types are converted here (`relayed`, and the coordinator's `convert` in
+//! `remote`) and go no further into the edge.
 
+mod relayed;
 mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use heliograph_coordinator::grpc::proto::RelayedSignal;
 use heliograph_coordinator::registry::{Command, Outcome, RoomEvent, RoomId, RoomView};
 use heliograph_coordinator::{CoordinatorError, EmbeddedCoordinator};
 use tokio::sync::{broadcast, mpsc};
 
 pub use remote::{EVENTS_BUFFER, RemoteRegistry, RemoteSettings};
+
+use crate::signal::Envelope;
 
 /// Something the membership task must act on, in order.
 #[derive(Debug)]
@@ -30,7 +36,9 @@ pub enum RegistryEvent {
     /// Events may have been missed: re-read every tracked room.
     Resync,
     /// A signal from a peer on another edge, for a local peer.
-    Signal(RelayedSignal),
+    Signal(Envelope),
+    /// A relayed signal that could not be read.
+    Undeliverable,
 }
 
 #[derive(Clone)]
@@ -86,7 +94,7 @@ impl Registry {
     }
 
     /// Sends a signal towards a peer on another edge.
-    pub fn relay(&self, signal: RelayedSignal) -> Result<(), RelayError> {
+    pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
         match self {
             Self::Embedded(_) => Err(RelayError::Embedded),
             Self::Remote(r) => r.relay(signal),

@@ -15,8 +15,7 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::convert;
 use heliograph_coordinator::grpc::proto::{
-    self, EdgeToReplica, RelayedSignal, edge_to_replica, registry_client::RegistryClient,
-    replica_to_edge,
+    self, EdgeToReplica, edge_to_replica, registry_client::RegistryClient, replica_to_edge,
 };
 use heliograph_coordinator::grpc::tls;
 use heliograph_coordinator::registry::{
@@ -29,7 +28,8 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::{RegistryEvent, RelayError};
+use super::{RegistryEvent, RelayError, relayed};
+use crate::signal::Envelope;
 
 /// How long connecting to a replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -122,11 +122,11 @@ impl RemoteRegistry {
         r
     }
 
-    pub fn relay(&self, signal: RelayedSignal) -> Result<(), RelayError> {
+    pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
         let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
         let tx = link.as_ref().ok_or(RelayError::NoLink)?;
         let msg = EdgeToReplica {
-            msg: Some(edge_to_replica::Msg::Signal(signal)),
+            msg: Some(edge_to_replica::Msg::Signal(relayed::to_proto(signal))),
         };
         tx.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => RelayError::Full,
@@ -372,7 +372,10 @@ impl RemoteRegistry {
                                 RegistryEvent::Resync
                             }
                         },
-                        Some(replica_to_edge::Msg::Signal(s)) => RegistryEvent::Signal(s),
+                        Some(replica_to_edge::Msg::Signal(s)) => match relayed::from_proto(s) {
+                            Some(e) => RegistryEvent::Signal(e),
+                            None => RegistryEvent::Undeliverable,
+                        },
                         Some(replica_to_edge::Msg::Resync(_)) => RegistryEvent::Resync,
                         None => continue,
                     };

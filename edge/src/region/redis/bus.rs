@@ -8,7 +8,7 @@
 //! - the publisher takes signals from a bounded queue and publishes them in order, a batch
 //!   per pipeline.
 //!
-//! Every signal is handed over by one Lua script (`sessions::redis::DELIVER`): published on
+//! Every signal is handed over by one Lua script ([`super::scripts::DELIVER`]): published on
 //! the channel of the edge that owns the target's session now, or, when that edge does not
 //! listen (it died) or the target has no socket, kept in the target's pending buffer until
 //! it resumes. A target without a session in Redis, every signal while Redis is marked
@@ -27,9 +27,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Envelope, Fallback, InFlight, Inbound, channel};
+use super::in_flight::InFlight;
+use super::keys::{CHANNEL_PREFIX, channel, pending_key, session_key};
+use super::scripts::DELIVER;
 use crate::metrics::{EdgeMetrics, RedisOp, RoutingPath};
-use crate::sessions::redis::{DELIVER, pending_key, session_key};
+use crate::region::error::UrlError;
+use crate::region::hooks::{Hook, Hooks};
+use crate::signal::Envelope;
 
 /// Signals queued for publishing before new ones take the coordinator path.
 pub const DEFAULT_PUBLISH_QUEUE: usize = 4 * 1024;
@@ -43,23 +47,18 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Why the Redis bus cannot start.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid Redis URL: {0}")]
-pub struct UrlError(String);
-
 /// Checks a Redis URL without connecting.
 pub fn parse_url(url: &str) -> Result<redis::Client, UrlError> {
     use redis::IntoConnectionInfo;
     let info = url
         .into_connection_info()
-        .map_err(|e| UrlError(e.to_string()))?
+        .map_err(UrlError)?
         // Signals are small and latency-bound: never hold one back for Nagle.
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(|e| UrlError(e.to_string()))
+    redis::Client::open(info).map_err(UrlError)
 }
 
-/// What the bus needs to hand signals to resumable sessions (see `sessions::redis`).
+/// What the bus needs to hand signals to resumable sessions (see [`super::store`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Mailboxes {
     /// Signals a detached peer's pending buffer holds.
@@ -71,10 +70,8 @@ pub struct Mailboxes {
 pub struct RedisBus {
     client: redis::Client,
     mailboxes: Mailboxes,
-    /// Signals whose target's pending buffer is full: their senders are told `expired`.
-    expired: Inbound,
-    /// Signals for a peer that has a socket on this edge after all.
-    inbound: Inbound,
+    /// Where signals go that this bus does not publish (see [`Hooks`]).
+    hooks: Hooks,
     in_flight: InFlight,
     /// Markers this edge published on its own channel, by nonce, and who waits for them.
     markers: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
@@ -90,31 +87,25 @@ pub struct RedisBus {
     /// Wakes the health check at once after a failed publish.
     recheck: Notify,
     metrics: Arc<EdgeMetrics>,
-    fallback: Fallback,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl RedisBus {
-    /// Starts the bus tasks for edge `me`; signals for it go to `inbound`, signals the bus
-    /// cannot carry to `fallback`.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the bus tasks for edge `me`; what it does not publish goes to `hooks`.
     pub fn start(
         client: redis::Client,
         me: EdgeId,
         queue: usize,
         mailboxes: Mailboxes,
-        inbound: Inbound,
-        fallback: Fallback,
-        expired: Inbound,
+        hooks: Hooks,
         metrics: Arc<EdgeMetrics>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let this = Arc::new(Self {
             client,
             mailboxes,
-            expired,
-            inbound: Arc::clone(&inbound),
+            hooks: hooks.clone(),
             in_flight: InFlight::default(),
             markers: std::sync::Mutex::new(std::collections::HashMap::new()),
             me,
@@ -124,11 +115,10 @@ impl RedisBus {
             manager: RwLock::new(None),
             recheck: Notify::new(),
             metrics,
-            fallback,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        this.tasks.spawn(Arc::clone(&this).subscribe(inbound));
+        this.tasks.spawn(Arc::clone(&this).subscribe(hooks.inbound));
         this.tasks.spawn(Arc::clone(&this).health());
         this.tasks.spawn(Arc::clone(&this).publish_loop(rx));
         this
@@ -241,7 +231,7 @@ impl RedisBus {
         }
     }
 
-    async fn subscribe(self: Arc<Self>, inbound: Inbound) {
+    async fn subscribe(self: Arc<Self>, inbound: Hook) {
         let channel = channel(&self.me);
         let mut backoff = BACKOFF_MIN;
         while !self.stop.is_cancelled() {
@@ -392,7 +382,7 @@ impl RedisBus {
         rx.close();
         while let Ok((e, _)) = rx.try_recv() {
             self.in_flight.done(&e.to_peer, &e.from_peer);
-            (self.fallback)(e);
+            (self.hooks.fallback)(e);
         }
     }
 
@@ -405,7 +395,7 @@ impl RedisBus {
         let Some(mut conn) = manager.filter(|_| self.publish_up.load(Ordering::SeqCst)) else {
             batch.drain(..).for_each(|(e, _)| {
                 self.in_flight.done(&e.to_peer, &e.from_peer);
-                (self.fallback)(e)
+                (self.hooks.fallback)(e)
             });
             return;
         };
@@ -419,7 +409,7 @@ impl RedisBus {
                 .arg(session_key(&e.to_peer))
                 .arg(pending_key(&e.to_peer))
                 .arg(self.me.as_str())
-                .arg(super::CHANNEL_PREFIX)
+                .arg(CHANNEL_PREFIX)
                 .arg(e.encode())
                 .arg(self.mailboxes.max_pending)
                 .arg(self.mailboxes.ttl_ms)
@@ -435,12 +425,12 @@ impl RedisBus {
                     match outcome {
                         1 => self.metrics.routed(RoutingPath::Region),
                         2 => self.metrics.routed(RoutingPath::Pending),
-                        -1 => (self.expired)(e),
+                        -1 => (self.hooks.expired)(e),
                         // The target resumed on this edge meanwhile.
-                        3 => (self.inbound)(e),
+                        3 => (self.hooks.inbound)(e),
                         // No session in Redis (it was never stored, or Redis lost it): the
                         // edge the registry names is the best guess left.
-                        _ => (self.fallback)(e),
+                        _ => (self.hooks.fallback)(e),
                     }
                     self.in_flight.done(&to, &from);
                 }
@@ -456,7 +446,7 @@ impl RedisBus {
                 self.recheck.notify_one();
                 batch.drain(..).for_each(|(e, _)| {
                     self.in_flight.done(&e.to_peer, &e.from_peer);
-                    (self.fallback)(e)
+                    (self.hooks.fallback)(e)
                 });
             }
         }

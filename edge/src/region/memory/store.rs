@@ -7,8 +7,18 @@ use std::time::Instant;
 
 use heliograph_coordinator::registry::PeerId;
 
-use super::{Deposit, Owner, Restored, StoreLimits, StoredRoom};
-use crate::bus::Envelope;
+use crate::session::{Owner, Restored, StoreLimits, StoredRoom};
+use crate::signal::Envelope;
+
+/// Why a signal for a peer without a socket here could not be kept for it; either way its
+/// sender must be told `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deposit {
+    /// The pending buffer is full.
+    Full,
+    /// The peer has no session (it ended for good).
+    NoSession,
+}
 
 #[derive(Debug, Default)]
 struct Record {

@@ -1,12 +1,13 @@
-//! The edge's soft state: its own peers and the membership of the rooms they are in.
+//! The room index's pure core: this edge's peers and the membership of the rooms they are
+//! in, with no lock, no I/O and no transport; the handle type of a local session is a
+//! parameter, so that tests drive the core with plain values.
 //!
-//! The registry is the truth; this index follows it by applying room events in epoch order
+//! The registry is the truth; the core follows it by applying room events in epoch order
 //! (an event at or below a room's known epoch is already included and is skipped). A room is
-//! tracked while at least one local peer is in it. Signals are routed from here without
-//! waiting on the registry.
+//! tracked while at least one local peer is in it. Every change returns the frames that local
+//! sessions must be sent ([`Notice`]s), to be handed over once the caller's lock is released.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
 
 /// The index's maps are read on every signal, keyed by ids (room ids chosen by clients):
 /// foldhash, seeded per process, costs a fraction of SipHash there.
@@ -18,9 +19,15 @@ use heliograph_coordinator::registry::{
 };
 use serde_json::value::RawValue;
 
-use crate::outbox::{Outgoing, SessionHandle};
+use crate::outbox::Outgoing;
 use crate::protocol::{self, ErrorCode, PeerInfo, Ref, ServerMessage};
-use crate::sessions::{Owner, StoredRoom};
+use crate::session::{LocalSession, Owner, StoredRoom};
+
+/// A local session as the core sees it: something to hand frames to, cheap to clone.
+pub trait Handle: Clone {
+    /// Whether both lead to the same session.
+    fn same(&self, other: &Self) -> bool;
+}
 
 /// Where a member of a tracked room is connected.
 #[derive(Debug, Clone)]
@@ -47,8 +54,8 @@ struct RoomEntry {
 }
 
 #[derive(Debug)]
-struct LocalPeer {
-    handle: SessionHandle,
+struct LocalPeer<H> {
+    handle: H,
     /// This socket's claim on the stored session.
     owner: Owner,
     rooms: Set<RoomId>,
@@ -60,21 +67,14 @@ struct LocalPeer {
     pending_joins: Map<RoomId, Option<Ref>>,
 }
 
-#[derive(Default)]
-struct Inner {
+/// The index: rooms this edge tracks and its local peers.
+pub struct RoomCore<H> {
+    me: EdgeId,
     rooms: Map<RoomId, RoomEntry>,
-    peers: Map<PeerId, LocalPeer>,
+    peers: Map<PeerId, LocalPeer<H>>,
 }
 
-/// A session with a socket on this edge.
-#[derive(Debug, Clone)]
-pub struct LocalSession {
-    pub peer: PeerId,
-    pub owner: Owner,
-    pub rooms: Vec<StoredRoom>,
-}
-
-fn stored(local: &LocalPeer) -> Vec<StoredRoom> {
+fn stored<H>(local: &LocalPeer<H>) -> Vec<StoredRoom> {
     let mut rooms: Vec<StoredRoom> = local
         .rooms
         .iter()
@@ -89,8 +89,8 @@ fn stored(local: &LocalPeer) -> Vec<StoredRoom> {
     rooms
 }
 
-impl LocalPeer {
-    fn new(handle: SessionHandle, owner: Owner) -> Self {
+impl<H> LocalPeer<H> {
+    fn new(handle: H, owner: Owner) -> Self {
         Self {
             handle,
             owner,
@@ -103,13 +103,13 @@ impl LocalPeer {
 }
 
 /// A frame to hand to a local session once the index lock is released.
-pub type Notice = (SessionHandle, Outgoing);
+pub type Notice<H> = (H, Outgoing);
 
 /// Where a signal goes, decided from this edge's membership cache.
 #[derive(Debug, Clone)]
-pub enum Route {
+pub enum Route<H> {
     /// The target is connected here: hand the frame over in process.
-    Local(SessionHandle),
+    Local(H),
     /// The target is connected to another edge, in `region` (see `router`).
     Remote { edge: EdgeId, region: Region },
     /// The target was connected here and has no socket now (it may resume): its signals go
@@ -126,78 +126,53 @@ pub enum JoinStart {
     AlreadyMember,
 }
 
-pub struct RoomIndex {
-    me: EdgeId,
-    inner: RwLock<Inner>,
-}
-
-impl RoomIndex {
+impl<H: Handle> RoomCore<H> {
     pub fn new(me: EdgeId) -> Self {
         Self {
             me,
-            inner: RwLock::new(Inner::default()),
+            rooms: Map::default(),
+            peers: Map::default(),
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        // A poisoned lock means a panic elsewhere; the data is still consistent enough to
-        // keep serving (every mutation below is completed before any call that could panic).
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    /// Every local session's handle.
+    pub fn handles(&self) -> impl Iterator<Item = &H> {
+        self.peers.values().map(|p| &p.handle)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Tells every session of this edge that it is draining.
-    pub fn drain_sessions(&self) {
-        for local in self.read().peers.values() {
-            local.handle.drain();
-        }
-    }
-
-    pub fn add_session(&self, peer: PeerId, handle: SessionHandle, owner: Owner) {
-        self.write()
-            .peers
-            .insert(peer, LocalPeer::new(handle, owner));
+    pub fn add_session(&mut self, peer: PeerId, handle: H, owner: Owner) {
+        self.peers.insert(peer, LocalPeer::new(handle, owner));
     }
 
     /// Forgets a local peer if `handle` is still its session (a resume on this edge may have
     /// replaced it); returns whether it was in any room (and so must be removed from the
     /// registry).
-    pub fn remove_session(&self, peer: &PeerId, handle: &SessionHandle) -> Option<bool> {
-        let mut inner = self.write();
-        if !inner.peers.get(peer).is_some_and(|p| p.handle.same(handle)) {
+    pub fn remove_session(&mut self, peer: &PeerId, handle: &H) -> Option<bool> {
+        if !self.peers.get(peer).is_some_and(|p| p.handle.same(handle)) {
             return None;
         }
-        inner
-            .peers
+        self.peers
             .remove(peer)
             .map(|p| !p.rooms.is_empty() || !p.pending_joins.is_empty())
     }
 
     /// A resume of `peer` starts on this edge with `handle`; returns the session it replaces
     /// (the peer's previous socket here, not yet noticed as dead), which must be cut off.
-    pub fn add_resuming(
-        &self,
-        peer: PeerId,
-        handle: SessionHandle,
-        owner: Owner,
-    ) -> Option<SessionHandle> {
+    pub fn add_resuming(&mut self, peer: PeerId, handle: H, owner: Owner) -> Option<H> {
         let mut local = LocalPeer::new(handle, owner);
         local.resuming = true;
-        self.write().peers.insert(peer, local).map(|p| p.handle)
+        self.peers.insert(peer, local).map(|p| p.handle)
     }
 
     /// Gives a resumed peer its rooms back. `views` are the rooms as the registry has them;
     /// rooms that no longer list the peer are dropped. Returns the rooms it is in.
     pub fn complete_resume(
-        &self,
+        &mut self,
         peer: &PeerId,
         rooms: &[StoredRoom],
         views: &HashMap<RoomId, Option<RoomView>>,
     ) -> Vec<StoredRoom> {
-        let mut inner = self.write();
+        let inner = self;
         let mut kept = Vec::new();
         for stored in rooms {
             let Some(view) = views.get(&stored.room).cloned().flatten() else {
@@ -212,7 +187,7 @@ impl RoomIndex {
                 .or_insert_with(|| entry_from_view(&view));
             if let Some(member) = entry.members.get_mut(peer) {
                 // The registry learns of the move from the rebind that follows.
-                member.edge = self.me.clone();
+                member.edge = inner.me.clone();
             }
             kept.push(stored.clone());
         }
@@ -230,23 +205,19 @@ impl RoomIndex {
 
     /// The rooms of a local peer (joined or being joined), as a resume needs them.
     pub fn stored_rooms(&self, peer: &PeerId) -> Vec<StoredRoom> {
-        let inner = self.read();
-        inner.peers.get(peer).map(stored).unwrap_or_default()
+        self.peers.get(peer).map(stored).unwrap_or_default()
     }
 
     /// Whether a local peer is in or joining any room.
     pub fn in_any_room(&self, peer: &PeerId) -> bool {
-        self.read()
-            .peers
+        self.peers
             .get(peer)
             .is_some_and(|p| !p.rooms.is_empty() || !p.pending_joins.is_empty())
     }
 
     /// Every session with a socket here, as the store keeps it.
     pub fn local_sessions(&self) -> Vec<LocalSession> {
-        let inner = self.read();
-        inner
-            .peers
+        self.peers
             .iter()
             .filter(|(_, p)| !p.resuming)
             .map(|(peer, p)| LocalSession {
@@ -258,24 +229,24 @@ impl RoomIndex {
     }
 
     /// The session of a local peer, whatever its rooms.
-    pub fn session(&self, peer: &PeerId) -> Option<SessionHandle> {
-        self.read().peers.get(peer).map(|p| p.handle.clone())
+    pub fn session(&self, peer: &PeerId) -> Option<H> {
+        self.peers.get(peer).map(|p| p.handle.clone())
     }
 
     pub fn tracked_rooms(&self) -> usize {
-        self.read().rooms.len()
+        self.rooms.len()
     }
 
     /// Records a join about to be sent to the registry.
     pub fn begin_join(
-        &self,
+        &mut self,
         peer: &PeerId,
         room: &RoomId,
         reference: Option<Ref>,
         max_rooms: usize,
         receive_only: bool,
-    ) -> Result<(JoinStart, Vec<Notice>), ErrorCode> {
-        let mut inner = self.write();
+    ) -> Result<(JoinStart, Vec<Notice<H>>), ErrorCode> {
+        let inner = self;
         let Some(local) = inner.peers.get_mut(peer) else {
             return Err(ErrorCode::Internal);
         };
@@ -300,23 +271,20 @@ impl RoomIndex {
     }
 
     /// The registry refused or failed the join: forget it.
-    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) {
-        if let Some(local) = self.write().peers.get_mut(peer) {
+    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId) {
+        if let Some(local) = self.peers.get_mut(peer) {
             local.pending_joins.remove(room);
         }
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
     pub fn is_member(&self, peer: &PeerId, room: &RoomId) -> bool {
-        self.read()
-            .peers
-            .get(peer)
-            .is_some_and(|p| p.rooms.contains(room))
+        self.peers.get(peer).is_some_and(|p| p.rooms.contains(room))
     }
 
     /// The peer left the room on request: signals stop at once, the event updates the rest.
-    pub fn local_leave(&self, peer: &PeerId, room: &RoomId) {
-        if let Some(local) = self.write().peers.get_mut(peer) {
+    pub fn local_leave(&mut self, peer: &PeerId, room: &RoomId) {
+        if let Some(local) = self.peers.get_mut(peer) {
             local.rooms.remove(room);
         }
     }
@@ -327,8 +295,8 @@ impl RoomIndex {
         from: &PeerId,
         room: &RoomId,
         to: &PeerId,
-    ) -> Result<Route, ErrorCode> {
-        let inner = self.read();
+    ) -> Result<Route<H>, ErrorCode> {
+        let inner = self;
         if !inner
             .peers
             .get(from)
@@ -361,9 +329,8 @@ impl RoomIndex {
 
     /// The session of a local peer that is a member of `room`, for a signal relayed from
     /// another edge (which checked the sender's side).
-    pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<SessionHandle> {
-        self.read()
-            .peers
+    pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<H> {
+        self.peers
             .get(peer)
             .filter(|p| p.resuming || p.rooms.contains(room))
             .map(|p| p.handle.clone())
@@ -371,18 +338,13 @@ impl RoomIndex {
 
     /// Whether `peer` has a session on this edge.
     pub fn has_session(&self, peer: &PeerId) -> bool {
-        self.read().peers.contains_key(peer)
-    }
-
-    pub fn edge(&self) -> &EdgeId {
-        &self.me
+        self.peers.contains_key(peer)
     }
 
     /// Every room this edge tracks or is joining, for a resync.
     pub fn rooms_to_resync(&self) -> Vec<RoomId> {
-        let inner = self.read();
-        let mut rooms: Vec<RoomId> = inner.rooms.keys().cloned().collect();
-        for p in inner.peers.values() {
+        let mut rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for p in self.peers.values() {
             rooms.extend(p.pending_joins.keys().cloned());
         }
         rooms.sort();
@@ -394,17 +356,17 @@ impl RoomIndex {
     /// `view` gives the room's members at the event's epoch, for a room this edge starts
     /// tracking (a remote coordinator sends them with the event; the embedded one is read).
     pub fn apply(
-        &self,
+        &mut self,
         event: &RoomEvent,
         view: impl Fn(&RoomId) -> Option<RoomView>,
-    ) -> Vec<Notice> {
-        let mut inner = self.write();
+    ) -> Vec<Notice<H>> {
+        let me = self.me.clone();
+        let inner = self;
         let mut notices = Vec::new();
         let room = &event.room;
         match &event.kind {
             RoomEventKind::Joined(member) => {
-                let is_local_joiner =
-                    member.edge == self.me && inner.peers.contains_key(&member.peer);
+                let is_local_joiner = member.edge == me && inner.peers.contains_key(&member.peer);
                 let fresh = match inner.rooms.get_mut(room) {
                     Some(entry) if entry.epoch >= event.epoch => false,
                     Some(entry) => {
@@ -428,8 +390,8 @@ impl RoomIndex {
                 if fresh {
                     let joiner = MemberInfo::from_member(member);
                     notify_others(
-                        &inner,
-                        &self.me,
+                        &*inner,
+                        &me,
                         room,
                         &member.peer,
                         &mut notices,
@@ -444,7 +406,7 @@ impl RoomIndex {
                     );
                 }
                 if is_local_joiner {
-                    complete_join(&mut inner, room, &member.peer, &mut notices);
+                    complete_join(inner, room, &member.peer, &mut notices);
                 }
             }
             RoomEventKind::Left { peer, reason, .. } => {
@@ -459,22 +421,15 @@ impl RoomIndex {
                 if let Some(local) = inner.peers.get_mut(peer) {
                     local.rooms.remove(room);
                 }
-                notify_others(
-                    &inner,
-                    &self.me,
-                    room,
-                    peer,
-                    &mut notices,
-                    |peer_room, _| {
-                        let frame = protocol::encode(&ServerMessage::PeerLeft {
-                            room: peer_room.as_str(),
-                            peer_id: peer.as_str(),
-                            reason: reason.as_str(),
-                        });
-                        Outgoing::new("peer-left", frame)
-                    },
-                );
-                drop_if_unused(&mut inner, &self.me, room);
+                notify_others(&*inner, &me, room, peer, &mut notices, |peer_room, _| {
+                    let frame = protocol::encode(&ServerMessage::PeerLeft {
+                        room: peer_room.as_str(),
+                        peer_id: peer.as_str(),
+                        reason: reason.as_str(),
+                    });
+                    Outgoing::new("peer-left", frame)
+                });
+                drop_if_unused(inner, &me, room);
             }
             RoomEventKind::Moved(member) => {
                 if let Some(entry) = inner.rooms.get_mut(room)
@@ -491,9 +446,10 @@ impl RoomIndex {
     }
 
     /// Re-reads every tracked room after missing events, telling local peers what changed.
-    pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice> {
+    pub fn resync(&mut self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice<H>> {
         let rooms = self.rooms_to_resync();
-        let mut inner = self.write();
+        let me = self.me.clone();
+        let inner = self;
         let mut notices = Vec::new();
         for room in rooms {
             let old: Map<PeerId, MemberInfo> = inner
@@ -513,7 +469,7 @@ impl RoomIndex {
                 if let Some(local) = inner.peers.get_mut(gone) {
                     local.rooms.remove(&room);
                 }
-                notify_others(&inner, &self.me, &room, gone, &mut notices, |r, _| {
+                notify_others(&*inner, &me, &room, gone, &mut notices, |r, _| {
                     let frame = protocol::encode(&ServerMessage::PeerLeft {
                         room: r.as_str(),
                         peer_id: gone.as_str(),
@@ -533,7 +489,7 @@ impl RoomIndex {
                     .get(&peer)
                     .is_some_and(|p| p.pending_joins.contains_key(&room));
                 if pending {
-                    complete_join(&mut inner, &room, &peer, &mut notices);
+                    complete_join(inner, &room, &peer, &mut notices);
                     continue;
                 }
                 let Some(info) = inner
@@ -544,7 +500,7 @@ impl RoomIndex {
                 else {
                     continue;
                 };
-                notify_others(&inner, &self.me, &room, &peer, &mut notices, |r, _| {
+                notify_others(&*inner, &me, &room, &peer, &mut notices, |r, _| {
                     let frame = protocol::encode(&ServerMessage::PeerJoined {
                         room: r.as_str(),
                         peer: peer_info(&peer, &info),
@@ -552,7 +508,7 @@ impl RoomIndex {
                     Outgoing::new("peer-joined", frame)
                 });
             }
-            drop_if_unused(&mut inner, &self.me, &room);
+            drop_if_unused(inner, &me, &room);
         }
         notices
     }
@@ -599,7 +555,12 @@ fn joined_frame(
 }
 
 /// The local peer's join is in the room entry: it becomes a member and is told who is there.
-fn complete_join(inner: &mut Inner, room: &RoomId, peer: &PeerId, notices: &mut Vec<Notice>) {
+fn complete_join<H: Handle>(
+    inner: &mut RoomCore<H>,
+    room: &RoomId,
+    peer: &PeerId,
+    notices: &mut Vec<Notice<H>>,
+) {
     let Some(entry) = inner.rooms.get(room) else {
         return;
     };
@@ -621,12 +582,12 @@ fn complete_join(inner: &mut Inner, room: &RoomId, peer: &PeerId, notices: &mut 
 }
 
 /// Queues a frame for every local member of `room` other than `subject`.
-fn notify_others(
-    inner: &Inner,
+fn notify_others<H: Handle>(
+    inner: &RoomCore<H>,
     me: &EdgeId,
     room: &RoomId,
     subject: &PeerId,
-    notices: &mut Vec<Notice>,
+    notices: &mut Vec<Notice<H>>,
     frame: impl Fn(&RoomId, &PeerId) -> Outgoing,
 ) {
     let Some(entry) = inner.rooms.get(room) else {
@@ -644,7 +605,7 @@ fn notify_others(
 
 /// Stops tracking a room in which no local peer is a member. (A pending joiner's own event
 /// starts tracking it again from a fresh view.)
-fn drop_if_unused(inner: &mut Inner, me: &EdgeId, room: &RoomId) {
+fn drop_if_unused<H>(inner: &mut RoomCore<H>, me: &EdgeId, room: &RoomId) {
     let used = inner.rooms.get(room).is_some_and(|entry| {
         entry
             .members

@@ -9,12 +9,13 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use heliograph_coordinator::registry::EdgeId;
 
-use super::{Envelope, Inbound};
 use crate::metrics::{EdgeMetrics, RoutingPath};
+use crate::region::hooks::Hook;
+use crate::signal::Envelope;
 
 #[derive(Default)]
 pub struct LocalHub {
-    edges: RwLock<HashMap<EdgeId, Inbound>>,
+    edges: RwLock<HashMap<EdgeId, Hook>>,
 }
 
 impl LocalHub {
@@ -37,7 +38,7 @@ impl LocalBus {
     pub fn join(
         hub: Arc<LocalHub>,
         me: EdgeId,
-        inbound: Inbound,
+        inbound: Hook,
         metrics: Arc<EdgeMetrics>,
     ) -> Arc<Self> {
         hub.edges

@@ -5,78 +5,71 @@
 //! finds it; the store's handover is atomic with its pending buffer; the frames go out as
 //! replay window, then pending signals, then `resumed`, then whatever came in meanwhile.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 
-use super::sequencer::{replay_after, seq_of};
-use super::{Owner, Restored};
-use crate::EdgeContext;
-use crate::bus::Envelope;
-use crate::outbox::{Outgoing, SessionHandle};
-use crate::protocol::{self, ErrorCode, ProtocolError, Ref, ServerMessage};
-use crate::session::Done;
+use super::step::{Caller, Done, Handled, Switch, error_out};
+use crate::clock;
+use crate::context::EdgeContext;
+use crate::outbox::{KickReason, SessionHandle};
+use crate::protocol::{ErrorCode, ProtocolError, Ref};
+use crate::session::sequencer::{replay_after, seq_of};
+use crate::session::{Owner, Restored};
 
-/// How long a resume waits for the peer's previous socket on this edge to wind down.
-const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a resume waits for the peer's previous socket on this edge to wind down (store
+/// what it holds) before taking the session over.
+const LOCAL_PREVIOUS_SOCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A resume that succeeded: what the socket continues with.
-pub struct Switch {
-    pub peer: PeerId,
-    pub owner: Owner,
-    /// The last `seq` of the session before this socket.
-    pub last_seq: u64,
-    /// The replay window to keep (frames already numbered).
-    pub window: Vec<String>,
-    /// Frames the client missed, with their `seq`, to write first.
-    pub replay: Vec<String>,
-    /// Signals that waited for the peer, to number and write next.
-    pub pending: Vec<Envelope>,
-    pub receive_only: HashSet<RoomId>,
+/// A `resume` request: checks the token, then takes the session over in the background.
+pub(super) fn request(
+    ctx: &Arc<EdgeContext>,
+    caller: &Caller<'_>,
+    token: &str,
+    last_seq: Option<u64>,
     reference: Option<Ref>,
-}
-
-impl Switch {
-    /// The pending signals and the `resumed` frame, to be numbered as they are written.
-    pub fn into_frames(self, token: String) -> Vec<Outgoing> {
-        let replayed = self.replay.len() + self.pending.len();
-        let mut frames: Vec<Outgoing> = self
-            .pending
-            .into_iter()
-            .map(|e| {
-                let kind = if e.room.is_empty() {
-                    "expired"
-                } else {
-                    "signal"
-                };
-                Outgoing::new(kind, e.frame)
-            })
-            .collect();
-        frames.push(Outgoing::new(
-            "resumed",
-            protocol::encode(&ServerMessage::Resumed {
-                peer_id: self.peer.as_str(),
-                replayed,
-                resume_token: &token,
-                reference: protocol::ref_raw(self.reference.as_ref()),
-            }),
-        ));
-        frames
+) -> Handled {
+    let fail = |message: &str, reference: Option<Ref>| {
+        ctx.metrics.resume("bad_token");
+        let err = ProtocolError {
+            code: ErrorCode::ResumeFailed,
+            message: message.to_owned(),
+            reference,
+        };
+        Handled::Reply(vec![error_out(&err, ctx)])
+    };
+    let claims = ctx.tokens.verify(
+        token,
+        ctx.region.as_str(),
+        &ctx.config.sessions.cluster_name,
+        clock::now_unix(),
+    );
+    let resumed = match claims.map(|c| PeerId::new(c.peer)) {
+        Ok(Ok(peer)) => peer,
+        refused => {
+            let why = match refused {
+                Err(e) => e.to_string(),
+                Ok(_) => "malformed token".to_owned(),
+            };
+            return fail(
+                &format!("resume token refused ({why}); continue with the session from `welcome`"),
+                reference,
+            );
+        }
+    };
+    if &resumed == caller.peer || ctx.index.in_any_room(caller.peer) {
+        return fail(
+            "`resume` must be the first request on a new connection",
+            reference,
+        );
     }
-}
-
-/// The message type of a numbered frame, for the sent-messages metric.
-pub fn kind_of(frame: &str) -> &'static str {
-    let ty = frame
-        .split_once("\"type\":\"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(ty, _)| ty);
-    crate::metrics::SENT_TYPES
-        .iter()
-        .find(|t| Some(**t) == ty)
-        .copied()
-        .unwrap_or("signal")
+    Handled::Resume(Box::pin(run(
+        Arc::clone(ctx),
+        resumed,
+        last_seq.unwrap_or(0),
+        caller.handle.clone(),
+        reference,
+    )))
 }
 
 fn refused(ctx: &EdgeContext, result: &'static str, message: &str, reference: Option<Ref>) -> Done {
@@ -86,12 +79,11 @@ fn refused(ctx: &EdgeContext, result: &'static str, message: &str, reference: Op
         message: format!("{message}; continue with the session from `welcome`"),
         reference,
     };
-    ctx.metrics.error(err.code);
-    Done::frames(vec![Outgoing::new("error", protocol::encode_error(&err))])
+    Done::frames(vec![error_out(&err, ctx)])
 }
 
 /// Takes over `peer`'s session for the socket of `handle`, from the client's `last_seq`.
-pub async fn run(
+async fn run(
     ctx: Arc<EdgeContext>,
     peer: PeerId,
     last_seq: u64,
@@ -102,8 +94,8 @@ pub async fn run(
     if let Some(previous) = ctx.index.session(&peer) {
         // The peer's previous socket here has not noticed it is dead: it is cut off, and
         // stores what it holds before this socket takes the session over.
-        previous.kick();
-        if tokio::time::timeout(TAKEOVER_WAIT, previous.finished())
+        previous.kick(KickReason::Replaced);
+        if tokio::time::timeout(LOCAL_PREVIOUS_SOCKET_WAIT, previous.finished())
             .await
             .is_err()
         {
@@ -114,9 +106,9 @@ pub async fn run(
         .index
         .add_resuming(peer.clone(), handle.clone(), owner.clone())
     {
-        previous.kick();
+        previous.kick(KickReason::Replaced);
     }
-    let restored = match ctx.sessions_store.resume(&peer, &owner).await {
+    let restored = match ctx.store().resume(&peer, &owner).await {
         Ok(Some(r)) => r,
         Ok(None) => {
             ctx.index.remove_session(&peer, &handle);
@@ -163,7 +155,7 @@ pub async fn run(
             tracing::warn!(error = %e, "resume: cannot read the peer's rooms");
             // Hand the session back, so that a later attempt finds it as it was.
             let _ = ctx
-                .sessions_store
+                .store()
                 .detach(
                     &peer,
                     &owner,
@@ -198,7 +190,7 @@ pub async fn run(
         }
     }
     if kept.len() != restored.rooms.len() {
-        let _ = ctx.sessions_store.save_rooms(&peer, &owner, &kept).await;
+        let _ = ctx.store().save_rooms(&peer, &owner, &kept).await;
     }
     let window: Vec<String> = restored
         .window
@@ -241,7 +233,7 @@ async fn give_up(
     for e in restored.pending {
         ctx.router.expire(e);
     }
-    if let Ok(more) = ctx.sessions_store.end(peer, Some(owner)).await {
+    if let Ok(more) = ctx.store().end(peer, Some(owner)).await {
         more.into_iter().for_each(|e| ctx.router.expire(e));
     }
 }

@@ -1,42 +1,39 @@
-//! Follows the registry's events and turns them into frames for local peers.
+//! Follows the registry's events and turns them into frames for local peers. It sits above
+//! both the registry client (whose events it reads) and the router (through which it
+//! delivers relayed signals), so that neither imports the other's consumer.
 //!
 //! One task per edge consumes the events in order: room events update the index; "resync"
 //! (the edge fell behind, or its coordinator link was re-established) re-reads every tracked
 //! room; signals relayed from other edges are handed to their local target.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use heliograph_coordinator::grpc::proto::RelayedSignal;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use heliograph_coordinator::registry::{
-    Command, LeaveReason, PeerId, Region, RoomEventKind, RoomId, RoomView,
+    Command, LeaveReason, PeerId, Region as RegionName, RoomEventKind, RoomId, RoomView,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::bus::Envelope;
 use crate::metrics::{EdgeMetrics, RelayPath};
 use crate::outbox::Delivery;
 use crate::registry::{Events, Registry, RegistryEvent};
 use crate::rooms::{Notice, RoomIndex};
 use crate::router::Router;
-use crate::sessions::Sessions;
+use crate::shutdown::{Shutdown, Stage};
+use crate::signal::Envelope;
 
 /// `events` is subscribed before the edge accepts its first socket, so nothing is missed.
-pub async fn run(
+pub async fn follow(
     index: Arc<RoomIndex>,
     registry: Registry,
     mut events: Events,
     router: Arc<Router>,
     metrics: Arc<EdgeMetrics>,
-    region: Region,
-    shutdown: CancellationToken,
+    region: RegionName,
+    shutdown: Arc<Shutdown>,
 ) {
-    let sessions = router.sessions().clone();
     loop {
         let received = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.reached(Stage::Stopped) => return,
             r = events.next() => r,
         };
         let notices = match received {
@@ -50,7 +47,7 @@ pub async fn run(
                 {
                     // The peer did not resume in time: whoever sent it signals meanwhile
                     // is told. (Every edge in the room sees this; one takes the buffer.)
-                    expire_pending(&sessions, &router, peer).await;
+                    expire_pending(&router, peer).await;
                 }
                 index.apply(&event, |room| {
                     view.clone()
@@ -74,7 +71,11 @@ pub async fn run(
                 }
             }
             Some(RegistryEvent::Signal(signal)) => {
-                deliver_relayed(&router, &metrics, &region, signal);
+                deliver_relayed(&router, &region, signal);
+                continue;
+            }
+            Some(RegistryEvent::Undeliverable) => {
+                metrics.relay_undeliverable.increment(1);
                 continue;
             }
         };
@@ -84,8 +85,8 @@ pub async fn run(
 }
 
 /// Takes the pending buffer of a peer that is gone for good; its senders are told `expired`.
-pub async fn expire_pending(sessions: &Sessions, router: &Router, peer: &PeerId) {
-    match sessions.end(peer, None).await {
+pub async fn expire_pending(router: &Router, peer: &PeerId) {
+    match router.region().end(peer, None).await {
         Ok(pending) => pending.into_iter().for_each(|e| router.expire(e)),
         Err(e) => tracing::warn!(error = %e, "could not take an expired peer's pending signals"),
     }
@@ -123,51 +124,12 @@ pub fn deliver(notices: Vec<Notice>) {
 
 /// A signal from another edge through the coordinator: its frame (with `from` stamped
 /// there) goes to the local target if it is still in the room.
-fn deliver_relayed(router: &Router, metrics: &EdgeMetrics, region: &Region, signal: RelayedSignal) {
+fn deliver_relayed(router: &Router, region: &RegionName, signal: Envelope) {
     // The sender's edge names its region: a signal from elsewhere came through the gateways.
     let path = if signal.from_region.is_empty() || signal.from_region == region.as_str() {
         RelayPath::Coordinator
     } else {
         RelayPath::CrossRegion
     };
-    let Ok(frame) = String::from_utf8(signal.frame) else {
-        metrics.relay_undeliverable.increment(1);
-        return;
-    };
-    let Ok(to_edge) = heliograph_coordinator::registry::EdgeId::new(signal.to_edge) else {
-        metrics.relay_undeliverable.increment(1);
-        return;
-    };
-    router.deliver_inbound(
-        Envelope {
-            to_edge,
-            to_peer: signal.to_peer,
-            room: signal.room,
-            frame,
-            sent_at_us: signal.sent_at_us,
-            from_region: signal.from_region,
-            // The relay does not carry the sender: it cannot be told `expired`.
-            from_peer: String::new(),
-            reference: String::new(),
-        },
-        path,
-    );
-}
-
-/// The sender's read time as a local `Instant` (wall clocks of the two edges are assumed
-/// close; a sender clock ahead of ours counts as no delay).
-pub fn sent_at(sent_at_us: u64) -> Option<Instant> {
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| u64::try_from(d.as_micros()).ok())?;
-    Instant::now().checked_sub(Duration::from_micros(now_us.saturating_sub(sent_at_us)))
-}
-
-/// Microseconds since the Unix epoch, to stamp relayed signals.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    router.deliver_inbound(signal, path);
 }

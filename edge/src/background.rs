@@ -1,0 +1,92 @@
+//! The edge's background tasks besides the registry follower: session upkeep in the region
+//! backend, and the lease renewal of an edge running with the embedded registry. Both stop
+//! when the edge reaches [`Stage::Stopped`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use heliograph_coordinator::EmbeddedCoordinator;
+use heliograph_coordinator::registry::{Command, EdgeId, Outcome};
+
+use crate::metrics::RelayPath;
+use crate::rooms::RoomIndex;
+use crate::router::Router;
+use crate::shutdown::{Shutdown, Stage};
+
+/// How often the session keeper looks at the bus's health.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps this edge's sessions alive in the store (at the backend's upkeep interval, and at
+/// once when Redis comes back, since a restarted Redis has lost them) and delivers what
+/// reached their pending buffers; in memory, forgets sessions detached for too long.
+pub(crate) async fn keep_sessions(
+    router: Arc<Router>,
+    index: Arc<RoomIndex>,
+    shutdown: Arc<Shutdown>,
+) {
+    let region = router.region().clone();
+    let every = region.upkeep_interval();
+    let mut tick = tokio::time::interval(SESSION_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut bus_was_up = region.is_up();
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            () = shutdown.reached(Stage::Stopped) => return,
+            _ = tick.tick() => {}
+        }
+        let bus_up = region.is_up();
+        let came_back = bus_up && !bus_was_up;
+        bus_was_up = bus_up;
+        // A failed refresh is retried at the next check.
+        if !came_back && !failed && last_refresh.elapsed() < every {
+            continue;
+        }
+        last_refresh = tokio::time::Instant::now();
+        let upkeep = region.upkeep(|| index.local_sessions()).await;
+        failed = upkeep.is_err();
+        match upkeep {
+            Ok(found) => {
+                for e in found.arrived {
+                    router.deliver_inbound(e, RelayPath::Region);
+                }
+                for e in found.expired {
+                    router.expire(e);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not refresh sessions"),
+        }
+    }
+}
+
+/// Renews the edge's lease at a third of its length, so two renewals may fail in a row. (A
+/// remote registry renews the lease in its own session with the replica.)
+pub(crate) async fn renew_lease(
+    registry: EmbeddedCoordinator,
+    edge: EdgeId,
+    incarnation: u64,
+    lease_ms: u64,
+    shutdown: Arc<Shutdown>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.reached(Stage::Stopped) => return,
+            _ = tick.tick() => {}
+        }
+        let renewed = registry
+            .execute(Command::RenewLease {
+                edge: edge.clone(),
+                incarnation,
+                lease_ms,
+            })
+            .await;
+        match renewed {
+            Ok(Outcome::Done) => {}
+            Ok(other) => tracing::error!(?other, "the registry refused to renew this edge's lease"),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+    }
+}

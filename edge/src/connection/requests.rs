@@ -1,0 +1,296 @@
+//! The requests a connection serves: join, leave, signal and ping (resume has its own
+//! module). Signal and ping are answered at once; join and leave wait for the registry in
+//! the background while the socket keeps writing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use heliograph_coordinator::CoordinatorError;
+use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
+use serde_json::value::RawValue;
+
+use super::resume;
+use super::step::{Caller, Done, Handled, SessionState, error_out};
+use crate::auth::Grant;
+use crate::context::EdgeContext;
+use crate::outbox::Outgoing;
+use crate::protocol::{
+    self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
+};
+use crate::rooms::JoinStart;
+use crate::router::Outbound;
+use crate::session::Owner;
+
+pub(super) fn handle_text(
+    text: &str,
+    caller: &Caller<'_>,
+    limits: &DecodeLimits,
+    ctx: &Arc<EdgeContext>,
+    state: &mut SessionState,
+) -> Handled {
+    let peer = caller.peer;
+    let request = match protocol::decode(text, limits) {
+        Ok(r) => r,
+        Err(err) => {
+            ctx.metrics.received("invalid");
+            return Handled::Reply(vec![error_out(&err, ctx)]);
+        }
+    };
+    ctx.metrics.received(request.message.type_name());
+    if request.ack.is_some() {
+        state.acked = state.acked.max(request.ack);
+    }
+    let reference = request.reference;
+    let fail = |code: ErrorCode, message: &str, reference: Option<Ref>| {
+        let err = ProtocolError {
+            code,
+            message: message.to_owned(),
+            reference,
+        };
+        Handled::Reply(vec![error_out(&err, ctx)])
+    };
+    match request.message {
+        ClientMessage::Signal { room, .. } if state.receive_only.contains(&room) => fail(
+            ErrorCode::Forbidden,
+            "your join token for this room does not allow sending signals",
+            reference,
+        ),
+        ClientMessage::Signal {
+            room,
+            to,
+            kind,
+            data,
+        } => match ctx.index.route_signal(peer, &room, &to) {
+            Ok(route) => {
+                let text = protocol::encode(&ServerMessage::Signal {
+                    room: room.as_str(),
+                    from: peer.as_str(),
+                    kind,
+                    data,
+                });
+                // Regions: where the signal goes is the router's decision (router.rs).
+                let delivered = ctx.router.send(
+                    route,
+                    Outbound {
+                        room,
+                        from: peer,
+                        to: &to,
+                        reference,
+                        text,
+                        received_at: caller.received_at,
+                    },
+                );
+                match delivered {
+                    Ok(()) => Handled::Done,
+                    Err(refused) => fail(
+                        refused.error.code(),
+                        &refused.error.to_string(),
+                        refused.reference,
+                    ),
+                }
+            }
+            Err(ErrorCode::NotInRoom) => {
+                fail(ErrorCode::NotInRoom, "you are not in that room", reference)
+            }
+            Err(code) => fail(code, "no such peer in that room", reference),
+        },
+        ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
+            "pong",
+            protocol::encode(&ServerMessage::Pong {
+                reference: protocol::ref_raw(reference.as_ref()),
+            }),
+        )]),
+        ClientMessage::Join { room, meta, token } => {
+            let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
+                Ok(grant) => grant,
+                Err(e) => return fail(e.code(), &e.to_string(), reference),
+            };
+            if grant.can_publish {
+                state.receive_only.remove(&room);
+            } else {
+                state.receive_only.insert(room.clone());
+            }
+            join(ctx, caller, room, meta, &grant, reference)
+        }
+        ClientMessage::Leave { room } => {
+            if !ctx.index.is_member(peer, &room) {
+                return fail(ErrorCode::NotInRoom, "you are not in that room", reference);
+            }
+            let ctx = Arc::clone(ctx);
+            let peer = peer.clone();
+            let owner = caller.owner.clone();
+            Handled::Later(Box::pin(async move {
+                let result = ctx
+                    .registry
+                    .execute(Command::Leave {
+                        room: room.clone(),
+                        peer: peer.clone(),
+                    })
+                    .await;
+                let frames = match result {
+                    Ok(Outcome::Left { .. }) => {
+                        ctx.index.local_leave(&peer, &room);
+                        save_rooms(&ctx, &peer, &owner).await;
+                        vec![Outgoing::new(
+                            "left",
+                            protocol::encode(&ServerMessage::Left {
+                                room: room.as_str(),
+                                reference: protocol::ref_raw(reference.as_ref()),
+                            }),
+                        )]
+                    }
+                    Ok(Outcome::Rejected(Rejection::NotInRoom)) => {
+                        ctx.index.local_leave(&peer, &room);
+                        vec![error_out(
+                            &ProtocolError {
+                                code: ErrorCode::NotInRoom,
+                                message: "you are not in that room".into(),
+                                reference,
+                            },
+                            &ctx,
+                        )]
+                    }
+                    other => vec![registry_failure(&ctx, other, reference)],
+                };
+                Done::frames(frames)
+            }))
+        }
+        ClientMessage::Resume { token, last_seq } => {
+            resume::request(ctx, caller, &token, last_seq, reference)
+        }
+    }
+}
+
+/// Stores the rooms of a local peer for a later resume.
+async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
+    let rooms = ctx.index.stored_rooms(peer);
+    if let Err(e) = ctx.store().save_rooms(peer, owner, &rooms).await {
+        tracing::warn!(error = %e, "could not store a session's rooms");
+    }
+}
+
+fn join(
+    ctx: &Arc<EdgeContext>,
+    caller: &Caller<'_>,
+    room: RoomId,
+    meta: Option<&RawValue>,
+    grant: &Grant,
+    reference: Option<Ref>,
+) -> Handled {
+    let peer = caller.peer;
+    let max_rooms = ctx.config.limits.max_rooms_per_connection;
+    match ctx.index.begin_join(
+        peer,
+        &room,
+        reference.clone(),
+        max_rooms,
+        !grant.can_publish,
+    ) {
+        Err(code) => {
+            let err = ProtocolError {
+                code,
+                message: format!("a connection may be in at most {max_rooms} rooms"),
+                reference,
+            };
+            Handled::Reply(vec![error_out(&err, ctx)])
+        }
+        Ok((JoinStart::AlreadyMember, notices)) => {
+            Handled::Reply(notices.into_iter().map(|(_, out)| out).collect())
+        }
+        Ok((JoinStart::Pending, _)) => {
+            let ctx = Arc::clone(ctx);
+            let peer = peer.clone();
+            let owner = caller.owner.clone();
+            let meta = member_meta(meta, grant);
+            let max_members = match (ctx.config.limits.max_room_size, grant.max_room_size) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Handled::Later(Box::pin(async move {
+                let started = Instant::now();
+                let result = ctx
+                    .registry
+                    .execute(Command::Join {
+                        room: room.clone(),
+                        peer: peer.clone(),
+                        edge: ctx.edge_id.clone(),
+                        meta,
+                        max_members,
+                    })
+                    .await;
+                ctx.metrics
+                    .join_seconds
+                    .record(started.elapsed().as_secs_f64());
+                let frames = match result {
+                    // `joined` is sent when the room event arrives, in order with the room's
+                    // other events.
+                    Ok(Outcome::Joined { .. }) => {
+                        save_rooms(&ctx, &peer, &owner).await;
+                        Vec::new()
+                    }
+                    Ok(Outcome::Rejected(Rejection::RoomFull)) => {
+                        ctx.index.abort_join(&peer, &room);
+                        vec![error_out(
+                            &ProtocolError {
+                                code: ErrorCode::RoomFull,
+                                message: "the room is full".into(),
+                                reference,
+                            },
+                            &ctx,
+                        )]
+                    }
+                    other => {
+                        ctx.index.abort_join(&peer, &room);
+                        vec![registry_failure(&ctx, other, reference)]
+                    }
+                };
+                Done::frames(frames)
+            }))
+        }
+    }
+}
+
+/// The registry could not do what was asked; details stay in the log.
+fn registry_failure(
+    ctx: &EdgeContext,
+    result: Result<Outcome, CoordinatorError>,
+    reference: Option<Ref>,
+) -> Outgoing {
+    let (code, message) = match result {
+        Err(e) => {
+            tracing::warn!(error = %e, "registry call failed");
+            (
+                ErrorCode::Unavailable,
+                "the room registry is unavailable; retry",
+            )
+        }
+        Ok(outcome) => {
+            tracing::error!(?outcome, "unexpected registry outcome");
+            (ErrorCode::Internal, "internal error")
+        }
+    };
+    error_out(
+        &ProtocolError {
+            code,
+            message: message.into(),
+            reference,
+        },
+        ctx,
+    )
+}
+
+/// The metadata other peers see. With join tokens, `identity` is the token's verified
+/// subject and overrides anything the client put there.
+fn member_meta(meta: Option<&RawValue>, grant: &Grant) -> String {
+    let raw = meta.map_or("{}", RawValue::get);
+    if grant.identity.is_empty() {
+        return raw.to_owned();
+    }
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw).unwrap_or_default();
+    object.insert(
+        "identity".into(),
+        serde_json::Value::String(grant.identity.clone()),
+    );
+    serde_json::Value::Object(object).to_string()
+}

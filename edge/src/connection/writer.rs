@@ -1,0 +1,218 @@
+//! The writing side of one socket: it owns the socket and the session's sequence numbers,
+//! numbers every frame as it is written, and turns a failed, stalled or interrupted write
+//! into the reason the session ends.
+//!
+//! Writes are built in place: each method returns the write's future rather than being an
+//! async fn, so that a frame or a socket is never stored twice in every session's task.
+
+use std::future::Future;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+
+use super::close::{self, close_code};
+use crate::context::EdgeContext;
+use crate::metrics::CloseReason;
+use crate::outbox::{Latch, Outgoing};
+use crate::session::sequencer::Sequencer;
+
+/// Frames written to the socket in one go before flushing.
+const WRITE_BATCH: usize = 64;
+/// How long the close frame may take to go out.
+const CLOSE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(super) struct Writer {
+    pub(super) socket: WebSocket,
+    pub(super) seq: Sequencer,
+}
+
+impl Writer {
+    pub(super) fn new(socket: WebSocket, seq: Sequencer) -> Self {
+        Self { socket, seq }
+    }
+
+    /// Numbers and writes `frames`, then flushes.
+    pub(super) fn send<'a>(
+        &'a mut self,
+        frames: Vec<Outgoing>,
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        guarded(
+            move || send_all(&mut self.socket, frames, &mut self.seq, ctx),
+            kicked,
+            ctx,
+        )
+    }
+
+    /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
+    pub(super) fn send_batch<'a>(
+        &'a mut self,
+        first: Outgoing,
+        rx: &'a mut mpsc::Receiver<Outgoing>,
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        guarded(
+            move || write_batch(&mut self.socket, first, rx, &mut self.seq, ctx),
+            kicked,
+            ctx,
+        )
+    }
+
+    /// Writes frames that carry their `seq` already (a resumed session's replay).
+    pub(super) fn replay<'a>(
+        &'a mut self,
+        frames: &'a [String],
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        guarded(
+            move || write_stamped(&mut self.socket, frames, ctx),
+            kicked,
+            ctx,
+        )
+    }
+
+    /// A WebSocket ping (keepalive).
+    pub(super) fn ping<'a>(
+        &'a mut self,
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        guarded(
+            move || self.socket.send(Message::Ping(Default::default())),
+            kicked,
+            ctx,
+        )
+    }
+
+    /// Sends the close frame that matches `reason`, if the socket can still take one.
+    pub(super) async fn close(&mut self, reason: CloseReason) {
+        let frame = match reason {
+            CloseReason::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
+            CloseReason::SlowConsumer => Some((close_code::POLICY, "slow consumer: outbox full")),
+            CloseReason::Replaced => Some((
+                close_code::POLICY,
+                "replaced: the session resumed on another connection",
+            )),
+            CloseReason::FrameTooLarge => Some((close_code::TOO_BIG, "frame too large")),
+            CloseReason::InvalidUtf8 => Some((close_code::INVALID_PAYLOAD, "invalid UTF-8")),
+            CloseReason::ProtocolError => None,
+            CloseReason::KeepaliveTimeout => Some((close_code::GOING_AWAY, "keepalive timeout")),
+            CloseReason::ClientClose | CloseReason::ClientDetach | CloseReason::Abrupt => None,
+        };
+        let socket = &mut self.socket;
+        let send = async {
+            if let Some((code, reason)) = frame {
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    })))
+                    .await;
+            } else {
+                // Flushes the automatic reply to a client's close frame.
+                let _ = socket.flush().await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE_WAIT, send).await;
+    }
+}
+
+/// Runs a socket write, but gives up when the client is kicked, the edge stops for good, or
+/// the write stalls past `--write-timeout-ms`: a client that stops reading blocks its writes,
+/// and must not keep its session (or the memory queued for it) alive.
+///
+/// Takes the write as a function making it: the future is then built in place, where a future
+/// passed by value would be stored twice in every session's task.
+async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
+    write: impl FnOnce() -> W,
+    kicked: &Latch,
+    ctx: &EdgeContext,
+) -> Result<(), CloseReason> {
+    let mut write = std::pin::pin!(write());
+    // Most writes complete at once (there is room in the socket buffer): they need no timer
+    // and no waiters, which would cost more than the write.
+    if let Some(r) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+        return r.map_err(|_| CloseReason::Abrupt);
+    }
+    // Boxed: the timer and waiters are rare, and would otherwise size every session's task.
+    Box::pin(async move {
+        tokio::select! {
+            r = write => r.map_err(|_| CloseReason::Abrupt),
+            () = kicked.raised() => Err(close::kicked(kicked)),
+            () = ctx.shutdown.stopped() => Err(CloseReason::Shutdown),
+            () = tokio::time::sleep(ctx.config.write_timeout) => Err(CloseReason::SlowConsumer),
+        }
+    })
+    .await
+}
+
+async fn send_all(
+    socket: &mut WebSocket,
+    frames: Vec<Outgoing>,
+    seq: &mut Sequencer,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for out in frames {
+        feed(socket, out, seq, ctx).await?;
+    }
+    socket.flush().await
+}
+
+/// Numbers a frame and queues it on the socket. Not an async fn: the numbering is done at
+/// once, and what is awaited is only the socket's own `feed`.
+fn feed<'s>(
+    socket: &'s mut WebSocket,
+    out: Outgoing,
+    seq: &mut Sequencer,
+    ctx: &EdgeContext,
+) -> futures_util::sink::Feed<'s, WebSocket, Message> {
+    ctx.metrics.sent(out.kind);
+    if let Some((at, path)) = out
+        .signal
+        .as_ref()
+        .and_then(|m| Some((m.relayed_at?, m.path)))
+    {
+        ctx.metrics.relay(path).record(at.elapsed().as_secs_f64());
+    }
+    let text = seq.stamp(&out.text);
+    socket.feed(Message::Text(text))
+}
+
+async fn write_stamped(
+    socket: &mut WebSocket,
+    frames: &[String],
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        ctx.metrics.sent(crate::metrics::sent_kind_of(frame));
+        socket.feed(Message::Text(frame.clone().into())).await?;
+    }
+    socket.flush().await
+}
+
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Outgoing,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    seq: &mut Sequencer,
+    ctx: &EdgeContext,
+) -> Result<(), axum::Error> {
+    feed(socket, first, seq, ctx).await?;
+    for _ in 1..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(out) => feed(socket, out, seq, ctx).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}

@@ -1,0 +1,19 @@
+//! Errors of the region backend.
+
+/// The session store failed (unreachable, or it answered something unexpected).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store: Redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("session store: the call timed out")]
+    TimedOut,
+    #[error("session store: unreadable rooms: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("session store: unexpected reply: {0}")]
+    BadReply(&'static str),
+}
+
+/// The Redis URL cannot be used (checked before anything connects).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis URL: {0}")]
+pub struct UrlError(#[source] pub(crate) redis::RedisError);

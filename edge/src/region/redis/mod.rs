@@ -1,0 +1,7 @@
+//! The region's Redis: bus and session store, with the keys and scripts they share.
+
+pub(super) mod bus;
+mod in_flight;
+mod keys;
+mod scripts;
+pub(super) mod store;

@@ -1,0 +1,195 @@
+//! The edge's soft state: its own peers and the membership of the rooms they are in.
+//!
+//! [`core`] is the logic (apply, resync, route), pure and unit-tested; [`RoomIndex`] is that
+//! core behind one lock, with this edge's session handles. Every method takes the lock once
+//! and never holds it across an await; frames for sessions are returned, to be handed over
+//! after the lock is released.
+//!
+//! May import: `outbox` (frames and session handles), `protocol`, `session` (types). Never
+//! the router, the region backend, the registry client or a transport.
+
+pub mod core;
+
+use std::collections::HashMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use heliograph_coordinator::registry::{EdgeId, PeerId, RoomEvent, RoomId, RoomView};
+
+use crate::outbox::SessionHandle;
+use crate::protocol::{ErrorCode, Ref};
+use crate::session::{LocalSession, Owner, StoredRoom};
+
+use self::core::RoomCore;
+pub use self::core::{Handle, JoinStart};
+
+/// A frame for a local session of this edge.
+pub type Notice = self::core::Notice<SessionHandle>;
+/// Where a signal goes, with this edge's session handles.
+pub type Route = self::core::Route<SessionHandle>;
+
+impl Handle for SessionHandle {
+    fn same(&self, other: &Self) -> bool {
+        SessionHandle::same(self, other)
+    }
+}
+
+/// The room index of this edge, shared by its sessions, the router and the follower.
+pub struct RoomIndex {
+    me: EdgeId,
+    core: RwLock<RoomCore<SessionHandle>>,
+}
+
+impl RoomIndex {
+    pub fn new(me: EdgeId) -> Self {
+        Self {
+            core: RwLock::new(RoomCore::new(me.clone())),
+            me,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, RoomCore<SessionHandle>> {
+        // A poisoned lock means a panic elsewhere; the data is still consistent enough to
+        // keep serving (every mutation in the core completes before any call that could
+        // panic).
+        self.core.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, RoomCore<SessionHandle>> {
+        self.core.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every session of this edge that it is draining.
+    pub fn drain_sessions(&self) {
+        for handle in self.read().handles() {
+            handle.drain();
+        }
+    }
+
+    pub fn add_session(&self, peer: PeerId, handle: SessionHandle, owner: Owner) {
+        self.write().add_session(peer, handle, owner);
+    }
+
+    /// Forgets a local peer if `handle` is still its session (a resume on this edge may have
+    /// replaced it); returns whether it was in any room (and so must be removed from the
+    /// registry).
+    pub fn remove_session(&self, peer: &PeerId, handle: &SessionHandle) -> Option<bool> {
+        self.write().remove_session(peer, handle)
+    }
+
+    /// A resume of `peer` starts on this edge with `handle`; returns the session it replaces
+    /// (the peer's previous socket here, not yet noticed as dead), which must be cut off.
+    pub fn add_resuming(
+        &self,
+        peer: PeerId,
+        handle: SessionHandle,
+        owner: Owner,
+    ) -> Option<SessionHandle> {
+        self.write().add_resuming(peer, handle, owner)
+    }
+
+    /// Gives a resumed peer its rooms back (see [`RoomCore::complete_resume`]).
+    pub fn complete_resume(
+        &self,
+        peer: &PeerId,
+        rooms: &[StoredRoom],
+        views: &HashMap<RoomId, Option<RoomView>>,
+    ) -> Vec<StoredRoom> {
+        self.write().complete_resume(peer, rooms, views)
+    }
+
+    /// The rooms of a local peer (joined or being joined), as a resume needs them.
+    pub fn stored_rooms(&self, peer: &PeerId) -> Vec<StoredRoom> {
+        self.read().stored_rooms(peer)
+    }
+
+    /// Whether a local peer is in or joining any room.
+    pub fn in_any_room(&self, peer: &PeerId) -> bool {
+        self.read().in_any_room(peer)
+    }
+
+    /// Every session with a socket here, as the store keeps it.
+    pub fn local_sessions(&self) -> Vec<LocalSession> {
+        self.read().local_sessions()
+    }
+
+    /// The session of a local peer, whatever its rooms.
+    pub fn session(&self, peer: &PeerId) -> Option<SessionHandle> {
+        self.read().session(peer)
+    }
+
+    pub fn tracked_rooms(&self) -> usize {
+        self.read().tracked_rooms()
+    }
+
+    /// Records a join about to be sent to the registry.
+    pub fn begin_join(
+        &self,
+        peer: &PeerId,
+        room: &RoomId,
+        reference: Option<Ref>,
+        max_rooms: usize,
+        receive_only: bool,
+    ) -> Result<(JoinStart, Vec<Notice>), ErrorCode> {
+        self.write()
+            .begin_join(peer, room, reference, max_rooms, receive_only)
+    }
+
+    /// The registry refused or failed the join: forget it.
+    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) {
+        self.write().abort_join(peer, room);
+    }
+
+    /// Whether the peer is in the room (as far as this edge knows).
+    pub fn is_member(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.read().is_member(peer, room)
+    }
+
+    /// The peer left the room on request: signals stop at once, the event updates the rest.
+    pub fn local_leave(&self, peer: &PeerId, room: &RoomId) {
+        self.write().local_leave(peer, room);
+    }
+
+    /// Finds where a signal from `from` to `to` in `room` goes.
+    pub fn route_signal(
+        &self,
+        from: &PeerId,
+        room: &RoomId,
+        to: &PeerId,
+    ) -> Result<Route, ErrorCode> {
+        self.read().route_signal(from, room, to)
+    }
+
+    /// The session of a local peer that is a member of `room`, for a signal relayed from
+    /// another edge (which checked the sender's side).
+    pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<SessionHandle> {
+        self.read().local_member(peer, room)
+    }
+
+    /// Whether `peer` has a session on this edge.
+    pub fn has_session(&self, peer: &PeerId) -> bool {
+        self.read().has_session(peer)
+    }
+
+    pub fn edge(&self) -> &EdgeId {
+        &self.me
+    }
+
+    /// Every room this edge tracks or is joining, for a resync.
+    pub fn rooms_to_resync(&self) -> Vec<RoomId> {
+        self.read().rooms_to_resync()
+    }
+
+    /// Applies one registry event (see [`RoomCore::apply`]).
+    pub fn apply(
+        &self,
+        event: &RoomEvent,
+        view: impl Fn(&RoomId) -> Option<RoomView>,
+    ) -> Vec<Notice> {
+        self.write().apply(event, view)
+    }
+
+    /// Re-reads every tracked room after missing events (see [`RoomCore::resync`]).
+    pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice> {
+        self.write().resync(view)
+    }
+}
