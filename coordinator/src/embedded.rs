@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::SnapshotPolicy;
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
@@ -460,13 +460,6 @@ fn data_dir_error(path: &Path, reason: impl std::fmt::Display) -> CoordinatorErr
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

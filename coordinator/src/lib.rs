@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod dial;
 pub mod embedded;
 pub mod error;

@@ -151,7 +151,7 @@ pub async fn start(
         Some(id) => id.clone(),
         None => stored_edge_id(&config.data_dir)?,
     };
-    let incarnation = heliograph_coordinator::embedded::now_ms();
+    let incarnation = heliograph_coordinator::clock::now_ms();
     let lease_ms = u64::try_from(config.lease.as_millis()).unwrap_or(u64::MAX);
     let (registry, events) = match &config.coordinator {
         None => open_embedded(&config, &edge_id, http_addr, incarnation, lease_ms).await?,

@@ -494,7 +494,7 @@ async fn detach(
 }
 
 fn issue_token(ctx: &EdgeContext, peer: &PeerId) -> String {
-    let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+    let now_unix = heliograph_coordinator::clock::now_ms() / 1000;
     ctx.tokens.sign(&TokenClaims {
         peer: peer.to_string(),
         region: ctx.region.to_string(),
@@ -660,7 +660,7 @@ fn handle_text(
             }))
         }
         ClientMessage::Resume { token, last_seq } => {
-            let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+            let now_unix = heliograph_coordinator::clock::now_ms() / 1000;
             let claims = ctx.tokens.verify(
                 &token,
                 ctx.region.as_str(),
@@ -845,7 +845,7 @@ fn ice_servers(ctx: &EdgeContext, peer: &PeerId) -> Box<RawValue> {
     };
     let mut servers: Vec<serde_json::Value> =
         serde_json::from_str(ctx.ice_servers.get()).unwrap_or_default();
-    let now_unix = heliograph_coordinator::embedded::now_ms() / 1000;
+    let now_unix = heliograph_coordinator::clock::now_ms() / 1000;
     if let Ok(v) = serde_json::to_value(turn.credentials(peer, now_unix)) {
         servers.push(v);
     }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{EmbeddedCoordinator, now_ms};
+use super::EmbeddedCoordinator;
+use crate::clock::now_ms;
 use crate::metrics;
 use crate::raft::Raft;
 use crate::raft::log_store::CommittedIndex;

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 use super::snapshot_file::SnapshotFile;
 use super::{Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::clock::now_ms;
 use crate::registry::{RegistryState, RoomEvent};
 
 /// What the log has produced so far.
@@ -139,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let payload = Payload {
             // Two builds of the same log prefix hold the same data; the time keeps ids unique.
-            snapshot_id: format!("{id}-{}", crate::embedded::now_ms()),
+            snapshot_id: format!("{id}-{}", now_ms()),
             applied: std::mem::take(&mut self.copy),
         };
         let bytes = self.snapshots.persist(&payload).await?;
