@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::CoordinatorError;
-use crate::grpc::auth::ClusterSecret;
 use crate::metrics;
 use crate::raft::identity::Identity;
 use crate::raft::log_store::{Closed, CommittedIndex, LogStore};
 use crate::raft::network::GrpcNetwork;
 use crate::raft::state_machine::{SharedState, StateMachineStore};
 use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::transport::ClusterSecret;
 use crate::registry::{
     Command, EdgeId, EdgeRecord, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView,
 };

@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
-pub mod dial;
 pub mod embedded;
 pub mod error;
 pub mod grpc;
@@ -23,6 +22,7 @@ pub mod metrics;
 pub mod raft;
 pub mod registry;
 pub mod server;
+pub mod transport;
 
 pub use embedded::{EmbeddedConfig, EmbeddedCoordinator, Replica, ReplicaConfig, ReplicaOptions};
 pub use error::CoordinatorError;

@@ -9,11 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::embedded::EmbeddedCoordinator;
 use crate::grpc::admin_service::admin_server;
-use crate::grpc::auth::ClusterSecret;
 use crate::grpc::proto::registry_server::RegistryServer;
 use crate::grpc::raft_service::raft_server;
 use crate::grpc::registry_service::RegistryService;
-use crate::grpc::tls;
+use crate::transport::{ClusterSecret, tls};
 
 #[derive(Debug, thiserror::Error)]
 #[error("the {listener} listener failed: {source}")]

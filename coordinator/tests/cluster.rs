@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::raft::NodeInfo;
 use heliograph_coordinator::registry::{Command, Outcome};
 use heliograph_coordinator::{

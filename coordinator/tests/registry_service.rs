@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::grpc::proto::{
     self, EdgeToReplica, ReplicaToEdge, edge_to_replica, registry_client::RegistryClient,
     replica_to_edge, room_event,

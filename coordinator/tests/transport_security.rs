@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
-use heliograph_coordinator::grpc::tls::MutualTls;
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::transport::MutualTls;
 use heliograph_coordinator::raft::{NodeInfo, TypeConfig};
 use heliograph_coordinator::{EmbeddedCoordinator, ReplicaConfig, ReplicaOptions, server};
 use heliograph_proto::admin::v1 as pb;

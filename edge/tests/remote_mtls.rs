@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Client, Node, wait_ready};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
+use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
 use heliograph_coordinator::grpc::registry_service::RegistryService;
-use heliograph_coordinator::grpc::tls::{self, MutualTls};
+use heliograph_coordinator::transport::{MutualTls, tls};
 use heliograph_coordinator::{EmbeddedConfig, EmbeddedCoordinator};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;

@@ -24,8 +24,6 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::FORWARDED;
-use super::auth::ClusterSecret;
 use super::convert::{self, ConvertError};
 use super::fanout;
 use super::leader::Clients;
@@ -38,6 +36,8 @@ use super::status::ServiceError;
 use crate::EmbeddedCoordinator;
 use crate::error::CoordinatorError;
 use crate::registry::{Command, Outcome};
+use crate::transport::ClusterSecret;
+use crate::transport::metadata::FORWARDED;
 
 /// How long a write waits for a new leader during a failover: longer than an election.
 const FAILOVER_WAIT: Duration = Duration::from_secs(3);

@@ -327,7 +327,7 @@ impl TestCoordinator {
     }
 
     async fn start_on(dir: &Path, grace: Duration, listen: &str) -> TestCoordinator {
-        use heliograph_coordinator::grpc::auth::ClusterSecret;
+        use heliograph_coordinator::transport::ClusterSecret;
         use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
         use heliograph_coordinator::grpc::registry_service::RegistryService;
         let mut config = heliograph_coordinator::EmbeddedConfig::new(dir.join("replica"));
