@@ -1,6 +1,7 @@
 //! Errors returned at the coordinator crate's boundary.
 
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -21,4 +22,14 @@ pub enum CoordinatorError {
     /// A membership change (bootstrap, add, remove) was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
+}
+
+impl CoordinatorError {
+    /// The data directory at `path` cannot be used, for `reason`.
+    pub(crate) fn data_dir(path: &Path, reason: impl Display) -> Self {
+        Self::DataDir {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
 }

@@ -15,9 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
-use heliograph_coordinator::{
-    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
-};
+use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
 use heliograph_proto::admin::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -341,7 +339,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => api_listener.local_addr()?.to_string(),
     };
-    let replica = EmbeddedCoordinator::open_replica_with(
+    let replica = Replica::open_replica_with(
         ReplicaConfig {
             node_id: args.id,
             data_dir: args.data_dir,

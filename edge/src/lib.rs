@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use heliograph_coordinator::registry::{Command, EdgeId, Outcome, Region};
-use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, EmbeddedCoordinator};
+use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, Replica as EmbeddedCoordinator};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;

@@ -10,17 +10,17 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::status::status_from;
-use crate::embedded::{ClusterStatus, EmbeddedCoordinator};
 use crate::raft::NodeInfo;
+use crate::replica::{ClusterStatus, Replica};
 use crate::transport::ClusterSecret;
 
 pub struct AdminService {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
 }
 
 /// The admin service of `replica`, refusing calls without `secret`.
 pub fn admin_server(
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     secret: &ClusterSecret,
 ) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
     AdminServer::with_interceptor(AdminService { replica }, secret.interceptor())

@@ -18,7 +18,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::embedded::EmbeddedCoordinator;
 use super::raft_guard::{RpcKind, admit};
 use crate::raft::identity::Identity;
 use crate::raft::{NodeId, Raft, TypeConfig};
@@ -30,15 +29,14 @@ pub struct RaftService {
     identity: Arc<Identity>,
 }
 
-/// The Raft service of `replica`, refusing calls without `secret`.
+/// The Raft service handing calls to `raft`, checking callers against the cluster `identity`
+/// binds, and refusing calls without `secret`.
 pub fn raft_server(
-    replica: &EmbeddedCoordinator,
+    raft: Raft,
+    identity: Arc<Identity>,
     secret: &ClusterSecret,
 ) -> InterceptedService<RaftServer<RaftService>, impl Interceptor + Clone + use<>> {
-    let service = RaftService {
-        raft: replica.raft().clone(),
-        identity: Arc::clone(replica.identity()),
-    };
+    let service = RaftService { raft, identity };
     InterceptedService::new(
         RaftServer::new(service)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -33,9 +33,9 @@ use super::proto::registry_server::{Registry, RegistryServer};
 use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
-use crate::EmbeddedCoordinator;
 use crate::error::CoordinatorError;
 use crate::registry::{Command, Outcome};
+use crate::replica::Replica;
 use crate::transport::ClusterSecret;
 use crate::transport::metadata::FORWARDED;
 
@@ -47,10 +47,7 @@ const WRITE_ATTEMPTS: usize = 4;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The service mounted by the coordinator binary; it checks the cluster secret itself.
-pub fn registry_server(
-    replica: EmbeddedCoordinator,
-    secret: ClusterSecret,
-) -> RegistryServer<RegistryService> {
+pub fn registry_server(replica: Replica, secret: ClusterSecret) -> RegistryServer<RegistryService> {
     RegistryServer::new(RegistryService::new(
         replica,
         secret,
@@ -65,7 +62,7 @@ pub struct RegistryService {
 }
 
 struct Shared {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     secret: ClusterSecret,
     links: Arc<Links>,
     relay: Arc<Relay>,
@@ -78,11 +75,7 @@ struct Shared {
 impl RegistryService {
     /// Starts the fan-out task; everything stops when `shutdown` is cancelled or the last
     /// clone is dropped.
-    pub fn new(
-        replica: EmbeddedCoordinator,
-        secret: ClusterSecret,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(replica: Replica, secret: ClusterSecret, shutdown: CancellationToken) -> Self {
         let stop = shutdown.child_token();
         let tasks = TaskTracker::new();
         let links = Arc::new(Links::default());

@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::leader::Clients;
 use super::links::{Links, Push};
 use super::proto::{RelayedSignal, ReplicaToEdge, replica_to_edge};
-use crate::EmbeddedCoordinator;
 use crate::metrics::{self, RelayRoute};
 use crate::registry::EdgeId;
+use crate::replica::Replica;
 use crate::transport::ClusterSecret;
 
 /// Signals queued for one other replica before new ones are dropped.
@@ -33,7 +33,7 @@ pub enum Origin {
 }
 
 pub struct Relay {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     links: Arc<Links>,
     clients: Arc<Clients>,
     secret: ClusterSecret,
@@ -44,7 +44,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        replica: EmbeddedCoordinator,
+        replica: Replica,
         links: Arc<Links>,
         clients: Arc<Clients>,
         secret: ClusterSecret,

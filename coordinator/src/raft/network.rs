@@ -30,7 +30,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::identity::Identity;
-use super::{NodeId, NodeInfo, TypeConfig};
+use super::node::NodeInfo;
+use super::types::{NodeId, TypeConfig};
 use crate::transport::metadata::CLUSTER_HEADER;
 use crate::transport::{ClusterSecret, MAX_RAFT_MESSAGE_BYTES, dial, tls};
 

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::snapshot_file::SnapshotFile;
-use super::{Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::clock::now_ms;
 use crate::registry::{RegistryState, RoomEvent};
 

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use super::log_store::LogStore;
 use super::state_machine::StateMachineStore;
-use super::{StorageError, TypeConfig};
+use super::types::{StorageError, TypeConfig};
 
 /// Each case gets a fresh directory, removed when the case ends.
 struct RedbStores;

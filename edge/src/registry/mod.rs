@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use heliograph_coordinator::grpc::proto::RelayedSignal;
 use heliograph_coordinator::registry::{Command, Outcome, RoomEvent, RoomId, RoomView};
-use heliograph_coordinator::{CoordinatorError, EmbeddedCoordinator};
+use heliograph_coordinator::{CoordinatorError, Replica as EmbeddedCoordinator};
 use tokio::sync::{broadcast, mpsc};
 
 pub use remote::{EVENTS_BUFFER, RemoteRegistry, RemoteSettings};
