@@ -35,7 +35,7 @@ mod replica;
 pub mod server;
 pub mod transport;
 
-pub use error::CoordinatorError;
+pub use error::{ConfigError, CoordinatorError};
 pub use replica::{
     ClusterStatus, EmbeddedConfig, MemberStatus, Replica, ReplicaConfig, ReplicaOptions,
 };

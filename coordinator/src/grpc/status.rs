@@ -71,9 +71,7 @@ pub fn status_from(error: CoordinatorError) -> Status {
         CoordinatorError::Membership(m) => Status::failed_precondition(m),
         CoordinatorError::ShuttingDown => Status::unavailable("the replica is shutting down"),
         CoordinatorError::Unavailable(m) => Status::unavailable(m),
-        e @ (CoordinatorError::DataDir { .. }
-        | CoordinatorError::Storage(_)
-        | CoordinatorError::Config(_)) => {
+        e @ (CoordinatorError::DataDir { .. } | CoordinatorError::Config(_)) => {
             tracing::error!(error = %e, "internal coordinator error");
             Status::internal("internal coordinator error")
         }

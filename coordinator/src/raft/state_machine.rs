@@ -52,6 +52,15 @@ impl Payload {
     }
 }
 
+/// Why the state machine could not be restored from the data directory's snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading the snapshot: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("decoding the snapshot: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
 pub struct StateMachineStore {
     state: SharedState,
     /// Snapshots received from a leader since this process started.
@@ -94,15 +103,12 @@ impl Snapshots {
 
 impl StateMachineStore {
     /// Restores the state from `dir`'s snapshot, if any; log replay does the rest.
-    pub fn open(dir: &Path, events: broadcast::Sender<RoomEvent>) -> Result<Self, String> {
+    pub fn open(dir: &Path, events: broadcast::Sender<RoomEvent>) -> Result<Self, RestoreError> {
         let file = SnapshotFile::new(dir);
-        let applied = match file
-            .read()
-            .map_err(|e| format!("reading the snapshot: {e}"))?
-        {
+        let applied = match file.read().map_err(RestoreError::Read)? {
             Some(bytes) => {
                 serde_json::from_slice::<Payload>(&bytes)
-                    .map_err(|e| format!("decoding the snapshot: {e}"))?
+                    .map_err(RestoreError::Decode)?
                     .applied
             }
             None => Applied::default(),

@@ -20,7 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
         let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
         let (log, _closed) = LogStore::open(dir.path()).map_err(|e| io(e.to_string()))?;
         let (events, _) = broadcast::channel(16);
-        let sm = StateMachineStore::open(dir.path(), events).map_err(io)?;
+        let sm = StateMachineStore::open(dir.path(), events).map_err(|e| io(e.to_string()))?;
         Ok((dir, log, sm))
     }
 }

@@ -16,7 +16,7 @@ use super::config::{
     DEFAULT_SNAPSHOT_AFTER_ENTRIES, EmbeddedConfig, ReplicaConfig, ReplicaOptions,
 };
 use super::handle::{EVENT_BUFFER, Inner, Replica};
-use crate::error::CoordinatorError;
+use crate::error::{ConfigError, CoordinatorError};
 use crate::raft::identity::Identity;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::GrpcNetwork;
@@ -101,7 +101,7 @@ impl Replica {
         options: ReplicaOptions,
     ) -> Result<Self, CoordinatorError> {
         if config.node_id == 0 {
-            return Err(CoordinatorError::Config("node ids start at 1".into()));
+            return Err(ConfigError::NodeIdZero.into());
         }
         Self::start(Setup {
             node_id: config.node_id,
@@ -230,5 +230,5 @@ fn raft_config(timing: Timing, snapshot_after: u64) -> Result<openraft::Config, 
         ..Default::default()
     }
     .validate()
-    .map_err(|e| CoordinatorError::Config(e.to_string()))
+    .map_err(|e| ConfigError::Raft(Box::new(e)).into())
 }
