@@ -46,7 +46,10 @@ const WRITE_ATTEMPTS: usize = 4;
 /// How long an edge has to send `hello` after opening its link.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The service mounted by the coordinator binary; it checks the cluster secret itself.
+/// The service behind a server of its own, for callers with no shutdown token to share (tests,
+/// tools): its tasks stop when the last clone is dropped. `server::serve` builds it
+/// with [`RegistryService::new`] and the server's token instead. It checks the cluster secret
+/// itself.
 pub fn registry_server(replica: Replica, secret: ClusterSecret) -> RegistryServer<RegistryService> {
     RegistryServer::new(RegistryService::new(
         replica,
@@ -117,8 +120,10 @@ impl RegistryService {
     /// Executes `command` here, or on the leader through `forward` when this replica does
     /// not lead. When no leader is known, or the known one cannot be reached, the write waits
     /// (up to [`FAILOVER_WAIT`]) for a new leader and is tried again: a failover delays writes
-    /// instead of failing them. Retrying is safe because registry commands are idempotent (a
-    /// repeated join is answered, not applied twice).
+    /// instead of failing them. A retry never applies a change twice, but not every command
+    /// answers a repeat as it answered the first try: a repeated join is answered with the room
+    /// as it stands, while a repeated leave (the first one committed, its answer was lost) is
+    /// refused with `NotInRoom`.
     async fn write<Req, Resp>(
         &self,
         request: Request<Req>,
