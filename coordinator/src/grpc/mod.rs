@@ -7,7 +7,7 @@
 //! - `admin_service`: cluster membership and status (on the API listener).
 //! - `raft_service`: Raft RPCs from peer replicas (its own listener).
 //! - `raft_guard`: only members and learners of the cluster may send Raft RPCs.
-//! - `status`: the one place errors become `tonic::Status`.
+//! - `status`: the one place the crate's errors become `tonic::Status`.
 //! - `fanout`: turns room events into per-edge `Link` messages.
 //! - `links`: the edges linked to this replica.
 //! - `relay`: where a signal between edges goes next (local link or one other replica).

@@ -1,6 +1,7 @@
-//! The one place where errors become gRPC statuses: the crate's [`CoordinatorError`] for the
-//! admin service, and the registry service's [`ServiceError`]. Internal details are logged,
-//! never sent to the caller.
+//! The one place where the crate's errors become gRPC statuses: [`CoordinatorError`] (admin
+//! service) and [`ServiceError`] (registry service). Internal details are logged, never sent to
+//! the caller. Checks that refuse a call outright (the cluster secret, the Raft guard, a Raft
+//! RPC from another cluster or with malformed bytes) answer with their status where they refuse.
 
 use tonic::Status;
 use tonic::metadata::MetadataValue;
