@@ -1,6 +1,7 @@
 //! Errors returned at the coordinator crate's boundary.
 
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -10,10 +11,8 @@ pub enum CoordinatorError {
     Unavailable(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
-    #[error("storage error: {0}")]
-    Storage(String),
     #[error("invalid raft configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// Writes and membership changes go to the leader; `leader_api` is its edge-facing address
     /// when one is known.
     #[error("this replica is not the leader (leader: {})", leader_api.as_deref().unwrap_or("unknown"))]
@@ -21,4 +20,24 @@ pub enum CoordinatorError {
     /// A membership change (bootstrap, add, remove) was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
+}
+
+/// Why a replica's Raft configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node ids start at 1")]
+    NodeIdZero,
+    /// Boxed: openraft's error is large, and every result of the crate would carry its size.
+    #[error(transparent)]
+    Raft(Box<openraft::ConfigError>),
+}
+
+impl CoordinatorError {
+    /// The data directory at `path` cannot be used, for `reason`.
+    pub(crate) fn data_dir(path: &Path, reason: impl Display) -> Self {
+        Self::DataDir {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
 }

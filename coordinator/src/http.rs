@@ -13,16 +13,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::EmbeddedCoordinator;
+use crate::replica::Replica;
 
 #[derive(Clone)]
 struct Http {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     prometheus: Option<PrometheusHandle>,
 }
 
 /// `/healthz`, `/readyz` and `/metrics` (404 when no recorder handle is given).
-pub fn router(replica: EmbeddedCoordinator, prometheus: Option<PrometheusHandle>) -> Router {
+pub fn router(replica: Replica, prometheus: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -1,27 +1,41 @@
 //! Heliograph's coordinator: the room registry, replicated with Raft.
 //!
-//! - [`registry`]: the pure domain (edges, rooms, peers, commands, events); no transport.
-//! - [`raft`]: the registry as an openraft replica (durable log store, state machine, network).
-//! - [`embedded`]: the replica handle: the single-node default embedded in an edge, or a
-//!   member of a multi-replica cluster; edges use it to change and watch the registry.
-//! - [`grpc`]: the Raft, admin and registry services, and the admin client.
-//! - [`server`]: serves a replica's services on its two listeners.
-//! - [`http`]: health, readiness and metrics over HTTP.
-//! - [`metrics`]: metric names and how they are recorded.
-//! - [`error`]: the errors this crate returns.
-//! - [`dial`]: address rewrites for reaching other replicas.
+//! Modules, from the bottom up; each may import only the ones listed under it:
+//!
+//! - `clock`: wall-clock milliseconds ([`clock::now_ms`]). Imports nothing.
+//! - `error`: [`CoordinatorError`], the error the crate returns. Imports nothing.
+//! - [`metrics`]: metric names and how they are recorded. Imports nothing.
+//! - [`transport`]: how processes reach each other: the cluster secret, mutual TLS, dial
+//!   rewrites, message-size limits, metadata keys. Imports nothing.
+//! - [`registry`]: the pure domain (edges, rooms, peers, commands, events). Imports nothing:
+//!   no transport, no Raft, no clock.
+//! - [`raft`]: the registry as an openraft replica (types, log store, state machine, network to
+//!   peers, the data directory's identity). Imports `registry`, `transport`, `clock`,
+//!   `metrics`.
+//! - `replica`: the [`Replica`] handle (the single-node default embedded in an edge, or a
+//!   member of a cluster), its batcher, sweeper and membership changes. Imports `raft` and
+//!   everything `raft` may.
+//! - [`grpc`]: the registry, admin and Raft services, and the admin client. Imports `replica`
+//!   and everything under it.
+//! - [`server`] and [`http`]: serve a replica's gRPC listeners and its health, readiness and
+//!   metrics endpoint. Import `grpc`, `replica` and `transport`.
+//!
+//! Nothing imports upwards, so the modules form no circle.
 
 #![forbid(unsafe_code)]
 
-pub mod dial;
-pub mod embedded;
-pub mod error;
+pub mod clock;
+mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
+mod replica;
 pub mod server;
+pub mod transport;
 
-pub use embedded::{EmbeddedConfig, EmbeddedCoordinator, Replica, ReplicaConfig, ReplicaOptions};
-pub use error::CoordinatorError;
+pub use error::{ConfigError, CoordinatorError};
+pub use replica::{
+    ClusterStatus, EmbeddedConfig, MemberStatus, Replica, ReplicaConfig, ReplicaOptions,
+};

@@ -14,11 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
-use heliograph_coordinator::grpc::tls::{MutualTls, TlsError};
-use heliograph_coordinator::{
-    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
-};
+use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
+use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
 use heliograph_proto::admin::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +170,7 @@ struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 enum ConfigError {
     #[error("invalid --cluster-secret: {0}")]
-    Secret(#[from] heliograph_coordinator::grpc::auth::SecretError),
+    Secret(#[from] SecretError),
     #[error("--id must be at least 1")]
     NodeId,
     #[error("--region must not be empty")]
@@ -185,7 +182,7 @@ enum ConfigError {
     #[error("{0}")]
     Tls(#[from] TlsError),
     #[error("{0}")]
-    Dial(#[from] heliograph_coordinator::dial::DialError),
+    Dial(#[from] heliograph_coordinator::transport::dial::DialError),
     #[error("{0} listens on an unspecified address; set {1}")]
     NeedsAdvertise(&'static str, &'static str),
 }
@@ -221,7 +218,7 @@ impl ServeConfig {
             ));
         }
         let secret = secret.with_tls(args.tls.load()?);
-        let dial = heliograph_coordinator::dial::parse(&args.dial_via)?;
+        let dial = heliograph_coordinator::transport::dial::parse(&args.dial_via)?;
         Ok(Self { args, secret, dial })
     }
 }
@@ -330,7 +327,7 @@ async fn run(command: Cmd) -> ExitCode {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let ServeConfig { args, secret, dial } = config;
-    heliograph_coordinator::dial::install(dial)?;
+    heliograph_coordinator::transport::dial::install(dial)?;
     let prometheus = heliograph_coordinator::metrics::install_prometheus()?;
     heliograph_coordinator::metrics::describe();
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
@@ -342,7 +339,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(a) => a,
         None => api_listener.local_addr()?.to_string(),
     };
-    let replica = EmbeddedCoordinator::open_replica_with(
+    let replica = Replica::open_replica_with(
         ReplicaConfig {
             node_id: args.id,
             data_dir: args.data_dir,

@@ -100,7 +100,7 @@ pub(crate) fn registry_rooms(rooms: usize) {
     metrics::gauge!(REGISTRY_ROOMS).set(as_gauge(u64::try_from(rooms).unwrap_or(u64::MAX)));
 }
 
-/// `command` is one of [`crate::registry::Command::name`]'s fixed names.
+/// `command` is one of `registry::Command::name`'s fixed names.
 pub(crate) fn command_duration(command: &'static str, elapsed: Duration) {
     metrics::histogram!(REGISTRY_COMMAND_DURATION, "command" => command)
         .record(elapsed.as_secs_f64());

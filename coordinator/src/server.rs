@@ -3,17 +3,18 @@
 //! the shutdown token; nothing here reads signals. With a TLS identity on the secret, both
 //! listeners require client certificates from the cluster CA.
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::EmbeddedCoordinator;
 use crate::grpc::admin_service::admin_server;
-use crate::grpc::auth::ClusterSecret;
 use crate::grpc::proto::registry_server::RegistryServer;
 use crate::grpc::raft_service::raft_server;
 use crate::grpc::registry_service::RegistryService;
-use crate::grpc::tls;
+use crate::replica::Replica;
+use crate::transport::{ClusterSecret, tls};
 
 #[derive(Debug, thiserror::Error)]
 #[error("the {listener} listener failed: {source}")]
@@ -24,7 +25,7 @@ pub struct ServeError {
 
 /// Serves until `shutdown` is cancelled and both servers have drained their connections.
 pub async fn serve(
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     secret: ClusterSecret,
     raft_listener: TcpListener,
     api_listener: TcpListener,
@@ -33,7 +34,11 @@ pub async fn serve(
     let builder =
         |listener| tls::server(secret.tls()).map_err(|source| ServeError { listener, source });
     let raft = builder("raft")?
-        .add_service(raft_server(&replica, &secret))
+        .add_service(raft_server(
+            replica.raft().clone(),
+            Arc::clone(replica.identity()),
+            &secret,
+        ))
         .serve_with_incoming_shutdown(nodelay(raft_listener), shutdown.clone().cancelled_owned());
     let api = builder("api")?
         .add_service(admin_server(replica.clone(), &secret))

@@ -8,12 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::raft::NodeInfo;
 use heliograph_coordinator::registry::{Command, Outcome};
-use heliograph_coordinator::{
-    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions, server,
-};
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions, server};
 use heliograph_proto::raft::v1::RaftBytes;
 use heliograph_proto::raft::v1::raft_client::RaftClient;
 use tempfile::TempDir;
@@ -29,7 +27,7 @@ fn secret() -> ClusterSecret {
 }
 
 struct Node {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     raft: SocketAddr,
     api: SocketAddr,
     stop: CancellationToken,
@@ -49,7 +47,7 @@ impl Node {
         let api_listener = TcpListener::bind(api).await.unwrap();
         let raft = raft_listener.local_addr().unwrap();
         let api = api_listener.local_addr().unwrap();
-        let replica = EmbeddedCoordinator::open_replica_with(
+        let replica = Replica::open_replica_with(
             ReplicaConfig {
                 node_id: id,
                 data_dir: dir.to_path_buf(),
@@ -286,7 +284,7 @@ async fn leader_loss_during_a_write_storm_keeps_every_acknowledged_join() {
         .unwrap();
 
     // Writers keep proposing to whoever leads; each remembers the joins acknowledged to it.
-    let replicas: Vec<EmbeddedCoordinator> = nodes.iter().map(|n| n.replica.clone()).collect();
+    let replicas: Vec<Replica> = nodes.iter().map(|n| n.replica.clone()).collect();
     let stop = CancellationToken::new();
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..16 {
@@ -509,13 +507,13 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
         grace: Duration::from_secs(1),
         secret: secret(),
     };
-    let other_node = EmbeddedCoordinator::open_replica(config(2)).await;
+    let other_node = Replica::open_replica(config(2)).await;
     assert!(
         matches!(other_node, Err(CoordinatorError::DataDir { ref reason, .. }) if reason.contains("node 1")),
         "{:?}",
         other_node.err()
     );
-    let other_cluster = EmbeddedCoordinator::open_replica_with(
+    let other_cluster = Replica::open_replica_with(
         config(1),
         ReplicaOptions {
             expected_cluster_id: Some("0000".into()),
@@ -529,7 +527,7 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
         "{:?}",
         other_cluster.err()
     );
-    let same = EmbeddedCoordinator::open_replica_with(
+    let same = Replica::open_replica_with(
         config(1),
         ReplicaOptions {
             expected_cluster_id: Some(cluster_id),

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::{
     self, EdgeToReplica, ReplicaToEdge, edge_to_replica, registry_client::RegistryClient,
     replica_to_edge, room_event,
 };
 use heliograph_coordinator::grpc::registry_service::registry_server;
-use heliograph_coordinator::{EmbeddedConfig, EmbeddedCoordinator};
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::{EmbeddedConfig, Replica};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ struct Served {
     addr: SocketAddr,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     _dir: tempfile::TempDir,
 }
 
@@ -34,7 +34,7 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EmbeddedConfig::new(dir.path().join("replica"));
         config.grace = Duration::from_millis(200);
-        let replica = EmbeddedCoordinator::open(config).await.unwrap();
+        let replica = Replica::open(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();

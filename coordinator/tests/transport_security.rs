@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
-use heliograph_coordinator::grpc::tls::MutualTls;
 use heliograph_coordinator::raft::{NodeInfo, TypeConfig};
-use heliograph_coordinator::{EmbeddedCoordinator, ReplicaConfig, ReplicaOptions, server};
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::transport::MutualTls;
+use heliograph_coordinator::{Replica, ReplicaConfig, ReplicaOptions, server};
 use heliograph_proto::admin::v1 as pb;
 use heliograph_proto::admin::v1::admin_client::AdminClient;
 use heliograph_proto::raft::v1::RaftBytes;
@@ -80,7 +80,7 @@ impl Ca {
 }
 
 struct Node {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     raft: SocketAddr,
     api: SocketAddr,
     stop: CancellationToken,
@@ -95,7 +95,7 @@ impl Node {
         let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let raft = raft_listener.local_addr().unwrap();
         let api = api_listener.local_addr().unwrap();
-        let replica = EmbeddedCoordinator::open_replica_with(
+        let replica = Replica::open_replica_with(
             ReplicaConfig {
                 node_id: id,
                 data_dir: dir.path().to_path_buf(),

@@ -222,7 +222,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        heliograph_coordinator::embedded::now_ms() / 1000
+        heliograph_coordinator::clock::now_ms() / 1000
     }
 
     fn room(s: &str) -> RoomId {

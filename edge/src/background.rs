@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use heliograph_coordinator::EmbeddedCoordinator;
+use heliograph_coordinator::Replica;
 use heliograph_coordinator::registry::{Command, EdgeId, Outcome};
 
 use crate::metrics::RelayPath;
@@ -63,7 +63,7 @@ pub(crate) async fn keep_sessions(
 /// Renews the edge's lease at a third of its length, so two renewals may fail in a row. (A
 /// remote registry renews the lease in its own session with the replica.)
 pub(crate) async fn renew_lease(
-    registry: EmbeddedCoordinator,
+    registry: Replica,
     edge: EdgeId,
     incarnation: u64,
     lease_ms: u64,

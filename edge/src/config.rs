@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use heliograph_coordinator::grpc::auth::ClusterSecret;
-use heliograph_coordinator::grpc::tls::MutualTls;
 use heliograph_coordinator::registry::{EdgeId, Region};
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::transport::MutualTls;
 
 use crate::turn::TurnConfig;
 

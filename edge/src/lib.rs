@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heliograph_coordinator::registry::{Command, EdgeId, Outcome};
-use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, EmbeddedCoordinator};
+use heliograph_coordinator::{CoordinatorError, EmbeddedConfig, Replica};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -302,7 +302,7 @@ async fn open_embedded(
     incarnation: u64,
     lease_ms: u64,
 ) -> Result<(Registry, Events), StartError> {
-    let coordinator = EmbeddedCoordinator::open(EmbeddedConfig {
+    let coordinator = Replica::open(EmbeddedConfig {
         data_dir: config.data_dir.clone(),
         grace: config.detach_grace,
     })

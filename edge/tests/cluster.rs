@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Node, wait_ready};
 use futures_util::StreamExt;
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::{self, registry_client::RegistryClient};
+use heliograph_coordinator::transport::ClusterSecret;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Client, Node, wait_ready};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
 use heliograph_coordinator::grpc::registry_service::RegistryService;
-use heliograph_coordinator::grpc::tls::{self, MutualTls};
-use heliograph_coordinator::{EmbeddedConfig, EmbeddedCoordinator};
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::transport::{MutualTls, tls};
+use heliograph_coordinator::{EmbeddedConfig, Replica};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,7 @@ async fn an_edge_links_to_its_coordinator_over_mutual_tls() {
     let (cert, key, ca) = credentials(dir.path(), "cluster");
     let tls = MutualTls::load(&cert, &key, &ca).unwrap();
 
-    let replica = EmbeddedCoordinator::open(EmbeddedConfig::new(dir.path().join("replica")))
+    let replica = Replica::open(EmbeddedConfig::new(dir.path().join("replica")))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

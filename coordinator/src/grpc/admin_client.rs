@@ -8,9 +8,8 @@ use heliograph_proto::admin::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::LEADER_API_HEADER;
-use super::auth::ClusterSecret;
-use super::tls;
+use crate::transport::metadata::LEADER_API_HEADER;
+use crate::transport::{ClusterSecret, tls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Adding a member waits for it to catch up, which can take a while.

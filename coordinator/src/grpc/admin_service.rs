@@ -1,7 +1,7 @@
 //! Cluster administration over gRPC: bootstrap, add and remove replicas, status.
 //!
 //! Membership changes run on the leader; a follower answers `FAILED_PRECONDITION` with the
-//! leader's API address in [`super::LEADER_API_HEADER`] and the client retries there.
+//! leader's API address in `x-heliograph-leader-api` and the client retries there.
 
 use heliograph_proto::admin::v1 as pb;
 use heliograph_proto::admin::v1::admin_server::{Admin, AdminServer};
@@ -9,18 +9,18 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use super::status_from;
-use crate::embedded::{ClusterStatus, EmbeddedCoordinator};
-use crate::grpc::auth::ClusterSecret;
+use super::status::status_from;
 use crate::raft::NodeInfo;
+use crate::replica::{ClusterStatus, Replica};
+use crate::transport::ClusterSecret;
 
 pub struct AdminService {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
 }
 
 /// The admin service of `replica`, refusing calls without `secret`.
 pub fn admin_server(
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     secret: &ClusterSecret,
 ) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
     AdminServer::with_interceptor(AdminService { replica }, secret.interceptor())

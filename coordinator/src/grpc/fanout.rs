@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::convert::event_to_proto;
 use super::links::Links;
 use super::proto::{self, ReplicaToEdge, replica_to_edge};
-use crate::EmbeddedCoordinator;
 use crate::metrics;
 use crate::registry::{EdgeId, Member, PeerId, RoomEvent, RoomEventKind, RoomId};
+use crate::replica::Replica;
 
 struct MirrorRoom {
     epoch: u64,
@@ -39,7 +39,7 @@ pub(super) struct Mirror {
 pub(super) type Delivery = (EdgeId, ReplicaToEdge);
 
 impl Mirror {
-    pub(super) fn seed(replica: &EmbeddedCoordinator) -> Self {
+    pub(super) fn seed(replica: &Replica) -> Self {
         let mut rooms = HashMap::new();
         for summary in replica.rooms() {
             if let Some(view) = replica.room(&summary.room) {
@@ -113,7 +113,7 @@ impl Mirror {
 }
 
 /// Runs until `stop`, or until the replica's event channel closes.
-pub(super) async fn run(replica: EmbeddedCoordinator, links: Arc<Links>, stop: CancellationToken) {
+pub(super) async fn run(replica: Replica, links: Arc<Links>, stop: CancellationToken) {
     let mut events = replica.subscribe();
     let mut mirror = Mirror::seed(&replica);
     loop {

@@ -8,7 +8,8 @@ use tonic::transport::Channel;
 
 use super::proto::registry_client::RegistryClient;
 use super::status::ServiceError;
-use super::tls::{self, MutualTls};
+use crate::transport::dial;
+use crate::transport::tls::{self, MutualTls};
 
 /// How long connecting to another replica may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -34,7 +35,7 @@ impl Clients {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = tls::endpoint(crate::dial::resolve(addr), self.tls.as_ref())
+        let endpoint = tls::endpoint(dial::resolve(addr), self.tls.as_ref())
             .map_err(|e| ServiceError::Forward {
                 addr: addr.to_owned(),
                 status: tonic::Status::unavailable(tls::error_chain(&e)),

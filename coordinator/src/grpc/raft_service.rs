@@ -4,7 +4,7 @@
 //! `x-heliograph-cluster` id differs from the one this data directory is bound to) is refused,
 //! and an unbound directory binds itself to the first cluster that reaches it: that is how a
 //! joining replica learns its cluster id. A sender that is not a replica of the cluster is
-//! refused (see [`raft_guard`](super::raft_guard)). Malformed bytes are the caller's fault,
+//! refused (see the `raft_guard` module). Malformed bytes are the caller's fault,
 //! never a panic.
 
 use std::sync::Arc;
@@ -18,35 +18,29 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::embedded::EmbeddedCoordinator;
-use crate::grpc::auth::ClusterSecret;
-use crate::grpc::raft_guard::{RpcKind, admit};
+use super::raft_guard::{RpcKind, admit};
 use crate::raft::identity::Identity;
-use crate::raft::network::CLUSTER_HEADER;
 use crate::raft::{NodeId, Raft, TypeConfig};
-
-/// Largest Raft message accepted; snapshots are sent whole, so this bounds the registry size a
-/// snapshot can carry.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+use crate::transport::metadata::CLUSTER_HEADER;
+use crate::transport::{ClusterSecret, MAX_RAFT_MESSAGE_BYTES};
 
 pub struct RaftService {
     raft: Raft,
     identity: Arc<Identity>,
 }
 
-/// The Raft service of `replica`, refusing calls without `secret`.
+/// The Raft service handing calls to `raft`, checking callers against the cluster `identity`
+/// binds, and refusing calls without `secret`.
 pub fn raft_server(
-    replica: &EmbeddedCoordinator,
+    raft: Raft,
+    identity: Arc<Identity>,
     secret: &ClusterSecret,
 ) -> InterceptedService<RaftServer<RaftService>, impl Interceptor + Clone + use<>> {
-    let service = RaftService {
-        raft: replica.raft().clone(),
-        identity: Arc::clone(replica.identity()),
-    };
+    let service = RaftService { raft, identity };
     InterceptedService::new(
         RaftServer::new(service)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         secret.interceptor(),
     )
 }

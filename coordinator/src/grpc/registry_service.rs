@@ -24,8 +24,6 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::FORWARDED;
-use super::auth::ClusterSecret;
 use super::convert::{self, ConvertError};
 use super::fanout;
 use super::leader::Clients;
@@ -35,9 +33,11 @@ use super::proto::registry_server::{Registry, RegistryServer};
 use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
-use crate::EmbeddedCoordinator;
 use crate::error::CoordinatorError;
 use crate::registry::{Command, Outcome};
+use crate::replica::Replica;
+use crate::transport::ClusterSecret;
+use crate::transport::metadata::FORWARDED;
 
 /// How long a write waits for a new leader during a failover: longer than an election.
 const FAILOVER_WAIT: Duration = Duration::from_secs(3);
@@ -46,11 +46,11 @@ const WRITE_ATTEMPTS: usize = 4;
 /// How long an edge has to send `hello` after opening its link.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The service mounted by the coordinator binary; it checks the cluster secret itself.
-pub fn registry_server(
-    replica: EmbeddedCoordinator,
-    secret: ClusterSecret,
-) -> RegistryServer<RegistryService> {
+/// The service behind a server of its own, for callers with no shutdown token to share (tests,
+/// tools): its tasks stop when the last clone is dropped. `server::serve` builds it
+/// with [`RegistryService::new`] and the server's token instead. It checks the cluster secret
+/// itself.
+pub fn registry_server(replica: Replica, secret: ClusterSecret) -> RegistryServer<RegistryService> {
     RegistryServer::new(RegistryService::new(
         replica,
         secret,
@@ -65,7 +65,7 @@ pub struct RegistryService {
 }
 
 struct Shared {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     secret: ClusterSecret,
     links: Arc<Links>,
     relay: Arc<Relay>,
@@ -78,11 +78,7 @@ struct Shared {
 impl RegistryService {
     /// Starts the fan-out task; everything stops when `shutdown` is cancelled or the last
     /// clone is dropped.
-    pub fn new(
-        replica: EmbeddedCoordinator,
-        secret: ClusterSecret,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(replica: Replica, secret: ClusterSecret, shutdown: CancellationToken) -> Self {
         let stop = shutdown.child_token();
         let tasks = TaskTracker::new();
         let links = Arc::new(Links::default());
@@ -124,8 +120,10 @@ impl RegistryService {
     /// Executes `command` here, or on the leader through `forward` when this replica does
     /// not lead. When no leader is known, or the known one cannot be reached, the write waits
     /// (up to [`FAILOVER_WAIT`]) for a new leader and is tried again: a failover delays writes
-    /// instead of failing them. Retrying is safe because registry commands are idempotent (a
-    /// repeated join is answered, not applied twice).
+    /// instead of failing them. A retry never applies a change twice, but not every command
+    /// answers a repeat as it answered the first try: a repeated join is answered with the room
+    /// as it stands, while a repeated leave (the first one committed, its answer was lost) is
+    /// refused with `NotInRoom`.
     async fn write<Req, Resp>(
         &self,
         request: Request<Req>,

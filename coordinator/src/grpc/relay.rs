@@ -12,13 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth::ClusterSecret;
 use super::leader::Clients;
 use super::links::{Links, Push};
 use super::proto::{RelayedSignal, ReplicaToEdge, replica_to_edge};
-use crate::EmbeddedCoordinator;
 use crate::metrics::{self, RelayRoute};
 use crate::registry::EdgeId;
+use crate::replica::Replica;
+use crate::transport::ClusterSecret;
 
 /// Signals queued for one other replica before new ones are dropped.
 pub const FORWARD_BUFFER: usize = 4 * 1024;
@@ -33,7 +33,7 @@ pub enum Origin {
 }
 
 pub struct Relay {
-    replica: EmbeddedCoordinator,
+    replica: Replica,
     links: Arc<Links>,
     clients: Arc<Clients>,
     secret: ClusterSecret,
@@ -44,7 +44,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        replica: EmbeddedCoordinator,
+        replica: Replica,
         links: Arc<Links>,
         clients: Arc<Clients>,
         secret: ClusterSecret,

@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
+use super::types::NodeId;
 
 const FILE: &str = "cluster.json";
 const TEMP: &str = "cluster.json.tmp";

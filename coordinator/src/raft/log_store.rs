@@ -27,7 +27,7 @@ use openraft::{AnyError, Entry, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{LogId, NodeId, StorageError, TypeConfig};
+use super::types::{LogId, NodeId, StorageError, TypeConfig};
 
 /// Name of the database file under the data directory.
 pub const DB_FILE: &str = "raft.redb";

@@ -30,13 +30,11 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::identity::Identity;
-use super::{NodeId, NodeInfo, TypeConfig};
-use crate::grpc::auth::ClusterSecret;
-use crate::grpc::raft_service::MAX_MESSAGE_BYTES;
-use crate::grpc::tls;
+use super::node::NodeInfo;
+use super::types::{NodeId, TypeConfig};
+use crate::transport::metadata::CLUSTER_HEADER;
+use crate::transport::{ClusterSecret, MAX_RAFT_MESSAGE_BYTES, dial, tls};
 
-/// Metadata key carrying the sender's cluster id.
-pub const CLUSTER_HEADER: &str = "x-heliograph-cluster";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Detects a dead peer on an idle connection sooner than TCP would.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -92,7 +90,7 @@ impl GrpcNetwork {
             .secret
             .as_ref()
             .and_then(ClusterSecret::tls);
-        let channel = tls::endpoint(crate::dial::resolve(addr), tls)
+        let channel = tls::endpoint(dial::resolve(addr), tls)
             .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -109,8 +107,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
         let client = self.channel(target, &node.raft_addr).map(|ch| {
             RaftClient::with_interceptor(ch, self.credentials.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
         PeerClient { target, client }
     }

@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::snapshot_file::SnapshotFile;
-use super::{Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::clock::now_ms;
 use crate::registry::{RegistryState, RoomEvent};
 
 /// What the log has produced so far.
@@ -47,6 +50,15 @@ impl Payload {
             snapshot_id: self.snapshot_id.clone(),
         }
     }
+}
+
+/// Why the state machine could not be restored from the data directory's snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading the snapshot: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("decoding the snapshot: {0}")]
+    Decode(#[source] serde_json::Error),
 }
 
 pub struct StateMachineStore {
@@ -91,15 +103,12 @@ impl Snapshots {
 
 impl StateMachineStore {
     /// Restores the state from `dir`'s snapshot, if any; log replay does the rest.
-    pub fn open(dir: &Path, events: broadcast::Sender<RoomEvent>) -> Result<Self, String> {
+    pub fn open(dir: &Path, events: broadcast::Sender<RoomEvent>) -> Result<Self, RestoreError> {
         let file = SnapshotFile::new(dir);
-        let applied = match file
-            .read()
-            .map_err(|e| format!("reading the snapshot: {e}"))?
-        {
+        let applied = match file.read().map_err(RestoreError::Read)? {
             Some(bytes) => {
                 serde_json::from_slice::<Payload>(&bytes)
-                    .map_err(|e| format!("decoding the snapshot: {e}"))?
+                    .map_err(RestoreError::Decode)?
                     .applied
             }
             None => Applied::default(),
@@ -139,7 +148,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let payload = Payload {
             // Two builds of the same log prefix hold the same data; the time keeps ids unique.
-            snapshot_id: format!("{id}-{}", crate::embedded::now_ms()),
+            snapshot_id: format!("{id}-{}", now_ms()),
             applied: std::mem::take(&mut self.copy),
         };
         let bytes = self.snapshots.persist(&payload).await?;

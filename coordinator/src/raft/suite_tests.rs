@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use super::log_store::LogStore;
 use super::state_machine::StateMachineStore;
-use super::{StorageError, TypeConfig};
+use super::types::{StorageError, TypeConfig};
 
 /// Each case gets a fresh directory, removed when the case ends.
 struct RedbStores;
@@ -20,7 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
         let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
         let (log, _closed) = LogStore::open(dir.path()).map_err(|e| io(e.to_string()))?;
         let (events, _) = broadcast::channel(16);
-        let sm = StateMachineStore::open(dir.path(), events).map_err(io)?;
+        let sm = StateMachineStore::open(dir.path(), events).map_err(|e| io(e.to_string()))?;
         Ok((dir, log, sm))
     }
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use heliograph_coordinator::registry::{Command, Outcome, RoomEvent, RoomId, RoomView};
-use heliograph_coordinator::{CoordinatorError, EmbeddedCoordinator};
+use heliograph_coordinator::{CoordinatorError, Replica};
 use tokio::sync::{broadcast, mpsc};
 
 pub use remote::{EVENTS_BUFFER, RemoteRegistry, RemoteSettings};
@@ -43,7 +43,7 @@ pub enum RegistryEvent {
 
 #[derive(Clone)]
 pub enum Registry {
-    Embedded(EmbeddedCoordinator),
+    Embedded(Replica),
     Remote(Arc<RemoteRegistry>),
 }
 

@@ -12,15 +12,15 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use heliograph_coordinator::CoordinatorError;
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::convert;
 use heliograph_coordinator::grpc::proto::{
     self, EdgeToReplica, edge_to_replica, registry_client::RegistryClient, replica_to_edge,
 };
-use heliograph_coordinator::grpc::tls;
 use heliograph_coordinator::registry::{
     Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
 };
+use heliograph_coordinator::transport::ClusterSecret;
+use heliograph_coordinator::transport::tls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;

@@ -303,7 +303,7 @@ pub struct TestCoordinator {
     addr: std::net::SocketAddr,
     dir: PathBuf,
     grace: Duration,
-    pub replica: heliograph_coordinator::EmbeddedCoordinator,
+    pub replica: heliograph_coordinator::Replica,
     stop: tokio_util::sync::CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -327,14 +327,12 @@ impl TestCoordinator {
     }
 
     async fn start_on(dir: &Path, grace: Duration, listen: &str) -> TestCoordinator {
-        use heliograph_coordinator::grpc::auth::ClusterSecret;
         use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
         use heliograph_coordinator::grpc::registry_service::RegistryService;
+        use heliograph_coordinator::transport::ClusterSecret;
         let mut config = heliograph_coordinator::EmbeddedConfig::new(dir.join("replica"));
         config.grace = grace;
-        let replica = heliograph_coordinator::EmbeddedCoordinator::open(config)
-            .await
-            .unwrap();
+        let replica = heliograph_coordinator::Replica::open(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let url = format!("http://{addr}");

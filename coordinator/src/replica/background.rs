@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{EmbeddedCoordinator, now_ms};
+use super::handle::Replica;
+use crate::clock::now_ms;
 use crate::metrics;
 use crate::raft::Raft;
 use crate::raft::log_store::CommittedIndex;
@@ -17,7 +18,7 @@ const SWEEP_POLL: Duration = Duration::from_millis(250);
 /// Ends leases that ran out and removes peers detached for longer than the grace period, by
 /// proposing [`Command::Sweep`] whenever the registry says one is due. Only the leader sweeps:
 /// followers would just be refused.
-pub async fn sweep(coordinator: EmbeddedCoordinator) {
+pub async fn sweep(coordinator: Replica) {
     let cancel = coordinator.inner.cancel.clone();
     let mut last_swept_at = None;
     loop {
@@ -30,7 +31,7 @@ pub async fn sweep(coordinator: EmbeddedCoordinator) {
 }
 
 /// Proposes a sweep when one is due; returns how long to wait before looking again.
-async fn sweep_once(c: &EmbeddedCoordinator, last_swept_at: &mut Option<u64>) -> Duration {
+async fn sweep_once(c: &Replica, last_swept_at: &mut Option<u64>) -> Duration {
     let grace_ms = c.inner.grace_ms;
     if !c.is_leader() {
         return SWEEP_POLL;

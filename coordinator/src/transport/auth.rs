@@ -97,17 +97,6 @@ impl ClusterSecret {
             Ok(request)
         }
     }
-
-    /// A tonic interceptor that adds the secret to outgoing requests.
-    pub fn attacher(
-        &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
-        let secret = self.clone();
-        move |mut request: Request<()>| {
-            secret.attach(&mut request);
-            Ok(request)
-        }
-    }
 }
 
 impl fmt::Debug for ClusterSecret {

@@ -7,7 +7,12 @@ use std::path::Path;
 
 use tokio::sync::broadcast::Receiver;
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use super::config::{DEFAULT_GRACE, EmbeddedConfig};
+use super::handle::Replica;
+use crate::error::CoordinatorError;
+use crate::registry::{Command, Outcome, RoomEvent};
 use crate::registry::{LeaveReason, RoomEventKind};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -19,8 +24,8 @@ where
     T::try_from(s.to_owned()).unwrap()
 }
 
-async fn open(dir: &Path, grace: Duration) -> EmbeddedCoordinator {
-    EmbeddedCoordinator::open(EmbeddedConfig {
+async fn open(dir: &Path, grace: Duration) -> Replica {
+    Replica::open(EmbeddedConfig {
         data_dir: dir.to_path_buf(),
         grace,
     })
@@ -28,7 +33,7 @@ async fn open(dir: &Path, grace: Duration) -> EmbeddedCoordinator {
     .unwrap()
 }
 
-async fn register(c: &EmbeddedCoordinator, edge: &str, lease_ms: u64) {
+async fn register(c: &Replica, edge: &str, lease_ms: u64) {
     let outcome = c
         .execute(Command::RegisterEdge {
             edge: id(edge),
@@ -44,7 +49,7 @@ async fn register(c: &EmbeddedCoordinator, edge: &str, lease_ms: u64) {
     assert_eq!(outcome, Outcome::Done);
 }
 
-async fn join(c: &EmbeddedCoordinator, room: &str, peer: &str, edge: &str) -> Outcome {
+async fn join(c: &Replica, room: &str, peer: &str, edge: &str) -> Outcome {
     c.execute(Command::Join {
         room: id(room),
         peer: id(peer),
@@ -63,7 +68,7 @@ async fn next_event(rx: &mut Receiver<RoomEvent>) -> RoomEvent {
         .unwrap()
 }
 
-fn members(c: &EmbeddedCoordinator, room: &str) -> Vec<String> {
+fn members(c: &Replica, room: &str) -> Vec<String> {
     c.room(&id(room))
         .map(|v| v.members.iter().map(|m| m.peer.to_string()).collect())
         .unwrap_or_default()
@@ -209,7 +214,7 @@ async fn expired_lease_removes_peers_after_grace() {
 async fn second_open_of_a_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let c = open(dir.path(), DEFAULT_GRACE).await;
-    let second = EmbeddedCoordinator::open(EmbeddedConfig::new(dir.path().to_path_buf())).await;
+    let second = Replica::open(EmbeddedConfig::new(dir.path().to_path_buf())).await;
     match second {
         Err(CoordinatorError::DataDir { reason, .. }) => {
             assert!(reason.contains("already open"), "{reason}");
@@ -228,6 +233,6 @@ async fn unusable_data_dir_is_a_data_dir_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let result = EmbeddedCoordinator::open(EmbeddedConfig::new(file)).await;
+    let result = Replica::open(EmbeddedConfig::new(file)).await;
     assert!(matches!(result, Err(CoordinatorError::DataDir { .. })));
 }

@@ -13,8 +13,8 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, 
 use openraft::raft::ClientWriteResponse;
 use serde::Serialize;
 
-use super::EmbeddedCoordinator;
 use super::batcher::write_error;
+use super::handle::Replica;
 use crate::error::CoordinatorError;
 use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
 
@@ -84,7 +84,7 @@ where
 
 type ClientWriteFailure = RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
 
-impl EmbeddedCoordinator {
+impl Replica {
     /// Starts a new cluster with this replica as its only voter, under a fresh cluster id.
     pub async fn bootstrap(&self) -> Result<(), CoordinatorError> {
         let inner = &self.inner;

@@ -131,7 +131,7 @@ pub fn server(tls: Option<&MutualTls>) -> Result<Server, tonic::transport::Error
 /// becomes `http://`.
 pub fn endpoint(addr: &str, tls: Option<&MutualTls>) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
-        None => Endpoint::from_shared(super::endpoint_uri(addr)),
+        None => Endpoint::from_shared(endpoint_uri(addr)),
         Some(tls) => {
             let authority = addr
                 .strip_prefix("https://")
@@ -139,6 +139,15 @@ pub fn endpoint(addr: &str, tls: Option<&MutualTls>) -> Result<Endpoint, tonic::
                 .unwrap_or(addr);
             Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls.client_config())
         }
+    }
+}
+
+/// Adds a scheme to a bare `host:port` address, as tonic endpoints need one.
+fn endpoint_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
     }
 }
 

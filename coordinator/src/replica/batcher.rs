@@ -11,6 +11,7 @@ use openraft::error::{ClientWriteError, Fatal, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::error::CoordinatorError;
 use crate::metrics;
 use crate::raft::{Batch, BatchOutcome, NodeId, NodeInfo, Raft};
@@ -42,7 +43,7 @@ pub async fn run(raft: Raft, mut queue: mpsc::Receiver<Proposal>, cancel: Cancel
         if received == 0 {
             break;
         }
-        let at_ms = crate::embedded::now_ms();
+        let at_ms = now_ms();
         let (commands, replies): (Vec<_>, Vec<_>) = taken
             .drain(..)
             .map(|p| {

@@ -1,0 +1,184 @@
+//! The replica handle: commits commands through the batcher, reads the applied state, hands
+//! out room events, and shuts everything down.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::batcher;
+use crate::error::CoordinatorError;
+use crate::metrics;
+use crate::raft::identity::Identity;
+use crate::raft::log_store::{Closed, CommittedIndex};
+use crate::raft::state_machine::SharedState;
+use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::registry::{
+    Command, EdgeId, EdgeRecord, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView,
+};
+
+/// Room events buffered per subscriber before it must resynchronise.
+pub const EVENT_BUFFER: usize = 16 * 1024;
+/// How long `shutdown` waits for the log store to close its file.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Handle to a replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What every clone of a [`Replica`] shares; built by `open`, extended by `cluster` and
+/// `background`.
+pub(super) struct Inner {
+    pub(super) node_id: NodeId,
+    pub(super) data_dir: PathBuf,
+    pub(super) node: NodeInfo,
+    pub(super) raft: Raft,
+    pub(super) identity: Arc<Identity>,
+    pub(super) state: SharedState,
+    pub(super) committed: CommittedIndex,
+    pub(super) installed_snapshots: Arc<AtomicU64>,
+    pub(super) events: broadcast::Sender<RoomEvent>,
+    pub(super) proposals: mpsc::Sender<batcher::Proposal>,
+    pub(super) grace_ms: u64,
+    pub(super) cancel: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    /// Taken by the first `shutdown`, which holds the lock until the store has closed.
+    pub(super) store_closed: Mutex<Option<Closed>>,
+}
+
+impl Replica {
+    /// Commits `command` (stamped with the leader's clock) and returns its outcome once it is
+    /// applied on this replica. On a follower: [`CoordinatorError::NotLeader`].
+    pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
+        let inner = &self.inner;
+        if inner.cancel.is_cancelled() {
+            return Err(CoordinatorError::ShuttingDown);
+        }
+        // Fails fast where the answer is known; the leader can still lose its role while the
+        // command is queued, and then openraft refuses the write with the same error.
+        if !self.is_leader() {
+            return Err(CoordinatorError::NotLeader {
+                leader_api: self.leader_api_addr(),
+            });
+        }
+        let name = command.name();
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        inner
+            .proposals
+            .send(batcher::Proposal { command, reply })
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        let result = answer
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)
+            .and_then(|r| r);
+        metrics::command_duration(name, started.elapsed());
+        result
+    }
+
+    /// Room events in apply order. A receiver that falls more than [`EVENT_BUFFER`] events
+    /// behind gets `Lagged` and must re-read the rooms it cares about.
+    pub fn subscribe(&self) -> broadcast::Receiver<RoomEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The room as this replica has applied it.
+    pub fn room(&self, room: &RoomId) -> Option<RoomView> {
+        self.read(|s| s.room(room))
+    }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.read(|s| s.rooms())
+    }
+
+    /// A copy of the registry as this replica has applied it.
+    pub fn state_snapshot(&self) -> RegistryState {
+        self.read(Clone::clone)
+    }
+
+    /// Whether a leader is known.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.cancel.is_cancelled()
+            && self.inner.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    /// Whether this replica is the leader as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        !self.inner.cancel.is_cancelled()
+            && self.inner.raft.metrics().borrow().current_leader == Some(self.inner.node_id)
+    }
+
+    /// The edge-facing address of the current leader, if one is known and advertises one.
+    pub fn leader_api_addr(&self) -> Option<String> {
+        let leader = self.inner.raft.metrics().borrow().current_leader?;
+        batcher::node_api_addr(&self.inner.raft, leader)
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    pub fn region(&self) -> &str {
+        &self.inner.node.region
+    }
+
+    /// The underlying openraft handle, for the peer-facing service and tests.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn identity(&self) -> &Arc<Identity> {
+        &self.inner.identity
+    }
+
+    /// The edge-facing API address of a member replica, from the cluster membership.
+    pub fn replica_api_addr(&self, node_id: u64) -> Option<String> {
+        batcher::node_api_addr(&self.inner.raft, node_id)
+    }
+
+    /// An edge as this replica has applied it.
+    pub fn edge(&self, edge: &EdgeId) -> Option<EdgeRecord> {
+        self.read(|s| s.edge(edge).cloned())
+    }
+
+    /// Stops the background tasks and the replica, and closes the data directory. Idempotent;
+    /// every call returns once the replica has stopped.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.cancel.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
+        let mut closed = inner.store_closed.lock().await;
+        if let Some(store_closed) = closed.take() {
+            if let Err(e) = inner.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft did not stop cleanly");
+            }
+            if tokio::time::timeout(CLOSE_DEADLINE, store_closed.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the raft log store did not close in time");
+            }
+        }
+    }
+
+    pub(super) fn read<T>(&self, f: impl FnOnce(&RegistryState) -> T) -> T {
+        let applied = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&applied.registry)
+    }
+
+    pub(super) fn data_dir_error(&self, e: impl std::fmt::Display) -> CoordinatorError {
+        CoordinatorError::data_dir(&self.inner.data_dir, e)
+    }
+}
