@@ -616,3 +616,244 @@ fn drop_if_unused<H>(inner: &mut RoomCore<H>, me: &EdgeId, room: &RoomId) {
         inner.rooms.remove(room);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use heliograph_coordinator::registry::LeaveReason;
+
+    use super::*;
+
+    /// A session handle for the tests: a number.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct H(u32);
+
+    impl Handle for H {
+        fn same(&self, other: &Self) -> bool {
+            self == other
+        }
+    }
+
+    const ME: &str = "edge-a";
+    const OTHER: &str = "edge-b";
+
+    fn peer(id: &str) -> PeerId {
+        PeerId::new(id).unwrap()
+    }
+
+    fn room() -> RoomId {
+        RoomId::new("room-1").unwrap()
+    }
+
+    fn member(id: &str, edge: &str) -> Member {
+        Member {
+            peer: peer(id),
+            edge: EdgeId::new(edge).unwrap(),
+            region: Region::new("eu").unwrap(),
+            meta: "{}".into(),
+        }
+    }
+
+    fn view(epoch: u64, members: &[(&str, &str)]) -> RoomView {
+        RoomView {
+            room: room(),
+            epoch,
+            members: members.iter().map(|(p, e)| member(p, e)).collect(),
+        }
+    }
+
+    fn joined(epoch: u64, id: &str, edge: &str) -> RoomEvent {
+        RoomEvent {
+            room: room(),
+            epoch,
+            kind: RoomEventKind::Joined(member(id, edge)),
+        }
+    }
+
+    fn left(epoch: u64, id: &str, edge: &str) -> RoomEvent {
+        RoomEvent {
+            room: room(),
+            epoch,
+            kind: RoomEventKind::Left {
+                peer: peer(id),
+                edge: EdgeId::new(edge).unwrap(),
+                reason: LeaveReason::Left,
+            },
+        }
+    }
+
+    /// The notices as (handle, type, the peer they are about), in order.
+    fn summary(notices: &[Notice<H>]) -> Vec<(u32, String, String)> {
+        notices
+            .iter()
+            .map(|(h, out)| {
+                let v: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+                let about = match out.kind {
+                    "joined" => v["peers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p["id"].as_str().unwrap().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    "peer-joined" => v["peer"]["id"].as_str().unwrap().to_owned(),
+                    "peer-left" => v["peer_id"].as_str().unwrap().to_owned(),
+                    other => panic!("unexpected notice {other}"),
+                };
+                (h.0, out.kind.to_owned(), about)
+            })
+            .collect()
+    }
+
+    fn notice(h: u32, kind: &str, about: &str) -> (u32, String, String) {
+        (h, kind.to_owned(), about.to_owned())
+    }
+
+    /// Edge A with local peer `a` (handle 1) in `room-1`, which also holds `b` on edge B;
+    /// the room is at epoch 2.
+    fn with_a_and_remote_b() -> RoomCore<H> {
+        let mut core = RoomCore::new(EdgeId::new(ME).unwrap());
+        core.add_session(peer("a"), H(1), Owner::new(&EdgeId::new(ME).unwrap()));
+        let (start, _) = core
+            .begin_join(&peer("a"), &room(), None, 8, false)
+            .unwrap();
+        assert_eq!(start, JoinStart::Pending);
+        let notices = core.apply(&joined(1, "a", ME), |_| Some(view(1, &[("a", ME)])));
+        assert_eq!(summary(&notices), [notice(1, "joined", "")]);
+        let notices = core.apply(&joined(2, "b", OTHER), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "b")]);
+        core
+    }
+
+    #[test]
+    fn an_event_at_or_below_the_known_epoch_is_skipped() {
+        let mut core = with_a_and_remote_b();
+        // The same event again, and an older one: already included, nobody is told twice.
+        assert!(core.apply(&joined(2, "b", OTHER), |_| None).is_empty());
+        assert!(core.apply(&joined(1, "c", OTHER), |_| None).is_empty());
+        assert!(core.apply(&left(2, "b", OTHER), |_| None).is_empty());
+        assert!(
+            core.route_signal(&peer("a"), &room(), &peer("b")).is_ok(),
+            "b is still a member"
+        );
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("c")),
+            Err(ErrorCode::UnknownPeer)
+        ));
+        // A newer one applies.
+        let notices = core.apply(&left(3, "b", OTHER), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-left", "b")]);
+    }
+
+    #[test]
+    fn a_join_completes_once_with_the_members_before_it() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        let notices = core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(
+            summary(&notices),
+            [notice(1, "peer-joined", "c"), notice(3, "joined", "a,b")]
+        );
+        // A member that joins again is answered from the index at once, not sent anew.
+        let (start, notices) = core
+            .begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        assert_eq!(start, JoinStart::AlreadyMember);
+        assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);
+        // Too many rooms for one connection.
+        let other_room = RoomId::new("room-2").unwrap();
+        assert!(matches!(
+            core.begin_join(&peer("c"), &other_room, None, 1, false),
+            Err(ErrorCode::TooManyRooms)
+        ));
+    }
+
+    #[test]
+    fn a_resync_tells_local_members_only_what_changed() {
+        let mut core = with_a_and_remote_b();
+        // Missed events: b left, c (remote) joined; a is still there.
+        let notices = core.resync(|_| Some(view(7, &[("a", ME), ("c", OTHER)])));
+        assert_eq!(
+            summary(&notices),
+            [notice(1, "peer-left", "b"), notice(1, "peer-joined", "c")]
+        );
+        // Nothing changed: nothing to tell.
+        assert!(
+            core.resync(|_| Some(view(7, &[("a", ME), ("c", OTHER)])))
+                .is_empty()
+        );
+        // The resynced epoch holds: an older event is skipped.
+        assert!(core.apply(&joined(6, "d", OTHER), |_| None).is_empty());
+    }
+
+    #[test]
+    fn a_resync_completes_a_join_whose_event_was_missed() {
+        let mut core = RoomCore::new(EdgeId::new(ME).unwrap());
+        core.add_session(peer("a"), H(1), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("a"), &room(), None, 8, false)
+            .unwrap();
+        assert_eq!(
+            core.rooms_to_resync(),
+            [room()],
+            "a pending join is re-read"
+        );
+        let notices = core.resync(|_| Some(view(4, &[("a", ME), ("b", OTHER)])));
+        assert_eq!(summary(&notices), [notice(1, "joined", "b")]);
+        assert!(core.is_member(&peer("a"), &room()));
+    }
+
+    #[test]
+    fn a_room_without_local_members_is_no_longer_tracked() {
+        let mut core = with_a_and_remote_b();
+        assert_eq!(core.tracked_rooms(), 1);
+        // A remote member leaving keeps the room: a is still here.
+        core.apply(&left(3, "b", OTHER), |_| None);
+        assert_eq!(core.tracked_rooms(), 1);
+        let notices = core.apply(&left(4, "a", ME), |_| None);
+        assert!(notices.is_empty(), "nobody local is left to tell");
+        assert_eq!(core.tracked_rooms(), 0);
+        assert!(!core.is_member(&peer("a"), &room()));
+        // Events of an untracked room are ignored, unless a local joiner starts it again.
+        assert!(core.apply(&joined(5, "b", OTHER), |_| None).is_empty());
+        assert_eq!(core.tracked_rooms(), 0);
+    }
+
+    #[test]
+    fn a_local_socket_wins_over_the_registry_view() {
+        let mut core = with_a_and_remote_b();
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("b")),
+            Ok(Route::Remote { .. })
+        ));
+        // b resumes on this edge; the registry still names edge B until its rebind commits.
+        let replaced = core.add_resuming(peer("b"), H(2), Owner::new(&EdgeId::new(ME).unwrap()));
+        assert!(replaced.is_none());
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("b")),
+            Ok(Route::Local(H(2)))
+        ));
+        // A local socket not (yet) in the room is not a target there.
+        core.add_session(peer("d"), H(4), Owner::new(&EdgeId::new(ME).unwrap()));
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("d")),
+            Err(ErrorCode::UnknownPeer)
+        ));
+        // A peer that is not in the room cannot send there.
+        assert!(matches!(
+            core.route_signal(&peer("d"), &room(), &peer("a")),
+            Err(ErrorCode::NotInRoom)
+        ));
+        // A local member whose socket is gone (detached) keeps its signals here.
+        assert_eq!(
+            core.remove_session(&peer("a"), &H(9)),
+            None,
+            "another handle"
+        );
+        assert_eq!(core.remove_session(&peer("a"), &H(1)), Some(true));
+        let notices = core.apply(&joined(3, "e", ME), |_| None);
+        assert!(notices.is_empty());
+    }
+}
