@@ -26,8 +26,9 @@ fi
 # A from-scratch build gains nothing from incremental state, which would double its size on disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
-echo "== format and lints"
+echo "== format, lints and layering"
 cargo fmt --all -- --check
+python3 tools/layering.py
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
 echo "== build (the binaries are used by other packages' tests)"

@@ -575,25 +575,6 @@ pub enum ServerMessage<'a> {
     },
 }
 
-impl ServerMessage<'_> {
-    /// The message type, for metrics labels.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Welcome { .. } => "welcome",
-            Self::Joined { .. } => "joined",
-            Self::PeerJoined { .. } => "peer-joined",
-            Self::Left { .. } => "left",
-            Self::PeerLeft { .. } => "peer-left",
-            Self::Signal { .. } => "signal",
-            Self::Pong { .. } => "pong",
-            Self::Error { .. } => "error",
-            Self::Resumed { .. } => "resumed",
-            Self::Reconnect { .. } => "reconnect",
-            Self::Expired { .. } => "expired",
-        }
-    }
-}
-
 /// Encodes a server message as the text of one frame.
 pub fn encode(message: &ServerMessage<'_>) -> String {
     // Serialising these types cannot fail: every field is a string, a number, a sequence or
