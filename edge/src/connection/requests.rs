@@ -15,7 +15,7 @@ use crate::auth::Grant;
 use crate::context::EdgeContext;
 use crate::outbox::Outgoing;
 use crate::protocol::{
-    self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage,
+    self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage, SignalKind,
 };
 use crate::rooms::JoinStart;
 use crate::router::Outbound;
@@ -28,7 +28,6 @@ pub(super) fn handle_text(
     ctx: &Arc<EdgeContext>,
     state: &mut SessionState,
 ) -> Handled {
-    let peer = caller.peer;
     let request = match protocol::decode(text, limits) {
         Ok(r) => r,
         Err(err) => {
@@ -41,16 +40,9 @@ pub(super) fn handle_text(
         state.acked = state.acked.max(request.ack);
     }
     let reference = request.reference;
-    let fail = |code: ErrorCode, message: &str, reference: Option<Ref>| {
-        let err = ProtocolError {
-            code,
-            message: message.to_owned(),
-            reference,
-        };
-        Handled::Reply(vec![error_out(&err, ctx)])
-    };
     match request.message {
         ClientMessage::Signal { room, .. } if state.receive_only.contains(&room) => fail(
+            ctx,
             ErrorCode::Forbidden,
             "your join token for this room does not allow sending signals",
             reference,
@@ -60,40 +52,7 @@ pub(super) fn handle_text(
             to,
             kind,
             data,
-        } => match ctx.index.route_signal(peer, &room, &to) {
-            Ok(route) => {
-                let text = protocol::encode(&ServerMessage::Signal {
-                    room: room.as_str(),
-                    from: peer.as_str(),
-                    kind,
-                    data,
-                });
-                // Regions: where the signal goes is the router's decision (router.rs).
-                let delivered = ctx.router.send(
-                    route,
-                    Outbound {
-                        room,
-                        from: peer,
-                        to: &to,
-                        reference,
-                        text,
-                        received_at: caller.received_at,
-                    },
-                );
-                match delivered {
-                    Ok(()) => Handled::Done,
-                    Err(refused) => fail(
-                        refused.error.code(),
-                        &refused.error.to_string(),
-                        refused.reference,
-                    ),
-                }
-            }
-            Err(ErrorCode::NotInRoom) => {
-                fail(ErrorCode::NotInRoom, "you are not in that room", reference)
-            }
-            Err(code) => fail(code, "no such peer in that room", reference),
-        },
+        } => signal(ctx, caller, room, &to, kind, data, reference),
         ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
             "pong",
             protocol::encode(&ServerMessage::Pong {
@@ -103,7 +62,7 @@ pub(super) fn handle_text(
         ClientMessage::Join { room, meta, token } => {
             let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
                 Ok(grant) => grant,
-                Err(e) => return fail(e.code(), &e.to_string(), reference),
+                Err(e) => return fail(ctx, e.code(), &e.to_string(), reference),
             };
             if grant.can_publish {
                 state.receive_only.remove(&room);
@@ -112,53 +71,128 @@ pub(super) fn handle_text(
             }
             join(ctx, caller, room, meta, &grant, reference)
         }
-        ClientMessage::Leave { room } => {
-            if !ctx.index.is_member(peer, &room) {
-                return fail(ErrorCode::NotInRoom, "you are not in that room", reference);
-            }
-            let ctx = Arc::clone(ctx);
-            let peer = peer.clone();
-            let owner = caller.owner.clone();
-            Handled::Later(Box::pin(async move {
-                let result = ctx
-                    .registry
-                    .execute(Command::Leave {
-                        room: room.clone(),
-                        peer: peer.clone(),
-                    })
-                    .await;
-                let frames = match result {
-                    Ok(Outcome::Left { .. }) => {
-                        ctx.index.local_leave(&peer, &room);
-                        save_rooms(&ctx, &peer, &owner).await;
-                        vec![Outgoing::new(
-                            "left",
-                            protocol::encode(&ServerMessage::Left {
-                                room: room.as_str(),
-                                reference: protocol::ref_raw(reference.as_ref()),
-                            }),
-                        )]
-                    }
-                    Ok(Outcome::Rejected(Rejection::NotInRoom)) => {
-                        ctx.index.local_leave(&peer, &room);
-                        vec![error_out(
-                            &ProtocolError {
-                                code: ErrorCode::NotInRoom,
-                                message: "you are not in that room".into(),
-                                reference,
-                            },
-                            &ctx,
-                        )]
-                    }
-                    other => vec![registry_failure(&ctx, other, reference)],
-                };
-                Done::frames(frames)
-            }))
-        }
+        ClientMessage::Leave { room } => leave(ctx, caller, room, reference),
         ClientMessage::Resume { token, last_seq } => {
             resume::request(ctx, caller, &token, last_seq, reference)
         }
     }
+}
+
+/// A signal: routed at once from the index, never waiting on the registry.
+fn signal(
+    ctx: &EdgeContext,
+    caller: &Caller<'_>,
+    room: RoomId,
+    to: &PeerId,
+    kind: SignalKind,
+    data: &RawValue,
+    reference: Option<Ref>,
+) -> Handled {
+    let peer = caller.peer;
+    let route = match ctx.index.route_signal(peer, &room, to) {
+        Ok(route) => route,
+        Err(ErrorCode::NotInRoom) => {
+            return fail(
+                ctx,
+                ErrorCode::NotInRoom,
+                "you are not in that room",
+                reference,
+            );
+        }
+        Err(code) => return fail(ctx, code, "no such peer in that room", reference),
+    };
+    let text = protocol::encode(&ServerMessage::Signal {
+        room: room.as_str(),
+        from: peer.as_str(),
+        kind,
+        data,
+    });
+    // Regions: where the signal goes is the router's decision (router.rs).
+    let delivered = ctx.router.send(
+        route,
+        Outbound {
+            room,
+            from: peer,
+            to,
+            reference,
+            text,
+            received_at: caller.received_at,
+        },
+    );
+    match delivered {
+        Ok(()) => Handled::Done,
+        Err(refused) => fail(
+            ctx,
+            refused.error.code(),
+            &refused.error.to_string(),
+            refused.reference,
+        ),
+    }
+}
+
+/// A leave: committed in the registry in the background; `left` follows.
+fn leave(
+    ctx: &Arc<EdgeContext>,
+    caller: &Caller<'_>,
+    room: RoomId,
+    reference: Option<Ref>,
+) -> Handled {
+    if !ctx.index.is_member(caller.peer, &room) {
+        return fail(
+            ctx,
+            ErrorCode::NotInRoom,
+            "you are not in that room",
+            reference,
+        );
+    }
+    let ctx = Arc::clone(ctx);
+    let peer = caller.peer.clone();
+    let owner = caller.owner.clone();
+    Handled::Later(Box::pin(async move {
+        let result = ctx
+            .registry
+            .execute(Command::Leave {
+                room: room.clone(),
+                peer: peer.clone(),
+            })
+            .await;
+        let frames = match result {
+            Ok(Outcome::Left { .. }) => {
+                ctx.index.local_leave(&peer, &room);
+                save_rooms(&ctx, &peer, &owner).await;
+                vec![Outgoing::new(
+                    "left",
+                    protocol::encode(&ServerMessage::Left {
+                        room: room.as_str(),
+                        reference: protocol::ref_raw(reference.as_ref()),
+                    }),
+                )]
+            }
+            Ok(Outcome::Rejected(Rejection::NotInRoom)) => {
+                ctx.index.local_leave(&peer, &room);
+                vec![error_out(
+                    &ProtocolError {
+                        code: ErrorCode::NotInRoom,
+                        message: "you are not in that room".into(),
+                        reference,
+                    },
+                    &ctx,
+                )]
+            }
+            other => vec![registry_failure(&ctx, other, reference)],
+        };
+        Done::frames(frames)
+    }))
+}
+
+/// An `error` reply.
+fn fail(ctx: &EdgeContext, code: ErrorCode, message: &str, reference: Option<Ref>) -> Handled {
+    let err = ProtocolError {
+        code,
+        message: message.to_owned(),
+        reference,
+    };
+    Handled::Reply(vec![error_out(&err, ctx)])
 }
 
 /// Stores the rooms of a local peer for a later resume.
