@@ -483,30 +483,38 @@ impl<H: Handle> RoomCore<H> {
                 .filter(|p| !old.contains_key(*p))
                 .cloned()
                 .collect();
-            for peer in arrived {
-                let pending = inner
-                    .peers
-                    .get(&peer)
-                    .is_some_and(|p| p.pending_joins.contains_key(&room));
-                if pending {
-                    complete_join(inner, &room, &peer, &mut notices);
-                    continue;
-                }
+            // Members that arrived are announced first, to those already in the room; a
+            // local joiner among them is then told who is there, once, in its `joined`
+            // (announcing arrivals after it would repeat members its `joined` listed).
+            for peer in &arrived {
                 let Some(info) = inner
                     .rooms
                     .get(&room)
-                    .and_then(|e| e.members.get(&peer))
+                    .and_then(|e| e.members.get(peer))
                     .cloned()
                 else {
                     continue;
                 };
-                notify_others(&*inner, &me, &room, &peer, &mut notices, |r, _| {
+                notify_others(&*inner, &me, &room, peer, &mut notices, |r, _| {
                     let frame = protocol::encode(&ServerMessage::PeerJoined {
                         room: r.as_str(),
-                        peer: peer_info(&peer, &info),
+                        peer: peer_info(peer, &info),
                     });
                     Outgoing::new("peer-joined", frame)
                 });
+            }
+            let joiners: Vec<PeerId> = new_members
+                .iter()
+                .filter(|p| {
+                    inner
+                        .peers
+                        .get(*p)
+                        .is_some_and(|local| local.pending_joins.contains_key(&room))
+                })
+                .cloned()
+                .collect();
+            for peer in joiners {
+                complete_join(inner, &room, &peer, &mut notices);
             }
             drop_if_unused(inner, &me, &room);
         }
@@ -803,6 +811,27 @@ mod tests {
         let notices = core.resync(|_| Some(view(4, &[("a", ME), ("b", OTHER)])));
         assert_eq!(summary(&notices), [notice(1, "joined", "b")]);
         assert!(core.is_member(&peer("a"), &room()));
+    }
+
+    #[test]
+    fn a_resync_tells_a_joiner_each_member_once_and_the_others_of_the_joiner() {
+        // a is in the room; c is joining on this edge; its event was missed, and so was the
+        // arrival of several remote members.
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        let members = [("a", ME), ("b", OTHER), ("c", ME), ("d", OTHER), ("e", OTHER)];
+        let mut got = summary(&core.resync(|_| Some(view(9, &members))));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                notice(1, "peer-joined", "c"),
+                notice(1, "peer-joined", "d"),
+                notice(1, "peer-joined", "e"),
+                notice(3, "joined", "a,b,d,e"),
+            ]
+        );
     }
 
     #[test]
