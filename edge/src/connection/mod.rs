@@ -182,7 +182,9 @@ pub fn run(
                                     match handled {
                                         Handled::Done => Ok(()),
                                         Handled::Reply(replies) => {
-                                            writer.send(replies, &outbox.kicked, &ctx).await
+                                            writer
+                                                .send_after_queued(replies, &mut outbox.rx, &outbox.kicked, &ctx)
+                                                .await
                                         }
                                         Handled::Later(fut) => {
                                             inflight = Some(fut);
@@ -210,6 +212,7 @@ pub fn run(
                         last_heard = Instant::now();
                         let mut frames = done.frames;
                         let mut replayed = Ok(());
+                        let resumed = done.switch.is_some();
                         if let Some(switch) = done.switch {
                             let count = switch.replay.len() + switch.pending.len();
                             let previous = std::mem::replace(
@@ -235,7 +238,14 @@ pub fn run(
                             }
                         }
                         match replayed {
-                            Ok(()) => writer.send(frames, &outbox.kicked, &ctx).await,
+                            // A resumed session's frames go first: what came in meanwhile
+                            // follows them.
+                            Ok(()) if resumed => writer.send(frames, &outbox.kicked, &ctx).await,
+                            Ok(()) => {
+                                writer
+                                    .send_after_queued(frames, &mut outbox.rx, &outbox.kicked, &ctx)
+                                    .await
+                            }
                             Err(reason) => Err(reason),
                         }
                     }

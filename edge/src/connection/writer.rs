@@ -46,6 +46,24 @@ impl Writer {
         )
     }
 
+    /// Writes what the outbox holds now, then `replies`: a reply never overtakes a room
+    /// event queued before it (a `left` after the room's last notice, a `joined` after the
+    /// changes it already includes).
+    pub(super) fn send_after_queued<'a>(
+        &'a mut self,
+        replies: Vec<Outgoing>,
+        rx: &'a mut mpsc::Receiver<Outgoing>,
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        let mut frames = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            frames.push(out);
+        }
+        frames.extend(replies);
+        self.send(frames, kicked, ctx)
+    }
+
     /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
     pub(super) fn send_batch<'a>(
         &'a mut self,

@@ -819,8 +819,15 @@ mod tests {
         // arrival of several remote members.
         let mut core = with_a_and_remote_b();
         core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
-        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
-        let members = [("a", ME), ("b", OTHER), ("c", ME), ("d", OTHER), ("e", OTHER)];
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        let members = [
+            ("a", ME),
+            ("b", OTHER),
+            ("c", ME),
+            ("d", OTHER),
+            ("e", OTHER),
+        ];
         let mut got = summary(&core.resync(|_| Some(view(9, &members))));
         got.sort();
         assert_eq!(
