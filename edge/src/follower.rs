@@ -14,12 +14,16 @@ use heliograph_coordinator::registry::{
 };
 
 use crate::metrics::{EdgeMetrics, RelayPath};
+
 use crate::outbox::Delivery;
 use crate::registry::{Events, Registry, RegistryEvent};
 use crate::rooms::{Notice, RoomIndex};
 use crate::router::Router;
 use crate::shutdown::{Shutdown, Stage};
 use crate::signal::Envelope;
+
+/// How long taking a peer out of a room may take; the next resync tries again.
+const TAKE_BACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `events` is subscribed before the edge accepts its first socket, so nothing is missed.
 pub async fn follow(
@@ -49,11 +53,26 @@ pub async fn follow(
                     // is told. (Every edge in the room sees this; one takes the buffer.)
                     expire_pending(&router, peer).await;
                 }
-                index.apply(&event, |room| {
+                let notices = index.apply(&event, |room| {
                     view.clone()
                         .filter(|v| &v.room == room)
                         .or_else(|| registry.local_view(room))
-                })
+                });
+                if let RoomEventKind::Joined(member) = &event.kind
+                    && &member.edge == index.edge()
+                    && index.has_session(&member.peer)
+                    && !index.is_member_or_joining(&member.peer, &event.room)
+                {
+                    // A join this edge answered `unavailable` (its outcome was unknown)
+                    // committed after all: the client is not in the room, so the registry
+                    // must not keep it there.
+                    tokio::spawn(take_back(
+                        registry.clone(),
+                        event.room.clone(),
+                        member.peer.clone(),
+                    ));
+                }
+                notices
             }
             Some(RegistryEvent::Resync) => {
                 metrics.registry_resyncs.increment(1);
@@ -93,23 +112,47 @@ pub async fn expire_pending(router: &Router, peer: &PeerId) {
 }
 
 /// Members on this edge without a session here are peers whose `Disconnect` was lost
-/// (e.g. they left while the coordinator was unreachable): remove them now.
+/// (e.g. they left while the coordinator was unreachable): remove them now. Members with a
+/// session here that neither are in the room nor joining it were answered `unavailable` for
+/// a join that committed after all: they leave it.
 async fn remove_ghosts(
     index: &RoomIndex,
     registry: &Registry,
     views: &HashMap<RoomId, Option<RoomView>>,
 ) {
-    let ghosts: HashSet<PeerId> = views
-        .values()
-        .flatten()
-        .flat_map(|v| v.members.iter())
-        .filter(|m| &m.edge == index.edge() && !index.has_session(&m.peer))
-        .map(|m| m.peer.clone())
-        .collect();
-    for peer in ghosts {
+    let mut gone = HashSet::new();
+    let mut stray = Vec::new();
+    for view in views.values().flatten() {
+        for m in view.members.iter().filter(|m| &m.edge == index.edge()) {
+            if !index.has_session(&m.peer) {
+                gone.insert(m.peer.clone());
+            } else if !index.is_member_or_joining(&m.peer, &view.room) {
+                stray.push((view.room.clone(), m.peer.clone()));
+            }
+        }
+    }
+    for peer in gone {
         if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a departed peer from the registry");
         }
+    }
+    for (room, peer) in stray {
+        take_back(registry.clone(), room, peer).await;
+    }
+}
+
+/// Takes a peer out of a room it is not in as far as its client knows.
+async fn take_back(registry: Registry, room: RoomId, peer: PeerId) {
+    let left = tokio::time::timeout(
+        TAKE_BACK_DEADLINE,
+        registry.execute(Command::Leave { room, peer }),
+    );
+    match left.await {
+        Ok(Ok(_)) => tracing::info!(
+            "a peer the registry kept in a room it was told it is not in has left it"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not take a peer out of a room"),
+        Err(_) => tracing::warn!("could not take a peer out of a room in time"),
     }
 }
 

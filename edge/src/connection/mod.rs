@@ -14,6 +14,7 @@
 //!   servers.
 
 mod close;
+mod commit;
 mod drain;
 mod ending;
 mod requests;

@@ -9,10 +9,12 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
+use super::commit::{COMMIT_DEADLINE, UNDO_DEADLINE, commit};
 use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
 use crate::context::EdgeContext;
+use crate::follower;
 use crate::outbox::Outgoing;
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage, SignalKind,
@@ -149,15 +151,20 @@ fn leave(
     let peer = caller.peer.clone();
     let owner = caller.owner.clone();
     Handled::Later(Box::pin(async move {
-        let result = ctx
-            .registry
-            .execute(Command::Leave {
-                room: room.clone(),
-                peer: peer.clone(),
-            })
-            .await;
-        let frames = match result {
-            Ok(Outcome::Left { .. }) => {
+        let command = Command::Leave {
+            room: room.clone(),
+            peer: peer.clone(),
+        };
+        let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
+        // A retry that finds the peer gone answers for an earlier attempt that left.
+        let left = matches!(committed.result, Ok(Outcome::Left { .. }))
+            || (committed.retried
+                && matches!(
+                    committed.result,
+                    Ok(Outcome::Rejected(Rejection::NotInRoom))
+                ));
+        let frames = match committed.result {
+            _ if left => {
                 ctx.index.local_leave(&peer, &room);
                 save_rooms(&ctx, &peer, &owner).await;
                 vec![Outgoing::new(
@@ -242,23 +249,22 @@ fn join(
             };
             Handled::Later(Box::pin(async move {
                 let started = Instant::now();
-                let result = ctx
-                    .registry
-                    .execute(Command::Join {
-                        room: room.clone(),
-                        peer: peer.clone(),
-                        edge: ctx.edge_id.clone(),
-                        meta,
-                        max_members,
-                    })
-                    .await;
+                let command = Command::Join {
+                    room: room.clone(),
+                    peer: peer.clone(),
+                    edge: ctx.edge_id.clone(),
+                    meta,
+                    max_members,
+                };
+                let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
                 ctx.metrics
                     .join_seconds
                     .record(started.elapsed().as_secs_f64());
-                let frames = match result {
-                    // `joined` is sent when the room event arrives, in order with the room's
-                    // other events.
-                    Ok(Outcome::Joined { .. }) => {
+                let frames = match committed.result {
+                    // `joined` goes out through the outbox once the index has the room as the
+                    // registry had it then, in order with the room's other events.
+                    Ok(Outcome::Joined { epoch, .. }) => {
+                        follower::deliver(ctx.index.join_committed(&peer, &room, epoch));
                         save_rooms(&ctx, &peer, &owner).await;
                         Vec::new()
                     }
@@ -273,6 +279,14 @@ fn join(
                             &ctx,
                         )]
                     }
+                    Err(e) => {
+                        // Nobody knows whether the join committed: the client is told it is
+                        // not in the room, so the edge makes that true (a join that commits
+                        // later anyway is undone when its event arrives).
+                        ctx.index.abort_join(&peer, &room);
+                        undo_join(&ctx, &peer, &room).await;
+                        vec![registry_failure(&ctx, Err(e), reference)]
+                    }
                     other => {
                         ctx.index.abort_join(&peer, &room);
                         vec![registry_failure(&ctx, other, reference)]
@@ -281,6 +295,23 @@ fn join(
                 Done::frames(frames)
             }))
         }
+    }
+}
+
+/// A join whose outcome stayed unknown is taken back, so that the registry agrees with the
+/// `unavailable` the client gets. If that fails too (no quorum), the follower removes the
+/// peer when the join's event arrives, or at the next resync.
+async fn undo_join(ctx: &EdgeContext, peer: &PeerId, room: &RoomId) {
+    let command = Command::Leave {
+        room: room.clone(),
+        peer: peer.clone(),
+    };
+    match commit(ctx, command, UNDO_DEADLINE).await.result {
+        Ok(Outcome::Left { .. }) => {
+            tracing::info!("a join with an unknown outcome had committed; it was taken back")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not take back a join with an unknown outcome"),
     }
 }
 

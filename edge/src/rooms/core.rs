@@ -64,7 +64,17 @@ struct LocalPeer<H> {
     /// A resume is being set up: relayed signals are taken before its rooms are known.
     resuming: bool,
     /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
-    pending_joins: Map<RoomId, Option<Ref>>,
+    pending_joins: Map<RoomId, PendingJoin>,
+}
+
+/// A join sent to the registry whose `joined` has not been sent yet.
+#[derive(Debug)]
+struct PendingJoin {
+    /// The client's `ref`, echoed in `joined`.
+    reference: Option<Ref>,
+    /// The registry committed the join; the index must reach this room epoch before the
+    /// joiner is told who is there (events up to it may still be on their way).
+    committed_at: Option<u64>,
 }
 
 /// The index: rooms this edge tracks and its local peers.
@@ -266,7 +276,13 @@ impl<H: Handle> RoomCore<H> {
         if local.rooms.len() + local.pending_joins.len() >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
-        local.pending_joins.insert(room.clone(), reference);
+        local.pending_joins.insert(
+            room.clone(),
+            PendingJoin {
+                reference,
+                committed_at: None,
+            },
+        );
         Ok((JoinStart::Pending, Vec::new()))
     }
 
@@ -275,6 +291,38 @@ impl<H: Handle> RoomCore<H> {
         if let Some(local) = self.peers.get_mut(peer) {
             local.pending_joins.remove(room);
         }
+    }
+
+    /// The registry committed the peer's join; the room was at `epoch` then. The joiner is
+    /// told who is there as soon as the index includes that epoch: now, if it does (the
+    /// room's events got here first, or a retried join committed nothing new), else when
+    /// the event that brings it there is applied.
+    pub fn join_committed(&mut self, peer: &PeerId, room: &RoomId, epoch: u64) -> Vec<Notice<H>> {
+        let mut notices = Vec::new();
+        let Some(pending) = self
+            .peers
+            .get_mut(peer)
+            .and_then(|local| local.pending_joins.get_mut(room))
+        else {
+            // Told already.
+            return notices;
+        };
+        pending.committed_at = Some(epoch);
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|entry| entry.epoch >= epoch)
+        {
+            complete_join(self, room, peer, &mut notices);
+        }
+        notices
+    }
+
+    /// Whether the peer is in the room or joining it (as far as this edge knows).
+    pub fn is_member_or_joining(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.rooms.contains(room) || p.pending_joins.contains_key(room))
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
@@ -442,6 +490,7 @@ impl<H: Handle> RoomCore<H> {
                 }
             }
         }
+        complete_committed(inner, &me, room, &mut notices);
         notices
     }
 
@@ -578,7 +627,7 @@ fn complete_join<H: Handle>(
     let Some(local) = inner.peers.get_mut(peer) else {
         return;
     };
-    let Some(reference) = local.pending_joins.remove(room) else {
+    let Some(PendingJoin { reference, .. }) = local.pending_joins.remove(room) else {
         // Not a join this session asked for (already completed).
         return;
     };
@@ -587,6 +636,37 @@ fn complete_join<H: Handle>(
         local.handle.clone(),
         joined_frame(room, entry, peer, reference.as_ref()),
     ));
+}
+
+/// Local joiners of `room` whose join the registry committed at an epoch the index has
+/// reached are told who is there.
+fn complete_committed<H: Handle>(
+    inner: &mut RoomCore<H>,
+    me: &EdgeId,
+    room: &RoomId,
+    notices: &mut Vec<Notice<H>>,
+) {
+    let Some(entry) = inner.rooms.get(room) else {
+        return;
+    };
+    let ready: Vec<PeerId> = entry
+        .members
+        .iter()
+        .filter(|(peer, info)| {
+            &info.edge == me
+                && inner.peers.get(*peer).is_some_and(|local| {
+                    local
+                        .pending_joins
+                        .get(room)
+                        .and_then(|p| p.committed_at)
+                        .is_some_and(|at| at <= entry.epoch)
+                })
+        })
+        .map(|(peer, _)| peer.clone())
+        .collect();
+    for peer in ready {
+        complete_join(inner, room, &peer, notices);
+    }
 }
 
 /// Queues a frame for every local member of `room` other than `subject`.
@@ -839,6 +919,44 @@ mod tests {
                 notice(3, "joined", "a,b,d,e"),
             ]
         );
+    }
+
+    #[test]
+    fn a_committed_join_is_answered_once_the_index_has_its_epoch() {
+        let mut core = with_a_and_remote_b();
+        let owner = Owner::new(&EdgeId::new(ME).unwrap());
+        // The registry's answer comes before the room's events: the joiner waits for them.
+        core.add_session(peer("c"), H(3), owner.clone());
+        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
+        let notices = core.apply(&joined(3, "d", OTHER), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "d")]);
+        let notices = core.apply(&joined(4, "c", ME), |_| None);
+        assert_eq!(
+            summary(&notices),
+            [notice(1, "peer-joined", "c"), notice(3, "joined", "a,b,d")]
+        );
+        // The answer after the events: nothing more to say.
+        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
+    }
+
+    #[test]
+    fn a_join_that_committed_after_its_client_gave_up_is_answered_when_retried() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        // The outcome stayed unknown: the client was told `unavailable`.
+        core.abort_join(&peer("c"), &room());
+        // The join committed after all; its event tells the others, not c.
+        let notices = core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
+        assert!(!core.is_member_or_joining(&peer("c"), &room()), "a ghost to take back");
+        // c retries; the registry answers from the room (no new event): c is told at once.
+        let (start, _) = core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        assert_eq!(start, JoinStart::Pending);
+        let notices = core.join_committed(&peer("c"), &room(), 3);
+        assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);
+        assert!(core.is_member(&peer("c"), &room()));
     }
 
     #[test]

@@ -139,6 +139,16 @@ impl RoomIndex {
         self.write().abort_join(peer, room);
     }
 
+    /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
+    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) -> Vec<Notice> {
+        self.write().join_committed(peer, room, epoch)
+    }
+
+    /// Whether the peer is in the room or joining it (as far as this edge knows).
+    pub fn is_member_or_joining(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.read().is_member_or_joining(peer, room)
+    }
+
     /// Whether the peer is in the room (as far as this edge knows).
     pub fn is_member(&self, peer: &PeerId, room: &RoomId) -> bool {
         self.read().is_member(peer, room)

@@ -1,0 +1,64 @@
+//! A join or leave committed in the registry on a client's behalf, with a deadline.
+//!
+//! A registry call can fail without saying whether its command committed (the leader was
+//! lost mid-request, a replica stalled). Such a failure is retried until the deadline: join
+//! and leave are idempotent in the registry (a member joining again is answered with the
+//! room; a leave of a non-member is `NotInRoom`), so a retry answers for the first attempt
+//! too. Only when the deadline passes with no answer is the outcome unknown; the caller then
+//! makes sure the registry does not keep what the client is told did not happen.
+
+use std::time::Duration;
+
+use heliograph_coordinator::CoordinatorError;
+use heliograph_coordinator::registry::{Command, Outcome};
+use tokio::time::Instant;
+
+use crate::context::EdgeContext;
+
+/// How long a join or leave may take, retries included, before the client is answered
+/// `unavailable`: a leader election takes about a second, and a registry that lost its
+/// quorum must not hold a client longer than that.
+pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(1_500);
+/// How long the edge tries to undo a join whose outcome stayed unknown.
+pub(super) const UNDO_DEADLINE: Duration = Duration::from_millis(1_000);
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// What became of a command.
+pub(super) struct Committed {
+    /// The registry's answer, or the last error when none came before the deadline.
+    pub(super) result: Result<Outcome, CoordinatorError>,
+    /// An attempt failed before the answer: the command may have been applied by it, so a
+    /// refusal in the answer may describe the state the earlier attempt left.
+    pub(super) retried: bool,
+}
+
+/// Runs `command` until the registry answers or `within` has passed.
+pub(super) async fn commit(ctx: &EdgeContext, command: Command, within: Duration) -> Committed {
+    let deadline = Instant::now() + within;
+    let mut backoff = RETRY_BACKOFF_MIN;
+    let mut retried = false;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, ctx.registry.execute(command.clone()));
+        let error = match attempt.await {
+            Ok(Ok(outcome)) => {
+                return Committed {
+                    result: Ok(outcome),
+                    retried,
+                };
+            }
+            Ok(Err(e)) => e,
+            Err(_) => CoordinatorError::Unavailable("no answer before the deadline".into()),
+        };
+        if Instant::now() + backoff >= deadline {
+            return Committed {
+                result: Err(error),
+                retried,
+            };
+        }
+        tracing::debug!(%error, "registry write failed; retrying");
+        retried = true;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
