@@ -7,6 +7,7 @@
 mod auth;
 pub mod dial;
 mod limits;
+pub mod liveness;
 pub mod metadata;
 pub mod tls;
 

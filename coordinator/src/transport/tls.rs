@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
+use super::liveness;
+
 /// A process's TLS identity and the cluster CA.
 #[derive(Clone)]
 pub struct MutualTls(Arc<Inner>);
@@ -118,11 +120,16 @@ impl fmt::Debug for MutualTls {
     }
 }
 
-/// A server builder, with TLS when `tls` is set.
+/// A server builder, with TLS when `tls` is set, HTTP/2 keepalive and room for the streams
+/// a frozen replica finds reset when it wakes (see [`liveness`](super::liveness)).
 pub fn server(tls: Option<&MutualTls>) -> Result<Server, tonic::transport::Error> {
+    let builder = Server::builder()
+        .http2_keepalive_interval(Some(liveness::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(liveness::KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(liveness::MAX_PENDING_ACCEPT_RESETS));
     match tls {
-        None => Ok(Server::builder()),
-        Some(tls) => Server::builder().tls_config(tls.server_config()),
+        None => Ok(builder),
+        Some(tls) => builder.tls_config(tls.server_config()),
     }
 }
 
@@ -130,7 +137,7 @@ pub fn server(tls: Option<&MutualTls>) -> Result<Server, tonic::transport::Error
 /// always `https` with this identity (an `http://` URL is upgraded); without, a bare address
 /// becomes `http://`.
 pub fn endpoint(addr: &str, tls: Option<&MutualTls>) -> Result<Endpoint, tonic::transport::Error> {
-    match tls {
+    let endpoint = match tls {
         None => Endpoint::from_shared(endpoint_uri(addr)),
         Some(tls) => {
             let authority = addr
@@ -139,7 +146,13 @@ pub fn endpoint(addr: &str, tls: Option<&MutualTls>) -> Result<Endpoint, tonic::
                 .unwrap_or(addr);
             Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls.client_config())
         }
-    }
+    }?;
+    // Every cluster channel notices a peer that stopped answering within about a second.
+    Ok(endpoint
+        .http2_keep_alive_interval(liveness::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(liveness::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
 }
 
 /// Adds a scheme to a bare `host:port` address, as tonic endpoints need one.

@@ -18,7 +18,7 @@ use crate::context::EdgeContext;
 /// How long a join or leave may take, retries included, before the client is answered
 /// `unavailable`: a leader election takes about a second, and a registry that lost its
 /// quorum must not hold a client longer than that.
-pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(1_500);
+pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(1_000);
 /// How long the edge tries to undo a join whose outcome stayed unknown.
 pub(super) const UNDO_DEADLINE: Duration = Duration::from_millis(1_000);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);

@@ -35,6 +35,12 @@ use crate::signal::Envelope;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long registering or renewing the lease may hold up a session. A replica that cannot
+/// commit (the registry has no quorum) still relays signals and room events: the session
+/// goes on without the write, which is retried at the next renewal.
+const REGISTRY_WRITE_WAIT: Duration = Duration::from_millis(1_000);
+/// How long the replica may take to accept the link; a replica that does not is skipped.
+const LINK_OPEN_WAIT: Duration = Duration::from_millis(2_000);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Signals queued towards the replica before new ones are refused.
@@ -333,7 +339,7 @@ impl RemoteRegistry {
             .map_err(|e| SessionError::Connect(tls::error_chain(&e)))?;
         let mut client = RegistryClient::new(channel);
         *self.client.write().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
-        self.register().await?;
+        let mut registered = self.try_register().await?;
 
         // The link opens before the resync, so no event falls between the two.
         let (tx, rx) = mpsc::channel(LINK_OUT_BUFFER);
@@ -346,7 +352,10 @@ impl RemoteRegistry {
         tx.try_send(hello).map_err(|_| SessionError::LinkEnded)?;
         let mut request = Request::new(ReceiverStream::new(rx));
         self.settings.secret.attach(&mut request);
-        let mut inbound = client.link(request).await?.into_inner();
+        let mut inbound = tokio::time::timeout(LINK_OPEN_WAIT, client.link(request))
+            .await
+            .map_err(|_| SessionError::Connect("the replica did not accept the link".into()))??
+            .into_inner();
         *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         events
             .send(RegistryEvent::Resync)
@@ -361,7 +370,18 @@ impl RemoteRegistry {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    if registered {
+                        self.renew().await?;
+                    } else if self.try_register().await? {
+                        // Registered at last: what happened meanwhile is read again.
+                        registered = true;
+                        events
+                            .send(RegistryEvent::Resync)
+                            .await
+                            .map_err(|_| SessionError::EventsClosed)?;
+                    }
+                }
                 msg = inbound.message() => {
                     let msg = msg?.ok_or(SessionError::LinkEnded)?;
                     let event = match msg.msg {
@@ -385,24 +405,54 @@ impl RemoteRegistry {
         }
     }
 
+    /// Registers this edge, unless the registry cannot commit right now (no leader, no
+    /// quorum): then the session relays without it (`Ok(false)`) and tries again later. A
+    /// refusal ends the session.
+    async fn try_register(&self) -> Result<bool, SessionError> {
+        match tokio::time::timeout(REGISTRY_WRITE_WAIT, self.register()).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e @ SessionError::Refused(_))) => Err(e),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot register with the registry now; relaying without it");
+                Ok(false)
+            }
+            Err(_) => {
+                tracing::warn!("registering timed out; relaying without it");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Renews the lease. A registry that cannot commit right now does not end the session:
+    /// signals and room events still flow over the link (the replica is alive, or the link
+    /// itself fails).
     async fn renew(&self) -> Result<(), SessionError> {
         let s = &self.settings;
-        let renewed = self
-            .execute(Command::RenewLease {
+        let renewed = tokio::time::timeout(
+            REGISTRY_WRITE_WAIT,
+            self.execute(Command::RenewLease {
                 edge: s.edge.clone(),
                 incarnation: s.incarnation,
                 lease_ms: s.lease_ms,
-            })
-            .await;
+            }),
+        )
+        .await;
         match renewed {
-            Ok(Outcome::Done) => Ok(()),
-            Ok(Outcome::Rejected(r)) => {
+            Ok(Ok(Outcome::Done)) => Ok(()),
+            Ok(Ok(Outcome::Rejected(r))) => {
                 // The lease ran out (e.g. while the cluster elected a leader): register again.
                 tracing::warn!(rejection = %r, "lease renewal refused; registering again");
                 self.register().await
             }
-            Ok(other) => Err(SessionError::Connect(format!("unexpected {other:?}"))),
-            Err(e) => Err(SessionError::Connect(e.to_string())),
+            Ok(Ok(other)) => Err(SessionError::Connect(format!("unexpected {other:?}"))),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "lease renewal failed; the link stays up");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("lease renewal timed out; the link stays up");
+                Ok(())
+            }
         }
     }
 }

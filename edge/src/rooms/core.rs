@@ -927,7 +927,8 @@ mod tests {
         let owner = Owner::new(&EdgeId::new(ME).unwrap());
         // The registry's answer comes before the room's events: the joiner waits for them.
         core.add_session(peer("c"), H(3), owner.clone());
-        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
         assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
         let notices = core.apply(&joined(3, "d", OTHER), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "d")]);
@@ -944,15 +945,21 @@ mod tests {
     fn a_join_that_committed_after_its_client_gave_up_is_answered_when_retried() {
         let mut core = with_a_and_remote_b();
         core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
-        core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
         // The outcome stayed unknown: the client was told `unavailable`.
         core.abort_join(&peer("c"), &room());
         // The join committed after all; its event tells the others, not c.
         let notices = core.apply(&joined(3, "c", ME), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
-        assert!(!core.is_member_or_joining(&peer("c"), &room()), "a ghost to take back");
+        assert!(
+            !core.is_member_or_joining(&peer("c"), &room()),
+            "a ghost to take back"
+        );
         // c retries; the registry answers from the room (no new event): c is told at once.
-        let (start, _) = core.begin_join(&peer("c"), &room(), None, 8, false).unwrap();
+        let (start, _) = core
+            .begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
         assert_eq!(start, JoinStart::Pending);
         let notices = core.join_committed(&peer("c"), &room(), 3);
         assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);

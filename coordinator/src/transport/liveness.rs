@@ -1,0 +1,16 @@
+//! How every cluster connection notices a peer that stopped answering (a frozen process, a
+//! half-open connection) within about a second, rather than at the next call's timeout:
+//! HTTP/2 pings on every channel and server, idle or not.
+
+use std::time::Duration;
+
+/// Interval of HTTP/2 pings on every channel (edge → replica, replica → replica) and server.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(400);
+/// A ping unanswered this long closes the connection; its calls fail and its users move on.
+/// Pings are answered by the connection's own task, not behind the calls on it, so a live
+/// process answers well within this even under load.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(600);
+/// Streams a client may open and reset before the server has accepted them. A replica that
+/// was frozen wakes up to every stream its callers opened and then gave up on meanwhile;
+/// h2's default (20) would make it drop those connections with an error.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 4_096;
