@@ -3,9 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{Client, Node};
+use crate::support;
+use crate::support::{Client, Node};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -155,10 +154,10 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
 
     let (_, body) = node.get("/metrics").await;
     assert!(
-        common::metric(&body, r#"heliograph_edge_errors_total{code="bad-json"}"#).unwrap() >= 5.0
+        support::metric(&body, r#"heliograph_edge_errors_total{code="bad-json"}"#).unwrap() >= 5.0
     );
     assert!(
-        common::metric(
+        support::metric(
             &body,
             r#"heliograph_edge_messages_received_total{type="invalid"}"#
         )

@@ -3,278 +3,56 @@
 //! restarted, added and removed while clients join; the registry is read back from every
 //! replica through the edge-facing gRPC API.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Node, wait_ready};
 use futures_util::StreamExt;
 use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::{self, registry_client::RegistryClient};
+use heliograph_testkit::replica::voters;
+use heliograph_testkit::wait::STARTUP;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = common::CLUSTER_SECRET;
-/// How long a replica may take to print its addresses, or a cluster to agree on something.
-const STARTUP: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(50);
+use crate::support::{self, Client, Cluster, Node, Spec};
+
+const SECRET: &str = support::CLUSTER_SECRET;
 /// Longer than any test: nobody expires unless a test kills an edge on purpose.
 const LONG_MS: &str = "120000";
 /// Joins one storm client makes before it opens a new connection (rooms per connection are
 /// capped by the edge).
 const ROOMS_PER_CONNECTION: usize = 8;
 
-/// The coordinator binary: Cargo only tells tests about their own package's binaries, so it
-/// is looked up next to this test's executable (`target/<profile>/deps/..`).
-fn coordinator_bin() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_heliograph-coordinator") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("heliograph-coordinator"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p heliograph-coordinator`, or run the \
-         whole workspace's tests)",
-        bin.display()
-    );
-    bin
+/// Three replicas of one region, the first bootstrapped, with `replica_args`; no edges yet.
+async fn three_replicas(replica_args: &[&str]) -> Cluster {
+    Cluster::start(Spec {
+        replicas: &[(1, "local"), (2, "local"), (3, "local")],
+        replica_args,
+        ..Spec::default()
+    })
+    .await
 }
 
-/// A replica process; SIGKILLed when dropped.
-struct Replica {
-    id: u64,
-    child: Option<Child>,
-    raft: String,
-    api: String,
-    metrics: String,
-    data: PathBuf,
-    log: PathBuf,
-    extra: Vec<String>,
-}
-
-impl Replica {
-    fn start(id: u64, root: &Path, extra: &[String]) -> Replica {
-        let mut r = Replica {
-            id,
-            child: None,
-            raft: "127.0.0.1:0".into(),
-            api: "127.0.0.1:0".into(),
-            metrics: String::new(),
-            data: root.join(format!("replica-{id}")),
-            log: root.join(format!("replica-{id}.log")),
-            extra: extra.to_vec(),
-        };
-        r.spawn();
-        r
-    }
-
-    /// Starts the process on this replica's data directory and (once known) its addresses.
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut child = Command::new(coordinator_bin())
-            .args(["serve", "--id", &self.id.to_string(), "--region", "local"])
-            .args(["--raft-listen", &self.raft, "--api-listen", &self.api])
-            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&self.data)
-            .args(&self.extra)
-            .env("HELIOGRAPH_CLUSTER_SECRET", SECRET)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // The reader ends with the child's stdout, so the thread never outlives it.
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        self.child = Some(child);
-        let line = rx.recv_timeout(STARTUP).unwrap_or_default();
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "replica {} did not print its addresses ({e}); log:\n{}",
-                self.id,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            )
-        });
-        self.raft = v["raft"].as_str().unwrap().to_owned();
-        self.api = v["api"].as_str().unwrap().to_owned();
-        self.metrics = v["metrics"].as_str().unwrap().to_owned();
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.api)
-    }
-
-    fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// kill -9, and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, and wait (bounded) for a clean exit.
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + STARTUP;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "replica {} exited with {status}", self.id);
-                return;
-            }
-            std::thread::park_timeout(POLL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("replica {} did not stop on SIGTERM", self.id);
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Runs an admin subcommand and returns its JSON output, or its error message.
-fn cli(args: &[&str]) -> Result<Value, String> {
-    let out = Command::new(coordinator_bin())
-        .args(args)
-        .env("HELIOGRAPH_CLUSTER_SECRET", SECRET)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn voters(v: &Value) -> Vec<u64> {
-    v["members"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter(|m| m["voter"] == true)
-                .filter_map(|m| m["id"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-struct Cluster {
-    root: tempfile::TempDir,
-    replicas: Vec<Replica>,
-    extra: Vec<String>,
-}
-
-impl Cluster {
-    /// `n` replicas: the first bootstrapped, the others added through it.
-    fn start(n: u64, extra: &[&str]) -> Cluster {
-        let root = tempfile::tempdir().unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let replicas = (1..=n)
-            .map(|id| Replica::start(id, root.path(), &extra))
-            .collect();
-        let mut cluster = Cluster {
-            root,
-            replicas,
-            extra,
-        };
-        cli(&["bootstrap", "--api", &cluster.replicas[0].api]).unwrap();
-        for i in 1..cluster.replicas.len() {
-            cluster.add(i);
-        }
-        cluster
-    }
-
-    fn replica(&mut self, id: u64) -> &mut Replica {
-        self.replicas.iter_mut().find(|r| r.id == id).unwrap()
-    }
-
-    /// Adds `replicas[i]` to the cluster through the first live replica (the CLI follows the
-    /// leader).
-    fn add(&mut self, i: usize) {
-        let via = self
-            .replicas
-            .iter()
-            .find(|r| r.alive())
-            .unwrap()
-            .api
-            .clone();
-        let r = &self.replicas[i];
-        cli(&[
-            "add",
-            "--api",
-            &via,
-            "--id",
-            &r.id.to_string(),
-            "--raft",
-            &r.raft,
-            "--node-api",
-            &r.api,
-            "--region",
-            "local",
-        ])
-        .unwrap_or_else(|e| panic!("add {}: {e}", r.id));
-    }
-
-    /// Starts replica `id` and makes it a voter.
-    fn grow(&mut self, id: u64) {
-        let r = Replica::start(id, self.root.path(), &self.extra);
-        self.replicas.push(r);
-        self.add(self.replicas.len() - 1);
-    }
-
-    /// API URLs of replicas `ids`, in that order (an edge tries them in turn).
-    fn urls(&self, ids: &[u64]) -> String {
-        ids.iter()
-            .map(|id| self.replicas.iter().find(|r| r.id == *id).unwrap().url())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
+/// What these tests do with a cluster beyond the kit's.
+trait Replicated {
     /// An edge attached first to the replica listed first in `ids`.
-    fn edge(&self, name: &str, ids: &[u64], lease_ms: &str) -> Node {
-        let dir = self.root.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let urls = self.urls(ids);
-        Node::start(
-            &dir,
+    fn edge_at(&self, name: &str, ids: &[u64], lease_ms: &str) -> Node;
+    /// The registry (room → members) of each live replica, read through its gRPC API.
+    async fn views(&self) -> Vec<(u64, Registry)>;
+    /// Asserts that every live replica holds the same registry, and returns it.
+    async fn agreed_view(&self) -> Registry;
+}
+
+impl Replicated for Cluster {
+    fn edge_at(&self, name: &str, ids: &[u64], lease_ms: &str) -> Node {
+        self.edge_on(
+            name,
+            ids,
             &[
-                "--coordinator",
-                &urls,
-                "--cluster-secret",
-                SECRET,
                 "--edge-id",
                 name,
                 "--lease-ms",
@@ -287,50 +65,6 @@ impl Cluster {
         )
     }
 
-    /// Polls every live replica's status until `pred` holds for all (bounded by time).
-    fn wait_all(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        let mut last = Vec::new();
-        while Instant::now() < deadline {
-            last = self
-                .replicas
-                .iter()
-                .filter(|r| r.alive())
-                .map(|r| cli(&["status", "--api", &r.api]).unwrap_or(Value::Null))
-                .collect();
-            if last.iter().all(&pred) {
-                return last;
-            }
-            std::thread::park_timeout(POLL);
-        }
-        panic!("{what}: not within {within:?}; last statuses: {last:#?}");
-    }
-
-    /// The leader every live replica agrees on.
-    fn leader(&self) -> u64 {
-        let all = self.wait_all(STARTUP, "a leader everyone agrees on", |v| {
-            v["leader"].is_u64()
-        });
-        let leader = all[0]["leader"].as_u64().unwrap();
-        assert!(all.iter().all(|v| v["leader"] == leader), "{all:#?}");
-        leader
-    }
-
-    /// Waits until every live replica has applied the same index, at least the leader's
-    /// commit index at the time of the call.
-    fn wait_converged(&self) {
-        let commit = self
-            .wait_all(STARTUP, "a leader", |v| v["leader"].is_u64())
-            .iter()
-            .filter_map(|v| v["commit_index"].as_u64())
-            .max()
-            .unwrap();
-        self.wait_all(STARTUP, "every replica applied the commit index", |v| {
-            v["applied_index"].as_u64() >= Some(commit)
-        });
-    }
-
-    /// The registry (room → members) of each live replica, read through its gRPC API.
     async fn views(&self) -> Vec<(u64, Registry)> {
         let mut out = Vec::new();
         for r in self.replicas.iter().filter(|r| r.alive()) {
@@ -339,7 +73,6 @@ impl Cluster {
         out
     }
 
-    /// Asserts that every live replica holds the same registry, and returns it.
     async fn agreed_view(&self) -> Registry {
         self.wait_converged();
         let views = self.views().await;
@@ -393,13 +126,6 @@ async fn registry_of(url: &str) -> Registry {
         }
     }
     out
-}
-
-/// The next frame is the pong for `tag`: nothing else (e.g. a duplicate) was queued first.
-async fn nothing_pending(c: &mut Client, tag: &str) {
-    c.send(json!({"type": "ping", "ref": tag})).await;
-    let pong = c.expect("pong").await;
-    assert_eq!(pong["ref"], tag);
 }
 
 /// What a storm of joins achieved.
@@ -525,12 +251,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_on_two_edges_of_three_replicas_meet_signal_and_part() {
-    let cluster = Cluster::start(3, &[]);
+    let cluster = three_replicas(&[]).await;
     // Attached to different replicas: signals cross between replicas.
-    let edge_a = cluster.edge("edge-a", &[1, 2, 3], LONG_MS);
-    let edge_b = cluster.edge("edge-b", &[2, 3, 1], LONG_MS);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let edge_a = cluster.edge_at("edge-a", &[1, 2, 3], LONG_MS);
+    let edge_b = cluster.edge_at("edge-b", &[2, 3, 1], LONG_MS);
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
 
     let mut a = Client::connect(&edge_a.ws_url()).await;
     let mut b = Client::connect(&edge_b.ws_url()).await;
@@ -551,8 +277,8 @@ async fn peers_on_two_edges_of_three_replicas_meet_signal_and_part() {
     assert_eq!(got["from"], b.peer_id.as_str());
     assert_eq!(got["kind"], "answer");
     // Exactly once.
-    nothing_pending(&mut a, "a1").await;
-    nothing_pending(&mut b, "b1").await;
+    a.assert_pong("a1").await;
+    b.assert_pong("b1").await;
 
     b.send(json!({"type": "leave", "room": "call"})).await;
     b.expect("left").await;
@@ -561,37 +287,37 @@ async fn peers_on_two_edges_of_three_replicas_meet_signal_and_part() {
     assert_eq!(pl["reason"], "left");
     a.send(json!({"type": "leave", "room": "call"})).await;
     a.expect("left").await;
-    nothing_pending(&mut b, "b2").await;
+    b.assert_pong("b2").await;
     let view = cluster.agreed_view().await;
     assert!(view.get("call").is_none_or(BTreeSet::is_empty), "{view:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_joins_survive_killing_the_leader() {
-    let mut cluster = Cluster::start(3, &["--grace-ms", LONG_MS]);
+    let mut cluster = three_replicas(&["--grace-ms", LONG_MS]).await;
     let leader = cluster.leader();
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     // Edge A is attached to the leader that dies; edge B to a survivor.
-    let edge_a = cluster.edge("edge-a", &[leader, others[0], others[1]], LONG_MS);
-    let edge_b = cluster.edge("edge-b", &[others[0], others[1], leader], LONG_MS);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let edge_a = cluster.edge_at("edge-a", &[leader, others[0], others[1]], LONG_MS);
+    let edge_b = cluster.edge_at("edge-b", &[others[0], others[1], leader], LONG_MS);
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let storm = start_storm(&[&edge_a, &edge_b], 4, &stop);
     // Let joins flow on both edges before the kill.
-    common::wait_for("joins to flow", || async {
+    support::wait_for("joins to flow", || async {
         let (_, m) = edge_a.get("/metrics").await;
         let (_, n) = edge_b.get("/metrics").await;
         let joined = |t: &str| {
-            common::metric(t, r#"heliograph_edge_messages_sent_total{type="joined"}"#)
+            support::metric(t, r#"heliograph_edge_messages_sent_total{type="joined"}"#)
                 .unwrap_or(0.0)
         };
         (joined(&m) >= 20.0 && joined(&n) >= 20.0).then_some(())
     })
     .await;
     let killed_at = Instant::now();
-    cluster.replica(leader).kill();
+    cluster.replica_mut(leader).kill();
     // A probe on each edge joins until it succeeds: the first success after the kill
     // measures how long joins were unavailable.
     let probe = |url: String, tag: &'static str| async move {
@@ -648,11 +374,11 @@ async fn acknowledged_joins_survive_killing_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_edges_peers_expire_for_the_other_edge() {
-    let cluster = Cluster::start(3, &["--grace-ms", "300"]);
-    let mut edge_a = cluster.edge("edge-a", &[1, 2, 3], "1000");
-    let edge_b = cluster.edge("edge-b", &[2, 3, 1], "1000");
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let cluster = three_replicas(&["--grace-ms", "300"]).await;
+    let mut edge_a = cluster.edge_at("edge-a", &[1, 2, 3], "1000");
+    let edge_b = cluster.edge_at("edge-b", &[2, 3, 1], "1000");
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     let mut a = Client::connect(&edge_a.ws_url()).await;
     let mut b = Client::connect(&edge_b.ws_url()).await;
     a.join("room").await;
@@ -677,11 +403,11 @@ async fn a_killed_edges_peers_expire_for_the_other_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_restart_keeps_the_registry_and_elects_a_leader() {
-    let mut cluster = Cluster::start(3, &["--grace-ms", LONG_MS]);
-    let edge_a = cluster.edge("edge-a", &[1, 2, 3], LONG_MS);
-    let edge_b = cluster.edge("edge-b", &[2, 3, 1], LONG_MS);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let mut cluster = three_replicas(&["--grace-ms", LONG_MS]).await;
+    let edge_a = cluster.edge_at("edge-a", &[1, 2, 3], LONG_MS);
+    let edge_b = cluster.edge_at("edge-b", &[2, 3, 1], LONG_MS);
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     let mut clients = Vec::new();
     for i in 0..12 {
         let edge = if i % 2 == 0 { &edge_a } else { &edge_b };
@@ -697,7 +423,7 @@ async fn a_full_restart_keeps_the_registry_and_elects_a_leader() {
             r.terminate();
         }
         for r in &mut cluster.replicas {
-            r.spawn();
+            r.restart();
         }
         cluster.leader();
         cluster
@@ -706,9 +432,9 @@ async fn a_full_restart_keeps_the_registry_and_elects_a_leader() {
     let after = cluster.agreed_view().await;
     assert_eq!(after, before);
     // And the restarted cluster takes writes again (the edge may still be reconnecting).
-    wait_ready(&edge_a).await;
+    edge_a.wait_ready().await;
     let mut c = Client::connect(&edge_a.ws_url()).await;
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     loop {
         c.send(json!({"type": "join", "room": "after-restart"}))
             .await;
@@ -730,25 +456,28 @@ async fn a_full_restart_keeps_the_registry_and_elects_a_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_five_and_shrink_to_three_while_joins_continue() {
-    let cluster = Cluster::start(3, &["--grace-ms", LONG_MS]);
-    let edge_a = cluster.edge("edge-a", &[1, 2, 3], LONG_MS);
-    let edge_b = cluster.edge("edge-b", &[2, 3, 1], LONG_MS);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let cluster = three_replicas(&["--grace-ms", LONG_MS]).await;
+    let edge_a = cluster.edge_at("edge-a", &[1, 2, 3], LONG_MS);
+    let edge_b = cluster.edge_at("edge-b", &[2, 3, 1], LONG_MS);
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     let stop = Arc::new(AtomicBool::new(false));
     let storm = start_storm(&[&edge_a, &edge_b], 3, &stop);
 
     let cluster = blocking(move || {
         let mut cluster = cluster;
-        cluster.grow(4);
-        cluster.grow(5);
+        cluster.grow(4, "local");
+        cluster.grow(5, "local");
         cluster.wait_all(STARTUP, "five voters", |v| voters(v) == [1, 2, 3, 4, 5]);
         for id in [5, 4] {
-            let api = cluster.replica(3).api.clone();
-            cli(&["remove", "--api", &api, "--id", &id.to_string()]).unwrap();
+            let api = &cluster.replica(3).api;
+            cluster
+                .admin
+                .run(&["remove", "--api", api, "--id", &id.to_string()])
+                .unwrap();
         }
-        cluster.replica(5).kill();
-        cluster.replica(4).kill();
+        cluster.replica_mut(5).kill();
+        cluster.replica_mut(4).kill();
         cluster.wait_all(STARTUP, "three voters", |v| {
             voters(v) == [1, 2, 3] && v["members"].as_array().map(Vec::len) == Some(3)
         });
@@ -778,24 +507,22 @@ async fn grow_to_five_and_shrink_to_three_while_joins_continue() {
 async fn a_lagging_replica_catches_up_by_snapshot() {
     const THRESHOLD: u64 = 20;
     let threshold = THRESHOLD.to_string();
-    let mut cluster = Cluster::start(
-        3,
-        &[
-            "--grace-ms",
-            LONG_MS,
-            "--snapshot-after-entries",
-            &threshold,
-        ],
-    );
+    let mut cluster = three_replicas(&[
+        "--grace-ms",
+        LONG_MS,
+        "--snapshot-after-entries",
+        &threshold,
+    ])
+    .await;
     // Neither edge is attached to replica 3, which is stopped.
-    let edge_a = cluster.edge("edge-a", &[1, 2], LONG_MS);
-    let edge_b = cluster.edge("edge-b", &[2, 1], LONG_MS);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    let edge_a = cluster.edge_at("edge-a", &[1, 2], LONG_MS);
+    let edge_b = cluster.edge_at("edge-b", &[2, 1], LONG_MS);
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     cluster.wait_converged();
-    cluster.replica(3).terminate();
+    cluster.replica_mut(3).terminate();
     let stopped_at = Instant::now();
-    let behind = cli(&["status", "--api", &cluster.replica(1).api]).unwrap()["commit_index"]
+    let behind = cluster.admin.status(&cluster.replica(1).api).unwrap()["commit_index"]
         .as_u64()
         .unwrap();
 
@@ -814,7 +541,7 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
             c.join(&format!("snap-{round}-{e}")).await;
         }
         rounds += 1;
-        let status = cli(&["status", "--api", &cluster.replica(1).api]).unwrap();
+        let status = cluster.admin.status(&cluster.replica(1).api).unwrap();
         let snapshot = status["snapshot_index"].as_u64().unwrap_or(0);
         target = status["commit_index"].as_u64().unwrap();
         if snapshot > behind + 2 * THRESHOLD && stopped_at.elapsed() > Duration::from_secs(2) {
@@ -823,25 +550,25 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
     }
     assert!(target > behind + 2 * THRESHOLD, "too few entries committed");
 
-    let r3 = cluster.replica(3);
-    r3.spawn();
+    let r3 = cluster.replica_mut(3);
+    r3.restart();
     let metrics_addr = r3.metrics.clone();
     cluster.wait_all(STARTUP, "replica 3 caught up", |v| {
         v["applied_index"].as_u64() >= Some(target)
     });
-    let status = cli(&["status", "--api", &cluster.replica(3).api]).unwrap();
+    let status = cluster.admin.status(&cluster.replica(3).api).unwrap();
     assert!(
         status["snapshots_installed"].as_u64() >= Some(1),
         "replica 3 caught up without a snapshot: {status:#}"
     );
-    let (code, metrics) = common::http_get(&metrics_addr, "/metrics").await;
+    let (code, metrics) = support::http_get(&metrics_addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(
-        common::metric(&metrics, "heliograph_raft_snapshots_installed_total")
+        support::metric(&metrics, "heliograph_raft_snapshots_installed_total")
             .is_some_and(|n| n >= 1.0),
         "{metrics}"
     );
-    let (code, _) = common::http_get(&metrics_addr, "/readyz").await;
+    let (code, _) = support::http_get(&metrics_addr, "/readyz").await;
     assert_eq!(code, 200);
     let view = cluster.agreed_view().await;
     let snap_rooms: Vec<_> = view
@@ -862,7 +589,11 @@ struct LocalCluster {
 
 fn local_cluster(dir: &Path, offset: u16, command: &str) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh");
-    let bin_dir = coordinator_bin().parent().unwrap().to_owned();
+    let bin_dir = heliograph_testkit::bin::path(heliograph_testkit::bin::COORDINATOR)
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
     Command::new("bash")
         .arg(script)
         .arg(command)
@@ -934,7 +665,7 @@ async fn local_cluster_script_starts_reports_and_stops_the_cluster() {
     a.join("local").await;
     let joined = b.join("local").await;
     assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
-    let (code, _) = common::http_get(&format!("127.0.0.1:{}", 7301 + offset), "/readyz").await;
+    let (code, _) = support::http_get(&format!("127.0.0.1:{}", 7301 + offset), "/readyz").await;
     assert_eq!(code, 200);
 
     let out = local.run("down");

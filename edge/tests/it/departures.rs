@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
-use common::{Client, Node};
+use crate::support::{Client, Node};
 use serde_json::json;
 
 /// Small keepalive so that the deadline is short: pings every 100 ms, dead after 600 ms; a
@@ -96,7 +95,7 @@ async fn silent_peer_is_reaped_by_keepalive() {
     a.assert_usable().await;
     let (_, body) = node.get("/metrics").await;
     assert_eq!(
-        common::metric(
+        support::metric(
             &body,
             r#"heliograph_edge_connections_closed_total{reason="keepalive_timeout"}"#
         ),
@@ -120,7 +119,7 @@ async fn empty_rooms_disappear() {
     assert_eq!(c.join("r").await["peers"], json!([]));
     let (_, body) = node.get("/metrics").await;
     assert_eq!(
-        common::metric(&body, "heliograph_edge_rooms_tracked"),
+        support::metric(&body, "heliograph_edge_rooms_tracked"),
         Some(1.0)
     );
 }

@@ -5,19 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/cluster.rs"]
-mod cluster;
-mod common;
-#[path = "support/resumable.rs"]
-mod resumable;
-
+use crate::support;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Spec};
-use resumable::Session;
+use crate::support::resumable::Session;
+use crate::support::{Cluster, REGION_REPLICA_ARGS, SessionStore, Spec};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -143,6 +138,8 @@ async fn failover(failure: Failure) {
         replicas: &[(1, "us")],
         edges: &[("us-a", "us"), ("us-b", "us")],
         redis: &["us"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await;
     let a_url = cluster.edge("us-a").node.ws_url();
@@ -182,7 +179,7 @@ async fn failover(failure: Failure) {
     let a = cluster.edges.iter_mut().find(|e| e.name == "us-a").unwrap();
     wait_until("traffic flows", || async {
         let (_, body) = a.node.get("/metrics").await;
-        common::metric(
+        support::metric(
             &body,
             r#"heliograph_edge_messages_sent_total{type="signal"}"#,
         )
@@ -203,14 +200,14 @@ async fn failover(failure: Failure) {
     // Some more traffic on edge B, then every client sends its FIN.
     let b = &cluster.edge("us-b").node;
     let (_, body) = b.get("/metrics").await;
-    let before = common::metric(
+    let before = support::metric(
         &body,
         r#"heliograph_edge_messages_sent_total{type="signal"}"#,
     )
     .unwrap_or(0.0);
     wait_until("traffic flows on edge B", || async {
         let (_, body) = b.get("/metrics").await;
-        common::metric(
+        support::metric(
             &body,
             r#"heliograph_edge_messages_sent_total{type="signal"}"#,
         )
@@ -306,6 +303,8 @@ async fn a_resumed_peer_keeps_receiving_signals_from_another_region() {
         replicas: &[(1, "us"), (2, "eu")],
         edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
         redis: &["us", "eu"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await;
     let mut x = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
@@ -375,6 +374,8 @@ async fn a_peer_that_never_returns_leaves_and_its_senders_on_other_edges_are_tol
         replicas: &[(1, "us")],
         edges: &[("us-a", "us"), ("us-b", "us")],
         redis: &["us"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await;
     let mut gone = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
@@ -391,7 +392,7 @@ async fn a_peer_that_never_returns_leaves_and_its_senders_on_other_edges_are_tol
     let a = &cluster.edge("us-a").node;
     wait_until("edge A stored the detached session", || async {
         let (_, body) = a.get("/metrics").await;
-        common::metric(&body, "heliograph_edge_sessions_detached_total").is_some_and(|v| v >= 1.0)
+        support::metric(&body, "heliograph_edge_sessions_detached_total").is_some_and(|v| v >= 1.0)
     })
     .await;
     for n in 0..3 {

@@ -2,12 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::support;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Client, Node, metric};
+use crate::support::{Client, Node, metric};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -198,7 +197,7 @@ async fn metrics_report_connections_messages_latency_and_errors() {
     );
 
     drop(b);
-    common::wait_for("the closed connection to be counted", || async {
+    support::wait_for("the closed connection to be counted", || async {
         let (_, body) = node.get("/metrics").await;
         (metric(&body, "heliograph_edge_connections_open") == Some(1.0)).then_some(())
     })

@@ -4,15 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/cluster.rs"]
-mod cluster;
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use cluster::{Cluster, Spec};
-use common::Client;
+use crate::support::Client;
+use crate::support::{Cluster, REGION_REPLICA_ARGS, Spec};
 use serde_json::json;
 
 fn repo_file(rel: &str) -> String {
@@ -59,6 +55,8 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
         replicas: &[(1, "us"), (2, "eu")],
         edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
         redis: &["us"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await;
     cluster.wait_redis_up().await;

@@ -4,15 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/cluster.rs"]
-mod cluster;
-mod common;
-
+use crate::support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Spec, edge_metric, replica_counters, wait_metric};
-use common::Client;
+use crate::support::Client;
+use crate::support::{Cluster, REGION_REPLICA_ARGS, SessionStore, Spec, replica_counters};
 use serde_json::{Value, json};
 
 const ROUTED_REGION: &str = r#"heliograph_edge_routing_decisions_total{path="region"}"#;
@@ -32,6 +29,8 @@ async fn two_regions_and_a_leader_elsewhere() -> Cluster {
             ("ap-a", "ap"),
         ],
         redis: &["us", "eu"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await
 }
@@ -109,12 +108,12 @@ async fn every_pair_of_four_edges_in_two_regions_signals_exactly_once() {
     // Per sender: 1 same-region, 2 cross-region targets.
     for name in ["us-a", "us-b", "eu-a", "eu-b"] {
         let node = &cluster.edge(name).node;
-        assert_eq!(edge_metric(node, ROUTED_REGION).await, 1.0, "{name}");
-        assert_eq!(edge_metric(node, ROUTED_CROSS).await, 2.0, "{name}");
-        assert_eq!(edge_metric(node, ROUTED_FALLBACK).await, 0.0, "{name}");
+        assert_eq!(node.metric(ROUTED_REGION).await, 1.0, "{name}");
+        assert_eq!(node.metric(ROUTED_CROSS).await, 2.0, "{name}");
+        assert_eq!(node.metric(ROUTED_FALLBACK).await, 0.0, "{name}");
     }
     let received = r#"heliograph_edge_signal_relay_seconds_count{path="cross_region"}"#;
-    assert_eq!(edge_metric(&cluster.edge("eu-b").node, received).await, 2.0);
+    assert_eq!(cluster.edge("eu-b").node.metric(received).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,16 +142,16 @@ async fn signals_within_a_region_never_touch_a_cross_region_stream() {
     let received = r#"heliograph_edge_signal_relay_seconds_count{path="region"}"#;
     for name in ["us-a", "us-b", "eu-a", "eu-b"] {
         let node = &cluster.edge(name).node;
-        assert_eq!(edge_metric(node, ROUTED_REGION).await, 5.0, "{name}");
-        assert_eq!(edge_metric(node, ROUTED_CROSS).await, 0.0, "{name}");
-        assert_eq!(edge_metric(node, received).await, 5.0, "{name}");
+        assert_eq!(node.metric(ROUTED_REGION).await, 5.0, "{name}");
+        assert_eq!(node.metric(ROUTED_CROSS).await, 0.0, "{name}");
+        assert_eq!(node.metric(received).await, 5.0, "{name}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_region_signals_bypass_a_leader_that_is_not_a_gateway() {
     let cluster = two_regions_and_a_leader_elsewhere().await;
-    let status = cluster::admin(&["status", "--api", &cluster.replica(2).api]).unwrap();
+    let status = cluster.admin.status(&cluster.replica(2).api).unwrap();
     assert_eq!(status["leader"], 1, "the leader is the ap replica");
     let mut clients = room_on(&cluster, &["us-a", "eu-a"], "far").await;
     for _ in 0..10 {
@@ -224,6 +223,8 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
         replicas: &[(1, "us")],
         edges: &[("us-a", "us"), ("us-b", "us")],
         redis: &["us"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
     })
     .await;
     let mut clients = room_on(&cluster, &["us-a", "us-b"], "steady").await;
@@ -252,19 +253,21 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
     );
     assert_eq!(seen.len(), TOTAL);
     let a = &cluster.edge("us-a").node;
-    let region_before = edge_metric(a, ROUTED_REGION).await;
+    let region_before = a.metric(ROUTED_REGION).await;
     assert!(
         region_before >= 1.0,
         "Redis carried traffic before the outage"
     );
     assert!(
-        edge_metric(a, ROUTED_FALLBACK).await >= 1.0,
+        a.metric(ROUTED_FALLBACK).await >= 1.0,
         "the coordinator carried the rest"
     );
-    assert_eq!(edge_metric(a, "heliograph_edge_redis_up").await, 0.0);
+    assert_eq!(a.metric("heliograph_edge_redis_up").await, 0.0);
     assert!(
-        edge_metric(a, r#"heliograph_edge_redis_errors_total{op="publish"}"#).await
-            + edge_metric(a, r#"heliograph_edge_redis_errors_total{op="ping"}"#).await
+        a.metric(r#"heliograph_edge_redis_errors_total{op="publish"}"#)
+            .await
+            + a.metric(r#"heliograph_edge_redis_errors_total{op="ping"}"#)
+                .await
             >= 1.0
     );
 
@@ -272,7 +275,7 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
     cluster.redis.get_mut("us").unwrap().restart();
     cluster.wait_redis_up().await;
     // The restarted Redis is empty: the edges store their sessions in it again.
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     while !cluster.redis["us"].has_session(&to).await {
         assert!(Instant::now() < deadline, "sessions not stored again");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -288,6 +291,7 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
         seen.values().all(|k| *k == 1) && seen.len() == 20,
         "{seen:?}"
     );
-    wait_metric(a, ROUTED_REGION, |v| v >= region_before + 20.0).await;
+    a.wait_metric(ROUTED_REGION, |v| v >= region_before + 20.0)
+        .await;
     nothing_pending(&mut sender, "end").await;
 }

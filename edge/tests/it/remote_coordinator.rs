@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Client, Node, TestCoordinator, wait_for, wait_ready};
+use crate::support::{Client, Node, TestCoordinator, wait_for};
 use heliograph_coordinator::registry::RoomId;
 use serde_json::json;
 
@@ -48,8 +47,8 @@ async fn peers_on_two_edges_meet_signal_and_part() {
     let coordinator = TestCoordinator::start(dir.path(), GRACE).await;
     let mut edge_a = edge(dir.path(), "edge-a", &coordinator);
     let edge_b = edge(dir.path(), "edge-b", &coordinator);
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
 
     let mut a = Client::connect(&edge_a.ws_url()).await;
     let mut b = Client::connect(&edge_b.ws_url()).await;
@@ -87,7 +86,7 @@ async fn peers_on_two_edges_meet_signal_and_part() {
 
     let (_, metrics) = edge_b.get("/metrics").await;
     assert!(
-        common::metric(
+        support::metric(
             &metrics,
             r#"heliograph_edge_signal_relay_seconds_count{path="coordinator"}"#
         )
@@ -120,8 +119,8 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
     let coordinator = TestCoordinator::start(dir.path(), Duration::from_secs(30)).await;
     let edge_a = edge_with_lease(dir.path(), "edge-a", &coordinator, "20000");
     let edge_b = edge_with_lease(dir.path(), "edge-b", &coordinator, "20000");
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     let mut a = Client::connect(&edge_a.ws_url()).await;
     let mut b = Client::connect(&edge_b.ws_url()).await;
     a.join("r").await;
@@ -153,8 +152,8 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
             .await;
         })
         .await;
-    wait_ready(&edge_a).await;
-    wait_ready(&edge_b).await;
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
     // Edge A's resync finds C in the registry without a socket here and removes it.
     for peer in [&mut a, &mut b] {
         let pl = peer.expect("peer-left").await;
@@ -193,7 +192,7 @@ async fn readiness_follows_the_coordinator() {
             "--coordinator",
             &url,
             "--cluster-secret",
-            common::CLUSTER_SECRET,
+            support::CLUSTER_SECRET,
         ],
     );
     assert_eq!(node.get("/readyz").await.0, 503);

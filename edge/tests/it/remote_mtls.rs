@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Client, Node, wait_ready};
+use crate::support::{Client, Node};
 use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
 use heliograph_coordinator::grpc::registry_service::RegistryService;
@@ -53,7 +52,7 @@ async fn an_edge_links_to_its_coordinator_over_mutual_tls() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let secret = ClusterSecret::new(common::CLUSTER_SECRET)
+    let secret = ClusterSecret::new(support::CLUSTER_SECRET)
         .unwrap()
         .with_tls(Some(tls.clone()));
     let service = RegistryServer::new(RegistryService::new(replica.clone(), secret, stop.clone()));
@@ -83,7 +82,7 @@ async fn an_edge_links_to_its_coordinator_over_mutual_tls() {
             "--coordinator",
             url.as_str(),
             "--cluster-secret",
-            common::CLUSTER_SECRET,
+            support::CLUSTER_SECRET,
         ];
         args.extend_from_slice(tls_args);
         Node::start(&node_dir, &args)
@@ -92,7 +91,7 @@ async fn an_edge_links_to_its_coordinator_over_mutual_tls() {
         "edge-tls",
         &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
     );
-    wait_ready(&edge).await;
+    edge.wait_ready().await;
     let mut client = Client::connect(&edge.ws_url()).await;
     let joined = client.join("secure-room").await;
     assert_eq!(joined["type"], "joined");

@@ -4,14 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "support/resumable.rs"]
-mod resumable;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
-use common::{Client, Node, metric};
-use resumable::Session;
+use crate::support::resumable::Session;
+use crate::support::{Client, Node, metric};
 use serde_json::{Value, json};
 
 const SECRET: &str = "resume-test-secret-0123456789";
@@ -22,7 +19,7 @@ fn signal(to: &str, n: u64) -> Value {
 
 /// Waits until the edge has stored `n` detached sessions (it noticed the dropped sockets).
 async fn wait_detached(node: &Node, n: f64) {
-    let deadline = Instant::now() + common::DEADLINE;
+    let deadline = Instant::now() + support::DEADLINE;
     loop {
         let (_, body) = node.get("/metrics").await;
         if metric(&body, "heliograph_edge_sessions_detached_total").is_some_and(|v| v >= n) {

@@ -2,13 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::support;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::{Client, Node, http_get, metric};
 use base64::Engine as _;
-use common::{Client, Node, http_get, metric};
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -244,7 +243,7 @@ async fn each_limit_answers_as_documented_and_others_are_unaffected() {
         .unwrap_err();
     assert!(matches!(refused, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 429));
     drop(flood);
-    common::wait_for("the flood connection's slot to be released", || async {
+    support::wait_for("the flood connection's slot to be released", || async {
         let (_, body) = node.get("/metrics").await;
         (metric(&body, "heliograph_edge_connections_open") == Some(3.0)).then_some(())
     })

@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{Client, Node};
+use crate::support::{Client, Node};
 use serde_json::json;
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{Client, DEADLINE};
+use super::{Client, DEADLINE};
 
 pub struct Session {
     pub client: Client,
