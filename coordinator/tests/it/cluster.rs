@@ -3,105 +3,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
-use heliograph_coordinator::raft::NodeInfo;
 use heliograph_coordinator::registry::{Command, Outcome};
 use heliograph_coordinator::{
-    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions, server,
+    CoordinatorError, EmbeddedCoordinator, ReplicaConfig, ReplicaOptions,
 };
 use heliograph_proto::raft::v1::RaftBytes;
 use heliograph_proto::raft::v1::raft_client::RaftClient;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use crate::support::{Node, any_port, secret};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
-const SECRET: &str = "test-cluster-secret-0123456789";
-
-fn secret() -> ClusterSecret {
-    ClusterSecret::new(SECRET).unwrap()
-}
-
-struct Node {
-    replica: EmbeddedCoordinator,
-    raft: SocketAddr,
-    api: SocketAddr,
-    stop: CancellationToken,
-    server: JoinHandle<()>,
-}
-
-impl Node {
-    /// Starts replica `id` in `dir`, on the given addresses (port 0 picks fresh ones).
-    async fn start(
-        id: u64,
-        dir: &Path,
-        raft: SocketAddr,
-        api: SocketAddr,
-        snapshot: Option<u64>,
-    ) -> Self {
-        let raft_listener = TcpListener::bind(raft).await.unwrap();
-        let api_listener = TcpListener::bind(api).await.unwrap();
-        let raft = raft_listener.local_addr().unwrap();
-        let api = api_listener.local_addr().unwrap();
-        let replica = EmbeddedCoordinator::open_replica_with(
-            ReplicaConfig {
-                node_id: id,
-                data_dir: dir.to_path_buf(),
-                raft_addr: raft,
-                api_addr: api.to_string(),
-                region: format!("region-{id}"),
-                grace: Duration::from_secs(10),
-                secret: secret(),
-            },
-            ReplicaOptions {
-                expected_cluster_id: None,
-                snapshot_after_entries: snapshot,
-                ..ReplicaOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let stop = CancellationToken::new();
-        let server = tokio::spawn({
-            let (replica, stop) = (replica.clone(), stop.clone());
-            async move {
-                server::serve(replica, secret(), raft_listener, api_listener, stop)
-                    .await
-                    .unwrap();
-            }
-        });
-        Self {
-            replica,
-            raft,
-            api,
-            stop,
-            server,
-        }
+fn snapshot_options(snapshot: Option<u64>) -> ReplicaOptions {
+    ReplicaOptions {
+        expected_cluster_id: None,
+        snapshot_after_entries: snapshot,
+        ..ReplicaOptions::default()
     }
-
-    fn info(&self) -> NodeInfo {
-        NodeInfo {
-            raft_addr: self.raft.to_string(),
-            api_addr: self.api.to_string(),
-            region: self.replica.region().to_owned(),
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.server.await.unwrap();
-        self.replica.shutdown().await;
-    }
-}
-
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
 }
 
 /// Starts `n` replicas, bootstraps the first and adds the others as voters.
@@ -109,7 +31,17 @@ async fn cluster(n: u64, dirs: &[TempDir], snapshot: Option<u64>) -> Vec<Node> {
     let mut nodes = Vec::new();
     for id in 1..=n {
         let dir = dirs[usize::try_from(id - 1).unwrap()].path();
-        nodes.push(Node::start(id, dir, any_port(), any_port(), snapshot).await);
+        nodes.push(
+            Node::start(
+                id,
+                dir,
+                any_port(),
+                any_port(),
+                secret(),
+                snapshot_options(snapshot),
+            )
+            .await,
+        );
     }
     nodes[0].replica.bootstrap().await.unwrap();
     for node in &nodes[1..] {
@@ -423,7 +355,8 @@ async fn a_replica_that_missed_many_entries_catches_up_by_snapshot() {
         d[lagging_at].path(),
         lag_raft,
         lag_api,
-        Some(SNAPSHOT_AFTER),
+        secret(),
+        snapshot_options(Some(SNAPSHOT_AFTER)),
     )
     .await;
     nodes.push(back);

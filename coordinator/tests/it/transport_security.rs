@@ -11,10 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
-use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::tls::MutualTls;
-use heliograph_coordinator::raft::{NodeInfo, TypeConfig};
-use heliograph_coordinator::{EmbeddedCoordinator, ReplicaConfig, ReplicaOptions, server};
+use heliograph_coordinator::raft::TypeConfig;
 use heliograph_proto::admin::v1 as pb;
 use heliograph_proto::admin::v1::admin_client::AdminClient;
 use heliograph_proto::raft::v1::RaftBytes;
@@ -22,20 +20,12 @@ use heliograph_proto::raft::v1::raft_client::RaftClient;
 use openraft::Vote;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
+
+use crate::support::{Node, secret};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const WAIT: Duration = Duration::from_secs(15);
-const SECRET: &str = "test-cluster-secret-0123456789";
-
-fn secret() -> ClusterSecret {
-    ClusterSecret::new(SECRET).unwrap()
-}
-
 /// A throwaway certificate authority.
 struct Ca {
     pem: String,
@@ -79,70 +69,6 @@ impl Ca {
     }
 }
 
-struct Node {
-    replica: EmbeddedCoordinator,
-    raft: SocketAddr,
-    api: SocketAddr,
-    stop: CancellationToken,
-    server: JoinHandle<()>,
-    _dir: TempDir,
-}
-
-impl Node {
-    async fn start(id: u64, secret: ClusterSecret) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let raft_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raft = raft_listener.local_addr().unwrap();
-        let api = api_listener.local_addr().unwrap();
-        let replica = EmbeddedCoordinator::open_replica_with(
-            ReplicaConfig {
-                node_id: id,
-                data_dir: dir.path().to_path_buf(),
-                raft_addr: raft,
-                api_addr: api.to_string(),
-                region: format!("region-{id}"),
-                grace: Duration::from_secs(10),
-                secret: secret.clone(),
-            },
-            ReplicaOptions::default(),
-        )
-        .await
-        .unwrap();
-        let stop = CancellationToken::new();
-        let server = tokio::spawn({
-            let (replica, stop) = (replica.clone(), stop.clone());
-            async move {
-                server::serve(replica, secret, raft_listener, api_listener, stop)
-                    .await
-                    .unwrap();
-            }
-        });
-        Self {
-            replica,
-            raft,
-            api,
-            stop,
-            server,
-            _dir: dir,
-        }
-    }
-
-    fn info(&self) -> NodeInfo {
-        NodeInfo {
-            raft_addr: self.raft.to_string(),
-            api_addr: self.api.to_string(),
-            region: self.replica.region().to_owned(),
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.server.await.unwrap();
-        self.replica.shutdown().await;
-    }
-}
-
 /// A `Status` admin call at `addr` over TLS with `tls`, with the secret if `with_secret`.
 /// `Err` holds the gRPC code, or `Unavailable` when no connection could be made.
 async fn status_call(
@@ -174,7 +100,7 @@ async fn status_call(
 async fn mutual_tls_requires_a_cluster_certificate_and_the_secret() {
     let ca = Ca::new("heliograph test CA");
     let replica_cert = ca.leaf("replica-1");
-    let node = Node::start(1, secret().with_tls(Some(ca.tls(&replica_cert)))).await;
+    let node = Node::start_in_tempdir(1, secret().with_tls(Some(ca.tls(&replica_cert)))).await;
     node.replica.bootstrap().await.unwrap();
 
     // The admin client with the secret and a certificate of the cluster CA.
@@ -241,8 +167,10 @@ async fn mutual_tls_requires_a_cluster_certificate_and_the_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_replicate_over_mutual_tls() {
     let ca = Ca::new("heliograph test CA");
-    let one = Node::start(1, secret().with_tls(Some(ca.tls(&ca.leaf("replica-1"))))).await;
-    let two = Node::start(2, secret().with_tls(Some(ca.tls(&ca.leaf("replica-2"))))).await;
+    let one =
+        Node::start_in_tempdir(1, secret().with_tls(Some(ca.tls(&ca.leaf("replica-1"))))).await;
+    let two =
+        Node::start_in_tempdir(2, secret().with_tls(Some(ca.tls(&ca.leaf("replica-2"))))).await;
     one.replica.bootstrap().await.unwrap();
     one.replica.add_member(2, two.info(), false).await.unwrap();
     two.replica
@@ -284,7 +212,7 @@ fn append_from(node: u64, term: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_raft_port_refuses_nodes_outside_the_cluster() {
-    let node = Node::start(1, secret()).await;
+    let node = Node::start_in_tempdir(1, secret()).await;
     node.replica.bootstrap().await.unwrap();
     node.replica
         .raft()
@@ -319,7 +247,7 @@ async fn the_raft_port_refuses_nodes_outside_the_cluster() {
     assert!(!member.into_inner().json.is_empty());
 
     // An uninitialized replica accepts anyone: that is how it learns it joined a cluster.
-    let fresh = Node::start(2, secret()).await;
+    let fresh = Node::start_in_tempdir(2, secret()).await;
     let mut raft = RaftClient::connect(format!("http://{}", fresh.raft))
         .await
         .unwrap();
