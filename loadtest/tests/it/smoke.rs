@@ -3,68 +3,19 @@
 //! The edge binary is the one cargo built next to this test (`target/<profile>/heliograph-edge`);
 //! run `cargo build -p heliograph-edge` first.
 
-// Test helpers fail loudly: clippy's test allowances cover only `#[test]` functions.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use heliograph_testkit::edge::{EdgeOptions, Node};
+use heliograph_testkit::process::{self, Proc};
 use serde_json::Value;
 
-const LOADTEST: &str = env!("CARGO_BIN_EXE_heliograph-loadtest");
+use crate::LOADTEST;
+
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Kills the child process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn edge_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/smoke-… → target/<profile>/heliograph-edge
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let edge = profile_dir.join("heliograph-edge");
-    assert!(
-        edge.exists(),
-        "{} is missing: run `cargo build -p heliograph-edge` first",
-        edge.display()
-    );
-    edge
-}
-
-/// Starts `cmd` and returns it with the first stdout line parsed as JSON (within a deadline).
-fn start_with_json_line(mut cmd: Command) -> (Guard, Value) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(START_DEADLINE)
-        .expect("the server printed no address line in time");
-    let value: Value = serde_json::from_str(line.trim())
-        .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
-    (guard, value)
-}
-
 struct Edge {
-    guard: Guard,
+    node: Node,
     url: String,
     _data: tempfile::TempDir,
 }
@@ -72,28 +23,23 @@ struct Edge {
 impl Edge {
     fn start() -> Self {
         let data = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(edge_binary());
         // Benchmarks measure relay capacity, not the per-connection abuse limiter.
-        cmd.args(["--listen", "127.0.0.1:0", "--log", "warn"])
-            .args([
-                "--rate-limit-per-second",
-                "1000000",
-                "--rate-limit-burst",
-                "1000000",
-            ])
-            .arg("--data-dir")
-            .arg(data.path());
-        let (guard, line) = start_with_json_line(cmd);
-        let addr = line["listening"].as_str().unwrap().to_owned();
+        let options = EdgeOptions::new(data.path()).log_filter("warn").args([
+            "--rate-limit-per-second",
+            "1000000",
+            "--rate-limit-burst",
+            "1000000",
+        ]);
+        let node = Node::spawn(&options).unwrap();
         Self {
-            guard,
-            url: format!("ws://{addr}/ws"),
+            url: node.ws_url(),
+            node,
             _data: data,
         }
     }
 
     fn pid(&self) -> String {
-        self.guard.0.id().to_string()
+        self.node.pid().to_string()
     }
 }
 
@@ -101,32 +47,15 @@ impl Edge {
 fn loadtest(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result.json");
-    let child = Command::new(LOADTEST)
-        .args(args)
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = Guard(child);
+    let mut cmd = Command::new(LOADTEST);
+    cmd.args(args).arg("--out").arg(&out);
     // Bounded wait: every scenario here is a few seconds long.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "loadtest {args:?} did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = guard.0.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
-    assert!(status.success(), "loadtest {args:?} failed: {stderr}");
+    let run = process::run(cmd, Duration::from_secs(120)).unwrap();
+    assert!(
+        run.status.success(),
+        "loadtest {args:?} failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let text = std::fs::read_to_string(&out).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -221,9 +150,10 @@ fn relay_vs_reference() {
 fn reference_server_alone() {
     let mut cmd = Command::new(LOADTEST);
     cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
-    let (guard, line) = start_with_json_line(cmd);
+    let mut server = Proc::spawn(cmd, "reference server", None).unwrap();
+    let line = server.address_line(START_DEADLINE).unwrap();
     let url = format!("ws://{}/ws", line["listening"].as_str().unwrap());
-    let pid = guard.0.id().to_string();
+    let pid = server.pid().unwrap().to_string();
     let v = loadtest(&[
         "relay",
         "--url",

@@ -1,22 +1,22 @@
 //! Smoke test of `heliograph-loadtest regions`: a 3-region simulation at tiny size with small
 //! delays. Needs the workspace's binaries (`cargo build --workspace`) and `redis-server`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use std::process::Command;
+use std::time::Duration;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
+use heliograph_testkit::process;
 use serde_json::Value;
 
-const LOADTEST: &str = env!("CARGO_BIN_EXE_heliograph-loadtest");
+use crate::LOADTEST;
+
 const DEADLINE: Duration = Duration::from_secs(90);
 
 #[test]
 fn regions_matrix_at_tiny_size() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("regions.json");
-    let mut child = Command::new(LOADTEST)
-        .args(["regions", "--regions", "us,eu,ap", "--leader", "us"])
+    let mut cmd = Command::new(LOADTEST);
+    cmd.args(["regions", "--regions", "us,eu,ap", "--leader", "us"])
         .args(["--delay", "us-eu=20,us-ap=30,eu-ap=40"])
         .args(["--edges-per-region", "2", "--clients-per-region", "2"])
         .args([
@@ -28,24 +28,14 @@ fn regions_matrix_at_tiny_size() {
             "1",
         ])
         .args(["--threads", "2", "--out"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("regions did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "regions failed: {status}");
+        .arg(&out);
+    let run = process::run(cmd, DEADLINE).unwrap();
+    assert!(
+        run.status.success(),
+        "regions failed: {}: {}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     let file: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(file["scenario"], "regions");
