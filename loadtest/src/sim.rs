@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use heliograph_testkit::edge::{self, EdgeOptions, Node};
 use heliograph_testkit::ports::free_port_on;
+use heliograph_testkit::process::Launchable;
 use heliograph_testkit::redis::Redis;
 use heliograph_testkit::replica::{Admin, Replica, ReplicaOptions};
 use tokio::net::TcpListener;
@@ -193,8 +194,8 @@ fn start_processes(
         )
         .log(&spec.dir.join(format!("replica-{region}.log")))
         .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
-        .args(["--dial-via", &dials[r]]);
-        options.bin = Some(spec.coordinator_bin.clone());
+        .args(["--dial-via", &dials[r]])
+        .bin(&spec.coordinator_bin);
         options.raft_listen = raft[r].to_string();
         options.api_listen = api[r].to_string();
         options.metrics_listen = format!("{}:0", raft[r].ip());
@@ -241,7 +242,7 @@ fn start_processes(
 /// An edge of the simulation named `name`; its limits must not be hit by a measurement (the
 /// generator sends far more than a person would).
 fn edge_options(spec: &SimSpec, name: &str, listen: &str) -> EdgeOptions {
-    let mut options = EdgeOptions::new(&spec.dir.join(name))
+    EdgeOptions::new(&spec.dir.join(name))
         .listen(listen)
         .log_filter("warn")
         .log(&spec.dir.join(format!("{name}.log")))
@@ -250,9 +251,8 @@ fn edge_options(spec: &SimSpec, name: &str, listen: &str) -> EdgeOptions {
             "100000",
             "--rate-limit-burst",
             "100000",
-        ]);
-    options.bin = Some(spec.edge_bin.clone());
-    options
+        ])
+        .bin(&spec.edge_bin)
 }
 
 /// Parses `a-b=MS` pairs into a symmetric matrix over `regions`.

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::edge::{EdgeOptions, Node};
+use crate::process::Launchable;
 use crate::redis::Redis;
 use crate::replica::{Admin, Replica, ReplicaOptions};
 use crate::wait::{DEADLINE, STARTUP};

@@ -8,44 +8,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 
 use crate::http;
-use crate::process::Proc;
+use crate::process::{Launch, Launchable, Proc};
 use crate::wait::{self, DEADLINE};
 
 /// How to start one edge.
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
-    pub bin: Option<PathBuf>,
+    pub launch: Launch,
     pub listen: String,
     pub data_dir: PathBuf,
     /// The edge's `--log` filter.
     pub log_filter: String,
-    /// Where its stderr goes (appended; inherited without one).
-    pub log: Option<PathBuf>,
-    /// More flags.
-    pub args: Vec<String>,
+}
+
+impl Launchable for EdgeOptions {
+    fn launch(&mut self) -> &mut Launch {
+        &mut self.launch
+    }
 }
 
 impl EdgeOptions {
     pub fn new(data_dir: &Path) -> EdgeOptions {
         EdgeOptions {
-            bin: None,
+            launch: Launch::default(),
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.to_owned(),
             log_filter: "info,heliograph_edge=debug".into(),
-            log: None,
-            args: Vec::new(),
         }
-    }
-
-    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    pub fn log(mut self, path: &Path) -> Self {
-        self.log = Some(path.to_owned());
-        self
     }
 
     pub fn log_filter(mut self, filter: &str) -> Self {
@@ -60,16 +49,12 @@ impl EdgeOptions {
 
     /// The command line, stdio untouched.
     pub fn command(&self) -> Result<Command> {
-        let bin = match &self.bin {
-            Some(b) => b.clone(),
-            None => crate::bin::path(crate::bin::EDGE)?,
-        };
-        let mut cmd = Command::new(bin);
+        let mut cmd = self.launch.command(crate::bin::EDGE)?;
         cmd.args(["--listen", &self.listen])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--log", &self.log_filter])
-            .args(&self.args);
+            .args(&self.launch.args);
         Ok(cmd)
     }
 }
@@ -84,7 +69,7 @@ pub struct Node {
 impl Node {
     /// Starts the edge and reads the address it bound.
     pub fn spawn(options: &EdgeOptions) -> Result<Node> {
-        let mut proc = Proc::spawn(options.command()?, "edge", options.log.as_deref())?;
+        let mut proc = Proc::spawn(options.command()?, "edge", options.launch.log.as_deref())?;
         let v = proc.address_line(DEADLINE)?;
         let addr = v["listening"]
             .as_str()

@@ -14,6 +14,50 @@ use serde_json::Value;
 
 use crate::wait::POLL;
 
+/// What the options of every server share: which binary, where its stderr goes, more flags.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The binary; the workspace's own when `None`.
+    pub bin: Option<PathBuf>,
+    /// Where stderr goes (appended; inherited without one).
+    pub log: Option<PathBuf>,
+    /// More flags, after the ones the options set.
+    pub args: Vec<String>,
+}
+
+impl Launch {
+    /// A command running `bin` (or the workspace binary `default`), nothing else set.
+    pub fn command(&self, default: &str) -> Result<Command> {
+        Ok(Command::new(match &self.bin {
+            Some(b) => b.clone(),
+            None => crate::bin::path(default)?,
+        }))
+    }
+}
+
+/// Builder methods for options that carry a [`Launch`].
+pub trait Launchable: Sized {
+    fn launch(&mut self) -> &mut Launch;
+
+    fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        let launch = self.launch();
+        launch
+            .args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    fn log(mut self, path: &Path) -> Self {
+        self.launch().log = Some(path.to_owned());
+        self
+    }
+
+    fn bin(mut self, path: &Path) -> Self {
+        self.launch().bin = Some(path.to_owned());
+        self
+    }
+}
+
 /// A running child; killed when dropped.
 pub struct Proc {
     name: String,

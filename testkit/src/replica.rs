@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::process::Proc;
+use crate::process::{Launch, Launchable, Proc};
 use crate::wait::{self, STARTUP};
 
 /// How to start one replica; every listener binds port 0 unless told otherwise.
 #[derive(Debug, Clone)]
 pub struct ReplicaOptions {
-    pub bin: Option<PathBuf>,
+    pub launch: Launch,
     pub id: u64,
     pub region: String,
     pub data_dir: PathBuf,
@@ -24,16 +24,18 @@ pub struct ReplicaOptions {
     pub secret: String,
     /// `RUST_LOG` of the replica.
     pub rust_log: String,
-    /// Where its stderr goes (appended; inherited without one).
-    pub log: Option<PathBuf>,
-    /// More `serve` flags.
-    pub args: Vec<String>,
+}
+
+impl Launchable for ReplicaOptions {
+    fn launch(&mut self) -> &mut Launch {
+        &mut self.launch
+    }
 }
 
 impl ReplicaOptions {
     pub fn new(id: u64, region: &str, data_dir: &Path) -> ReplicaOptions {
         ReplicaOptions {
-            bin: None,
+            launch: Launch::default(),
             id,
             region: region.to_owned(),
             data_dir: data_dir.to_owned(),
@@ -42,29 +44,12 @@ impl ReplicaOptions {
             metrics_listen: "127.0.0.1:0".into(),
             secret: crate::CLUSTER_SECRET.into(),
             rust_log: "info,openraft=warn".into(),
-            log: None,
-            args: Vec::new(),
         }
-    }
-
-    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    pub fn log(mut self, path: &Path) -> Self {
-        self.log = Some(path.to_owned());
-        self
     }
 
     /// The `serve` command line, stdio untouched.
     pub fn command(&self) -> Result<Command> {
-        let bin = match &self.bin {
-            Some(b) => b.clone(),
-            None => crate::bin::path(crate::bin::COORDINATOR)?,
-        };
-        let mut cmd = Command::new(bin);
+        let mut cmd = self.launch.command(crate::bin::COORDINATOR)?;
         cmd.args([
             "serve",
             "--id",
@@ -77,7 +62,7 @@ impl ReplicaOptions {
         .args(["--metrics-listen", &self.metrics_listen])
         .arg("--data-dir")
         .arg(&self.data_dir)
-        .args(&self.args)
+        .args(&self.launch.args)
         .env("HELIOGRAPH_CLUSTER_SECRET", &self.secret)
         .env("RUST_LOG", &self.rust_log);
         Ok(cmd)
@@ -126,7 +111,7 @@ impl Replica {
             options.api_listen.clone_from(&self.api);
         }
         let name = format!("replica {}", self.id);
-        let mut proc = Proc::spawn(options.command()?, &name, options.log.as_deref())?;
+        let mut proc = Proc::spawn(options.command()?, &name, options.launch.log.as_deref())?;
         let v = proc.address_line(STARTUP)?;
         let field = |k: &str| {
             v[k].as_str()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use heliograph_testkit::bin;
 use heliograph_testkit::http::get_blocking as http_get;
+use heliograph_testkit::process::Launchable;
 use heliograph_testkit::replica::{Admin, Replica, ReplicaOptions, voters};
 use heliograph_testkit::wait::STARTUP;
 use serde_json::Value;
@@ -28,31 +29,18 @@ fn add(admin: &Admin, via: &Replica, p: &Replica) {
     admin.add(&via.api, p).unwrap();
 }
 
-/// Polls until `pred` holds for every replica's status.
-fn wait_status(
-    admin: &Admin,
-    procs: &[Replica],
-    within: Duration,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    wait_statuses(admin, procs, within, what, |all| all.iter().all(&pred))
+/// `pred` holds for every replica's status.
+fn all(pred: impl Fn(&Value) -> bool) -> impl Fn(&[Value]) -> bool {
+    move |statuses| statuses.iter().all(&pred)
 }
 
-/// Like [`wait_status`], and every replica names the same leader (statuses read during an
-/// election can disagree for a moment).
-fn wait_agreed_status(
-    admin: &Admin,
-    procs: &[Replica],
-    within: Duration,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    wait_statuses(admin, procs, within, what, |all| {
-        all.iter().all(&pred) && all.iter().all(|v| v["leader"] == all[0]["leader"])
-    })
+/// Like [`all`], and every replica names the same leader (statuses read during an election
+/// can disagree for a moment).
+fn agreed(pred: impl Fn(&Value) -> bool) -> impl Fn(&[Value]) -> bool {
+    move |s| s.iter().all(&pred) && s.iter().all(|v| v["leader"] == s[0]["leader"])
 }
 
+/// Polls every replica's status until `pred` holds for them together.
 fn wait_statuses(
     admin: &Admin,
     procs: &[Replica],
@@ -83,20 +71,24 @@ fn kill_the_leader_then_restart_everyone() {
     let admin = Admin::new();
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut procs = three(&admin, &dirs);
-    let before = wait_status(&admin, &procs, STARTUP, "all agree on a leader", |v| {
-        v["leader"] == 1 && voters(v) == [1, 2, 3]
-    });
+    let before = wait_statuses(
+        &admin,
+        &procs,
+        STARTUP,
+        "all agree on a leader",
+        all(|v| v["leader"] == 1 && voters(v) == [1, 2, 3]),
+    );
     let commit = before[0]["commit_index"].as_u64().unwrap();
 
     // kill -9 the leader; the survivors elect a new one within 3 s.
     let killed_at = Instant::now();
     procs[0].kill();
-    let after = wait_agreed_status(
+    let after = wait_statuses(
         &admin,
         &procs[1..],
         Duration::from_secs(3),
         "a new leader after kill -9",
-        |v| v["leader"].as_u64().is_some_and(|l| l != 1),
+        agreed(|v| v["leader"].as_u64().is_some_and(|l| l != 1)),
     );
     eprintln!("new leader after {:?}", killed_at.elapsed());
     assert_eq!(after[0]["leader"], after[1]["leader"]);
@@ -109,16 +101,16 @@ fn kill_the_leader_then_restart_everyone() {
     for p in &mut procs {
         p.restart();
     }
-    let restarted = wait_agreed_status(
+    let restarted = wait_statuses(
         &admin,
         &procs,
         Duration::from_secs(10),
         "a leader after a full restart",
-        |v| {
+        agreed(|v| {
             v["leader"].is_u64()
                 && voters(v) == [1, 2, 3]
                 && v["applied_index"].as_u64() >= Some(commit)
-        },
+        }),
     );
     let leader = restarted[0]["leader"].clone();
     assert!(restarted.iter().all(|v| v["leader"] == leader));
@@ -135,17 +127,25 @@ fn grow_to_five_and_shrink_to_three() {
         add(&admin, &procs[0], &p);
         procs.push(p);
     }
-    wait_status(&admin, &procs, STARTUP, "five voters", |v| {
-        voters(v) == [1, 2, 3, 4, 5]
-    });
+    wait_statuses(
+        &admin,
+        &procs,
+        STARTUP,
+        "five voters",
+        all(|v| voters(v) == [1, 2, 3, 4, 5]),
+    );
     for id in [5, 4] {
         admin
             .run(&["remove", "--api", &procs[2].api, "--id", &id.to_string()])
             .unwrap();
     }
-    wait_status(&admin, &procs[..3], STARTUP, "three voters", |v| {
-        voters(v) == [1, 2, 3] && v["members"].as_array().map(Vec::len) == Some(3)
-    });
+    wait_statuses(
+        &admin,
+        &procs[..3],
+        STARTUP,
+        "three voters",
+        all(|v| voters(v) == [1, 2, 3] && v["members"].as_array().map(Vec::len) == Some(3)),
+    );
 }
 
 #[test]

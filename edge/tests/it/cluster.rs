@@ -18,7 +18,7 @@ use heliograph_testkit::wait::STARTUP;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{self, Client, Cluster, Node, Spec};
+use crate::support::{self, Client, Cluster, Node, Spec, meet_and_signal};
 
 const SECRET: &str = support::CLUSTER_SECRET;
 /// Longer than any test: nobody expires unless a test kills an edge on purpose.
@@ -258,27 +258,7 @@ async fn peers_on_two_edges_of_three_replicas_meet_signal_and_part() {
     edge_a.wait_ready().await;
     edge_b.wait_ready().await;
 
-    let mut a = Client::connect(&edge_a.ws_url()).await;
-    let mut b = Client::connect(&edge_b.ws_url()).await;
-    assert_eq!(a.join("call").await["peers"], json!([]));
-    let joined = b.join("call").await;
-    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
-    let pj = a.expect("peer-joined").await;
-    assert_eq!(pj["peer"]["id"], b.peer_id.as_str());
-
-    a.send(json!({"type": "signal", "room": "call", "to": b.peer_id, "kind": "offer", "data": {"sdp": "o"}}))
-        .await;
-    let got = b.expect("signal").await;
-    assert_eq!(got["from"], a.peer_id.as_str());
-    assert_eq!(got["data"], json!({"sdp": "o"}));
-    b.send(json!({"type": "signal", "room": "call", "to": a.peer_id, "kind": "answer", "data": {"sdp": "a"}}))
-        .await;
-    let got = a.expect("signal").await;
-    assert_eq!(got["from"], b.peer_id.as_str());
-    assert_eq!(got["kind"], "answer");
-    // Exactly once.
-    a.assert_pong("a1").await;
-    b.assert_pong("b1").await;
+    let (mut a, mut b) = meet_and_signal(&edge_a.ws_url(), &edge_b.ws_url()).await;
 
     b.send(json!({"type": "leave", "room": "call"})).await;
     b.expect("left").await;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::resumable::Session;
-use crate::support::{Cluster, REGION_REPLICA_ARGS, SessionStore, Spec};
+use crate::support::{SessionStore, us_and_eu, us_region};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -134,14 +134,7 @@ enum Failure {
 }
 
 async fn failover(failure: Failure) {
-    let mut cluster = Cluster::start(Spec {
-        replicas: &[(1, "us")],
-        edges: &[("us-a", "us"), ("us-b", "us")],
-        redis: &["us"],
-        replica_args: REGION_REPLICA_ARGS,
-        ..Spec::default()
-    })
-    .await;
+    let mut cluster = us_region().await;
     let a_url = cluster.edge("us-a").node.ws_url();
     let b_url = cluster.edge("us-b").node.ws_url();
 
@@ -299,14 +292,7 @@ async fn a_killed_edge_loses_nothing_sent_after_the_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_peer_keeps_receiving_signals_from_another_region() {
-    let mut cluster = Cluster::start(Spec {
-        replicas: &[(1, "us"), (2, "eu")],
-        edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
-        redis: &["us", "eu"],
-        replica_args: REGION_REPLICA_ARGS,
-        ..Spec::default()
-    })
-    .await;
+    let mut cluster = us_and_eu(&["us", "eu"]).await;
     let mut x = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
     let mut y = Session::connect(&cluster.edge("eu-a").node.ws_url()).await;
     x.send(json!({"type": "join", "room": "world"})).await;
@@ -370,14 +356,7 @@ async fn a_resumed_peer_keeps_receiving_signals_from_another_region() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_returns_leaves_and_its_senders_on_other_edges_are_told() {
-    let cluster = Cluster::start(Spec {
-        replicas: &[(1, "us")],
-        edges: &[("us-a", "us"), ("us-b", "us")],
-        redis: &["us"],
-        replica_args: REGION_REPLICA_ARGS,
-        ..Spec::default()
-    })
-    .await;
+    let cluster = us_region().await;
     let mut gone = Session::connect(&cluster.edge("us-a").node.ws_url()).await;
     let mut sender = Session::connect(&cluster.edge("us-b").node.ws_url()).await;
     gone.send(json!({"type": "join", "room": "r"})).await;

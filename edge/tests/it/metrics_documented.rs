@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::support::Client;
-use crate::support::{Cluster, REGION_REPLICA_ARGS, Spec};
+use crate::support::us_and_eu;
 use serde_json::json;
 
 fn repo_file(rel: &str) -> String {
@@ -51,14 +51,7 @@ fn family(sample: &str) -> &str {
 
 #[tokio::test]
 async fn every_documented_metric_is_exposed_after_real_traffic() {
-    let cluster = Cluster::start(Spec {
-        replicas: &[(1, "us"), (2, "eu")],
-        edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
-        redis: &["us"],
-        replica_args: REGION_REPLICA_ARGS,
-        ..Spec::default()
-    })
-    .await;
+    let cluster = us_and_eu(&["us"]).await;
     cluster.wait_redis_up().await;
 
     // Peers on every edge meet in one room and signal each other: local, same-region and

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::support::Client;
-use crate::support::{Cluster, REGION_REPLICA_ARGS, SessionStore, Spec, replica_counters};
+use crate::support::{
+    Cluster, REGION_REPLICA_ARGS, SessionStore, Spec, replica_counters, us_region,
+};
 use serde_json::{Value, json};
 
 const ROUTED_REGION: &str = r#"heliograph_edge_routing_decisions_total{path="region"}"#;
@@ -56,13 +58,6 @@ async fn room_on(cluster: &Cluster, edges: &[&str], room: &str) -> Vec<Client> {
     clients
 }
 
-/// The next frame is the pong for `tag`: nothing (e.g. a duplicate) was queued before it.
-async fn nothing_pending(c: &mut Client, tag: &str) {
-    c.send(json!({"type": "ping", "ref": tag})).await;
-    let pong = c.expect("pong").await;
-    assert_eq!(pong["ref"], tag);
-}
-
 fn signal(room: &str, to: &str, n: usize) -> Value {
     json!({"type": "signal", "room": room, "to": to, "kind": "custom", "data": {"n": n}})
 }
@@ -96,7 +91,7 @@ async fn all_pairs_signal(clients: &mut [Client], room: &str) {
             .collect();
         expected.sort();
         assert_eq!(from, expected, "client {j} got each sender exactly once");
-        nothing_pending(c, "done").await;
+        c.assert_pong("done").await;
     }
 }
 
@@ -200,7 +195,7 @@ async fn joins_and_leaves_in_any_of_three_regions_reach_every_member() {
         }
     }
     for (i, client) in c.iter_mut().enumerate() {
-        nothing_pending(client, &format!("end-{i}")).await;
+        client.assert_pong(&format!("end-{i}")).await;
     }
 }
 
@@ -213,20 +208,13 @@ async fn collect(mut client: Client, count: usize) -> (Client, HashMap<usize, us
             .entry(s["data"]["n"].as_u64().unwrap() as usize)
             .or_default() += 1;
     }
-    nothing_pending(&mut client, "collected").await;
+    client.assert_pong("collected").await;
     (client, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
-    let mut cluster = Cluster::start(Spec {
-        replicas: &[(1, "us")],
-        edges: &[("us-a", "us"), ("us-b", "us")],
-        redis: &["us"],
-        replica_args: REGION_REPLICA_ARGS,
-        ..Spec::default()
-    })
-    .await;
+    let mut cluster = us_region().await;
     let mut clients = room_on(&cluster, &["us-a", "us-b"], "steady").await;
     let receiver = clients.pop().unwrap();
     let mut sender = clients.pop().unwrap();
@@ -293,5 +281,5 @@ async fn a_redis_outage_loses_no_signal_and_traffic_returns_to_redis() {
     );
     a.wait_metric(ROUTED_REGION, |v| v >= region_before + 20.0)
         .await;
-    nothing_pending(&mut sender, "end").await;
+    sender.assert_pong("end").await;
 }

@@ -8,7 +8,7 @@ use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{Client, Node, TestCoordinator, wait_for};
+use crate::support::{Client, Node, TestCoordinator, meet_and_signal, wait_for};
 use heliograph_coordinator::registry::RoomId;
 use serde_json::json;
 
@@ -34,13 +34,6 @@ fn edge_with_lease(dir: &Path, name: &str, coordinator: &TestCoordinator, lease_
     Node::start(&dir, &args)
 }
 
-/// The next frame is the pong for `tag`: nothing else (e.g. a duplicate) was queued first.
-async fn nothing_pending(c: &mut Client, tag: &str) {
-    c.send(json!({"type": "ping", "ref": tag})).await;
-    let pong = c.expect("pong").await;
-    assert_eq!(pong["ref"], tag);
-}
-
 #[tokio::test]
 async fn peers_on_two_edges_meet_signal_and_part() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,28 +43,8 @@ async fn peers_on_two_edges_meet_signal_and_part() {
     edge_a.wait_ready().await;
     edge_b.wait_ready().await;
 
-    let mut a = Client::connect(&edge_a.ws_url()).await;
-    let mut b = Client::connect(&edge_b.ws_url()).await;
-    assert_eq!(a.join("call").await["peers"], json!([]));
-    let joined = b.join("call").await;
-    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
-    let pj = a.expect("peer-joined").await;
-    assert_eq!(pj["peer"]["id"], b.peer_id.as_str());
-
     // A → B and B → A, through the coordinator, with the server-stamped `from`.
-    a.send(json!({"type": "signal", "room": "call", "to": b.peer_id, "kind": "offer", "data": {"sdp": "o"}}))
-        .await;
-    let got = b.expect("signal").await;
-    assert_eq!(got["from"], a.peer_id.as_str());
-    assert_eq!(got["data"], json!({"sdp": "o"}));
-    b.send(json!({"type": "signal", "room": "call", "to": a.peer_id, "kind": "answer", "data": {"sdp": "a"}}))
-        .await;
-    let got = a.expect("signal").await;
-    assert_eq!(got["from"], b.peer_id.as_str());
-    assert_eq!(got["kind"], "answer");
-    // Exactly once.
-    nothing_pending(&mut a, "a1").await;
-    nothing_pending(&mut b, "b1").await;
+    let (mut a, mut b) = meet_and_signal(&edge_a.ws_url(), &edge_b.ws_url()).await;
 
     // B leaves: A is told; B comes back: A is told again.
     b.send(json!({"type": "leave", "room": "call"})).await;
@@ -169,7 +142,7 @@ async fn edges_reconnect_and_resync_after_the_coordinator_restarts() {
     b.expect("left").await;
     let pl = a.expect("peer-left").await;
     assert_eq!(pl["peer_id"], b.peer_id.as_str());
-    nothing_pending(&mut a, "a").await;
+    a.assert_pong("a").await;
 
     drop((edge_a, edge_b));
     coordinator.stop().await;

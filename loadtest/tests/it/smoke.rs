@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use heliograph_testkit::edge::{EdgeOptions, Node};
-use heliograph_testkit::process::{self, Proc};
+use heliograph_testkit::process::{self, Launchable, Proc};
 use serde_json::Value;
 
 use crate::LOADTEST;
@@ -60,6 +60,27 @@ fn loadtest(args: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A short relay run against the server at `url` (process `pid`), with `extra` flags.
+fn relay_args<'a>(extra: &[&'a str], url: &'a str, pid: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["relay"];
+    args.extend(extra);
+    args.extend([
+        "--url",
+        url,
+        "--clients",
+        "4",
+        "--window",
+        "2",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--server-pid",
+        pid,
+    ]);
+    args
+}
+
 fn assert_envelope(v: &Value, scenario: &str) {
     assert_eq!(v["scenario"], scenario);
     assert!(v["settings"].is_object());
@@ -92,21 +113,7 @@ fn assert_relay_ok(r: &Value) {
 fn relay_against_the_edge() {
     let edge = Edge::start();
     let pid = edge.pid();
-    let v = loadtest(&[
-        "relay",
-        "--url",
-        &edge.url,
-        "--clients",
-        "4",
-        "--window",
-        "2",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--server-pid",
-        &pid,
-    ]);
+    let v = loadtest(&relay_args(&[], &edge.url, &pid));
     assert_envelope(&v, "relay");
     assert_relay_ok(&v["results"]);
     assert_eq!(
@@ -122,22 +129,7 @@ fn relay_against_the_edge() {
 fn relay_vs_reference() {
     let edge = Edge::start();
     let pid = edge.pid();
-    let v = loadtest(&[
-        "relay",
-        "--vs-reference",
-        "--url",
-        &edge.url,
-        "--clients",
-        "4",
-        "--window",
-        "2",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--server-pid",
-        &pid,
-    ]);
+    let v = loadtest(&relay_args(&["--vs-reference"], &edge.url, &pid));
     assert_envelope(&v, "relay-vs-reference");
     assert_relay_ok(&v["results"]["edge"]);
     assert_relay_ok(&v["results"]["reference"]);
@@ -154,21 +146,7 @@ fn reference_server_alone() {
     let line = server.address_line(START_DEADLINE).unwrap();
     let url = format!("ws://{}/ws", line["listening"].as_str().unwrap());
     let pid = server.pid().unwrap().to_string();
-    let v = loadtest(&[
-        "relay",
-        "--url",
-        &url,
-        "--clients",
-        "4",
-        "--window",
-        "2",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--server-pid",
-        &pid,
-    ]);
+    let v = loadtest(&relay_args(&[], &url, &pid));
     assert_relay_ok(&v["results"]);
 }
 

@@ -16,6 +16,7 @@ use heliograph_testkit::redis::Redis;
 use heliograph_testkit::replica::Replica;
 pub use heliograph_testkit::wait::{DEADLINE, wait_for};
 pub use heliograph_testkit::ws::Client;
+use serde_json::json;
 
 /// `serve` flags of the replicas of the region tests' clusters: detached peers keep their
 /// place for half a second.
@@ -109,6 +110,58 @@ impl TestCoordinator {
         }
         self.replica.shutdown().await;
     }
+}
+
+/// Two clients, on the edges at `a_url` and `b_url`, meet in room `call`, exchange an offer
+/// and an answer (each with the server-stamped `from`), and nothing else is queued for either.
+pub async fn meet_and_signal(a_url: &str, b_url: &str) -> (Client, Client) {
+    let mut a = Client::connect(a_url).await;
+    let mut b = Client::connect(b_url).await;
+    assert_eq!(a.join("call").await["peers"], json!([]));
+    let joined = b.join("call").await;
+    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
+    let pj = a.expect("peer-joined").await;
+    assert_eq!(pj["peer"]["id"], b.peer_id.as_str());
+
+    a.send(json!({"type": "signal", "room": "call", "to": b.peer_id, "kind": "offer", "data": {"sdp": "o"}}))
+        .await;
+    let got = b.expect("signal").await;
+    assert_eq!(got["from"], a.peer_id.as_str());
+    assert_eq!(got["data"], json!({"sdp": "o"}));
+    b.send(json!({"type": "signal", "room": "call", "to": a.peer_id, "kind": "answer", "data": {"sdp": "a"}}))
+        .await;
+    let got = a.expect("signal").await;
+    assert_eq!(got["from"], b.peer_id.as_str());
+    assert_eq!(got["kind"], "answer");
+    // Exactly once.
+    a.assert_pong("a1").await;
+    b.assert_pong("b1").await;
+    (a, b)
+}
+
+/// One region `us`: a replica, a Redis and edges `us-a` and `us-b`.
+pub async fn us_region() -> Cluster {
+    Cluster::start(Spec {
+        replicas: &[(1, "us")],
+        edges: &[("us-a", "us"), ("us-b", "us")],
+        redis: &["us"],
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
+    })
+    .await
+}
+
+/// Regions `us` (edges `us-a`, `us-b`) and `eu` (edge `eu-a`), a replica each, and a Redis
+/// in each of `redis`.
+pub async fn us_and_eu(redis: &[&str]) -> Cluster {
+    Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu")],
+        edges: &[("us-a", "us"), ("us-b", "us"), ("eu-a", "eu")],
+        redis,
+        replica_args: REGION_REPLICA_ARGS,
+        ..Spec::default()
+    })
+    .await
 }
 
 /// Session queries of a test's Redis.
