@@ -1,8 +1,6 @@
 //! In-process clusters: several replicas in this test process, each serving its Raft and API
 //! services on port-0 listeners with its own temporary data directory.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::time::{Duration, Instant};
 
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};

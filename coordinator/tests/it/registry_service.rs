@@ -1,7 +1,5 @@
 //! The edge-facing service over real gRPC on 127.0.0.1:0, backed by an embedded replica.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,8 +4,6 @@
 //! Certificates are made in the test with a throwaway CA; replicas run in this process on
 //! port-0 listeners.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -1,10 +1,7 @@
 //! Every kind of bad input gets its documented answer, and a well-behaved client on the same
 //! node is unaffected throughout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
-use crate::support::{Client, Node};
+use crate::support::{self, Client, Node};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;

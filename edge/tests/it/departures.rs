@@ -1,12 +1,9 @@
 //! Peers that leave, vanish without a close frame, or go silent are reported `peer-left`
 //! (the last two once the grace period for a resume is over).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, Node};
+use crate::support::{self, Client, Node};
 use serde_json::json;
 
 /// Small keepalive so that the deadline is short: pings every 100 ms, dead after 600 ms; a

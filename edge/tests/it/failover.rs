@@ -3,16 +3,13 @@
 //! received exactly once, in order, or reported `expired` to its sender. Real processes: a
 //! coordinator replica, two edges, the region's Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::resumable::Session;
-use crate::support::{SessionStore, us_and_eu, us_region};
+use crate::support::{self, SessionStore, us_and_eu, us_region};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

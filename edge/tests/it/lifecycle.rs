@@ -1,12 +1,10 @@
 //! The node's life: restart on the same data dir, graceful shutdown, config errors, metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Client, Node, metric};
+use crate::support::{self, Client, DEADLINE, Node, metric};
+use heliograph_testkit::process;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -98,20 +96,17 @@ fn invalid_config_exits_non_zero_with_one_line() {
         &["--ice-server", "http://not-ice"],
     ];
     for args in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_heliograph-edge"))
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heliograph-edge"));
+        cmd.args(args).args(["--listen", "127.0.0.1:0"]);
+        let out = process::run(cmd, DEADLINE).unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains("invalid configuration"), "{stderr}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_heliograph-edge"))
-        .args(["--listen", "not-an-address"])
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heliograph-edge"));
+    cmd.args(["--listen", "not-an-address"]);
+    let out = process::run(cmd, DEADLINE).unwrap();
     assert_ne!(out.status.code(), Some(0));
 }
 

@@ -2,8 +2,6 @@
 //! coordinator replicas after real traffic, with a numeric value; the Grafana dashboard uses
 //! only metrics found there.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeSet;
 use std::path::Path;
 

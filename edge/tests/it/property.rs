@@ -2,8 +2,6 @@
 //! never close the connection, and are each answered with a well-formed frame; a bystander
 //! pair keeps working throughout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use crate::support::{Client, Node};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

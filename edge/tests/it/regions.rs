@@ -2,15 +2,12 @@
 //! edges attached to their region's replica. Where each signal goes is asserted from the
 //! edges' and replicas' metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::support::Client;
 use crate::support::{
-    Cluster, REGION_REPLICA_ARGS, SessionStore, Spec, replica_counters, us_region,
+    self, Cluster, REGION_REPLICA_ARGS, SessionStore, Spec, replica_counters, us_region,
 };
 use serde_json::{Value, json};
 

@@ -2,13 +2,10 @@
 //! edges see each other, signal each other through the coordinator, and are told when the
 //! other leaves or its edge dies.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{Client, Node, TestCoordinator, meet_and_signal, wait_for};
+use crate::support::{self, Client, Node, TestCoordinator, meet_and_signal, wait_for};
 use heliograph_coordinator::registry::RoomId;
 use serde_json::json;
 

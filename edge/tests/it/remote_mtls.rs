@@ -1,13 +1,10 @@
 //! An edge process reaches a remote coordinator over mutual TLS (`--tls-cert`, `--tls-key`,
 //! `--tls-ca`); without a certificate from the cluster CA it cannot.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Client, Node};
+use crate::support::{self, Client, Node};
 use heliograph_coordinator::grpc::auth::ClusterSecret;
 use heliograph_coordinator::grpc::proto::registry_server::RegistryServer;
 use heliograph_coordinator::grpc::registry_service::RegistryService;

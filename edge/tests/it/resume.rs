@@ -2,13 +2,10 @@
 //! comes back with the same id and rooms and gets what was sent meanwhile; one that never
 //! comes back is reported gone and its senders are told `expired`; tokens are checked.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::time::{Duration, Instant};
 
 use crate::support::resumable::Session;
-use crate::support::{Client, Node, metric};
+use crate::support::{self, Client, Node, metric};
 use serde_json::{Value, json};
 
 const SECRET: &str = "resume-test-secret-0123456789";

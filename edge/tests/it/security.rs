@@ -1,12 +1,9 @@
 //! Boundaries of a public endpoint: join tokens, origins, limits, slow consumers, TURN.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use crate::support;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::support::{Client, Node, http_get, metric};
+use crate::support::{self, Client, Node, http_get, metric};
 use base64::Engine as _;
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};

@@ -1,8 +1,6 @@
 //! Two peers meet in a room and exchange an offer, an answer and candidates; outsiders
 //! cannot reach them and cannot spoof `from`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use crate::support::{Client, Node};
 use serde_json::json;
 

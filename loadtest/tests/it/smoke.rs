@@ -3,7 +3,9 @@
 //! The edge binary is the one cargo built next to this test (`target/<profile>/heliograph-edge`);
 //! run `cargo build -p heliograph-edge` first.
 
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use heliograph_testkit::edge::{EdgeOptions, Node};
@@ -47,17 +49,28 @@ impl Edge {
 fn loadtest(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result.json");
+    loadtest_to(args, &out);
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+/// Runs the load generator with `args` (bounded: every scenario here is a few seconds long)
+/// and returns its output; it must succeed.
+fn run_loadtest(args: &[&OsStr]) {
     let mut cmd = Command::new(LOADTEST);
-    cmd.args(args).arg("--out").arg(&out);
-    // Bounded wait: every scenario here is a few seconds long.
+    cmd.args(args);
     let run = process::run(cmd, Duration::from_secs(120)).unwrap();
     assert!(
         run.status.success(),
         "loadtest {args:?} failed: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let text = std::fs::read_to_string(&out).unwrap();
-    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs the load generator with `args` plus `--out OUT`.
+fn loadtest_to(args: &[&str], out: &Path) {
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.extend([OsStr::new("--out"), out.as_os_str()]);
+    run_loadtest(&all);
 }
 
 /// A short relay run against the server at `url` (process `pid`), with `extra` flags.
@@ -267,25 +280,16 @@ fn report_renders_markdown_and_charts() {
             &joins_out,
         ),
     ] {
-        let status = Command::new(LOADTEST)
-            .args(&args)
-            .arg("--out")
-            .arg(out)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "{args:?}");
+        loadtest_to(&args, out);
     }
     let report = tempfile::tempdir().unwrap();
-    let status = Command::new(LOADTEST)
-        .args(["report", "--input"])
-        .arg(results.path())
-        .arg("--out-dir")
-        .arg(report.path())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_loadtest(&[
+        OsStr::new("report"),
+        OsStr::new("--input"),
+        results.path().as_os_str(),
+        OsStr::new("--out-dir"),
+        report.path().as_os_str(),
+    ]);
     let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
     assert!(
         md.contains("## Relay") && md.contains("## Join/leave storm"),
