@@ -255,10 +255,8 @@ async fn peers_on_two_edges_of_three_replicas_meet_signal_and_part() {
     // Attached to different replicas: signals cross between replicas.
     let edge_a = cluster.edge_at("edge-a", &[1, 2, 3], LONG_MS);
     let edge_b = cluster.edge_at("edge-b", &[2, 3, 1], LONG_MS);
-    edge_a.wait_ready().await;
-    edge_b.wait_ready().await;
 
-    let (mut a, mut b) = meet_and_signal(&edge_a.ws_url(), &edge_b.ws_url()).await;
+    let (mut a, mut b) = meet_and_signal(&edge_a, &edge_b).await;
 
     b.send(json!({"type": "leave", "room": "call"})).await;
     b.expect("left").await;

@@ -37,11 +37,9 @@ async fn peers_on_two_edges_meet_signal_and_part() {
     let coordinator = TestCoordinator::start(dir.path(), GRACE).await;
     let mut edge_a = edge(dir.path(), "edge-a", &coordinator);
     let edge_b = edge(dir.path(), "edge-b", &coordinator);
-    edge_a.wait_ready().await;
-    edge_b.wait_ready().await;
 
     // A → B and B → A, through the coordinator, with the server-stamped `from`.
-    let (mut a, mut b) = meet_and_signal(&edge_a.ws_url(), &edge_b.ws_url()).await;
+    let (mut a, mut b) = meet_and_signal(&edge_a, &edge_b).await;
 
     // B leaves: A is told; B comes back: A is told again.
     b.send(json!({"type": "leave", "room": "call"})).await;

@@ -112,11 +112,13 @@ impl TestCoordinator {
     }
 }
 
-/// Two clients, on the edges at `a_url` and `b_url`, meet in room `call`, exchange an offer
+/// Once both edges are ready, two clients, one on each, meet in room `call`, exchange an offer
 /// and an answer (each with the server-stamped `from`), and nothing else is queued for either.
-pub async fn meet_and_signal(a_url: &str, b_url: &str) -> (Client, Client) {
-    let mut a = Client::connect(a_url).await;
-    let mut b = Client::connect(b_url).await;
+pub async fn meet_and_signal(edge_a: &Node, edge_b: &Node) -> (Client, Client) {
+    edge_a.wait_ready().await;
+    edge_b.wait_ready().await;
+    let mut a = Client::connect(&edge_a.ws_url()).await;
+    let mut b = Client::connect(&edge_b.ws_url()).await;
     assert_eq!(a.join("call").await["peers"], json!([]));
     let joined = b.join("call").await;
     assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str());
