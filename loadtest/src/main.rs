@@ -623,11 +623,11 @@ async fn regions(args: RegionsArgs) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--leader {} is not in --regions", args.leader))?;
     let edge_bin = match &args.edge_bin {
         Some(p) => p.clone(),
-        None => sim::sibling_binary("heliograph-edge")?,
+        None => heliograph_testkit::bin::path(heliograph_testkit::bin::EDGE)?,
     };
     let coordinator_bin = match &args.coordinator_bin {
         Some(p) => p.clone(),
-        None => sim::sibling_binary("heliograph-coordinator")?,
+        None => heliograph_testkit::bin::path(heliograph_testkit::bin::COORDINATOR)?,
     };
     let settings = scenarios::regions::RegionsSettings {
         regions: args.regions.clone(),

@@ -10,14 +10,16 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use heliograph_testkit::edge::{self, EdgeOptions, Node};
+use heliograph_testkit::ports::free_port_on;
+use heliograph_testkit::process::Launchable;
+use heliograph_testkit::redis::Redis;
+use heliograph_testkit::replica::{Admin, Replica, ReplicaOptions};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +27,6 @@ use crate::delay_proxy;
 
 const SECRET: &str = "heliograph-simulation-secret-0123456789";
 const STARTUP: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(50);
 const REDIS_HOST: u8 = 50;
 const CENTRAL_HOST: u8 = 9;
 /// Proxies of region i towards region j listen on 127.0.i.(PROXY_HOST_BASE + j).
@@ -58,21 +59,25 @@ impl SimSpec {
     }
 }
 
+/// The simulation's processes; each is killed when dropped (replicas and Redis are only held).
+struct Processes {
+    _replicas: Vec<Replica>,
+    _redis: Vec<Redis>,
+    /// Per region, its edges.
+    edges: Vec<Vec<Node>>,
+    central: Node,
+}
+
 /// A running simulation; [`Sim::stop`] ends everything (children are also killed on drop).
 pub struct Sim {
     pub spec: SimSpec,
-    children: Vec<Child>,
+    processes: Option<Processes>,
     proxies: TaskTracker,
     stop: CancellationToken,
     /// Per region, the WebSocket URLs of its edges.
     pub edges: Vec<Vec<String>>,
     /// Per region, the URL its clients use to reach the central edge (direct in its region).
     pub central: Vec<String>,
-}
-
-fn free_port(ip: Ipv4Addr) -> Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
-    Ok(l.local_addr()?.port())
 }
 
 impl Sim {
@@ -83,7 +88,7 @@ impl Sim {
         }
         let mut sim = Sim {
             spec,
-            children: Vec::new(),
+            processes: None,
             proxies: TaskTracker::new(),
             stop: CancellationToken::new(),
             edges: Vec::new(),
@@ -94,12 +99,10 @@ impl Sim {
         let mut raft = Vec::new();
         let mut api = Vec::new();
         for r in 0..n {
-            raft.push(SocketAddr::from((ip(r, 1), free_port(ip(r, 1))?)));
-            api.push(SocketAddr::from((ip(r, 1), free_port(ip(r, 1))?)));
+            raft.push(SocketAddr::from((ip(r, 1), free_port_on(ip(r, 1).into())?)));
+            api.push(SocketAddr::from((ip(r, 1), free_port_on(ip(r, 1).into())?)));
         }
-        // Heartbeats above the longest round trip (openraft gives each append one interval).
-        let max_delay = spec.delay_ms.iter().flatten().copied().max().unwrap_or(0);
-        let heartbeat_ms = (max_delay * 2 + 50).max(100);
+        let mut dials = Vec::new();
         for r in 0..n {
             let mut dial = Vec::new();
             for other in (0..n).filter(|o| *o != r) {
@@ -108,160 +111,40 @@ impl Sim {
                     dial.push(format!("{target}={via}"));
                 }
             }
-            let data = spec.dir.join(format!("replica-{}", spec.regions[r]));
-            let mut cmd = Command::new(&spec.coordinator_bin);
-            cmd.args(["serve", "--id", &(r + 1).to_string()])
-                .args(["--raft-listen", &raft[r].to_string()])
-                .args(["--api-listen", &api[r].to_string()])
-                .args(["--metrics-listen", &format!("{}:0", raft[r].ip())])
-                .args(["--region", &spec.regions[r]])
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
-                .args(["--dial-via", &dial.join(",")])
-                .env("HELIOGRAPH_CLUSTER_SECRET", SECRET)
-                .env("RUST_LOG", "warn");
-            sim.spawn_reporting(
-                cmd,
-                &spec.dir.join(format!("replica-{}.log", spec.regions[r])),
-            )
-            .await?;
+            dials.push(dial.join(","));
         }
-        let admin = |args: Vec<String>| {
-            let bin = spec.coordinator_bin.clone();
-            async move {
-                let out = Command::new(bin)
-                    .args(&args)
-                    .env("HELIOGRAPH_CLUSTER_SECRET", SECRET)
-                    .output()
-                    .await?;
-                if !out.status.success() {
-                    bail!(
-                        "coordinator {}: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout)?)
-            }
-        };
-        let leader_api = api[spec.leader].to_string();
-        admin(vec!["bootstrap".into(), "--api".into(), leader_api.clone()]).await?;
-        for r in (0..n).filter(|r| *r != spec.leader) {
-            admin(vec![
-                "add".into(),
-                "--api".into(),
-                leader_api.clone(),
-                "--id".into(),
-                (r + 1).to_string(),
-                "--raft".into(),
-                raft[r].to_string(),
-                "--node-api".into(),
-                api[r].to_string(),
-                "--region".into(),
-                spec.regions[r].clone(),
-            ])
-            .await?;
-        }
-        for (r, replica_api) in api.iter().enumerate() {
-            let want = spec.leader + 1;
-            let mut agreed = false;
-            for _ in 0..(STARTUP.as_millis() / POLL.as_millis()) {
-                let status = admin(vec![
-                    "status".into(),
-                    "--api".into(),
-                    replica_api.to_string(),
-                ])
-                .await;
-                if status.is_ok_and(|v| {
-                    v["leader"] == want
-                        && v["members"]
-                            .as_array()
-                            .is_some_and(|m| m.iter().filter(|m| m["voter"] == true).count() == n)
-                }) {
-                    agreed = true;
-                    break;
-                }
-                tokio::time::sleep(POLL).await;
-            }
-            if !agreed {
-                bail!("replica of {} never saw the whole cluster", spec.regions[r]);
-            }
-        }
-        for (r, replica_api) in api.iter().enumerate() {
-            let redis_port = free_port(ip(r, REDIS_HOST))?;
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &redis_port.to_string()])
-                .args(["--bind", &ip(r, REDIS_HOST).to_string()])
-                .args(["--save", "", "--appendonly", "no"]);
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true);
-            sim.children
-                .push(cmd.spawn().context("starting redis-server")?);
-            let mut urls = Vec::new();
-            for e in 0..spec.edges_per_region {
-                let host = u8::try_from(2 + e).unwrap_or(u8::MAX);
-                let name = format!("{}-{e}", spec.regions[r]);
-                let mut cmd = Command::new(&spec.edge_bin);
-                cmd.args(["--listen", &format!("{}:0", ip(r, host))])
-                    .arg("--data-dir")
-                    .arg(spec.dir.join(&name))
-                    .args(["--region", &spec.regions[r], "--edge-id", &name])
-                    .args(["--coordinator", &format!("http://{replica_api}")])
-                    .args(["--cluster-secret", SECRET])
-                    .args([
-                        "--redis",
-                        &format!("redis://{}:{redis_port}/", ip(r, REDIS_HOST)),
-                    ]);
-                edge_flags(&mut cmd);
-                let addr = sim
-                    .spawn_reporting(cmd, &spec.dir.join(format!("{name}.log")))
-                    .await?;
-                urls.push(addr);
-            }
-            sim.edges.push(urls);
-        }
-        // The single-server design: one embedded edge in the leader's region.
+        // The processes start and form blocking, off the runtime that carries the proxies.
+        let processes = tokio::task::spawn_blocking({
+            let spec = spec.clone();
+            move || start_processes(&spec, &raft, &api, &dials)
+        })
+        .await??;
+        // The single-server design: one embedded edge in the leader's region, which clients
+        // of other regions reach through the proxies.
         let center = spec.leader;
-        let mut cmd = Command::new(&spec.edge_bin);
-        cmd.args(["--listen", &format!("{}:0", ip(center, CENTRAL_HOST))])
-            .arg("--data-dir")
-            .arg(spec.dir.join("central"))
-            .args(["--region", &spec.regions[center]]);
-        edge_flags(&mut cmd);
-        let central = sim
-            .spawn_reporting(cmd, &spec.dir.join("central.log"))
-            .await?;
-        let central_addr: SocketAddr = central.parse()?;
+        let central_addr: SocketAddr = processes.central.addr.parse()?;
         for r in 0..n {
             let via = if r == center {
                 central_addr
             } else {
                 sim.proxy(r, center, central_addr).await?
             };
-            sim.central.push(via.to_string());
+            sim.central.push(format!("ws://{via}/ws"));
         }
-        let all: Vec<String> = sim
-            .edges
-            .iter()
-            .flatten()
-            .cloned()
-            .chain([central])
-            .collect();
-        for addr in &all {
-            wait_ready(addr).await?;
+        let all = processes.edges.iter().flatten();
+        for node in all.clone().chain([&processes.central]) {
+            edge::wait_ready(&node.addr, STARTUP).await?;
         }
         // Edges report ready once linked; also wait for each one's Redis subscription.
-        for addr in sim.edges.iter().flatten() {
-            wait_metric(addr, "heliograph_edge_redis_up 1").await?;
+        for node in all {
+            edge::wait_redis_up(&node.addr, STARTUP).await?;
         }
-        sim.edges = sim
+        sim.edges = processes
             .edges
             .iter()
-            .map(|v| v.iter().map(|a| format!("ws://{a}/ws")).collect())
+            .map(|v| v.iter().map(Node::ws_url).collect())
             .collect();
-        sim.central = sim.central.iter().map(|a| format!("ws://{a}/ws")).collect();
+        sim.processes = Some(processes);
         Ok(sim)
     }
 
@@ -279,32 +162,9 @@ impl Sim {
         Ok(addr)
     }
 
-    /// Starts a child that prints one JSON line with its address (`listening` or `api`).
-    async fn spawn_reporting(&mut self, mut cmd: Command, log: &Path) -> Result<String> {
-        let log = std::fs::File::create(log)?;
-        cmd.stdout(Stdio::piped()).stderr(log).kill_on_drop(true);
-        let mut child = cmd.spawn().context("starting a cluster process")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        self.children.push(child);
-        let mut line = String::new();
-        tokio::time::timeout(STARTUP, BufReader::new(stdout).read_line(&mut line))
-            .await
-            .map_err(|_| anyhow!("a cluster process did not report its address"))??;
-        let v: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("bad start line {line:?}"))?;
-        v.get("listening")
-            .or_else(|| v.get("api"))
-            .and_then(|a| a.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("no address in {line:?}"))
-    }
-
     pub async fn stop(mut self) {
-        for c in &mut self.children {
-            let _ = c.start_kill();
-        }
-        for c in &mut self.children {
-            let _ = c.wait().await;
+        if let Some(processes) = self.processes.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(processes)).await;
         }
         self.stop.cancel();
         self.proxies.close();
@@ -312,64 +172,87 @@ impl Sim {
     }
 }
 
-/// Limits a measurement must not hit: the generator sends far more than a person would.
-fn edge_flags(cmd: &mut Command) {
-    cmd.args([
-        "--rate-limit-per-second",
-        "100000",
-        "--rate-limit-burst",
-        "100000",
-    ])
-    .args(["--log", "warn"]);
-}
-
-async fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    Ok(body)
-}
-
-async fn wait_ready(addr: &str) -> Result<()> {
-    wait_metric_path(addr, "/readyz", "HTTP/1.1 200").await
-}
-
-async fn wait_metric(addr: &str, line: &str) -> Result<()> {
-    wait_metric_path(addr, "/metrics", line).await
-}
-
-/// Polls `path` until its response contains `needle`.
-async fn wait_metric_path(addr: &str, path: &str, needle: &str) -> Result<()> {
-    for _ in 0..(STARTUP.as_millis() / POLL.as_millis()) {
-        if http_get(addr, path).await.is_ok_and(|b| b.contains(needle)) {
-            return Ok(());
-        }
-        tokio::time::sleep(POLL).await;
+/// Starts one replica per region (dialling the others through `dials`), forms the cluster
+/// around the leader's, then per region a Redis and its edges, and the central edge.
+fn start_processes(
+    spec: &SimSpec,
+    raft: &[SocketAddr],
+    api: &[SocketAddr],
+    dials: &[String],
+) -> Result<Processes> {
+    let n = spec.regions.len();
+    // Heartbeats above the longest round trip (openraft gives each append one interval).
+    let max_delay = spec.delay_ms.iter().flatten().copied().max().unwrap_or(0);
+    let heartbeat_ms = (max_delay * 2 + 50).max(100);
+    let mut replicas = Vec::new();
+    for r in 0..n {
+        let region = &spec.regions[r];
+        let mut options = ReplicaOptions::new(
+            u64::try_from(r + 1)?,
+            region,
+            &spec.dir.join(format!("replica-{region}")),
+        )
+        .log(&spec.dir.join(format!("replica-{region}.log")))
+        .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
+        .args(["--dial-via", &dials[r]])
+        .bin(&spec.coordinator_bin);
+        options.raft_listen = raft[r].to_string();
+        options.api_listen = api[r].to_string();
+        options.metrics_listen = format!("{}:0", raft[r].ip());
+        SECRET.clone_into(&mut options.secret);
+        "warn".clone_into(&mut options.rust_log);
+        replicas.push(Replica::spawn(options)?);
     }
-    bail!("{addr}{path} never showed {needle:?}")
+    let admin = Admin::of(spec.coordinator_bin.clone(), SECRET);
+    admin.form(&replicas, spec.leader)?;
+    let apis: Vec<&str> = replicas.iter().map(|r| r.api.as_str()).collect();
+    admin
+        .wait_formed(&apis, u64::try_from(spec.leader + 1)?, STARTUP)
+        .context("the replicas never saw the whole cluster")?;
+    let mut redis = Vec::new();
+    let mut edges = Vec::new();
+    for (r, replica) in replicas.iter().enumerate() {
+        let region = &spec.regions[r];
+        let bus = Redis::start_on(ip(r, REDIS_HOST).into()).context("starting redis-server")?;
+        let mut nodes = Vec::new();
+        for e in 0..spec.edges_per_region {
+            let host = u8::try_from(2 + e).unwrap_or(u8::MAX);
+            let name = format!("{region}-{e}");
+            let options = edge_options(spec, &name, &format!("{}:0", ip(r, host)))
+                .args(["--region", region, "--edge-id", &name])
+                .args(["--coordinator", &replica.url(), "--cluster-secret", SECRET])
+                .args(["--redis", &bus.url()]);
+            nodes.push(Node::spawn(&options)?);
+        }
+        redis.push(bus);
+        edges.push(nodes);
+    }
+    let center = spec.leader;
+    let options = edge_options(spec, "central", &format!("{}:0", ip(center, CENTRAL_HOST)))
+        .args(["--region", &spec.regions[center]]);
+    let central = Node::spawn(&options)?;
+    Ok(Processes {
+        _replicas: replicas,
+        _redis: redis,
+        edges,
+        central,
+    })
 }
 
-/// A binary of the workspace next to this one (`target/<profile>/NAME`).
-pub fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
-    // Test executables live one level down, in deps/.
-    for d in [dir, dir.parent().unwrap_or(dir)] {
-        let p = d.join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "{name} not found next to {}; build the workspace",
-        exe.display()
-    )
+/// An edge of the simulation named `name`; its limits must not be hit by a measurement (the
+/// generator sends far more than a person would).
+fn edge_options(spec: &SimSpec, name: &str, listen: &str) -> EdgeOptions {
+    EdgeOptions::new(&spec.dir.join(name))
+        .listen(listen)
+        .log_filter("warn")
+        .log(&spec.dir.join(format!("{name}.log")))
+        .args([
+            "--rate-limit-per-second",
+            "100000",
+            "--rate-limit-burst",
+            "100000",
+        ])
+        .bin(&spec.edge_bin)
 }
 
 /// Parses `a-b=MS` pairs into a symmetric matrix over `regions`.

@@ -1,0 +1,21 @@
+//! The edge's integration tests, one module per concern, in one test binary: real
+//! `heliograph-edge` processes (and, for the cluster modules, coordinator replicas and Redis)
+//! started through the test kit, and real WebSocket clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod bad_input;
+mod cluster;
+mod departures;
+mod failover;
+mod lifecycle;
+mod metrics_documented;
+mod property;
+mod regions;
+mod remote_coordinator;
+mod remote_mtls;
+mod resume;
+mod security;
+mod signaling;

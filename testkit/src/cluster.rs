@@ -1,0 +1,254 @@
+//! A cluster of real processes: coordinator replicas (the first bootstrapped, so it leads;
+//! the others added through it), a `redis-server` per region that asks for one, and edges
+//! pointed at their region's replicas and Redis. Started, formed and ready, or the test
+//! fails. When a test fails, the edges' log tails are printed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::edge::{EdgeOptions, Node};
+use crate::process::Launchable;
+use crate::redis::Redis;
+use crate::replica::{Admin, Replica, ReplicaOptions};
+use crate::wait::{DEADLINE, STARTUP};
+use crate::{CLUSTER_SECRET, SESSION_SECRET};
+
+/// What to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec<'a> {
+    /// `(id, region)`; the first is bootstrapped and so leads.
+    pub replicas: &'a [(u64, &'a str)],
+    /// `(edge name, region)`; each edge uses its region's replicas.
+    pub edges: &'a [(&'a str, &'a str)],
+    /// Regions whose edges share a Redis.
+    pub redis: &'a [&'a str],
+    /// More `serve` flags for every replica.
+    pub replica_args: &'a [&'a str],
+    /// More flags for every edge.
+    pub edge_args: &'a [&'a str],
+}
+
+/// An edge process of the cluster, with its name and region.
+pub struct Edge {
+    pub name: String,
+    pub region: String,
+    pub node: Node,
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub admin: Admin,
+    pub replicas: Vec<Replica>,
+    pub redis: HashMap<String, Redis>,
+    pub edges: Vec<Edge>,
+    replica_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts and forms the replicas, then Redis and the edges; returns once every replica
+    /// sees the whole cluster and every edge is ready (with its Redis bus up).
+    pub async fn start(spec: Spec<'_>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster {
+            admin: Admin::new(),
+            replicas: Vec::new(),
+            redis: HashMap::new(),
+            edges: Vec::new(),
+            replica_args: spec.replica_args.iter().map(|s| (*s).to_owned()).collect(),
+            dir,
+        };
+        for (id, region) in spec.replicas {
+            let r = cluster.start_replica(*id, region);
+            cluster.replicas.push(r);
+        }
+        cluster.admin.form(&cluster.replicas, 0).unwrap();
+        let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
+        cluster
+            .admin
+            .wait_formed(&apis, spec.replicas[0].0, DEADLINE * 2)
+            .unwrap();
+        for region in spec.redis {
+            cluster.redis.insert((*region).to_owned(), Redis::start());
+        }
+        for (name, region) in spec.edges {
+            let node = cluster.start_edge(name, region, spec.edge_args);
+            cluster.edges.push(Edge {
+                name: (*name).into(),
+                region: (*region).into(),
+                node,
+            });
+        }
+        for e in &cluster.edges {
+            e.node.wait_ready().await;
+        }
+        cluster.wait_redis_up().await;
+        cluster
+    }
+
+    fn start_replica(&self, id: u64, region: &str) -> Replica {
+        let root = self.dir.path();
+        Replica::start(
+            ReplicaOptions::new(id, region, &root.join(format!("replica-{id}")))
+                .log(&root.join(format!("replica-{id}.log")))
+                .args(&self.replica_args),
+        )
+    }
+
+    /// Starts edge `name` of `region` on its region's replicas and Redis.
+    fn start_edge(&self, name: &str, region: &str, extra: &[&str]) -> Node {
+        let ids: Vec<u64> = self
+            .replicas
+            .iter()
+            .filter(|r| r.region == region)
+            .map(|r| r.id)
+            .collect();
+        assert!(!ids.is_empty(), "region {region} has no replica");
+        let mut args = vec![
+            "--region".to_owned(),
+            region.to_owned(),
+            "--edge-id".to_owned(),
+            name.to_owned(),
+            "--session-secret".to_owned(),
+            SESSION_SECRET.to_owned(),
+        ];
+        if let Some(r) = self.redis.get(region) {
+            args.extend(["--redis".to_owned(), r.url()]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.edge_on(name, &ids, &args)
+    }
+
+    /// An edge named `name` attached to replicas `ids` (tried in that order) with `extra`
+    /// flags; the caller owns it.
+    pub fn edge_on(&self, name: &str, ids: &[u64], extra: &[&str]) -> Node {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let urls = self.urls(ids);
+        let options = EdgeOptions::new(&dir.join("data"))
+            .log(&dir.join("edge.log"))
+            .args(["--coordinator", &urls, "--cluster-secret", CLUSTER_SECRET])
+            .args(extra);
+        Node::spawn(&options).unwrap_or_else(|e| panic!("edge {name}: {e:#}"))
+    }
+
+    pub fn edge(&self, name: &str) -> &Edge {
+        self.edges.iter().find(|e| e.name == name).unwrap()
+    }
+
+    pub fn edge_mut(&mut self, name: &str) -> &mut Edge {
+        self.edges.iter_mut().find(|e| e.name == name).unwrap()
+    }
+
+    pub fn replica(&self, id: u64) -> &Replica {
+        self.replicas.iter().find(|r| r.id == id).unwrap()
+    }
+
+    pub fn replica_mut(&mut self, id: u64) -> &mut Replica {
+        self.replicas.iter_mut().find(|r| r.id == id).unwrap()
+    }
+
+    /// API URLs of replicas `ids`, in that order (an edge tries them in turn).
+    pub fn urls(&self, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|id| self.replica(*id).url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts replica `id` in `region` and makes it a voter through the first live replica.
+    pub fn grow(&mut self, id: u64, region: &str) {
+        let r = self.start_replica(id, region);
+        let via = self
+            .replicas
+            .iter()
+            .find(|r| r.alive())
+            .unwrap()
+            .api
+            .clone();
+        self.admin.add(&via, &r).unwrap_or_else(|e| panic!("{e:#}"));
+        self.replicas.push(r);
+    }
+
+    /// Polls every live replica's status until `pred` holds for all (blocking).
+    pub fn wait_all(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let apis: Vec<&str> = self
+            .replicas
+            .iter()
+            .filter(|r| r.alive())
+            .map(|r| r.api.as_str())
+            .collect();
+        self.admin
+            .wait_statuses(&apis, within, what, |all| all.iter().all(&pred))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The leader every live replica agrees on.
+    pub fn leader(&self) -> u64 {
+        let all = self.wait_all(STARTUP, "a leader everyone agrees on", |v| {
+            v["leader"].is_u64()
+        });
+        let leader = all[0]["leader"].as_u64().unwrap();
+        assert!(all.iter().all(|v| v["leader"] == leader), "{all:#?}");
+        leader
+    }
+
+    /// Waits until every live replica has applied at least the leader's commit index at the
+    /// time of the call.
+    pub fn wait_converged(&self) {
+        let commit = self
+            .wait_all(STARTUP, "a leader", |v| v["leader"].is_u64())
+            .iter()
+            .filter_map(|v| v["commit_index"].as_u64())
+            .max()
+            .unwrap();
+        self.wait_all(STARTUP, "every replica applied the commit index", |v| {
+            v["applied_index"].as_u64() >= Some(commit)
+        });
+    }
+
+    /// Waits until every edge with a Redis reports it up.
+    pub async fn wait_redis_up(&self) {
+        for e in self
+            .edges
+            .iter()
+            .filter(|e| self.redis.contains_key(&e.region))
+        {
+            e.node
+                .wait_metric("heliograph_edge_redis_up", |v| v == 1.0)
+                .await;
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    /// A failing test shows what the edges logged.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for e in &self.edges {
+            let log = e.node.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- edge {} ({}) log tail ---", e.name, e.region);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
