@@ -15,9 +15,8 @@ use heliograph_coordinator::registry::{
 
 use crate::metrics::{EdgeMetrics, RelayPath};
 
-use crate::outbox::Delivery;
 use crate::registry::{Events, Registry, RegistryEvent};
-use crate::rooms::{Notice, RoomIndex};
+use crate::rooms::RoomIndex;
 use crate::router::Router;
 use crate::shutdown::{Shutdown, Stage};
 use crate::signal::Envelope;
@@ -40,7 +39,7 @@ pub async fn follow(
             () = shutdown.reached(Stage::Stopped) => return,
             r = events.next() => r,
         };
-        let notices = match received {
+        match received {
             None => return,
             Some(RegistryEvent::Room { event, view }) => {
                 if let RoomEventKind::Left {
@@ -53,7 +52,7 @@ pub async fn follow(
                     // is told. (Every edge in the room sees this; one takes the buffer.)
                     expire_pending(&router, peer).await;
                 }
-                let notices = index.apply(&event, |room| {
+                index.apply(&event, |room| {
                     view.clone()
                         .filter(|v| &v.room == room)
                         .or_else(|| registry.local_view(room))
@@ -72,7 +71,6 @@ pub async fn follow(
                         member.peer.clone(),
                     ));
                 }
-                notices
             }
             Some(RegistryEvent::Resync) => {
                 metrics.registry_resyncs.increment(1);
@@ -80,12 +78,11 @@ pub async fn follow(
                 match registry.views(&rooms).await {
                     Ok(views) => {
                         remove_ghosts(&index, &registry, &views).await;
-                        index.resync(|room| views.get(room).cloned().flatten())
+                        index.resync(|room| views.get(room).cloned().flatten());
                     }
                     Err(e) => {
                         // The link that asked for it is gone; the next one asks again.
                         tracing::warn!(error = %e, "could not re-read rooms");
-                        Vec::new()
                     }
                 }
             }
@@ -97,8 +94,7 @@ pub async fn follow(
                 metrics.relay_undeliverable.increment(1);
                 continue;
             }
-        };
-        deliver(notices);
+        }
         metrics.rooms_tracked.set(index.tracked_rooms() as f64);
     }
 }
@@ -153,15 +149,6 @@ async fn take_back(registry: Registry, room: RoomId, peer: PeerId) {
         ),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not take a peer out of a room"),
         Err(_) => tracing::warn!("could not take a peer out of a room in time"),
-    }
-}
-
-/// Hands notices to their sessions; a full outbox kicks that session, not the others.
-pub fn deliver(notices: Vec<Notice>) {
-    for (handle, out) in notices {
-        if handle.send(out) == Delivery::Kicked {
-            tracing::debug!("outbox full while delivering a room event");
-        }
     }
 }
 

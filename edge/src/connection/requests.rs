@@ -14,7 +14,6 @@ use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
 use crate::context::EdgeContext;
-use crate::follower;
 use crate::outbox::Outgoing;
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage, SignalKind,
@@ -264,7 +263,7 @@ fn join(
                     // `joined` goes out through the outbox once the index has the room as the
                     // registry had it then, in order with the room's other events.
                     Ok(Outcome::Joined { epoch, .. }) => {
-                        follower::deliver(ctx.index.join_committed(&peer, &room, epoch));
+                        ctx.index.join_committed(&peer, &room, epoch);
                         save_rooms(&ctx, &peer, &owner).await;
                         Vec::new()
                     }

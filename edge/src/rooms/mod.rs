@@ -2,8 +2,9 @@
 //!
 //! [`core`] is the logic (apply, resync, route), pure and unit-tested; [`RoomIndex`] is that
 //! core behind one lock, with this edge's session handles. Every method takes the lock once
-//! and never holds it across an await; frames for sessions are returned, to be handed over
-//! after the lock is released.
+//! and never holds it across an await. Room events are handed to the sessions' outboxes
+//! before the lock is released (a non-blocking push each), so that a session that changes
+//! its own membership next (a leave) finds every earlier notice queued already.
 //!
 //! May import: `outbox` (frames and session handles), `protocol`, `session` (types). Never
 //! the router, the region backend, the registry client or a transport.
@@ -15,7 +16,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use heliograph_coordinator::registry::{EdgeId, PeerId, RoomEvent, RoomId, RoomView};
 
-use crate::outbox::SessionHandle;
+use crate::outbox::{Delivery, SessionHandle};
 use crate::protocol::{ErrorCode, Ref};
 use crate::session::{LocalSession, Owner, StoredRoom};
 
@@ -140,8 +141,9 @@ impl RoomIndex {
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
-    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) -> Vec<Notice> {
-        self.write().join_committed(peer, room, epoch)
+    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) {
+        let mut core = self.write();
+        hand_over(core.join_committed(peer, room, epoch));
     }
 
     /// Whether the peer is in the room or joining it (as far as this edge knows).
@@ -190,16 +192,23 @@ impl RoomIndex {
     }
 
     /// Applies one registry event (see [`RoomCore::apply`]).
-    pub fn apply(
-        &self,
-        event: &RoomEvent,
-        view: impl Fn(&RoomId) -> Option<RoomView>,
-    ) -> Vec<Notice> {
-        self.write().apply(event, view)
+    pub fn apply(&self, event: &RoomEvent, view: impl Fn(&RoomId) -> Option<RoomView>) {
+        let mut core = self.write();
+        hand_over(core.apply(event, view));
     }
 
     /// Re-reads every tracked room after missing events (see [`RoomCore::resync`]).
-    pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) -> Vec<Notice> {
-        self.write().resync(view)
+    pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) {
+        let mut core = self.write();
+        hand_over(core.resync(view));
+    }
+}
+
+/// Hands notices to their sessions; a full outbox kicks that session, not the others.
+fn hand_over(notices: Vec<Notice>) {
+    for (handle, out) in notices {
+        if handle.send(out) == Delivery::Kicked {
+            tracing::debug!("outbox full while delivering a room event");
+        }
     }
 }
