@@ -101,9 +101,14 @@ pub enum JoinKey {
     Rs256(Vec<u8>),
 }
 
+/// Why a join-token key cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid join-token key: {0}")]
-pub struct KeyError(String);
+pub enum KeyError {
+    #[error("invalid join-token key: an HS256 secret must be at least 32 bytes")]
+    ShortSecret,
+    #[error("invalid join-token key: {0}")]
+    Pem(#[source] jsonwebtoken::errors::Error),
+}
 
 /// Verifies join tokens, or admits everyone when no key is configured.
 pub struct JoinAuth {
@@ -116,20 +121,19 @@ impl JoinAuth {
     }
 
     pub fn with_key(key: JoinKey) -> Result<Self, KeyError> {
-        let err = |e: jsonwebtoken::errors::Error| KeyError(e.to_string());
         let (key, alg) = match key {
             JoinKey::Hs256(secret) => {
                 if secret.len() < 32 {
-                    return Err(KeyError("an HS256 secret must be at least 32 bytes".into()));
+                    return Err(KeyError::ShortSecret);
                 }
                 (DecodingKey::from_secret(&secret), Algorithm::HS256)
             }
             JoinKey::Es256(pem) => (
-                DecodingKey::from_ec_pem(&pem).map_err(err)?,
+                DecodingKey::from_ec_pem(&pem).map_err(KeyError::Pem)?,
                 Algorithm::ES256,
             ),
             JoinKey::Rs256(pem) => (
-                DecodingKey::from_rsa_pem(&pem).map_err(err)?,
+                DecodingKey::from_rsa_pem(&pem).map_err(KeyError::Pem)?,
                 Algorithm::RS256,
             ),
         };

@@ -90,8 +90,10 @@ pub enum StartError {
     EdgeId { path: String, source: io::Error },
     #[error("the registry refused this edge: {0:?}")]
     Registration(Outcome),
-    #[error("join-token key: {0}")]
-    JoinKey(String),
+    #[error("join-token key file {path}: {source}")]
+    JoinKeyFile { path: String, source: io::Error },
+    #[error("{0}")]
+    JoinKey(#[from] crate::auth::KeyError),
     #[error("{0}")]
     Redis(#[from] crate::region::UrlError),
 }
@@ -337,7 +339,10 @@ async fn open_embedded(
 
 fn join_auth(source: Option<&JoinKeySource>) -> Result<JoinAuth, StartError> {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| StartError::JoinKey(format!("{}: {e}", path.display())))
+        std::fs::read(path).map_err(|source| StartError::JoinKeyFile {
+            path: path.display().to_string(),
+            source,
+        })
     };
     let key = match source {
         None => return Ok(JoinAuth::open()),
@@ -345,7 +350,7 @@ fn join_auth(source: Option<&JoinKeySource>) -> Result<JoinAuth, StartError> {
         Some(JoinKeySource::Es256PemFile(p)) => JoinKey::Es256(read(p)?),
         Some(JoinKeySource::Rs256PemFile(p)) => JoinKey::Rs256(read(p)?),
     };
-    JoinAuth::with_key(key).map_err(|e| StartError::JoinKey(e.to_string()))
+    Ok(JoinAuth::with_key(key)?)
 }
 
 fn stored_edge_id(data_dir: &Path) -> Result<EdgeId, StartError> {
