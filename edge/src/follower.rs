@@ -77,7 +77,7 @@ pub async fn follow(
                 let rooms = index.rooms_to_resync();
                 match registry.views(&rooms).await {
                     Ok(views) => {
-                        remove_ghosts(&index, &registry, &views).await;
+                        remove_ghosts(&index, &registry, &views);
                         index.resync(|room| views.get(room).cloned().flatten());
                     }
                     Err(e) => {
@@ -110,8 +110,10 @@ pub async fn expire_pending(router: &Router, peer: &PeerId) {
 /// Members on this edge without a session here are peers whose `Disconnect` was lost
 /// (e.g. they left while the coordinator was unreachable): remove them now. Members with a
 /// session here that neither are in the room nor joining it were answered `unavailable` for
-/// a join that committed after all: they leave it.
-async fn remove_ghosts(
+/// a join that committed after all: they leave it. The commands run in the background: the
+/// follower never waits on a commit (the registry may have lost its quorum), since room
+/// events and relayed signals come through it.
+fn remove_ghosts(
     index: &RoomIndex,
     registry: &Registry,
     views: &HashMap<RoomId, Option<RoomView>>,
@@ -127,14 +129,30 @@ async fn remove_ghosts(
             }
         }
     }
-    for peer in gone {
-        if let Err(e) = registry.execute(Command::Disconnect { peer }).await {
-            tracing::warn!(error = %e, "could not remove a departed peer from the registry");
+    if gone.is_empty() && stray.is_empty() {
+        return;
+    }
+    let registry = registry.clone();
+    tokio::spawn(async move {
+        for peer in gone {
+            let removed = tokio::time::timeout(
+                TAKE_BACK_DEADLINE,
+                registry.execute(Command::Disconnect { peer }),
+            );
+            match removed.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not remove a departed peer from the registry")
+                }
+                Err(_) => {
+                    tracing::warn!("could not remove a departed peer from the registry in time")
+                }
+            }
         }
-    }
-    for (room, peer) in stray {
-        take_back(registry.clone(), room, peer).await;
-    }
+        for (room, peer) in stray {
+            take_back(registry.clone(), room, peer).await;
+        }
+    });
 }
 
 /// Takes a peer out of a room it is not in as far as its client knows.

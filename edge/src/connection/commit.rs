@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use crate::context::EdgeContext;
 
 /// How long a join or leave may take, retries included, before the client is answered
-/// `unavailable`: a leader election takes about a second, and a registry that lost its
-/// quorum must not hold a client longer than that.
-pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(1_000);
+/// `unavailable`: a registry that lost its quorum must not hold a client for more than a
+/// second (a healthy commit takes milliseconds; a leader election about a second).
+pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(800);
 /// How long the edge tries to undo a join whose outcome stayed unknown.
 pub(super) const UNDO_DEADLINE: Duration = Duration::from_millis(1_000);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);

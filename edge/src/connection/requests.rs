@@ -278,11 +278,13 @@ fn join(
                             &ctx,
                         )]
                     }
+                    // The join's event arrived while its answer was lost: it committed, and
+                    // the client has its `joined`.
+                    Err(_) if !ctx.index.abort_join(&peer, &room) => Vec::new(),
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
                         // not in the room, so the edge makes that true (a join that commits
                         // later anyway is undone when its event arrives).
-                        ctx.index.abort_join(&peer, &room);
                         undo_join(&ctx, &peer, &room).await;
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }

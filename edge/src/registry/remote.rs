@@ -339,9 +339,9 @@ impl RemoteRegistry {
             .map_err(|e| SessionError::Connect(tls::error_chain(&e)))?;
         let mut client = RegistryClient::new(channel);
         *self.client.write().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
-        let mut registered = self.try_register().await?;
-
-        // The link opens before the resync, so no event falls between the two.
+        // The link opens first: signals flow as soon as the replica answers, whether or not
+        // the registry can commit this edge's registration right now. It also opens before
+        // the resync, so no event falls between the two.
         let (tx, rx) = mpsc::channel(LINK_OUT_BUFFER);
         let hello = EdgeToReplica {
             msg: Some(edge_to_replica::Msg::Hello(proto::LinkHello {
@@ -361,8 +361,9 @@ impl RemoteRegistry {
             .send(RegistryEvent::Resync)
             .await
             .map_err(|_| SessionError::EventsClosed)?;
+        let mut registered = self.try_register().await?;
         self.ready.store(true, Ordering::SeqCst);
-        tracing::info!(%url, "linked to a coordinator replica");
+        tracing::info!(%url, registered, "linked to a coordinator replica");
 
         let mut renew = tokio::time::interval(Duration::from_millis(self.settings.lease_ms / 3));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

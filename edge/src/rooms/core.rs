@@ -287,10 +287,12 @@ impl<H: Handle> RoomCore<H> {
     }
 
     /// The registry refused or failed the join: forget it.
-    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId) {
-        if let Some(local) = self.peers.get_mut(peer) {
-            local.pending_joins.remove(room);
-        }
+    /// Returns false when there was nothing to abort: the join completed already (its event
+    /// arrived), or the session is gone.
+    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId) -> bool {
+        self.peers
+            .get_mut(peer)
+            .is_some_and(|local| local.pending_joins.remove(room).is_some())
     }
 
     /// The registry committed the peer's join; the room was at `epoch` then. The joiner is

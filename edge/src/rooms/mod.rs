@@ -135,9 +135,10 @@ impl RoomIndex {
             .begin_join(peer, room, reference, max_rooms, receive_only)
     }
 
-    /// The registry refused or failed the join: forget it.
-    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) {
-        self.write().abort_join(peer, room);
+    /// The registry refused or failed the join: forget it. False when the join had completed
+    /// already (its event arrived first) or the session is gone.
+    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.write().abort_join(peer, room)
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
