@@ -12,13 +12,20 @@ export declare class Emitter<Events extends Record<string, unknown>> {
   emit<K extends keyof Events>(type: K, payload: Events[K]): void;
 }
 
-export type ErrorCode =
+/** Every code an edge sends in an `error` frame (docs/PROTOCOL.md, "Error codes"). */
+export type ServerErrorCode =
   | 'bad-json' | 'unknown-type' | 'bad-field' | 'invalid-room' | 'invalid-meta'
   | 'binary-unsupported' | 'not-in-room' | 'unknown-peer' | 'too-many-rooms' | 'room-full'
   | 'resume-failed' | 'unavailable' | 'internal'
-  // raised by the SDK itself
+  | 'token-required' | 'token-expired' | 'token-invalid-signature' | 'token-algorithm-refused'
+  | 'token-malformed' | 'token-wrong-room' | 'forbidden' | 'rate-limited';
+
+/** Codes the SDK raises itself. */
+export type ClientErrorCode =
   | 'timeout' | 'closed' | 'disconnected' | 'cancelled' | 'bad-frame' | 'send-failed'
-  | 'connect-failed';
+  | 'connect-failed' | 'token-fetch-failed';
+
+export type ErrorCode = ServerErrorCode | ClientErrorCode;
 
 export type SignalKind = 'offer' | 'answer' | 'candidate' | 'custom';
 export type State = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
@@ -92,7 +99,7 @@ export interface Request {
 }
 
 export declare class HeliographError extends Error {
-  readonly code: ErrorCode | string;
+  readonly code: ErrorCode;
   /** The request that failed, when known. */
   readonly request?: Request;
   constructor(code: string, message: string, request?: Request);
@@ -109,7 +116,7 @@ export interface HeliographEvents {
   joined: { room: string; peers: PeerInfo[]; rejoin: boolean };
   left: { room: string };
   rejoined: { room: string };
-  'rejoin-failed': { room: string; code: string; message: string };
+  'rejoin-failed': { room: string; code: ErrorCode; message: string };
   /** The old session continues: same peer id, rooms kept (not re-joined), missed frames delivered. */
   resumed: { peerId: string; replayed: number };
   /** The edge is draining: the client reconnects (and resumes) without backoff when it closes. */
@@ -122,7 +129,7 @@ export interface HeliographEvents {
    * edge's grace period, or its pending buffer was full). `request`: the signal, if remembered.
    */
   expired: { to: string; room: string | null; ref: string | null; request: Request | null };
-  error: { code: ErrorCode | string; message: string; ref?: string | number; request?: Request | null };
+  error: { code: ErrorCode; message: string; ref?: string | number; request?: Request | null };
   reconnecting: { attempt: number; delay: number };
   disconnected: { code: number; reason: string };
   /** Every frame from the edge, parsed. */
@@ -151,6 +158,12 @@ export interface HeliographOptions {
    * replayed) before falling back to rejoining the rooms (default true).
    */
   resume?: boolean;
+  /**
+   * Supplies a join token for `room` from the app's backend. Called for every join and every
+   * rejoin (after a reconnect whose resume failed), and once more when the edge answers
+   * `token-expired`; a failure rejects the join with `token-fetch-failed`.
+   */
+  getToken?: (room: string) => string | Promise<string>;
   /** Injectables, for tests and non-browser hosts. */
   WebSocket?: { new (url: string, protocol: string): WebSocket };
   setTimeout?: (fn: () => void, ms: number) => unknown;
@@ -159,8 +172,16 @@ export interface HeliographOptions {
   now?: () => number;
 }
 
+export interface JoinOptions {
+  /** What the other peers see; a function is called at every (re)join (e.g. to carry `edge`). */
+  meta?: Meta | ((client: Heliograph) => Meta);
+  /** A join token for this room (ignored when the client has `getToken`). */
+  token?: string;
+}
+
 export interface RoomState {
   meta: Meta | ((client: Heliograph) => Meta) | null;
+  token: string | null;
   /** The room's other peers; null while (re)joining. */
   peers: Map<string, PeerInfo> | null;
 }
@@ -184,11 +205,8 @@ export declare class Heliograph extends Emitter<HeliographEvents> {
   connect(url: string): Promise<Welcome>;
   /** Closes for good and rejects pending requests. */
   close(): void;
-  /**
-   * Joins a room; resolves with the peers already in it. `meta` may be a function, called at
-   * every (re)join, so that it can carry values of the current connection (e.g. `edge`).
-   */
-  join(room: string, meta?: Meta | ((client: Heliograph) => Meta)): Promise<PeerInfo[]>;
+  /** Joins a room; resolves with the peers already in it. Rejoined after reconnects. */
+  join(room: string, options?: JoinOptions): Promise<PeerInfo[]>;
   /** Leaves a room. */
   leave(room: string): Promise<void>;
   /** Relays data to a peer; returns the ref that `error`/`expired` events will carry. */

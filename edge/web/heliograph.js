@@ -56,6 +56,11 @@ const DEFAULTS = {
   pingInterval: 20000, // client pings detect a dead link the browser has not noticed; 0 = off
   pingTimeout: 10000,
   resume: true,
+  /**
+   * `async (room) => token`: called for every join (and rejoin) when set, so that each one
+   * carries a fresh join token from the app's backend; called once more after `token-expired`.
+   */
+  getToken: null,
 };
 
 /** How many recent signal refs are remembered to give `error`/`expired` their request. */
@@ -143,22 +148,60 @@ export class Heliograph extends Emitter {
   }
 
   /**
-   * Joins `room`; resolves with the peers already there. Rejoined after reconnects. `meta`
-   * may be a function of the client, called at every (re)join (e.g. to carry the edge).
+   * Joins `room`; resolves with the peers already there. Rejoined after reconnects.
+   * `options.meta` may be a function of the client, called at every (re)join (e.g. to carry
+   * the edge); `options.token` is a join token (the `getToken` option, when set, supplies a
+   * fresh one for every join instead).
    */
-  join(room, meta) {
-    const entry = { meta: meta ?? null, peers: null };
+  join(room, options = {}) {
+    const { meta = null, token = null } = options ?? {};
+    const entry = { meta, token, peers: null };
     this.rooms.set(room, entry);
     this.leaving.delete(room);
     this.heldRosters.delete(room);
-    return this.#request(this.#joinMessage(room, entry)).then((reply) => reply.peers);
+    return this.#joinRoom(room, entry, {}).then((reply) => reply.peers, (err) => {
+      // Refused before it reached the edge: not a room to rejoin later, like any refusal.
+      if (err?.code === 'token-fetch-failed' && this.rooms.get(room) === entry) {
+        this.rooms.delete(room);
+      }
+      throw err;
+    });
   }
 
-  #joinMessage(room, entry) {
+  /**
+   * Sends a join with its token; after `token-expired`, once more with a fresh token from
+   * `getToken`. Without `getToken` the join is sent at once (no await before it).
+   */
+  #joinRoom(room, entry, opts) {
+    const send = (token, tokenRetried) =>
+      this.#request(this.#joinMessage(room, entry, token), { ...opts, tokenRetried });
+    const first = this.options.getToken
+      ? this.#fetchToken(room).then((token) => send(token, false))
+      : send(entry.token, false);
+    return first.catch((err) => {
+      if (!err?.freshTokenWanted) throw err;
+      if (this.rooms.get(room) !== entry) {
+        throw new HeliographError('cancelled', 'left before the join completed', err.request);
+      }
+      return this.#fetchToken(room).then((token) => send(token, true));
+    });
+  }
+
+  #joinMessage(room, entry, token) {
     const msg = { type: 'join', room };
     const meta = typeof entry.meta === 'function' ? entry.meta(this) : entry.meta;
     if (meta != null) msg.meta = meta;
+    if (token != null) msg.token = token;
     return msg;
+  }
+
+  /** A join token from the app's `getToken`; its failure is a `token-fetch-failed` error. */
+  async #fetchToken(room) {
+    try {
+      return await this.options.getToken(room);
+    } catch (e) {
+      throw new HeliographError('token-fetch-failed', String(e?.message ?? e), { type: 'join', room });
+    }
   }
 
   /** Leaves `room`. Resolves once the server confirms (at once when not connected). */
@@ -338,7 +381,7 @@ export class Heliograph extends Emitter {
    * is not held back by a resume; `now` sends on the current socket whatever the state (the
    * resume itself, before anyone can hear of the new `welcome`).
    */
-  #request(msg, { queue = true, internal = false, now = false } = {}) {
+  #request(msg, { queue = true, internal = false, now = false, tokenRetried = false } = {}) {
     return new Promise((resolve, reject) => {
       if (this.state === 'closed') {
         reject(new HeliographError('closed', 'the client is closed', msg));
@@ -350,7 +393,9 @@ export class Heliograph extends Emitter {
       }
       const ref = `r${this.nextRef++}`;
       msg.ref = ref;
-      const req = { msg, resolve, reject, sent: false, timer: null, internal, rejoin: internal };
+      const req = {
+        msg, resolve, reject, sent: false, timer: null, internal, rejoin: internal, tokenRetried,
+      };
       this.pending.set(ref, req);
       // While not open, the request waits for the next `welcome` (joins via rejoin); while
       // resuming, until the session is known (a rejoin would race the resumed membership).
@@ -623,15 +668,16 @@ export class Heliograph extends Emitter {
   #rejoin(room) {
     const entry = this.rooms.get(room);
     if (!entry) return;
-    this.#request(this.#joinMessage(room, entry), { internal: true }).then(
+    this.#joinRoom(room, entry, { internal: true }).then(
       () => this.emit('rejoined', { room }),
       (err) => this.#rejoinFailed(room, err));
   }
 
   #rejoinFailed(room, err) {
     if (!this.rooms.has(room) || this.state !== 'open') return; // the next welcome rejoins
-    if (err.code === 'unavailable' || err.code === 'timeout') {
-      // The registry is briefly unavailable: try again after the first backoff step.
+    if (err.code === 'unavailable' || err.code === 'timeout' || err.code === 'token-fetch-failed') {
+      // The registry (or the app's token backend) is briefly unavailable: try again after
+      // the first backoff step.
       this.setTimeout(() => { if (this.state === 'open') this.#rejoin(room); },
         this.options.initialDelay);
       return;
@@ -651,6 +697,16 @@ export class Heliograph extends Emitter {
     const req = msg.ref != null ? this.#settle(msg.ref) : null;
     const request = req?.msg ?? (msg.ref != null ? this.signals.get(msg.ref) : undefined) ?? null;
     if (req) {
+      // An expired join token is asked for once more (`getToken`) and the join sent again:
+      // the room stays wanted and nobody is told of the first refusal.
+      const freshTokenWanted = req.msg.type === 'join' && msg.code === 'token-expired'
+        && !!this.options.getToken && !req.tokenRetried;
+      if (freshTokenWanted) {
+        const err = new HeliographError(msg.code, msg.message, req.msg);
+        err.freshTokenWanted = true;
+        req.reject(err);
+        return;
+      }
       if (req.msg.type === 'join' && !req.internal) this.rooms.delete(req.msg.room);
       req.reject(new HeliographError(msg.code, msg.message, req.msg));
       if (req.msg.type === 'resume') return; // a stale resume: the session is settled

@@ -23,7 +23,7 @@ async function setup(selfId, peers, options = {}) {
   const mesh = new PeerMesh(c, 'room', { RTCPeerConnection: FakePeerConnection }).start();
   const events = [];
   for (const t of ['peer', 'channel', 'close', 'error']) mesh.on(t, (e) => events.push([t, e.peer.id, e.reason ?? e.error?.message]));
-  const j = c.join('room', { name: selfId });
+  const j = c.join('room', { meta: { name: selfId } });
   const ws = FakeWebSocket.last;
   ws.receive({ type: 'joined', room: 'room', ref: ws.lastSent('join').ref, peers });
   await j;

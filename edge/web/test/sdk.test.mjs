@@ -52,7 +52,7 @@ test('connect uses the subprotocol and resolves with welcome', async () => {
 test('join resolves on the joined reply with the matching ref only', async () => {
   const c = await connected();
   const ws = FakeWebSocket.last;
-  const a = c.join('alpha', { name: 'A' });
+  const a = c.join('alpha', { meta: { name: 'A' } });
   const b = c.join('beta');
   const [ja, jb] = ws.sent;
   assert.equal(ja.type, 'join');
@@ -198,7 +198,7 @@ test('close() stops reconnecting and rejects pending requests', async () => {
 test('after a reconnect it tries resume, then rejoins its rooms on resume-failed', async () => {
   const c = await connected({ initialDelay: 10 });
   let ws = FakeWebSocket.last;
-  const j = c.join('r', { name: 'A', edge: 'edge-1' });
+  const j = c.join('r', { meta: { name: 'A', edge: 'edge-1' } });
   ws.receive({ type: 'joined', room: 'r', ref: ws.lastSent('join').ref, peers: [{ id: 'p2', meta: {}, region: 'eu' }] });
   await j;
   const rejoined = [];
@@ -338,7 +338,7 @@ test('unknown message types and bad frames do not break the client', async () =>
 test('a meta function is evaluated at every (re)join', async () => {
   const c = await connected({ initialDelay: 10, resume: false });
   let ws = FakeWebSocket.last;
-  const j = c.join('r', (cl) => ({ name: 'A', edge: cl.edge }));
+  const j = c.join('r', { meta: (cl) => ({ name: 'A', edge: cl.edge }) });
   assert.deepEqual(ws.lastSent('join').meta, { name: 'A', edge: 'edge-1' });
   ws.receive({ type: 'joined', room: 'r', ref: ws.lastSent('join').ref, peers: [] });
   await j;
@@ -615,4 +615,69 @@ test('close() ends the session: a later connect() does not resume', async () => 
   await p;
   assert.equal(ws2.sent[0].type, 'join');
   assert.equal(ws2.sent.some((m) => m.type === 'resume'), false);
+});
+
+test('a join carries its token; with getToken every join and rejoin asks for a fresh one', async () => {
+  const asked = [];
+  const c = await connected({
+    initialDelay: 10,
+    getToken: async (room) => { asked.push(room); return `jwt-${room}-${asked.length}`; },
+  });
+  let ws = FakeWebSocket.last;
+  const j = c.join('r', { meta: { name: 'A' } });
+  await flush();
+  const join = ws.lastSent('join');
+  assert.equal(join.token, 'jwt-r-1');
+  assert.deepEqual(join.meta, { name: 'A' });
+  ws.receive({ type: 'joined', room: 'r', ref: join.ref, peers: [] });
+  await j;
+  // A reconnect whose resume fails rejoins with a token asked for anew.
+  ws.serverClose(1006);
+  clock.advance(10);
+  ws = FakeWebSocket.last;
+  ws.welcome('p1b');
+  ws.receive({ type: 'error', code: 'resume-failed', message: 'gone', ref: ws.sent[0].ref });
+  await flush();
+  assert.equal(ws.lastSent('join').token, 'jwt-r-2');
+  assert.deepEqual(asked, ['r', 'r']);
+});
+
+test('a static token is sent as given when there is no getToken', async () => {
+  const c = await connected();
+  const ws = FakeWebSocket.last;
+  c.join('r', { token: 'static-jwt' });
+  assert.equal(ws.lastSent('join').token, 'static-jwt', 'sent at once, without waiting');
+});
+
+test('token-expired asks getToken once more and joins; a second refusal rejects', async () => {
+  let n = 0;
+  const c = await connected({ getToken: async () => `jwt-${++n}` });
+  const ws = FakeWebSocket.last;
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const j = c.join('r');
+  await flush();
+  ws.receive({ type: 'error', code: 'token-expired', message: 'expired', ref: ws.lastSent('join').ref });
+  await flush();
+  const again = ws.lastSent('join');
+  assert.equal(again.token, 'jwt-2');
+  ws.receive({ type: 'joined', room: 'r', ref: again.ref, peers: [] });
+  assert.deepEqual(await j, []);
+  assert.deepEqual(errors, [], 'the first refusal is handled, not reported');
+  assert.ok(c.rooms.has('r'));
+
+  const k = c.join('s');
+  await flush();
+  ws.receive({ type: 'error', code: 'token-expired', message: 'expired', ref: ws.lastSent('join').ref });
+  await flush();
+  ws.receive({ type: 'error', code: 'token-expired', message: 'expired', ref: ws.lastSent('join').ref });
+  await assert.rejects(k, (e) => e.code === 'token-expired');
+  assert.equal(c.rooms.has('s'), false);
+});
+
+test('a getToken that fails rejects the join with token-fetch-failed', async () => {
+  const c = await connected({ getToken: async () => { throw new Error('backend down'); } });
+  await assert.rejects(c.join('r'), (e) => e instanceof HeliographError
+    && e.code === 'token-fetch-failed' && /backend down/.test(e.message));
+  assert.equal(c.rooms.has('r'), false, 'not rejoined later');
 });

@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -100,10 +100,10 @@ async function startCoordinator() {
 }
 
 /** Starts an edge (embedded registry, or `coordinator`'s cluster) once it is listening. */
-async function startEdge({ name, listen = '127.0.0.1:0', region = 'local', coordinator = null }) {
+async function startEdge({ name, listen = '127.0.0.1:0', region = 'local', coordinator = null, extra = [] }) {
   const args = [
     '--listen', listen, '--data-dir', path.join(scratch, `edge-${name}`), '--region', region,
-    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '3000', '--log', 'warn',
+    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '3000', '--log', 'warn', ...extra,
   ];
   const env = {};
   if (coordinator) {
@@ -298,9 +298,9 @@ test('C: SDK requests against a real edge: refs, errors, leave, ping', { skip, t
       const out = { welcome: { protocol: welcome.protocol, region: welcome.region } };
       const code = (p) => p.then(() => 'resolved', (e) => e.code);
       out.badRoom = await code(a.join(''));
-      out.peersA = await a.join('sdk-room', { name: 'a' });
+      out.peersA = await a.join('sdk-room', { meta: { name: 'a' } });
       const joinedB = new Promise((r) => a.once('peer-joined', r));
-      out.peersB = (await b.join('sdk-room', { name: 'b' })).map((p) => p.id === a.peerId);
+      out.peersB = (await b.join('sdk-room', { meta: { name: 'b' } })).map((p) => p.id === a.peerId);
       out.peerJoined = (await joinedB).peer.id === b.peerId;
       const got = new Promise((r) => b.once('signal', r));
       a.signal('sdk-room', b.peerId, 'custom', { hello: 'b' });
@@ -332,6 +332,79 @@ test('C: SDK requests against a real edge: refs, errors, leave, ping', { skip, t
       leave: 'resolved',
       peerLeft: true,
     });
+  });
+  await page.context().close();
+  await stopEdge(edge);
+});
+
+/** An HS256 join token, as an app's backend would mint it. */
+function joinToken(secret, claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
+}
+
+test('D: the SDK joins with tokens from getToken, asks again after token-expired and for every rejoin', { skip, timeout: 90_000 }, async () => {
+  const secret = randomBytes(32).toString('hex');
+  const extra = ['--join-token-secret', secret];
+  let edge = await startEdge({ name: 'tokens', extra });
+  const page = await openDemo('d', edge, edge.ws);
+  // The page's getToken asks this test, playing the app's backend; `expired` mints one that
+  // ran out a minute ago.
+  const issued = [];
+  await page.exposeFunction('mintToken', (room, expired) => {
+    issued.push({ room, expired });
+    const now = Math.floor(Date.now() / 1000);
+    return joinToken(secret, { sub: 'user-1', room, exp: expired ? now - 60 : now + 600 });
+  });
+  await withDiagnostics([page], [edge], async () => {
+    const first = await page.evaluate(async (wsUrl) => {
+      const { Heliograph } = await import('/sdk/heliograph.js');
+      window.expireNext = false;
+      const c = new Heliograph({
+        initialDelay: 50,
+        maxDelay: 500,
+        getToken: async (room) => {
+          const expired = window.expireNext;
+          window.expireNext = false;
+          return window.mintToken(room, expired);
+        },
+      });
+      window.tokenClient = c;
+      window.rejoined = [];
+      c.on('rejoined', (e) => window.rejoined.push(e.room));
+      await c.connect(wsUrl);
+      const code = (p) => p.then(() => 'joined', (e) => e.code);
+      const withToken = await code(c.join('tok-a'));
+      // Without getToken the edge refuses: the token is what admits.
+      const bare = new Heliograph();
+      await bare.connect(wsUrl);
+      const withoutToken = await code(bare.join('tok-a'));
+      bare.close();
+      window.expireNext = true;
+      const afterExpiry = await code(c.join('tok-b'));
+      return { withToken, withoutToken, afterExpiry };
+    }, edge.ws);
+    assert.deepEqual(first, { withToken: 'joined', withoutToken: 'token-required', afterExpiry: 'joined' });
+    assert.deepEqual(issued, [
+      { room: 'tok-a', expired: false },
+      { room: 'tok-b', expired: true },
+      { room: 'tok-b', expired: false },
+    ], 'one token per join, and one more after token-expired');
+
+    // The edge restarts: its sessions are gone, the resume fails, the SDK rejoins each room
+    // with a fresh token.
+    const listen = edge.addr;
+    edge.child.kill('SIGKILL');
+    await new Promise((r) => (edge.child.exitCode !== null || edge.child.signalCode !== null
+      ? r() : edge.child.once('exit', r)));
+    edge = await startEdge({ name: 'tokens', listen, extra });
+    await page.waitForFunction(() => window.rejoined.length === 2, null, { timeout: STEP });
+    const rejoined = await page.evaluate(() => [...window.rejoined].sort());
+    assert.deepEqual(rejoined, ['tok-a', 'tok-b']);
+    assert.deepEqual(issued.slice(3).map((t) => t.room).sort(), ['tok-a', 'tok-b']);
+    assert.ok(issued.slice(3).every((t) => !t.expired));
+    await page.evaluate(() => window.tokenClient.close());
   });
   await page.context().close();
   await stopEdge(edge);

@@ -1,0 +1,70 @@
+// Compiled with `tsc --noEmit` (never run): an app's code against the SDK's types.
+import { Heliograph, HeliographError, type ErrorCode, type ServerErrorCode } from '../../heliograph.js';
+
+/** A switch over every error code: it compiles only while it covers every documented one. */
+export function explain(code: ErrorCode): string {
+  switch (code) {
+    case 'bad-json':
+    case 'unknown-type':
+    case 'bad-field':
+    case 'invalid-room':
+    case 'invalid-meta':
+    case 'binary-unsupported':
+      return 'a bug in the app: the request was malformed';
+    case 'not-in-room':
+    case 'unknown-peer':
+      return 'not a member (any more)';
+    case 'too-many-rooms':
+    case 'room-full':
+      return 'a limit was reached';
+    case 'resume-failed':
+      return 'a new session; rooms are rejoined';
+    case 'unavailable':
+    case 'internal':
+      return 'try again later';
+    case 'token-required':
+    case 'token-expired':
+    case 'token-invalid-signature':
+    case 'token-algorithm-refused':
+    case 'token-malformed':
+    case 'token-wrong-room':
+    case 'forbidden':
+      return 'the join token does not admit this';
+    case 'rate-limited':
+      return 'slow down';
+    case 'timeout':
+    case 'closed':
+    case 'disconnected':
+    case 'cancelled':
+    case 'bad-frame':
+    case 'send-failed':
+    case 'connect-failed':
+    case 'token-fetch-failed':
+      return 'raised by the SDK';
+    default: {
+      const unhandled: never = code;
+      return unhandled;
+    }
+  }
+}
+
+export async function joinWithTokens(url: string): Promise<number> {
+  const client = new Heliograph({
+    getToken: async (room) => {
+      const r = await fetch(`/api/join-token?room=${encodeURIComponent(room)}`);
+      return r.text();
+    },
+  });
+  await client.connect(url);
+  try {
+    const peers = await client.join('lobby', { meta: { name: 'ada' } });
+    await client.join('side', { meta: (c) => ({ edge: c.edge ?? '' }), token: 'ignored-with-getToken' });
+    return peers.length;
+  } catch (e) {
+    if (e instanceof HeliographError) {
+      const server: ServerErrorCode | null = e.code === 'token-expired' ? e.code : null;
+      return server ? -1 : explain(e.code).length;
+    }
+    throw e;
+  }
+}
