@@ -3,7 +3,7 @@
 //!
 //! Flow of `serve`: parse and validate the configuration (nothing bound yet; a bad one exits
 //! with code 64) → open the replica → bind both listeners and print their addresses as one JSON
-//! line → serve until SIGTERM/SIGINT → drain within the grace period → close the replica.
+//! line → serve until SIGTERM/SIGINT → drain (within `DRAIN_DEADLINE`) → close the replica.
 
 #![forbid(unsafe_code)]
 
@@ -241,7 +241,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // The same variable as the edge's (`HELIOGRAPH_LOG`); `RUST_LOG` is still read.
+            tracing_subscriber::EnvFilter::try_from_env("HELIOGRAPH_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();

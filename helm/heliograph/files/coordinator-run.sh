@@ -48,7 +48,7 @@ heliograph-coordinator serve \
   "$@" &
 server=$!
 
-# SIGTERM goes to the server, which drains within --grace-ms; we then exit with its status.
+# SIGTERM goes to the server, which drains within its own deadline; we then exit with its status.
 trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT
 
 alive() { kill -0 "$server" 2>/dev/null; }
