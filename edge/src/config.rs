@@ -1,7 +1,7 @@
 //! Edge configuration: flags and environment variables, validated before anything binds.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -164,6 +164,37 @@ pub struct Args {
     /// Signals queued for Redis before new ones take the coordinator path.
     #[arg(long, env = "HELIOGRAPH_REDIS_PUBLISH_QUEUE", default_value_t = crate::region::DEFAULT_PUBLISH_QUEUE)]
     pub redis_publish_queue: usize,
+    /// PEM CA bundle that signed the Redis server's certificate (a `rediss://` URL; without
+    /// it the system's roots are used).
+    #[arg(long, env = "HELIOGRAPH_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate chain, when Redis asks for client certificates.
+    #[arg(
+        long,
+        env = "HELIOGRAPH_REDIS_CLIENT_CERT",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM private key of `--redis-client-cert`.
+    #[arg(
+        long,
+        env = "HELIOGRAPH_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
+    /// Redis ACL user (AUTH); overrides a user in the URL.
+    #[arg(long, env = "HELIOGRAPH_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password. The password is never a flag: this file, or the
+    /// environment variable HELIOGRAPH_REDIS_PASSWORD.
+    #[arg(long, env = "HELIOGRAPH_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// HELIOGRAPH_REDIS_PASSWORD, read from the environment only.
+    #[arg(skip = std::env::var("HELIOGRAPH_REDIS_PASSWORD").ok())]
+    pub redis_password_env: Option<String>,
+    /// Multiplexed Redis connections the session store spreads its calls over.
+    #[arg(long, env = "HELIOGRAPH_REDIS_CONNECTIONS", default_value_t = crate::region::DEFAULT_REDIS_CONNECTIONS)]
+    pub redis_connections: usize,
     /// Key that signs resume tokens; every edge of a cluster needs the same one so that a
     /// client can resume on any of them. Default: derived from --cluster-secret; a single
     /// node (no --coordinator) makes up its own, and its sessions resume on it only.
@@ -252,11 +283,10 @@ pub enum JoinKeySource {
     Rs256PemFile(PathBuf),
 }
 
-/// The region's Redis, for the bus between its edges.
+/// The region's Redis: the bus between its edges and the session store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: String,
-    pub publish_queue: usize,
+    pub settings: crate::region::RedisSettings,
 }
 
 /// A remote coordinator cluster.
@@ -495,16 +525,53 @@ impl Args {
         };
         let redis = match &self.redis {
             Some(url) => {
-                crate::region::Backend::redis(url, self.redis_publish_queue)
-                    .map_err(|e| ConfigError(format!("--redis: {e}")))?;
                 check(
                     (1..=1_000_000).contains(&self.redis_publish_queue),
                     "--redis-publish-queue must be between 1 and 1000000",
                 )?;
-                Some(RedisConfig {
+                check(
+                    (1..=256).contains(&self.redis_connections),
+                    "--redis-connections must be between 1 and 256",
+                )?;
+                let read = |flag: &str, path: &Path| {
+                    std::fs::read(path)
+                        .map_err(|e| ConfigError(format!("{flag} {}: {e}", path.display())))
+                };
+                let ca = self
+                    .redis_ca
+                    .as_deref()
+                    .map(|p| read("--redis-ca", p))
+                    .transpose()?;
+                let client = match (&self.redis_client_cert, &self.redis_client_key) {
+                    (Some(cert), Some(key)) => Some((
+                        read("--redis-client-cert", cert)?,
+                        read("--redis-client-key", key)?,
+                    )),
+                    _ => None,
+                };
+                let password = match (&self.redis_password_file, &self.redis_password_env) {
+                    (Some(path), _) => {
+                        let bytes = read("--redis-password-file", path)?;
+                        let text = String::from_utf8(bytes).map_err(|_| {
+                            ConfigError("--redis-password-file is not UTF-8".into())
+                        })?;
+                        Some(text.trim_end_matches(['\r', '\n']).to_owned())
+                    }
+                    (None, env) => env.clone(),
+                };
+                let tls = (ca.is_some() || client.is_some())
+                    .then_some(crate::region::RedisTls { ca, client });
+                let settings = crate::region::RedisSettings {
                     url: url.clone(),
+                    tls,
+                    username: self.redis_username.clone(),
+                    password,
+                    connections: self.redis_connections,
                     publish_queue: self.redis_publish_queue,
-                })
+                };
+                crate::region::Backend::redis(settings.clone())
+                    .map_err(|e| ConfigError(format!("--redis: {e}")))?;
+                Some(RedisConfig { settings })
             }
             None => None,
         };

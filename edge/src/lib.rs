@@ -177,7 +177,7 @@ pub async fn start(
         pending: config.sessions.pending_signals,
     };
     let backend = match &config.redis {
-        Some(r) => Backend::redis(&r.url, r.publish_queue)?,
+        Some(r) => Backend::redis(r.settings.clone())?,
         None => Backend::Memory,
     };
     // Resume tokens must check out on every edge of the cluster: an explicit secret, else

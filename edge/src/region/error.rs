@@ -13,7 +13,13 @@ pub enum StoreError {
     BadReply(&'static str),
 }
 
-/// The Redis URL cannot be used (checked before anything connects).
+/// The Redis settings cannot be used (checked before anything connects).
 #[derive(Debug, thiserror::Error)]
-#[error("invalid Redis URL: {0}")]
-pub struct UrlError(#[source] pub(crate) redis::RedisError);
+pub enum UrlError {
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+    #[error("Redis TLS material: {0}")]
+    Tls(#[source] redis::RedisError),
+    #[error("a Redis CA or client certificate needs a rediss:// URL")]
+    TlsWithoutRediss,
+}

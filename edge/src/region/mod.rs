@@ -29,6 +29,7 @@ use heliograph_coordinator::registry::{EdgeId, PeerId};
 pub use error::{StoreError, UrlError};
 pub use hooks::{Hook, Hooks};
 pub use redis::bus::DEFAULT_PUBLISH_QUEUE;
+pub use redis::connect::{DEFAULT_REDIS_CONNECTIONS, RedisSettings, RedisTls};
 
 use crate::metrics::{EdgeMetrics, RoutingPath};
 use crate::session::{LocalSession, Owner, Restored, StoreLimits, StoredRoom};
@@ -46,19 +47,19 @@ const MEMORY_PURGE_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Backend {
     /// This process only.
     Memory,
-    /// The region's Redis, with a publish queue of `queue` signals.
+    /// The region's Redis.
     Redis {
-        client: ::redis::Client,
-        queue: usize,
+        client: Box<::redis::Client>,
+        settings: Box<RedisSettings>,
     },
 }
 
 impl Backend {
-    /// The Redis backend at `url`, or why the URL cannot be used.
-    pub fn redis(url: &str, queue: usize) -> Result<Self, UrlError> {
+    /// The Redis backend, or why its settings cannot be used.
+    pub fn redis(settings: RedisSettings) -> Result<Self, UrlError> {
         Ok(Self::Redis {
-            client: redis::bus::parse_url(url)?,
-            queue,
+            client: Box::new(settings.client()?),
+            settings: Box::new(settings),
         })
     }
 }
@@ -106,14 +107,26 @@ impl Region {
                 bus: LocalBus::join(LocalHub::global(), me, hooks.inbound, Arc::clone(&metrics)),
                 store: Arc::new(MemoryStore::new(limits)),
             },
-            Backend::Redis { client, queue } => {
+            Backend::Redis { client, settings } => {
                 let mailboxes = Mailboxes {
                     max_pending: limits.pending,
                     ttl_ms: limits.ttl_ms(),
                 };
                 Kind::Redis {
-                    store: Arc::new(RedisStore::new(client.clone(), me.clone(), limits)),
-                    bus: RedisBus::start(client, me, queue, mailboxes, hooks, Arc::clone(&metrics)),
+                    store: Arc::new(RedisStore::new(
+                        (*client).clone(),
+                        me.clone(),
+                        limits,
+                        settings.connections,
+                    )),
+                    bus: RedisBus::start(
+                        *client,
+                        me,
+                        settings.publish_queue,
+                        mailboxes,
+                        hooks,
+                        Arc::clone(&metrics),
+                    ),
                 }
             }
         };

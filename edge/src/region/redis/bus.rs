@@ -31,7 +31,6 @@ use super::in_flight::InFlight;
 use super::keys::{CHANNEL_PREFIX, channel, pending_key, session_key};
 use super::scripts::DELIVER;
 use crate::metrics::{EdgeMetrics, RedisOp, RoutingPath};
-use crate::region::error::UrlError;
 use crate::region::hooks::{Hook, Hooks};
 use crate::signal::Envelope;
 
@@ -46,17 +45,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// Checks a Redis URL without connecting.
-pub fn parse_url(url: &str) -> Result<redis::Client, UrlError> {
-    use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()
-        .map_err(UrlError)?
-        // Signals are small and latency-bound: never hold one back for Nagle.
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(UrlError)
-}
 
 /// What the bus needs to hand signals to resumable sessions (see [`super::store`]).
 #[derive(Debug, Clone, Copy)]

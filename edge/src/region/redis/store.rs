@@ -4,6 +4,7 @@
 use ::redis::Script;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use heliograph_coordinator::registry::{EdgeId, PeerId};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -23,7 +24,10 @@ pub struct RedisStore {
     client: ::redis::Client,
     me: EdgeId,
     limits: StoreLimits,
-    conn: OnceCell<ConnectionManager>,
+    /// A small pool: each call takes the next multiplexed connection, so that many
+    /// concurrent calls (a storm of resumes) do not queue behind one socket.
+    conns: Vec<OnceCell<ConnectionManager>>,
+    next: AtomicUsize,
     open: Script,
     save_rooms: Script,
     detach: Script,
@@ -33,12 +37,18 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(client: ::redis::Client, me: EdgeId, limits: StoreLimits) -> Self {
+    pub fn new(
+        client: ::redis::Client,
+        me: EdgeId,
+        limits: StoreLimits,
+        connections: usize,
+    ) -> Self {
         Self {
             client,
             me,
             limits,
-            conn: OnceCell::new(),
+            conns: (0..connections.max(1)).map(|_| OnceCell::new()).collect(),
+            next: AtomicUsize::new(0),
             open: Script::new(OPEN),
             save_rooms: Script::new(SAVE_ROOMS),
             detach: Script::new(DETACH),
@@ -48,10 +58,10 @@ impl RedisStore {
         }
     }
 
-    /// The shared, multiplexed connection; it reconnects by itself after a failure.
+    /// The next connection of the pool (multiplexed; it reconnects by itself after a failure).
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .conn
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let conn = self.conns[i]
             .get_or_try_init(|| async {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CALL_TIMEOUT))
