@@ -192,6 +192,27 @@ pub struct Args {
     /// HELIOGRAPH_REDIS_PASSWORD, read from the environment only.
     #[arg(skip = std::env::var("HELIOGRAPH_REDIS_PASSWORD").ok())]
     pub redis_password_env: Option<String>,
+    /// Redis Sentinel (repeatable, or comma-separated): `host:port` of each sentinel. The edge
+    /// then connects to the master the sentinels name, and asks again after a failover;
+    /// `--redis` gives only the scheme (`rediss://` for TLS), credentials and database.
+    #[arg(
+        long = "redis-sentinel",
+        env = "HELIOGRAPH_REDIS_SENTINELS",
+        value_delimiter = ','
+    )]
+    pub redis_sentinels: Vec<String>,
+    /// The master group the sentinels monitor (`sentinel monitor <name> …`).
+    #[arg(long, env = "HELIOGRAPH_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+    /// ACL user on the sentinels, when they require one.
+    #[arg(long, env = "HELIOGRAPH_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+    /// File holding the sentinels' password (or HELIOGRAPH_REDIS_SENTINEL_PASSWORD).
+    #[arg(long, env = "HELIOGRAPH_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+    /// HELIOGRAPH_REDIS_SENTINEL_PASSWORD, read from the environment only.
+    #[arg(skip = std::env::var("HELIOGRAPH_REDIS_SENTINEL_PASSWORD").ok())]
+    pub redis_sentinel_password_env: Option<String>,
     /// Multiplexed Redis connections the session store spreads its calls over.
     #[arg(long, env = "HELIOGRAPH_REDIS_CONNECTIONS", default_value_t = crate::region::DEFAULT_REDIS_CONNECTIONS)]
     pub redis_connections: usize,
@@ -523,7 +544,12 @@ impl Args {
                 secret,
             })
         };
-        let redis = match &self.redis {
+        let redis_url = match (&self.redis, self.redis_sentinels.is_empty()) {
+            (Some(url), _) => Some(url.clone()),
+            (None, false) => Some("redis://".to_owned()),
+            (None, true) => None,
+        };
+        let redis = match &redis_url {
             Some(url) => {
                 check(
                     (1..=1_000_000).contains(&self.redis_publish_queue),
@@ -549,15 +575,36 @@ impl Args {
                     )),
                     _ => None,
                 };
-                let password = match (&self.redis_password_file, &self.redis_password_env) {
-                    (Some(path), _) => {
-                        let bytes = read("--redis-password-file", path)?;
-                        let text = String::from_utf8(bytes).map_err(|_| {
-                            ConfigError("--redis-password-file is not UTF-8".into())
-                        })?;
-                        Some(text.trim_end_matches(['\r', '\n']).to_owned())
+                let secret = |flag: &str, file: &Option<PathBuf>, env: &Option<String>| match file {
+                    Some(path) => {
+                        let bytes = read(flag, path)?;
+                        let text = String::from_utf8(bytes)
+                            .map_err(|_| ConfigError(format!("{flag} is not UTF-8")))?;
+                        Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
                     }
-                    (None, env) => env.clone(),
+                    None => Ok(env.clone()),
+                };
+                let password = secret(
+                    "--redis-password-file",
+                    &self.redis_password_file,
+                    &self.redis_password_env,
+                )?;
+                let sentinel = if self.redis_sentinels.is_empty() {
+                    None
+                } else {
+                    let master = self.redis_sentinel_master.clone().ok_or_else(|| {
+                        ConfigError("--redis-sentinel needs --redis-sentinel-master".into())
+                    })?;
+                    Some(crate::region::Sentinel {
+                        addrs: self.redis_sentinels.clone(),
+                        master,
+                        username: self.redis_sentinel_username.clone(),
+                        password: secret(
+                            "--redis-sentinel-password-file",
+                            &self.redis_sentinel_password_file,
+                            &self.redis_sentinel_password_env,
+                        )?,
+                    })
                 };
                 let tls = (ca.is_some() || client.is_some())
                     .then_some(crate::region::RedisTls { ca, client });
@@ -568,6 +615,7 @@ impl Args {
                     password,
                     connections: self.redis_connections,
                     publish_queue: self.redis_publish_queue,
+                    sentinel,
                 };
                 crate::region::Backend::redis(settings.clone())
                     .map_err(|e| ConfigError(format!("--redis: {e}")))?;

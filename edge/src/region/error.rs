@@ -22,4 +22,19 @@ pub enum UrlError {
     Tls(#[source] redis::RedisError),
     #[error("a Redis CA or client certificate needs a rediss:// URL")]
     TlsWithoutRediss,
+    #[error("Redis Sentinel needs at least one sentinel address and the master's name")]
+    SentinelIncomplete,
+}
+
+impl UrlError {
+    pub(crate) fn into_redis(self) -> redis::RedisError {
+        match self {
+            Self::Url(e) | Self::Tls(e) => e,
+            other => redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Redis settings",
+                other.to_string(),
+            )),
+        }
+    }
 }

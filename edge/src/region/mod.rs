@@ -29,7 +29,7 @@ use heliograph_coordinator::registry::{EdgeId, PeerId};
 pub use error::{StoreError, UrlError};
 pub use hooks::{Hook, Hooks};
 pub use redis::bus::DEFAULT_PUBLISH_QUEUE;
-pub use redis::connect::{DEFAULT_REDIS_CONNECTIONS, RedisSettings, RedisTls};
+pub use redis::connect::{DEFAULT_REDIS_CONNECTIONS, RedisSettings, RedisTls, Sentinel};
 
 use crate::metrics::{EdgeMetrics, RoutingPath};
 use crate::session::{LocalSession, Owner, Restored, StoreLimits, StoredRoom};
@@ -48,17 +48,14 @@ pub enum Backend {
     /// This process only.
     Memory,
     /// The region's Redis.
-    Redis {
-        client: Box<::redis::Client>,
-        settings: Box<RedisSettings>,
-    },
+    Redis { settings: Box<RedisSettings> },
 }
 
 impl Backend {
     /// The Redis backend, or why its settings cannot be used.
     pub fn redis(settings: RedisSettings) -> Result<Self, UrlError> {
+        settings.client()?;
         Ok(Self::Redis {
-            client: Box::new(settings.client()?),
             settings: Box::new(settings),
         })
     }
@@ -107,20 +104,16 @@ impl Region {
                 bus: LocalBus::join(LocalHub::global(), me, hooks.inbound, Arc::clone(&metrics)),
                 store: Arc::new(MemoryStore::new(limits)),
             },
-            Backend::Redis { client, settings } => {
+            Backend::Redis { settings } => {
                 let mailboxes = Mailboxes {
                     max_pending: limits.pending,
                     ttl_ms: limits.ttl_ms(),
                 };
+                let settings = Arc::new(*settings);
                 Kind::Redis {
-                    store: Arc::new(RedisStore::new(
-                        (*client).clone(),
-                        me.clone(),
-                        limits,
-                        settings.connections,
-                    )),
+                    store: Arc::new(RedisStore::new(Arc::clone(&settings), me.clone(), limits)),
                     bus: RedisBus::start(
-                        *client,
+                        Arc::clone(&settings),
                         me,
                         settings.publish_queue,
                         mailboxes,

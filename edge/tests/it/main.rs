@@ -13,6 +13,7 @@ mod failover;
 mod lifecycle;
 mod metrics_documented;
 mod property;
+mod redis_sentinel;
 mod redis_tls;
 mod regions;
 mod remote_coordinator;

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connect::RedisSettings;
 use super::in_flight::InFlight;
 use super::keys::{CHANNEL_PREFIX, channel, pending_key, session_key};
 use super::scripts::DELIVER;
@@ -56,7 +57,8 @@ pub struct Mailboxes {
 }
 
 pub struct RedisBus {
-    client: redis::Client,
+    /// Where to connect: the settings' server, or the master Sentinel names at each connect.
+    settings: Arc<RedisSettings>,
     mailboxes: Mailboxes,
     /// Where signals go that this bus does not publish (see [`Hooks`]).
     hooks: Hooks,
@@ -82,7 +84,7 @@ pub struct RedisBus {
 impl RedisBus {
     /// Starts the bus tasks for edge `me`; what it does not publish goes to `hooks`.
     pub fn start(
-        client: redis::Client,
+        settings: Arc<RedisSettings>,
         me: EdgeId,
         queue: usize,
         mailboxes: Mailboxes,
@@ -91,7 +93,7 @@ impl RedisBus {
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let this = Arc::new(Self {
-            client,
+            settings,
             mailboxes,
             hooks: hooks.clone(),
             in_flight: InFlight::default(),
@@ -224,7 +226,8 @@ impl RedisBus {
         let mut backoff = BACKOFF_MIN;
         while !self.stop.is_cancelled() {
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let client = self.settings.master_client().await?;
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             })
@@ -315,6 +318,7 @@ impl RedisBus {
                     _ => "timed out".to_owned(),
                 };
                 self.failed(RedisOp::Ping, &error);
+                self.forget_master();
             }
             let was_up = self.publish_up.load(Ordering::SeqCst);
             self.set_up(&self.publish_up, ok);
@@ -334,7 +338,19 @@ impl RedisBus {
         }
     }
 
+    /// With Sentinel, the next connection asks the sentinels again: a connection manager
+    /// would otherwise keep reconnecting to a master that failed over.
+    fn forget_master(&self) {
+        if self.settings.sentinel.is_some() {
+            *self.manager.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
     async fn connect(&self) -> Result<ConnectionManager, String> {
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, self.settings.master_client())
+            .await
+            .map_err(|_| "naming the master timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT))
@@ -342,7 +358,7 @@ impl RedisBus {
             .set_max_delay(BACKOFF_MAX);
         tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
+            ConnectionManager::new_with_config(client, config),
         )
         .await
         .map_err(|_| "timed out".to_owned())?
@@ -431,6 +447,7 @@ impl RedisBus {
                 };
                 self.failed(RedisOp::Publish, &error);
                 self.set_up(&self.publish_up, false);
+                self.forget_master();
                 self.recheck.notify_one();
                 batch.drain(..).for_each(|(e, _)| {
                     self.in_flight.done(&e.to_peer, &e.from_peer);

@@ -4,10 +4,12 @@
 use ::redis::Script;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use heliograph_coordinator::registry::{EdgeId, PeerId};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
+use super::connect::RedisSettings;
 use super::keys::{CHANNEL_PREFIX, pending_key, session_key, window_key};
 use super::scripts::{DETACH, END, OPEN, REFRESH, RESUME, SAVE_ROOMS};
 use crate::region::error::StoreError;
@@ -21,12 +23,13 @@ const REMOTE_HOLDER_WAIT: Duration = Duration::from_millis(2_000);
 const TAKEOVER_POLL: Duration = Duration::from_millis(20);
 
 pub struct RedisStore {
-    client: ::redis::Client,
+    /// Where to connect: the settings' server, or the master Sentinel names at each connect.
+    settings: Arc<RedisSettings>,
     me: EdgeId,
     limits: StoreLimits,
     /// A small pool: each call takes the next multiplexed connection, so that many
     /// concurrent calls (a storm of resumes) do not queue behind one socket.
-    conns: Vec<OnceCell<ConnectionManager>>,
+    conns: Vec<Mutex<Option<ConnectionManager>>>,
     next: AtomicUsize,
     open: Script,
     save_rooms: Script,
@@ -37,17 +40,13 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(
-        client: ::redis::Client,
-        me: EdgeId,
-        limits: StoreLimits,
-        connections: usize,
-    ) -> Self {
+    pub fn new(settings: Arc<RedisSettings>, me: EdgeId, limits: StoreLimits) -> Self {
+        let connections = settings.connections.max(1);
         Self {
-            client,
+            settings,
             me,
             limits,
-            conns: (0..connections.max(1)).map(|_| OnceCell::new()).collect(),
+            conns: (0..connections).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             open: Script::new(OPEN),
             save_rooms: Script::new(SAVE_ROOMS),
@@ -58,36 +57,43 @@ impl RedisStore {
         }
     }
 
-    /// The next connection of the pool (multiplexed; it reconnects by itself after a failure).
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    /// The next connection of the pool (multiplexed; it reconnects by itself after a failure,
+    /// or with Sentinel is made anew to the current master, see [`Self::call`]).
+    async fn conn(&self) -> Result<(usize, ConnectionManager), StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let conn = self.conns[i]
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CALL_TIMEOUT))
-                    .set_response_timeout(Some(CALL_TIMEOUT))
-                    .set_number_of_retries(1);
-                tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                .map_err(|_| StoreError::TimedOut)?
-                .map_err(StoreError::Redis)
-            })
-            .await?;
-        Ok(conn.clone())
+        let mut slot = self.conns[i].lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok((i, conn.clone()));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(CALL_TIMEOUT, async {
+            let client = self.settings.master_client().await?;
+            ConnectionManager::new_with_config(client, config).await
+        })
+        .await
+        .map_err(|_| StoreError::TimedOut)?
+        .map_err(StoreError::Redis)?;
+        *slot = Some(conn.clone());
+        Ok((i, conn))
     }
 
     async fn call<T: ::redis::FromRedisValue>(
         &self,
         invocation: &mut ::redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn().await?;
-        tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn))
+        let (slot, mut conn) = self.conn().await?;
+        let result = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
-            .map_err(|_| StoreError::TimedOut)?
-            .map_err(StoreError::Redis)
+            .map_err(|_| StoreError::TimedOut)
+            .and_then(|r| r.map_err(StoreError::Redis));
+        if result.is_err() && self.settings.sentinel.is_some() {
+            // The master may have failed over: the next call on this slot asks again.
+            *self.conns[slot].lock().await = None;
+        }
+        result
     }
 
     fn keys3(peer: &str) -> [String; 3] {
