@@ -53,8 +53,12 @@ fn signal(room: &str, to: &str, n: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_follow_a_sentinel_failover_and_lose_no_signal() {
     let dir = tempfile::tempdir().unwrap();
+    // Replication writes an RDB file for the full sync: into the test's directory.
+    let data = dir.path().display().to_string();
     let plain = |port: u16| -> Vec<String> {
         [
+            "--dir",
+            &data,
             "--port",
             &port.to_string(),
             "--bind",
