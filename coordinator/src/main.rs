@@ -23,7 +23,10 @@ use tokio_util::sync::CancellationToken;
 /// Exit code for a bad configuration (sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 const DEFAULT_GRACE_MS: u64 = 10_000;
-/// Health, readiness and metrics; loopback unless told otherwise (the chart uses 0.0.0.0).
+/// Listeners default to loopback; the image (HELIOGRAPH_*_LISTEN) and the chart use 0.0.0.0.
+const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7000";
+const DEFAULT_API_LISTEN: &str = "127.0.0.1:7001";
+/// Health, readiness and metrics.
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7002";
 /// How long connections get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -120,9 +123,11 @@ impl TlsArgs {
 struct ServeArgs {
     #[arg(long, env = "HELIOGRAPH_ID")]
     id: u64,
-    #[arg(long, env = "HELIOGRAPH_RAFT_LISTEN")]
+    /// Raft listener (other replicas only).
+    #[arg(long, env = "HELIOGRAPH_RAFT_LISTEN", default_value = DEFAULT_RAFT_LISTEN)]
     raft_listen: SocketAddr,
-    #[arg(long, env = "HELIOGRAPH_API_LISTEN")]
+    /// gRPC API listener: edges, admin subcommands, cross-region relay.
+    #[arg(long, env = "HELIOGRAPH_API_LISTEN", default_value = DEFAULT_API_LISTEN)]
     api_listen: SocketAddr,
     /// HTTP listener of /healthz, /readyz and /metrics.
     #[arg(long, env = "HELIOGRAPH_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]

@@ -39,7 +39,18 @@ EVERYTHING_ON: dict[str, Any] = {
         "gateway": {"perPodServices": True, "externalDnsHostname": True},
     },
     "networkPolicy": {"crossRegionCIDRs": ["10.20.0.0/16"]},
-    "metrics": {"serviceMonitor": {"enabled": True}},
+    "tls": {"existingSecret": "heliograph-tls"},
+    "redis": {"auth": {"existingSecret": "heliograph-redis", "existingSecretKey": "password"}},
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+}
+# The extra volumes a user mounts into both workloads.
+EVERYTHING_ON["edge"] |= {
+    "extraVolumes": [{"name": "extra", "configMap": {"name": "edge-extra"}}],
+    "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/extra", "readOnly": True}],
+}
+EVERYTHING_ON["coordinator"] |= {
+    "extraVolumes": [{"name": "extra", "configMap": {"name": "coordinator-extra"}}],
+    "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/extra", "readOnly": True}],
 }
 
 

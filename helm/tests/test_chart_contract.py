@@ -108,8 +108,13 @@ def test_edge_points_at_every_coordinator_replica(rendered: tuple[str, list[dict
     urls = flag(c["args"], "--coordinator").split(",")
     api = container_ports(sts["spec"]["template"]["spec"]["containers"][0])["api"]
     assert len(urls) == sts["spec"]["replicas"]
+    # With mTLS (tls.existingSecret) the edges dial https.
+    tls = any(v.get("secret", {}).get("secretName") for v in
+              by_name(docs, "Deployment", "-edge")["spec"]["template"]["spec"]["volumes"]
+              if v["name"] == "tls")
+    scheme = "https" if tls else "http"
     for i, u in enumerate(urls):
-        assert u.startswith(f"http://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.")
+        assert u.startswith(f"{scheme}://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.")
         assert u.endswith(f":{api}")
 
 

@@ -1,8 +1,9 @@
 """(2) Every rendered manifest validates against the Kubernetes 1.30 schemas, strict mode.
 
-CRD kinds (the Prometheus Operator's ServiceMonitor, rendered only when
-metrics.serviceMonitor.enabled) have no upstream schema and are skipped here; their shape is
-checked by test_servicemonitor_shape instead.
+CRD kinds (the Prometheus Operator's ServiceMonitor and PrometheusRule, rendered only when
+metrics.serviceMonitor / metrics.prometheusRule are enabled) have no upstream schema and are
+skipped here; their shape is checked by test_servicemonitor_shape and
+test_prometheus_rules.py instead.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import kubernetes_validate
 
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def test_manifests_validate_strict_1_30(rendered: tuple[str, list[dict[str, Any]]]) -> None:

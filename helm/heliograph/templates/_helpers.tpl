@@ -65,7 +65,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "heliograph.jwt.enabled" -}}
-{{- if or .Values.jwt.key .Values.jwt.existingSecret -}}true{{- end -}}
+{{- if or .Values.jwt.key .Values.jwt.existingSecret -}}
+{{- if .Values.jwt.publicKey.existingSecret -}}
+{{- fail "jwt.publicKey.existingSecret excludes jwt.key and jwt.existingSecret: an edge verifies join tokens with one key" -}}
+{{- end -}}
+true
+{{- end -}}
 {{- end -}}
 {{- define "heliograph.jwt.name" -}}
 {{- if .Values.jwt.existingSecret -}}{{ .Values.jwt.existingSecret }}{{- else -}}{{ include "heliograph.secretName" . }}{{- end -}}
@@ -91,18 +96,95 @@ app.kubernetes.io/component: {{ .component }}
 {{- $sts := include "heliograph.coordinator.fullname" . -}}
 {{- $urls := list -}}
 {{- range $i := until (int .Values.coordinator.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc.%s:%d" $sts $i $hl $.Release.Namespace $.Values.clusterDomain (int $.Values.ports.coordinatorApi)) -}}
+{{- $scheme := ternary "https" "http" (not (empty $.Values.tls.existingSecret)) -}}
+{{- $urls = append $urls (printf "%s://%s-%d.%s.%s.svc.%s:%d" $scheme $sts $i $hl $.Release.Namespace $.Values.clusterDomain (int $.Values.ports.coordinatorApi)) -}}
 {{- end -}}
 {{- join "," $urls -}}
 {{- end -}}
 
+{{/* The Redis URL without credentials; empty with redis.existingSecret or without Redis. */}}
 {{- define "heliograph.redis.url" -}}
-{{- if .Values.redis.url -}}
+{{- if .Values.redis.existingSecret -}}
+{{- else if .Values.redis.url -}}
+{{- if regexMatch "^[a-z]+://[^/]*@" .Values.redis.url -}}
+{{- fail "redis.url must not carry credentials: use redis.auth.existingSecret or redis.existingSecret" -}}
+{{- end -}}
 {{- .Values.redis.url -}}
 {{- else if .Values.redis.enabled -}}
 {{- printf "redis://%s.%s.svc.%s:%d" (include "heliograph.redis.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.redis.port) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The edges' Redis environment: the URL (HELIOGRAPH_REDIS) and its password, from Secrets
+     when they hold credentials. Nothing of it goes into the arguments. */}}
+{{- define "heliograph.redis.env" -}}
+{{- $r := .Values.redis -}}
+{{- $url := include "heliograph.redis.url" . -}}
+{{- if $r.existingSecret }}
+- name: HELIOGRAPH_REDIS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.existingSecret }}
+      key: {{ $r.existingSecretKey }}
+{{- else if $url }}
+{{- if $r.auth.existingSecret }}
+- name: HELIOGRAPH_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.auth.existingSecret }}
+      key: {{ $r.auth.existingSecretKey }}
+{{- $parts := regexSplit "://" $url 2 }}
+- name: HELIOGRAPH_REDIS
+  value: {{ printf "%s://%s:$(HELIOGRAPH_REDIS_PASSWORD)@%s" (index $parts 0) $r.auth.username (index $parts 1) | quote }}
+{{- else }}
+- name: HELIOGRAPH_REDIS
+  value: {{ $url | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Mutual TLS ---------------------------------------------------------------------------- */}}
+{{- define "heliograph.tls.dir" -}}/etc/heliograph-tls{{- end -}}
+
+{{/* The --tls-* flags, as a YAML list (edge args; coordinator `serve` args). */}}
+{{- define "heliograph.tls.args" -}}
+{{- if .Values.tls.existingSecret -}}
+{{- $d := include "heliograph.tls.dir" . }}
+- --tls-cert
+- {{ $d }}/tls.crt
+- --tls-key
+- {{ $d }}/tls.key
+- --tls-ca
+- {{ $d }}/ca.crt
+{{- end -}}
+{{- end -}}
+
+{{- define "heliograph.tls.volumeMount" -}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  mountPath: {{ include "heliograph.tls.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "heliograph.tls.volume" -}}
+{{- if .Values.tls.existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      - key: ca.crt
+        path: ca.crt
+{{- end -}}
+{{- end -}}
+
+{{/* JWT public key (ES256/RS256) --------------------------------------------------------- */}}
+{{- define "heliograph.jwt.publicKeyDir" -}}/etc/heliograph-jwt{{- end -}}
 
 {{/* Seconds the edge needs after the kubelet starts terminating it: preStop sleep, the drain
      (--shutdown-grace-ms, rounded up) and the binary's own 2 s backstop past the grace. */}}
