@@ -32,6 +32,10 @@ pub struct Spec<'a> {
     pub replica_args: &'a [&'a str],
     /// More flags for every edge.
     pub edge_args: &'a [&'a str],
+    /// Edge i of a region lists the region's replicas starting with its i-th (modulo their
+    /// count), so that the edges attach to different replicas; otherwise every edge lists
+    /// them in id order (and attaches to the first).
+    pub rotate_replicas: bool,
 }
 
 /// An edge process of the cluster, with its name and region.
@@ -76,8 +80,10 @@ impl Cluster {
         for region in spec.redis {
             cluster.redis.insert((*region).to_owned(), Redis::start());
         }
-        for (name, region) in spec.edges {
-            let node = cluster.start_edge(name, region, spec.edge_args);
+        for (i, (name, region)) in spec.edges.iter().enumerate() {
+            let nth = spec.edges[..i].iter().filter(|(_, r)| r == region).count();
+            let first = if spec.rotate_replicas { nth } else { 0 };
+            let node = cluster.start_edge(name, region, first, spec.edge_args);
             cluster.edges.push(Edge {
                 name: (*name).into(),
                 region: (*region).into(),
@@ -100,15 +106,18 @@ impl Cluster {
         )
     }
 
-    /// Starts edge `name` of `region` on its region's replicas and Redis.
-    fn start_edge(&self, name: &str, region: &str, extra: &[&str]) -> Node {
-        let ids: Vec<u64> = self
+    /// Starts edge `name` of `region` on its region's replicas (listed from the `first`-th,
+    /// modulo their count) and Redis.
+    fn start_edge(&self, name: &str, region: &str, first: usize, extra: &[&str]) -> Node {
+        let mut ids: Vec<u64> = self
             .replicas
             .iter()
             .filter(|r| r.region == region)
             .map(|r| r.id)
             .collect();
         assert!(!ids.is_empty(), "region {region} has no replica");
+        let n = ids.len();
+        ids.rotate_left(first % n);
         let mut args = vec![
             "--region".to_owned(),
             region.to_owned(),
