@@ -1,6 +1,7 @@
 //! `heliograph-loadtest`: load generator for the Heliograph edge.
 //!
-//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover),
+//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover,
+//! chaos),
 //! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
 //! (the bare forwarder relay is compared against), `procstat` and `machine` (what was
 //! measured on), `output` (result files and summaries), `report` (markdown and SVG charts).
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::machine::Machine;
 use crate::output::RunFile;
+use crate::scenarios::chaos::{ChaosSettings, Fault};
 use crate::scenarios::failover::{FailoverSettings, Mode as FailoverMode};
 use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
@@ -62,6 +64,52 @@ enum Command {
     /// Clients on one edge signal each other; the edge is killed or drained; measures how fast
     /// they resume on another edge of the region and that no signal is lost.
     Failover(FailoverArgs),
+    /// Starts a local cluster (3 replicas, 2 edges), runs a join/leave storm, fails a replica
+    /// at a random moment and checks that membership comes out exactly right.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    /// The fault injected in each round (`--repeat` rounds on one cluster).
+    #[arg(long, value_enum, default_value_t = Fault::None)]
+    fault: Fault,
+    /// Storm clients, alternately on the two edges.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Rooms of the storm.
+    #[arg(long, default_value_t = 50)]
+    rooms: usize,
+    /// A round's storm lasts until this many successful joins (with the fault at a random
+    /// point between 20 % and 60 % of them).
+    #[arg(long, conflicts_with = "duration")]
+    joins: Option<u64>,
+    /// A round's storm lasts this many seconds (default 5 when --joins is not given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// How long leader-freeze and replica-freeze keep the replica stopped.
+    #[arg(long, default_value_t = 6000)]
+    freeze_ms: u64,
+    /// How long quorum-loss keeps two replicas dead.
+    #[arg(long, default_value_t = 30000)]
+    outage_ms: u64,
+    /// quorum-loss: pairs of clients (one on each edge, a room each) exchanging signals.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Signals per second each pair client sends its partner.
+    #[arg(long, default_value_t = 10.0)]
+    signal_rate: f64,
+    /// Rooms a storm client is in at most at once.
+    #[arg(long, default_value_t = 3)]
+    max_rooms_per_client: usize,
+    /// Give the edges a shared Redis (signals between them then take it).
+    #[arg(long)]
+    redis: bool,
+    /// Copy the replicas' and edges' logs into this directory at the end.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +345,7 @@ fn main() -> ExitCode {
         Command::Regions(a) => a.common.threads,
         Command::DelayProxy(_) => 1,
         Command::Failover(a) => a.common.threads,
+        Command::Chaos(a) => a.common.threads,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -331,7 +380,54 @@ async fn run(command: Command) -> Result<()> {
         Command::Regions(args) => regions(args).await,
         Command::DelayProxy(a) => delay_proxy::serve(a.listen, a.to, a.delay_ms).await,
         Command::Failover(args) => failover(args).await,
+        Command::Chaos(args) => chaos(args).await,
     }
+}
+
+async fn chaos(args: ChaosArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let started_at = output::now_rfc3339();
+    let settings = ChaosSettings {
+        fault: args.fault,
+        rounds: args.common.repeat,
+        clients: args.clients,
+        rooms: args.rooms,
+        joins: args.joins,
+        duration_secs: args.duration,
+        freeze_ms: args.freeze_ms,
+        outage_ms: args.outage_ms,
+        pairs: args.pairs,
+        signal_rate: args.signal_rate,
+        max_rooms_per_client: args.max_rooms_per_client,
+        redis: args.redis,
+        logs: args.logs.clone(),
+        source_addrs: args.common.source_addrs,
+        connect_concurrency: args.common.connect_concurrency,
+    };
+    let outcome = scenarios::chaos::run(&settings).await?;
+    let mut results = outcome.totals;
+    if let Value::Object(m) = &mut results {
+        m.insert("failures".into(), json!(outcome.failures));
+        m.insert("passed".into(), json!(outcome.failures.is_empty()));
+    }
+    // Each round is a run; the results are their totals (not medians): a check that fails
+    // in one round fails the run.
+    let file = RunFile {
+        scenario: "chaos".to_owned(),
+        settings: serde_json::to_value(&settings)?,
+        machine: Machine::detect(),
+        results,
+        runs: outcome.rounds,
+        started_at,
+    };
+    let path = output::out_path(args.common.out.as_deref(), "chaos");
+    output::write(&path, &file)?;
+    println!("{}", output::summary("chaos", &file.results));
+    println!("results written to {}", path.display());
+    if !outcome.failures.is_empty() {
+        bail!("chaos: checks failed: {}", outcome.failures.join("; "));
+    }
+    Ok(())
 }
 
 async fn failover(args: FailoverArgs) -> Result<()> {

@@ -98,6 +98,7 @@ pub fn summary(scenario: &str, results: &Value) -> String {
         "relay" => relay_summary(results),
         "regions" => crate::scenarios::regions::summary(results),
         "failover" => failover_summary(results),
+        "chaos" => crate::scenarios::chaos::summary(results),
         "idle" => format!(
             "idle: {} of {} connected in {} s ({} conn/s), {} failed, {} closed early\n\
              server RSS {} → {} MiB, {} bytes per connection",

@@ -1,9 +1,10 @@
 //! The load generator's integration tests in one test binary: its scenarios at tiny sizes
-//! against real edges (`smoke`), a real region (`failover`) and the multi-region simulation
-//! (`regions`), all started through the test kit.
+//! against real edges (`smoke`), a real region (`failover`), the multi-region simulation
+//! (`regions`) and a faulted cluster (`chaos`), all started through the test kit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod chaos;
 mod failover;
 mod regions;
 mod smoke;
