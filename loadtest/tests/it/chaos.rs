@@ -64,6 +64,7 @@ fn assert_exact(r: &Value) {
         "view_mismatches",
         "unavailable_then_member",
         "unanswered",
+        "extra_answers",
         "duplicate_peer_joined",
         "peer_left_unannounced",
         "events_after_left",

@@ -118,6 +118,8 @@ pub struct Counts {
     pub other_errors: u64,
     pub unanswered: u64,
     pub late_answers: u64,
+    /// Answers to a request that had been answered already.
+    pub extra_answers: u64,
     pub duplicate_peer_joined: u64,
     pub peer_left_unannounced: u64,
     pub events_after_left: u64,
@@ -477,7 +479,10 @@ pub fn on_frame(state: &Shared, text: &str) {
 /// An answer (`joined`, `left`, `error`) to request `r`.
 fn answer(s: &mut State, f: &Frame<'_>, r: u64) {
     let Some(p) = s.pending.take_if(|p| p.reference == r) else {
-        s.sample(format!("an answer to no pending request: {} ref {r}", f.ty));
+        // Requests go one at a time: this one was answered already.
+        s.counts.extra_answers += 1;
+        let code = f.code.as_deref().unwrap_or_default();
+        s.sample(format!("a second answer to request {r}: {} {code}", f.ty));
         return;
     };
     if s.stuck {

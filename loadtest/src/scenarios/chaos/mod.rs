@@ -19,7 +19,8 @@
 //! Each round (`--repeat` rounds on one cluster) reports what its clients saw and what the
 //! registry holds afterwards; the results add the rounds' counts up and keep the largest of
 //! their times (`*_ms`). The run fails (exit status 1) when a correctness check fails:
-//! ghosts, missing members, view mismatches, unanswered requests, duplicate `peer-joined`,
+//! ghosts, missing members, view mismatches, unanswered or twice-answered requests,
+//! duplicate `peer-joined`,
 //! `peer-left` for a peer never announced, room events outside the room, an `unavailable`
 //! answer the registry contradicts, unexpected errors or closed sockets, or a signal of a
 //! pair refused or lost.
@@ -876,6 +877,7 @@ pub fn failures(t: &Value) -> Vec<String> {
         "view_mismatches",
         "unavailable_then_member",
         "unanswered",
+        "extra_answers",
         "duplicate_peer_joined",
         "peer_left_unannounced",
         "events_after_left",
@@ -930,7 +932,7 @@ pub fn summary(r: &Value) -> String {
         "chaos ({}, {} rounds): {} joins ({} requests, {} unavailable, {} retried), {} leaves \
          ({} unavailable)\n  membership: {} ghosts, {} missing, {} view mismatches, {} \
          unavailable answers contradicted ({} ghosts and {} missing at the first look, up to \
-         {} ms to converge)\n  answers: {} unanswered, {} late, {} other errors, {} sockets \
+         {} ms to converge)\n  answers: {} unanswered, {} late, {} answered twice, {} other errors, {} sockets \
          closed\n  events: {} duplicate peer-joined, {} peer-left never announced, {} after \
          left, {} before joined, {} outside the room\n  longest without a successful join: {} \
          ms; unavailable answered within {} ms (max; {} ms for joins sent during the fault)",
@@ -951,6 +953,7 @@ pub fn summary(r: &Value) -> String {
         n(&["converge_ms"]),
         n(&["unanswered"]),
         n(&["late_answers"]),
+        n(&["extra_answers"]),
         n(&["other_errors"]),
         n(&["socket_closed"]),
         n(&["duplicate_peer_joined"]),
