@@ -7,6 +7,7 @@
 mod support;
 
 mod bad_input;
+mod client_address;
 mod cluster;
 mod departures;
 mod failover;
