@@ -1,4 +1,5 @@
-//! Edge configuration: flags and environment variables, validated before anything binds.
+//! Edge configuration: flags and environment variables (and a file, merged by the binary),
+//! validated before anything binds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -220,6 +221,13 @@ pub struct Args {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
+    /// TOML file of settings, keyed by flag name in snake_case (`max_connections_per_ip = 50`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "HELIOGRAPH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (TOML, secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// A validated configuration.
