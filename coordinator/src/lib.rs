@@ -5,6 +5,8 @@
 //! - `clock`: wall-clock milliseconds ([`clock::now_ms`]). Imports nothing.
 //! - `error`: [`CoordinatorError`], the error the crate returns. Imports nothing.
 //! - [`metrics`]: metric names and how they are recorded. Imports nothing.
+//! - [`config_file`]: the `--config` TOML file of both binaries, merged under their flags and
+//!   environment, and `--print-config`. Imports nothing.
 //! - [`transport`]: how processes reach each other: the cluster secret, mutual TLS, dial
 //!   rewrites, message-size limits, metadata keys. Imports nothing.
 //! - [`registry`]: the pure domain (edges, rooms, peers, commands, events). Imports nothing:
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod config_file;
 mod error;
 pub mod grpc;
 pub mod http;

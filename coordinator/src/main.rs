@@ -1,8 +1,8 @@
 //! `heliograph-coordinator`: runs one replica of the room registry (`serve`), or administers a
 //! running cluster (`bootstrap`, `add`, `remove`, `status`).
 //!
-//! Flow of `serve`: parse and validate the configuration (nothing bound yet; a bad one exits
-//! with code 64) → open the replica → bind both listeners and print their addresses as one JSON
+//! Flow of `serve`: parse and validate the configuration (flags > environment > `--config`
+//! file > defaults; nothing bound yet; a bad one exits with code 64) → open the replica → bind both listeners and print their addresses as one JSON
 //! line → serve until SIGTERM/SIGINT → drain (within `DRAIN_DEADLINE`) → close the replica.
 
 #![forbid(unsafe_code)]
@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use heliograph_coordinator::config_file;
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
 use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
@@ -44,6 +45,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run a replica.
@@ -163,6 +166,13 @@ struct ServeArgs {
     /// round trip between replicas when they span regions.
     #[arg(long, env = "HELIOGRAPH_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
+    /// TOML file of settings, keyed by flag name in snake_case (`grace_ms = 10000`); flags
+    /// and environment variables override it.
+    #[arg(long, env = "HELIOGRAPH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (TOML, secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// A validated `serve` configuration; nothing bound yet.
@@ -194,6 +204,14 @@ enum ConfigError {
 
 impl ServeConfig {
     fn validate(args: ServeArgs) -> Result<Self, ConfigError> {
+        let (secret, dial) = Self::check(&args)?;
+        Ok(Self { args, secret, dial })
+    }
+
+    /// Checks the arguments without side effects beyond reading the TLS files.
+    fn check(
+        args: &ServeArgs,
+    ) -> Result<(ClusterSecret, std::collections::HashMap<String, String>), ConfigError> {
         let secret = ClusterSecret::new(&args.cluster_secret)?;
         if args.id == 0 {
             return Err(ConfigError::NodeId);
@@ -224,25 +242,30 @@ impl ServeConfig {
         }
         let secret = secret.with_tls(args.tls.load()?);
         let dial = heliograph_coordinator::transport::dial::parse(&args.dial_via)?;
-        Ok(Self { args, secret, dial })
+        Ok((secret, dial))
     }
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
+    let parsed = config_file::parse(Cli::command(), std::env::args_os().collect(), Some("serve"))
+        .and_then(|p| Ok((Cli::from_arg_matches(&p.matches)?, p)));
+    let (cli, parsed) = match parsed {
+        Ok(c) => c,
+        Err(config_file::FileError::Args(e)) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let first = e.to_string();
-            let line = first.lines().next().unwrap_or("invalid arguments");
-            eprintln!("heliograph-coordinator: {line}");
+            eprintln!("heliograph-coordinator: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Cmd::Serve(args) = &cli.command
+        && args.print_config
+    {
+        return print_config(&parsed, args);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -260,6 +283,26 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli.command))
+}
+
+/// `serve --print-config`: validates, prints the effective configuration, exits.
+fn print_config(parsed: &config_file::Parsed, args: &ServeArgs) -> ExitCode {
+    if let Err(e) = ServeConfig::check(args) {
+        eprintln!("heliograph-coordinator: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cmd = Cli::command();
+    let (Some(serve), Some(matches)) = (
+        cmd.find_subcommand("serve"),
+        parsed.matches.subcommand_matches("serve"),
+    ) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    print!(
+        "{}",
+        config_file::render("heliograph-coordinator serve", serve, parsed, matches)
+    );
+    ExitCode::SUCCESS
 }
 
 async fn run(command: Cmd) -> ExitCode {

@@ -1,4 +1,5 @@
-//! Edge configuration: flags and environment variables, validated before anything binds.
+//! Edge configuration: flags and environment variables (and a file, merged by the binary),
+//! validated before anything binds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,11 @@ use heliograph_coordinator::registry::{EdgeId, Region};
 use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::MutualTls;
 
+use crate::client_addr::{Cidr, ForwardedHeader, TrustedProxies};
 use crate::turn::TurnConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_FORWARDED_HEADER: &str = "x-forwarded-for";
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_META_BYTES: usize = 4 * 1024;
 pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 32;
@@ -112,6 +115,27 @@ pub struct Args {
     /// Connections one source IP address may hold at once; more are refused with HTTP 429.
     #[arg(long, env = "HELIOGRAPH_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
+    /// Proxies and load balancers in front of the edge (CIDR ranges or addresses, repeatable):
+    /// only from these is the client address in --forwarded-header believed, and only these
+    /// may send PROXY headers. Without any, the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "HELIOGRAPH_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// The header trusted proxies append the client address to: x-forwarded-for or
+    /// forwarded (RFC 7239). The other one is never read.
+    #[arg(long, env = "HELIOGRAPH_FORWARDED_HEADER", default_value = DEFAULT_FORWARDED_HEADER)]
+    pub forwarded_header: String,
+    /// Every connection must open with a PROXY protocol header (v1 or v2) from a
+    /// --trusted-proxy; its source address is the client. Connections without one are closed.
+    #[arg(
+        long,
+        env = "HELIOGRAPH_PROXY_PROTOCOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub proxy_protocol: bool,
     /// Origins allowed to open browser connections (repeatable); others get HTTP 403.
     /// Without any, every origin is allowed.
     #[arg(
@@ -249,6 +273,13 @@ pub struct Args {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
+    /// TOML file of settings, keyed by flag name in snake_case (`max_connections_per_ip = 50`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "HELIOGRAPH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (TOML, secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// A validated configuration.
@@ -274,6 +305,7 @@ pub struct Config {
     pub rate_limit_burst: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub client_addresses: ClientAddresses,
     pub allowed_origins: Vec<String>,
     pub join_key: Option<JoinKeySource>,
     pub turn: Option<TurnConfig>,
@@ -283,6 +315,15 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub sessions: SessionConfig,
     log: String,
+}
+
+/// How the client's address is found behind proxies.
+#[derive(Debug, Clone)]
+pub struct ClientAddresses {
+    pub trusted: TrustedProxies,
+    pub header: ForwardedHeader,
+    /// Every connection opens with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Resumable sessions.
@@ -441,6 +482,23 @@ impl Args {
         check(
             self.max_connections_per_ip >= 1,
             "--max-connections-per-ip must be at least 1",
+        )?;
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .map(|c| c.parse::<Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError(format!("--trusted-proxy: {e}")))?;
+        let client_addresses = ClientAddresses {
+            trusted: TrustedProxies::new(trusted),
+            header: ForwardedHeader::parse(&self.forwarded_header).ok_or_else(|| {
+                ConfigError("--forwarded-header must be x-forwarded-for or forwarded".into())
+            })?,
+            proxy_protocol: self.proxy_protocol,
+        };
+        check(
+            !self.proxy_protocol || !client_addresses.trusted.is_empty(),
+            "--proxy-protocol needs --trusted-proxy (the load balancers that send the header)",
         )?;
         for o in &self.allowed_origins {
             check(
@@ -654,6 +712,7 @@ impl Args {
             rate_limit_burst: self.rate_limit_burst,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            client_addresses,
             allowed_origins: self.allowed_origins,
             join_key,
             turn,
@@ -713,5 +772,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.coordinator.unwrap().urls.len(), 2);
+        let e = parse(&["--trusted-proxy", "10.0.0.0/33"]).unwrap_err();
+        assert!(e.to_string().contains("--trusted-proxy"), "{e}");
+        let e = parse(&["--proxy-protocol"]).unwrap_err();
+        assert!(e.to_string().contains("--trusted-proxy"), "{e}");
+        let e = parse(&["--forwarded-header", "x-real-ip"]).unwrap_err();
+        assert!(e.to_string().contains("--forwarded-header"), "{e}");
+        let c = parse(&[
+            "--trusted-proxy",
+            "10.0.0.0/8,127.0.0.1",
+            "--proxy-protocol",
+        ])
+        .unwrap();
+        assert!(c.client_addresses.proxy_protocol);
+        assert!(
+            c.client_addresses
+                .trusted
+                .contains("127.0.0.1".parse().unwrap())
+        );
     }
 }

@@ -19,6 +19,8 @@
 //! - `server`: HTTP routes; `context`: what routes and connections share; `shutdown`: the
 //!   one shutdown signal and its stages; `background`: session upkeep and lease renewal.
 //! - `auth`, `limits`, `turn`, `metrics`: join tokens, limits, TURN credentials, metrics.
+//! - `client_addr`: trusted proxies and the client address they forward; `listener`: the
+//!   TCP listener, which reads PROXY protocol headers when asked to.
 //!
 //! [`start`] takes the shutdown token as an argument: the library never reads signals.
 
@@ -26,12 +28,14 @@
 
 mod auth;
 mod background;
+mod client_addr;
 mod clock;
 pub mod config;
 mod connection;
 mod context;
 mod follower;
 mod limits;
+mod listener;
 mod metrics;
 mod outbox;
 pub mod protocol;
@@ -63,6 +67,7 @@ use crate::auth::{JoinAuth, JoinKey};
 use crate::config::{Config, JoinKeySource};
 use crate::context::EdgeContext;
 use crate::limits::ConnectionLimiter;
+use crate::listener::{EdgeListener, ProxyProtocol};
 use crate::metrics::EdgeMetrics;
 use crate::region::Backend;
 use crate::registry::{Events, Registry, RemoteRegistry, RemoteSettings};
@@ -239,6 +244,16 @@ pub async fn start(
         ));
     }
 
+    let proxy = ctx
+        .config
+        .client_addresses
+        .proxy_protocol
+        .then(|| ProxyProtocol {
+            trusted: ctx.config.client_addresses.trusted.clone(),
+            metrics: Arc::clone(&ctx.metrics),
+        });
+    let listener = EdgeListener::new(listener, proxy);
+    let metrics_listener = metrics_listener.map(|l| EdgeListener::new(l, None));
     let finished = tokio::spawn(async move {
         let http = tokio::spawn(server::serve(
             listener,

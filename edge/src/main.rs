@@ -1,10 +1,11 @@
-//! `heliograph-edge`: load config (nothing bound yet) → start → wait for SIGTERM/SIGINT →
-//! shut down within the grace period.
+//! `heliograph-edge`: load config (flags > environment > `--config` file > defaults; nothing
+//! bound yet) → start → wait for SIGTERM/SIGINT → shut down within the grace period.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use heliograph_coordinator::config_file;
 use heliograph_edge::config::{Args, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -19,13 +20,41 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_START: u8 = 1;
 
 fn main() -> ExitCode {
-    let config = match Args::parse().validate() {
+    let parsed = match config_file::parse(Args::command(), std::env::args_os().collect(), None) {
+        Ok(p) => p,
+        Err(config_file::FileError::Args(e)) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("heliograph-edge: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let args = match Args::from_arg_matches(&parsed.matches) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("heliograph-edge: {}", config_file::FileError::Args(e));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let print = args.print_config;
+    let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("heliograph-edge: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if print {
+        let cmd = Args::command();
+        print!(
+            "{}",
+            config_file::render("heliograph-edge", &cmd, &parsed, &parsed.matches)
+        );
+        return ExitCode::SUCCESS;
+    }
     init_tracing(&config.log_filter());
     let runtime = match runtime(config.worker_threads) {
         Ok(rt) => rt,

@@ -29,8 +29,15 @@ pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
 pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total";
 pub const COORDINATOR_RECONNECTS: &str = "heliograph_edge_coordinator_reconnects_total";
 
-/// Why an upgrade request was refused before it became a connection.
-pub const REFUSAL_REASONS: [&str; 4] = ["origin", "edge_full", "address_limit", "draining"];
+/// Why a connection or upgrade request was refused before it became a WebSocket connection.
+pub const REFUSAL_REASONS: [&str; 6] = [
+    "origin",
+    "edge_full",
+    "address_limit",
+    "draining",
+    "proxy_header",
+    "proxy_untrusted",
+];
 pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total";
 pub const ROUTING_DECISIONS: &str = "heliograph_edge_routing_decisions_total";
 pub const REDIS_ERRORS: &str = "heliograph_edge_redis_errors_total";
@@ -272,7 +279,7 @@ impl EdgeMetrics {
         counter!(COORDINATOR_RECONNECTS).increment(0);
         describe_counter!(
             CONNECTIONS_REFUSED,
-            "WebSocket upgrade requests refused, by reason"
+            "Connections and WebSocket upgrade requests refused, by reason"
         );
         describe_gauge!(ROOMS_TRACKED, "Rooms with at least one member on this edge");
         describe_counter!(

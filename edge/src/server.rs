@@ -1,21 +1,24 @@
 //! HTTP routes: the WebSocket endpoint, health, readiness, metrics, the demo page and the
-//! browser SDK (both compiled into the binary).
+//! browser SDK (both compiled into the binary). The WebSocket endpoint counts connections by
+//! the client's address: the peer's, or the one a trusted proxy forwarded (`client_addr`).
 
 use std::sync::Arc;
 
 use axum::Router;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 
+use crate::client_addr;
+use crate::config::ClientAddresses;
 use crate::connection;
 use crate::context::EdgeContext;
 use crate::limits::ConnectionRefusal;
+use crate::listener::{EdgeListener, Peer};
 use crate::protocol::SUBPROTOCOL;
 use crate::shutdown::Stage;
 
@@ -39,25 +42,21 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
     router.with_state(ctx)
 }
 
-/// The separate metrics listener, when one is configured.
+/// The separate metrics listener, when one is configured. It answers health and readiness
+/// too: with `--proxy-protocol` the main listener takes only connections that open with a
+/// PROXY header, which probes do not send.
 pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(ctx)
 }
 
 /// Serves until the edge starts draining; then stops accepting. Upgraded WebSockets are not
 /// covered by axum's graceful shutdown and are tracked by the edge itself.
-pub async fn serve(listener: TcpListener, router: Router, ctx: Arc<EdgeContext>) {
-    use axum::serve::ListenerExt;
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    // Signals are small frames that must leave at once; Nagle would hold one back for up to
-    // the peer's delayed-ACK time (~40 ms) while another is unacknowledged.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+pub async fn serve(listener: EdgeListener, router: Router, ctx: Arc<EdgeContext>) {
+    let service = router.into_make_service_with_connect_info::<Peer>();
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(async move { ctx.shutdown.reached(Stage::Draining).await })
         .await;
@@ -68,10 +67,11 @@ pub async fn serve(listener: TcpListener, router: Router, ctx: Arc<EdgeContext>)
 
 async fn websocket(
     State(ctx): State<Arc<EdgeContext>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let client = client_ip(&ctx.config.client_addresses, peer.ip(), &headers);
     if ctx.shutdown.is_draining() || ctx.connection_tasks.is_closed() {
         ctx.metrics.refused("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
@@ -80,10 +80,11 @@ async fn websocket(
         ctx.metrics.refused("origin");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let slot = match ctx.connections.acquire(remote.ip()) {
+    let slot = match ctx.connections.acquire(client) {
         Ok(slot) => slot,
         Err(ConnectionRefusal::EdgeFull) => {
             ctx.metrics.refused("edge_full");
+            tracing::debug!(%client, %peer, "upgrade refused: the edge is full");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "edge at its connection limit\n",
@@ -92,6 +93,7 @@ async fn websocket(
         }
         Err(ConnectionRefusal::TooManyFromAddress) => {
             ctx.metrics.refused("address_limit");
+            tracing::debug!(%client, %peer, "upgrade refused: too many connections from the client's address");
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address\n",
@@ -110,6 +112,16 @@ async fn websocket(
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| tasks.track_future(connection::run(socket, ctx, slot)))
+}
+
+/// The address limits and logs count: the peer's, or the one a trusted proxy forwarded.
+fn client_ip(config: &ClientAddresses, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let values = headers
+        .get_all(config.header.name())
+        .iter()
+        // A value that is not text cannot be read: it ends the chain like any garbage.
+        .map(|v| v.to_str().unwrap_or(""));
+    client_addr::client_ip(peer, &config.trusted, config.header, values)
 }
 
 /// Browsers always send `Origin`; other clients may not, and are not subject to the list.

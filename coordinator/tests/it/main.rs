@@ -7,6 +7,7 @@
 mod support;
 
 mod cluster;
+mod config_file;
 mod processes;
 mod registry_service;
 mod transport_security;

@@ -7,7 +7,9 @@
 mod support;
 
 mod bad_input;
+mod client_address;
 mod cluster;
+mod config_file;
 mod departures;
 mod failover;
 mod lifecycle;
