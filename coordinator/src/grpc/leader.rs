@@ -35,7 +35,7 @@ impl Clients {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = tls::endpoint(dial::resolve(addr), self.tls.as_ref())
+        let endpoint = tls::endpoint_with_liveness(dial::resolve(addr), self.tls.as_ref())
             .map_err(|e| ServiceError::Forward {
                 addr: addr.to_owned(),
                 status: tonic::Status::unavailable(tls::error_chain(&e)),

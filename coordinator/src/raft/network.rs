@@ -36,6 +36,8 @@ use crate::transport::metadata::CLUSTER_HEADER;
 use crate::transport::{ClusterSecret, MAX_RAFT_MESSAGE_BYTES, dial, tls};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Detects a dead peer on an idle connection sooner than TCP would.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 type Client = RaftClient<InterceptedService<Channel, Credentials>>;
 
@@ -91,6 +93,7 @@ impl GrpcNetwork {
         let channel = tls::endpoint(dial::resolve(addr), tls)
             .map_err(|e| format!("bad raft address {addr:?} for node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .connect_lazy();
         channels.insert(target, (addr.to_owned(), channel.clone()));
         Ok(channel)

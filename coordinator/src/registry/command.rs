@@ -65,11 +65,19 @@ pub enum Command {
         peer: PeerId,
         edge: EdgeId,
     },
-    /// Ends the leases that ran out by `at_ms` and removes peers detached for `grace_ms` or
-    /// longer. Proposed by the leader when its view says something is due.
+    /// Ends the leases that ran out by `at_ms` (unless `leases` is false: a new leader gives
+    /// edges a lease to renew first) and removes peers detached for `grace_ms` or longer.
+    /// Proposed by the leader when its view says something is due.
     Sweep {
         grace_ms: u64,
+        #[serde(default = "sweep_leases")]
+        leases: bool,
     },
+}
+
+/// Entries logged before `Sweep::leases` existed ended leases.
+fn sweep_leases() -> bool {
+    true
 }
 
 impl Command {

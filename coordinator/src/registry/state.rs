@@ -20,6 +20,9 @@ pub struct EdgeRecord {
     /// Node id of the replica the edge is attached to (0: unknown, e.g. an embedded edge).
     #[serde(default)]
     pub replica: u64,
+    /// The lease's length as the edge asked for it (0 in records from before it was kept).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +90,7 @@ impl RegistryState {
                     lease_until_ms: at.saturating_add(*lease_ms),
                     down: false,
                     replica: *replica,
+                    lease_ms: *lease_ms,
                 },
                 *resumable_sessions,
                 &mut events,
@@ -102,6 +106,7 @@ impl RegistryState {
                 }
                 Some(rec) => {
                     rec.lease_until_ms = rec.lease_until_ms.max(at.saturating_add(*lease_ms));
+                    rec.lease_ms = *lease_ms;
                     Outcome::Done
                 }
             },
@@ -142,8 +147,8 @@ impl RegistryState {
                 }
             },
             Command::Rebind { peer, edge } => self.rebind(peer, edge, &mut events),
-            Command::Sweep { grace_ms } => {
-                self.sweep(at, *grace_ms, &mut events);
+            Command::Sweep { grace_ms, leases } => {
+                self.sweep(at, *grace_ms, *leases, &mut events);
                 Outcome::Done
             }
         };
@@ -292,11 +297,11 @@ impl RegistryState {
         Outcome::Done
     }
 
-    fn sweep(&mut self, at: u64, grace_ms: u64, events: &mut Vec<RoomEvent>) {
+    fn sweep(&mut self, at: u64, grace_ms: u64, leases: bool, events: &mut Vec<RoomEvent>) {
         let expired: Vec<EdgeId> = self
             .edges
             .iter()
-            .filter(|(_, e)| !e.down && e.lease_until_ms <= at)
+            .filter(|(_, e)| leases && !e.down && e.lease_until_ms <= at)
             .map(|(id, _)| id.clone())
             .collect();
         for edge in expired {
@@ -448,11 +453,24 @@ impl RegistryState {
     }
 
     /// The earliest time at which a [`Command::Sweep`] would change something, if any.
-    pub fn next_sweep_due_ms(&self, grace_ms: u64) -> Option<u64> {
+    /// The longest lease a live edge holds: how long a new leader gives edges to renew before
+    /// it ends leases that ran out while nobody could commit a renewal.
+    pub fn longest_lease_ms(&self) -> u64 {
+        self.edges
+            .values()
+            .filter(|e| !e.down)
+            .map(|e| e.lease_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When the next sweep is due: a lease running out (unless `leases` is false) or a
+    /// detached peer's grace ending.
+    pub fn next_sweep_due_ms(&self, grace_ms: u64, leases: bool) -> Option<u64> {
         let leases = self
             .edges
             .values()
-            .filter(|e| !e.down)
+            .filter(|e| leases && !e.down)
             .map(|e| e.lease_until_ms);
         let detached = self
             .peers
@@ -606,13 +624,37 @@ mod tests {
                 lease_ms: 10_000,
             },
         ));
-        assert_eq!(s.next_sweep_due_ms(2_000), Some(1_000));
-        let (_, ev) = s.apply(&at(1_000, Command::Sweep { grace_ms: 2_000 }));
+        assert_eq!(s.next_sweep_due_ms(2_000, true), Some(1_000));
+        // A new leader gives edges a lease to renew first: it ends no lease yet (and has
+        // nothing else due, nobody being detached).
+        assert_eq!(s.next_sweep_due_ms(2_000, false), None);
+        s.apply(&at(
+            1_000,
+            Command::Sweep {
+                grace_ms: 2_000,
+                leases: false,
+            },
+        ));
+        assert_eq!(s.is_detached(&id("a")), Some(false));
+        assert_eq!(s.longest_lease_ms(), 10_000);
+        let (_, ev) = s.apply(&at(
+            1_000,
+            Command::Sweep {
+                grace_ms: 2_000,
+                leases: true,
+            },
+        ));
         assert!(ev.is_empty());
         assert_eq!(s.is_detached(&id("a")), Some(true));
         assert_eq!(s.is_detached(&id("b")), Some(false));
-        assert_eq!(s.next_sweep_due_ms(2_000), Some(3_000));
-        let (_, ev) = s.apply(&at(3_000, Command::Sweep { grace_ms: 2_000 }));
+        assert_eq!(s.next_sweep_due_ms(2_000, true), Some(3_000));
+        let (_, ev) = s.apply(&at(
+            3_000,
+            Command::Sweep {
+                grace_ms: 2_000,
+                leases: true,
+            },
+        ));
         assert_eq!(ev.len(), 1);
         assert!(
             matches!(&ev[0].kind, RoomEventKind::Left { reason: LeaveReason::Expired, peer, .. } if peer.as_str() == "a")
@@ -629,7 +671,13 @@ mod tests {
         register(&mut s, "e1", 1, false);
         join(&mut s, "r", "a", "e1");
         // The lease runs out while the edge switches replica.
-        s.apply(&at(1_000, Command::Sweep { grace_ms: 5_000 }));
+        s.apply(&at(
+            1_000,
+            Command::Sweep {
+                grace_ms: 5_000,
+                leases: true,
+            },
+        ));
         assert_eq!(s.is_detached(&id("a")), Some(true));
         let (o, ev) = s.apply(&at(
             1_500,
@@ -650,8 +698,14 @@ mod tests {
         assert_eq!(s.is_detached(&id("a")), Some(false));
         assert_eq!(s.room(&id("r")).unwrap().members.len(), 1);
         // Nothing is due: the peer is not swept later.
-        assert_eq!(s.next_sweep_due_ms(5_000), Some(2_500));
-        let (_, ev) = s.apply(&at(2_400, Command::Sweep { grace_ms: 5_000 }));
+        assert_eq!(s.next_sweep_due_ms(5_000, true), Some(2_500));
+        let (_, ev) = s.apply(&at(
+            2_400,
+            Command::Sweep {
+                grace_ms: 5_000,
+                leases: true,
+            },
+        ));
         assert!(ev.is_empty());
     }
 

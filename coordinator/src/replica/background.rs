@@ -17,12 +17,15 @@ const SWEEP_POLL: Duration = Duration::from_millis(250);
 
 /// Ends leases that ran out and removes peers detached for longer than the grace period, by
 /// proposing [`Command::Sweep`] whenever the registry says one is due. Only the leader sweeps:
-/// followers would just be refused.
+/// followers would just be refused. A replica that has just become leader first gives the
+/// edges one lease to renew: while there was no leader (an election, a lost quorum) nobody
+/// could commit a renewal, and their leases ran out on paper only.
 pub async fn sweep(coordinator: Replica) {
     let cancel = coordinator.inner.cancel.clone();
     let mut last_swept_at = None;
+    let mut leading_since = None;
     loop {
-        let wait = sweep_once(&coordinator, &mut last_swept_at).await;
+        let wait = sweep_once(&coordinator, &mut last_swept_at, &mut leading_since).await;
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
@@ -31,12 +34,19 @@ pub async fn sweep(coordinator: Replica) {
 }
 
 /// Proposes a sweep when one is due; returns how long to wait before looking again.
-async fn sweep_once(c: &Replica, last_swept_at: &mut Option<u64>) -> Duration {
+async fn sweep_once(
+    c: &Replica,
+    last_swept_at: &mut Option<u64>,
+    leading_since: &mut Option<u64>,
+) -> Duration {
     let grace_ms = c.inner.grace_ms;
     if !c.is_leader() {
+        *leading_since = None;
         return SWEEP_POLL;
     }
-    let Some(due) = c.read(|s| s.next_sweep_due_ms(grace_ms)) else {
+    let since = *leading_since.get_or_insert_with(now_ms);
+    let leases = now_ms() >= since.saturating_add(c.read(|s| s.longest_lease_ms()));
+    let Some(due) = c.read(|s| s.next_sweep_due_ms(grace_ms, leases)) else {
         return SWEEP_POLL;
     };
     let now = now_ms();
@@ -47,7 +57,7 @@ async fn sweep_once(c: &Replica, last_swept_at: &mut Option<u64>) -> Duration {
         // A sweep stamped after `due` left it due: do not spin on it.
         return SWEEP_POLL;
     }
-    match c.execute(Command::Sweep { grace_ms }).await {
+    match c.execute(Command::Sweep { grace_ms, leases }).await {
         Ok(_) => {
             *last_swept_at = Some(now);
             Duration::ZERO

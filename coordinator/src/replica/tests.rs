@@ -98,7 +98,11 @@ async fn joins_emit_events_and_survive_restart() {
     c.shutdown().await;
     assert!(!c.is_ready());
     assert!(matches!(
-        c.execute(Command::Sweep { grace_ms: 1 }).await,
+        c.execute(Command::Sweep {
+            grace_ms: 1,
+            leases: true
+        })
+        .await,
         Err(CoordinatorError::ShuttingDown)
     ));
 

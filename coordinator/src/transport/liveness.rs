@@ -1,10 +1,12 @@
-//! How every cluster connection notices a peer that stopped answering (a frozen process, a
+//! How cluster connections notice a peer that stopped answering (a frozen process, a
 //! half-open connection) within about a second, rather than at the next call's timeout:
-//! HTTP/2 pings on every channel and server, idle or not.
+//! HTTP/2 pings, idle or not, on the channels whose users must move on (an edge's link to its
+//! replica, writes forwarded to the leader, relays between replicas). Raft's own channels
+//! keep a slow keepalive: openraft notices an unresponsive peer by itself.
 
 use std::time::Duration;
 
-/// Interval of HTTP/2 pings on every channel (edge → replica, replica → replica) and server.
+/// Interval of HTTP/2 pings on those channels.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(400);
 /// A ping unanswered this long closes the connection; its calls fail and its users move on.
 /// Pings are answered by the connection's own task, not behind the calls on it, so a live

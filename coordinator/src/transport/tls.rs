@@ -120,12 +120,11 @@ impl fmt::Debug for MutualTls {
     }
 }
 
-/// A server builder, with TLS when `tls` is set, HTTP/2 keepalive and room for the streams
-/// a frozen replica finds reset when it wakes (see [`liveness`](super::liveness)).
+/// A server builder, with TLS when `tls` is set and room for the streams a frozen replica
+/// finds reset when it wakes (see [`liveness`](super::liveness)). Liveness is the clients'
+/// business: they ping (see [`endpoint_with_liveness`]).
 pub fn server(tls: Option<&MutualTls>) -> Result<Server, tonic::transport::Error> {
     let builder = Server::builder()
-        .http2_keepalive_interval(Some(liveness::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(liveness::KEEPALIVE_TIMEOUT))
         .http2_max_pending_accept_reset_streams(Some(liveness::MAX_PENDING_ACCEPT_RESETS));
     match tls {
         None => Ok(builder),
@@ -147,12 +146,22 @@ pub fn endpoint(addr: &str, tls: Option<&MutualTls>) -> Result<Endpoint, tonic::
             Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls.client_config())
         }
     }?;
-    // Every cluster channel notices a peer that stopped answering within about a second.
-    Ok(endpoint
+    Ok(endpoint.tcp_nodelay(true))
+}
+
+/// [`endpoint`] with fast HTTP/2 keepalive (see [`liveness`](super::liveness)): for channels
+/// whose user must move on when the peer stops answering (an edge's link to its replica,
+/// writes forwarded to the leader, relays to other replicas). Not for Raft's own channels:
+/// openraft notices an unresponsive peer by itself, and a connection dropped by a ping that a
+/// busy peer answered late would have to be re-made within one heartbeat.
+pub fn endpoint_with_liveness(
+    addr: &str,
+    tls: Option<&MutualTls>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(endpoint(addr, tls)?
         .http2_keep_alive_interval(liveness::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(liveness::KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true))
+        .keep_alive_while_idle(true))
 }
 
 /// Adds a scheme to a bare `host:port` address, as tonic endpoints need one.

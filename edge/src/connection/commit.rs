@@ -4,8 +4,9 @@
 //! lost mid-request, a replica stalled). Such a failure is retried until the deadline: join
 //! and leave are idempotent in the registry (a member joining again is answered with the
 //! room; a leave of a non-member is `NotInRoom`), so a retry answers for the first attempt
-//! too. Only when the deadline passes with no answer is the outcome unknown; the caller then
-//! makes sure the registry does not keep what the client is told did not happen.
+//! too. Only when the deadline passes with no answer is the outcome unknown: the client is
+//! told `unavailable`, and a join that commits after all is taken back by the follower when
+//! its event arrives.
 
 use std::time::Duration;
 
@@ -19,8 +20,6 @@ use crate::context::EdgeContext;
 /// `unavailable`: a registry that lost its quorum must not hold a client for more than a
 /// second (a healthy commit takes milliseconds; a leader election about a second).
 pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(800);
-/// How long the edge tries to undo a join whose outcome stayed unknown.
-pub(super) const UNDO_DEADLINE: Duration = Duration::from_millis(1_000);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(400);
 

@@ -9,7 +9,7 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
-use super::commit::{COMMIT_DEADLINE, UNDO_DEADLINE, commit};
+use super::commit::{COMMIT_DEADLINE, commit};
 use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
@@ -283,9 +283,9 @@ fn join(
                     Err(_) if !ctx.index.abort_join(&peer, &room) => Vec::new(),
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
-                        // not in the room, so the edge makes that true (a join that commits
-                        // later anyway is undone when its event arrives).
-                        undo_join(&ctx, &peer, &room).await;
+                        // not in the room, and if the join commits after all the follower
+                        // takes it back when its event arrives. (Not at once: a leave sent now
+                        // down the same sick path could land after the client's next join.)
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }
                     other => {
@@ -296,23 +296,6 @@ fn join(
                 Done::frames(frames)
             }))
         }
-    }
-}
-
-/// A join whose outcome stayed unknown is taken back, so that the registry agrees with the
-/// `unavailable` the client gets. If that fails too (no quorum), the follower removes the
-/// peer when the join's event arrives, or at the next resync.
-async fn undo_join(ctx: &EdgeContext, peer: &PeerId, room: &RoomId) {
-    let command = Command::Leave {
-        room: room.clone(),
-        peer: peer.clone(),
-    };
-    match commit(ctx, command, UNDO_DEADLINE).await.result {
-        Ok(Outcome::Left { .. }) => {
-            tracing::info!("a join with an unknown outcome had committed; it was taken back")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not take back a join with an unknown outcome"),
     }
 }
 

@@ -330,7 +330,7 @@ impl RemoteRegistry {
         url: &str,
         events: &mpsc::Sender<RegistryEvent>,
     ) -> Result<(), SessionError> {
-        let channel = tls::endpoint(url, self.settings.secret.tls())
+        let channel = tls::endpoint_with_liveness(url, self.settings.secret.tls())
             .map_err(|e| SessionError::Connect(tls::error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
