@@ -24,6 +24,9 @@ EVERYTHING_ON: dict[str, Any] = {
     "turn": {"secret": "turn-secret", "urls": ["turn:turn.example.org:3478"]},
     "edge": {
         "iceServers": ["stun:stun.example.com:3478"],
+        "trustedProxies": ["10.0.0.0/8", "2001:db8::/32"],
+        "forwardedHeader": "forwarded",
+        "proxyProtocol": True,
         "autoscaling": {"targetConnectionsPerPod": 2000},
         "ingress": {
             "enabled": True,

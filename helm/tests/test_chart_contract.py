@@ -26,6 +26,11 @@ def edge_main_routes() -> set[str]:
     return set(re.findall(r'\.route\("([^"]+)"', _fn_body(read(EDGE_SERVER), "router")))
 
 
+def edge_metrics_routes() -> set[str]:
+    """Paths of the edge's --metrics-listen router (fn metrics_router)."""
+    return set(re.findall(r'\.route\("([^"]+)"', _fn_body(read(EDGE_SERVER), "metrics_router")))
+
+
 def coordinator_routes() -> set[str]:
     routes: set[str] = set()
     for p in (REPO / "coordinator").rglob("*.rs"):
@@ -74,11 +79,16 @@ def test_edge_probes_and_flags(rendered: tuple[str, list[dict[str, Any]]]) -> No
     assert listen_port(flag(args, "--listen")) == ports["http"]
     assert listen_port(flag(args, "--metrics-listen")) == ports["metrics"]
     assert flag(args, "--listen").startswith("0.0.0.0:")
-    # Probes hit the main listener (the metrics listener serves only /metrics).
+    # Probes hit the main listener; with --proxy-protocol (probes send no PROXY header) the
+    # metrics listener, which answers /healthz and /readyz too.
+    probe_port = "http"
+    if "--proxy-protocol" in args:
+        routes = edge_metrics_routes()
+        probe_port = "metrics"
     r, lv = c["readinessProbe"]["httpGet"], c["livenessProbe"]["httpGet"]
     assert r["path"] == "/readyz" and r["path"] in routes
     assert lv["path"] == "/healthz" and lv["path"] in routes
-    assert resolve(r["port"], c) == ports["http"] == resolve(lv["port"], c)
+    assert resolve(r["port"], c) == ports[probe_port] == resolve(lv["port"], c)
     # Scrape annotations point at the metrics listener.
     ann = dep["spec"]["template"]["metadata"].get("annotations", {})
     if "prometheus.io/port" in ann:

@@ -102,24 +102,52 @@ true
 {{- join "," $urls -}}
 {{- end -}}
 
-{{/* The Redis URL without credentials; empty with redis.existingSecret or without Redis. */}}
+{{/* "true" when this release runs its own Redis (redis.enabled and no external one). */}}
+{{- define "heliograph.redis.bundled" -}}
+{{- $r := .Values.redis -}}
+{{- if and $r.enabled (not $r.url) (not $r.existingSecret) (not $r.sentinel.addresses) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Redis URL without credentials; empty with redis.existingSecret, without Redis, and with
+     Sentinel but no redis.url (the edge then uses redis://). Also checks the Redis values. */}}
 {{- define "heliograph.redis.url" -}}
-{{- if .Values.redis.existingSecret -}}
-{{- else if .Values.redis.url -}}
-{{- if regexMatch "^[a-z]+://[^/]*@" .Values.redis.url -}}
+{{- $r := .Values.redis -}}
+{{- if and $r.sentinel.addresses (not $r.sentinel.master) -}}
+{{- fail "redis.sentinel.master must be set with redis.sentinel.addresses (--redis-sentinel needs --redis-sentinel-master)" -}}
+{{- end -}}
+{{- if $r.url -}}
+{{- if regexMatch "^[a-z]+://[^/]*@" $r.url -}}
 {{- fail "redis.url must not carry credentials: use redis.auth.existingSecret or redis.existingSecret" -}}
 {{- end -}}
-{{- .Values.redis.url -}}
-{{- else if .Values.redis.enabled -}}
-{{- printf "redis://%s.%s.svc.%s:%d" (include "heliograph.redis.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.redis.port) -}}
+{{- if and (regexMatch "^[a-z]+://(/.*)?$" $r.url) (not $r.sentinel.addresses) -}}
+{{- fail "redis.url without a host is only allowed with redis.sentinel.addresses" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $r.tls.existingSecret (not $r.existingSecret) -}}
+{{- if not (hasPrefix "rediss://" $r.url) -}}
+{{- fail "redis.tls.existingSecret needs a rediss:// redis.url (with Sentinel the scheme alone: rediss://); the chart's own Redis serves no TLS" -}}
+{{- end -}}
+{{- end -}}
+{{- if $r.existingSecret -}}
+{{- else if $r.url -}}
+{{- $r.url -}}
+{{- else if include "heliograph.redis.bundled" . -}}
+{{- printf "redis://%s.%s.svc.%s:%d" (include "heliograph.redis.fullname" .) .Release.Namespace .Values.clusterDomain (int $r.port) -}}
 {{- end -}}
 {{- end -}}
 
-{{/* The edges' Redis environment: the URL (HELIOGRAPH_REDIS) and its password, from Secrets
-     when they hold credentials. Nothing of it goes into the arguments. */}}
+{{/* "true" when the edges use a Redis at all. */}}
+{{- define "heliograph.redis.used" -}}
+{{- $r := .Values.redis -}}
+{{- if or $r.existingSecret $r.url $r.sentinel.addresses (include "heliograph.redis.bundled" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The edges' Redis environment: the URL (HELIOGRAPH_REDIS, from a Secret when it holds
+     credentials) and the passwords, from Secrets. Nothing of it goes into the arguments. */}}
 {{- define "heliograph.redis.env" -}}
 {{- $r := .Values.redis -}}
 {{- $url := include "heliograph.redis.url" . -}}
+{{- if include "heliograph.redis.used" . }}
 {{- if $r.existingSecret }}
 - name: HELIOGRAPH_REDIS
   valueFrom:
@@ -127,20 +155,97 @@ true
       name: {{ $r.existingSecret }}
       key: {{ $r.existingSecretKey }}
 {{- else if $url }}
+- name: HELIOGRAPH_REDIS
+  value: {{ $url | quote }}
+{{- end }}
 {{- if $r.auth.existingSecret }}
 - name: HELIOGRAPH_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $r.auth.existingSecret }}
       key: {{ $r.auth.existingSecretKey }}
-{{- $parts := regexSplit "://" $url 2 }}
-- name: HELIOGRAPH_REDIS
-  value: {{ printf "%s://%s:$(HELIOGRAPH_REDIS_PASSWORD)@%s" (index $parts 0) $r.auth.username (index $parts 1) | quote }}
-{{- else }}
-- name: HELIOGRAPH_REDIS
-  value: {{ $url | quote }}
+{{- end }}
+{{- if and $r.sentinel.addresses $r.sentinel.auth.existingSecret }}
+- name: HELIOGRAPH_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.sentinel.auth.existingSecret }}
+      key: {{ $r.sentinel.auth.existingSecretKey }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{- define "heliograph.redis.tlsDir" -}}/etc/heliograph-redis-tls{{- end -}}
+
+{{/* The edges' non-secret Redis flags, as a YAML list: TLS files, ACL user, Sentinel. */}}
+{{- define "heliograph.redis.args" -}}
+{{- $r := .Values.redis -}}
+{{- if include "heliograph.redis.used" . -}}
+{{- $d := include "heliograph.redis.tlsDir" . -}}
+{{- if $r.tls.existingSecret }}
+{{- if $r.tls.ca }}
+- --redis-ca
+- {{ $d }}/ca.crt
+{{- end }}
+{{- if $r.tls.clientCertificate }}
+- --redis-client-cert
+- {{ $d }}/tls.crt
+- --redis-client-key
+- {{ $d }}/tls.key
+{{- end }}
+{{- end }}
+{{- if $r.auth.username }}
+- --redis-username
+- {{ $r.auth.username | quote }}
+{{- end }}
+{{- range $r.sentinel.addresses }}
+- --redis-sentinel
+- {{ . | quote }}
+{{- end }}
+{{- if $r.sentinel.addresses }}
+- --redis-sentinel-master
+- {{ $r.sentinel.master | quote }}
+{{- if $r.sentinel.auth.username }}
+- --redis-sentinel-username
+- {{ $r.sentinel.auth.username | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the edges mount redis.tls.existingSecret. */}}
+{{- define "heliograph.redis.tlsMounted" -}}
+{{- $t := .Values.redis.tls -}}
+{{- if and (include "heliograph.redis.used" .) $t.existingSecret (or $t.ca $t.clientCertificate) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "heliograph.redis.tlsVolumeMount" -}}
+{{- if include "heliograph.redis.tlsMounted" . }}
+- name: redis-tls
+  mountPath: {{ include "heliograph.redis.tlsDir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "heliograph.redis.tlsVolume" -}}
+{{- $t := .Values.redis.tls -}}
+{{- if include "heliograph.redis.tlsMounted" . }}
+- name: redis-tls
+  secret:
+    secretName: {{ $t.existingSecret }}
+    defaultMode: 0440
+    items:
+      {{- if $t.ca }}
+      - key: ca.crt
+        path: ca.crt
+      {{- end }}
+      {{- if $t.clientCertificate }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Mutual TLS ---------------------------------------------------------------------------- */}}
