@@ -52,7 +52,13 @@ const REPLICA_TIMING: Timing = Timing {
     election_max_ms: 600,
     heartbeat_ms: 60,
 };
-const MAX_PAYLOAD_ENTRIES: u64 = 4_096;
+/// Log entries (each a batch of commands) sent in one AppendEntries. openraft gives that RPC
+/// one heartbeat interval to answer (60 ms here), and the follower writes and syncs the whole
+/// payload before it does: a replica that restarted or thawed far behind, sent thousands of
+/// entries at once, could never answer in time and stayed cut off, campaigning at ever higher
+/// terms. Small payloads catch it up in steps that each fit; a follower that keeps up needs
+/// few entries per round anyway.
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
 const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
 const PURGE_BATCH_ENTRIES: u64 = 256;
 
