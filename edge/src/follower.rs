@@ -59,8 +59,7 @@ pub async fn follow(
                 });
                 if let RoomEventKind::Joined(member) = &event.kind
                     && &member.edge == index.edge()
-                    && index.has_session(&member.peer)
-                    && !index.is_member_or_joining(&member.peer, &event.room)
+                    && index.take_back_due(&member.peer, &event.room)
                 {
                     // A join this edge answered `unavailable` (its outcome was unknown)
                     // committed after all: the client is not in the room, so the registry
@@ -108,9 +107,8 @@ pub async fn expire_pending(router: &Router, peer: &PeerId) {
 }
 
 /// Members on this edge without a session here are peers whose `Disconnect` was lost
-/// (e.g. they left while the coordinator was unreachable): remove them now. Members with a
-/// session here that neither are in the room nor joining it were answered `unavailable` for
-/// a join that committed after all: they leave it. The commands run in the background: the
+/// (e.g. they left while the coordinator was unreachable): remove them now. Members whose
+/// client was answered `unavailable` for a join that committed after all leave the room. The commands run in the background: the
 /// follower never waits on a commit (the registry may have lost its quorum), since room
 /// events and relayed signals come through it.
 fn remove_ghosts(
@@ -124,7 +122,7 @@ fn remove_ghosts(
         for m in view.members.iter().filter(|m| &m.edge == index.edge()) {
             if !index.has_session(&m.peer) {
                 gone.insert(m.peer.clone());
-            } else if !index.is_member_or_joining(&m.peer, &view.room) {
+            } else if index.take_back_due(&m.peer, &view.room) {
                 stray.push((view.room.clone(), m.peer.clone()));
             }
         }

@@ -268,7 +268,7 @@ fn join(
                         Vec::new()
                     }
                     Ok(Outcome::Rejected(Rejection::RoomFull)) => {
-                        ctx.index.abort_join(&peer, &room);
+                        ctx.index.abort_join(&peer, &room, false);
                         vec![error_out(
                             &ProtocolError {
                                 code: ErrorCode::RoomFull,
@@ -280,7 +280,7 @@ fn join(
                     }
                     // The join's event arrived while its answer was lost: it committed, and
                     // the client has its `joined`.
-                    Err(_) if !ctx.index.abort_join(&peer, &room) => Vec::new(),
+                    Err(_) if !ctx.index.abort_join(&peer, &room, true) => Vec::new(),
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
                         // not in the room, and if the join commits after all the follower
@@ -289,7 +289,7 @@ fn join(
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }
                     other => {
-                        ctx.index.abort_join(&peer, &room);
+                        ctx.index.abort_join(&peer, &room, false);
                         vec![registry_failure(&ctx, other, reference)]
                     }
                 };

@@ -6,9 +6,9 @@
 //! link's messages on until something fails, and start over. Writes use the current
 //! session's client; while there is none the edge is not ready and writes fail fast.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use heliograph_coordinator::CoordinatorError;
@@ -45,6 +45,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Signals queued towards the replica before new ones are refused.
 const LINK_OUT_BUFFER: usize = 4 * 1024;
+/// Signals held while the edge has no link (it is moving to another replica, about a second)
+/// and sent, in order, on the next one; past this many, new ones are refused.
+const HELD_SIGNALS: usize = 4 * 1024;
 /// Events queued for the membership task; the link waits when it is full (backpressure
 /// reaches the replica, which drops the link if the edge stays behind).
 pub const EVENTS_BUFFER: usize = 4 * 1024;
@@ -67,6 +70,8 @@ pub struct RemoteRegistry {
     settings: RemoteSettings,
     client: RwLock<Option<RegistryClient<Channel>>>,
     link: RwLock<Option<mpsc::Sender<EdgeToReplica>>>,
+    /// Signals to relay that found no link; they go first on the next one.
+    held: Mutex<VecDeque<EdgeToReplica>>,
     ready: AtomicBool,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -94,6 +99,7 @@ impl RemoteRegistry {
             settings,
             client: RwLock::new(None),
             link: RwLock::new(None),
+            held: Mutex::new(VecDeque::new()),
             ready: AtomicBool::new(false),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -128,16 +134,28 @@ impl RemoteRegistry {
         r
     }
 
+    /// Sends a signal towards a peer on another edge. Without a link (the edge is moving to
+    /// another replica) the signal is held and sent first on the next link, so that a replica
+    /// lost costs a delay, not a refusal.
     pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
-        let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
-        let tx = link.as_ref().ok_or(RelayError::NoLink)?;
         let msg = EdgeToReplica {
             msg: Some(edge_to_replica::Msg::Signal(relayed::to_proto(signal))),
         };
-        tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => RelayError::Full,
-            mpsc::error::TrySendError::Closed(_) => RelayError::NoLink,
-        })
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
+        let msg = match link.as_ref() {
+            Some(tx) if flush(&mut held, tx) => match tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(RelayError::Full),
+                Err(mpsc::error::TrySendError::Closed(msg)) => msg,
+            },
+            _ => msg,
+        };
+        if held.len() >= HELD_SIGNALS {
+            return Err(RelayError::NoLink);
+        }
+        held.push_back(msg);
+        Ok(())
     }
 
     pub async fn views(
@@ -356,7 +374,12 @@ impl RemoteRegistry {
             .await
             .map_err(|_| SessionError::Connect("the replica did not accept the link".into()))??
             .into_inner();
-        *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        {
+            // What was held while there was no link goes first.
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            flush(&mut held, &tx);
+            *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        }
         events
             .send(RegistryEvent::Resync)
             .await
@@ -496,6 +519,20 @@ async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// Sends held signals on `tx` in order; true when none is left.
+fn flush(held: &mut VecDeque<EdgeToReplica>, tx: &mpsc::Sender<EdgeToReplica>) -> bool {
+    while let Some(msg) = held.pop_front() {
+        if let Err(e) = tx.try_send(msg) {
+            let msg = match e {
+                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+            };
+            held.push_front(msg);
+            return false;
+        }
+    }
+    true
 }
 
 fn unavailable(status: Status) -> CoordinatorError {

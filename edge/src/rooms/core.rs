@@ -65,6 +65,10 @@ struct LocalPeer<H> {
     resuming: bool,
     /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
     pending_joins: Map<RoomId, PendingJoin>,
+    /// Joins answered `unavailable` whose outcome was unknown: if one committed after all, the
+    /// registry must take it back (and only those: a member the index merely lost track of
+    /// is not taken out).
+    doubtful: Set<RoomId>,
 }
 
 /// A join sent to the registry whose `joined` has not been sent yet.
@@ -108,6 +112,7 @@ impl<H> LocalPeer<H> {
             receive_only: Set::default(),
             resuming: false,
             pending_joins: Map::default(),
+            doubtful: Set::default(),
         }
     }
 }
@@ -276,6 +281,7 @@ impl<H: Handle> RoomCore<H> {
         if local.rooms.len() + local.pending_joins.len() >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
+        local.doubtful.remove(room);
         local.pending_joins.insert(
             room.clone(),
             PendingJoin {
@@ -288,11 +294,32 @@ impl<H: Handle> RoomCore<H> {
 
     /// The registry refused or failed the join: forget it.
     /// Returns false when there was nothing to abort: the join completed already (its event
-    /// arrived), or the session is gone.
-    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId) -> bool {
-        self.peers
-            .get_mut(peer)
-            .is_some_and(|local| local.pending_joins.remove(room).is_some())
+    /// arrived), or the session is gone. With `doubtful`, the join's outcome is unknown and
+    /// the client is told it is not in the room: a commit seen later must be taken back.
+    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId, doubtful: bool) -> bool {
+        let Some(local) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        if local.pending_joins.remove(room).is_none() {
+            return false;
+        }
+        if doubtful {
+            local.doubtful.insert(room.clone());
+        }
+        true
+    }
+
+    /// Whether the registry lists `peer` in `room` although its client was told it is not
+    /// there (a doubtful join that committed after all). Answers once: the caller takes it
+    /// back.
+    pub fn take_back_due(&mut self, peer: &PeerId, room: &RoomId) -> bool {
+        let Some(local) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
+            return false;
+        }
+        local.doubtful.remove(room)
     }
 
     /// The registry committed the peer's join; the room was at `epoch` then. The joiner is
@@ -318,13 +345,6 @@ impl<H: Handle> RoomCore<H> {
             complete_join(self, room, peer, &mut notices);
         }
         notices
-    }
-
-    /// Whether the peer is in the room or joining it (as far as this edge knows).
-    pub fn is_member_or_joining(&self, peer: &PeerId, room: &RoomId) -> bool {
-        self.peers
-            .get(peer)
-            .is_some_and(|p| p.rooms.contains(room) || p.pending_joins.contains_key(room))
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
@@ -503,12 +523,20 @@ impl<H: Handle> RoomCore<H> {
         let inner = self;
         let mut notices = Vec::new();
         for room in rooms {
+            let fresh = view(&room);
+            // A replica that lags behind the events this index applied has nothing to add:
+            // its older view would undo what the index knows.
+            if let (Some(v), Some(entry)) = (&fresh, inner.rooms.get(&room))
+                && v.epoch < entry.epoch
+            {
+                continue;
+            }
             let old: Map<PeerId, MemberInfo> = inner
                 .rooms
                 .remove(&room)
                 .map(|e| e.members)
                 .unwrap_or_default();
-            let new = view(&room).map(|v| entry_from_view(&v));
+            let new = fresh.map(|v| entry_from_view(&v));
             let new_members: HashSet<PeerId> = new
                 .as_ref()
                 .map(|e| e.members.keys().cloned().collect())
@@ -880,6 +908,16 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_from_a_lagging_replica_changes_nothing() {
+        let mut core = with_a_and_remote_b();
+        // A replica that has not applied b's join yet (epoch 1 < 2).
+        assert!(core.resync(|_| Some(view(1, &[("a", ME)]))).is_empty());
+        assert!(core.route_signal(&peer("a"), &room(), &peer("b")).is_ok());
+        // A member the index knows but nobody told otherwise is never "due" to be taken back.
+        assert!(!core.take_back_due(&peer("a"), &room()));
+    }
+
+    #[test]
     fn a_resync_completes_a_join_whose_event_was_missed() {
         let mut core = RoomCore::new(EdgeId::new(ME).unwrap());
         core.add_session(peer("a"), H(1), Owner::new(&EdgeId::new(ME).unwrap()));
@@ -950,14 +988,15 @@ mod tests {
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
         // The outcome stayed unknown: the client was told `unavailable`.
-        core.abort_join(&peer("c"), &room());
+        core.abort_join(&peer("c"), &room(), true);
         // The join committed after all; its event tells the others, not c.
         let notices = core.apply(&joined(3, "c", ME), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
         assert!(
-            !core.is_member_or_joining(&peer("c"), &room()),
+            core.take_back_due(&peer("c"), &room()),
             "a ghost to take back"
         );
+        assert!(!core.take_back_due(&peer("c"), &room()), "taken back once");
         // c retries; the registry answers from the room (no new event): c is told at once.
         let (start, _) = core
             .begin_join(&peer("c"), &room(), None, 8, false)

@@ -135,21 +135,20 @@ impl RoomIndex {
             .begin_join(peer, room, reference, max_rooms, receive_only)
     }
 
-    /// The registry refused or failed the join: forget it. False when the join had completed
-    /// already (its event arrived first) or the session is gone.
-    pub fn abort_join(&self, peer: &PeerId, room: &RoomId) -> bool {
-        self.write().abort_join(peer, room)
+    /// The registry refused or failed the join: forget it (see [`RoomCore::abort_join`]).
+    pub fn abort_join(&self, peer: &PeerId, room: &RoomId, doubtful: bool) -> bool {
+        self.write().abort_join(peer, room, doubtful)
+    }
+
+    /// See [`RoomCore::take_back_due`].
+    pub fn take_back_due(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.write().take_back_due(peer, room)
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
     pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) {
         let mut core = self.write();
         hand_over(core.join_committed(peer, room, epoch));
-    }
-
-    /// Whether the peer is in the room or joining it (as far as this edge knows).
-    pub fn is_member_or_joining(&self, peer: &PeerId, room: &RoomId) -> bool {
-        self.read().is_member_or_joining(peer, room)
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
