@@ -31,9 +31,11 @@ pub(crate) async fn keep_sessions(
     let mut last_refresh = tokio::time::Instant::now();
     let mut bus_was_up = region.is_up();
     let mut failed = false;
+    let stopped = shutdown.reached(Stage::Stopped);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            () = shutdown.reached(Stage::Stopped) => return,
+            () = &mut stopped => return,
             _ = tick.tick() => {}
         }
         let bus_up = region.is_up();
@@ -71,9 +73,11 @@ pub(crate) async fn renew_lease(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
     tick.tick().await;
+    let stopped = shutdown.reached(Stage::Stopped);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            () = shutdown.reached(Stage::Stopped) => return,
+            () = &mut stopped => return,
             _ = tick.tick() => {}
         }
         let renewed = registry

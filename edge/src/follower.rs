@@ -34,9 +34,12 @@ pub async fn follow(
     region: RegionName,
     shutdown: Arc<Shutdown>,
 ) {
+    // One wait for the whole loop: the follower runs once per registry event.
+    let stopped = shutdown.reached(Stage::Stopped);
+    tokio::pin!(stopped);
     loop {
         let received = tokio::select! {
-            () = shutdown.reached(Stage::Stopped) => return,
+            () = &mut stopped => return,
             r = events.next() => r,
         };
         match received {

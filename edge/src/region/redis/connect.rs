@@ -183,12 +183,10 @@ impl RedisSettings {
 /// `template` (scheme, credentials, database) pointed at `host:port`.
 fn master_url(template: &str, host: &str, port: u16) -> String {
     let (scheme, rest) = template.split_once("://").unwrap_or(("redis", template));
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let userinfo = template
-        .split_once("://")
-        .and_then(|(_, r)| r.rsplit_once('@'))
-        .map(|(u, _)| format!("{u}@"))
-        .unwrap_or_default();
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((user, rest)) => (format!("{user}@"), rest),
+        None => (String::new(), rest),
+    };
     let db = rest.split_once('/').map_or("", |(_, db)| db);
     format!("{scheme}://{userinfo}{host}:{port}/{db}")
 }
