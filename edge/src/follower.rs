@@ -8,9 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use heliograph_coordinator::registry::{
-    Command, LeaveReason, PeerId, Region as RegionName, RoomEventKind, RoomId, RoomView,
+    Command, LeaveReason, Outcome, PeerId, Region as RegionName, RoomEventKind, RoomId, RoomView,
 };
 
 use crate::metrics::{EdgeMetrics, RelayPath};
@@ -21,8 +22,14 @@ use crate::router::Router;
 use crate::shutdown::{Shutdown, Stage};
 use crate::signal::Envelope;
 
-/// How long taking a peer out of a room may take; the next resync tries again.
-const TAKE_BACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long one attempt to take a peer out of a room may take.
+const TAKE_BACK_DEADLINE: Duration = Duration::from_secs(2);
+/// Tries before a take-back is left to the next resync: with the backoff below, about ten
+/// seconds of failures (several leader elections), plus one refusal per join in doubt
+/// (at most eight are kept).
+const TAKE_BACK_TRIES: u32 = 16;
+const TAKE_BACK_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const TAKE_BACK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// `events` is subscribed before the edge accepts its first socket, so nothing is missed.
 pub async fn follow(
@@ -62,15 +69,17 @@ pub async fn follow(
                 });
                 if let RoomEventKind::Joined(member) = &event.kind
                     && &member.edge == index.edge()
-                    && index.take_back_due(&member.peer, &event.room)
+                    && let Some(attempts) = index.take_back_due(&member.peer, &event.room)
                 {
                     // A join this edge answered `unavailable` (its outcome was unknown)
                     // committed after all: the client is not in the room, so the registry
                     // must not keep it there.
                     tokio::spawn(take_back(
+                        Arc::clone(&index),
                         registry.clone(),
                         event.room.clone(),
                         member.peer.clone(),
+                        attempts,
                     ));
                 }
             }
@@ -115,7 +124,7 @@ pub async fn expire_pending(router: &Router, peer: &PeerId) {
 /// follower never waits on a commit (the registry may have lost its quorum), since room
 /// events and relayed signals come through it.
 fn remove_ghosts(
-    index: &RoomIndex,
+    index: &Arc<RoomIndex>,
     registry: &Registry,
     views: &HashMap<RoomId, Option<RoomView>>,
 ) {
@@ -125,8 +134,8 @@ fn remove_ghosts(
         for m in view.members.iter().filter(|m| &m.edge == index.edge()) {
             if !index.has_session(&m.peer) {
                 gone.insert(m.peer.clone());
-            } else if index.take_back_due(&m.peer, &view.room) {
-                stray.push((view.room.clone(), m.peer.clone()));
+            } else if let Some(attempts) = index.take_back_due(&m.peer, &view.room) {
+                stray.push((view.room.clone(), m.peer.clone(), attempts));
             }
         }
     }
@@ -134,6 +143,7 @@ fn remove_ghosts(
         return;
     }
     let registry = registry.clone();
+    let index = Arc::clone(index);
     tokio::spawn(async move {
         for peer in gone {
             let removed = tokio::time::timeout(
@@ -150,25 +160,56 @@ fn remove_ghosts(
                 }
             }
         }
-        for (room, peer) in stray {
-            take_back(registry.clone(), room, peer).await;
+        for (room, peer, attempts) in stray {
+            take_back(Arc::clone(&index), registry.clone(), room, peer, attempts).await;
         }
     });
 }
 
-/// Takes a peer out of a room it is not in as far as its client knows.
-async fn take_back(registry: Registry, room: RoomId, peer: PeerId) {
-    let left = tokio::time::timeout(
-        TAKE_BACK_DEADLINE,
-        registry.execute(Command::Leave { room, peer }),
-    );
-    match left.await {
-        Ok(Ok(_)) => tracing::info!(
-            "a peer the registry kept in a room it was told it is not in has left it"
-        ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not take a peer out of a room"),
-        Err(_) => tracing::warn!("could not take a peer out of a room in time"),
+/// Takes a peer out of a room it is not in as far as its client knows. Each leave is
+/// conditional on one of the join requests in doubt (`attempts`): the registry leaves the
+/// membership only if that request made it, so a leave is safe to retry and cannot undo the
+/// client's own later join. It is retried through a leader election; if it still does not
+/// get through, the next resync tries again.
+async fn take_back(
+    index: Arc<RoomIndex>,
+    registry: Registry,
+    room: RoomId,
+    peer: PeerId,
+    attempts: Vec<u64>,
+) {
+    let mut backoff = TAKE_BACK_BACKOFF_MIN;
+    let mut remaining = attempts.clone();
+    for _ in 0..TAKE_BACK_TRIES {
+        let Some(&attempt) = remaining.first() else {
+            // None of them holds the membership: a later join of the client's does.
+            return;
+        };
+        let command = Command::Leave {
+            room: room.clone(),
+            peer: peer.clone(),
+            attempt,
+        };
+        match tokio::time::timeout(TAKE_BACK_DEADLINE, registry.execute(command)).await {
+            Ok(Ok(Outcome::Left { .. })) => {
+                tracing::info!(
+                    "a peer the registry kept in a room it was told it is not in has left it"
+                );
+                return;
+            }
+            // Not this request's membership (gone already, or another request's).
+            Ok(Ok(_)) => {
+                remaining.remove(0);
+                continue;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not take a peer out of a room yet"),
+            Err(_) => tracing::debug!("could not take a peer out of a room in time yet"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(TAKE_BACK_BACKOFF_MAX);
     }
+    tracing::warn!("could not take a peer out of a room; the next resync tries again");
+    index.still_doubtful(&peer, &room, remaining);
 }
 
 /// A signal from another edge through the coordinator: its frame (with `from` stamped

@@ -316,6 +316,7 @@ impl Registry for RegistryService {
             edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
             meta: r.meta_json.clone(),
             max_members: (r.max_members > 0).then_some(r.max_members),
+            attempt: r.attempt,
         };
         self.write(
             request,
@@ -345,6 +346,7 @@ impl Registry for RegistryService {
         let command = Command::Leave {
             room: convert::room("room", &r.room).map_err(invalid)?,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+            attempt: r.attempt,
         };
         self.write(
             request,

@@ -47,10 +47,20 @@ pub enum Command {
         meta: String,
         /// Refuse the join when the room already has this many members.
         max_members: Option<u32>,
+        /// Names this join request (retries of one request carry the same number; 0 names
+        /// none). The room's membership remembers the last request that joined or re-joined
+        /// it, so that a leave conditional on an earlier request cannot undo a later one.
+        #[serde(default)]
+        attempt: u64,
     },
     Leave {
         room: RoomId,
         peer: PeerId,
+        /// Non-zero: leave only if the membership is still the one join request `attempt`
+        /// made (an edge taking back a join it answered `unavailable`, which must not undo
+        /// the client's next, successful join). Zero: leave whatever joined.
+        #[serde(default)]
+        attempt: u64,
     },
     /// The peer is gone for good: it leaves every room.
     Disconnect {

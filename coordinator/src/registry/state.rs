@@ -37,6 +37,19 @@ struct PeerRecord {
     region: Region,
     rooms: BTreeSet<RoomId>,
     detached_since_ms: Option<u64>,
+    /// The join request that last joined (or re-joined) each room, when it was named.
+    #[serde(default)]
+    attempts: BTreeMap<RoomId, u64>,
+}
+
+/// The fields of a [`Command::Join`], borrowed.
+struct JoinRequest<'a> {
+    room: &'a RoomId,
+    peer: &'a PeerId,
+    edge: &'a EdgeId,
+    meta: &'a str,
+    max_members: Option<u32>,
+    attempt: u64,
 }
 
 /// A room as seen by a reader.
@@ -126,9 +139,30 @@ impl RegistryState {
                 edge,
                 meta,
                 max_members,
-            } => self.join(room, peer, edge, meta, *max_members, &mut events),
-            Command::Leave { room, peer } => {
-                if !self.peers.get(peer).is_some_and(|p| p.rooms.contains(room)) {
+                attempt,
+            } => {
+                let request = JoinRequest {
+                    room,
+                    peer,
+                    edge,
+                    meta,
+                    max_members: *max_members,
+                    attempt: *attempt,
+                };
+                self.join(request, &mut events)
+            }
+            Command::Leave {
+                room,
+                peer,
+                attempt,
+            } => {
+                let holds = |p: &PeerRecord| {
+                    p.rooms.contains(room)
+                        && (*attempt == 0 || p.attempts.get(room) == Some(attempt))
+                };
+                if !self.peers.get(peer).is_some_and(holds) {
+                    // (A conditional leave of a membership a later join re-made is refused
+                    // the same way: as far as that request goes, the peer is not there.)
                     Outcome::Rejected(Rejection::NotInRoom)
                 } else {
                     let epoch = self.leave(room, peer, LeaveReason::Left, &mut events);
@@ -196,25 +230,29 @@ impl RegistryState {
         Outcome::Done
     }
 
-    fn join(
-        &mut self,
-        room: &RoomId,
-        peer: &PeerId,
-        edge: &EdgeId,
-        meta: &str,
-        max_members: Option<u32>,
-        events: &mut Vec<RoomEvent>,
-    ) -> Outcome {
+    fn join(&mut self, request: JoinRequest<'_>, events: &mut Vec<RoomEvent>) -> Outcome {
+        let JoinRequest {
+            room,
+            peer,
+            edge,
+            meta,
+            max_members,
+            attempt,
+        } = request;
         let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
             return Outcome::Rejected(Rejection::UnknownEdge);
         };
         let region = edge_rec.region.clone();
-        if let Some(p) = self.peers.get(peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             if &p.edge != edge {
                 return Outcome::Rejected(Rejection::WrongEdge);
             }
             if p.rooms.contains(room) {
-                // A retried join (e.g. after a leader change) is answered, not repeated.
+                // A retried join (e.g. after a leader change) is answered, not repeated; the
+                // membership is now this request's.
+                if attempt != 0 {
+                    p.attempts.insert(room.clone(), attempt);
+                }
                 return self.joined_outcome(room);
             }
         }
@@ -240,8 +278,12 @@ impl RegistryState {
                 region: region.clone(),
                 rooms: BTreeSet::new(),
                 detached_since_ms: None,
+                attempts: BTreeMap::new(),
             });
         p.rooms.insert(room.clone());
+        if attempt != 0 {
+            p.attempts.insert(room.clone(), attempt);
+        }
         events.push(RoomEvent {
             room: room.clone(),
             epoch,
@@ -369,6 +411,7 @@ impl RegistryState {
         let mut edge = None;
         if let Some(p) = self.peers.get_mut(peer) {
             p.rooms.remove(room);
+            p.attempts.remove(room);
             edge = Some(p.edge.clone());
             if p.rooms.is_empty() {
                 self.peers.remove(peer);
@@ -526,6 +569,7 @@ mod tests {
                 edge: id(edge),
                 meta: "{}".into(),
                 max_members: Some(2),
+                attempt: 0,
             },
         ))
     }
@@ -553,6 +597,54 @@ mod tests {
         assert!(ev.is_empty());
     }
 
+    /// An edge takes back a join it answered `unavailable` with a leave conditional on that
+    /// join request: the leave must not undo the client's next join of the room, whichever
+    /// of the two commits first.
+    #[test]
+    fn a_conditional_leave_spares_a_later_join() {
+        let attempt = |s: &mut RegistryState, n: u64| {
+            s.apply(&at(
+                1,
+                Command::Join {
+                    room: id("r"),
+                    peer: id("a"),
+                    edge: id("e1"),
+                    meta: "{}".into(),
+                    max_members: None,
+                    attempt: n,
+                },
+            ))
+            .0
+        };
+        let leave = |s: &mut RegistryState, n: u64| {
+            s.apply(&at(
+                2,
+                Command::Leave {
+                    room: id("r"),
+                    peer: id("a"),
+                    attempt: n,
+                },
+            ))
+            .0
+        };
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        // The doubtful join 7 committed, then the retry 8 did: the take-back of 7 is refused.
+        assert!(matches!(attempt(&mut s, 7), Outcome::Joined { .. }));
+        assert!(matches!(attempt(&mut s, 8), Outcome::Joined { .. }));
+        assert_eq!(leave(&mut s, 7), Outcome::Rejected(Rejection::NotInRoom));
+        assert_eq!(s.room(&id("r")).map(|v| v.members.len()), Some(1));
+        // The take-back of 8 (or a plain leave) still leaves.
+        assert!(matches!(leave(&mut s, 8), Outcome::Left { .. }));
+        assert!(s.room(&id("r")).is_none());
+        // The take-back first, then the retry: the retry joins anew.
+        assert!(matches!(attempt(&mut s, 9), Outcome::Joined { .. }));
+        assert!(matches!(leave(&mut s, 9), Outcome::Left { .. }));
+        assert!(matches!(attempt(&mut s, 10), Outcome::Joined { .. }));
+        assert_eq!(leave(&mut s, 9), Outcome::Rejected(Rejection::NotInRoom));
+        assert!(matches!(leave(&mut s, 0), Outcome::Left { .. }));
+    }
+
     #[test]
     fn unknown_edge_is_refused() {
         let mut s = RegistryState::default();
@@ -572,6 +664,7 @@ mod tests {
             Command::Leave {
                 room: id("r"),
                 peer: id("a"),
+                attempt: 0,
             },
         ));
         assert!(matches!(o, Outcome::Left { .. }));

@@ -56,6 +56,7 @@ async fn join(c: &Replica, room: &str, peer: &str, edge: &str) -> Outcome {
         edge: id(edge),
         meta: "{}".into(),
         max_members: None,
+        attempt: 0,
     })
     .await
     .unwrap()

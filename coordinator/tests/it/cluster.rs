@@ -119,6 +119,7 @@ fn join(room: &str, peer: &str) -> Command {
         edge: id("e1"),
         meta: "{}".into(),
         max_members: None,
+        attempt: 0,
     }
 }
 

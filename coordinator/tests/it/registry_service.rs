@@ -134,6 +134,7 @@ async fn join(
         edge_id: edge.into(),
         meta_json: "{}".into(),
         max_members: 0,
+        attempt: 0,
     }))
     .await
     .unwrap()
@@ -192,6 +193,7 @@ async fn register_join_leave_and_watch_events() {
         .leave(authed(proto::LeaveRequest {
             room: "r".into(),
             peer_id: "a".into(),
+            attempt: 0,
         }))
         .await
         .unwrap()
@@ -210,6 +212,7 @@ async fn register_join_leave_and_watch_events() {
         .leave(authed(proto::LeaveRequest {
             room: "r".into(),
             peer_id: "a".into(),
+            attempt: 0,
         }))
         .await
         .unwrap()

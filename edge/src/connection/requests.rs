@@ -153,6 +153,7 @@ fn leave(
         let command = Command::Leave {
             room: room.clone(),
             peer: peer.clone(),
+            attempt: 0,
         };
         let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
         // A retry that finds the peer gone answers for an earlier attempt that left.
@@ -248,12 +249,17 @@ fn join(
             };
             Handled::Later(Box::pin(async move {
                 let started = Instant::now();
+                // Names this request in the registry, so that taking it back (should its
+                // outcome stay unknown) cannot undo a later join of the same room. Random:
+                // a peer may resume on another edge, whose numbers must not collide.
+                let attempt = rand::random::<u64>().max(1);
                 let command = Command::Join {
                     room: room.clone(),
                     peer: peer.clone(),
                     edge: ctx.edge_id.clone(),
                     meta,
                     max_members,
+                    attempt,
                 };
                 let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
                 ctx.metrics
@@ -268,7 +274,7 @@ fn join(
                         Vec::new()
                     }
                     Ok(Outcome::Rejected(Rejection::RoomFull)) => {
-                        ctx.index.abort_join(&peer, &room, false);
+                        ctx.index.abort_join(&peer, &room, None);
                         vec![error_out(
                             &ProtocolError {
                                 code: ErrorCode::RoomFull,
@@ -280,7 +286,7 @@ fn join(
                     }
                     // The join's event arrived while its answer was lost: it committed, and
                     // the client has its `joined`.
-                    Err(_) if !ctx.index.abort_join(&peer, &room, true) => Vec::new(),
+                    Err(_) if !ctx.index.abort_join(&peer, &room, Some(attempt)) => Vec::new(),
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
                         // not in the room, and if the join commits after all the follower
@@ -289,7 +295,7 @@ fn join(
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }
                     other => {
-                        ctx.index.abort_join(&peer, &room, false);
+                        ctx.index.abort_join(&peer, &room, None);
                         vec![registry_failure(&ctx, other, reference)]
                     }
                 };

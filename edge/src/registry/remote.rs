@@ -194,6 +194,7 @@ impl RemoteRegistry {
                 edge,
                 meta,
                 max_members,
+                attempt,
             } => {
                 let r = c
                     .join(self.request(proto::JoinRequest {
@@ -202,6 +203,7 @@ impl RemoteRegistry {
                         edge_id: edge.to_string(),
                         meta_json: meta,
                         max_members: max_members.unwrap_or(0),
+                        attempt,
                     }))
                     .await
                     .map_err(unavailable)?
@@ -216,11 +218,16 @@ impl RemoteRegistry {
                     members,
                 })
             }
-            Command::Leave { room, peer } => {
+            Command::Leave {
+                room,
+                peer,
+                attempt,
+            } => {
                 let r = c
                     .leave(self.request(proto::LeaveRequest {
                         room: room.to_string(),
                         peer_id: peer.to_string(),
+                        attempt,
                     }))
                     .await
                     .map_err(unavailable)?

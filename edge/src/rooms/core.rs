@@ -14,6 +14,10 @@ use std::collections::{HashMap, HashSet};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// Joins of one room kept in doubt per peer (a client retrying through a long outage); the
+/// oldest is forgotten first.
+const MAX_DOUBTFUL_JOINS: usize = 8;
+
 use heliograph_coordinator::registry::{
     EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
 };
@@ -67,8 +71,9 @@ struct LocalPeer<H> {
     pending_joins: Map<RoomId, PendingJoin>,
     /// Joins answered `unavailable` whose outcome was unknown: if one committed after all, the
     /// registry must take it back (and only those: a member the index merely lost track of
-    /// is not taken out).
-    doubtful: Set<RoomId>,
+    /// is not taken out). Each with the attempt numbers of the join requests in doubt (a
+    /// client may retry and be left in doubt again), on which the take-back is conditional.
+    doubtful: Map<RoomId, Vec<u64>>,
 }
 
 /// A join sent to the registry whose `joined` has not been sent yet.
@@ -112,7 +117,7 @@ impl<H> LocalPeer<H> {
             receive_only: Set::default(),
             resuming: false,
             pending_joins: Map::default(),
-            doubtful: Set::default(),
+            doubtful: Map::default(),
         }
     }
 }
@@ -281,7 +286,6 @@ impl<H: Handle> RoomCore<H> {
         if local.rooms.len() + local.pending_joins.len() >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
-        local.doubtful.remove(room);
         local.pending_joins.insert(
             room.clone(),
             PendingJoin {
@@ -294,32 +298,49 @@ impl<H: Handle> RoomCore<H> {
 
     /// The registry refused or failed the join: forget it.
     /// Returns false when there was nothing to abort: the join completed already (its event
-    /// arrived), or the session is gone. With `doubtful`, the join's outcome is unknown and
-    /// the client is told it is not in the room: a commit seen later must be taken back.
-    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId, doubtful: bool) -> bool {
+    /// arrived), or the session is gone. With `doubtful` (the join request's attempt number),
+    /// the join's outcome is unknown and the client is told it is not in the room: a commit
+    /// seen later must be taken back.
+    pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId, doubtful: Option<u64>) -> bool {
         let Some(local) = self.peers.get_mut(peer) else {
             return false;
         };
         if local.pending_joins.remove(room).is_none() {
             return false;
         }
-        if doubtful {
-            local.doubtful.insert(room.clone());
+        if let Some(attempt) = doubtful {
+            let attempts = local.doubtful.entry(room.clone()).or_default();
+            if attempts.len() >= MAX_DOUBTFUL_JOINS {
+                attempts.remove(0);
+            }
+            attempts.push(attempt);
         }
         true
     }
 
     /// Whether the registry lists `peer` in `room` although its client was told it is not
-    /// there (a doubtful join that committed after all). Answers once: the caller takes it
-    /// back.
-    pub fn take_back_due(&mut self, peer: &PeerId, room: &RoomId) -> bool {
-        let Some(local) = self.peers.get_mut(peer) else {
-            return false;
-        };
+    /// there (a doubtful join that committed after all): the attempt numbers of the joins in
+    /// doubt. Answers once: the caller takes it back (with leaves conditional on those
+    /// numbers, so that a later join of the client's stands), and hands them back with
+    /// [`Self::still_doubtful`] if it could not.
+    pub fn take_back_due(&mut self, peer: &PeerId, room: &RoomId) -> Option<Vec<u64>> {
+        let local = self.peers.get_mut(peer)?;
         if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
-            return false;
+            return None;
         }
         local.doubtful.remove(room)
+    }
+
+    /// A take-back did not get through: the next resync tries again, unless the client has
+    /// joined the room again since (its join then owns the membership).
+    pub fn still_doubtful(&mut self, peer: &PeerId, room: &RoomId, attempts: Vec<u64>) {
+        let Some(local) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
+            return;
+        }
+        local.doubtful.entry(room.clone()).or_insert(attempts);
     }
 
     /// The registry committed the peer's join; the room was at `epoch` then. The joiner is
@@ -662,6 +683,8 @@ fn complete_join<H: Handle>(
         return;
     };
     local.rooms.insert(room.clone());
+    // The client is in the room now: earlier joins in doubt are moot.
+    local.doubtful.remove(room);
     notices.push((
         local.handle.clone(),
         joined_frame(room, entry, peer, reference.as_ref()),
@@ -914,7 +937,7 @@ mod tests {
         assert!(core.resync(|_| Some(view(1, &[("a", ME)]))).is_empty());
         assert!(core.route_signal(&peer("a"), &room(), &peer("b")).is_ok());
         // A member the index knows but nobody told otherwise is never "due" to be taken back.
-        assert!(!core.take_back_due(&peer("a"), &room()));
+        assert_eq!(core.take_back_due(&peer("a"), &room()), None);
     }
 
     #[test]
@@ -982,21 +1005,57 @@ mod tests {
     }
 
     #[test]
+    fn every_join_left_in_doubt_is_taken_back_until_one_succeeds() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        for attempt in [7, 8] {
+            core.begin_join(&peer("c"), &room(), None, 8, false)
+                .unwrap();
+            assert_eq!(
+                core.take_back_due(&peer("c"), &room()),
+                None,
+                "nothing is taken back while a join is on its way"
+            );
+            core.abort_join(&peer("c"), &room(), Some(attempt));
+        }
+        // Either request may be the one that committed.
+        core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(core.take_back_due(&peer("c"), &room()), Some(vec![7, 8]));
+        // A join that succeeds makes the earlier doubts moot.
+        core.abort_join(&peer("c"), &room(), None);
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        core.abort_join(&peer("c"), &room(), Some(9));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        core.join_committed(&peer("c"), &room(), 3);
+        core.still_doubtful(&peer("c"), &room(), vec![9]);
+        assert_eq!(core.take_back_due(&peer("c"), &room()), None);
+    }
+
+    #[test]
     fn a_join_that_committed_after_its_client_gave_up_is_answered_when_retried() {
         let mut core = with_a_and_remote_b();
         core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
         // The outcome stayed unknown: the client was told `unavailable`.
-        core.abort_join(&peer("c"), &room(), true);
+        core.abort_join(&peer("c"), &room(), Some(7));
         // The join committed after all; its event tells the others, not c.
         let notices = core.apply(&joined(3, "c", ME), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
-        assert!(
+        assert_eq!(
             core.take_back_due(&peer("c"), &room()),
+            Some(vec![7]),
             "a ghost to take back"
         );
-        assert!(!core.take_back_due(&peer("c"), &room()), "taken back once");
+        assert_eq!(core.take_back_due(&peer("c"), &room()), None, "taken back once");
+        core.still_doubtful(&peer("c"), &room(), vec![7]);
+        assert_eq!(
+            core.take_back_due(&peer("c"), &room()),
+            Some(vec![7]),
+            "a take-back that failed is due again"
+        );
         // c retries; the registry answers from the room (no new event): c is told at once.
         let (start, _) = core
             .begin_join(&peer("c"), &room(), None, 8, false)

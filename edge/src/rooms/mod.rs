@@ -136,13 +136,18 @@ impl RoomIndex {
     }
 
     /// The registry refused or failed the join: forget it (see [`RoomCore::abort_join`]).
-    pub fn abort_join(&self, peer: &PeerId, room: &RoomId, doubtful: bool) -> bool {
+    pub fn abort_join(&self, peer: &PeerId, room: &RoomId, doubtful: Option<u64>) -> bool {
         self.write().abort_join(peer, room, doubtful)
     }
 
     /// See [`RoomCore::take_back_due`].
-    pub fn take_back_due(&self, peer: &PeerId, room: &RoomId) -> bool {
+    pub fn take_back_due(&self, peer: &PeerId, room: &RoomId) -> Option<Vec<u64>> {
         self.write().take_back_due(peer, room)
+    }
+
+    /// See [`RoomCore::still_doubtful`].
+    pub fn still_doubtful(&self, peer: &PeerId, room: &RoomId, attempts: Vec<u64>) {
+        self.write().still_doubtful(peer, room, attempts)
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
