@@ -108,6 +108,7 @@ pub(crate) fn command_duration(command: &'static str, elapsed: Duration) {
 
 pub const RELAYED_SIGNALS: &str = "heliograph_coordinator_relayed_signals_total";
 pub const RELAY_DROPPED: &str = "heliograph_coordinator_relay_dropped_total";
+pub const RELAYED_RECEIPTS: &str = "heliograph_coordinator_relayed_receipts_total";
 pub const LINKS_OPEN: &str = "heliograph_coordinator_edge_links_open";
 pub const LINKS_DROPPED: &str = "heliograph_coordinator_edge_links_dropped_total";
 pub const FANOUT_RESYNCS: &str = "heliograph_coordinator_fanout_resyncs_total";
@@ -140,6 +141,11 @@ pub(crate) fn relayed(route: RelayRoute) {
     metrics::counter!(RELAYED_SIGNALS, "route" => route).increment(1);
 }
 
+/// One edge-to-edge receipt passed on (routed like a signal, counted apart from them).
+pub(crate) fn relayed_receipt() {
+    metrics::counter!(RELAYED_RECEIPTS).increment(1);
+}
+
 /// One signal on a relay stream between replicas of different regions.
 pub(crate) fn cross_region_message(outgoing: bool) {
     let direction = if outgoing {
@@ -170,6 +176,7 @@ pub fn describe() {
         REGISTRY_BATCHED_COMMANDS,
         LINKS_DROPPED,
         FANOUT_RESYNCS,
+        RELAYED_RECEIPTS,
     ] {
         metrics::counter!(counter).absolute(0);
     }

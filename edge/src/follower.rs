@@ -189,6 +189,8 @@ async fn take_back(
             room: room.clone(),
             peer: peer.clone(),
             attempt,
+            // Conditional on the join request, so safe whenever it lands.
+            deadline_ms: 0,
         };
         match tokio::time::timeout(TAKE_BACK_DEADLINE, registry.execute(command)).await {
             Ok(Ok(Outcome::Left { .. })) => {

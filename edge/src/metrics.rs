@@ -28,6 +28,11 @@ pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
 pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
 pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total";
 pub const COORDINATOR_RECONNECTS: &str = "heliograph_edge_coordinator_reconnects_total";
+pub const RELAY_RESENT: &str = "heliograph_edge_relay_resent_total";
+pub const RELAY_GIVEN_UP: &str = "heliograph_edge_relay_given_up_total";
+pub const RELAY_DUPLICATES: &str = "heliograph_edge_relay_duplicates_total";
+pub const RELAY_SKIPPED: &str = "heliograph_edge_relay_skipped_total";
+pub const RELAY_UNACKED: &str = "heliograph_edge_relay_unacked";
 
 /// Why a connection or upgrade request was refused before it became a WebSocket connection.
 pub const REFUSAL_REASONS: [&str; 6] = [
@@ -277,6 +282,35 @@ impl EdgeMetrics {
             "Times the edge's stream to its coordinator replica ended and was opened again"
         );
         counter!(COORDINATOR_RECONNECTS).increment(0);
+        describe_counter!(
+            RELAY_RESENT,
+            "Signals to other edges sent again because the target edge had not acknowledged them"
+        );
+        describe_counter!(
+            RELAY_GIVEN_UP,
+            "Signals to other edges given up on: unacknowledged for 15 s"
+        );
+        describe_counter!(
+            RELAY_DUPLICATES,
+            "Copies of relayed signals that had arrived already, dropped"
+        );
+        describe_counter!(
+            RELAY_SKIPPED,
+            "Relayed signals never received: later ones were delivered after waiting 5 s for them"
+        );
+        describe_gauge!(
+            RELAY_UNACKED,
+            "Signals sent to other edges and not yet acknowledged"
+        );
+        for name in [
+            RELAY_RESENT,
+            RELAY_GIVEN_UP,
+            RELAY_DUPLICATES,
+            RELAY_SKIPPED,
+        ] {
+            counter!(name).increment(0);
+        }
+        gauge!(RELAY_UNACKED).set(0.0);
         describe_counter!(
             CONNECTIONS_REFUSED,
             "Connections and WebSocket upgrade requests refused, by reason"

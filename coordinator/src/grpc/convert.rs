@@ -78,6 +78,7 @@ pub fn rejection_to_proto(r: Option<Rejection>) -> proto::Rejection {
         Some(Rejection::UnknownPeer) => proto::Rejection::UnknownPeer,
         Some(Rejection::NotInRoom) => proto::Rejection::NotInRoom,
         Some(Rejection::WrongEdge) => proto::Rejection::WrongEdge,
+        Some(Rejection::Late) => proto::Rejection::Late,
     }
 }
 
@@ -93,6 +94,7 @@ pub fn rejection_from_proto(value: i32) -> Result<Option<Rejection>, ConvertErro
         proto::Rejection::UnknownPeer => Some(Rejection::UnknownPeer),
         proto::Rejection::NotInRoom => Some(Rejection::NotInRoom),
         proto::Rejection::WrongEdge => Some(Rejection::WrongEdge),
+        proto::Rejection::Late => Some(Rejection::Late),
     })
 }
 
@@ -232,7 +234,12 @@ mod tests {
             assert_eq!(back, event);
             assert_eq!(view.unwrap().members, vec![m.clone()]);
         }
-        for r in [None, Some(Rejection::RoomFull), Some(Rejection::WrongEdge)] {
+        for r in [
+            None,
+            Some(Rejection::RoomFull),
+            Some(Rejection::WrongEdge),
+            Some(Rejection::Late),
+        ] {
             let wire = rejection_to_proto(r) as i32;
             assert_eq!(rejection_from_proto(wire).unwrap(), r);
         }

@@ -317,6 +317,7 @@ impl Registry for RegistryService {
             meta: r.meta_json.clone(),
             max_members: (r.max_members > 0).then_some(r.max_members),
             attempt: r.attempt,
+            deadline_ms: r.deadline_ms,
         };
         self.write(
             request,
@@ -347,6 +348,7 @@ impl Registry for RegistryService {
             room: convert::room("room", &r.room).map_err(invalid)?,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
             attempt: r.attempt,
+            deadline_ms: r.deadline_ms,
         };
         self.write(
             request,

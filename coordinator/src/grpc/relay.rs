@@ -67,7 +67,13 @@ impl Relay {
             metrics::relay_dropped("invalid");
             return;
         };
-        if origin == Origin::Replica && signal.from_region != self.replica.region() {
+        // The edges' receipts for signals (see the edge's `registry/delivery.rs`) take the
+        // same routes; they are counted apart so that the signal counts stay signals.
+        let receipt = signal.to_peer.is_empty() && signal.ack_through > 0;
+        if receipt {
+            metrics::relayed_receipt();
+        }
+        if !receipt && origin == Origin::Replica && signal.from_region != self.replica.region() {
             metrics::cross_region_message(false);
         }
         if self.links.is_linked(&to_edge) || origin == Origin::Replica {
@@ -75,6 +81,7 @@ impl Relay {
                 msg: Some(replica_to_edge::Msg::Signal(signal)),
             };
             match self.links.push(&to_edge, msg) {
+                Push::Queued if receipt => {}
                 Push::Queued => metrics::relayed(RelayRoute::Local),
                 Push::Dropped => metrics::relay_dropped("queue_full"),
                 // From another replica: the edge moved away meanwhile; no second hop.
@@ -100,6 +107,7 @@ impl Relay {
             return;
         };
         match self.forwarder(&addr).try_send(signal) {
+            Ok(()) if receipt => {}
             Ok(()) if cross_region => {
                 metrics::relayed(RelayRoute::CrossRegion);
                 metrics::cross_region_message(true);

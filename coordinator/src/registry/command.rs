@@ -36,10 +36,7 @@ pub enum Command {
         lease_ms: u64,
     },
     /// The edge leaves on purpose (drain): its lease ends now and its peers are detached.
-    ReleaseEdge {
-        edge: EdgeId,
-        incarnation: u64,
-    },
+    ReleaseEdge { edge: EdgeId, incarnation: u64 },
     Join {
         room: RoomId,
         peer: PeerId,
@@ -52,6 +49,11 @@ pub enum Command {
         /// it, so that a leave conditional on an earlier request cannot undo a later one.
         #[serde(default)]
         attempt: u64,
+        /// Unix ms (the edge's clock) after which the join must not take effect: the edge
+        /// has answered its client by then. A request held by a stalled replica and forwarded
+        /// late is refused (`Late`) when the leader stamps it. 0: no deadline.
+        #[serde(default)]
+        deadline_ms: u64,
     },
     Leave {
         room: RoomId,
@@ -61,20 +63,16 @@ pub enum Command {
         /// the client's next, successful join). Zero: leave whatever joined.
         #[serde(default)]
         attempt: u64,
+        /// As for `Join`: not after this unix ms (0: no deadline).
+        #[serde(default)]
+        deadline_ms: u64,
     },
     /// The peer is gone for good: it leaves every room.
-    Disconnect {
-        peer: PeerId,
-    },
+    Disconnect { peer: PeerId },
     /// The peer's connection is gone but it may resume within the grace period.
-    Detach {
-        peer: PeerId,
-    },
+    Detach { peer: PeerId },
     /// A detached peer resumed on `edge`.
-    Rebind {
-        peer: PeerId,
-        edge: EdgeId,
-    },
+    Rebind { peer: PeerId, edge: EdgeId },
     /// Ends the leases that ran out by `at_ms` (unless `leases` is false: a new leader gives
     /// edges a lease to renew first) and removes peers detached for `grace_ms` or longer.
     /// Proposed by the leader when its view says something is due.
@@ -91,6 +89,16 @@ fn sweep_leases() -> bool {
 }
 
 impl Command {
+    /// The unix ms after which the command must not take effect, if it has one.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        match self {
+            Self::Join { deadline_ms, .. } | Self::Leave { deadline_ms, .. } => {
+                (*deadline_ms != 0).then_some(*deadline_ms)
+            }
+            _ => None,
+        }
+    }
+
     /// A fixed, low-cardinality name for metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -122,6 +130,9 @@ pub enum Rejection {
     NotInRoom,
     #[error("the peer is attached to another edge")]
     WrongEdge,
+    /// The request reached the leader after its deadline and was not applied.
+    #[error("the request arrived after its deadline")]
+    Late,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

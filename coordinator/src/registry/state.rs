@@ -84,6 +84,11 @@ impl RegistryState {
     pub fn apply(&mut self, stamped: &Stamped) -> (Outcome, Vec<RoomEvent>) {
         let at = stamped.at_ms;
         let mut events = Vec::new();
+        if stamped.command.deadline_ms().is_some_and(|d| at > d) {
+            // Stamped by the leader after the edge answered its client: applying it now
+            // would contradict that answer (a join or leave held by a stalled replica).
+            return (Outcome::Rejected(Rejection::Late), events);
+        }
         let outcome = match &stamped.command {
             Command::RegisterEdge {
                 edge,
@@ -140,6 +145,7 @@ impl RegistryState {
                 meta,
                 max_members,
                 attempt,
+                deadline_ms: _,
             } => {
                 let request = JoinRequest {
                     room,
@@ -155,6 +161,7 @@ impl RegistryState {
                 room,
                 peer,
                 attempt,
+                deadline_ms: _,
             } => {
                 let holds = |p: &PeerRecord| {
                     p.rooms.contains(room)
@@ -570,6 +577,7 @@ mod tests {
                 meta: "{}".into(),
                 max_members: Some(2),
                 attempt: 0,
+                deadline_ms: 0,
             },
         ))
     }
@@ -612,6 +620,7 @@ mod tests {
                     meta: "{}".into(),
                     max_members: None,
                     attempt: n,
+                    deadline_ms: 0,
                 },
             ))
             .0
@@ -623,6 +632,7 @@ mod tests {
                     room: id("r"),
                     peer: id("a"),
                     attempt: n,
+                    deadline_ms: 0,
                 },
             ))
             .0
@@ -645,6 +655,41 @@ mod tests {
         assert!(matches!(leave(&mut s, 0), Outcome::Left { .. }));
     }
 
+    /// A join or leave stamped after its deadline (held by a stalled replica, forwarded
+    /// after the edge answered its client) changes nothing.
+    #[test]
+    fn a_request_past_its_deadline_is_refused() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        let join = |deadline_ms| Command::Join {
+            room: id("r"),
+            peer: id("a"),
+            edge: id("e1"),
+            meta: "{}".into(),
+            max_members: None,
+            attempt: 1,
+            deadline_ms,
+        };
+        let (o, ev) = s.apply(&at(100, join(99)));
+        assert_eq!((o, ev.len()), (Outcome::Rejected(Rejection::Late), 0));
+        assert!(s.room(&id("r")).is_none());
+        assert!(matches!(
+            s.apply(&at(100, join(100))).0,
+            Outcome::Joined { .. }
+        ));
+        let leave = Command::Leave {
+            room: id("r"),
+            peer: id("a"),
+            attempt: 0,
+            deadline_ms: 50,
+        };
+        assert_eq!(
+            s.apply(&at(100, leave)).0,
+            Outcome::Rejected(Rejection::Late)
+        );
+        assert!(s.room(&id("r")).is_some());
+    }
+
     #[test]
     fn unknown_edge_is_refused() {
         let mut s = RegistryState::default();
@@ -665,6 +710,7 @@ mod tests {
                 room: id("r"),
                 peer: id("a"),
                 attempt: 0,
+                deadline_ms: 0,
             },
         ));
         assert!(matches!(o, Outcome::Left { .. }));

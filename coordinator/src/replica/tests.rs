@@ -57,6 +57,7 @@ async fn join(c: &Replica, room: &str, peer: &str, edge: &str) -> Outcome {
         meta: "{}".into(),
         max_members: None,
         attempt: 0,
+        deadline_ms: 0,
     })
     .await
     .unwrap()

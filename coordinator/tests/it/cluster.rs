@@ -120,6 +120,7 @@ fn join(room: &str, peer: &str) -> Command {
         meta: "{}".into(),
         max_members: None,
         attempt: 0,
+        deadline_ms: 0,
     }
 }
 

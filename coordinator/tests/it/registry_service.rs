@@ -135,6 +135,7 @@ async fn join(
         meta_json: "{}".into(),
         max_members: 0,
         attempt: 0,
+        deadline_ms: 0,
     }))
     .await
     .unwrap()
@@ -194,6 +195,7 @@ async fn register_join_leave_and_watch_events() {
             room: "r".into(),
             peer_id: "a".into(),
             attempt: 0,
+            deadline_ms: 0,
         }))
         .await
         .unwrap()
@@ -213,6 +215,7 @@ async fn register_join_leave_and_watch_events() {
             room: "r".into(),
             peer_id: "a".into(),
             attempt: 0,
+            deadline_ms: 0,
         }))
         .await
         .unwrap()

@@ -14,14 +14,27 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::context::EdgeContext;
 
 /// How long a join or leave may take, retries included, before the client is answered
 /// `unavailable`: a registry that lost its quorum must not hold a client for more than a
 /// second (a healthy commit takes milliseconds; a leader election about a second).
 pub(super) const COMMIT_DEADLINE: Duration = Duration::from_millis(800);
+/// How far the leader's clock may run ahead of the edge's before a write sent in time is
+/// refused as late; NTP keeps clocks far closer. Between the edge's deadline and the fence a
+/// join that commits is taken back by the follower.
+const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(2);
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(25);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// The unix ms a join or leave sent now must not take effect after (`deadline_ms`): a copy
+/// held by a stalled replica and forwarded after the client was answered is refused by the
+/// registry instead of contradicting the answer.
+pub(super) fn fence_ms() -> u64 {
+    let allowance = COMMIT_DEADLINE + CLOCK_SKEW_ALLOWANCE;
+    clock::now_ms() + u64::try_from(allowance.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// What became of a command.
 pub(super) struct Committed {

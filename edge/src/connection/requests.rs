@@ -9,7 +9,7 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
-use super::commit::{COMMIT_DEADLINE, commit};
+use super::commit::{COMMIT_DEADLINE, commit, fence_ms};
 use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
@@ -154,6 +154,7 @@ fn leave(
             room: room.clone(),
             peer: peer.clone(),
             attempt: 0,
+            deadline_ms: fence_ms(),
         };
         let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
         // A retry that finds the peer gone answers for an earlier attempt that left.
@@ -260,6 +261,7 @@ fn join(
                     meta,
                     max_members,
                     attempt,
+                    deadline_ms: fence_ms(),
                 };
                 let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
                 ctx.metrics
@@ -287,6 +289,14 @@ fn join(
                     // The join's event arrived while its answer was lost: it committed, and
                     // the client has its `joined`.
                     Err(_) if !ctx.index.abort_join(&peer, &room, Some(attempt)) => Vec::new(),
+                    // A retry came too late, and an earlier attempt may have committed.
+                    Ok(Outcome::Rejected(Rejection::Late)) if committed.retried => {
+                        if ctx.index.abort_join(&peer, &room, Some(attempt)) {
+                            vec![registry_failure(&ctx, committed.result, reference)]
+                        } else {
+                            Vec::new()
+                        }
+                    }
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
                         // not in the room, and if the join commits after all the follower
@@ -314,6 +324,13 @@ fn registry_failure(
     let (code, message) = match result {
         Err(e) => {
             tracing::warn!(error = %e, "registry call failed");
+            (
+                ErrorCode::Unavailable,
+                "the room registry is unavailable; retry",
+            )
+        }
+        Ok(Outcome::Rejected(Rejection::Late)) => {
+            tracing::warn!("a registry write reached the leader after its deadline");
             (
                 ErrorCode::Unavailable,
                 "the room registry is unavailable; retry",

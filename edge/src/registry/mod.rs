@@ -11,6 +11,7 @@
 //! Protobuf types are converted here (`relayed`, and the coordinator's `convert` in
 //! `remote`) and go no further into the edge.
 
+mod delivery;
 mod relayed;
 mod remote;
 
@@ -50,9 +51,8 @@ pub enum Registry {
 /// Why a signal could not be handed to the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
-    #[error("no coordinator link")]
-    NoLink,
-    #[error("the coordinator link is congested")]
+    /// Too many signals for the target edge are unacknowledged (it is unreachable or slow).
+    #[error("too many signals to the target edge are unacknowledged")]
     Full,
     #[error("this edge runs alone: there is no other edge to relay to")]
     Embedded,

@@ -16,6 +16,8 @@ pub(super) fn to_proto(e: Envelope) -> RelayedSignal {
         frame: e.frame.into_bytes(),
         sent_at_us: e.sent_at_us,
         from_region: e.from_region,
+        // Numbered by `delivery` when sent.
+        ..RelayedSignal::default()
     }
 }
 

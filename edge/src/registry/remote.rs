@@ -6,15 +6,16 @@
 //! link's messages on until something fails, and start over. Writes use the current
 //! session's client; while there is none the edge is not ready and writes fail fast.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::grpc::convert;
 use heliograph_coordinator::grpc::proto::{
-    self, EdgeToReplica, edge_to_replica, registry_client::RegistryClient, replica_to_edge,
+    self, EdgeToReplica, RelayedSignal, edge_to_replica, registry_client::RegistryClient,
+    replica_to_edge,
 };
 use heliograph_coordinator::registry::{
     Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use super::delivery::{self, Arrival, Backlog, Inbound, Outbound};
 use super::{RegistryEvent, RelayError, relayed};
 use crate::signal::Envelope;
 
@@ -45,9 +47,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Signals queued towards the replica before new ones are refused.
 const LINK_OUT_BUFFER: usize = 4 * 1024;
-/// Signals held while the edge has no link (it is moving to another replica, about a second)
-/// and sent, in order, on the next one; past this many, new ones are refused.
-const HELD_SIGNALS: usize = 4 * 1024;
+/// How many receipt intervals between two checks for signals to send again.
+const RESEND_CHECK_EVERY: u32 = 10;
 /// Events queued for the membership task; the link waits when it is full (backpressure
 /// reaches the replica, which drops the link if the edge stays behind).
 pub const EVENTS_BUFFER: usize = 4 * 1024;
@@ -70,8 +71,10 @@ pub struct RemoteRegistry {
     settings: RemoteSettings,
     client: RwLock<Option<RegistryClient<Channel>>>,
     link: RwLock<Option<mpsc::Sender<EdgeToReplica>>>,
-    /// Signals to relay that found no link; they go first on the next one.
-    held: Mutex<VecDeque<EdgeToReplica>>,
+    /// Signals sent to other edges and not yet acknowledged by them (see `delivery`).
+    outbound: Mutex<Outbound>,
+    /// Signals from other edges: delivered in order, once.
+    inbound: Mutex<Inbound>,
     ready: AtomicBool,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -96,10 +99,14 @@ impl RemoteRegistry {
     /// Starts the supervisor; events go to `events`.
     pub fn start(settings: RemoteSettings, events: mpsc::Sender<RegistryEvent>) -> Arc<Self> {
         let this = Arc::new(Self {
-            settings,
             client: RwLock::new(None),
             link: RwLock::new(None),
-            held: Mutex::new(VecDeque::new()),
+            outbound: Mutex::new(Outbound::new(
+                settings.edge.to_string(),
+                settings.incarnation,
+            )),
+            inbound: Mutex::new(Inbound::default()),
+            settings,
             ready: AtomicBool::new(false),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -134,27 +141,25 @@ impl RemoteRegistry {
         r
     }
 
-    /// Sends a signal towards a peer on another edge. Without a link (the edge is moving to
-    /// another replica) the signal is held and sent first on the next link, so that a replica
-    /// lost costs a delay, not a refusal.
+    /// Sends a signal towards a peer on another edge. It is numbered and kept until the
+    /// target edge acknowledges it: without a link (the edge is moving to another replica)
+    /// or with a full one, it goes on the next link or at the next check, so that a replica
+    /// lost costs a delay, not a signal. Refused only when too many signals for its target
+    /// edge are unacknowledged.
     pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
-        let msg = EdgeToReplica {
-            msg: Some(edge_to_replica::Msg::Signal(relayed::to_proto(signal))),
-        };
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
-        let msg = match link.as_ref() {
-            Some(tx) if flush(&mut held, tx) => match tx.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => return Err(RelayError::Full),
-                Err(mpsc::error::TrySendError::Closed(msg)) => msg,
-            },
-            _ => msg,
-        };
-        if held.len() >= HELD_SIGNALS {
-            return Err(RelayError::NoLink);
+        let mut outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let signal = outbound
+            .send(relayed::to_proto(signal), Instant::now())
+            .map_err(|Backlog| RelayError::Full)?;
+        if let Some(tx) = self
+            .link
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            // A full or closed link: the copy kept is sent again later.
+            let _ = tx.try_send(signal_msg(signal));
         }
-        held.push_back(msg);
         Ok(())
     }
 
@@ -195,6 +200,7 @@ impl RemoteRegistry {
                 meta,
                 max_members,
                 attempt,
+                deadline_ms,
             } => {
                 let r = c
                     .join(self.request(proto::JoinRequest {
@@ -204,6 +210,7 @@ impl RemoteRegistry {
                         meta_json: meta,
                         max_members: max_members.unwrap_or(0),
                         attempt,
+                        deadline_ms,
                     }))
                     .await
                     .map_err(unavailable)?
@@ -222,12 +229,14 @@ impl RemoteRegistry {
                 room,
                 peer,
                 attempt,
+                deadline_ms,
             } => {
                 let r = c
                     .leave(self.request(proto::LeaveRequest {
                         room: room.to_string(),
                         peer_id: peer.to_string(),
                         attempt,
+                        deadline_ms,
                     }))
                     .await
                     .map_err(unavailable)?
@@ -382,10 +391,12 @@ impl RemoteRegistry {
             .map_err(|_| SessionError::Connect("the replica did not accept the link".into()))??
             .into_inner();
         {
-            // What was held while there was no link goes first.
-            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            flush(&mut held, &tx);
-            *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+            // What is unacknowledged goes first (under the lock, so before anything new).
+            let mut outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
+            for signal in outbound.all(Instant::now()) {
+                let _ = tx.try_send(signal_msg(signal));
+            }
+            *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
         }
         events
             .send(RegistryEvent::Resync)
@@ -398,9 +409,19 @@ impl RemoteRegistry {
         let mut renew = tokio::time::interval(Duration::from_millis(self.settings.lease_ms / 3));
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
+        let mut receipts = tokio::time::interval(delivery::RECEIPT_EVERY);
+        receipts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
+                _ = receipts.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    let check = ticks.is_multiple_of(RESEND_CHECK_EVERY);
+                    for signal in self.upkeep(&tx, check) {
+                        deliver(events, signal).await?;
+                    }
+                }
                 _ = renew.tick() => {
                     if registered {
                         self.renew().await?;
@@ -423,6 +444,25 @@ impl RemoteRegistry {
                                 RegistryEvent::Resync
                             }
                         },
+                        Some(replica_to_edge::Msg::Signal(s)) if delivery::is_receipt(&s) => {
+                            self.outbound
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .acknowledge(&s.from_edge, s.acked_incarnation, s.ack_through);
+                            continue;
+                        }
+                        Some(replica_to_edge::Msg::Signal(s)) if s.seq > 0 => {
+                            let arrival = self
+                                .inbound
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .receive(s, Instant::now());
+                            count_arrival(&arrival);
+                            for signal in arrival.deliver {
+                                deliver(events, signal).await?;
+                            }
+                            continue;
+                        }
                         Some(replica_to_edge::Msg::Signal(s)) => match relayed::from_proto(s) {
                             Some(e) => RegistryEvent::Signal(e),
                             None => RegistryEvent::Undeliverable,
@@ -434,6 +474,43 @@ impl RemoteRegistry {
                 }
             }
         }
+    }
+
+    /// Every receipt interval: acknowledges what arrived, and with `check` sends again what
+    /// other edges have not acknowledged and stops waiting for gaps that lasted too long.
+    /// Returns the signals to deliver.
+    fn upkeep(&self, tx: &mpsc::Sender<EdgeToReplica>, check: bool) -> Vec<RelayedSignal> {
+        let now = Instant::now();
+        let mut deliver = Vec::new();
+        {
+            let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+            for (to_edge, incarnation, through) in inbound.receipts() {
+                let receipt = delivery::receipt(
+                    to_edge,
+                    self.settings.edge.to_string(),
+                    incarnation,
+                    through,
+                );
+                // A lost receipt is made good by the next one.
+                let _ = tx.try_send(signal_msg(receipt));
+            }
+            if check {
+                let arrival = inbound.expire_gaps(now);
+                count_arrival(&arrival);
+                deliver = arrival.deliver;
+            }
+        }
+        if check {
+            let mut outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
+            let due = outbound.check(now, delivery::RETRANSMIT_AFTER);
+            metrics::counter!(crate::metrics::RELAY_RESENT).increment(due.resend.len() as u64);
+            metrics::counter!(crate::metrics::RELAY_GIVEN_UP).increment(due.given_up as u64);
+            metrics::gauge!(crate::metrics::RELAY_UNACKED).set(outbound.unacked() as f64);
+            for signal in due.resend {
+                let _ = tx.try_send(signal_msg(signal));
+            }
+        }
+        deliver
     }
 
     /// Registers this edge, unless the registry cannot commit right now (no leader, no
@@ -528,18 +605,32 @@ async fn supervise(this: Arc<RemoteRegistry>, events: mpsc::Sender<RegistryEvent
     }
 }
 
-/// Sends held signals on `tx` in order; true when none is left.
-fn flush(held: &mut VecDeque<EdgeToReplica>, tx: &mpsc::Sender<EdgeToReplica>) -> bool {
-    while let Some(msg) = held.pop_front() {
-        if let Err(e) = tx.try_send(msg) {
-            let msg = match e {
-                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-            };
-            held.push_front(msg);
-            return false;
-        }
+fn signal_msg(signal: RelayedSignal) -> EdgeToReplica {
+    EdgeToReplica {
+        msg: Some(edge_to_replica::Msg::Signal(signal)),
     }
-    true
+}
+
+/// Hands a relayed signal to the membership task.
+async fn deliver(
+    events: &mpsc::Sender<RegistryEvent>,
+    signal: RelayedSignal,
+) -> Result<(), SessionError> {
+    let event = match relayed::from_proto(signal) {
+        Some(e) => RegistryEvent::Signal(e),
+        None => RegistryEvent::Undeliverable,
+    };
+    events
+        .send(event)
+        .await
+        .map_err(|_| SessionError::EventsClosed)
+}
+
+fn count_arrival(arrival: &Arrival) {
+    if arrival.duplicate {
+        metrics::counter!(crate::metrics::RELAY_DUPLICATES).increment(1);
+    }
+    metrics::counter!(crate::metrics::RELAY_SKIPPED).increment(arrival.skipped);
 }
 
 fn unavailable(status: Status) -> CoordinatorError {

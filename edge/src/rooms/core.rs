@@ -1049,7 +1049,11 @@ mod tests {
             Some(vec![7]),
             "a ghost to take back"
         );
-        assert_eq!(core.take_back_due(&peer("c"), &room()), None, "taken back once");
+        assert_eq!(
+            core.take_back_due(&peer("c"), &room()),
+            None,
+            "taken back once"
+        );
         core.still_doubtful(&peer("c"), &room(), vec![7]);
         assert_eq!(
             core.take_back_due(&peer("c"), &room()),

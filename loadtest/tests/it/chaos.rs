@@ -3,10 +3,8 @@
 //! debug build on two cores runs in a few minutes. Every run must pass the scenario's
 //! correctness checks (exit status 0); each test then asserts its fault's figures.
 //!
-//! The leader-kill test runs in CI; the other fault tests are `#[ignore]`d while the server
-//! bugs they found stand (each says which);
-//! run them with `-- --ignored chaos::`. The 100,000-join fault-free storm runs in the release
-//! run only (`#[ignore]`):
+//! Every fault test runs in CI. The 100,000-join fault-free storm runs in the release run
+//! only (`#[ignore]`):
 //! `cargo build --release --workspace && cargo test --release -p heliograph-loadtest --test it
 //! -- --ignored chaos::` (docs/BENCHMARKS.md has its figures).
 //!
@@ -117,9 +115,6 @@ fn leader_kill_during_a_storm_ten_times() {
 }
 
 #[test]
-#[ignore = "server bug: a write the frozen leader held (a leave the client retried elsewhere) \
-            can be applied at the thaw after the client joined again, removing it silently; \
-            needs a registry-side fence on each command's deadline (passes in most runs)"]
 fn leader_freeze_costs_at_most_two_seconds_of_joins() {
     let v = chaos(
         &args("leader-freeze", &["--freeze-ms", "6000", "--duration", "2"]),
@@ -138,9 +133,6 @@ fn leader_freeze_costs_at_most_two_seconds_of_joins() {
 }
 
 #[test]
-#[ignore = "server bugs: a write the frozen replica held can be applied at the thaw after the \
-            client moved on (needs a fence), and a thawed replica can stay cut off from Raft \
-            (passes in most runs)"]
 fn a_frozen_replicas_edge_joins_again_within_two_seconds() {
     let v = chaos(
         &args(
@@ -166,9 +158,6 @@ fn a_frozen_replicas_edge_joins_again_within_two_seconds() {
 }
 
 #[test]
-#[ignore = "server bug: signals already handed to an edge's link when its replica is killed, \
-            or forwarded by the survivor to the dead replica before the target edge moved, are \
-            lost (one debug run: 22 of 3,970); no refusal, ghost or silent removal remains"]
 fn quorum_loss_keeps_signals_flowing_and_refuses_joins_fast() {
     let v = chaos(
         &args(
