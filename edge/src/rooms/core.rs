@@ -347,7 +347,18 @@ impl<H: Handle> RoomCore<H> {
     /// told who is there as soon as the index includes that epoch: now, if it does (the
     /// room's events got here first, or a retried join committed nothing new), else when
     /// the event that brings it there is applied.
-    pub fn join_committed(&mut self, peer: &PeerId, room: &RoomId, epoch: u64) -> Vec<Notice<H>> {
+    ///
+    /// With `members` (the room at `epoch` as the registry answered), an index behind that
+    /// epoch catches up from the answer at once, as a resync of that room would: the events
+    /// up to it may never come through this edge's replica (one that lost the leader before
+    /// learning the commit), and the joiner must not wait for them.
+    pub fn join_committed(
+        &mut self,
+        peer: &PeerId,
+        room: &RoomId,
+        epoch: u64,
+        members: Option<Vec<Member>>,
+    ) -> Vec<Notice<H>> {
         let mut notices = Vec::new();
         let Some(pending) = self
             .peers
@@ -358,11 +369,17 @@ impl<H: Handle> RoomCore<H> {
             return notices;
         };
         pending.committed_at = Some(epoch);
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|entry| entry.epoch >= epoch)
-        {
+        let behind = self.rooms.get(room).is_none_or(|entry| entry.epoch < epoch);
+        if let (true, Some(members)) = (behind, members) {
+            let me = self.me.clone();
+            let view = RoomView {
+                room: room.clone(),
+                epoch,
+                members,
+            };
+            // Completes the join too: the joiner is among the view's members.
+            resync_room(self, &me, room.clone(), Some(view), &mut notices);
+        } else if !behind {
             complete_join(self, room, peer, &mut notices);
         }
         notices
@@ -545,81 +562,93 @@ impl<H: Handle> RoomCore<H> {
         let mut notices = Vec::new();
         for room in rooms {
             let fresh = view(&room);
-            // A replica that lags behind the events this index applied has nothing to add:
-            // its older view would undo what the index knows.
-            if let (Some(v), Some(entry)) = (&fresh, inner.rooms.get(&room))
-                && v.epoch < entry.epoch
-            {
-                continue;
-            }
-            let old: Map<PeerId, MemberInfo> = inner
-                .rooms
-                .remove(&room)
-                .map(|e| e.members)
-                .unwrap_or_default();
-            let new = fresh.map(|v| entry_from_view(&v));
-            let new_members: HashSet<PeerId> = new
-                .as_ref()
-                .map(|e| e.members.keys().cloned().collect())
-                .unwrap_or_default();
-            if let Some(entry) = new {
-                inner.rooms.insert(room.clone(), entry);
-            }
-            for gone in old.keys().filter(|p| !new_members.contains(*p)) {
-                if let Some(local) = inner.peers.get_mut(gone) {
-                    local.rooms.remove(&room);
-                }
-                notify_others(&*inner, &me, &room, gone, &mut notices, |r, _| {
-                    let frame = protocol::encode(&ServerMessage::PeerLeft {
-                        room: r.as_str(),
-                        peer_id: gone.as_str(),
-                        reason: "disconnected",
-                    });
-                    Outgoing::new("peer-left", frame)
-                });
-            }
-            let arrived: Vec<PeerId> = new_members
-                .iter()
-                .filter(|p| !old.contains_key(*p))
-                .cloned()
-                .collect();
-            // Members that arrived are announced first, to those already in the room; a
-            // local joiner among them is then told who is there, once, in its `joined`
-            // (announcing arrivals after it would repeat members its `joined` listed).
-            for peer in &arrived {
-                let Some(info) = inner
-                    .rooms
-                    .get(&room)
-                    .and_then(|e| e.members.get(peer))
-                    .cloned()
-                else {
-                    continue;
-                };
-                notify_others(&*inner, &me, &room, peer, &mut notices, |r, _| {
-                    let frame = protocol::encode(&ServerMessage::PeerJoined {
-                        room: r.as_str(),
-                        peer: peer_info(peer, &info),
-                    });
-                    Outgoing::new("peer-joined", frame)
-                });
-            }
-            let joiners: Vec<PeerId> = new_members
-                .iter()
-                .filter(|p| {
-                    inner
-                        .peers
-                        .get(*p)
-                        .is_some_and(|local| local.pending_joins.contains_key(&room))
-                })
-                .cloned()
-                .collect();
-            for peer in joiners {
-                complete_join(inner, &room, &peer, &mut notices);
-            }
-            drop_if_unused(inner, &me, &room);
+            resync_room(inner, &me, room, fresh, &mut notices);
         }
         notices
     }
+}
+
+/// Brings one room's entry to `fresh` (the registry's view, `None`: nobody is there), telling
+/// local peers the difference; a view older than the entry is ignored.
+fn resync_room<H: Handle>(
+    inner: &mut RoomCore<H>,
+    me: &EdgeId,
+    room: RoomId,
+    fresh: Option<RoomView>,
+    notices: &mut Vec<Notice<H>>,
+) {
+    // A replica that lags behind the events this index applied has nothing to add:
+    // its older view would undo what the index knows.
+    if let (Some(v), Some(entry)) = (&fresh, inner.rooms.get(&room))
+        && v.epoch < entry.epoch
+    {
+        return;
+    }
+    let old: Map<PeerId, MemberInfo> = inner
+        .rooms
+        .remove(&room)
+        .map(|e| e.members)
+        .unwrap_or_default();
+    let new = fresh.map(|v| entry_from_view(&v));
+    let new_members: HashSet<PeerId> = new
+        .as_ref()
+        .map(|e| e.members.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Some(entry) = new {
+        inner.rooms.insert(room.clone(), entry);
+    }
+    for gone in old.keys().filter(|p| !new_members.contains(*p)) {
+        if let Some(local) = inner.peers.get_mut(gone) {
+            local.rooms.remove(&room);
+        }
+        notify_others(&*inner, me, &room, gone, notices, |r, _| {
+            let frame = protocol::encode(&ServerMessage::PeerLeft {
+                room: r.as_str(),
+                peer_id: gone.as_str(),
+                reason: "disconnected",
+            });
+            Outgoing::new("peer-left", frame)
+        });
+    }
+    let arrived: Vec<PeerId> = new_members
+        .iter()
+        .filter(|p| !old.contains_key(*p))
+        .cloned()
+        .collect();
+    // Members that arrived are announced first, to those already in the room; a
+    // local joiner among them is then told who is there, once, in its `joined`
+    // (announcing arrivals after it would repeat members its `joined` listed).
+    for peer in &arrived {
+        let Some(info) = inner
+            .rooms
+            .get(&room)
+            .and_then(|e| e.members.get(peer))
+            .cloned()
+        else {
+            return;
+        };
+        notify_others(&*inner, me, &room, peer, notices, |r, _| {
+            let frame = protocol::encode(&ServerMessage::PeerJoined {
+                room: r.as_str(),
+                peer: peer_info(peer, &info),
+            });
+            Outgoing::new("peer-joined", frame)
+        });
+    }
+    let joiners: Vec<PeerId> = new_members
+        .iter()
+        .filter(|p| {
+            inner
+                .peers
+                .get(*p)
+                .is_some_and(|local| local.pending_joins.contains_key(&room))
+        })
+        .cloned()
+        .collect();
+    for peer in joiners {
+        complete_join(inner, &room, &peer, notices);
+    }
+    drop_if_unused(inner, me, &room);
 }
 
 fn entry_from_view(view: &RoomView) -> RoomEntry {
@@ -992,7 +1021,7 @@ mod tests {
         core.add_session(peer("c"), H(3), owner.clone());
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
-        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
+        assert!(core.join_committed(&peer("c"), &room(), 4, None).is_empty());
         let notices = core.apply(&joined(3, "d", OTHER), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "d")]);
         let notices = core.apply(&joined(4, "c", ME), |_| None);
@@ -1001,7 +1030,34 @@ mod tests {
             [notice(1, "peer-joined", "c"), notice(3, "joined", "a,b,d")]
         );
         // The answer after the events: nothing more to say.
-        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
+        assert!(core.join_committed(&peer("c"), &room(), 4, None).is_empty());
+    }
+
+    /// The registry answered the join with the room at epoch 4, but the events up to it may
+    /// never come (this edge's replica lost the leader before learning the commit): the
+    /// joiner is answered from the answer at once, the others told the difference, and the
+    /// events, if they come after all, repeat nothing.
+    #[test]
+    fn a_committed_join_catches_the_index_up_from_the_answer() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        let answer = view(4, &[("a", ME), ("b", OTHER), ("d", OTHER), ("c", ME)]).members;
+        let notices = core.join_committed(&peer("c"), &room(), 4, Some(answer));
+        let mut got = summary(&notices);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                notice(1, "peer-joined", "c"),
+                notice(1, "peer-joined", "d"),
+                notice(3, "joined", "a,b,d"),
+            ]
+        );
+        assert!(core.is_member(&peer("c"), &room()));
+        assert!(core.apply(&joined(3, "d", OTHER), |_| None).is_empty());
+        assert!(core.apply(&joined(4, "c", ME), |_| None).is_empty());
     }
 
     #[test]
@@ -1028,7 +1084,7 @@ mod tests {
         core.abort_join(&peer("c"), &room(), Some(9));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
-        core.join_committed(&peer("c"), &room(), 3);
+        core.join_committed(&peer("c"), &room(), 3, None);
         core.still_doubtful(&peer("c"), &room(), vec![9]);
         assert_eq!(core.take_back_due(&peer("c"), &room()), None);
     }
@@ -1065,7 +1121,7 @@ mod tests {
             .begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
         assert_eq!(start, JoinStart::Pending);
-        let notices = core.join_committed(&peer("c"), &room(), 3);
+        let notices = core.join_committed(&peer("c"), &room(), 3, None);
         assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);
         assert!(core.is_member(&peer("c"), &room()));
     }
