@@ -7,6 +7,8 @@
 //! - [`metrics`]: metric names and how they are recorded. Imports nothing.
 //! - [`config_file`]: the `--config` TOML file of both binaries, merged under their flags and
 //!   environment, and `--print-config`. Imports nothing.
+//! - [`telemetry`]: logs (text or JSON) and OTLP traces of both binaries, and the W3C trace
+//!   context carried between processes. Imports nothing.
 //! - [`transport`]: how processes reach each other: the cluster secret, mutual TLS, dial
 //!   rewrites, message-size limits, metadata keys. Imports nothing.
 //! - [`registry`]: the pure domain (edges, rooms, peers, commands, events). Imports nothing:
@@ -36,6 +38,7 @@ pub mod raft;
 pub mod registry;
 mod replica;
 pub mod server;
+pub mod telemetry;
 pub mod transport;
 
 pub use error::{ConfigError, CoordinatorError};
