@@ -19,6 +19,7 @@ use heliograph_coordinator::grpc::proto::{
 use heliograph_coordinator::registry::{
     Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
 };
+use heliograph_coordinator::telemetry;
 use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::tls;
 use tokio::sync::mpsc;
@@ -127,19 +128,27 @@ impl RemoteRegistry {
             .ok_or_else(|| CoordinatorError::Unavailable("no coordinator reachable".into()))
     }
 
+    /// A unary call: its deadline, the cluster secret, and the trace context of the span it
+    /// is made in (a join's), so that the replica's and the leader's spans join its trace.
     fn request<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
         r.set_timeout(CALL_TIMEOUT);
         self.settings.secret.attach(&mut r);
+        if telemetry::enabled() {
+            telemetry::inject(&tracing::Span::current(), r.metadata_mut());
+        }
         r
     }
 
     /// Sends a signal towards a peer on another edge. Without a link (the edge is moving to
     /// another replica) the signal is held and sent first on the next link, so that a replica
     /// lost costs a delay, not a refusal.
-    pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
+    pub fn relay(&self, signal: Envelope, traceparent: String) -> Result<(), RelayError> {
         let msg = EdgeToReplica {
-            msg: Some(edge_to_replica::Msg::Signal(relayed::to_proto(signal))),
+            msg: Some(edge_to_replica::Msg::Signal(relayed::to_proto(
+                signal,
+                traceparent,
+            ))),
         };
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let link = self.link.read().unwrap_or_else(PoisonError::into_inner);
@@ -417,7 +426,7 @@ impl RemoteRegistry {
                             }
                         },
                         Some(replica_to_edge::Msg::Signal(s)) => match relayed::from_proto(s) {
-                            Some(e) => RegistryEvent::Signal(e),
+                            Some((envelope, traceparent)) => RegistryEvent::Signal { envelope, traceparent },
                             None => RegistryEvent::Undeliverable,
                         },
                         Some(replica_to_edge::Msg::Resync(_)) => RegistryEvent::Resync,
