@@ -22,7 +22,7 @@
 //! - [`grpc`]: the registry, admin and Raft services, and the admin client. Imports `replica`
 //!   and everything under it.
 //! - [`server`] and [`http`]: serve a replica's gRPC listeners and its health, readiness and
-//!   metrics endpoint. Import `grpc`, `replica` and `transport`.
+//!   metrics endpoint. Import `grpc`, `replica`, `transport` and `metrics`.
 //!
 //! Nothing imports upwards, so the modules form no circle.
 
