@@ -54,7 +54,10 @@ fn process_collector() -> &'static metrics_process::Collector {
 /// Records what every Heliograph binary exposes besides its own metrics: the build info
 /// gauge of `binary` and the descriptions of the `process_*` metrics (taken by [`render`]).
 pub fn describe_process(binary: &'static str) {
-    metrics::describe_gauge!(BUILD_INFO, "the binary and version of this process (always 1)");
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "the binary and version of this process (always 1)"
+    );
     metrics::gauge!(BUILD_INFO, "binary" => binary, "version" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
     let process = process_collector();

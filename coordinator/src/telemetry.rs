@@ -81,7 +81,9 @@ pub enum TelemetryError {
 
 /// An `--otlp-endpoint` that cannot be a gRPC receiver's address.
 #[derive(Debug, thiserror::Error)]
-#[error("--otlp-endpoint must be an http:// or https:// URL (e.g. http://otel-collector:4317), not `{0}`")]
+#[error(
+    "--otlp-endpoint must be an http:// or https:// URL (e.g. http://otel-collector:4317), not `{0}`"
+)]
 pub struct EndpointError(String);
 
 /// Checks `--otlp-endpoint` before anything starts.
@@ -158,7 +160,8 @@ fn provider(
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .with_attribute(KeyValue::new("heliograph.region", region.to_owned()));
     if !instance.is_empty() {
-        resource = resource.with_attribute(KeyValue::new("service.instance.id", instance.to_owned()));
+        resource =
+            resource.with_attribute(KeyValue::new("service.instance.id", instance.to_owned()));
     }
     Ok(SdkTracerProvider::builder()
         .with_resource(resource.build())

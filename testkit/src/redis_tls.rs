@@ -112,8 +112,9 @@ impl TlsRedis {
                 "+@scripting",
                 "+@connection",
             ]);
-        let proc = Proc::spawn(cmd, "redis-server with TLS", None)
-            .map_err(|e| e.context("redis-server (Debian package redis-server) must be installed"))?;
+        let proc = Proc::spawn(cmd, "redis-server with TLS", None).map_err(|e| {
+            e.context("redis-server (Debian package redis-server) must be installed")
+        })?;
         until_blocking(DEADLINE, "redis-server to listen on its TLS port", || {
             std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()

@@ -140,7 +140,9 @@ impl RegistryService {
         Req: Clone + Send + 'static,
     {
         if !telemetry::enabled() {
-            return self.execute_or_forward(request, command, respond, forward).await;
+            return self
+                .execute_or_forward(request, command, respond, forward)
+                .await;
         }
         let span = tracing::info_span!(
             target: telemetry::TARGET,

@@ -135,9 +135,11 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
         let series = format!("binary=\"{binary}\"");
         assert!(
             exposed.iter().any(|(n, _)| n == "heliograph_build_info")
-                && all_lines.iter().any(|l| l.starts_with("heliograph_build_info{")
-                    && l.contains(&series)
-                    && l.contains(&versioned)),
+                && all_lines
+                    .iter()
+                    .any(|l| l.starts_with("heliograph_build_info{")
+                        && l.contains(&series)
+                        && l.contains(&versioned)),
             "build info of {binary}"
         );
     }

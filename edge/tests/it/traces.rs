@@ -50,7 +50,9 @@ fn text(v: &Option<AnyValue>) -> String {
 }
 
 fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -185,11 +187,20 @@ async fn a_join_and_a_cross_region_signal_are_each_one_trace_across_processes() 
     let edge = of(&join, EDGE, "", "registry.commit").unwrap();
     let follower = of(&join, REPLICA, "replica-2", "registry.write").unwrap();
     let leader = of(&join, REPLICA, "replica-1", "registry.write").unwrap();
-    assert_eq!(follower.parent, edge.id, "the follower's span is the edge's child");
-    assert_eq!(leader.parent, follower.id, "the leader's span is the follower's child");
+    assert_eq!(
+        follower.parent, edge.id,
+        "the follower's span is the edge's child"
+    );
+    assert_eq!(
+        leader.parent, follower.id,
+        "the leader's span is the follower's child"
+    );
     assert_eq!(follower.attributes["forwarded"], "false", "{follower:?}");
     assert_eq!(leader.attributes["forwarded"], "true", "{leader:?}");
-    assert_eq!((follower.region.as_str(), leader.region.as_str()), ("eu", "us"));
+    assert_eq!(
+        (follower.region.as_str(), leader.region.as_str()),
+        ("eu", "us")
+    );
 
     // A signal from us to eu: sender's edge → us gateway → eu gateway → target's edge.
     us.send(json!({"type": "signal", "room": "traced", "to": eu.peer_id, "kind": "offer", "data": {"sdp": "x"}}))
@@ -214,7 +225,10 @@ async fn a_join_and_a_cross_region_signal_are_each_one_trace_across_processes() 
     assert_eq!(gateway_eu.attributes["to"], "edge", "{gateway_eu:?}");
     assert_eq!(delivered.parent, gateway_eu.id, "{signal:#?}");
     assert_eq!(delivered.region, "eu");
-    assert_eq!(delivered.attributes["cross_region"], "true", "{delivered:?}");
+    assert_eq!(
+        delivered.attributes["cross_region"], "true",
+        "{delivered:?}"
+    );
     assert_ne!(signal[0].trace, join[0].trace, "two traces");
 
     // `--log-format json`: the edges log one JSON object per line.

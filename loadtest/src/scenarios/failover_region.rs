@@ -61,10 +61,12 @@ impl RegionRedis {
 
 /// A URL as it may be written to a result file: a password in it is left out.
 fn without_userinfo<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    let shown = url.as_deref().map(|u| match (u.split_once("://"), u.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &u[at + 1..]),
-        _ => u.to_owned(),
-    });
+    let shown = url
+        .as_deref()
+        .map(|u| match (u.split_once("://"), u.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &u[at + 1..]),
+            _ => u.to_owned(),
+        });
     shown.serialize(s)
 }
 
