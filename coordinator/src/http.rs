@@ -60,7 +60,7 @@ async fn metrics(State(http): State<Http>) -> Response {
     match &http.prometheus {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            crate::metrics::render(handle),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),

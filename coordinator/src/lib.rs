@@ -7,6 +7,8 @@
 //! - [`metrics`]: metric names and how they are recorded. Imports nothing.
 //! - [`config_file`]: the `--config` TOML file of both binaries, merged under their flags and
 //!   environment, and `--print-config`. Imports nothing.
+//! - [`telemetry`]: logs (text or JSON) and OTLP traces of both binaries, and the W3C trace
+//!   context carried between processes. Imports nothing.
 //! - [`transport`]: how processes reach each other: the cluster secret, mutual TLS, dial
 //!   rewrites, message-size limits, metadata keys. Imports nothing.
 //! - [`registry`]: the pure domain (edges, rooms, peers, commands, events). Imports nothing:
@@ -20,7 +22,7 @@
 //! - [`grpc`]: the registry, admin and Raft services, and the admin client. Imports `replica`
 //!   and everything under it.
 //! - [`server`] and [`http`]: serve a replica's gRPC listeners and its health, readiness and
-//!   metrics endpoint. Import `grpc`, `replica` and `transport`.
+//!   metrics endpoint. Import `grpc`, `replica`, `transport` and `metrics`.
 //!
 //! Nothing imports upwards, so the modules form no circle.
 
@@ -36,6 +38,7 @@ pub mod raft;
 pub mod registry;
 mod replica;
 pub mod server;
+pub mod telemetry;
 pub mod transport;
 
 pub use error::{ConfigError, CoordinatorError};

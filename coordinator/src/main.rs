@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use heliograph_coordinator::config_file;
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
+use heliograph_coordinator::telemetry::{self, LogFormat, Telemetry};
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
 use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
 use heliograph_proto::admin::v1 as pb;
@@ -170,6 +171,14 @@ struct ServeArgs {
     /// and environment variables override it.
     #[arg(long, env = "HELIOGRAPH_CONFIG")]
     config: Option<PathBuf>,
+    /// Send traces (joins, forwarded writes, relayed signals) to this OTLP/gRPC receiver,
+    /// e.g. http://otel-collector:4317. Off when not set.
+    #[arg(long, env = "HELIOGRAPH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Log lines as `text` or `json` (one object per line), on stderr. The filter is
+    /// HELIOGRAPH_LOG (or RUST_LOG).
+    #[arg(long, env = "HELIOGRAPH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print the effective configuration (TOML, secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
@@ -200,6 +209,8 @@ enum ConfigError {
     Dial(#[from] heliograph_coordinator::transport::dial::DialError),
     #[error("{0} listens on an unspecified address; set {1}")]
     NeedsAdvertise(&'static str, &'static str),
+    #[error("{0}")]
+    Telemetry(#[from] telemetry::EndpointError),
 }
 
 impl ServeConfig {
@@ -240,6 +251,9 @@ impl ServeConfig {
                 "--advertise-api",
             ));
         }
+        if let Some(endpoint) = &args.otlp_endpoint {
+            telemetry::check_endpoint(endpoint)?;
+        }
         let secret = secret.with_tls(args.tls.load()?);
         let dial = heliograph_coordinator::transport::dial::parse(&args.dial_via)?;
         Ok((secret, dial))
@@ -266,15 +280,6 @@ fn main() -> ExitCode {
     {
         return print_config(&parsed, args);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            // The same variable as the edge's (`HELIOGRAPH_LOG`); `RUST_LOG` is still read.
-            tracing_subscriber::EnvFilter::try_from_env("HELIOGRAPH_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -282,7 +287,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli.command))
+    // The same variable as the edge's (`HELIOGRAPH_LOG`); `RUST_LOG` is still read.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HELIOGRAPH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let settings = match &cli.command {
+        Cmd::Serve(args) => telemetry::Settings {
+            service: "heliograph-coordinator",
+            instance: format!("replica-{}", args.id),
+            region: args.region.clone(),
+            otlp_endpoint: args.otlp_endpoint.as_deref(),
+            log_format: args.log_format,
+            filter,
+        },
+        _ => telemetry::Settings {
+            service: "heliograph-coordinator",
+            instance: String::new(),
+            region: String::new(),
+            otlp_endpoint: None,
+            log_format: LogFormat::Text,
+            filter,
+        },
+    };
+    // The exporter's gRPC channel is spawned on this runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        telemetry::init(settings)
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("heliograph-coordinator: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    runtime.block_on(async {
+        let code = run(cli.command).await;
+        Telemetry::shutdown(telemetry).await;
+        code
+    })
 }
 
 /// `serve --print-config`: validates, prints the effective configuration, exits.
@@ -380,6 +423,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     heliograph_coordinator::transport::dial::install(dial)?;
     let prometheus = heliograph_coordinator::metrics::install_prometheus()?;
     heliograph_coordinator::metrics::describe();
+    heliograph_coordinator::metrics::describe_process("heliograph-coordinator");
     let raft_listener = TcpListener::bind(args.raft_listen).await?;
     let api_listener = TcpListener::bind(args.api_listen).await?;
     let metrics_listener = TcpListener::bind(args.metrics_listen).await?;

@@ -41,6 +41,37 @@ pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
+/// `heliograph_build_info{binary, version}`: always 1; tells dashboards what runs where.
+pub const BUILD_INFO: &str = "heliograph_build_info";
+
+/// The `process_*` metrics (CPU seconds, resident and virtual memory, open and maximum file
+/// descriptors, threads, start time), read from `/proc` at each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Records what every Heliograph binary exposes besides its own metrics: the build info
+/// gauge of `binary` and the descriptions of the `process_*` metrics (taken by [`render`]).
+pub fn describe_process(binary: &'static str) {
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "the binary and version of this process (always 1)"
+    );
+    metrics::gauge!(BUILD_INFO, "binary" => binary, "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    let process = process_collector();
+    process.describe();
+    process.collect();
+}
+
+/// The text a `/metrics` scrape answers: the `process_*` figures are read now, then
+/// everything is rendered.
+pub fn render(handle: &PrometheusHandle) -> String {
+    process_collector().collect();
+    handle.render()
+}
+
 pub const RAFT_TERM: &str = "heliograph_raft_term";
 pub const RAFT_COMMIT_INDEX: &str = "heliograph_raft_commit_index";
 pub const RAFT_LAST_APPLIED_INDEX: &str = "heliograph_raft_last_applied_index";

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use heliograph_coordinator::registry::{EdgeId, Region};
+use heliograph_coordinator::telemetry::{self, LogFormat};
 use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::MutualTls;
 
@@ -273,6 +274,13 @@ pub struct Args {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `heliograph_edge=debug`.
     #[arg(long, env = "HELIOGRAPH_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as `text` or `json` (one object per line), on stderr.
+    #[arg(long, env = "HELIOGRAPH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Send traces (joins, relayed signals) to this OTLP/gRPC receiver, e.g.
+    /// http://otel-collector:4317. Off when not set.
+    #[arg(long, env = "HELIOGRAPH_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// TOML file of settings, keyed by flag name in snake_case (`max_connections_per_ip = 50`);
     /// flags and environment variables override it.
     #[arg(long, env = "HELIOGRAPH_CONFIG")]
@@ -315,6 +323,9 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub sessions: SessionConfig,
     log: String,
+    pub log_format: LogFormat,
+    /// `None`: no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How the client's address is found behind proxies.
@@ -560,6 +571,9 @@ impl Args {
         };
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError(format!("--log is not a valid filter: {e}")))?;
+        if let Some(endpoint) = &self.otlp_endpoint {
+            telemetry::check_endpoint(endpoint).map_err(|e| ConfigError(e.to_string()))?;
+        }
         if let Some(m) = self.metrics_listen {
             check(
                 m != self.listen,
@@ -725,6 +739,8 @@ impl Args {
                 drain_window: Duration::from_millis(self.drain_window_ms),
             },
             log: self.log,
+            log_format: self.log_format,
+            otlp_endpoint: self.otlp_endpoint,
         })
     }
 }

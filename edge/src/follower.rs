@@ -14,6 +14,8 @@ use heliograph_coordinator::registry::{
     Command, LeaveReason, Outcome, PeerId, Region as RegionName, RoomEventKind, RoomId, RoomView,
 };
 
+use heliograph_coordinator::telemetry;
+
 use crate::metrics::{EdgeMetrics, RelayPath};
 
 use crate::registry::{Events, Registry, RegistryEvent};
@@ -97,8 +99,11 @@ pub async fn follow(
                     }
                 }
             }
-            Some(RegistryEvent::Signal(signal)) => {
-                deliver_relayed(&router, &region, signal);
+            Some(RegistryEvent::Signal {
+                envelope,
+                traceparent,
+            }) => {
+                deliver_relayed(&router, &region, envelope, &traceparent);
                 continue;
             }
             Some(RegistryEvent::Undeliverable) => {
@@ -183,6 +188,7 @@ async fn take_back(
     for _ in 0..TAKE_BACK_TRIES {
         let Some(&attempt) = remaining.first() else {
             // None of them holds the membership: a later join of the client's does.
+            index.take_back_done(&peer, &room);
             return;
         };
         let command = Command::Leave {
@@ -197,6 +203,7 @@ async fn take_back(
                 tracing::info!(
                     "a peer the registry kept in a room it was told it is not in has left it"
                 );
+                index.take_back_done(&peer, &room);
                 return;
             }
             // Not this request's membership (gone already, or another request's).
@@ -215,13 +222,28 @@ async fn take_back(
 }
 
 /// A signal from another edge through the coordinator: its frame (with `from` stamped
-/// there) goes to the local target if it is still in the room.
-fn deliver_relayed(router: &Router, region: &RegionName, signal: Envelope) {
+/// there) goes to the local target if it is still in the room. With tracing on, its delivery
+/// is the last span of the trace the sender's edge started.
+fn deliver_relayed(router: &Router, region: &RegionName, signal: Envelope, traceparent: &str) {
     // The sender's edge names its region: a signal from elsewhere came through the gateways.
-    let path = if signal.from_region.is_empty() || signal.from_region == region.as_str() {
-        RelayPath::Coordinator
+    let cross_region = !signal.from_region.is_empty() && signal.from_region != region.as_str();
+    let span = if telemetry::enabled() {
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "signal.deliver",
+            cross_region,
+            room = %signal.room,
+        );
+        telemetry::set_parent(&span, traceparent);
+        span
     } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
+    let path = if cross_region {
         RelayPath::CrossRegion
+    } else {
+        RelayPath::Coordinator
     };
     router.deliver_inbound(signal, path);
 }

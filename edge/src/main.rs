@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
 use heliograph_coordinator::config_file;
+use heliograph_coordinator::telemetry;
 use heliograph_edge::config::{Args, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config.log_filter());
     let runtime = match runtime(config.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,7 +63,37 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    runtime.block_on(run(config))
+    let filter = tracing_subscriber::EnvFilter::try_new(config.log_filter())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let settings = telemetry::Settings {
+        service: "heliograph-edge",
+        instance: config
+            .edge_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        region: config.region.to_string(),
+        otlp_endpoint: config.otlp_endpoint.as_deref(),
+        log_format: config.log_format,
+        filter,
+    };
+    // The exporter's gRPC channel is spawned on this runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        telemetry::init(settings)
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("heliograph-edge: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    runtime.block_on(async {
+        let code = run(config).await;
+        telemetry.shutdown().await;
+        code
+    })
 }
 
 /// On one thread, a current-thread runtime: a multi-thread scheduler there only adds
@@ -98,6 +128,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
+    heliograph_coordinator::metrics::describe_process("heliograph-edge");
     let grace = config.shutdown_grace;
     let shutdown = CancellationToken::new();
     let running = match heliograph_edge::start(config, Some(prometheus), shutdown.clone()).await {
@@ -143,14 +174,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
-}
-
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

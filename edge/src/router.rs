@@ -17,6 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use heliograph_coordinator::registry::{EdgeId, PeerId, Region as RegionName, RoomId};
+use heliograph_coordinator::telemetry;
 
 use crate::clock;
 use crate::metrics::{EdgeMetrics, RelayPath, RoutingPath};
@@ -336,13 +337,26 @@ impl Router {
 }
 
 /// Hands a signal to this edge's replica; counts it under `path` once it is on its way.
+/// With tracing on, this is the first span of the signal's trace, and its context goes with
+/// the signal.
 fn via_coordinator(
     registry: &Registry,
     metrics: &EdgeMetrics,
     e: Envelope,
     path: RoutingPath,
 ) -> Result<(), RouteError> {
-    match registry.relay(e) {
+    let span = if telemetry::enabled() {
+        tracing::info_span!(
+            target: telemetry::TARGET,
+            "signal.relay",
+            path = path.as_str(),
+            room = %e.room,
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
+    match registry.relay(e, telemetry::traceparent(&span)) {
         Ok(()) => {
             metrics.routed(path);
             Ok(())

@@ -153,7 +153,7 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
     match &ctx.prometheus {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            heliograph_coordinator::metrics::render(handle),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),

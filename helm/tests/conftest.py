@@ -55,6 +55,10 @@ EVERYTHING_ON["coordinator"] |= {
     "extraVolumes": [{"name": "extra", "configMap": {"name": "coordinator-extra"}}],
     "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/extra", "readOnly": True}],
 }
+EVERYTHING_ON["observability"] = {
+    "otlpEndpoint": "http://otel-collector.observability:4317",
+    "logFormat": "json",
+}
 
 
 def load_values(name: str) -> dict[str, Any]:

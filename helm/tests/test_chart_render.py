@@ -115,3 +115,36 @@ def test_readme_documents_every_value() -> None:
 
     missing = [p for p in paths(values) if isinstance(p, str) and f"`{p}" not in readme]
     assert not missing, missing
+
+
+def test_traces_and_log_format_reach_every_pod() -> None:
+    import helm_python as helm
+
+    def env(values: dict) -> dict[str, dict[str, str]]:
+        out = {}
+        for d in manifests(values):
+            if d["kind"] not in {"Deployment", "StatefulSet"}:
+                continue
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] in {"edge", "coordinator"}:
+                    out[c["name"]] = {e["name"]: e.get("value") for e in c.get("env", [])}
+        return out
+
+    # Off by default: no endpoint, text logs.
+    for kind, e in env({}).items():
+        assert "HELIOGRAPH_OTLP_ENDPOINT" not in e, kind
+        assert e["HELIOGRAPH_LOG_FORMAT"] == "text", kind
+    on = {"observability": {"otlpEndpoint": "http://otel-collector.observability:4317",
+                            "logFormat": "json"}}
+    both = env(on)
+    assert set(both) == {"edge", "coordinator"}
+    for kind, e in both.items():
+        assert e["HELIOGRAPH_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317", kind
+        assert e["HELIOGRAPH_LOG_FORMAT"] == "json", kind
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(on)
+        for bad in ({"observability": {"otlpEndpoint": "otel-collector:4317"}},
+                    {"observability": {"logFormat": "xml"}},
+                    {"observability": {"sampling": 1}}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(bad)

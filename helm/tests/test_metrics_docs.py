@@ -133,7 +133,9 @@ def test_dashboard_uses_only_emitted_metrics() -> None:
     # The panels the operators asked for are there.
     titles = " ".join(p["title"] for p in json.loads(read("deploy/grafana/heliograph.json"))["panels"])
     for want in ("connections per region", "relay latency", "Join latency", "Raft term",
-                 "Leader changes", "Commit index", "Apply lag", "by code", "by reason"):
+                 "Leader changes", "Commit index", "Apply lag", "by code", "by reason",
+                 "Resumes", "Redis up", "Redis errors", "Routing decisions", "by route",
+                 "Cross-region stream", "CPU per pod", "Resident memory"):
         assert want.lower() in titles.lower(), want
 
 

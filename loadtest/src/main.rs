@@ -30,6 +30,7 @@ use crate::machine::Machine;
 use crate::output::RunFile;
 use crate::scenarios::chaos::{ChaosSettings, Fault};
 use crate::scenarios::failover::{FailoverSettings, Mode as FailoverMode};
+use crate::scenarios::failover_region::{Region, RegionRedis};
 use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
 use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings};
@@ -62,7 +63,8 @@ enum Command {
     /// A TCP proxy that delays every byte by a fixed one-way delay, both ways.
     DelayProxy(DelayProxyArgs),
     /// Clients on one edge signal each other; the edge is killed or drained; measures how fast
-    /// they resume on another edge of the region and that no signal is lost.
+    /// they resume on another edge of the region and that no signal is lost. Without --edge
+    /// it starts the region itself (on its own Redis, or the operator's with --redis).
     Failover(FailoverArgs),
     /// Starts a local cluster (3 replicas, 2 edges), runs a join/leave storm, fails a replica
     /// at a random moment and checks that membership comes out exactly right.
@@ -114,16 +116,37 @@ struct ChaosArgs {
 
 #[derive(Debug, Args)]
 struct FailoverArgs {
-    /// WebSocket URL of the edge that fails, e.g. ws://127.0.0.1:8101/ws.
-    #[arg(long)]
-    edge: String,
+    /// WebSocket URL of the edge that fails, e.g. ws://127.0.0.1:8101/ws. Without it,
+    /// failover starts a region of its own (one replica, two edges sharing a Redis).
+    #[arg(long, requires_all = ["edge_pid", "other"])]
+    edge: Option<String>,
     /// PID of that edge's process: sent SIGKILL (--mode kill) or SIGTERM (--mode drain).
-    #[arg(long)]
-    edge_pid: u32,
+    #[arg(long, requires = "edge")]
+    edge_pid: Option<u32>,
     /// WebSocket URL of another edge of the same region (same Redis, same --session-secret),
     /// where the clients resume.
-    #[arg(long)]
-    other: String,
+    #[arg(long, requires = "edge")]
+    other: Option<String>,
+    /// The Redis of the region failover starts (without --edge): the operator's own,
+    /// redis:// or rediss:// (TLS). Default: a redis-server started for the run.
+    #[arg(long, conflicts_with = "edge")]
+    redis: Option<String>,
+    /// PEM CA bundle the started edges verify a rediss:// server with (their --redis-ca).
+    #[arg(long, requires = "redis")]
+    redis_ca: Option<PathBuf>,
+    /// PEM client certificate the started edges present to Redis (their --redis-client-cert).
+    #[arg(long, requires_all = ["redis", "redis_client_key"])]
+    redis_client_cert: Option<PathBuf>,
+    /// Its private key (their --redis-client-key).
+    #[arg(long, requires_all = ["redis", "redis_client_cert"])]
+    redis_client_key: Option<PathBuf>,
+    /// ACL user the started edges log in as (their --redis-username).
+    #[arg(long, requires = "redis")]
+    redis_username: Option<String>,
+    /// File holding that user's password (their --redis-password-file; never on a command
+    /// line).
+    #[arg(long, requires = "redis")]
+    redis_password_file: Option<PathBuf>,
     /// Clients (an even number: N/2 two-peer rooms, both peers on --edge).
     #[arg(long, default_value_t = 2000)]
     clients: usize,
@@ -434,11 +457,32 @@ async fn failover(args: FailoverArgs) -> Result<()> {
     if args.common.repeat != 1 {
         bail!("failover runs once (--repeat 1): the edge it fails does not come back");
     }
+    // Without --edge the run fails an edge of a region it starts (and stops at the end).
+    let (region, spawned) = match (&args.edge, args.edge_pid, &args.other) {
+        (Some(edge), Some(pid), Some(other)) => (None, (edge.clone(), pid, other.clone())),
+        (None, None, None) => {
+            let redis = RegionRedis {
+                url: args.redis.clone(),
+                ca: args.redis_ca.clone(),
+                client_cert: args.redis_client_cert.clone(),
+                client_key: args.redis_client_key.clone(),
+                username: args.redis_username.clone(),
+                password_file: args.redis_password_file.clone(),
+            };
+            let started = Region::start(&redis).await?;
+            let (edge, pid) = started.failing();
+            let other = started.other();
+            (Some((started, redis)), (edge, pid, other))
+        }
+        _ => bail!("give --edge, --edge-pid and --other together, or none of them"),
+    };
+    let (edge, edge_pid, other) = spawned;
     let started_at = output::now_rfc3339();
     let settings = FailoverSettings {
-        edge: args.edge.clone(),
-        edge_pid: args.edge_pid,
-        other: args.other.clone(),
+        edge,
+        edge_pid,
+        other,
+        started_region: region.as_ref().map(|(_, redis)| redis.clone()),
         mode: args.mode,
         clients: args.clients,
         rate: args.rate,
@@ -469,6 +513,8 @@ async fn failover(args: FailoverArgs) -> Result<()> {
         &args.common,
         started_at,
     )?;
+    // The region's processes stop here, after the results are written.
+    drop(region);
     if lost > 0 || failed > 0 {
         bail!("{lost} signals lost, {failed} clients did not resume");
     }

@@ -32,6 +32,8 @@ pub struct Spec<'a> {
     pub replica_args: &'a [&'a str],
     /// More flags for every edge.
     pub edge_args: &'a [&'a str],
+    /// Environment variables of every replica and edge.
+    pub env: &'a [(&'a str, &'a str)],
     /// Edge i of a region lists the region's replicas starting with its i-th (modulo their
     /// count), so that the edges attach to different replicas; otherwise every edge lists
     /// them in id order (and attaches to the first).
@@ -52,6 +54,7 @@ pub struct Cluster {
     pub redis: HashMap<String, Redis>,
     pub edges: Vec<Edge>,
     replica_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -65,6 +68,11 @@ impl Cluster {
             redis: HashMap::new(),
             edges: Vec::new(),
             replica_args: spec.replica_args.iter().map(|s| (*s).to_owned()).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             dir,
         };
         for (id, region) in spec.replicas {
@@ -99,11 +107,11 @@ impl Cluster {
 
     fn start_replica(&self, id: u64, region: &str) -> Replica {
         let root = self.dir.path();
-        Replica::start(
-            ReplicaOptions::new(id, region, &root.join(format!("replica-{id}")))
-                .log(&root.join(format!("replica-{id}.log")))
-                .args(&self.replica_args),
-        )
+        let mut options = ReplicaOptions::new(id, region, &root.join(format!("replica-{id}")))
+            .log(&root.join(format!("replica-{id}.log")))
+            .args(&self.replica_args);
+        options.launch.env.clone_from(&self.env);
+        Replica::start(options)
     }
 
     /// Starts edge `name` of `region` on its region's replicas (listed from the `first`-th,
@@ -140,10 +148,11 @@ impl Cluster {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let urls = self.urls(ids);
-        let options = EdgeOptions::new(&dir.join("data"))
+        let mut options = EdgeOptions::new(&dir.join("data"))
             .log(&dir.join("edge.log"))
             .args(["--coordinator", &urls, "--cluster-secret", CLUSTER_SECRET])
             .args(extra);
+        options.launch.env.clone_from(&self.env);
         Node::spawn(&options).unwrap_or_else(|e| panic!("edge {name}: {e:#}"))
     }
 

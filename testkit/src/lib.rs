@@ -7,7 +7,8 @@
 //!   line the servers print) and its stop (SIGTERM, SIGKILL).
 //! - [`ports`]: free ports. [`wait`]: waiting on a condition with a deadline.
 //! - [`http`]: a minimal GET for health, readiness and Prometheus samples.
-//! - [`redis`]: a real `redis-server`. [`replica`]: `heliograph-coordinator` replicas and its
+//! - [`redis`]: a real `redis-server`; [`redis_tls`]: one with TLS and an ACL user, as managed
+//!   services run it. [`replica`]: `heliograph-coordinator` replicas and its
 //!   admin CLI. [`edge`]: `heliograph-edge` processes.
 //! - [`cluster`]: replicas, Redis and edges of one or more regions, formed and ready.
 //! - [`ws`]: a protocol client over a real WebSocket.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod ports;
 pub mod process;
 pub mod redis;
+pub mod redis_tls;
 pub mod replica;
 pub mod wait;
 pub mod ws;

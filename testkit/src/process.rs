@@ -23,15 +23,19 @@ pub struct Launch {
     pub log: Option<PathBuf>,
     /// More flags, after the ones the options set.
     pub args: Vec<String>,
+    /// Environment variables set for the process (besides the ones the options set).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
-    /// A command running `bin` (or the workspace binary `default`), nothing else set.
+    /// A command running `bin` (or the workspace binary `default`) with `env` set.
     pub fn command(&self, default: &str) -> Result<Command> {
-        Ok(Command::new(match &self.bin {
+        let mut cmd = Command::new(match &self.bin {
             Some(b) => b.clone(),
             None => crate::bin::path(default)?,
-        }))
+        });
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
     }
 }
 
@@ -44,6 +48,11 @@ pub trait Launchable: Sized {
         launch
             .args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.launch().env.push((key.to_owned(), value.to_owned()));
         self
     }
 

@@ -23,6 +23,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{self, ConvertError};
 use super::fanout;
@@ -36,6 +37,7 @@ use super::status::ServiceError;
 use crate::error::CoordinatorError;
 use crate::registry::{Command, Outcome};
 use crate::replica::Replica;
+use crate::telemetry;
 use crate::transport::ClusterSecret;
 use crate::transport::metadata::FORWARDED;
 
@@ -124,7 +126,38 @@ impl RegistryService {
     /// answers a repeat as it answered the first try: a repeated join is answered with the room
     /// as it stands, while a repeated leave (the first one committed, its answer was lost) is
     /// refused with `NotInRoom`.
+    ///
+    /// With tracing on, the write is a span whose parent is the caller's trace context (the
+    /// edge's, or the forwarding follower's), and a forwarded write carries this span's.
     async fn write<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        command: Command,
+        respond: fn(Outcome) -> Resp,
+        forward: Forward<Req, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone + Send + 'static,
+    {
+        if !telemetry::enabled() {
+            return self
+                .execute_or_forward(request, command, respond, forward)
+                .await;
+        }
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "registry.write",
+            command = command.name(),
+            forwarded = request.metadata().contains_key(FORWARDED),
+            node = self.shared.replica.node_id(),
+        );
+        telemetry::set_parent(&span, telemetry::extract(request.metadata()));
+        self.execute_or_forward(request, command, respond, forward)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_or_forward<Req, Resp>(
         &self,
         request: Request<Req>,
         command: Command,
@@ -150,6 +183,7 @@ impl RegistryService {
                     self.shared.secret.attach(&mut fwd);
                     fwd.metadata_mut()
                         .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                    telemetry::inject(&tracing::Span::current(), fwd.metadata_mut());
                     match forward(client, fwd).await {
                         Ok(response) => return Ok(response),
                         // The leader is unreachable or no longer leads.

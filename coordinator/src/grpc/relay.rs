@@ -18,6 +18,7 @@ use super::proto::{RelayedSignal, ReplicaToEdge, replica_to_edge};
 use crate::metrics::{self, RelayRoute};
 use crate::registry::EdgeId;
 use crate::replica::Replica;
+use crate::telemetry;
 use crate::transport::ClusterSecret;
 
 /// Signals queued for one other replica before new ones are dropped.
@@ -30,6 +31,15 @@ pub enum Origin {
     Edge,
     /// Another replica's `Relay` stream: deliver locally or drop.
     Replica,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Edge => "edge",
+            Self::Replica => "replica",
+        }
+    }
 }
 
 pub struct Relay {
@@ -62,7 +72,23 @@ impl Relay {
         }
     }
 
-    pub fn route(&self, signal: RelayedSignal, origin: Origin) {
+    /// Passes `signal` on. A signal that carries a trace context gets a span here, whose
+    /// context replaces the one it carries, so the next process's span is its child.
+    pub fn route(&self, mut signal: RelayedSignal, origin: Origin) {
+        let span = if telemetry::enabled() && !signal.traceparent.is_empty() {
+            let span = tracing::info_span!(
+                target: telemetry::TARGET,
+                "relay.route",
+                from = origin.as_str(),
+                to = tracing::field::Empty,
+            );
+            telemetry::set_parent(&span, &signal.traceparent);
+            signal.traceparent = telemetry::traceparent(&span);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.enter();
         let Ok(to_edge) = EdgeId::new(signal.to_edge.clone()) else {
             metrics::relay_dropped("invalid");
             return;
@@ -82,7 +108,10 @@ impl Relay {
             };
             match self.links.push(&to_edge, msg) {
                 Push::Queued if receipt => {}
-                Push::Queued => metrics::relayed(RelayRoute::Local),
+                Push::Queued => {
+                    span.record("to", "edge");
+                    metrics::relayed(RelayRoute::Local);
+                }
                 Push::Dropped => metrics::relay_dropped("queue_full"),
                 // From another replica: the edge moved away meanwhile; no second hop.
                 Push::NotLinked => metrics::relay_dropped("no_route"),
@@ -106,6 +135,7 @@ impl Relay {
             metrics::relay_dropped("no_route");
             return;
         };
+        span.record("to", if cross_region { "region" } else { "replica" });
         match self.forwarder(&addr).try_send(signal) {
             Ok(()) if receipt => {}
             Ok(()) if cross_region => {

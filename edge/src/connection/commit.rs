@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome};
+use heliograph_coordinator::telemetry;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::clock;
 use crate::context::EdgeContext;
@@ -45,8 +47,23 @@ pub(super) struct Committed {
     pub(super) retried: bool,
 }
 
-/// Runs `command` until the registry answers or `within` has passed.
+/// Runs `command` until the registry answers or `within` has passed. With tracing on, the
+/// whole commit (retries included) is one span, the root of the command's trace: the calls
+/// to the registry carry its context to the replica and on to the leader.
 pub(super) async fn commit(ctx: &EdgeContext, command: Command, within: Duration) -> Committed {
+    if telemetry::enabled() {
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "registry.commit",
+            command = command.name(),
+        );
+        attempts(ctx, command, within).instrument(span).await
+    } else {
+        attempts(ctx, command, within).await
+    }
+}
+
+async fn attempts(ctx: &EdgeContext, command: Command, within: Duration) -> Committed {
     let deadline = Instant::now() + within;
     let mut backoff = RETRY_BACKOFF_MIN;
     let mut retried = false;

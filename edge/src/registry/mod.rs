@@ -36,8 +36,12 @@ pub enum RegistryEvent {
     },
     /// Events may have been missed: re-read every tracked room.
     Resync,
-    /// A signal from a peer on another edge, for a local peer.
-    Signal(Envelope),
+    /// A signal from a peer on another edge, for a local peer, with the W3C trace context
+    /// it came with (empty: none).
+    Signal {
+        envelope: Envelope,
+        traceparent: String,
+    },
     /// A relayed signal that could not be read.
     Undeliverable,
 }
@@ -93,11 +97,12 @@ impl Registry {
         }
     }
 
-    /// Sends a signal towards a peer on another edge.
-    pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
+    /// Sends a signal towards a peer on another edge, with the trace context of the span
+    /// that sends it (empty: none).
+    pub fn relay(&self, signal: Envelope, traceparent: String) -> Result<(), RelayError> {
         match self {
             Self::Embedded(_) => Err(RelayError::Embedded),
-            Self::Remote(r) => r.relay(signal),
+            Self::Remote(r) => r.relay(signal, traceparent),
         }
     }
 

@@ -6,9 +6,10 @@ use heliograph_coordinator::registry::EdgeId;
 
 use crate::signal::Envelope;
 
-/// The signal as the coordinator carries it. The relay does not carry the sender or its
-/// `ref`: a signal relayed this way cannot be answered with `expired`.
-pub(super) fn to_proto(e: Envelope) -> RelayedSignal {
+/// The signal as the coordinator carries it, with the trace context of the span that sent
+/// it (empty: none). The relay does not carry the sender or its `ref`: a signal relayed this
+/// way cannot be answered with `expired`.
+pub(super) fn to_proto(e: Envelope, traceparent: String) -> RelayedSignal {
     RelayedSignal {
         to_edge: e.to_edge.to_string(),
         to_peer: e.to_peer,
@@ -16,17 +17,18 @@ pub(super) fn to_proto(e: Envelope) -> RelayedSignal {
         frame: e.frame.into_bytes(),
         sent_at_us: e.sent_at_us,
         from_region: e.from_region,
+        traceparent,
         // Numbered by `delivery` when sent.
         ..RelayedSignal::default()
     }
 }
 
-/// A relayed signal for a peer of this edge; `None` when it cannot be read (counted as
-/// undeliverable by the follower).
-pub(super) fn from_proto(signal: RelayedSignal) -> Option<Envelope> {
+/// A relayed signal for a peer of this edge, and its trace context; `None` when it cannot be
+/// read (counted as undeliverable by the follower).
+pub(super) fn from_proto(signal: RelayedSignal) -> Option<(Envelope, String)> {
     let frame = String::from_utf8(signal.frame).ok()?;
     let to_edge = EdgeId::new(signal.to_edge).ok()?;
-    Some(Envelope {
+    let envelope = Envelope {
         to_edge,
         to_peer: signal.to_peer,
         room: signal.room,
@@ -35,7 +37,8 @@ pub(super) fn from_proto(signal: RelayedSignal) -> Option<Envelope> {
         from_region: signal.from_region,
         from_peer: String::new(),
         reference: String::new(),
-    })
+    };
+    Some((envelope, signal.traceparent))
 }
 
 #[cfg(test)]
@@ -56,7 +59,9 @@ mod tests {
             from_peer: "p0".into(),
             reference: "1".into(),
         };
-        let back = from_proto(to_proto(e.clone())).unwrap();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (back, traceparent) = from_proto(to_proto(e.clone(), tp.into())).unwrap();
+        assert_eq!(traceparent, tp);
         assert_eq!(
             back,
             Envelope {
@@ -65,7 +70,7 @@ mod tests {
                 ..e
             }
         );
-        let mut bad = to_proto(back);
+        let mut bad = to_proto(back, String::new());
         bad.frame = vec![0xff];
         assert!(from_proto(bad).is_none(), "a frame that is not UTF-8");
     }

@@ -20,6 +20,7 @@ use heliograph_coordinator::grpc::proto::{
 use heliograph_coordinator::registry::{
     Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
 };
+use heliograph_coordinator::telemetry;
 use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::tls;
 use tokio::sync::mpsc;
@@ -134,10 +135,15 @@ impl RemoteRegistry {
             .ok_or_else(|| CoordinatorError::Unavailable("no coordinator reachable".into()))
     }
 
+    /// A unary call: its deadline, the cluster secret, and the trace context of the span it
+    /// is made in (a join's), so that the replica's and the leader's spans join its trace.
     fn request<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
         r.set_timeout(CALL_TIMEOUT);
         self.settings.secret.attach(&mut r);
+        if telemetry::enabled() {
+            telemetry::inject(&tracing::Span::current(), r.metadata_mut());
+        }
         r
     }
 
@@ -146,10 +152,10 @@ impl RemoteRegistry {
     /// or with a full one, it goes on the next link or at the next check, so that a replica
     /// lost costs a delay, not a signal. Refused only when too many signals for its target
     /// edge are unacknowledged.
-    pub fn relay(&self, signal: Envelope) -> Result<(), RelayError> {
+    pub fn relay(&self, signal: Envelope, traceparent: String) -> Result<(), RelayError> {
         let mut outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
         let signal = outbound
-            .send(relayed::to_proto(signal), Instant::now())
+            .send(relayed::to_proto(signal, traceparent), Instant::now())
             .map_err(|Backlog| RelayError::Full)?;
         if let Some(tx) = self
             .link
@@ -464,7 +470,7 @@ impl RemoteRegistry {
                             continue;
                         }
                         Some(replica_to_edge::Msg::Signal(s)) => match relayed::from_proto(s) {
-                            Some(e) => RegistryEvent::Signal(e),
+                            Some((envelope, traceparent)) => RegistryEvent::Signal { envelope, traceparent },
                             None => RegistryEvent::Undeliverable,
                         },
                         Some(replica_to_edge::Msg::Resync(_)) => RegistryEvent::Resync,
@@ -617,7 +623,10 @@ async fn deliver(
     signal: RelayedSignal,
 ) -> Result<(), SessionError> {
     let event = match relayed::from_proto(signal) {
-        Some(e) => RegistryEvent::Signal(e),
+        Some((envelope, traceparent)) => RegistryEvent::Signal {
+            envelope,
+            traceparent,
+        },
         None => RegistryEvent::Undeliverable,
     };
     events

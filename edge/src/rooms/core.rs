@@ -74,6 +74,8 @@ struct LocalPeer<H> {
     /// is not taken out). Each with the attempt numbers of the join requests in doubt (a
     /// client may retry and be left in doubt again), on which the take-back is conditional.
     doubtful: Map<RoomId, Vec<u64>>,
+    /// Rooms where a take-back of such joins is on its way.
+    taking_back: Set<RoomId>,
 }
 
 /// A join sent to the registry whose `joined` has not been sent yet.
@@ -118,6 +120,7 @@ impl<H> LocalPeer<H> {
             resuming: false,
             pending_joins: Map::default(),
             doubtful: Map::default(),
+            taking_back: Set::default(),
         }
     }
 }
@@ -321,23 +324,33 @@ impl<H: Handle> RoomCore<H> {
     /// Whether the registry lists `peer` in `room` although its client was told it is not
     /// there (a doubtful join that committed after all): the attempt numbers of the joins in
     /// doubt. Answers once: the caller takes it back (with leaves conditional on those
-    /// numbers, so that a later join of the client's stands), and hands them back with
-    /// [`Self::still_doubtful`] if it could not.
+    /// numbers, so that a later join of the client's stands), and reports with
+    /// [`Self::take_back_done`] or [`Self::still_doubtful`].
     pub fn take_back_due(&mut self, peer: &PeerId, room: &RoomId) -> Option<Vec<u64>> {
         let local = self.peers.get_mut(peer)?;
         if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
             return None;
         }
-        local.doubtful.remove(room)
+        let attempts = local.doubtful.remove(room)?;
+        local.taking_back.insert(room.clone());
+        Some(attempts)
+    }
+
+    /// A take-back ended: the membership it was for is gone, or a later join owns it.
+    pub fn take_back_done(&mut self, peer: &PeerId, room: &RoomId) {
+        if let Some(local) = self.peers.get_mut(peer) {
+            local.taking_back.remove(room);
+        }
     }
 
     /// A take-back did not get through: the next resync tries again, unless the client has
-    /// joined the room again since (its join then owns the membership).
+    /// joined the room since (its join then owns the membership).
     pub fn still_doubtful(&mut self, peer: &PeerId, room: &RoomId, attempts: Vec<u64>) {
         let Some(local) = self.peers.get_mut(peer) else {
             return;
         };
-        if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
+        local.taking_back.remove(room);
+        if local.rooms.contains(room) {
             return;
         }
         local.doubtful.entry(room.clone()).or_insert(attempts);
@@ -707,8 +720,19 @@ fn complete_join<H: Handle>(
     let Some(local) = inner.peers.get_mut(peer) else {
         return;
     };
-    let Some(PendingJoin { reference, .. }) = local.pending_joins.remove(room) else {
+    let Some(pending) = local.pending_joins.get(room) else {
         // Not a join this session asked for (already completed).
+        return;
+    };
+    // Seen in the room, but without this join's own answer: while an earlier join of the
+    // client's is in doubt or being taken back, the membership seen may be that one, about
+    // to be taken back. Only the registry's answer to this join completes it then.
+    if pending.committed_at.is_none()
+        && (local.doubtful.contains_key(room) || local.taking_back.contains(room))
+    {
+        return;
+    }
+    let Some(PendingJoin { reference, .. }) = local.pending_joins.remove(room) else {
         return;
     };
     local.rooms.insert(room.clone());
@@ -1058,6 +1082,39 @@ mod tests {
         assert!(core.is_member(&peer("c"), &room()));
         assert!(core.apply(&joined(3, "d", OTHER), |_| None).is_empty());
         assert!(core.apply(&joined(4, "c", ME), |_| None).is_empty());
+    }
+
+    /// c's first join was left in doubt, committed, and is being taken back when c joins
+    /// again: seeing c in the room (that first membership, about to go) must not answer the
+    /// new join; only the registry's answer to it does.
+    #[test]
+    fn a_membership_being_taken_back_does_not_answer_a_new_join() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        core.abort_join(&peer("c"), &room(), Some(7));
+        core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(core.take_back_due(&peer("c"), &room()), Some(vec![7]));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        // Another joiner's answer shows the room with c in it: c is not answered from it.
+        core.add_session(peer("d"), H(4), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("d"), &room(), None, 8, false)
+            .unwrap();
+        let answer = view(4, &[("a", ME), ("b", OTHER), ("c", ME), ("d", ME)]).members;
+        let notices = core.join_committed(&peer("d"), &room(), 4, Some(answer));
+        assert!(
+            !summary(&notices).contains(&notice(3, "joined", "a,b,d")),
+            "{notices:?}"
+        );
+        assert!(!core.is_member(&peer("c"), &room()));
+        // The take-back removed the first membership; c's join committed anew.
+        core.take_back_done(&peer("c"), &room());
+        core.apply(&left(5, "c", ME), |_| None);
+        core.apply(&joined(6, "c", ME), |_| None);
+        let notices = core.join_committed(&peer("c"), &room(), 6, None);
+        assert!(core.is_member(&peer("c"), &room()), "{notices:?}");
     }
 
     #[test]

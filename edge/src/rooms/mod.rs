@@ -145,6 +145,11 @@ impl RoomIndex {
         self.write().take_back_due(peer, room)
     }
 
+    /// See [`RoomCore::take_back_done`].
+    pub fn take_back_done(&self, peer: &PeerId, room: &RoomId) {
+        self.write().take_back_done(peer, room)
+    }
+
     /// See [`RoomCore::still_doubtful`].
     pub fn still_doubtful(&self, peer: &PeerId, room: &RoomId, attempts: Vec<u64>) {
         self.write().still_doubtful(peer, room, attempts)

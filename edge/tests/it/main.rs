@@ -23,3 +23,4 @@ mod remote_mtls;
 mod resume;
 mod security;
 mod signaling;
+mod traces;

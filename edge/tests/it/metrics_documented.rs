@@ -22,7 +22,7 @@ fn documented() -> BTreeSet<String> {
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
-        .filter(|n| n.starts_with("heliograph_"))
+        .filter(|n| n.starts_with("heliograph_") || n.starts_with("process_"))
         .map(str::to_owned)
         .collect()
 }
@@ -84,13 +84,17 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
     clients[0].expect("error").await;
 
     let mut exposed: Vec<(String, f64)> = Vec::new();
+    let mut all_lines: Vec<String> = Vec::new();
     for edge in &cluster.edges {
         let (status, body) = edge.node.get("/metrics").await;
         assert_eq!(status, 200);
         exposed.extend(samples(&body));
+        all_lines.extend(body.lines().map(str::to_owned));
     }
     for replica in &cluster.replicas {
-        exposed.extend(samples(&replica.scrape().await));
+        let body = replica.scrape().await;
+        exposed.extend(samples(&body));
+        all_lines.extend(body.lines().map(str::to_owned));
     }
     let names: BTreeSet<&str> = exposed.iter().map(|(n, _)| family(n)).collect();
 
@@ -123,6 +127,24 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
     assert!(total("heliograph_edge_connections_accepted_total") >= 4.0);
     assert!(total("heliograph_registry_batches_total") >= 1.0);
     assert!(total("heliograph_raft_term") >= 1.0);
+    // Every process says what it is, and its process figures are read at the scrape.
+    let processes = cluster.edges.len() + cluster.replicas.len();
+    assert_eq!(total("heliograph_build_info"), processes as f64);
+    let versioned = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    for binary in ["heliograph-edge", "heliograph-coordinator"] {
+        let series = format!("binary=\"{binary}\"");
+        assert!(
+            exposed.iter().any(|(n, _)| n == "heliograph_build_info")
+                && all_lines
+                    .iter()
+                    .any(|l| l.starts_with("heliograph_build_info{")
+                        && l.contains(&series)
+                        && l.contains(&versioned)),
+            "build info of {binary}"
+        );
+    }
+    assert!(total("process_resident_memory_bytes") > 0.0);
+    assert!(total("process_open_fds") >= processes as f64);
 
     // The dashboard's queries name only metrics that exist on these endpoints.
     let dashboard = repo_file("deploy/grafana/heliograph.json");

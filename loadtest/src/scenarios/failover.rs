@@ -43,6 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use super::failover_region::RegionRedis;
 use super::relay::GENERATOR_LIMIT_FRACTION;
 use super::{bump, load, room_prefix};
 use crate::client::{Client, Target, Ws, source_addr};
@@ -88,6 +89,8 @@ pub struct FailoverSettings {
     pub edge_pid: u32,
     /// WebSocket URL of the edge of the same region the clients resume on.
     pub other: String,
+    /// The Redis of the region the run started (`None`: the edges were given).
+    pub started_region: Option<RegionRedis>,
     pub mode: Mode,
     pub clients: usize,
     /// Signals per second per pair, half each way.

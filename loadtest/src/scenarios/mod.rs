@@ -1,11 +1,12 @@
 //! The load scenarios: `relay` (signal ping-pong between peer pairs), `idle` (many held
-//! connections), `joins` (a join/leave storm), `regions` (the multi-region latency matrix) and
-//! `failover` (an edge dies or drains; its clients resume on another) and `chaos` (a
-//! join/leave storm on a cluster it starts, with a replica fault; membership checked). Each
-//! returns a serialisable result.
+//! connections), `joins` (a join/leave storm), `regions` (the multi-region latency matrix),
+//! `failover` (an edge dies or drains; its clients resume on another; `failover_region` is the
+//! region it starts when given no edges) and `chaos` (a join/leave storm on a cluster it
+//! starts, with a replica fault; membership checked). Each returns a serialisable result.
 
 pub mod chaos;
 pub mod failover;
+pub mod failover_region;
 pub mod idle;
 pub mod joins;
 pub mod regions;

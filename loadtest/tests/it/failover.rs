@@ -1,6 +1,8 @@
 //! Smoke test of `heliograph-loadtest failover` at tiny size, in both modes: a real region
 //! (`redis-server`, one coordinator replica, two edges sharing Redis and the session secret);
-//! the tool kills or drains the first edge and its clients resume on the second.
+//! the tool kills or drains the first edge and its clients resume on the second. And once
+//! against Redis as managed services run it (TLS, client certificates, an ACL user), in a
+//! region the tool starts itself.
 //!
 //! Needs the workspace's binaries (`cargo build --workspace`) and `redis-server` on the PATH.
 
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use heliograph_testkit::cluster::{Cluster, Spec};
 use heliograph_testkit::process;
+use heliograph_testkit::redis_tls::{PASSWORD, TlsRedis};
 use serde_json::Value;
 
 use crate::LOADTEST;
@@ -28,15 +31,31 @@ async fn region() -> Cluster {
 
 /// Runs `failover` against the region and returns its result file.
 async fn failover(region: &Cluster, mode: &str) -> Value {
-    let out = region.path().join(format!("failover-{mode}.json"));
     let (a, b) = (&region.edge("edge-a").node, &region.edge("edge-b").node);
+    let pid = a.pid().to_string();
+    let target = [
+        "--edge",
+        &a.ws_url(),
+        "--edge-pid",
+        &pid,
+        "--other",
+        &b.ws_url(),
+    ]
+    .map(str::to_owned);
+    run_failover(region.path(), mode, &target).await
+}
+
+/// Runs `failover --mode MODE` at tiny size with `target` (the edges, or the Redis of the
+/// region it starts) and returns its result file, written in `dir`.
+async fn run_failover(dir: &std::path::Path, mode: &str, target: &[String]) -> Value {
+    let out = dir.join(format!("failover-{mode}.json"));
     let mut cmd = Command::new(LOADTEST);
     cmd.args(["failover", "--mode", mode])
         .args(["--clients", "20", "--rate", "20"])
         .args(["--before-secs", "0.5", "--after-secs", "0.5"])
         .args(["--resume-timeout", "20", "--source-addrs", "4"])
-        .args(["--edge", &a.ws_url(), "--edge-pid", &a.pid().to_string()])
-        .args(["--other", &b.ws_url(), "--json"])
+        .args(target)
+        .arg("--json")
         .arg(&out);
     let run = tokio::task::spawn_blocking(move || process::run(cmd, Duration::from_secs(120)))
         .await
@@ -47,7 +66,7 @@ async fn failover(region: &Cluster, mode: &str) -> Value {
     assert!(
         run.status.success(),
         "failover --mode {mode} failed: {output}\n(logs in {})",
-        region.path().display()
+        dir.display()
     );
     assert!(
         output.contains("failover (") && output.contains("resumed"),
@@ -121,4 +140,23 @@ async fn failover_after_drain() {
     let region = region().await;
     let v = failover(&region, "drain").await;
     check(&v, "drain");
+}
+
+/// The region's Redis with TLS only, client certificates required and an ACL user (the
+/// default user off): `failover` starts the region itself and hands the edges the URL, the CA
+/// bundle, the client certificate and the password file; after the kill every client resumes
+/// on the other edge through that Redis, and no signal is lost.
+#[tokio::test]
+async fn failover_after_kill_against_redis_with_tls_and_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = TlsRedis::start(dir.path()).unwrap();
+    let v = run_failover(dir.path(), "kill", &redis.edge_args()).await;
+    check(&v, "kill");
+    let started = &v["settings"]["started_region"];
+    assert_eq!(started["url"], redis.url(), "{started}");
+    assert_eq!(started["username"], "heliograph", "{started}");
+    assert!(
+        !v.to_string().contains(PASSWORD),
+        "the password stays out of the result file"
+    );
 }

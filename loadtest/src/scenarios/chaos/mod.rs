@@ -1002,7 +1002,17 @@ pub fn summary(r: &Value) -> String {
     s += &if failed.is_empty() {
         "\n  checks: passed".to_owned()
     } else {
-        format!("\n  checks FAILED: {}", failed.join("; "))
+        // What was found, so that a failed run says why without its results file.
+        let samples: Vec<&str> = r
+            .get("samples")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut lines = format!("\n  checks FAILED: {}", failed.join("; "));
+        for sample in samples {
+            lines += &format!("\n    {sample}");
+        }
+        lines
     };
     s
 }
