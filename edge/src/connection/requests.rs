@@ -270,8 +270,8 @@ fn join(
                 let frames = match committed.result {
                     // `joined` goes out through the outbox once the index has the room as the
                     // registry had it then, in order with the room's other events.
-                    Ok(Outcome::Joined { epoch, members }) => {
-                        ctx.index.join_committed(&peer, &room, epoch, Some(members));
+                    Ok(Outcome::Joined { epoch, .. }) => {
+                        ctx.index.join_committed(&peer, &room, epoch);
                         save_rooms(&ctx, &peer, &owner).await;
                         Vec::new()
                     }

@@ -360,18 +360,7 @@ impl<H: Handle> RoomCore<H> {
     /// told who is there as soon as the index includes that epoch: now, if it does (the
     /// room's events got here first, or a retried join committed nothing new), else when
     /// the event that brings it there is applied.
-    ///
-    /// With `members` (the room at `epoch` as the registry answered), an index behind that
-    /// epoch catches up from the answer at once, as a resync of that room would: the events
-    /// up to it may never come through this edge's replica (one that lost the leader before
-    /// learning the commit), and the joiner must not wait for them.
-    pub fn join_committed(
-        &mut self,
-        peer: &PeerId,
-        room: &RoomId,
-        epoch: u64,
-        members: Option<Vec<Member>>,
-    ) -> Vec<Notice<H>> {
+    pub fn join_committed(&mut self, peer: &PeerId, room: &RoomId, epoch: u64) -> Vec<Notice<H>> {
         let mut notices = Vec::new();
         let Some(pending) = self
             .peers
@@ -382,17 +371,11 @@ impl<H: Handle> RoomCore<H> {
             return notices;
         };
         pending.committed_at = Some(epoch);
-        let behind = self.rooms.get(room).is_none_or(|entry| entry.epoch < epoch);
-        if let (true, Some(members)) = (behind, members) {
-            let me = self.me.clone();
-            let view = RoomView {
-                room: room.clone(),
-                epoch,
-                members,
-            };
-            // Completes the join too: the joiner is among the view's members.
-            resync_room(self, &me, room.clone(), Some(view), &mut notices);
-        } else if !behind {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|entry| entry.epoch >= epoch)
+        {
             complete_join(self, room, peer, &mut notices);
         }
         notices
@@ -1045,7 +1028,7 @@ mod tests {
         core.add_session(peer("c"), H(3), owner.clone());
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
-        assert!(core.join_committed(&peer("c"), &room(), 4, None).is_empty());
+        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
         let notices = core.apply(&joined(3, "d", OTHER), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "d")]);
         let notices = core.apply(&joined(4, "c", ME), |_| None);
@@ -1054,34 +1037,7 @@ mod tests {
             [notice(1, "peer-joined", "c"), notice(3, "joined", "a,b,d")]
         );
         // The answer after the events: nothing more to say.
-        assert!(core.join_committed(&peer("c"), &room(), 4, None).is_empty());
-    }
-
-    /// The registry answered the join with the room at epoch 4, but the events up to it may
-    /// never come (this edge's replica lost the leader before learning the commit): the
-    /// joiner is answered from the answer at once, the others told the difference, and the
-    /// events, if they come after all, repeat nothing.
-    #[test]
-    fn a_committed_join_catches_the_index_up_from_the_answer() {
-        let mut core = with_a_and_remote_b();
-        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
-        core.begin_join(&peer("c"), &room(), None, 8, false)
-            .unwrap();
-        let answer = view(4, &[("a", ME), ("b", OTHER), ("d", OTHER), ("c", ME)]).members;
-        let notices = core.join_committed(&peer("c"), &room(), 4, Some(answer));
-        let mut got = summary(&notices);
-        got.sort();
-        assert_eq!(
-            got,
-            [
-                notice(1, "peer-joined", "c"),
-                notice(1, "peer-joined", "d"),
-                notice(3, "joined", "a,b,d"),
-            ]
-        );
-        assert!(core.is_member(&peer("c"), &room()));
-        assert!(core.apply(&joined(3, "d", OTHER), |_| None).is_empty());
-        assert!(core.apply(&joined(4, "c", ME), |_| None).is_empty());
+        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
     }
 
     /// c's first join was left in doubt, committed, and is being taken back when c joins
@@ -1098,14 +1054,10 @@ mod tests {
         assert_eq!(core.take_back_due(&peer("c"), &room()), Some(vec![7]));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
-        // Another joiner's answer shows the room with c in it: c is not answered from it.
-        core.add_session(peer("d"), H(4), Owner::new(&EdgeId::new(ME).unwrap()));
-        core.begin_join(&peer("d"), &room(), None, 8, false)
-            .unwrap();
-        let answer = view(4, &[("a", ME), ("b", OTHER), ("c", ME), ("d", ME)]).members;
-        let notices = core.join_committed(&peer("d"), &room(), 4, Some(answer));
+        // A resync shows the room with c in it: c is not answered from it.
+        let notices = core.resync(|_| Some(view(4, &[("a", ME), ("b", OTHER), ("c", ME)])));
         assert!(
-            !summary(&notices).contains(&notice(3, "joined", "a,b,d")),
+            !summary(&notices).iter().any(|n| n.1 == "joined"),
             "{notices:?}"
         );
         assert!(!core.is_member(&peer("c"), &room()));
@@ -1113,7 +1065,7 @@ mod tests {
         core.take_back_done(&peer("c"), &room());
         core.apply(&left(5, "c", ME), |_| None);
         core.apply(&joined(6, "c", ME), |_| None);
-        let notices = core.join_committed(&peer("c"), &room(), 6, None);
+        let notices = core.join_committed(&peer("c"), &room(), 6);
         assert!(core.is_member(&peer("c"), &room()), "{notices:?}");
     }
 
@@ -1141,7 +1093,7 @@ mod tests {
         core.abort_join(&peer("c"), &room(), Some(9));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
-        core.join_committed(&peer("c"), &room(), 3, None);
+        core.join_committed(&peer("c"), &room(), 3);
         core.still_doubtful(&peer("c"), &room(), vec![9]);
         assert_eq!(core.take_back_due(&peer("c"), &room()), None);
     }
@@ -1178,7 +1130,7 @@ mod tests {
             .begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
         assert_eq!(start, JoinStart::Pending);
-        let notices = core.join_committed(&peer("c"), &room(), 3, None);
+        let notices = core.join_committed(&peer("c"), &room(), 3);
         assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);
         assert!(core.is_member(&peer("c"), &room()));
     }

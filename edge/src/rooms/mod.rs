@@ -14,7 +14,7 @@ pub mod core;
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use heliograph_coordinator::registry::{EdgeId, Member, PeerId, RoomEvent, RoomId, RoomView};
+use heliograph_coordinator::registry::{EdgeId, PeerId, RoomEvent, RoomId, RoomView};
 
 use crate::outbox::{Delivery, SessionHandle};
 use crate::protocol::{ErrorCode, Ref};
@@ -156,15 +156,9 @@ impl RoomIndex {
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
-    pub fn join_committed(
-        &self,
-        peer: &PeerId,
-        room: &RoomId,
-        epoch: u64,
-        members: Option<Vec<Member>>,
-    ) {
+    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) {
         let mut core = self.write();
-        hand_over(core.join_committed(peer, room, epoch, members));
+        hand_over(core.join_committed(peer, room, epoch));
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
