@@ -217,6 +217,16 @@ fn rejected(outcome: &Outcome) -> i32 {
     convert::rejection_to_proto(r) as i32
 }
 
+fn leave_response(outcome: Outcome) -> proto::LeaveResponse {
+    match outcome {
+        Outcome::Left { epoch } => proto::LeaveResponse { rejected: 0, epoch },
+        other => proto::LeaveResponse {
+            rejected: rejected(&other),
+            epoch: 0,
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl Registry for RegistryService {
     async fn register_edge(
@@ -351,14 +361,44 @@ impl Registry for RegistryService {
         self.write(
             request,
             command,
-            |o| match o {
-                Outcome::Left { epoch } => proto::LeaveResponse { rejected: 0, epoch },
-                other => proto::LeaveResponse {
-                    rejected: rejected(&other),
-                    epoch: 0,
-                },
-            },
+            leave_response,
             |mut c, r| Box::pin(async move { c.leave(r).await }),
+        )
+        .await
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<proto::RemovePeerRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Remove {
+            room: convert::room("room", &r.room).map_err(invalid)?,
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            leave_response,
+            |mut c, r| Box::pin(async move { c.remove_peer(r).await }),
+        )
+        .await
+    }
+
+    async fn close_room(
+        &self,
+        request: Request<proto::CloseRoomRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        self.check(&request)?;
+        let command = Command::Close {
+            room: convert::room("room", &request.get_ref().room).map_err(invalid)?,
+        };
+        self.write(
+            request,
+            command,
+            leave_response,
+            |mut c, r| Box::pin(async move { c.close_room(r).await }),
         )
         .await
     }
