@@ -33,6 +33,7 @@ pub mod process;
 pub mod redis;
 pub mod replica;
 pub mod wait;
+pub mod webhook;
 pub mod ws;
 
 /// The cluster secret replicas, admin commands and edges of a test cluster share.

@@ -34,7 +34,7 @@ use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, Outcome};
+use crate::registry::{Command, Member, Outcome, PeerId, RoomId};
 use crate::replica::Replica;
 use crate::transport::ClusterSecret;
 use crate::transport::metadata::FORWARDED;
@@ -190,6 +190,51 @@ impl RegistryService {
         Err(failure)
     }
 
+    /// The server API's kick: `peer` leaves `room` with reason `removed`. Executed here or
+    /// forwarded to the leader, exactly like an edge's write.
+    pub async fn remove_peer_for_api(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+    ) -> Result<Outcome, Status> {
+        let mut request = Request::new(proto::RemovePeerRequest {
+            room: room.to_string(),
+            peer_id: peer.to_string(),
+        });
+        self.shared.secret.attach(&mut request);
+        let answer = self.remove_peer(request).await?.into_inner();
+        leave_outcome(&answer)
+    }
+
+    /// The server API's close: every member leaves `room` with reason `closed`.
+    pub async fn close_room_for_api(&self, room: &RoomId) -> Result<Outcome, Status> {
+        let mut request = Request::new(proto::CloseRoomRequest {
+            room: room.to_string(),
+        });
+        self.shared.secret.attach(&mut request);
+        let answer = self.close_room(request).await?.into_inner();
+        leave_outcome(&answer)
+    }
+
+    /// Sends `frame` (a complete server frame) to each of `targets` in `room` the way a
+    /// signal from an edge travels: down the target edge's link when it is attached here,
+    /// else to the replica it is attached to (one hop, across regions too). Best effort, like
+    /// a signal: a target whose edge is unreachable right now does not get it.
+    pub fn relay_frame(&self, room: &RoomId, targets: &[Member], frame: &str) {
+        let sent_at_us = crate::clock::now_ms().saturating_mul(1_000);
+        for m in targets {
+            let signal = proto::RelayedSignal {
+                to_edge: m.edge.to_string(),
+                to_peer: m.peer.to_string(),
+                room: room.to_string(),
+                frame: frame.as_bytes().to_vec(),
+                sent_at_us,
+                from_region: self.shared.replica.region().to_owned(),
+            };
+            self.shared.relay.route(signal, Origin::Edge);
+        }
+    }
+
     fn current_leader(&self) -> Option<u64> {
         self.shared.replica.raft().metrics().borrow().current_leader
     }
@@ -215,6 +260,16 @@ fn rejected(outcome: &Outcome) -> i32 {
         _ => None,
     };
     convert::rejection_to_proto(r) as i32
+}
+
+fn leave_outcome(answer: &proto::LeaveResponse) -> Result<Outcome, Status> {
+    match convert::rejection_from_proto(answer.rejected) {
+        Ok(Some(r)) => Ok(Outcome::Rejected(r)),
+        Ok(None) => Ok(Outcome::Left {
+            epoch: answer.epoch,
+        }),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
 }
 
 fn leave_response(outcome: Outcome) -> proto::LeaveResponse {

@@ -592,6 +592,21 @@ impl RegistryState {
         &self.webhooks
     }
 
+    /// Room ids in order, from the first one after `after` (all of them without it).
+    pub fn room_ids_after<'a>(
+        &'a self,
+        after: Option<&RoomId>,
+    ) -> impl Iterator<Item = &'a RoomId> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(room) => Bound::Excluded(room.clone()),
+            None => Bound::Unbounded,
+        };
+        self.rooms
+            .range((start, Bound::Unbounded))
+            .map(|(room, _)| room)
+    }
+
     /// How many rooms have members.
     pub fn room_count(&self) -> usize {
         self.rooms.len()

@@ -22,4 +22,5 @@ mod remote_coordinator;
 mod remote_mtls;
 mod resume;
 mod security;
+mod server_api;
 mod signaling;
