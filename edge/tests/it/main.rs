@@ -24,3 +24,4 @@ mod resume;
 mod security;
 mod server_api;
 mod signaling;
+mod webhooks;
