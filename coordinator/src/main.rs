@@ -17,10 +17,10 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use heliograph_coordinator::api::{ApiConfig, ApiKeys};
 use heliograph_coordinator::config_file;
-use heliograph_coordinator::grpc::registry_service::RegistryService;
-use heliograph_coordinator::webhooks::WebhookConfig;
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
+use heliograph_coordinator::grpc::registry_service::RegistryService;
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
+use heliograph_coordinator::webhooks::WebhookConfig;
 use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
 use heliograph_proto::admin::v1 as pb;
 use tokio::net::TcpListener;
@@ -225,7 +225,11 @@ struct ServeArgs {
     /// Server API key, as NAME=PATH of a file holding it (repeatable; several keys are
     /// valid at once, for rotation). Keys can also come from HELIOGRAPH_API_KEYS
     /// (NAME=KEY,...); never from a flag's value. Without any key the API refuses every call.
-    #[arg(long = "api-key-file", env = "HELIOGRAPH_API_KEY_FILES", value_delimiter = ',')]
+    #[arg(
+        long = "api-key-file",
+        env = "HELIOGRAPH_API_KEY_FILES",
+        value_delimiter = ','
+    )]
     api_key_file: Vec<String>,
     /// Largest request body the server API reads, in bytes.
     #[arg(long, env = "HELIOGRAPH_API_MAX_BODY_BYTES", default_value_t = heliograph_coordinator::api::DEFAULT_MAX_BODY_BYTES)]
@@ -236,7 +240,11 @@ struct ServeArgs {
     #[arg(long = "webhook", env = "HELIOGRAPH_WEBHOOKS", value_delimiter = ',')]
     webhook: Vec<String>,
     /// NAME=PATH of a file holding a webhook endpoint's signing secret (repeatable).
-    #[arg(long = "webhook-secret-file", env = "HELIOGRAPH_WEBHOOK_SECRET_FILES", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-secret-file",
+        env = "HELIOGRAPH_WEBHOOK_SECRET_FILES",
+        value_delimiter = ','
+    )]
     webhook_secret_file: Vec<String>,
     /// Webhook records the replicated outbox holds; when full the oldest is dropped (counted).
     #[arg(long, env = "HELIOGRAPH_WEBHOOK_QUEUE_RECORDS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_QUEUE_RECORDS)]
@@ -310,7 +318,11 @@ impl ServeConfig {
     /// HELIOGRAPH_API_KEYS / HELIOGRAPH_WEBHOOK_SECRETS variables).
     fn check_api(args: &ServeArgs) -> Result<(ApiConfig, WebhookConfig), ConfigError> {
         let keys_env = std::env::var("HELIOGRAPH_API_KEYS").ok();
-        let keys = ApiKeys::load(&args.api_key_file, keys_env.as_deref(), &args.cluster_secret)?;
+        let keys = ApiKeys::load(
+            &args.api_key_file,
+            keys_env.as_deref(),
+            &args.cluster_secret,
+        )?;
         if !(1024..=1024 * 1024).contains(&args.api_max_body_bytes) {
             return Err(ConfigError::ApiBody);
         }
@@ -327,7 +339,9 @@ impl ServeConfig {
             timeout: Duration::from_millis(args.webhook_timeout_ms),
             concurrency: args.webhook_concurrency,
             backoff_min: Duration::from_millis(args.webhook_backoff_min_ms),
-            backoff_max: Duration::from_millis(args.webhook_backoff_max_ms.max(args.webhook_backoff_min_ms)),
+            backoff_max: Duration::from_millis(
+                args.webhook_backoff_max_ms.max(args.webhook_backoff_min_ms),
+            ),
         };
         webhooks.validate()?;
         Ok((
@@ -562,8 +576,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         api_listener,
         shutdown.clone(),
     ));
-    let router = heliograph_coordinator::http::router(replica.clone(), Some(prometheus))
-        .merge(heliograph_coordinator::api::router(replica.clone(), registry, api));
+    let router = heliograph_coordinator::http::router(replica.clone(), Some(prometheus)).merge(
+        heliograph_coordinator::api::router(replica.clone(), registry, api),
+    );
     let mut http = tokio::spawn(heliograph_coordinator::http::serve(
         metrics_listener,
         router,
@@ -616,7 +631,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     {
         http.abort();
     }
-    if tokio::time::timeout(DRAIN_DEADLINE, webhook_task).await.is_err() {
+    if tokio::time::timeout(DRAIN_DEADLINE, webhook_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("webhook delivery did not stop in time");
     }
     if tokio::time::timeout(CLOSE_DEADLINE, replica.shutdown())

@@ -564,7 +564,8 @@ mod tests {
         };
         for attempt in 1..40 {
             let d = backoff(&config, attempt);
-            let full = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(config.backoff_max);
+            let full = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20)))
+                .min(config.backoff_max);
             assert!(d >= full / 2 && d <= full, "{attempt}: {d:?} vs {full:?}");
         }
     }

@@ -110,7 +110,10 @@ pub async fn try_request(
         .ok_or_else(|| anyhow!("{method} {addr}{path}: no status line"))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     // The server API answers small bodies; a chunked one is de-chunked here.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -100,9 +100,7 @@ impl Receiver {
                             let _ = read.read_to_end(&mut sink).await;
                             return;
                         };
-                        let reply = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n"
-                        );
+                        let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
                         if write.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }

@@ -56,7 +56,11 @@ impl ApiKeys {
     /// Keys from `files` (`NAME=PATH`, the file holding the key; a trailing newline is
     /// ignored) and from `env` (`NAME=KEY` items separated by commas, the value of
     /// `HELIOGRAPH_API_KEYS`). A key equal to `cluster_secret` is refused.
-    pub fn load(files: &[String], env: Option<&str>, cluster_secret: &str) -> Result<Self, KeyError> {
+    pub fn load(
+        files: &[String],
+        env: Option<&str>,
+        cluster_secret: &str,
+    ) -> Result<Self, KeyError> {
         let mut keys = Self::default();
         for item in files {
             let (name, path) = item
@@ -68,7 +72,11 @@ impl ApiKeys {
             })?;
             keys.add(name, key.trim_end_matches(['\n', '\r']), cluster_secret)?;
         }
-        for item in env.unwrap_or_default().split(',').filter(|s| !s.trim().is_empty()) {
+        for item in env
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+        {
             let (name, key) = item
                 .trim()
                 .split_once('=')

@@ -90,7 +90,9 @@ async fn authenticate(State(api): State<Api>, request: Request, next: Next) -> R
     let operation = format!("{} {operation}", request.method());
     let presented = bearer(request.headers());
     let response = match presented.map(|key| api.keys.check(key)) {
-        None => ApiError::Unauthorized("missing API key (Authorization: Bearer <key>)").into_response(),
+        None => {
+            ApiError::Unauthorized("missing API key (Authorization: Bearer <key>)").into_response()
+        }
         Some(None) => ApiError::Unauthorized("invalid API key").into_response(),
         Some(Some(name)) => {
             tracing::debug!(key = name, %operation, "server API request");
@@ -222,7 +224,8 @@ async fn show_room(
         .map(|(m, joined_at_ms)| MemberJson {
             peer_id: m.peer.to_string(),
             // Validated by the edge at join time; an unreadable one shows as an empty object.
-            meta: serde_json::from_str(&m.meta).unwrap_or_else(|_| Value::Object(Default::default())),
+            meta: serde_json::from_str(&m.meta)
+                .unwrap_or_else(|_| Value::Object(Default::default())),
             region: m.region.to_string(),
             edge: m.edge.to_string(),
             joined_at_ms,

@@ -413,12 +413,9 @@ impl Registry for RegistryService {
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
             attempt: r.attempt,
         };
-        self.write(
-            request,
-            command,
-            leave_response,
-            |mut c, r| Box::pin(async move { c.leave(r).await }),
-        )
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.leave(r).await })
+        })
         .await
     }
 
@@ -432,12 +429,9 @@ impl Registry for RegistryService {
             room: convert::room("room", &r.room).map_err(invalid)?,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
         };
-        self.write(
-            request,
-            command,
-            leave_response,
-            |mut c, r| Box::pin(async move { c.remove_peer(r).await }),
-        )
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.remove_peer(r).await })
+        })
         .await
     }
 
@@ -449,12 +443,9 @@ impl Registry for RegistryService {
         let command = Command::Close {
             room: convert::room("room", &request.get_ref().room).map_err(invalid)?,
         };
-        self.write(
-            request,
-            command,
-            leave_response,
-            |mut c, r| Box::pin(async move { c.close_room(r).await }),
-        )
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.close_room(r).await })
+        })
         .await
     }
 

@@ -36,10 +36,7 @@ pub enum Command {
         lease_ms: u64,
     },
     /// The edge leaves on purpose (drain): its lease ends now and its peers are detached.
-    ReleaseEdge {
-        edge: EdgeId,
-        incarnation: u64,
-    },
+    ReleaseEdge { edge: EdgeId, incarnation: u64 },
     Join {
         room: RoomId,
         peer: PeerId,
@@ -63,18 +60,11 @@ pub enum Command {
         attempt: u64,
     },
     /// The peer is gone for good: it leaves every room.
-    Disconnect {
-        peer: PeerId,
-    },
+    Disconnect { peer: PeerId },
     /// The peer's connection is gone but it may resume within the grace period.
-    Detach {
-        peer: PeerId,
-    },
+    Detach { peer: PeerId },
     /// A detached peer resumed on `edge`.
-    Rebind {
-        peer: PeerId,
-        edge: EdgeId,
-    },
+    Rebind { peer: PeerId, edge: EdgeId },
     /// Ends the leases that ran out by `at_ms` (unless `leases` is false: a new leader gives
     /// edges a lease to renew first) and removes peers detached for `grace_ms` or longer.
     /// Proposed by the leader when its view says something is due.
@@ -84,14 +74,9 @@ pub enum Command {
         leases: bool,
     },
     /// The server API removes a peer from one room (`Left { reason: removed }`).
-    Remove {
-        room: RoomId,
-        peer: PeerId,
-    },
+    Remove { room: RoomId, peer: PeerId },
     /// The server API closes a room: every member leaves it (`Left { reason: closed }`).
-    Close {
-        room: RoomId,
-    },
+    Close { room: RoomId },
     /// The webhook outbox from now on: which endpoints each new record waits for, and how
     /// many records it holds at most (0: webhooks off, the outbox is emptied). Proposed by the
     /// leader when its configuration differs from the replicated one.
@@ -101,10 +86,7 @@ pub enum Command {
     },
     /// `endpoint` has the records `ids` (delivered, or given up on): they no longer wait for
     /// it. Proposed by the leader's webhook delivery.
-    AckWebhooks {
-        endpoint: String,
-        ids: Vec<u64>,
-    },
+    AckWebhooks { endpoint: String, ids: Vec<u64> },
 }
 
 /// Entries logged before `Sweep::leases` existed ended leases.

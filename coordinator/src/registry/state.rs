@@ -253,8 +253,7 @@ impl RegistryState {
                         .is_some_and(|r| r.members.len() == 1 && r.members.contains_key(&m.peer));
                     if made {
                         let room = room.clone();
-                        self.webhooks
-                            .record(at, WebhookEvent::RoomStarted { room });
+                        self.webhooks.record(at, WebhookEvent::RoomStarted { room });
                     }
                     self.webhooks.record(
                         at,
@@ -851,9 +850,10 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         let back: RegistryState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
-        let old: RegistryState =
-            serde_json::from_str(r#"{"edges":{},"rooms":{"r":{"epoch":1,"members":{}}},"peers":{},"next_epoch":1}"#)
-                .unwrap();
+        let old: RegistryState = serde_json::from_str(
+            r#"{"edges":{},"rooms":{"r":{"epoch":1,"members":{}}},"peers":{},"next_epoch":1}"#,
+        )
+        .unwrap();
         assert!(old.webhooks().is_empty());
     }
 

@@ -773,8 +773,6 @@ fn drop_if_unused<H>(inner: &mut RoomCore<H>, me: &EdgeId, room: &RoomId) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-
-
     use super::*;
 
     /// A session handle for the tests: a number.
@@ -1060,7 +1058,11 @@ mod tests {
             Some(vec![7]),
             "a ghost to take back"
         );
-        assert_eq!(core.take_back_due(&peer("c"), &room()), None, "taken back once");
+        assert_eq!(
+            core.take_back_due(&peer("c"), &room()),
+            None,
+            "taken back once"
+        );
         core.still_doubtful(&peer("c"), &room(), vec![7]);
         assert_eq!(
             core.take_back_due(&peer("c"), &room()),

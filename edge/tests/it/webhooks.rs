@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use heliograph_testkit::wait::until;
-use heliograph_testkit::webhook::{Policy, Receiver, Received};
+use heliograph_testkit::webhook::{Policy, Received, Receiver};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -165,6 +165,9 @@ async fn every_event_arrives_once_through_refusals_a_killed_edge_and_a_killed_le
         .collect();
     assert_eq!(rooms.len(), 2, "{rooms:#?}");
     for v in events.values() {
-        assert!(v["timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000, "{v}");
+        assert!(
+            v["timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000,
+            "{v}"
+        );
     }
 }

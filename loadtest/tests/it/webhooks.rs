@@ -120,5 +120,8 @@ async fn a_receiver_that_never_answers_does_not_slow_the_relay() {
     let dropped = metric(&text, "heliograph_coordinator_webhooks_dropped_total").unwrap();
     let limit: f64 = QUEUE_RECORDS.parse().unwrap();
     assert!(queued <= limit, "{queued} records queued, limit {limit}");
-    assert!(dropped > 0.0, "80 joins' records must overflow {limit}: {text}");
+    assert!(
+        dropped > 0.0,
+        "80 joins' records must overflow {limit}: {text}"
+    );
 }
