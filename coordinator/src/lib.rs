@@ -21,6 +21,12 @@
 //!   everything `raft` may.
 //! - [`grpc`]: the registry, admin and Raft services, and the admin client. Imports `replica`
 //!   and everything under it.
+//! - [`http_client`]: a small HTTP/1.1 client (webhook delivery, the `rooms` subcommands).
+//!   Imports nothing.
+//! - [`webhooks`]: the leader's delivery of the replicated webhook outbox. Imports `replica`,
+//!   `registry`, `http_client`, `metrics`.
+//! - [`api`]: the server API (HTTP/JSON under `/api/v1/`). Imports `grpc` and everything
+//!   under it.
 //! - [`server`] and [`http`]: serve a replica's gRPC listeners and its health, readiness and
 //!   metrics endpoint. Import `grpc`, `replica`, `transport` and `metrics`.
 //!
@@ -28,11 +34,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod clock;
 pub mod config_file;
 mod error;
 pub mod grpc;
 pub mod http;
+pub mod http_client;
 pub mod metrics;
 pub mod raft;
 pub mod registry;
@@ -40,6 +48,7 @@ mod replica;
 pub mod server;
 pub mod telemetry;
 pub mod transport;
+pub mod webhooks;
 
 pub use error::{ConfigError, CoordinatorError};
 pub use replica::{

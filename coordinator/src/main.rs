@@ -7,16 +7,21 @@
 
 #![forbid(unsafe_code)]
 
+mod rooms;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use heliograph_coordinator::api::{ApiConfig, ApiKeys};
 use heliograph_coordinator::config_file;
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
 use heliograph_coordinator::telemetry::{self, LogFormat, Telemetry};
+use heliograph_coordinator::grpc::registry_service::RegistryService;
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
+use heliograph_coordinator::webhooks::WebhookConfig;
 use heliograph_coordinator::{CoordinatorError, Replica, ReplicaConfig, ReplicaOptions};
 use heliograph_proto::admin::v1 as pb;
 use tokio::net::TcpListener;
@@ -85,6 +90,50 @@ enum Cmd {
     Status {
         #[command(flatten)]
         target: Target,
+    },
+    /// The server API from the command line: list, show, kick, close, send (prints the
+    /// answer's JSON; exits 1 on an error answer, with it on stderr).
+    Rooms(RoomsArgs),
+}
+
+#[derive(Debug, Args)]
+struct RoomsArgs {
+    /// Base URL of any replica's HTTP listener (its --metrics-listen), e.g.
+    /// http://127.0.0.1:7002.
+    #[arg(long, env = "HELIOGRAPH_SERVER_API")]
+    server: String,
+    /// File holding the API key. Without it the key is read from HELIOGRAPH_API_KEY (never
+    /// from a flag's value, which other users can see in the process list).
+    #[arg(long, env = "HELIOGRAPH_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    op: RoomsOp,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoomsOp {
+    /// Rooms with their member counts and regions, one page.
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One room's members (meta, region, edge, join time).
+    Show { room: String },
+    /// Remove a peer from a room (the others see `peer-left` with reason `removed`).
+    Kick { room: String, peer: String },
+    /// Close a room: every member leaves with reason `closed`.
+    Close { room: String },
+    /// Send a `message` frame from the server to every member, or to one (--to).
+    Send {
+        room: String,
+        /// The message's `data`, as JSON.
+        #[arg(long)]
+        data: String,
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -182,6 +231,48 @@ struct ServeArgs {
     /// Print the effective configuration (TOML, secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Server API key, as NAME=PATH of a file holding it (repeatable; several keys are
+    /// valid at once, for rotation). Keys can also come from HELIOGRAPH_API_KEYS
+    /// (NAME=KEY,...); never from a flag's value. Without any key the API refuses every call.
+    #[arg(
+        long = "api-key-file",
+        env = "HELIOGRAPH_API_KEY_FILES",
+        value_delimiter = ','
+    )]
+    api_key_file: Vec<String>,
+    /// Largest request body the server API reads, in bytes.
+    #[arg(long, env = "HELIOGRAPH_API_MAX_BODY_BYTES", default_value_t = heliograph_coordinator::api::DEFAULT_MAX_BODY_BYTES)]
+    api_max_body_bytes: usize,
+    /// Webhook endpoint, NAME=URL (repeatable; http:// only). Each needs a secret:
+    /// --webhook-secret-file NAME=PATH or HELIOGRAPH_WEBHOOK_SECRETS (NAME=SECRET,...).
+    /// Every replica must be given the same endpoints.
+    #[arg(long = "webhook", env = "HELIOGRAPH_WEBHOOKS", value_delimiter = ',')]
+    webhook: Vec<String>,
+    /// NAME=PATH of a file holding a webhook endpoint's signing secret (repeatable).
+    #[arg(
+        long = "webhook-secret-file",
+        env = "HELIOGRAPH_WEBHOOK_SECRET_FILES",
+        value_delimiter = ','
+    )]
+    webhook_secret_file: Vec<String>,
+    /// Webhook records the replicated outbox holds; when full the oldest is dropped (counted).
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_QUEUE_RECORDS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_QUEUE_RECORDS)]
+    webhook_queue_records: u32,
+    /// Attempts per record and endpoint before it is given up (counted as failed).
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_MAX_ATTEMPTS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_MAX_ATTEMPTS)]
+    webhook_max_attempts: u32,
+    /// Deadline of one delivery attempt (connect, send, answer), in ms.
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_TIMEOUT_MS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_TIMEOUT_MS)]
+    webhook_timeout_ms: u64,
+    /// Requests in flight per endpoint at most.
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_CONCURRENCY", default_value_t = heliograph_coordinator::webhooks::DEFAULT_CONCURRENCY)]
+    webhook_concurrency: usize,
+    /// First retry delay (doubling per attempt, with jitter), in ms.
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_BACKOFF_MIN_MS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_BACKOFF_MIN_MS)]
+    webhook_backoff_min_ms: u64,
+    /// Longest retry delay, in ms.
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_BACKOFF_MAX_MS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_BACKOFF_MAX_MS)]
+    webhook_backoff_max_ms: u64,
 }
 
 /// A validated `serve` configuration; nothing bound yet.
@@ -189,6 +280,8 @@ struct ServeConfig {
     args: ServeArgs,
     secret: ClusterSecret,
     dial: std::collections::HashMap<String, String>,
+    api: ApiConfig,
+    webhooks: WebhookConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,12 +304,64 @@ enum ConfigError {
     NeedsAdvertise(&'static str, &'static str),
     #[error("{0}")]
     Telemetry(#[from] telemetry::EndpointError),
+    #[error("{0}")]
+    ApiKey(#[from] heliograph_coordinator::api::KeyError),
+    #[error("{0}")]
+    Webhook(#[from] heliograph_coordinator::webhooks::WebhookConfigError),
+    #[error("--api-max-body-bytes must be between 1024 and 1048576")]
+    ApiBody,
 }
 
 impl ServeConfig {
     fn validate(args: ServeArgs) -> Result<Self, ConfigError> {
         let (secret, dial) = Self::check(&args)?;
-        Ok(Self { args, secret, dial })
+        let (api, webhooks) = Self::check_api(&args)?;
+        Ok(Self {
+            args,
+            secret,
+            dial,
+            api,
+            webhooks,
+        })
+    }
+
+    /// The server API's keys and the webhooks (reads the key and secret files and the
+    /// HELIOGRAPH_API_KEYS / HELIOGRAPH_WEBHOOK_SECRETS variables).
+    fn check_api(args: &ServeArgs) -> Result<(ApiConfig, WebhookConfig), ConfigError> {
+        let keys_env = std::env::var("HELIOGRAPH_API_KEYS").ok();
+        let keys = ApiKeys::load(
+            &args.api_key_file,
+            keys_env.as_deref(),
+            &args.cluster_secret,
+        )?;
+        if !(1024..=1024 * 1024).contains(&args.api_max_body_bytes) {
+            return Err(ConfigError::ApiBody);
+        }
+        let secrets_env = std::env::var("HELIOGRAPH_WEBHOOK_SECRETS").ok();
+        let endpoints = heliograph_coordinator::webhooks::endpoints(
+            &args.webhook,
+            &args.webhook_secret_file,
+            secrets_env.as_deref(),
+        )?;
+        let webhooks = WebhookConfig {
+            endpoints,
+            queue_records: args.webhook_queue_records,
+            max_attempts: args.webhook_max_attempts,
+            timeout: Duration::from_millis(args.webhook_timeout_ms),
+            concurrency: args.webhook_concurrency,
+            backoff_min: Duration::from_millis(args.webhook_backoff_min_ms),
+            backoff_max: Duration::from_millis(
+                args.webhook_backoff_max_ms.max(args.webhook_backoff_min_ms),
+            ),
+        };
+        webhooks.validate()?;
+        Ok((
+            ApiConfig {
+                keys,
+                max_body_bytes: args.api_max_body_bytes,
+            },
+            webhooks,
+        ))
     }
 
     /// Checks the arguments without side effects beyond reading the TLS files.
@@ -330,7 +475,7 @@ fn main() -> ExitCode {
 
 /// `serve --print-config`: validates, prints the effective configuration, exits.
 fn print_config(parsed: &config_file::Parsed, args: &ServeArgs) -> ExitCode {
-    if let Err(e) = ServeConfig::check(args) {
+    if let Err(e) = ServeConfig::check(args).and_then(|_| ServeConfig::check_api(args)) {
         eprintln!("heliograph-coordinator: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -391,6 +536,7 @@ async fn run(command: Cmd) -> ExitCode {
         ),
         Cmd::Remove { target, id } => (target, AdminCall::Remove(pb::RemoveMemberRequest { id })),
         Cmd::Status { target } => (target, AdminCall::Status),
+        Cmd::Rooms(args) => return rooms::run(args).await,
     };
     let secret = match ClusterSecret::new(&target.cluster_secret) {
         Ok(s) => s,
@@ -419,7 +565,13 @@ async fn run(command: Cmd) -> ExitCode {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let ServeConfig { args, secret, dial } = config;
+    let ServeConfig {
+        args,
+        secret,
+        dial,
+        api,
+        webhooks,
+    } = config;
     heliograph_coordinator::transport::dial::install(dial)?;
     let prometheus = heliograph_coordinator::metrics::install_prometheus()?;
     heliograph_coordinator::metrics::describe();
@@ -451,16 +603,34 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     )
     .await?;
     let shutdown = CancellationToken::new();
-    let mut server = tokio::spawn(heliograph_coordinator::server::serve(
+    if api.keys.is_empty() {
+        tracing::info!("no server API keys: /api/v1/ refuses every call");
+    } else {
+        let names: Vec<&str> = api.keys.names().collect();
+        tracing::info!(keys = ?names, "server API on the HTTP listener");
+    }
+    // Shared by the gRPC server and the server API (kicks forwarded to the leader, server
+    // messages relayed like signals).
+    let registry = RegistryService::new(replica.clone(), secret.clone(), shutdown.clone());
+    let mut server = tokio::spawn(heliograph_coordinator::server::serve_with(
         replica.clone(),
         secret,
+        registry.clone(),
         raft_listener,
         api_listener,
         shutdown.clone(),
     ));
+    let router = heliograph_coordinator::http::router(replica.clone(), Some(prometheus)).merge(
+        heliograph_coordinator::api::router(replica.clone(), registry, api),
+    );
     let mut http = tokio::spawn(heliograph_coordinator::http::serve(
         metrics_listener,
-        heliograph_coordinator::http::router(replica.clone(), Some(prometheus)),
+        router,
+        shutdown.clone(),
+    ));
+    let webhook_task = tokio::spawn(heliograph_coordinator::webhooks::run(
+        replica.clone(),
+        webhooks,
         shutdown.clone(),
     ));
     let signalled = shutdown_signal()?;
@@ -504,6 +674,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .is_err()
     {
         http.abort();
+    }
+    if tokio::time::timeout(DRAIN_DEADLINE, webhook_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("webhook delivery did not stop in time");
     }
     if tokio::time::timeout(CLOSE_DEADLINE, replica.shutdown())
         .await

@@ -208,10 +208,14 @@ pub fn describe() {
         LINKS_DROPPED,
         FANOUT_RESYNCS,
         RELAYED_RECEIPTS,
+        WEBHOOKS_DELIVERED,
+        WEBHOOKS_RETRIED,
+        WEBHOOKS_FAILED,
+        WEBHOOKS_DROPPED,
     ] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [RAFT_APPLY_LAG, REGISTRY_ROOMS, LINKS_OPEN] {
+    for gauge in [RAFT_APPLY_LAG, REGISTRY_ROOMS, LINKS_OPEN, WEBHOOKS_QUEUED] {
         metrics::gauge!(gauge).increment(0.0);
     }
 }
@@ -234,4 +238,39 @@ pub(crate) fn link_dropped() {
 
 pub(crate) fn fanout_resynced() {
     metrics::counter!(FANOUT_RESYNCS).increment(1);
+}
+
+pub const API_REQUESTS: &str = "heliograph_coordinator_api_requests_total";
+pub const WEBHOOKS_DELIVERED: &str = "heliograph_coordinator_webhooks_delivered_total";
+pub const WEBHOOKS_RETRIED: &str = "heliograph_coordinator_webhooks_retried_total";
+pub const WEBHOOKS_FAILED: &str = "heliograph_coordinator_webhooks_failed_total";
+pub const WEBHOOKS_QUEUED: &str = "heliograph_coordinator_webhooks_queued";
+pub const WEBHOOKS_DROPPED: &str = "heliograph_coordinator_webhooks_dropped_total";
+
+/// One answer of the server API. `operation` is the method and route template (e.g.
+/// `GET /api/v1/rooms/{room}`, or `other` for unknown routes): a fixed set, never an id.
+pub(crate) fn api_request(operation: &str, status: u16) {
+    metrics::counter!(API_REQUESTS, "operation" => operation.to_owned(), "status" => status.to_string())
+        .increment(1);
+}
+
+/// Webhook deliveries by the leader: `delivered` (a 2xx), `retried` (an attempt failed and
+/// will be tried again), `failed` (given up after the last attempt).
+pub(crate) fn webhook_delivered() {
+    metrics::counter!(WEBHOOKS_DELIVERED).increment(1);
+}
+
+pub(crate) fn webhook_retried() {
+    metrics::counter!(WEBHOOKS_RETRIED).increment(1);
+}
+
+pub(crate) fn webhook_failed() {
+    metrics::counter!(WEBHOOKS_FAILED).increment(1);
+}
+
+/// The replicated outbox as this replica applied it: records waiting, and records pushed out
+/// by newer ones while full (the same on every replica).
+pub(crate) fn webhook_outbox(queued: usize, dropped: u64) {
+    metrics::gauge!(WEBHOOKS_QUEUED).set(as_gauge(u64::try_from(queued).unwrap_or(u64::MAX)));
+    metrics::counter!(WEBHOOKS_DROPPED).absolute(dropped);
 }

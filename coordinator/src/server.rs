@@ -31,6 +31,30 @@ pub async fn serve(
     api_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    // Link streams stay open until the service is told to stop; without this token the
+    // API server's graceful shutdown would wait for every edge to hang up.
+    let registry = RegistryService::new(replica.clone(), secret.clone(), shutdown.clone());
+    serve_with(
+        replica,
+        secret,
+        registry,
+        raft_listener,
+        api_listener,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with a registry service the caller built (on the same `shutdown`), so that the
+/// server API shares its links and relay.
+pub async fn serve_with(
+    replica: Replica,
+    secret: ClusterSecret,
+    registry: RegistryService,
+    raft_listener: TcpListener,
+    api_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let builder =
         |listener| tls::server(secret.tls()).map_err(|source| ServeError { listener, source });
     let raft = builder("raft")?
@@ -41,14 +65,8 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(nodelay(raft_listener), shutdown.clone().cancelled_owned());
     let api = builder("api")?
-        .add_service(admin_server(replica.clone(), &secret))
-        // Link streams stay open until the service is told to stop; without this token the
-        // API server's graceful shutdown would wait for every edge to hang up.
-        .add_service(RegistryServer::new(RegistryService::new(
-            replica,
-            secret,
-            shutdown.clone(),
-        )))
+        .add_service(admin_server(replica, &secret))
+        .add_service(RegistryServer::new(registry))
         .serve_with_incoming_shutdown(nodelay(api_listener), shutdown.cancelled_owned());
     let (raft, api) = tokio::join!(raft, api);
     raft.map_err(|source| ServeError {

@@ -40,10 +40,14 @@ pub enum ErrorCode {
     TokenWrongRoom,
     Forbidden,
     RateLimited,
+    /// The server API removed this client from a room (a kick); names the room.
+    Removed,
+    /// The server API closed a room this client was in; names the room.
+    RoomClosed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadField,
@@ -65,6 +69,8 @@ impl ErrorCode {
         Self::TokenWrongRoom,
         Self::Forbidden,
         Self::RateLimited,
+        Self::Removed,
+        Self::RoomClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +96,8 @@ impl ErrorCode {
             Self::TokenWrongRoom => "token-wrong-room",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate-limited",
+            Self::Removed => "removed",
+            Self::RoomClosed => "room-closed",
         }
     }
 }
@@ -551,6 +559,9 @@ pub enum ServerMessage<'a> {
         message: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a RawValue>,
+        /// The room a `removed` or `room-closed` error is about.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
     /// The session named by a `resume` continues on this socket; the frames it missed came
     /// just before this one.
@@ -595,6 +606,22 @@ pub fn encode_error(error: &ProtocolError) -> String {
         code: error.code.as_str(),
         message: &error.message,
         reference: ref_raw(error.reference.as_ref()),
+        room: None,
+    })
+}
+
+/// The `error` frame that tells a client the server API took it out of `room` (`removed`)
+/// or closed `room` (`room-closed`). No request caused it, so it carries no `ref`.
+pub fn encode_room_error(code: ErrorCode, room: &str) -> String {
+    let message = match code {
+        ErrorCode::RoomClosed => "the room was closed by the server",
+        _ => "you were removed from the room by the server",
+    };
+    encode(&ServerMessage::Error {
+        code: code.as_str(),
+        message,
+        reference: None,
+        room: Some(room),
     })
 }
 

@@ -18,7 +18,8 @@ export type ServerErrorCode =
   | 'binary-unsupported' | 'not-in-room' | 'unknown-peer' | 'too-many-rooms' | 'room-full'
   | 'resume-failed' | 'unavailable' | 'internal'
   | 'token-required' | 'token-expired' | 'token-invalid-signature' | 'token-algorithm-refused'
-  | 'token-malformed' | 'token-wrong-room' | 'forbidden' | 'rate-limited';
+  | 'token-malformed' | 'token-wrong-room' | 'forbidden' | 'rate-limited'
+  | 'removed' | 'room-closed';
 
 /** Codes the SDK raises itself. */
 export type ClientErrorCode =
@@ -82,6 +83,19 @@ export interface Expired {
   room: string;
   /** The `ref` of the signal, as returned by `signal()`. */
   ref?: string;
+  seq?: number;
+}
+
+/**
+ * A message from the application's server (the coordinator's server API), delivered to one
+ * peer or every member of `room`; arrives through the `message` event like every frame.
+ */
+export interface ServerMessageFrame {
+  type: 'message';
+  room: string;
+  /** Always `"server"`: no peer id is ever `server` (peer ids are 32 hex digits). */
+  from: 'server';
+  data: unknown;
   seq?: number;
 }
 

@@ -187,3 +187,32 @@ def test_extra_volumes_mount_in_both_workloads(rendered: tuple[str, list[dict[st
             spec = next(s for n, s in pod_specs(docs).items() if n.endswith(suffix))
             assert "extra" in {v["name"] for v in spec["volumes"]}
             assert "/etc/extra" in {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+
+
+def test_server_api_keys_and_webhook_secrets_come_from_secrets() -> None:
+    """The server API keys and the webhook secrets reach the coordinators from Kubernetes
+    Secrets (environment), never as a literal value or an argument; the endpoints and limits
+    are passed as they are configured."""
+    v = copy.deepcopy(load_values(example_names()[0]))
+    v["coordinator"]["serverApi"] = {"existingSecret": "app-api-keys", "existingSecretKey": "keys",
+                                     "maxBodyBytes": 4096}
+    v["coordinator"]["webhooks"] = {"endpoints": [{"name": "app", "url": "http://hooks.app:8080/in"}],
+                                    "existingSecret": "app-webhooks", "existingSecretKey": "secrets",
+                                    "queueRecords": 500, "maxAttempts": 5, "timeoutMs": 2000,
+                                    "concurrency": 4}
+    docs = manifests(v)
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (c,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "coordinator"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HELIOGRAPH_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "app-api-keys", "key": "keys"}
+    assert env["HELIOGRAPH_WEBHOOK_SECRETS"]["valueFrom"]["secretKeyRef"] == {"name": "app-webhooks",
+                                                                              "key": "secrets"}
+    assert env["HELIOGRAPH_WEBHOOKS"]["value"] == "app=http://hooks.app:8080/in"
+    assert env["HELIOGRAPH_WEBHOOK_QUEUE_RECORDS"]["value"] == "500"
+    assert env["HELIOGRAPH_API_MAX_BODY_BYTES"]["value"] == "4096"
+    for var in ("HELIOGRAPH_API_KEYS", "HELIOGRAPH_WEBHOOK_SECRETS"):
+        assert "value" not in env[var]
+    # Endpoints without a secret are refused by the schema.
+    v["coordinator"]["webhooks"]["existingSecret"] = ""
+    with pytest.raises(Exception):
+        render(v)

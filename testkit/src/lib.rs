@@ -35,6 +35,7 @@ pub mod redis;
 pub mod redis_tls;
 pub mod replica;
 pub mod wait;
+pub mod webhook;
 pub mod ws;
 
 /// The cluster secret replicas, admin commands and edges of a test cluster share.

@@ -79,6 +79,7 @@ pub fn rejection_to_proto(r: Option<Rejection>) -> proto::Rejection {
         Some(Rejection::NotInRoom) => proto::Rejection::NotInRoom,
         Some(Rejection::WrongEdge) => proto::Rejection::WrongEdge,
         Some(Rejection::Late) => proto::Rejection::Late,
+        Some(Rejection::UnknownRoom) => proto::Rejection::UnknownRoom,
     }
 }
 
@@ -95,6 +96,7 @@ pub fn rejection_from_proto(value: i32) -> Result<Option<Rejection>, ConvertErro
         proto::Rejection::NotInRoom => Some(Rejection::NotInRoom),
         proto::Rejection::WrongEdge => Some(Rejection::WrongEdge),
         proto::Rejection::Late => Some(Rejection::Late),
+        proto::Rejection::UnknownRoom => Some(Rejection::UnknownRoom),
     })
 }
 
@@ -103,6 +105,8 @@ pub fn leave_reason_from_str(s: &str) -> Result<LeaveReason, ConvertError> {
         "left" => Ok(LeaveReason::Left),
         "disconnected" => Ok(LeaveReason::Disconnected),
         "expired" => Ok(LeaveReason::Expired),
+        "removed" => Ok(LeaveReason::Removed),
+        "closed" => Ok(LeaveReason::Closed),
         other => Err(ConvertError::new(
             "left.reason",
             format!("unknown {other:?}"),

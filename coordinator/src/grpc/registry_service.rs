@@ -35,7 +35,7 @@ use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, Outcome};
+use crate::registry::{Command, Member, Outcome, PeerId, RoomId};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
@@ -224,6 +224,51 @@ impl RegistryService {
         Err(failure)
     }
 
+    /// The server API's kick: `peer` leaves `room` with reason `removed`. Executed here or
+    /// forwarded to the leader, exactly like an edge's write.
+    pub async fn remove_peer_for_api(
+        &self,
+        room: &RoomId,
+        peer: &PeerId,
+    ) -> Result<Outcome, Status> {
+        let mut request = Request::new(proto::RemovePeerRequest {
+            room: room.to_string(),
+            peer_id: peer.to_string(),
+        });
+        self.shared.secret.attach(&mut request);
+        let answer = self.remove_peer(request).await?.into_inner();
+        leave_outcome(&answer)
+    }
+
+    /// The server API's close: every member leaves `room` with reason `closed`.
+    pub async fn close_room_for_api(&self, room: &RoomId) -> Result<Outcome, Status> {
+        let mut request = Request::new(proto::CloseRoomRequest {
+            room: room.to_string(),
+        });
+        self.shared.secret.attach(&mut request);
+        let answer = self.close_room(request).await?.into_inner();
+        leave_outcome(&answer)
+    }
+
+    /// Sends `frame` (a complete server frame) to each of `targets` in `room` the way a
+    /// signal from an edge travels: down the target edge's link when it is attached here,
+    /// else to the replica it is attached to (one hop, across regions too). Best effort, like
+    /// a signal: a target whose edge is unreachable right now does not get it.
+    pub fn relay_frame(&self, room: &RoomId, targets: &[Member], frame: &str) {
+        let sent_at_us = crate::clock::now_ms().saturating_mul(1_000);
+        for m in targets {
+            let signal = proto::RelayedSignal {
+                to_edge: m.edge.to_string(),
+                to_peer: m.peer.to_string(),
+                room: room.to_string(),
+                frame: frame.as_bytes().to_vec(),
+                sent_at_us,
+                from_region: self.shared.replica.region().to_owned(),
+            };
+            self.shared.relay.route(signal, Origin::Edge);
+        }
+    }
+
     fn current_leader(&self) -> Option<u64> {
         self.shared.replica.raft().metrics().borrow().current_leader
     }
@@ -249,6 +294,26 @@ fn rejected(outcome: &Outcome) -> i32 {
         _ => None,
     };
     convert::rejection_to_proto(r) as i32
+}
+
+fn leave_outcome(answer: &proto::LeaveResponse) -> Result<Outcome, Status> {
+    match convert::rejection_from_proto(answer.rejected) {
+        Ok(Some(r)) => Ok(Outcome::Rejected(r)),
+        Ok(None) => Ok(Outcome::Left {
+            epoch: answer.epoch,
+        }),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
+}
+
+fn leave_response(outcome: Outcome) -> proto::LeaveResponse {
+    match outcome {
+        Outcome::Left { epoch } => proto::LeaveResponse { rejected: 0, epoch },
+        other => proto::LeaveResponse {
+            rejected: rejected(&other),
+            epoch: 0,
+        },
+    }
 }
 
 #[tonic::async_trait]
@@ -384,18 +449,39 @@ impl Registry for RegistryService {
             attempt: r.attempt,
             deadline_ms: r.deadline_ms,
         };
-        self.write(
-            request,
-            command,
-            |o| match o {
-                Outcome::Left { epoch } => proto::LeaveResponse { rejected: 0, epoch },
-                other => proto::LeaveResponse {
-                    rejected: rejected(&other),
-                    epoch: 0,
-                },
-            },
-            |mut c, r| Box::pin(async move { c.leave(r).await }),
-        )
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.leave(r).await })
+        })
+        .await
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<proto::RemovePeerRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        self.check(&request)?;
+        let r = request.get_ref();
+        let command = Command::Remove {
+            room: convert::room("room", &r.room).map_err(invalid)?,
+            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
+        };
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.remove_peer(r).await })
+        })
+        .await
+    }
+
+    async fn close_room(
+        &self,
+        request: Request<proto::CloseRoomRequest>,
+    ) -> Result<Response<proto::LeaveResponse>, Status> {
+        self.check(&request)?;
+        let command = Command::Close {
+            room: convert::room("room", &request.get_ref().room).map_err(invalid)?,
+        };
+        self.write(request, command, leave_response, |mut c, r| {
+            Box::pin(async move { c.close_room(r).await })
+        })
         .await
     }
 

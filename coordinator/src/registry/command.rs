@@ -81,6 +81,20 @@ pub enum Command {
         #[serde(default = "sweep_leases")]
         leases: bool,
     },
+    /// The server API removes a peer from one room (`Left { reason: removed }`).
+    Remove { room: RoomId, peer: PeerId },
+    /// The server API closes a room: every member leaves it (`Left { reason: closed }`).
+    Close { room: RoomId },
+    /// The webhook outbox from now on: which endpoints each new record waits for, and how
+    /// many records it holds at most (0: webhooks off, the outbox is emptied). Proposed by the
+    /// leader when its configuration differs from the replicated one.
+    ConfigureWebhooks {
+        endpoints: Vec<String>,
+        capacity: u32,
+    },
+    /// `endpoint` has the records `ids` (delivered, or given up on): they no longer wait for
+    /// it. Proposed by the leader's webhook delivery.
+    AckWebhooks { endpoint: String, ids: Vec<u64> },
 }
 
 /// Entries logged before `Sweep::leases` existed ended leases.
@@ -111,6 +125,10 @@ impl Command {
             Self::Detach { .. } => "detach",
             Self::Rebind { .. } => "rebind",
             Self::Sweep { .. } => "sweep",
+            Self::Remove { .. } => "remove",
+            Self::Close { .. } => "close",
+            Self::ConfigureWebhooks { .. } => "configure_webhooks",
+            Self::AckWebhooks { .. } => "ack_webhooks",
         }
     }
 }
@@ -133,6 +151,8 @@ pub enum Rejection {
     /// The request reached the leader after its deadline and was not applied.
     #[error("the request arrived after its deadline")]
     Late,
+    #[error("the room has no members")]
+    UnknownRoom,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,10 @@ pub enum LeaveReason {
     /// The peer was detached (its edge died or drained) and did not resume within the grace
     /// period.
     Expired,
+    /// The server API removed the peer from the room (a kick).
+    Removed,
+    /// The server API closed the room: every member leaves with this reason.
+    Closed,
 }
 
 impl LeaveReason {
@@ -33,6 +37,8 @@ impl LeaveReason {
             Self::Left => "left",
             Self::Disconnected => "disconnected",
             Self::Expired => "expired",
+            Self::Removed => "removed",
+            Self::Closed => "closed",
         }
     }
 }

@@ -8,8 +8,10 @@ mod command;
 mod event;
 pub mod ids;
 mod state;
+mod webhooks;
 
 pub use command::{Command, Outcome, Rejection, Stamped};
 pub use event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 pub use ids::{EdgeId, IdError, PeerId, Region, RoomId};
 pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};
+pub use webhooks::{WebhookEvent, WebhookOutbox, WebhookRecord};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, Outcome, Rejection, Stamped};
 use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
+use super::webhooks::{WebhookEvent, WebhookOutbox};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeRecord {
@@ -29,6 +30,10 @@ pub struct EdgeRecord {
 struct RoomRecord {
     epoch: u64,
     members: BTreeMap<PeerId, String>,
+    /// When each member joined (the join's apply time); absent in state from before it was
+    /// kept.
+    #[serde(default)]
+    joined_at: BTreeMap<PeerId, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +55,7 @@ struct JoinRequest<'a> {
     meta: &'a str,
     max_members: Option<u32>,
     attempt: u64,
+    at_ms: u64,
 }
 
 /// A room as seen by a reader.
@@ -77,6 +83,9 @@ pub struct RegistryState {
     /// Epochs keep increasing across a room's deletion and re-creation, so that a consumer
     /// never mistakes a new room for an old one.
     next_epoch: u64,
+    /// What the changes owe the webhook endpoints (empty unless webhooks are configured).
+    #[serde(default)]
+    webhooks: WebhookOutbox,
 }
 
 impl RegistryState {
@@ -154,6 +163,7 @@ impl RegistryState {
                     meta,
                     max_members: *max_members,
                     attempt: *attempt,
+                    at_ms: at,
                 };
                 self.join(request, &mut events)
             }
@@ -192,8 +202,97 @@ impl RegistryState {
                 self.sweep(at, *grace_ms, *leases, &mut events);
                 Outcome::Done
             }
+            Command::Remove { room, peer } => {
+                let member = self.peers.get(peer).is_some_and(|p| p.rooms.contains(room));
+                if member {
+                    let epoch = self.leave(room, peer, LeaveReason::Removed, &mut events);
+                    Outcome::Left { epoch }
+                } else if self.rooms.contains_key(room) {
+                    Outcome::Rejected(Rejection::NotInRoom)
+                } else {
+                    Outcome::Rejected(Rejection::UnknownRoom)
+                }
+            }
+            Command::Close { room } => {
+                let members: Vec<PeerId> = self
+                    .rooms
+                    .get(room)
+                    .map(|r| r.members.keys().cloned().collect())
+                    .unwrap_or_default();
+                if members.is_empty() {
+                    Outcome::Rejected(Rejection::UnknownRoom)
+                } else {
+                    let mut epoch = 0;
+                    for peer in members {
+                        epoch = self.leave(room, &peer, LeaveReason::Closed, &mut events);
+                    }
+                    Outcome::Left { epoch }
+                }
+            }
+            Command::ConfigureWebhooks {
+                endpoints,
+                capacity,
+            } => {
+                self.webhooks.configure(endpoints, *capacity);
+                Outcome::Done
+            }
+            Command::AckWebhooks { endpoint, ids } => {
+                self.webhooks.ack(endpoint, ids);
+                Outcome::Done
+            }
         };
+        self.record_webhooks(at, &events);
         (outcome, events)
+    }
+
+    /// Turns the room events of one command into webhook records, in order: a join that
+    /// made a room is preceded by `room_started`, a leave that emptied one is followed by
+    /// `room_finished`.
+    fn record_webhooks(&mut self, at: u64, events: &[RoomEvent]) {
+        for (i, event) in events.iter().enumerate() {
+            let room = &event.room;
+            match &event.kind {
+                RoomEventKind::Joined(m) => {
+                    // A join adds one member, so a room it leaves with one member it made.
+                    let made = self
+                        .rooms
+                        .get(room)
+                        .is_some_and(|r| r.members.len() == 1 && r.members.contains_key(&m.peer));
+                    if made {
+                        let room = room.clone();
+                        self.webhooks.record(at, WebhookEvent::RoomStarted { room });
+                    }
+                    self.webhooks.record(
+                        at,
+                        WebhookEvent::PeerJoined {
+                            room: room.clone(),
+                            peer: m.peer.clone(),
+                            edge: m.edge.clone(),
+                            region: m.region.clone(),
+                            meta: m.meta.clone(),
+                        },
+                    );
+                }
+                RoomEventKind::Left { peer, edge, reason } => {
+                    self.webhooks.record(
+                        at,
+                        WebhookEvent::PeerLeft {
+                            room: room.clone(),
+                            peer: peer.clone(),
+                            edge: edge.clone(),
+                            reason: *reason,
+                        },
+                    );
+                    let last_of_room = !events[i + 1..].iter().any(|e| &e.room == room);
+                    if last_of_room && !self.rooms.contains_key(room) {
+                        let room = room.clone();
+                        self.webhooks
+                            .record(at, WebhookEvent::RoomFinished { room });
+                    }
+                }
+                RoomEventKind::Moved(_) => {}
+            }
+        }
     }
 
     fn register_edge(
@@ -245,6 +344,7 @@ impl RegistryState {
             meta,
             max_members,
             attempt,
+            at_ms,
         } = request;
         let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
             return Outcome::Rejected(Rejection::UnknownEdge);
@@ -274,9 +374,11 @@ impl RegistryState {
             .or_insert_with(|| RoomRecord {
                 epoch,
                 members: BTreeMap::new(),
+                joined_at: BTreeMap::new(),
             });
         rec.epoch = epoch;
         rec.members.insert(peer.clone(), meta.to_owned());
+        rec.joined_at.insert(peer.clone(), at_ms);
         let p = self
             .peers
             .entry(peer.clone())
@@ -426,6 +528,7 @@ impl RegistryState {
         }
         if let Some(rec) = self.rooms.get_mut(room) {
             rec.members.remove(peer);
+            rec.joined_at.remove(peer);
             rec.epoch = epoch;
             if rec.members.is_empty() {
                 self.rooms.remove(room);
@@ -482,6 +585,32 @@ impl RegistryState {
                 members: u32::try_from(rec.members.len()).unwrap_or(u32::MAX),
             })
             .collect()
+    }
+
+    /// When `peer` joined `room` (ms since the epoch, leader's clock), if it is a member and
+    /// the time was kept.
+    pub fn joined_at_ms(&self, room: &RoomId, peer: &PeerId) -> Option<u64> {
+        self.rooms.get(room)?.joined_at.get(peer).copied()
+    }
+
+    /// The webhook outbox as applied.
+    pub fn webhooks(&self) -> &WebhookOutbox {
+        &self.webhooks
+    }
+
+    /// Room ids in order, from the first one after `after` (all of them without it).
+    pub fn room_ids_after<'a>(
+        &'a self,
+        after: Option<&RoomId>,
+    ) -> impl Iterator<Item = &'a RoomId> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some(room) => Bound::Excluded(room.clone()),
+            None => Bound::Unbounded,
+        };
+        self.rooms
+            .range((start, Bound::Unbounded))
+            .map(|(room, _)| room)
     }
 
     /// How many rooms have members.
@@ -688,6 +817,89 @@ mod tests {
             Outcome::Rejected(Rejection::Late)
         );
         assert!(s.room(&id("r")).is_some());
+    }
+
+    /// Kick and close leave with their own reasons; the webhook outbox records each change
+    /// once, with a room's start and finish around its members' joins and leaves.
+    #[test]
+    fn remove_and_close_leave_with_their_reasons_and_feed_the_outbox() {
+        let mut s = RegistryState::default();
+        s.apply(&at(
+            0,
+            Command::ConfigureWebhooks {
+                endpoints: vec!["hook".into()],
+                capacity: 100,
+            },
+        ));
+        register(&mut s, "e1", 1, false);
+        join(&mut s, "r", "a", "e1");
+        join(&mut s, "r", "b", "e1");
+        assert_eq!(s.joined_at_ms(&id("r"), &id("a")), Some(1));
+        let (o, ev) = s.apply(&at(
+            2,
+            Command::Remove {
+                room: id("r"),
+                peer: id("a"),
+            },
+        ));
+        assert!(matches!(o, Outcome::Left { .. }));
+        assert!(matches!(
+            ev[0].kind,
+            RoomEventKind::Left {
+                reason: LeaveReason::Removed,
+                ..
+            }
+        ));
+        let refused = |s: &mut RegistryState, room: &str, peer: &str| {
+            s.apply(&at(
+                3,
+                Command::Remove {
+                    room: id(room),
+                    peer: id(peer),
+                },
+            ))
+            .0
+        };
+        assert_eq!(
+            refused(&mut s, "r", "a"),
+            Outcome::Rejected(Rejection::NotInRoom)
+        );
+        assert_eq!(
+            refused(&mut s, "nowhere", "a"),
+            Outcome::Rejected(Rejection::UnknownRoom)
+        );
+        let (_, ev) = s.apply(&at(4, Command::Close { room: id("r") }));
+        assert_eq!(ev.len(), 1);
+        assert!(s.room(&id("r")).is_none());
+        let (o, _) = s.apply(&at(5, Command::Close { room: id("r") }));
+        assert_eq!(o, Outcome::Rejected(Rejection::UnknownRoom));
+        let names: Vec<&str> = s
+            .webhooks()
+            .pending_for("hook", 0, 100)
+            .iter()
+            .map(|r| r.event.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "room_started",
+                "peer_joined",
+                "peer_joined",
+                "peer_left",
+                "peer_left",
+                "room_finished"
+            ]
+        );
+        // The state (with its outbox) survives a snapshot round trip; older state without
+        // the new fields still loads.
+        let json = serde_json::to_string(&s).unwrap();
+        let back: RegistryState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        let old: RegistryState = serde_json::from_str(
+            r#"{"edges":{},"rooms":{"r":{"epoch":1,"members":{}}},"peers":{},"next_epoch":1}"#,
+        )
+        .unwrap();
+        assert!(old.webhooks().is_empty());
     }
 
     #[test]

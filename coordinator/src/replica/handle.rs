@@ -19,6 +19,7 @@ use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::registry::{
     Command, EdgeId, EdgeRecord, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView,
+    WebhookOutbox,
 };
 
 /// Room events buffered per subscriber before it must resynchronise.
@@ -96,6 +97,39 @@ impl Replica {
 
     pub fn rooms(&self) -> Vec<RoomSummary> {
         self.read(|s| s.rooms())
+    }
+
+    /// Up to `limit` rooms after `after` (in id order) with their members, and whether more
+    /// follow; read from this replica's applied state in one pass.
+    pub fn rooms_page(&self, after: Option<&RoomId>, limit: usize) -> (Vec<RoomView>, bool) {
+        self.read(|s| {
+            let mut ids = s.room_ids_after(after);
+            let page: Vec<RoomView> = ids
+                .by_ref()
+                .take(limit)
+                .filter_map(|room| s.room(room))
+                .collect();
+            let more = ids.next().is_some();
+            (page, more)
+        })
+    }
+
+    /// The room with each member's join time (ms since the epoch, when known).
+    pub fn room_with_join_times(&self, room: &RoomId) -> Option<(RoomView, Vec<Option<u64>>)> {
+        self.read(|s| {
+            let view = s.room(room)?;
+            let times = view
+                .members
+                .iter()
+                .map(|m| s.joined_at_ms(room, &m.peer))
+                .collect();
+            Some((view, times))
+        })
+    }
+
+    /// Reads the webhook outbox as this replica has applied it.
+    pub fn webhook_outbox<T>(&self, f: impl FnOnce(&WebhookOutbox) -> T) -> T {
+        self.read(|s| f(s.webhooks()))
     }
 
     /// A copy of the registry as this replica has applied it.

@@ -328,8 +328,14 @@ impl RemoteRegistry {
                 .into_inner()
                 .rejected,
             ),
-            Command::Sweep { .. } => Err(CoordinatorError::Unavailable(
-                "sweeps are the leader's, not an edge's".into(),
+            Command::Sweep { .. }
+            | Command::Remove { .. }
+            | Command::Close { .. }
+            | Command::ConfigureWebhooks { .. }
+            | Command::AckWebhooks { .. } => Err(CoordinatorError::Unavailable(
+                "sweeps, the server API's and the webhooks' commands are the coordinator's, \
+                 not an edge's"
+                    .into(),
             )),
         }
     }

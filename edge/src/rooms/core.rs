@@ -19,7 +19,7 @@ type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 const MAX_DOUBTFUL_JOINS: usize = 8;
 
 use heliograph_coordinator::registry::{
-    EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
+    EdgeId, LeaveReason, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
 };
 use serde_json::value::RawValue;
 
@@ -523,7 +523,18 @@ impl<H: Handle> RoomCore<H> {
                 entry.epoch = event.epoch;
                 entry.members.remove(peer);
                 if let Some(local) = inner.peers.get_mut(peer) {
-                    local.rooms.remove(room);
+                    let was_in = local.rooms.remove(room);
+                    // Taken out by the server API: the client is told, since it asked for
+                    // nothing (its connection stays open for its other rooms).
+                    let code = match reason {
+                        LeaveReason::Removed => Some(ErrorCode::Removed),
+                        LeaveReason::Closed => Some(ErrorCode::RoomClosed),
+                        _ => None,
+                    };
+                    if let Some(code) = code.filter(|_| was_in) {
+                        let frame = protocol::encode_room_error(code, room.as_str());
+                        notices.push((local.handle.clone(), Outgoing::new("error", frame)));
+                    }
                 }
                 notify_others(&*inner, &me, room, peer, &mut notices, |peer_room, _| {
                     let frame = protocol::encode(&ServerMessage::PeerLeft {
@@ -797,8 +808,6 @@ fn drop_if_unused<H>(inner: &mut RoomCore<H>, me: &EdgeId, room: &RoomId) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use heliograph_coordinator::registry::LeaveReason;
 
     use super::*;
 

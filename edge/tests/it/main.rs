@@ -22,5 +22,7 @@ mod remote_coordinator;
 mod remote_mtls;
 mod resume;
 mod security;
+mod server_api;
 mod signaling;
 mod traces;
+mod webhooks;

@@ -83,6 +83,17 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
     clients[0].send(json!({"type": "nonsense"})).await;
     clients[0].expect("error").await;
 
+    // One server API call (refused: no key) is traffic for its request counter.
+    let (status, _) = heliograph_testkit::http::request(
+        &cluster.replicas[0].metrics,
+        "GET",
+        "/api/v1/rooms",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 401);
+
     let mut exposed: Vec<(String, f64)> = Vec::new();
     let mut all_lines: Vec<String> = Vec::new();
     for edge in &cluster.edges {

@@ -8,6 +8,7 @@ mod chaos;
 mod failover;
 mod regions;
 mod smoke;
+mod webhooks;
 
 /// The load generator under test.
 const LOADTEST: &str = env!("CARGO_BIN_EXE_heliograph-loadtest");

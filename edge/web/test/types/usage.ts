@@ -32,6 +32,9 @@ export function explain(code: ErrorCode): string {
       return 'the join token does not admit this';
     case 'rate-limited':
       return 'slow down';
+    case 'removed':
+    case 'room-closed':
+      return 'the server took this client out of the room';
     case 'timeout':
     case 'closed':
     case 'disconnected':
