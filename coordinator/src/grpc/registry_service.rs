@@ -264,6 +264,8 @@ impl RegistryService {
                 frame: frame.as_bytes().to_vec(),
                 sent_at_us,
                 from_region: self.shared.replica.region().to_owned(),
+                // Unnumbered: a server message is not on an edge-to-edge channel.
+                ..proto::RelayedSignal::default()
             };
             self.shared.relay.route(signal, Origin::Edge);
         }
