@@ -88,6 +88,8 @@ pub async fn follow(
             Some(RegistryEvent::Resync) => {
                 metrics.registry_resyncs.increment(1);
                 let rooms = index.rooms_to_resync();
+                // Rare (a new link, or events missed): worth a line when reading a fault.
+                tracing::info!(rooms = rooms.len(), "re-reading the tracked rooms");
                 match registry.views(&rooms).await {
                     Ok(views) => {
                         remove_ghosts(&index, &registry, &views);
