@@ -21,7 +21,8 @@
 //!   everything `raft` may.
 //! - [`grpc`]: the registry, admin and Raft services, and the admin client. Imports `replica`
 //!   and everything under it.
-//! - [`http_client`]: a small HTTP/1.1 client (webhook delivery, the `rooms` subcommands).
+//! - [`http_client`]: a small HTTP/1.1 client, `http://` and `https://` (webhook delivery, the
+//!   `rooms` subcommands).
 //!   Imports nothing.
 //! - [`webhooks`]: the leader's delivery of the replicated webhook outbox. Imports `replica`,
 //!   `registry`, `http_client`, `metrics`.

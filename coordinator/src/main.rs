@@ -19,6 +19,7 @@ use heliograph_coordinator::api::{ApiConfig, ApiKeys};
 use heliograph_coordinator::config_file;
 use heliograph_coordinator::grpc::admin_client::{self, AdminCall};
 use heliograph_coordinator::grpc::registry_service::RegistryService;
+use heliograph_coordinator::http_client::Trust;
 use heliograph_coordinator::telemetry::{self, LogFormat, Telemetry};
 use heliograph_coordinator::transport::{ClusterSecret, MutualTls, SecretError, TlsError};
 use heliograph_coordinator::webhooks::WebhookConfig;
@@ -99,7 +100,8 @@ enum Cmd {
 #[derive(Debug, Args)]
 struct RoomsArgs {
     /// Base URL of any replica's HTTP listener (its --metrics-listen), e.g.
-    /// http://127.0.0.1:7002.
+    /// http://127.0.0.1:7002; https:// (an ingress in front of it) is verified against the
+    /// platform's CA certificates.
     #[arg(long, env = "HELIOGRAPH_SERVER_API")]
     server: String,
     /// File holding the API key. Without it the key is read from HELIOGRAPH_API_KEY (never
@@ -243,7 +245,7 @@ struct ServeArgs {
     /// Largest request body the server API reads, in bytes.
     #[arg(long, env = "HELIOGRAPH_API_MAX_BODY_BYTES", default_value_t = heliograph_coordinator::api::DEFAULT_MAX_BODY_BYTES)]
     api_max_body_bytes: usize,
-    /// Webhook endpoint, NAME=URL (repeatable; http:// only). Each needs a secret:
+    /// Webhook endpoint, NAME=URL (repeatable; http:// or https://). Each needs a secret:
     /// --webhook-secret-file NAME=PATH or HELIOGRAPH_WEBHOOK_SECRETS (NAME=SECRET,...).
     /// Every replica must be given the same endpoints.
     #[arg(long = "webhook", env = "HELIOGRAPH_WEBHOOKS", value_delimiter = ',')]
@@ -255,6 +257,10 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     webhook_secret_file: Vec<String>,
+    /// PEM bundle of extra CA certificates for https:// webhook endpoints (receivers with a
+    /// private CA), trusted in addition to the platform's CA certificates.
+    #[arg(long, env = "HELIOGRAPH_WEBHOOK_CA", value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
     /// Webhook records the replicated outbox holds; when full the oldest is dropped (counted).
     #[arg(long, env = "HELIOGRAPH_WEBHOOK_QUEUE_RECORDS", default_value_t = heliograph_coordinator::webhooks::DEFAULT_QUEUE_RECORDS)]
     webhook_queue_records: u32,
@@ -308,6 +314,8 @@ enum ConfigError {
     ApiKey(#[from] heliograph_coordinator::api::KeyError),
     #[error("{0}")]
     Webhook(#[from] heliograph_coordinator::webhooks::WebhookConfigError),
+    #[error("--webhook-ca: {0}")]
+    WebhookCa(#[from] heliograph_coordinator::http_client::TrustError),
     #[error("--api-max-body-bytes must be between 1024 and 1048576")]
     ApiBody,
 }
@@ -353,6 +361,7 @@ impl ServeConfig {
             backoff_max: Duration::from_millis(
                 args.webhook_backoff_max_ms.max(args.webhook_backoff_min_ms),
             ),
+            trust: Trust::load(args.webhook_ca.as_deref())?,
         };
         webhooks.validate()?;
         Ok((

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use heliograph_coordinator::http_client::HttpClient;
+use heliograph_coordinator::http_client::{HttpClient, Trust};
 
 use super::{RoomsArgs, RoomsOp};
 
@@ -90,7 +90,15 @@ pub async fn run(args: RoomsArgs) -> ExitCode {
             )
         }
     };
-    let client = HttpClient::new(CONNECT_TIMEOUT);
+    // https:// servers are verified against the platform's CA certificates.
+    let trust = match Trust::load(None) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("heliograph-coordinator: {e}");
+            return ExitCode::from(super::EXIT_CONFIG);
+        }
+    };
+    let client = HttpClient::new(CONNECT_TIMEOUT, &trust);
     let headers = [
         ("authorization", format!("Bearer {key}")),
         ("content-type", "application/json".to_owned()),

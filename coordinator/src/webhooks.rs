@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
-use crate::http_client::HttpClient;
+use crate::http_client::{HttpClient, Trust};
 use crate::metrics;
 use crate::registry::{Command, WebhookEvent, WebhookRecord};
 use crate::replica::Replica;
@@ -78,6 +78,8 @@ pub struct WebhookConfig {
     pub concurrency: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// What `https://` endpoints are verified against (`--webhook-ca`).
+    pub trust: Trust,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,7 +90,7 @@ pub enum WebhookConfigError {
     Name(String),
     #[error("webhook {0:?} appears twice")]
     Duplicate(String),
-    #[error("webhook {0:?}: the URL must start with http:// (see docs/DEPLOY.md for https)")]
+    #[error("webhook {0:?}: the URL must start with http:// or https://")]
     Url(String),
     #[error("webhook {0:?} has no secret (--webhook-secret-file or HELIOGRAPH_WEBHOOK_SECRETS)")]
     NoSecret(String),
@@ -148,7 +150,8 @@ pub fn endpoints(
         if out.iter().any(|e| e.name == name) {
             return Err(WebhookConfigError::Duplicate(name.to_owned()));
         }
-        if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.parse::<hyper::Uri>().is_err() {
             return Err(WebhookConfigError::Url(name.to_owned()));
         }
         let secret = secrets
@@ -257,7 +260,21 @@ pub fn body(record: &WebhookRecord) -> Vec<u8> {
 
 /// Runs the delivery loop until `shutdown`; every replica runs it, only the leader delivers.
 pub async fn run(replica: Replica, config: WebhookConfig, shutdown: CancellationToken) {
-    let client = HttpClient::new(config.timeout);
+    if config
+        .endpoints
+        .iter()
+        .any(|e| e.url.starts_with("https://"))
+    {
+        tracing::info!(
+            platform_cas = config.trust.platform_cas(),
+            extra_cas = config.trust.extra_cas(),
+            "https:// webhook endpoints are verified against these CA certificates"
+        );
+        if config.trust.platform_cas() + config.trust.extra_cas() == 0 {
+            tracing::warn!("no CA certificate to verify https:// webhook endpoints with");
+        }
+    }
+    let client = HttpClient::new(config.timeout, &config.trust);
     let config = Arc::new(config);
     let tasks = TaskTracker::new();
     let mut endpoints: Vec<EndpointState> = config
@@ -522,12 +539,16 @@ mod tests {
     #[test]
     fn endpoints_need_a_name_an_http_url_and_a_secret() {
         let ok = endpoints(
-            &["a=http://127.0.0.1:9/hook".into()],
+            &[
+                "a=http://127.0.0.1:9/hook".into(),
+                "b=https://hooks.example.com/in".into(),
+            ],
             &[],
-            Some("a=0123456789abcdef"),
+            Some("a=0123456789abcdef,b=0123456789abcdef"),
         )
         .unwrap();
         assert_eq!(ok[0].name, "a");
+        assert_eq!(ok[1].url, "https://hooks.example.com/in");
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
         let err = |urls: &[&str], env: &str| {
             let urls: Vec<String> = urls.iter().map(|s| (*s).to_owned()).collect();
@@ -538,7 +559,7 @@ mod tests {
             WebhookConfigError::NoSecret("a".into())
         );
         assert_eq!(
-            err(&["a=https://x/"], "a=0123456789abcdef"),
+            err(&["a=ftp://x/"], "a=0123456789abcdef"),
             WebhookConfigError::Url("a".into())
         );
         assert_eq!(
@@ -561,6 +582,7 @@ mod tests {
             concurrency: 1,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
+            trust: Trust::load(None).unwrap(),
         };
         for attempt in 1..40 {
             let d = backoff(&config, attempt);

@@ -212,6 +212,30 @@ def test_server_api_keys_and_webhook_secrets_come_from_secrets() -> None:
     assert env["HELIOGRAPH_API_MAX_BODY_BYTES"]["value"] == "4096"
     for var in ("HELIOGRAPH_API_KEYS", "HELIOGRAPH_WEBHOOK_SECRETS"):
         assert "value" not in env[var]
+    # Without caSecret: public CAs only, no CA volume.
+    assert "HELIOGRAPH_WEBHOOK_CA" not in env
+    assert "webhook-ca" not in {vol["name"] for vol in sts["spec"]["template"]["spec"]["volumes"]}
+    # An https:// receiver with a private CA: the bundle is mounted from its Secret, read-only,
+    # and HELIOGRAPH_WEBHOOK_CA names the mounted file.
+    v["coordinator"]["webhooks"]["endpoints"].append({"name": "private", "url": "https://hooks.corp:8443/in"})
+    v["coordinator"]["webhooks"]["caSecret"] = "hooks-ca"
+    v["coordinator"]["webhooks"]["caSecretKey"] = "bundle.pem"
+    (sts,) = [d for d in manifests(v) if d["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == "coordinator"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HELIOGRAPH_WEBHOOKS"]["value"] == "app=http://hooks.app:8080/in,private=https://hooks.corp:8443/in"
+    (vol,) = [vol for vol in pod["volumes"] if vol["name"] == "webhook-ca"]
+    assert vol["secret"]["secretName"] == "hooks-ca"
+    assert vol["secret"]["items"] == [{"key": "bundle.pem", "path": "ca.crt"}]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "webhook-ca"]
+    assert mount["readOnly"] is True
+    assert env["HELIOGRAPH_WEBHOOK_CA"]["value"] == mount["mountPath"] + "/ca.crt"
+    # Other schemes are refused by the schema.
+    bad = copy.deepcopy(v)
+    bad["coordinator"]["webhooks"]["endpoints"] = [{"name": "app", "url": "ftp://hooks.app/in"}]
+    with pytest.raises(Exception):
+        render(bad)
     # Endpoints without a secret are refused by the schema.
     v["coordinator"]["webhooks"]["existingSecret"] = ""
     with pytest.raises(Exception):

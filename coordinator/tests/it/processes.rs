@@ -207,4 +207,31 @@ fn bad_config_and_foreign_data_dirs_are_refused() {
     assert_eq!(code, Some(64));
     let (code, _) = refused(1, &["--cluster-secret", "short"]);
     assert_eq!(code, Some(64));
+
+    // A webhook CA bundle that holds no certificate, as a flag and as a config file key.
+    let bad_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!("webhook_ca = {:?}\n", bad_ca.display().to_string()),
+    )
+    .unwrap();
+    let flag = ["--webhook-ca", bad_ca.to_str().unwrap()];
+    let file = ["--config", config.to_str().unwrap()];
+    for extra in [&flag, &file] {
+        let out = options(1, dir.path(), extra)
+            .command()
+            .unwrap()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            message.contains("--webhook-ca") && message.contains("holds no PEM certificate"),
+            "{message}"
+        );
+    }
 }

@@ -1,10 +1,13 @@
 //! Webhooks with real processes: three replicas (one region), two edges, a receiver on a
 //! real socket. Every event arrives, each exactly once after de-duplication by id, signed,
-//! through refused attempts, an edge killed with SIGKILL and the leader killed.
+//! through refused attempts, an edge killed with SIGKILL and the leader killed. An `https://`
+//! receiver with a private CA is reached when the coordinator is given that CA
+//! (`--webhook-ca`), and never without it.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use heliograph_testkit::http::metric;
 use heliograph_testkit::wait::until;
 use heliograph_testkit::webhook::{Policy, Received, Receiver};
 use hmac::{Hmac, Mac};
@@ -170,4 +173,100 @@ async fn every_event_arrives_once_through_refusals_a_killed_edge_and_a_killed_le
             "{v}"
         );
     }
+}
+
+/// One replica whose only webhook endpoint is `receiver`, with `extra` flags, and one edge;
+/// a peer joins room `t` there. The cluster and that peer's id.
+async fn one_join(receiver: &Receiver, dir: &std::path::Path, extra: &[&str]) -> (Cluster, String) {
+    let secret_file = dir.join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let hook = format!("hook={}", receiver.url());
+    let secret = format!("hook={}", secret_file.display());
+    let mut replica_args = vec![
+        "--webhook",
+        &hook,
+        "--webhook-secret-file",
+        &secret,
+        "--webhook-backoff-min-ms",
+        "20",
+        "--webhook-backoff-max-ms",
+        "50",
+        "--webhook-max-attempts",
+        "3",
+        "--webhook-timeout-ms",
+        "1000",
+    ];
+    replica_args.extend_from_slice(extra);
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us")],
+        edges: &[("a", "us")],
+        replica_args: &replica_args,
+        ..Spec::default()
+    })
+    .await;
+    let mut client = Client::connect(&cluster.edge("a").node.ws_url()).await;
+    client.join("t").await;
+    let peer = client.peer_id.clone();
+    (cluster, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_is_reached_with_its_ca_and_never_without_it() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let trusted = Receiver::start_tls(Policy::Accept, dir_a.path()).await;
+    let untrusted = Receiver::start_tls(Policy::Accept, dir_b.path()).await;
+    assert!(trusted.url().starts_with("https://127.0.0.1:"));
+    let ca = trusted.ca.clone().unwrap().display().to_string();
+    let (with_ca, alice) = one_join(&trusted, dir_a.path(), &["--webhook-ca", &ca]).await;
+    let (without_ca, _) = one_join(&untrusted, dir_b.path(), &[]).await;
+
+    // With the CA: `peer_joined` arrives over TLS, signed (`delivered` verifies each request).
+    until(
+        Duration::from_secs(10),
+        "peer_joined delivered over https",
+        || {
+            let done = count(&delivered(&trusted), "peer_joined", &alice) == 1;
+            async move { done.then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(trusted.handshakes_failed(), 0);
+    let replica = with_ca.replica(1);
+    until(Duration::from_secs(5), "the delivery counted", || async {
+        let text = replica.scrape().await;
+        (metric(&text, "heliograph_coordinator_webhooks_delivered_total") >= Some(1.0))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Without it: the handshake fails (the CA is not the platform's), every attempt is counted
+    // as retried and then failed, and nothing reaches the receiver.
+    let replica = without_ca.replica(1);
+    let text = until(Duration::from_secs(10), "the events given up", || async {
+        let text = replica.scrape().await;
+        // room_started and peer_joined, three attempts each.
+        (metric(&text, "heliograph_coordinator_webhooks_failed_total") >= Some(2.0)).then_some(text)
+    })
+    .await
+    .unwrap();
+    assert!(
+        metric(&text, "heliograph_coordinator_webhooks_retried_total") >= Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "heliograph_coordinator_webhooks_delivered_total").unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        untrusted.received().is_empty(),
+        "{:?}",
+        untrusted.received()
+    );
+    assert!(
+        untrusted.handshakes_failed() >= 6,
+        "{}",
+        untrusted.handshakes_failed()
+    );
 }
