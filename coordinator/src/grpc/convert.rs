@@ -174,9 +174,15 @@ pub fn event_from_proto(
     ))
 }
 
-pub fn room_view_to_proto(view: Option<RoomView>) -> proto::GetRoomResponse {
+/// `applied_epoch`: how recent the reader's state is, sent with "not found" so that the
+/// receiver can tell an empty room from a replica that has not caught up with the room yet.
+pub fn room_view_to_proto(view: Option<RoomView>, applied_epoch: u64) -> proto::GetRoomResponse {
     match view {
-        None => proto::GetRoomResponse::default(),
+        None => proto::GetRoomResponse {
+            found: false,
+            epoch: applied_epoch,
+            members: Vec::new(),
+        },
         Some(v) => proto::GetRoomResponse {
             found: true,
             epoch: v.epoch,
@@ -190,7 +196,13 @@ pub fn room_view_from_proto(
     r: &proto::GetRoomResponse,
 ) -> Result<Option<RoomView>, ConvertError> {
     if !r.found {
-        return Ok(None);
+        // Nobody in the room as of `epoch`: an empty view with that epoch, so that a reader
+        // ahead of that replica keeps what it knows (0: a replica that does not say).
+        return Ok((r.epoch > 0).then(|| RoomView {
+            room: room_id.clone(),
+            epoch: r.epoch,
+            members: Vec::new(),
+        }));
     }
     Ok(Some(RoomView {
         room: room_id.clone(),
@@ -248,6 +260,12 @@ mod tests {
             assert_eq!(rejection_from_proto(wire).unwrap(), r);
         }
         assert!(rejection_from_proto(99).is_err());
+        // Not found: empty as of the replica's applied epoch, so a reader can tell it lags.
+        let room = RoomId::new("r").unwrap();
+        let empty = room_view_from_proto(&room, &room_view_to_proto(None, 9)).unwrap();
+        assert_eq!(empty.map(|v| (v.epoch, v.members.len())), Some((9, 0)));
+        let unknown = proto::GetRoomResponse::default();
+        assert_eq!(room_view_from_proto(&room, &unknown).unwrap(), None);
         let bad = proto::RoomEvent {
             room: String::new(),
             ..Default::default()

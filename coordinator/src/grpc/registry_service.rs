@@ -554,8 +554,11 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        // The applied epoch first: the view read after it is at least that recent.
+        let applied = self.shared.replica.applied_epoch();
         Ok(Response::new(convert::room_view_to_proto(
             self.shared.replica.room(&room),
+            applied,
         )))
     }
 

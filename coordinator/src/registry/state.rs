@@ -553,6 +553,12 @@ impl RegistryState {
         self.next_epoch
     }
 
+    /// The epoch of the latest change to any room: a reader's view of the registry is at
+    /// least this recent.
+    pub fn epoch(&self) -> u64 {
+        self.next_epoch
+    }
+
     /// The room's members with their locations, or `None` when nobody is in it.
     pub fn room(&self, room: &RoomId) -> Option<RoomView> {
         let rec = self.rooms.get(room)?;

@@ -91,6 +91,12 @@ impl Replica {
     }
 
     /// The room as this replica has applied it.
+    /// The epoch of the latest change this replica has applied (see
+    /// [`crate::registry::RegistryState::epoch`]).
+    pub fn applied_epoch(&self) -> u64 {
+        self.read(|s| s.epoch())
+    }
+
     pub fn room(&self, room: &RoomId) -> Option<RoomView> {
         self.read(|s| s.room(room))
     }

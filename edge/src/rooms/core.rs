@@ -1049,6 +1049,31 @@ mod tests {
         assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
     }
 
+    /// A replica that has not caught up with the room yet reads it as empty: that view is
+    /// older than the index's and changes nothing (it used to drop the room, and with it the
+    /// local members' membership and every later event of the room). An empty view as recent
+    /// as the index's is the room emptied.
+    #[test]
+    fn an_empty_view_from_a_lagging_replica_changes_nothing() {
+        let mut core = with_a_and_remote_b();
+        let lagging = RoomView {
+            room: room(),
+            epoch: 1,
+            members: Vec::new(),
+        };
+        assert!(core.resync(|_| Some(lagging.clone())).is_empty());
+        assert!(core.is_member(&peer("a"), &room()));
+        let notices = core.apply(&left(3, "b", OTHER), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-left", "b")]);
+        let emptied = RoomView {
+            room: room(),
+            epoch: 4,
+            members: Vec::new(),
+        };
+        core.resync(|_| Some(emptied.clone()));
+        assert!(!core.is_member(&peer("a"), &room()));
+    }
+
     /// c's first join was left in doubt, committed, and is being taken back when c joins
     /// again: seeing c in the room (that first membership, about to go) must not answer the
     /// new join; only the registry's answer to it does.
