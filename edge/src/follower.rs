@@ -155,10 +155,12 @@ fn remove_ghosts(
         for peer in gone {
             let removed = tokio::time::timeout(
                 TAKE_BACK_DEADLINE,
-                registry.execute(Command::Disconnect { peer }),
+                registry.execute(Command::Disconnect { peer: peer.clone() }),
             );
             match removed.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    tracing::info!(%peer, "removed a peer without a session here from the registry")
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not remove a departed peer from the registry")
                 }
@@ -203,6 +205,7 @@ async fn take_back(
         match tokio::time::timeout(TAKE_BACK_DEADLINE, registry.execute(command)).await {
             Ok(Ok(Outcome::Left { .. })) => {
                 tracing::info!(
+                    %peer, %room, attempt,
                     "a peer the registry kept in a room it was told it is not in has left it"
                 );
                 index.take_back_done(&peer, &room);
@@ -219,7 +222,7 @@ async fn take_back(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(TAKE_BACK_BACKOFF_MAX);
     }
-    tracing::warn!("could not take a peer out of a room; the next resync tries again");
+    tracing::warn!(%peer, %room, "could not take a peer out of a room; the next resync tries again");
     index.still_doubtful(&peer, &room, remaining);
 }
 
