@@ -463,11 +463,7 @@ fn main() -> ExitCode {
             filter,
         },
     };
-    // The exporter's gRPC channel is spawned on this runtime.
-    let telemetry = {
-        let _entered = runtime.enter();
-        telemetry::init(settings)
-    };
+    let telemetry = telemetry::init_on(&runtime, settings);
     let telemetry = match telemetry {
         Ok(t) => t,
         Err(e) => {

@@ -104,6 +104,15 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
+/// [`init`] within `runtime`: the exporter's gRPC channel is spawned on it.
+pub fn init_on(
+    runtime: &tokio::runtime::Runtime,
+    settings: Settings<'_>,
+) -> Result<Telemetry, TelemetryError> {
+    let _entered = runtime.enter();
+    init(settings)
+}
+
 /// Installs the global subscriber. With an OTLP endpoint it must run inside a Tokio runtime
 /// (the exporter's gRPC channel is spawned there); spans are batched and sent by the SDK's
 /// own thread (`OTEL_BSP_SCHEDULE_DELAY` and the other `OTEL_BSP_*` variables tune it).

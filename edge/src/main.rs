@@ -77,11 +77,7 @@ fn main() -> ExitCode {
         log_format: config.log_format,
         filter,
     };
-    // The exporter's gRPC channel is spawned on this runtime.
-    let telemetry = {
-        let _entered = runtime.enter();
-        telemetry::init(settings)
-    };
+    let telemetry = telemetry::init_on(&runtime, settings);
     let telemetry = match telemetry {
         Ok(t) => t,
         Err(e) => {
