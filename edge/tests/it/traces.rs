@@ -211,7 +211,12 @@ async fn a_join_and_a_cross_region_signal_are_each_one_trace_across_processes() 
             "the cross-region signal",
             "signal.relay",
             |s| s.service == EDGE && s.region == "us",
-            |t| of(t, EDGE, "", "signal.deliver").is_some(),
+            // Each process exports on its own schedule: wait for all four spans.
+            |t| {
+                of(t, EDGE, "", "signal.deliver").is_some()
+                    && of(t, REPLICA, "replica-1", "relay.route").is_some()
+                    && of(t, REPLICA, "replica-2", "relay.route").is_some()
+            },
         )
         .await;
     let sent = of(&signal, EDGE, "", "signal.relay").unwrap();
