@@ -187,6 +187,68 @@ pub(crate) fn cross_region_message(outgoing: bool) {
     metrics::counter!(CROSS_REGION_MESSAGES, "direction" => direction).increment(1);
 }
 
+pub const RAFT_MESSAGES: &str = "heliograph_coordinator_raft_messages_total";
+pub const REGION_REQUESTS: &str = "heliograph_coordinator_region_requests_total";
+pub const DIRECTORY_LOOKUPS: &str = "heliograph_coordinator_directory_lookups_total";
+pub const DIRECTORY_HITS: &str = "heliograph_coordinator_directory_hits_total";
+pub const HOMING_CONFLICTS: &str = "heliograph_coordinator_homing_conflicts_total";
+pub const FEDERATE_STREAMS: &str = "heliograph_coordinator_federate_streams";
+pub const FEDERATE_DROPPED: &str = "heliograph_coordinator_federate_streams_dropped_total";
+pub const REGION_CONNECTED: &str = "heliograph_coordinator_region_connected";
+/// Labels of [`RAFT_MESSAGES`]: to a member of this replica's region, or of another.
+pub const RAFT_SCOPES: [&str; 2] = ["region", "cross_region"];
+/// Operations of [`REGION_REQUESTS`].
+pub const REGION_OPS: [&str; 8] = [
+    "join",
+    "leave",
+    "get_room",
+    "remove",
+    "close",
+    "disconnect",
+    "detach",
+    "rebind",
+];
+/// Outcomes of [`REGION_REQUESTS`]: a call made, or given up (the region was unreachable).
+pub const REGION_OUTCOMES: [&str; 2] = ["sent", "unavailable"];
+
+/// One Raft RPC sent to another member (openraft's appends, votes and snapshots).
+pub(crate) fn raft_message(cross_region: bool) {
+    let scope = RAFT_SCOPES[usize::from(cross_region)];
+    metrics::counter!(RAFT_MESSAGES, "scope" => scope).increment(1);
+}
+
+/// A request passed to another region's group (`op` from [`REGION_OPS`]).
+pub(crate) fn region_request(op: &'static str, outcome: &'static str) {
+    metrics::counter!(REGION_REQUESTS, "op" => op, "outcome" => outcome).increment(1);
+}
+
+/// One look-up of a room in the directory of other regions' rooms; `hit` when found there.
+pub(crate) fn directory_lookup(hit: bool) {
+    metrics::counter!(DIRECTORY_LOOKUPS).increment(1);
+    if hit {
+        metrics::counter!(DIRECTORY_HITS).increment(1);
+    }
+}
+
+/// A room this group homes that another region created too, and earlier.
+pub(crate) fn homing_conflict() {
+    metrics::counter!(HOMING_CONFLICTS).increment(1);
+}
+
+/// Streams of other regions' replicas following this one.
+pub(crate) fn federate_streams(n: usize) {
+    metrics::gauge!(FEDERATE_STREAMS).set(as_gauge(u64::try_from(n).unwrap_or(u64::MAX)));
+}
+
+pub(crate) fn federate_dropped() {
+    metrics::counter!(FEDERATE_DROPPED).increment(1);
+}
+
+/// Whether this replica's stream following `region` is open (1) or not (0).
+pub(crate) fn region_connected(region: &str, up: bool) {
+    metrics::gauge!(REGION_CONNECTED, "region" => region.to_owned()).set(f64::from(u8::from(up)));
+}
+
 /// Registers every labelled series at zero, so that a scrape shows them before the first
 /// signal (tests and dashboards compare against 0 rather than a missing series).
 pub fn describe() {
@@ -198,6 +260,14 @@ pub fn describe() {
     }
     for reason in RELAY_DROP_REASONS {
         metrics::counter!(RELAY_DROPPED, "reason" => reason).absolute(0);
+    }
+    for scope in RAFT_SCOPES {
+        metrics::counter!(RAFT_MESSAGES, "scope" => scope).absolute(0);
+    }
+    for op in REGION_OPS {
+        for outcome in REGION_OUTCOMES {
+            metrics::counter!(REGION_REQUESTS, "op" => op, "outcome" => outcome).absolute(0);
+        }
     }
     for counter in [
         RAFT_LEADER_CHANGES,
@@ -212,10 +282,20 @@ pub fn describe() {
         WEBHOOKS_RETRIED,
         WEBHOOKS_FAILED,
         WEBHOOKS_DROPPED,
+        DIRECTORY_LOOKUPS,
+        DIRECTORY_HITS,
+        HOMING_CONFLICTS,
+        FEDERATE_DROPPED,
     ] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [RAFT_APPLY_LAG, REGISTRY_ROOMS, LINKS_OPEN, WEBHOOKS_QUEUED] {
+    for gauge in [
+        RAFT_APPLY_LAG,
+        REGISTRY_ROOMS,
+        LINKS_OPEN,
+        WEBHOOKS_QUEUED,
+        FEDERATE_STREAMS,
+    ] {
         metrics::gauge!(gauge).increment(0.0);
     }
 }

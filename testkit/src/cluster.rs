@@ -38,6 +38,10 @@ pub struct Spec<'a> {
     /// count), so that the edges attach to different replicas; otherwise every edge lists
     /// them in id order (and attaches to the first).
     pub rotate_replicas: bool,
+    /// Region-homed rooms: each region's replicas form a group of their own (its first
+    /// replica bootstrapped), and every group is told the other regions' gateways. Otherwise
+    /// all replicas form one group.
+    pub homed: bool,
 }
 
 /// An edge process of the cluster, with its name and region.
@@ -79,12 +83,16 @@ impl Cluster {
             let r = cluster.start_replica(*id, region);
             cluster.replicas.push(r);
         }
-        cluster.admin.form(&cluster.replicas, 0).unwrap();
-        let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
-        cluster
-            .admin
-            .wait_formed(&apis, spec.replicas[0].0, DEADLINE * 2)
-            .unwrap();
+        if spec.homed {
+            cluster.form_regions();
+        } else {
+            cluster.admin.form(&cluster.replicas, 0).unwrap();
+            let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
+            cluster
+                .admin
+                .wait_formed(&apis, spec.replicas[0].0, DEADLINE * 2)
+                .unwrap();
+        }
         for region in spec.redis {
             cluster.redis.insert((*region).to_owned(), Redis::start());
         }
@@ -103,6 +111,71 @@ impl Cluster {
         }
         cluster.wait_redis_up().await;
         cluster
+    }
+
+    /// The regions of the replicas, in order of first appearance.
+    pub fn regions(&self) -> Vec<String> {
+        let mut regions: Vec<String> = Vec::new();
+        for r in &self.replicas {
+            if !regions.contains(&r.region) {
+                regions.push(r.region.clone());
+            }
+        }
+        regions
+    }
+
+    /// The API addresses of `region`'s replicas.
+    pub fn apis_of(&self, region: &str) -> Vec<&str> {
+        self.replicas
+            .iter()
+            .filter(|r| r.region == region)
+            .map(|r| r.api.as_str())
+            .collect()
+    }
+
+    /// One group per region, each told the others' gateways; returns once every replica
+    /// sees its whole group and follows every other region.
+    fn form_regions(&self) {
+        let regions = self.regions();
+        for region in &regions {
+            let members: Vec<&Replica> = self
+                .replicas
+                .iter()
+                .filter(|r| &r.region == region)
+                .collect();
+            let via = &members[0].api;
+            self.admin.bootstrap(via).unwrap();
+            for r in &members[1..] {
+                self.admin.add(via, r).unwrap_or_else(|e| panic!("{e:#}"));
+            }
+            self.admin
+                .wait_formed(&self.apis_of(region), members[0].id, DEADLINE * 2)
+                .unwrap();
+        }
+        for region in &regions {
+            let via = self.apis_of(region)[0];
+            for other in regions.iter().filter(|o| *o != region) {
+                self.admin
+                    .set_region(via, other, &self.apis_of(other))
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        }
+        let apis: Vec<&str> = self.replicas.iter().map(|r| r.api.as_str()).collect();
+        let others = regions.len() - 1;
+        self.admin
+            .wait_statuses(
+                &apis,
+                DEADLINE * 2,
+                "every replica to follow every other region",
+                |s| {
+                    s.iter().all(|v| {
+                        v["regions"].as_array().is_some_and(|rs| {
+                            rs.len() == others && rs.iter().all(|r| r["connected"] == true)
+                        })
+                    })
+                },
+            )
+            .unwrap();
     }
 
     fn start_replica(&self, id: u64, region: &str) -> Replica {

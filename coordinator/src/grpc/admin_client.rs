@@ -74,6 +74,7 @@ pub enum AdminCall {
     Bootstrap,
     Add(pb::AddMemberRequest),
     Remove(pb::RemoveMemberRequest),
+    SetRegion(pb::SetRegionRequest),
     Status,
 }
 
@@ -91,6 +92,7 @@ pub async fn call(
             AdminCall::Bootstrap => client.bootstrap(pb::BootstrapRequest {}).await,
             AdminCall::Add(r) => client.add_member(r).await,
             AdminCall::Remove(r) => client.remove_member(r).await,
+            AdminCall::SetRegion(r) => client.set_region(r).await,
             AdminCall::Status => client.status(pb::StatusRequest {}).await,
         };
         match result {
@@ -134,6 +136,18 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             })
         })
         .collect();
+    let regions: Vec<_> = s
+        .regions
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "region": r.region,
+                "gateways": r.gateways,
+                "connected": r.connected,
+                "rooms": r.rooms,
+            })
+        })
+        .collect();
     serde_json::json!({
         "node_id": s.node_id,
         "cluster_id": s.cluster_id,
@@ -147,5 +161,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "snapshot_index": s.snapshot_index,
         "snapshots_installed": s.snapshots_installed,
         "members": members,
+        "region": s.region,
+        "regions": regions,
     })
 }

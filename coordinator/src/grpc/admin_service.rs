@@ -1,4 +1,5 @@
-//! Cluster administration over gRPC: bootstrap, add and remove replicas, status.
+//! Cluster administration over gRPC: bootstrap, add and remove replicas, the other regions'
+//! gateways, status.
 //!
 //! Membership changes run on the leader; a follower answers `FAILED_PRECONDITION` with the
 //! leader's API address in `x-heliograph-leader-api` and the client retries there.
@@ -9,31 +10,51 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use super::registry_service::RegistryService;
 use super::status::status_from;
 use crate::raft::NodeInfo;
+use crate::registry::{Command, Region};
 use crate::replica::{ClusterStatus, Replica};
 use crate::transport::ClusterSecret;
 
 pub struct AdminService {
     replica: Replica,
+    registry: RegistryService,
 }
 
-/// The admin service of `replica`, refusing calls without `secret`.
+/// The admin service of `replica` (and of its `registry` service's federation), refusing
+/// calls without `secret`.
 pub fn admin_server(
     replica: Replica,
+    registry: RegistryService,
     secret: &ClusterSecret,
 ) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
-    AdminServer::with_interceptor(AdminService { replica }, secret.interceptor())
+    AdminServer::with_interceptor(AdminService { replica, registry }, secret.interceptor())
 }
 
 impl AdminService {
     fn status(&self) -> Response<pb::StatusResponse> {
-        Response::new(to_proto(self.replica.status()))
+        let mut status = to_proto(self.replica.status());
+        status.region = self.replica.region().to_owned();
+        status.regions = self
+            .registry
+            .regions_status()
+            .into_iter()
+            .map(|(region, gateways, connected, rooms)| pb::RegionStatus {
+                region: region.to_string(),
+                gateways,
+                connected,
+                rooms,
+            })
+            .collect();
+        Response::new(status)
     }
 }
 
 pub fn to_proto(s: ClusterStatus) -> pb::StatusResponse {
     pb::StatusResponse {
+        region: String::new(),
+        regions: Vec::new(),
         node_id: s.node_id,
         cluster_id: s.cluster_id,
         state: s.state,
@@ -97,6 +118,37 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.replica
             .remove_member(request.into_inner().id)
+            .await
+            .map_err(status_from)?;
+        Ok(self.status())
+    }
+
+    async fn set_region(
+        &self,
+        request: Request<pb::SetRegionRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let r = request.into_inner();
+        let region =
+            Region::new(r.region).map_err(|e| Status::invalid_argument(format!("region: {e}")))?;
+        if region.as_str() == self.replica.region() {
+            return Err(Status::invalid_argument(
+                "that is this replica's own region; name another region",
+            ));
+        }
+        if let Some(bad) = r
+            .gateways
+            .iter()
+            .find(|g| g.trim().is_empty() || g.contains('/'))
+        {
+            return Err(Status::invalid_argument(format!(
+                "gateway {bad:?} is not host:port"
+            )));
+        }
+        self.replica
+            .execute(Command::SetRegion {
+                region,
+                gateways: r.gateways,
+            })
             .await
             .map_err(status_from)?;
         Ok(self.status())

@@ -54,6 +54,11 @@ pub enum Command {
         /// late is refused (`Late`) when the leader stamps it. 0: no deadline.
         #[serde(default)]
         deadline_ms: u64,
+        /// The edge's region when the edge belongs to another region's group (a member
+        /// joining a room homed here from elsewhere): its edge is not registered here, and
+        /// its liveness is that region's business. `None`: an edge of this group.
+        #[serde(default)]
+        remote_region: Option<Region>,
     },
     Leave {
         room: RoomId,
@@ -71,8 +76,18 @@ pub enum Command {
     Disconnect { peer: PeerId },
     /// The peer's connection is gone but it may resume within the grace period.
     Detach { peer: PeerId },
-    /// A detached peer resumed on `edge`.
-    Rebind { peer: PeerId, edge: EdgeId },
+    /// A detached peer resumed on `edge` (of `remote_region`, as for `Join`).
+    Rebind {
+        peer: PeerId,
+        edge: EdgeId,
+        #[serde(default)]
+        remote_region: Option<Region>,
+    },
+    /// Another region's gateways (API addresses), for region-homed rooms; none: forget it.
+    SetRegion {
+        region: Region,
+        gateways: Vec<String>,
+    },
     /// Ends the leases that ran out by `at_ms` (unless `leases` is false: a new leader gives
     /// edges a lease to renew first) and removes peers detached for `grace_ms` or longer.
     /// Proposed by the leader when its view says something is due.
@@ -129,6 +144,7 @@ impl Command {
             Self::Close { .. } => "close",
             Self::ConfigureWebhooks { .. } => "configure_webhooks",
             Self::AckWebhooks { .. } => "ack_webhooks",
+            Self::SetRegion { .. } => "set_region",
         }
     }
 }

@@ -1,0 +1,234 @@
+//! Region-homed rooms with real processes: one coordinator group per region, each told the
+//! others' gateways, edges in every region. A room lives in the group of the region where
+//! it was created; what crosses regions is asserted from the replicas' metrics.
+
+use std::collections::HashSet;
+
+use heliograph_testkit::http::metric;
+use heliograph_testkit::replica::Replica;
+use heliograph_testkit::wait::{DEADLINE, until};
+use serde_json::{Value, json};
+
+use crate::support::{Client, Cluster, REGION_REPLICA_ARGS, Spec};
+
+const RAFT_CROSS: &str = r#"heliograph_coordinator_raft_messages_total{scope="cross_region"}"#;
+const RAFT_LOCAL: &str = r#"heliograph_coordinator_raft_messages_total{scope="region"}"#;
+
+fn region_requests(text: &str, op: &str) -> f64 {
+    metric(
+        text,
+        &format!(r#"heliograph_coordinator_region_requests_total{{op="{op}",outcome="sent"}}"#),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Requests of every kind this replica passed to another region's group.
+fn all_region_requests(text: &str) -> f64 {
+    [
+        "join",
+        "leave",
+        "get_room",
+        "remove",
+        "close",
+        "disconnect",
+        "detach",
+        "rebind",
+    ]
+    .iter()
+    .map(|op| region_requests(text, op))
+    .sum()
+}
+
+/// Waits until every replica of `cluster` knows that `region` homes at least `rooms` rooms.
+async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
+    for r in cluster.replicas.iter().filter(|r| r.region != region) {
+        until(
+            DEADLINE,
+            "the other regions to learn the room's home",
+            || {
+                let status = cluster.admin.status(&r.api).unwrap();
+                let known = status["regions"].as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
+                });
+                std::future::ready(known.then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Joins one client per edge to `room`, in order, after the members in `clients`; returns
+/// them all once each has seen every other member exactly once (in `joined` or as
+/// `peer-joined`).
+async fn room_on(
+    cluster: &Cluster,
+    mut clients: Vec<Client>,
+    edges: &[&str],
+    room: &str,
+) -> Vec<Client> {
+    let already = clients.len();
+    for e in edges {
+        let mut c = Client::connect(&cluster.edge(e).node.ws_url()).await;
+        let joined = c.join(room).await;
+        let before: HashSet<String> = clients.iter().map(|c| c.peer_id.clone()).collect();
+        let listed: HashSet<String> = joined["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            listed, before,
+            "`joined` lists the members before it: {joined}"
+        );
+        clients.push(c);
+    }
+    let ids: Vec<String> = clients.iter().map(|c| c.peer_id.clone()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut later: HashSet<&str> = ids[(i + 1).max(already)..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        while !later.is_empty() {
+            let v = c.expect("peer-joined").await;
+            assert!(later.remove(v["peer"]["id"].as_str().unwrap()), "{v}");
+        }
+    }
+    clients
+}
+
+/// Every ordered pair signals once; each signal arrives exactly once, from its sender.
+async fn all_pairs_signal(clients: &mut [Client], room: &str) {
+    let ids: Vec<String> = clients.iter().map(|c| c.peer_id.clone()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for (j, to) in ids.iter().enumerate() {
+            if i != j {
+                c.send(json!({"type": "signal", "room": room, "to": to, "kind": "custom", "data": {"n": i}}))
+                    .await;
+            }
+        }
+    }
+    for (j, c) in clients.iter_mut().enumerate() {
+        let mut from = HashSet::new();
+        for _ in 0..ids.len() - 1 {
+            let s: Value = c.expect("signal").await;
+            let sender = s["from"].as_str().unwrap().to_owned();
+            let i = ids.iter().position(|id| *id == sender).unwrap();
+            assert_eq!(s["data"]["n"], i, "`from` is the sender: {s}");
+            assert!(from.insert(sender), "a signal to {j} arrived twice");
+        }
+        // Nothing else was queued before the pong (no duplicate).
+        c.assert_pong("after-signals").await;
+    }
+}
+
+async fn leave(c: &mut Client, room: &str) {
+    c.send(json!({"type": "leave", "room": room})).await;
+    c.expect("left").await;
+}
+
+async fn scrape_all<'a>(replicas: impl Iterator<Item = &'a Replica>) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in replicas {
+        out.push(r.scrape().await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_created_in_ap_is_homed_there_and_its_joins_never_leave_ap() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap"), (4, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let ap = || cluster.replicas.iter().filter(|r| r.region == "ap");
+    let before = scrape_all(ap()).await;
+
+    let mut a = Client::connect(&cluster.edge("ap-a").node.ws_url()).await;
+    a.join("made-in-ap").await;
+    let mut b = Client::connect(&cluster.edge("ap-a").node.ws_url()).await;
+    let joined = b.join("made-in-ap").await;
+    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str(), "{joined}");
+    a.expect("peer-joined").await;
+    leave(&mut b, "made-in-ap").await;
+    a.expect("peer-left").await;
+
+    let after = scrape_all(ap()).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(metric(a, RAFT_CROSS), Some(0.0), "no Raft message left ap");
+        assert_eq!(
+            all_region_requests(a),
+            all_region_requests(b),
+            "no request left ap"
+        );
+    }
+    let local: f64 = after
+        .iter()
+        .map(|t| metric(t, RAFT_LOCAL).unwrap_or(0.0))
+        .sum();
+    assert!(local > 0.0, "ap's group replicates inside ap");
+
+    // The other regions learn the home afterwards, and send their joins there.
+    wait_homes_known(&cluster, "ap", 1).await;
+    let mut c = Client::connect(&cluster.edge("eu-a").node.ws_url()).await;
+    let joined = c.join("made-in-ap").await;
+    assert_eq!(joined["peers"][0]["id"], a.peer_id.as_str(), "{joined}");
+    let eu = cluster.replicas.iter().find(|r| r.region == "eu").unwrap();
+    assert_eq!(region_requests(&eu.scrape().await, "join"), 1.0);
+    a.expect("peer-joined").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_in_three_regions_of_a_room_homed_in_us_see_each_other_and_signal_exactly_once() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let mut first = Client::connect(&cluster.edge("us-a").node.ws_url()).await;
+    first.join("made-in-us").await;
+    wait_homes_known(&cluster, "us", 1).await;
+    let mut clients = room_on(
+        &cluster,
+        vec![first],
+        &["eu-a", "ap-a", "us-a"],
+        "made-in-us",
+    )
+    .await;
+    all_pairs_signal(&mut clients, "made-in-us").await;
+
+    // The room lives in us: the other regions passed their joins there.
+    for region in ["eu", "ap"] {
+        let r = cluster
+            .replicas
+            .iter()
+            .find(|r| r.region == region)
+            .unwrap();
+        assert_eq!(region_requests(&r.scrape().await, "join"), 1.0, "{region}");
+    }
+
+    // A leave from ap and a disconnect in eu reach everyone else.
+    // clients: us, eu, ap, us.
+    let ap_id = clients[2].peer_id.clone();
+    leave(&mut clients[2], "made-in-us").await;
+    for i in [0, 1, 3] {
+        let v = clients[i].expect("peer-left").await;
+        assert_eq!(v["peer_id"], ap_id.as_str(), "{v}");
+    }
+    let eu = clients.remove(1);
+    let eu_id = eu.peer_id.clone();
+    drop(eu);
+    for i in [0, 2] {
+        let v = clients[i].expect("peer-left").await;
+        assert_eq!(v["peer_id"], eu_id.as_str(), "{v}");
+    }
+}
