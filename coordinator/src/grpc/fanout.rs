@@ -184,8 +184,9 @@ pub(super) async fn run(
                     }
                 }
                 for (edge, region, msg) in applied.deliveries {
-                    if here.as_ref() != Some(&region) {
-                        // An edge of another region: its replicas follow this group.
+                    let other_region = here.as_ref() != Some(&region);
+                    if other_region && !links.is_linked(&edge) {
+                        // An edge of another region's group: its replicas follow this group.
                         if let Some(replica_to_edge::Msg::Event(e)) = msg.msg {
                             watchers.event(&region, &edge, e);
                         }
