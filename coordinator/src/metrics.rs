@@ -194,7 +194,7 @@ pub const DIRECTORY_HITS: &str = "heliograph_coordinator_directory_hits_total";
 pub const HOMING_CONFLICTS: &str = "heliograph_coordinator_homing_conflicts_total";
 pub const FEDERATE_STREAMS: &str = "heliograph_coordinator_federate_streams";
 pub const FEDERATE_DROPPED: &str = "heliograph_coordinator_federate_streams_dropped_total";
-pub const REGION_CONNECTED: &str = "heliograph_coordinator_region_connected";
+pub const REGIONS_FOLLOWED: &str = "heliograph_coordinator_regions_followed";
 /// Labels of [`RAFT_MESSAGES`]: to a member of this replica's region, or of another.
 pub const RAFT_SCOPES: [&str; 2] = ["region", "cross_region"];
 /// Operations of [`REGION_REQUESTS`].
@@ -244,9 +244,9 @@ pub(crate) fn federate_dropped() {
     metrics::counter!(FEDERATE_DROPPED).increment(1);
 }
 
-/// Whether this replica's stream following `region` is open (1) or not (0).
-pub(crate) fn region_connected(region: &str, up: bool) {
-    metrics::gauge!(REGION_CONNECTED, "region" => region.to_owned()).set(f64::from(u8::from(up)));
+/// Other regions whose groups this replica follows right now (its streams to them are open).
+pub(crate) fn regions_followed(n: usize) {
+    metrics::gauge!(REGIONS_FOLLOWED).set(as_gauge(u64::try_from(n).unwrap_or(u64::MAX)));
 }
 
 /// Registers every labelled series at zero, so that a scrape shows them before the first
@@ -295,6 +295,7 @@ pub fn describe() {
         LINKS_OPEN,
         WEBHOOKS_QUEUED,
         FEDERATE_STREAMS,
+        REGIONS_FOLLOWED,
     ] {
         metrics::gauge!(gauge).increment(0.0);
     }

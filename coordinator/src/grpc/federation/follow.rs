@@ -39,12 +39,13 @@ impl Connected {
     fn set(&self, region: &Region, up: bool) {
         let mut map = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
         map.insert(region.clone(), up);
-        metrics::region_connected(region.as_str(), up);
+        metrics::regions_followed(map.values().filter(|up| **up).count());
     }
 
     fn forget(&self, region: &Region) {
         let mut map = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
         map.remove(region);
+        metrics::regions_followed(map.values().filter(|up| **up).count());
     }
 
     pub fn is_connected(&self, region: &Region) -> bool {
