@@ -232,3 +232,72 @@ async fn members_in_three_regions_of_a_room_homed_in_us_see_each_other_and_signa
         assert_eq!(v["peer_id"], eu_id.as_str(), "{v}");
     }
 }
+
+/// One join of a new room on `url`: whether it was answered `joined`, and when it was sent.
+async fn one_join(url: &str, room: &str) -> (tokio::time::Instant, Result<(), String>) {
+    let sent = tokio::time::Instant::now();
+    let mut c = Client::connect(url).await;
+    c.send(json!({"type": "join", "room": room})).await;
+    let answer = c.recv().await;
+    let result = if answer["type"] == "joined" {
+        Ok(())
+    } else {
+        Err(answer.to_string())
+    };
+    (sent, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_eus_leader_stalls_eus_joins_for_at_most_three_seconds_and_no_one_elses() {
+    let mut cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "eu"), (4, "eu"), (5, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    // Joins every 50 ms in each region, each to a new room, for a bounded time.
+    const ROUNDS: usize = 120;
+    const KILL_AT: usize = 20;
+    let urls: Vec<(String, String)> = ["us", "eu", "ap"]
+        .iter()
+        .map(|r| ((*r).to_owned(), cluster.edge(&format!("{r}-a")).node.ws_url()))
+        .collect();
+    let mut streams = Vec::new();
+    for (region, url) in urls {
+        streams.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            for i in 0..ROUNDS {
+                tick.tick().await;
+                answers.push(one_join(&url, &format!("{region}-stream-{i}")).await);
+            }
+            (region, answers)
+        }));
+    }
+    // Replica 2 was bootstrapped: it leads eu's group, and eu-a is attached to it.
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep_until(started + std::time::Duration::from_millis(50 * KILL_AT as u64)).await;
+    let killed_at = tokio::time::Instant::now();
+    cluster.replica_mut(2).kill();
+    for stream in streams {
+        let (region, answers) = stream.await.unwrap();
+        let errors: Vec<_> = answers.iter().filter(|(_, r)| r.is_err()).collect();
+        if region == "eu" {
+            // Every join was answered; the failed ones were sent within 3 s of the kill, and
+            // the joins after them succeed.
+            for (sent, r) in &errors {
+                let after = sent.saturating_duration_since(killed_at);
+                assert!(
+                    after < std::time::Duration::from_secs(3),
+                    "a join {after:?} after the kill failed: {r:?}"
+                );
+            }
+            let last = answers.last().unwrap();
+            assert!(last.1.is_ok(), "eu joins again: {:?}", last.1);
+        } else {
+            assert!(errors.is_empty(), "{region}: {errors:?}");
+        }
+    }
+}
