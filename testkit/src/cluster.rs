@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::cut::Cut;
 use crate::edge::{EdgeOptions, Node};
 use crate::process::Launchable;
 use crate::redis::Redis;
@@ -57,6 +58,9 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
     pub redis: HashMap<String, Redis>,
     pub edges: Vec<Edge>,
+    /// Region-homed: `(from region, to region)` → the relays through which `from` reaches
+    /// the gateways of `to` (see [`Cluster::partition`]).
+    cuts: HashMap<(String, String), Vec<Cut>>,
     replica_args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -71,6 +75,7 @@ impl Cluster {
             replicas: Vec::new(),
             redis: HashMap::new(),
             edges: Vec::new(),
+            cuts: HashMap::new(),
             replica_args: spec.replica_args.iter().map(|s| (*s).to_owned()).collect(),
             env: spec
                 .env
@@ -84,7 +89,7 @@ impl Cluster {
             cluster.replicas.push(r);
         }
         if spec.homed {
-            cluster.form_regions();
+            cluster.form_regions().await;
         } else {
             cluster.admin.form(&cluster.replicas, 0).unwrap();
             let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
@@ -133,9 +138,10 @@ impl Cluster {
             .collect()
     }
 
-    /// One group per region, each told the others' gateways; returns once every replica
-    /// sees its whole group and follows every other region.
-    fn form_regions(&self) {
+    /// One group per region, each told the others' gateways (through relays that
+    /// [`Cluster::partition`] can cut); returns once every replica sees its whole group and
+    /// follows every other region.
+    async fn form_regions(&mut self) {
         let regions = self.regions();
         for region in &regions {
             let members: Vec<&Replica> = self
@@ -153,10 +159,23 @@ impl Cluster {
                 .unwrap();
         }
         for region in &regions {
+            for other in regions.iter().filter(|o| *o != region) {
+                let mut cuts = Vec::new();
+                for target in self.apis_of(other) {
+                    cuts.push(Cut::start(target).await);
+                }
+                self.cuts.insert((region.clone(), other.clone()), cuts);
+            }
+        }
+        for region in &regions {
             let via = self.apis_of(region)[0];
             for other in regions.iter().filter(|o| *o != region) {
+                let gateways: Vec<&str> = self.cuts[&(region.clone(), other.clone())]
+                    .iter()
+                    .map(|c| c.addr.as_str())
+                    .collect();
                 self.admin
-                    .set_region(via, other, &self.apis_of(other))
+                    .set_region(via, other, &gateways)
                     .unwrap_or_else(|e| panic!("{e:#}"));
             }
         }
@@ -176,6 +195,28 @@ impl Cluster {
                 },
             )
             .unwrap();
+    }
+
+    /// Region-homed: cuts `region` off from every other region (both ways).
+    pub fn partition(&self, region: &str) {
+        self.each_cut_of(region, Cut::cut);
+    }
+
+    /// Ends [`Cluster::partition`].
+    pub fn heal(&self, region: &str) {
+        self.each_cut_of(region, Cut::heal);
+    }
+
+    fn each_cut_of(&self, region: &str, f: impl Fn(&Cut)) {
+        assert!(
+            !self.cuts.is_empty(),
+            "only a region-homed cluster can be partitioned"
+        );
+        for ((from, to), cuts) in &self.cuts {
+            if from == region || to == region {
+                cuts.iter().for_each(&f);
+            }
+        }
     }
 
     fn start_replica(&self, id: u64, region: &str) -> Replica {

@@ -262,7 +262,12 @@ async fn killing_eus_leader_stalls_eus_joins_for_at_most_three_seconds_and_no_on
     const KILL_AT: usize = 20;
     let urls: Vec<(String, String)> = ["us", "eu", "ap"]
         .iter()
-        .map(|r| ((*r).to_owned(), cluster.edge(&format!("{r}-a")).node.ws_url()))
+        .map(|r| {
+            (
+                (*r).to_owned(),
+                cluster.edge(&format!("{r}-a")).node.ws_url(),
+            )
+        })
         .collect();
     let mut streams = Vec::new();
     for (region, url) in urls {
@@ -300,4 +305,108 @@ async fn killing_eus_leader_stalls_eus_joins_for_at_most_three_seconds_and_no_on
             assert!(errors.is_empty(), "{region}: {errors:?}");
         }
     }
+}
+
+/// The `heliograph_registry_rooms` gauge of `r`: rooms its group homes.
+async fn rooms_homed(r: &Replica) -> u64 {
+    metric(&r.scrape().await, "heliograph_registry_rooms").unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_cut_off_serves_its_own_rooms_refuses_others_fast_and_converges_after() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[
+            ("us-a", "us"),
+            ("eu-a", "eu"),
+            ("ap-a", "ap"),
+            ("ap-b", "ap"),
+        ],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let url = |e: &str| cluster.edge(e).node.ws_url();
+    let mut u = Client::connect(&url("us-a")).await;
+    u.join("us-room").await;
+    let mut a1 = Client::connect(&url("ap-a")).await;
+    a1.join("ap-room").await;
+    wait_homes_known(&cluster, "us", 1).await;
+    wait_homes_known(&cluster, "ap", 1).await;
+
+    cluster.partition("ap");
+    let ap = cluster.replicas.iter().find(|r| r.region == "ap").unwrap();
+    until(DEADLINE, "ap to lose the other regions", || {
+        let s = cluster.admin.status(&ap.api).unwrap();
+        let down = s["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["connected"] == false);
+        std::future::ready(down.then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // ap's own rooms: joins, new rooms and signals all succeed.
+    let mut members = Vec::new();
+    for i in 0..8 {
+        let mut c = Client::connect(&url(if i % 2 == 0 { "ap-a" } else { "ap-b" })).await;
+        c.join("ap-room").await;
+        a1.expect("peer-joined").await;
+        c.join(&format!("ap-new-{i}")).await;
+        members.push(c);
+    }
+    for c in &mut members {
+        c.send(json!({"type": "signal", "room": "ap-room", "to": a1.peer_id, "kind": "custom", "data": {}}))
+            .await;
+    }
+    for _ in 0..members.len() {
+        a1.expect("signal").await;
+    }
+    a1.assert_pong("after-partition-signals").await;
+
+    // A room homed in the unreachable region: `unavailable` within 2 s.
+    let mut x = Client::connect(&url("ap-a")).await;
+    let sent = std::time::Instant::now();
+    x.send(json!({"type": "join", "room": "us-room"})).await;
+    let answer = x.recv().await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    cluster.heal("ap");
+    // Converged within 10 s: every region follows every other again and knows all of ap's
+    // rooms (1 + 8 new ones), and the join refused during the cut now succeeds.
+    let homed_in_ap = rooms_homed(ap).await;
+    assert_eq!(homed_in_ap, 9);
+    let within = std::time::Duration::from_secs(10);
+    for r in cluster.replicas.iter().filter(|r| r.region != "ap") {
+        until(within, "the other regions to know ap's rooms again", || {
+            let s = cluster.admin.status(&r.api).unwrap();
+            let ok = s["regions"].as_array().unwrap().iter().all(|x| {
+                x["connected"] == true && (x["region"] != "ap" || x["rooms"] == homed_in_ap)
+            });
+            std::future::ready(ok.then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    until(within, "a join from ap to us-room after healing", || {
+        let url = url("ap-a");
+        async move {
+            let mut c = Client::connect(&url).await;
+            c.send(json!({"type": "join", "room": "us-room"})).await;
+            let v = c.recv().await;
+            (v["type"] == "joined").then_some((c, v))
+        }
+    })
+    .await
+    .map(|(_, v)| assert_eq!(v["peers"][0]["id"], u.peer_id.as_str(), "{v}"))
+    .unwrap();
+    u.expect("peer-joined").await;
 }
