@@ -125,6 +125,8 @@ impl Mirror {
                     edges.insert((edge.clone(), gone.region));
                 }
             }
+            // Every member's edge hears it (in `edges` already); the room is no longer here.
+            RoomEventKind::Rehomed(_) => room.members.clear(),
         }
         let members: Vec<Member> = room.members.values().cloned().collect();
         if room.members.is_empty() {

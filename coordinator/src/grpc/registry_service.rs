@@ -71,7 +71,7 @@ struct Shared {
     links: Arc<Links>,
     relay: Arc<Relay>,
     clients: Arc<Clients>,
-    federation: Federation,
+    federation: Arc<Federation>,
     tasks: TaskTracker,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -100,14 +100,18 @@ impl RegistryService {
             watch_rx,
             stop.clone(),
         ));
-        let federation = Federation::new(
+        let federation = Arc::new(Federation::new(
             replica.clone(),
             Arc::clone(&clients),
             secret.clone(),
             watch_tx,
             tasks.clone(),
             stop.clone(),
-        );
+        ));
+        tasks.spawn(federation::merge::run(
+            Arc::clone(&federation),
+            stop.clone(),
+        ));
         tasks.spawn(follow::run(
             Follow {
                 replica: replica.clone(),
@@ -116,6 +120,7 @@ impl RegistryService {
                 clients: Arc::clone(&clients),
                 secret: secret.clone(),
                 connected: Arc::clone(&federation.connected),
+                suspects: Arc::clone(&federation.suspects),
             },
             tasks.clone(),
             stop.clone(),

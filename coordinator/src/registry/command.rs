@@ -83,6 +83,14 @@ pub enum Command {
         #[serde(default)]
         remote_region: Option<Region>,
     },
+    /// The room moves to `to`'s group, which homes the same name since earlier: `members`
+    /// (the room's members when the move began, already joined there) leave this group's
+    /// room without a `Left` event. Refused (`NotInRoom`) when the members changed meanwhile.
+    Rehome {
+        room: RoomId,
+        to: Region,
+        members: Vec<PeerId>,
+    },
     /// Another region's gateways (API addresses), for region-homed rooms; none: forget it.
     SetRegion {
         region: Region,
@@ -145,6 +153,7 @@ impl Command {
             Self::ConfigureWebhooks { .. } => "configure_webhooks",
             Self::AckWebhooks { .. } => "ack_webhooks",
             Self::SetRegion { .. } => "set_region",
+            Self::Rehome { .. } => "rehome",
         }
     }
 }

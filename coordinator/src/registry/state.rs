@@ -212,6 +212,7 @@ impl RegistryState {
                 edge,
                 remote_region,
             } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
+            Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
             Command::SetRegion { region, gateways } => {
                 if gateways.is_empty() {
                     self.regions.remove(region);
@@ -312,7 +313,7 @@ impl RegistryState {
                             .record(at, WebhookEvent::RoomFinished { room });
                     }
                 }
-                RoomEventKind::Moved(_) => {}
+                RoomEventKind::Moved(_) | RoomEventKind::Rehomed(_) => {}
             }
         }
     }
@@ -437,6 +438,40 @@ impl RegistryState {
             },
             None => Outcome::Rejected(Rejection::NotInRoom),
         }
+    }
+
+    fn rehome(
+        &mut self,
+        room: &RoomId,
+        to: &Region,
+        members: &[PeerId],
+        events: &mut Vec<RoomEvent>,
+    ) -> Outcome {
+        let Some(rec) = self.rooms.get(room) else {
+            return Outcome::Rejected(Rejection::UnknownRoom);
+        };
+        let same = rec.members.len() == members.len()
+            && members.iter().all(|p| rec.members.contains_key(p));
+        if !same {
+            return Outcome::Rejected(Rejection::NotInRoom);
+        }
+        let epoch = self.bump_epoch();
+        self.rooms.remove(room);
+        for peer in members {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.rooms.remove(room);
+                p.attempts.remove(room);
+                if p.rooms.is_empty() {
+                    self.peers.remove(peer);
+                }
+            }
+        }
+        events.push(RoomEvent {
+            room: room.clone(),
+            epoch,
+            kind: RoomEventKind::Rehomed(to.clone()),
+        });
+        Outcome::Left { epoch }
     }
 
     /// The region of `edge`: `remote` for an edge of another region's group, else that of

@@ -344,7 +344,8 @@ impl RemoteRegistry {
             | Command::Close { .. }
             | Command::ConfigureWebhooks { .. }
             | Command::AckWebhooks { .. }
-            | Command::SetRegion { .. } => Err(CoordinatorError::Unavailable(
+            | Command::SetRegion { .. }
+            | Command::Rehome { .. } => Err(CoordinatorError::Unavailable(
                 "sweeps, the server API's and the webhooks' commands are the coordinator's, \
                  not an edge's"
                     .into(),

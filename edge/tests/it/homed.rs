@@ -410,3 +410,75 @@ async fn a_region_cut_off_serves_its_own_rooms_refuses_others_fast_and_converges
     .unwrap();
     u.expect("peer-joined").await;
 }
+
+/// Reads `peer-joined` frames until `ids` have each been announced once; then nothing else.
+async fn expect_joined_once(c: &mut Client, ids: &[&str]) {
+    let mut left: HashSet<&str> = ids.iter().copied().collect();
+    while !left.is_empty() {
+        let v = c.expect("peer-joined").await;
+        let id = v["peer"]["id"].as_str().unwrap().to_owned();
+        assert!(left.remove(id.as_str()), "announced twice or unknown: {v}");
+    }
+    c.assert_pong("after-peer-joined").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_created_on_both_sides_of_a_partition_ends_as_one_room_with_everyone() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let url = |e: &str| cluster.edge(e).node.ws_url();
+    cluster.partition("ap");
+    // eu creates the room first, so eu's is the older and keeps the name.
+    let mut e1 = Client::connect(&url("eu-a")).await;
+    e1.join("twin").await;
+    let mut e2 = Client::connect(&url("eu-a")).await;
+    e2.join("twin").await;
+    e1.expect("peer-joined").await;
+    let mut a1 = Client::connect(&url("ap-a")).await;
+    a1.join("twin").await;
+    let mut a2 = Client::connect(&url("ap-a")).await;
+    a2.join("twin").await;
+    a1.expect("peer-joined").await;
+    let ap = cluster.replicas.iter().find(|r| r.region == "ap").unwrap();
+    assert_eq!(rooms_homed(ap).await, 1, "ap made its own room meanwhile");
+
+    cluster.heal("ap");
+    let (a1_id, a2_id) = (a1.peer_id.clone(), a2.peer_id.clone());
+    let (e1_id, e2_id) = (e1.peer_id.clone(), e2.peer_id.clone());
+    for c in [&mut e1, &mut e2] {
+        expect_joined_once(c, &[&a1_id, &a2_id]).await;
+    }
+    for c in [&mut a1, &mut a2] {
+        expect_joined_once(c, &[&e1_id, &e2_id]).await;
+    }
+    // One room, in eu; the members signal across.
+    until(
+        std::time::Duration::from_secs(10),
+        "ap's room to be gone",
+        || async { (rooms_homed(ap).await == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let eu = cluster.replicas.iter().find(|r| r.region == "eu").unwrap();
+    assert_eq!(rooms_homed(eu).await, 1);
+    assert_eq!(
+        metric(
+            &ap.scrape().await,
+            "heliograph_coordinator_homing_conflicts_total"
+        ),
+        Some(1.0)
+    );
+    let mut clients = vec![e1, e2, a1, a2];
+    all_pairs_signal(&mut clients, "twin").await;
+    // A newcomer from us sees the four.
+    wait_homes_known(&cluster, "eu", 1).await;
+    let mut u = Client::connect(&url("us-a")).await;
+    let joined = u.join("twin").await;
+    assert_eq!(joined["peers"].as_array().unwrap().len(), 4, "{joined}");
+}

@@ -60,15 +60,20 @@ impl Directory {
     /// The other region that homes `room` and its claim, if any (the winning one when
     /// several claim it). Counted as a directory lookup, and a hit when found.
     pub fn lookup(&self, room: &RoomId) -> Option<(Region, Claim)> {
+        let found = self.winner(room);
+        metrics::directory_lookup(found.is_some());
+        found
+    }
+
+    /// As [`Self::lookup`], uncounted.
+    pub fn winner(&self, room: &RoomId) -> Option<(Region, Claim)> {
         let rooms = self.rooms.read().unwrap_or_else(PoisonError::into_inner);
-        let found = rooms.get(room).and_then(|claims| {
+        rooms.get(room).and_then(|claims| {
             claims
                 .iter()
                 .min_by_key(|(region, claim)| (**claim, (*region).clone()))
                 .map(|(region, claim)| (region.clone(), *claim))
-        });
-        metrics::directory_lookup(found.is_some());
-        found
+        })
     }
 
     /// How many rooms `region` homes, as far as this replica knows.

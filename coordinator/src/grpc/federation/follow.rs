@@ -17,6 +17,7 @@ use super::super::leader::Clients;
 use super::super::links::Links;
 use super::super::proto::{self, ReplicaToEdge, federate_message, replica_to_edge};
 use super::directory::{Claim, Directory};
+use super::merge::Suspects;
 use crate::metrics;
 use crate::registry::{EdgeId, Region, RoomId};
 use crate::replica::Replica;
@@ -63,6 +64,7 @@ pub struct Follow {
     pub clients: Arc<Clients>,
     pub secret: ClusterSecret,
     pub connected: Arc<Connected>,
+    pub suspects: Arc<Suspects>,
 }
 
 /// Keeps one following task per federated region until `stop`.
@@ -171,15 +173,22 @@ async fn read(
         };
         match msg {
             federate_message::Msg::Homes(homes) => {
-                let homes = homes.homes.into_iter().filter_map(|h| {
-                    let room = RoomId::new(h.room).ok()?;
-                    Some((
-                        room,
-                        Claim {
+                let homes: Vec<(RoomId, Claim)> = homes
+                    .homes
+                    .into_iter()
+                    .filter_map(|h| {
+                        let room = RoomId::new(h.room).ok()?;
+                        let claim = Claim {
                             created_at_ms: h.created_at_ms,
-                        },
-                    ))
-                });
+                        };
+                        Some((room, claim))
+                    })
+                    .collect();
+                for (room, _) in &homes {
+                    if follow.replica.created_at_ms(room).is_some() {
+                        follow.suspects.add(room.clone());
+                    }
+                }
                 follow.directory.replace(region, homes);
                 // Events may have been missed while no stream was open.
                 for edge in follow.links.edges() {
@@ -196,6 +205,9 @@ async fn read(
                     let claim = Claim {
                         created_at_ms: h.created_at_ms,
                     };
+                    if follow.replica.created_at_ms(&room).is_some() {
+                        follow.suspects.add(room.clone());
+                    }
                     follow.directory.created(region, room, claim);
                 }
             }

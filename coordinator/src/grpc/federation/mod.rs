@@ -4,6 +4,7 @@
 //! - [`directory`]: which other region homes which room, as this replica knows it.
 //! - [`watchers`]: the other regions' streams that follow this replica's group.
 //! - [`follow`]: this replica's streams following the other regions' groups.
+//! - [`merge`]: a name created in two regions at once ends as one room, the older one.
 //!
 //! A request for a room homed elsewhere (join, leave, read, the server API's kick and close)
 //! is one call to a gateway of the home region, which executes it in its own group. A
@@ -12,6 +13,7 @@
 
 pub mod directory;
 pub mod follow;
+pub mod merge;
 pub mod watchers;
 
 use std::future::Future;
@@ -65,6 +67,7 @@ pub enum Home {
 pub struct Federation {
     replica: Replica,
     pub directory: Arc<Directory>,
+    pub suspects: Arc<merge::Suspects>,
     pub connected: Arc<Connected>,
     watch_tx: mpsc::Sender<Watcher>,
     clients: Arc<Clients>,
@@ -90,6 +93,7 @@ impl Federation {
         Self {
             replica,
             directory: Arc::default(),
+            suspects: Arc::default(),
             connected: Arc::default(),
             watch_tx,
             clients,
@@ -103,17 +107,9 @@ impl Federation {
     /// region the directory names, when this group knows its gateways; otherwise here (the
     /// request creates the room here, or finds nothing).
     pub fn home(&self, room: &RoomId) -> Home {
-        if let Some(created) = self.replica.created_at_ms(room) {
-            if let Some((region, claim)) = self.directory.lookup(room) {
-                let mine = Region::new(self.replica.region()).ok();
-                if mine.as_ref().is_some_and(|mine| {
-                    directory::loses_to((created, mine), (claim.created_at_ms, &region))
-                }) {
-                    // Created here and elsewhere before either knew: counted; this group
-                    // keeps serving its members.
-                    metrics::homing_conflict();
-                }
-            }
+        if self.replica.created_at_ms(room).is_some() {
+            // Even when another region created it first: until the leader has moved it
+            // there (see `merge`), its members are here.
             return Home::Here;
         }
         match self.directory.lookup(room) {
