@@ -198,7 +198,7 @@ pub const REGIONS_FOLLOWED: &str = "heliograph_coordinator_regions_followed";
 /// Labels of [`RAFT_MESSAGES`]: to a member of this replica's region, or of another.
 pub const RAFT_SCOPES: [&str; 2] = ["region", "cross_region"];
 /// Operations of [`REGION_REQUESTS`].
-pub const REGION_OPS: [&str; 8] = [
+pub const REGION_OPS: [&str; 9] = [
     "join",
     "leave",
     "get_room",
@@ -207,6 +207,7 @@ pub const REGION_OPS: [&str; 8] = [
     "disconnect",
     "detach",
     "rebind",
+    "edge_states",
 ];
 /// Outcomes of [`REGION_REQUESTS`]: a call made, or given up (the region was unreachable).
 pub const REGION_OUTCOMES: [&str; 2] = ["sent", "unavailable"];

@@ -112,6 +112,10 @@ impl RegistryService {
             Arc::clone(&federation),
             stop.clone(),
         ));
+        tasks.spawn(federation::liveness::run(
+            Arc::clone(&federation),
+            stop.clone(),
+        ));
         tasks.spawn(follow::run(
             Follow {
                 replica: replica.clone(),
@@ -775,6 +779,30 @@ impl Registry for RegistryService {
             tracing::info!(%edge, "edge unlinked");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn edge_states(
+        &self,
+        request: Request<proto::EdgeStatesRequest>,
+    ) -> Result<Response<proto::EdgeStatesResponse>, Status> {
+        self.check(&request)?;
+        let now = crate::clock::now_ms();
+        let states = request
+            .into_inner()
+            .edge_ids
+            .into_iter()
+            .map(|id| {
+                let record = crate::registry::EdgeId::new(id.clone())
+                    .ok()
+                    .and_then(|e| self.shared.replica.edge(&e));
+                proto::EdgeState {
+                    edge_id: id,
+                    known: record.is_some(),
+                    alive: record.is_some_and(|r| !r.down && r.lease_until_ms > now),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::EdgeStatesResponse { states }))
     }
 
     type FederateStream = ReceiverStream<FederateItem>;

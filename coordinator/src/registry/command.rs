@@ -91,6 +91,16 @@ pub enum Command {
         to: Region,
         members: Vec<PeerId>,
     },
+    /// What the leader learnt about edges of other regions' groups with members here: peers
+    /// on `down` edges (or of a region it cannot reach) are detached now and removed after
+    /// the grace period unless their edge comes back (`alive` attaches the peers detached
+    /// this way again); peers on `gone` edges (unknown to their region: it removed them after
+    /// its own grace period) are removed now, as `expired`.
+    RemoteEdges {
+        alive: Vec<EdgeId>,
+        down: Vec<EdgeId>,
+        gone: Vec<EdgeId>,
+    },
     /// Another region's gateways (API addresses), for region-homed rooms; none: forget it.
     SetRegion {
         region: Region,
@@ -154,6 +164,7 @@ impl Command {
             Self::AckWebhooks { .. } => "ack_webhooks",
             Self::SetRegion { .. } => "set_region",
             Self::Rehome { .. } => "rehome",
+            Self::RemoteEdges { .. } => "remote_edges",
         }
     }
 }

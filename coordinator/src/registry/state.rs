@@ -49,6 +49,10 @@ struct PeerRecord {
     /// The join request that last joined (or re-joined) each room, when it was named.
     #[serde(default)]
     attempts: BTreeMap<RoomId, u64>,
+    /// Detached because its edge, of another region's group, was down or unreachable (and
+    /// attached again when it is back).
+    #[serde(default)]
+    detached_remotely: bool,
 }
 
 /// The fields of a [`Command::Join`], borrowed.
@@ -213,6 +217,28 @@ impl RegistryState {
                 remote_region,
             } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
             Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
+            Command::RemoteEdges { alive, down, gone } => {
+                for p in self.peers.values_mut() {
+                    if alive.contains(&p.edge) && p.detached_remotely {
+                        p.detached_remotely = false;
+                        p.detached_since_ms = None;
+                    } else if down.contains(&p.edge) && p.detached_since_ms.is_none() {
+                        p.detached_remotely = true;
+                        p.detached_since_ms = Some(at);
+                    }
+                }
+                let gone_peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| gone.contains(&p.edge))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for peer in gone_peers {
+                    // Their region removed them after its own grace period.
+                    self.remove_peer(&peer, LeaveReason::Expired, &mut events);
+                }
+                Outcome::Done
+            }
             Command::SetRegion { region, gateways } => {
                 if gateways.is_empty() {
                     self.regions.remove(region);
@@ -412,6 +438,7 @@ impl RegistryState {
                 rooms: BTreeSet::new(),
                 detached_since_ms: None,
                 attempts: BTreeMap::new(),
+                detached_remotely: false,
             });
         p.rooms.insert(room.clone());
         if attempt != 0 {
@@ -627,6 +654,26 @@ impl RegistryState {
     fn bump_epoch(&mut self) -> u64 {
         self.next_epoch += 1;
         self.next_epoch
+    }
+
+    /// Edges of other regions' groups with members here (not registered here), by region,
+    /// each with whether some of its peers are attached and whether some were detached
+    /// because of it.
+    pub fn remote_edges(&self) -> BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> {
+        let mut out: BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> = BTreeMap::new();
+        for p in self.peers.values() {
+            if self.edges.contains_key(&p.edge) {
+                continue;
+            }
+            let e = out
+                .entry(p.region.clone())
+                .or_default()
+                .entry(p.edge.clone())
+                .or_insert((false, false));
+            e.0 |= p.detached_since_ms.is_none();
+            e.1 |= p.detached_remotely;
+        }
+        out
     }
 
     /// Other regions' gateways, by region.

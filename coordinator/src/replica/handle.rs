@@ -204,6 +204,12 @@ impl Replica {
         self.read(RegistryState::homes)
     }
 
+    /// Edges of other regions' groups with members here (see
+    /// [`RegistryState::remote_edges`]).
+    pub fn remote_edges(&self) -> BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> {
+        self.read(RegistryState::remote_edges)
+    }
+
     /// Whether `peer` is a member of any room of this group.
     pub fn knows_peer(&self, peer: &PeerId) -> bool {
         self.read(|s| s.is_detached(peer).is_some())

@@ -345,7 +345,8 @@ impl RemoteRegistry {
             | Command::ConfigureWebhooks { .. }
             | Command::AckWebhooks { .. }
             | Command::SetRegion { .. }
-            | Command::Rehome { .. } => Err(CoordinatorError::Unavailable(
+            | Command::Rehome { .. }
+            | Command::RemoteEdges { .. } => Err(CoordinatorError::Unavailable(
                 "sweeps, the server API's and the webhooks' commands are the coordinator's, \
                  not an edge's"
                     .into(),

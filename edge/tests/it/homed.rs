@@ -482,3 +482,36 @@ async fn one_name_created_on_both_sides_of_a_partition_ends_as_one_room_with_eve
     let joined = u.join("twin").await;
     assert_eq!(joined["peers"].as_array().unwrap().len(), 4, "{joined}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_edge_in_another_region_dies_leaves_after_the_grace_period() {
+    let mut cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu")],
+        edges: &[("us-a", "us"), ("eu-a", "eu")],
+        replica_args: REGION_REPLICA_ARGS,
+        edge_args: &["--lease-ms", "1000"],
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let mut u = Client::connect(&cluster.edge("us-a").node.ws_url()).await;
+    u.join("r").await;
+    wait_homes_known(&cluster, "us", 1).await;
+    let mut e = Client::connect(&cluster.edge("eu-a").node.ws_url()).await;
+    e.join("r").await;
+    u.expect("peer-joined").await;
+    // The edge dies with its socket: eu's group sees its lease run out, and us's group
+    // (which homes the room) learns it from eu and applies its own grace rules.
+    let started = std::time::Instant::now();
+    cluster.edge_mut("eu-a").node.kill();
+    let left = u.expect("peer-left").await;
+    assert_eq!(left["peer_id"], e.peer_id.as_str(), "{left}");
+    assert_eq!(left["reason"], "expired", "{left}");
+    // Lease (1 s) + one check (1 s) + grace (0.5 s) + commits, with room to spare.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(e);
+}

@@ -5,6 +5,7 @@
 //! - [`watchers`]: the other regions' streams that follow this replica's group.
 //! - [`follow`]: this replica's streams following the other regions' groups.
 //! - [`merge`]: a name created in two regions at once ends as one room, the older one.
+//! - [`liveness`]: members here whose edges are other regions' get the same grace rules.
 //!
 //! A request for a room homed elsewhere (join, leave, read, the server API's kick and close)
 //! is one call to a gateway of the home region, which executes it in its own group. A
@@ -13,6 +14,7 @@
 
 pub mod directory;
 pub mod follow;
+pub mod liveness;
 pub mod merge;
 pub mod watchers;
 
