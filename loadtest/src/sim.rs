@@ -329,11 +329,11 @@ fn start_processes(
                     .wait_formed(&apis, group[0].id, STARTUP)
                     .context("a region's replicas never formed their group")?;
             }
-            for r in 0..n {
+            for (r, group) in replicas.iter().enumerate() {
                 for o in (0..n).filter(|o| *o != r) {
                     let gateways: Vec<String> = api[o].iter().map(ToString::to_string).collect();
                     let gateways: Vec<&str> = gateways.iter().map(String::as_str).collect();
-                    admin.set_region(&replicas[r][0].api, &spec.regions[o], &gateways)?;
+                    admin.set_region(&group[0].api, &spec.regions[o], &gateways)?;
                 }
             }
             let apis: Vec<&str> = replicas.iter().flatten().map(|r| r.api.as_str()).collect();

@@ -104,7 +104,7 @@ pub async fn measure(sim: &Sim, regions: &[String], rounds: usize) -> Result<Val
             let h = remote.get(&(r, o)).cloned().unwrap_or(latency_histogram()?);
             let target = (2 * sim.spec.delay_ms[r][o]) as f64 + 10.0;
             let p99 = ms(Percentiles::from_histogram(&h).p99_us);
-            let ok = h.len() > 0 && p99 <= target;
+            let ok = !h.is_empty() && p99 <= target;
             remote_ok &= ok;
             let mut v = percentiles(&h);
             v["target_p99_ms"] = json!(target);
@@ -112,7 +112,7 @@ pub async fn measure(sim: &Sim, regions: &[String], rounds: usize) -> Result<Val
             others.insert(regions[o].clone(), v);
         }
         for h in [&create[r], &local[r]] {
-            local_ok &= h.len() > 0 && ms(Percentiles::from_histogram(h).p99_us) <= 5.0;
+            local_ok &= !h.is_empty() && ms(Percentiles::from_histogram(h).p99_us) <= 5.0;
         }
         rows.push(json!({
             "region": regions[r],
