@@ -79,6 +79,7 @@ pub const RAFT_LEADER_CHANGES: &str = "heliograph_raft_leader_changes_total";
 pub const RAFT_SNAPSHOTS_BUILT: &str = "heliograph_raft_snapshots_built_total";
 pub const RAFT_SNAPSHOTS_INSTALLED: &str = "heliograph_raft_snapshots_installed_total";
 pub const RAFT_APPLY_LAG: &str = "heliograph_raft_apply_lag_entries";
+pub const RAFT_IS_LEADER: &str = "heliograph_raft_is_leader";
 pub const REGISTRY_BATCHES: &str = "heliograph_registry_batches_total";
 pub const REGISTRY_BATCHED_COMMANDS: &str = "heliograph_registry_batched_commands_total";
 pub const REGISTRY_ROOMS: &str = "heliograph_registry_rooms";
@@ -88,6 +89,11 @@ pub const REGISTRY_COMMAND_DURATION: &str = "heliograph_registry_command_duratio
 #[allow(clippy::cast_precision_loss)]
 fn as_gauge(v: u64) -> f64 {
     v as f64
+}
+
+/// 1 on the replica that leads its group, 0 on the others.
+pub(crate) fn raft_is_leader(leading: bool) {
+    metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(leading)));
 }
 
 pub(crate) fn raft_term(term: u64) {
@@ -292,6 +298,7 @@ pub fn describe() {
     }
     for gauge in [
         RAFT_APPLY_LAG,
+        RAFT_IS_LEADER,
         REGISTRY_ROOMS,
         LINKS_OPEN,
         WEBHOOKS_QUEUED,

@@ -75,7 +75,10 @@ pub enum AdminCall {
     Add(pb::AddMemberRequest),
     Remove(pb::RemoveMemberRequest),
     SetRegion(pb::SetRegionRequest),
+    /// This replica's view, with the other regions' groups as their gateways see them.
     Status,
+    /// This replica's view of its own group only.
+    LocalStatus,
 }
 
 /// Makes `call` at `addr`, following the leader for membership changes. `secret` is optional so
@@ -93,7 +96,8 @@ pub async fn call(
             AdminCall::Add(r) => client.add_member(r).await,
             AdminCall::Remove(r) => client.remove_member(r).await,
             AdminCall::SetRegion(r) => client.set_region(r).await,
-            AdminCall::Status => client.status(pb::StatusRequest {}).await,
+            AdminCall::Status => client.status(pb::StatusRequest { local: false }).await,
+            AdminCall::LocalStatus => client.status(pb::StatusRequest { local: true }).await,
         };
         match result {
             Ok(response) => return Ok(response.into_inner()),
@@ -145,6 +149,8 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
                 "gateways": r.gateways,
                 "connected": r.connected,
                 "rooms": r.rooms,
+                "group": r.group.as_ref().map(status_json),
+                "error": (!r.error.is_empty()).then_some(&r.error),
             })
         })
         .collect();

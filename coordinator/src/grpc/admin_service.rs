@@ -10,6 +10,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use super::admin_client::{self, AdminCall};
 use super::registry_service::RegistryService;
 use super::status::status_from;
 use crate::raft::NodeInfo;
@@ -20,7 +21,11 @@ use crate::transport::ClusterSecret;
 pub struct AdminService {
     replica: Replica,
     registry: RegistryService,
+    secret: ClusterSecret,
 }
+
+/// How long `status` waits for another region's group.
+const REGION_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The admin service of `replica` (and of its `registry` service's federation), refusing
 /// calls without `secret`.
@@ -29,10 +34,51 @@ pub fn admin_server(
     registry: RegistryService,
     secret: &ClusterSecret,
 ) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
-    AdminServer::with_interceptor(AdminService { replica, registry }, secret.interceptor())
+    let service = AdminService {
+        replica,
+        registry,
+        secret: secret.clone(),
+    };
+    AdminServer::with_interceptor(service, secret.interceptor())
 }
 
 impl AdminService {
+    /// This replica's status; unless `local`, with each other region's group as one of its
+    /// gateways sees it (asked concurrently, each within [`REGION_STATUS_TIMEOUT`]).
+    async fn full_status(&self, local: bool) -> Response<pb::StatusResponse> {
+        let mut response = self.status();
+        if local {
+            return response;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, r) in response.get_ref().regions.iter().enumerate() {
+            let gateways = r.gateways.clone();
+            let secret = self.secret.clone();
+            asks.spawn(async move {
+                let mut error = String::from("no gateway answered");
+                for addr in &gateways {
+                    let call = admin_client::call(addr, Some(&secret), AdminCall::LocalStatus);
+                    match tokio::time::timeout(REGION_STATUS_TIMEOUT, call).await {
+                        Ok(Ok(status)) => return (i, Some(status), String::new()),
+                        Ok(Err(e)) => error = e.to_string(),
+                        Err(_) => error = format!("{addr} did not answer in time"),
+                    }
+                }
+                (i, None, error)
+            });
+        }
+        while let Some(answer) = asks.join_next().await {
+            let Ok((i, group, error)) = answer else {
+                continue;
+            };
+            if let Some(r) = response.get_mut().regions.get_mut(i) {
+                r.group = group;
+                r.error = error;
+            }
+        }
+        response
+    }
+
     fn status(&self) -> Response<pb::StatusResponse> {
         let mut status = to_proto(self.replica.status());
         status.region = self.replica.region().to_owned();
@@ -45,6 +91,8 @@ impl AdminService {
                 gateways,
                 connected,
                 rooms,
+                group: None,
+                error: String::new(),
             })
             .collect();
         Response::new(status)
@@ -156,8 +204,8 @@ impl Admin for AdminService {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(self.status())
+        Ok(self.full_status(request.get_ref().local).await)
     }
 }
