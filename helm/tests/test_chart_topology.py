@@ -203,14 +203,21 @@ case "$cmd" in
   serve) exec sleep 120 ;;
   status)
     if [ "$api" = "$FAKE_LOCAL" ]; then
+      # Shaped like the real output: this replica's group first, then the other regions'
+      # groups (each with a leader of its own) under "regions".
       if [ -f "$FAKE_DIR/member" ]; then
-        echo '{"id": 100, "leader": 100, "region": "us", "regions": []}'
+        echo '{"node_id": 100, "leader": 100, "members": [{"id": 100}], "region": "us",'
+        echo ' "regions": [{"region": "eu", "connected": true, "group": {"leader": 200}}]}'
+      elif [ -n "${FAKE_ELECTING:-}" ]; then
+        # A member whose group is electing: no leader of its own, other regions' leaders.
+        echo '{"node_id": 100, "leader": null, "members": [], "region": "us",'
+        echo ' "regions": [{"region": "eu", "connected": true, "group": {"leader": 200}}]}'
       else
-        echo '{"id": 100, "leader": null, "region": "us", "regions": []}'
+        echo '{"node_id": 100, "leader": null, "members": [], "region": "us", "regions": []}'
       fi
       exit 0
     fi
-    case ",$FAKE_LEADERS," in *",$api,"*) echo '{"leader": 101}'; exit 0 ;; esac
+    case ",$FAKE_LEADERS," in *",$api,"*) echo '{"node_id": 101, "leader": 101, "regions": []}'; exit 0 ;; esac
     echo "$api: unreachable" >&2
     exit 1 ;;
   bootstrap)
@@ -396,6 +403,15 @@ def test_script_regions_ordinal_0_joins_a_group_that_already_exists(start) -> No
     assert not [line for line in lines if line.startswith("bootstrap ")]
     assert not touches_peers(lines)
     assert "joining it instead of bootstrapping" in run.log()
+
+
+def test_script_reads_only_its_own_groups_leader(start) -> None:
+    """The other regions' groups in `status` (nested under "regions", each with a leader) do
+    not make a replica without a leader of its own count as a member."""
+    values = regional()
+    run = start(values, 0, extra_env={"FAKE_ELECTING": "1"})
+    run.wait_for("bootstrap", lambda ls: f"bootstrap --api {LOCAL}" in ls)
+    assert "already a member" not in run.log()
 
 
 def test_script_global_ordinal_0_bootstraps_as_before(start) -> None:

@@ -89,10 +89,11 @@ candidates() {
   done
 }
 
-# `status` prints JSON; a replica in a working cluster reports a numeric "leader".
+# `status` prints JSON; a replica in a working cluster reports a numeric "leader". Only the first
+# "leader" is its own group's: the other regions' groups follow, nested under "regions".
 has_leader() {
   heliograph-coordinator status --api "$1" 2>/dev/null \
-    | tr -d ' \n\t' | grep -q '"leader":[0-9]'
+    | tr -d ' \n\t' | grep -o '"leader":[^,}]*' | head -n 1 | grep -q '"leader":[0-9]'
 }
 
 add_self() {
