@@ -104,7 +104,7 @@ add_self() {
   while alive && in_time; do
     for api in $(candidates); do
       if heliograph-coordinator add --api "$api" "$@"; then
-        log "added to the group through $api"
+        log "added to the cluster through $api"
         return 0
       fi
     done
