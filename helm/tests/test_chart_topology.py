@@ -396,8 +396,8 @@ def test_script_regions_other_ordinals_add_themselves_through_siblings(start) ->
 def test_script_regions_ordinal_0_joins_a_group_that_already_exists(start) -> None:
     values = regional()
     run = start(values, 0, leaders=[sibling(1)])
-    lines = run.wait_for("add through the sibling",
-                         lambda ls: any(line.startswith(f"add --api {sibling(1)} ") for line in ls))
+    run.wait_for("add through the sibling",
+                 lambda ls: any(line.startswith(f"add --api {sibling(1)} ") for line in ls))
     run.wait_for("announcements", lambda ls: all(e in ls for e in announced(values)))
     lines = run.lines()
     assert not [line for line in lines if line.startswith("bootstrap ")]
