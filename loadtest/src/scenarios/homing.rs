@@ -2,7 +2,7 @@
 //! region cut off from the others.
 //!
 //! - For each region, `rounds` times: a client creates a new room (a), and a second client of
-//!   the same region joins it (b). Once every region knows every other region's new rooms, a
+//!   the same region joins it (b); then the first leaves and joins again on its connection. Once every region knows every other region's new rooms, a
 //!   client of each region joins each room created in each other region (c).
 //! - Partition (region-homed layout only): joins per second in new rooms of the last region,
 //!   by `workers` clients joining and leaving in turn for `window`, before and during a
@@ -64,6 +64,8 @@ pub async fn measure(sim: &Sim, regions: &[String], rounds: usize) -> Result<Val
         (0..n).map(|_| latency_histogram()).collect::<Result<_>>()?;
     let mut local: Vec<Histogram<u64>> =
         (0..n).map(|_| latency_histogram()).collect::<Result<_>>()?;
+    let mut rejoin: Vec<Histogram<u64>> =
+        (0..n).map(|_| latency_histogram()).collect::<Result<_>>()?;
     let mut remote: HashMap<(usize, usize), Histogram<u64>> = HashMap::new();
     let mut keep = Vec::new();
     for i in 0..rounds {
@@ -73,6 +75,12 @@ pub async fn measure(sim: &Sim, regions: &[String], rounds: usize) -> Result<Val
             record(&mut create[r], d);
             let (b, d) = timed_join(&edges[(i + 1) % edges.len()], &room(&regions[r], i)).await?;
             record(&mut local[r], d);
+            // The same join again on a connection that has joined before.
+            let mut a = a;
+            a.leave(&room(&regions[r], i)).await?;
+            let started = Instant::now();
+            a.join(&room(&regions[r], i)).await?;
+            record(&mut rejoin[r], started.elapsed());
             keep.push(a);
             keep.push(b);
         }
@@ -118,6 +126,7 @@ pub async fn measure(sim: &Sim, regions: &[String], rounds: usize) -> Result<Val
             "region": regions[r],
             "create": percentiles(&create[r]),
             "local": percentiles(&local[r]),
+            "rejoin": percentiles(&rejoin[r]),
             "homed_elsewhere": others,
         }));
     }
@@ -259,7 +268,7 @@ pub fn summary(r: &Value) -> String {
     let layout = r["layout"].as_str().unwrap_or("?");
     if let Some(rows) = r["homing"]["by_region"].as_array() {
         out.push_str(&format!(
-            "\njoin by where the room is homed ({layout}): p50 p99 ms\n  region    create        local         homed elsewhere\n"
+            "\njoin by where the room is homed ({layout}): p50 p99 ms\n  region    create        local         rejoin        homed elsewhere\n"
         ));
         for row in rows {
             let g = |v: &Value| {
@@ -276,10 +285,11 @@ pub fn summary(r: &Value) -> String {
                 .map(|(o, v)| format!("{o}: {} (target {})", g(v), v["target_p99_ms"]))
                 .collect();
             out.push_str(&format!(
-                "  {:<8} {}  {}  {}\n",
+                "  {:<8} {}  {}  {}  {}\n",
                 row["region"].as_str().unwrap_or("?"),
                 g(&row["create"]),
                 g(&row["local"]),
+                g(&row["rejoin"]),
                 others.join("; ")
             ));
         }
