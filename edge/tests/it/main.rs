@@ -24,5 +24,6 @@ mod resume;
 mod security;
 mod server_api;
 mod signaling;
+mod socketio;
 mod traces;
 mod webhooks;

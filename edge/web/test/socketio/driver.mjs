@@ -26,7 +26,11 @@ socket.on('connect_error', (e) => out({ connect_error: e.message }));
 socket.on('disconnect', (reason) => out({ disconnected: reason }));
 socket.onAny((event, ...args) => out({ event, args }));
 
-createInterface({ input: process.stdin }).on('line', (line) => {
+// Exits by itself once nothing is pending: a long-polling client's disconnect is a request
+// that must finish first.
+const done = () => { socket.disconnect(); lines.close(); process.stdin.destroy(); };
+const lines = createInterface({ input: process.stdin });
+lines.on('line', (line) => {
   const cmd = JSON.parse(line);
   if (cmd.op === 'emit') {
     const args = cmd.args ?? [];
@@ -36,7 +40,6 @@ createInterface({ input: process.stdin }).on('line', (line) => {
       socket.emit(cmd.event, ...args);
     }
   } else if (cmd.op === 'disconnect') {
-    socket.disconnect();
-    setImmediate(() => process.exit(0));
+    done();
   }
-}).on('close', () => { socket.disconnect(); process.exit(0); });
+}).on('close', done);
