@@ -41,7 +41,7 @@ pub fn router(ctx: Arc<EdgeContext>, socketio: Option<SocketIoIngress>) -> Route
     };
     let router = router.with_state(ctx);
     match socketio {
-        Some(ingress) => router.layer(ingress.layer),
+        Some(ingress) => ingress.mount(router),
         None => router,
     }
 }

@@ -11,13 +11,16 @@
 //! A Socket.IO peer's id is its socket's id (`socket.id` on the client). Its session cannot
 //! be resumed: a client that reconnects gets a new id and joins again.
 
+mod cors;
 pub mod dialect;
 mod session;
 mod translate;
 
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::middleware;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
@@ -48,9 +51,10 @@ const TRANSPORT_LIMIT_FACTOR: usize = 4;
 /// hold clonable values only).
 type SlotCell = Arc<Mutex<Option<ConnectionSlot>>>;
 
-/// The mounted ingress: the layer for the router.
+/// The ingress, ready to mount on the edge's router.
 pub struct SocketIoIngress {
-    pub layer: SocketIoLayer,
+    layer: SocketIoLayer,
+    origins: cors::AllowedOrigins,
 }
 
 impl SocketIoIngress {
@@ -90,7 +94,18 @@ impl SocketIoIngress {
         };
         io.ns("/", connect.with(admit));
         tokio::spawn(close_on_drain(io, Arc::clone(ctx)));
-        SocketIoIngress { layer }
+        SocketIoIngress {
+            layer,
+            origins: cors::AllowedOrigins(Arc::new(config.allowed_origins.clone())),
+        }
+    }
+
+    /// Wraps `router`: Socket.IO answers `/socket.io/` (with CORS headers for long-polling
+    /// from the application's pages) and passes every other request on.
+    pub fn mount(self, router: Router) -> Router {
+        router
+            .layer(self.layer)
+            .layer(middleware::from_fn_with_state(self.origins, cors::cors))
     }
 }
 

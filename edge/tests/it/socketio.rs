@@ -305,3 +305,66 @@ async fn the_endpoint_is_off_without_the_flag() {
     let (_c, first) = SioClient::start(&base, json!({"transports": ["polling"]})).await;
     assert!(first.get("connect_error").is_some(), "{first}");
 }
+
+/// One HTTP/1.1 request (`Connection: close`): the status and the raw response.
+async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(crate::support::DEADLINE, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out.to_ascii_lowercase())
+}
+
+#[tokio::test]
+async fn long_polling_from_allowed_origins_gets_cors_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_edge, base) = start_edge(&dir, &["--allowed-origin", "https://app.example"]);
+    let addr = base.trim_start_matches("http://");
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let app = ("Origin", "https://app.example");
+    let (status, resp) = http(
+        addr,
+        "OPTIONS",
+        path,
+        &[
+            app,
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204, "{resp}");
+    assert!(resp.contains("access-control-allow-origin: https://app.example"));
+    assert!(resp.contains("access-control-allow-headers: content-type"));
+    // The Engine.IO handshake, read cross-origin.
+    let (status, resp) = http(addr, "GET", path, &[app]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("access-control-allow-origin: https://app.example"));
+    assert!(resp.contains("\"sid\""), "{resp}");
+    // Other origins get no CORS headers (the browser withholds the answer), and their
+    // Socket.IO connection is refused at admission.
+    let evil = ("Origin", "https://evil.example");
+    let (status, _) = http(addr, "OPTIONS", path, &[evil]).await;
+    assert_eq!(status, 403);
+    let (_, resp) = http(addr, "GET", path, &[evil]).await;
+    assert!(!resp.contains("access-control-allow-origin"));
+    let (_c, first) = SioClient::start(
+        &base,
+        json!({"extraHeaders": {"Origin": "https://evil.example"}, "transports": ["polling"]}),
+    )
+    .await;
+    assert_eq!(first["connect_error"], "origin not allowed", "{first}");
+    // Other paths are not touched.
+    let (_, resp) = http(addr, "GET", "/healthz", &[app]).await;
+    assert!(!resp.contains("access-control-allow-origin"));
+}
