@@ -152,11 +152,12 @@ fn connected(socket: SocketRef, ctx: Arc<EdgeContext>, dialect: Arc<Dialect>, au
             ack,
             at: Instant::now(),
         };
-        let refused = tx.try_send(input).err().map(|e| match e {
-            mpsc::error::TrySendError::Full(input) | mpsc::error::TrySendError::Closed(input) => {
-                input.ack
-            }
-        });
+        // Full: the client sends faster than it is served. Closed: the session has ended (the
+        // socket is going too), nothing to tell.
+        let refused = match tx.try_send(input) {
+            Err(mpsc::error::TrySendError::Full(input)) => Some(input.ack),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+        };
         let error_event = error_event.clone();
         async move {
             if let Some(ack) = refused {

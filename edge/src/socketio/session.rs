@@ -141,15 +141,11 @@ pub(super) async fn run(
                 inflight = None;
                 out.after_queued(frames, &mut outbox)
             }
-            // Gone while draining: the ingress closed its transport (`close_on_drain`).
-            () = feed.gone.cancelled() => Err(if ctx.shutdown.is_draining() {
-                CloseReason::Shutdown
-            } else {
-                CloseReason::ClientClose
-            }),
+            () = feed.gone.cancelled() => Err(CloseReason::ClientClose),
             () = outbox.kicked.raised() => Err(CloseReason::SlowConsumer),
-            // (A drain needs nothing here: the ingress closes every transport at once, see
-            // `socketio::close_on_drain`, and the client's `gone` follows.)
+            // The session ends here, and the ingress closes every transport at once
+            // (`socketio::close_on_drain`): the clients reconnect elsewhere.
+            () = outbox.drain.raised() => Err(CloseReason::Shutdown),
         };
         if let Err(reason) = step {
             break reason;
@@ -157,7 +153,7 @@ pub(super) async fn run(
     };
     ctx.metrics.closed(Ingress::SocketIo, reason);
     session.end(&ctx, &mut outbox).await;
-    if !feed.gone.is_cancelled() {
+    if !feed.gone.is_cancelled() && reason != CloseReason::Shutdown {
         // The server ends it: the client is told, and does not reconnect by itself.
         let _ = socket.clone().disconnect();
     }
