@@ -385,14 +385,20 @@ async fn a_draining_edge_closes_socketio_transports_so_clients_reconnect_elsewhe
     let a = base_url(&cluster.edge("us-a").node.ws_url());
     let mut sio = SioClient::connect(&a, json!({})).await;
     sio.emit_ack("join-room", json!("drain")).await;
-    assert_eq!(native.expect("peer-joined").await["peer"]["id"], json!(sio.id));
+    assert_eq!(
+        native.expect("peer-joined").await["peer"]["id"],
+        json!(sio.id)
+    );
 
     cluster.edge("us-a").node.signal("TERM");
     // The transport closes (not the namespace): socket.io-client would reconnect by itself.
     assert_eq!(sio.disconnected().await, "transport close");
     let left = tokio::time::timeout(crate::support::DEADLINE, native.expect("peer-left")).await;
     let Ok(left) = left else {
-        panic!("no peer-left; us-a's log:\n{}", cluster.edge("us-a").node.log());
+        panic!(
+            "no peer-left; us-a's log:\n{}",
+            cluster.edge("us-a").node.log()
+        );
     };
     assert_eq!(left["peer_id"], json!(sio.id));
 }
