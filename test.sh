@@ -43,6 +43,10 @@ if [ ! -d edge/web/node_modules/socket.io-client ] || [ ! -d edge/web/node_modul
   echo "== npm packages of edge/web"
   (cd edge/web && npm ci --no-audit --no-fund)
 fi
+# The loadtest's Socket.IO comparison runs a Node.js Socket.IO server (pinned in its lock file).
+if [ ! -d loadtest/socketio-node/node_modules/socket.io ]; then
+  (cd loadtest/socketio-node && npm ci --no-audit --no-fund)
+fi
 
 echo "== Rust tests"
 cargo nextest run --workspace --locked --no-fail-fast
