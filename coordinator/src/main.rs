@@ -87,6 +87,19 @@ enum Cmd {
         #[arg(long)]
         id: u64,
     },
+    /// Tell the replica's group where another region's gateways are (region-homed rooms: rooms
+    /// homed there are reached through them); no --gateways forgets the region. Run it in
+    /// each region for every other region.
+    Region {
+        #[command(flatten)]
+        target: Target,
+        /// The other region's name (its replicas' --region).
+        #[arg(long)]
+        region: String,
+        /// API addresses (host:port) of that region's replicas, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        gateways: Vec<String>,
+    },
     /// Print the replica's view of the cluster as JSON.
     Status {
         #[command(flatten)]
@@ -541,6 +554,14 @@ async fn run(command: Cmd) -> ExitCode {
         ),
         Cmd::Remove { target, id } => (target, AdminCall::Remove(pb::RemoveMemberRequest { id })),
         Cmd::Status { target } => (target, AdminCall::Status),
+        Cmd::Region {
+            target,
+            region,
+            gateways,
+        } => (
+            target,
+            AdminCall::SetRegion(pb::SetRegionRequest { region, gateways }),
+        ),
         Cmd::Rooms(args) => return rooms::run(args).await,
     };
     let secret = match ClusterSecret::new(&target.cluster_secret) {

@@ -79,6 +79,7 @@ pub const RAFT_LEADER_CHANGES: &str = "heliograph_raft_leader_changes_total";
 pub const RAFT_SNAPSHOTS_BUILT: &str = "heliograph_raft_snapshots_built_total";
 pub const RAFT_SNAPSHOTS_INSTALLED: &str = "heliograph_raft_snapshots_installed_total";
 pub const RAFT_APPLY_LAG: &str = "heliograph_raft_apply_lag_entries";
+pub const RAFT_IS_LEADER: &str = "heliograph_raft_is_leader";
 pub const REGISTRY_BATCHES: &str = "heliograph_registry_batches_total";
 pub const REGISTRY_BATCHED_COMMANDS: &str = "heliograph_registry_batched_commands_total";
 pub const REGISTRY_ROOMS: &str = "heliograph_registry_rooms";
@@ -88,6 +89,11 @@ pub const REGISTRY_COMMAND_DURATION: &str = "heliograph_registry_command_duratio
 #[allow(clippy::cast_precision_loss)]
 fn as_gauge(v: u64) -> f64 {
     v as f64
+}
+
+/// 1 on the replica that leads its group, 0 on the others.
+pub(crate) fn raft_is_leader(leading: bool) {
+    metrics::gauge!(RAFT_IS_LEADER).set(f64::from(u8::from(leading)));
 }
 
 pub(crate) fn raft_term(term: u64) {
@@ -187,6 +193,69 @@ pub(crate) fn cross_region_message(outgoing: bool) {
     metrics::counter!(CROSS_REGION_MESSAGES, "direction" => direction).increment(1);
 }
 
+pub const RAFT_MESSAGES: &str = "heliograph_coordinator_raft_messages_total";
+pub const REGION_REQUESTS: &str = "heliograph_coordinator_region_requests_total";
+pub const DIRECTORY_LOOKUPS: &str = "heliograph_coordinator_directory_lookups_total";
+pub const DIRECTORY_HITS: &str = "heliograph_coordinator_directory_hits_total";
+pub const HOMING_CONFLICTS: &str = "heliograph_coordinator_homing_conflicts_total";
+pub const FEDERATE_STREAMS: &str = "heliograph_coordinator_federate_streams";
+pub const FEDERATE_DROPPED: &str = "heliograph_coordinator_federate_streams_dropped_total";
+pub const REGIONS_FOLLOWED: &str = "heliograph_coordinator_regions_followed";
+/// Labels of [`RAFT_MESSAGES`]: to a member of this replica's region, or of another.
+pub const RAFT_SCOPES: [&str; 2] = ["region", "cross_region"];
+/// Operations of [`REGION_REQUESTS`].
+pub const REGION_OPS: [&str; 9] = [
+    "join",
+    "leave",
+    "get_room",
+    "remove",
+    "close",
+    "disconnect",
+    "detach",
+    "rebind",
+    "edge_states",
+];
+/// Outcomes of [`REGION_REQUESTS`]: a call made, or given up (the region was unreachable).
+pub const REGION_OUTCOMES: [&str; 2] = ["sent", "unavailable"];
+
+/// One Raft RPC sent to another member (openraft's appends, votes and snapshots).
+pub(crate) fn raft_message(cross_region: bool) {
+    let scope = RAFT_SCOPES[usize::from(cross_region)];
+    metrics::counter!(RAFT_MESSAGES, "scope" => scope).increment(1);
+}
+
+/// A request passed to another region's group (`op` from [`REGION_OPS`]).
+pub(crate) fn region_request(op: &'static str, outcome: &'static str) {
+    metrics::counter!(REGION_REQUESTS, "op" => op, "outcome" => outcome).increment(1);
+}
+
+/// One look-up of a room in the directory of other regions' rooms; `hit` when found there.
+pub(crate) fn directory_lookup(hit: bool) {
+    metrics::counter!(DIRECTORY_LOOKUPS).increment(1);
+    if hit {
+        metrics::counter!(DIRECTORY_HITS).increment(1);
+    }
+}
+
+/// A room this group homes that another region created too, and earlier.
+pub(crate) fn homing_conflict() {
+    metrics::counter!(HOMING_CONFLICTS).increment(1);
+}
+
+/// Streams of other regions' replicas following this one.
+pub(crate) fn federate_streams(n: usize) {
+    metrics::gauge!(FEDERATE_STREAMS).set(as_gauge(u64::try_from(n).unwrap_or(u64::MAX)));
+}
+
+pub(crate) fn federate_dropped() {
+    metrics::counter!(FEDERATE_DROPPED).increment(1);
+}
+
+/// Other regions whose groups this replica follows right now (its streams to them are open).
+pub(crate) fn regions_followed(n: usize) {
+    metrics::gauge!(REGIONS_FOLLOWED).set(as_gauge(u64::try_from(n).unwrap_or(u64::MAX)));
+}
+
 /// Registers every labelled series at zero, so that a scrape shows them before the first
 /// signal (tests and dashboards compare against 0 rather than a missing series).
 pub fn describe() {
@@ -198,6 +267,14 @@ pub fn describe() {
     }
     for reason in RELAY_DROP_REASONS {
         metrics::counter!(RELAY_DROPPED, "reason" => reason).absolute(0);
+    }
+    for scope in RAFT_SCOPES {
+        metrics::counter!(RAFT_MESSAGES, "scope" => scope).absolute(0);
+    }
+    for op in REGION_OPS {
+        for outcome in REGION_OUTCOMES {
+            metrics::counter!(REGION_REQUESTS, "op" => op, "outcome" => outcome).absolute(0);
+        }
     }
     for counter in [
         RAFT_LEADER_CHANGES,
@@ -212,10 +289,22 @@ pub fn describe() {
         WEBHOOKS_RETRIED,
         WEBHOOKS_FAILED,
         WEBHOOKS_DROPPED,
+        DIRECTORY_LOOKUPS,
+        DIRECTORY_HITS,
+        HOMING_CONFLICTS,
+        FEDERATE_DROPPED,
     ] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [RAFT_APPLY_LAG, REGISTRY_ROOMS, LINKS_OPEN, WEBHOOKS_QUEUED] {
+    for gauge in [
+        RAFT_APPLY_LAG,
+        RAFT_IS_LEADER,
+        REGISTRY_ROOMS,
+        LINKS_OPEN,
+        WEBHOOKS_QUEUED,
+        FEDERATE_STREAMS,
+        REGIONS_FOLLOWED,
+    ] {
         metrics::gauge!(gauge).increment(0.0);
     }
 }

@@ -65,7 +65,7 @@ pub async fn serve_with(
         ))
         .serve_with_incoming_shutdown(nodelay(raft_listener), shutdown.clone().cancelled_owned());
     let api = builder("api")?
-        .add_service(admin_server(replica, &secret))
+        .add_service(admin_server(replica, registry.clone(), &secret))
         .add_service(RegistryServer::new(registry))
         .serve_with_incoming_shutdown(nodelay(api_listener), shutdown.cancelled_owned());
     let (raft, api) = tokio::join!(raft, api);

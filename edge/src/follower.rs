@@ -69,6 +69,17 @@ pub async fn follow(
                         .filter(|v| &v.room == room)
                         .or_else(|| registry.local_view(room))
                 });
+                if let RoomEventKind::Rehomed(home) = &event.kind {
+                    // Read it from its new home (through this edge's replica).
+                    tracing::info!(room = %event.room, %home, "a room moved to another region");
+                    match registry.views(std::slice::from_ref(&event.room)).await {
+                        Ok(mut views) => {
+                            let fresh = views.remove(&event.room).flatten();
+                            index.resync_one(event.room.clone(), fresh);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not re-read a moved room"),
+                    }
+                }
                 if let RoomEventKind::Joined(member) = &event.kind
                     && &member.edge == index.edge()
                     && let Some(attempts) = index.take_back_due(&member.peer, &event.room)

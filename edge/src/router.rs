@@ -164,6 +164,7 @@ impl Router {
                 &self.metrics,
                 envelope,
                 RoutingPath::CrossRegion,
+                region.as_str(),
             )
         } else {
             match self.region.publish(envelope) {
@@ -173,6 +174,7 @@ impl Router {
                     &self.metrics,
                     *envelope,
                     RoutingPath::CoordinatorFallback,
+                    "",
                 ),
             }
         };
@@ -302,6 +304,7 @@ impl Router {
             &self.metrics,
             e,
             RoutingPath::CoordinatorFallback,
+            "",
         ) {
             // Nothing can take it now (no replica link either); the sender already had its
             // answer, so it is counted and logged.
@@ -344,6 +347,7 @@ fn via_coordinator(
     metrics: &EdgeMetrics,
     e: Envelope,
     path: RoutingPath,
+    to_region: &str,
 ) -> Result<(), RouteError> {
     let span = if telemetry::enabled() {
         tracing::info_span!(
@@ -356,7 +360,7 @@ fn via_coordinator(
         tracing::Span::none()
     };
     let _entered = span.enter();
-    match registry.relay(e, telemetry::traceparent(&span)) {
+    match registry.relay(e, telemetry::traceparent(&span), to_region) {
         Ok(()) => {
             metrics.routed(path);
             Ok(())

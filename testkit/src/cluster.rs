@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::cut::Cut;
 use crate::edge::{EdgeOptions, Node};
 use crate::process::Launchable;
 use crate::redis::Redis;
@@ -38,6 +39,10 @@ pub struct Spec<'a> {
     /// count), so that the edges attach to different replicas; otherwise every edge lists
     /// them in id order (and attaches to the first).
     pub rotate_replicas: bool,
+    /// Region-homed rooms: each region's replicas form a group of their own (its first
+    /// replica bootstrapped), and every group is told the other regions' gateways. Otherwise
+    /// all replicas form one group.
+    pub homed: bool,
 }
 
 /// An edge process of the cluster, with its name and region.
@@ -53,6 +58,9 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
     pub redis: HashMap<String, Redis>,
     pub edges: Vec<Edge>,
+    /// Region-homed: `(from region, to region)` → the relays through which `from` reaches
+    /// the gateways of `to` (see [`Cluster::partition`]).
+    cuts: HashMap<(String, String), Vec<Cut>>,
     replica_args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -67,6 +75,7 @@ impl Cluster {
             replicas: Vec::new(),
             redis: HashMap::new(),
             edges: Vec::new(),
+            cuts: HashMap::new(),
             replica_args: spec.replica_args.iter().map(|s| (*s).to_owned()).collect(),
             env: spec
                 .env
@@ -79,12 +88,16 @@ impl Cluster {
             let r = cluster.start_replica(*id, region);
             cluster.replicas.push(r);
         }
-        cluster.admin.form(&cluster.replicas, 0).unwrap();
-        let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
-        cluster
-            .admin
-            .wait_formed(&apis, spec.replicas[0].0, DEADLINE * 2)
-            .unwrap();
+        if spec.homed {
+            cluster.form_regions().await;
+        } else {
+            cluster.admin.form(&cluster.replicas, 0).unwrap();
+            let apis: Vec<&str> = cluster.replicas.iter().map(|r| r.api.as_str()).collect();
+            cluster
+                .admin
+                .wait_formed(&apis, spec.replicas[0].0, DEADLINE * 2)
+                .unwrap();
+        }
         for region in spec.redis {
             cluster.redis.insert((*region).to_owned(), Redis::start());
         }
@@ -103,6 +116,107 @@ impl Cluster {
         }
         cluster.wait_redis_up().await;
         cluster
+    }
+
+    /// The regions of the replicas, in order of first appearance.
+    pub fn regions(&self) -> Vec<String> {
+        let mut regions: Vec<String> = Vec::new();
+        for r in &self.replicas {
+            if !regions.contains(&r.region) {
+                regions.push(r.region.clone());
+            }
+        }
+        regions
+    }
+
+    /// The API addresses of `region`'s replicas.
+    pub fn apis_of(&self, region: &str) -> Vec<&str> {
+        self.replicas
+            .iter()
+            .filter(|r| r.region == region)
+            .map(|r| r.api.as_str())
+            .collect()
+    }
+
+    /// One group per region, each told the others' gateways (through relays that
+    /// [`Cluster::partition`] can cut); returns once every replica sees its whole group and
+    /// follows every other region.
+    async fn form_regions(&mut self) {
+        let regions = self.regions();
+        for region in &regions {
+            let members: Vec<&Replica> = self
+                .replicas
+                .iter()
+                .filter(|r| &r.region == region)
+                .collect();
+            let via = &members[0].api;
+            self.admin.bootstrap(via).unwrap();
+            for r in &members[1..] {
+                self.admin.add(via, r).unwrap_or_else(|e| panic!("{e:#}"));
+            }
+            self.admin
+                .wait_formed(&self.apis_of(region), members[0].id, DEADLINE * 2)
+                .unwrap();
+        }
+        for region in &regions {
+            for other in regions.iter().filter(|o| *o != region) {
+                let mut cuts = Vec::new();
+                for target in self.apis_of(other) {
+                    cuts.push(Cut::start(target).await);
+                }
+                self.cuts.insert((region.clone(), other.clone()), cuts);
+            }
+        }
+        for region in &regions {
+            let via = self.apis_of(region)[0];
+            for other in regions.iter().filter(|o| *o != region) {
+                let gateways: Vec<&str> = self.cuts[&(region.clone(), other.clone())]
+                    .iter()
+                    .map(|c| c.addr.as_str())
+                    .collect();
+                self.admin
+                    .set_region(via, other, &gateways)
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        }
+        let apis: Vec<&str> = self.replicas.iter().map(|r| r.api.as_str()).collect();
+        let others = regions.len() - 1;
+        self.admin
+            .wait_statuses(
+                &apis,
+                DEADLINE * 2,
+                "every replica to follow every other region",
+                |s| {
+                    s.iter().all(|v| {
+                        v["regions"].as_array().is_some_and(|rs| {
+                            rs.len() == others && rs.iter().all(|r| r["connected"] == true)
+                        })
+                    })
+                },
+            )
+            .unwrap();
+    }
+
+    /// Region-homed: cuts `region` off from every other region (both ways).
+    pub fn partition(&self, region: &str) {
+        self.each_cut_of(region, Cut::cut);
+    }
+
+    /// Ends [`Cluster::partition`].
+    pub fn heal(&self, region: &str) {
+        self.each_cut_of(region, Cut::heal);
+    }
+
+    fn each_cut_of(&self, region: &str, f: impl Fn(&Cut)) {
+        assert!(
+            !self.cuts.is_empty(),
+            "only a region-homed cluster can be partitioned"
+        );
+        for ((from, to), cuts) in &self.cuts {
+            if from == region || to == region {
+                cuts.iter().for_each(&f);
+            }
+        }
     }
 
     fn start_replica(&self, id: u64, region: &str) -> Replica {

@@ -11,6 +11,7 @@
 //!   services run it. [`replica`]: `heliograph-coordinator` replicas and its
 //!   admin CLI. [`edge`]: `heliograph-edge` processes.
 //! - [`cluster`]: replicas, Redis and edges of one or more regions, formed and ready.
+//! - [`cut`]: a TCP relay a test cuts and heals (the network between two regions).
 //! - [`ws`]: a protocol client over a real WebSocket.
 //!
 //! The process layer is blocking (`std::process` and a reader thread per child): most callers
@@ -27,6 +28,7 @@
 
 pub mod bin;
 pub mod cluster;
+pub mod cut;
 pub mod edge;
 pub mod http;
 pub mod ports;

@@ -234,6 +234,21 @@ impl Admin {
         .with_context(|| format!("add {id}"))
     }
 
+    /// Tells the group of the replica at `via` where `region`'s gateways are.
+    pub fn set_region(&self, via: &str, region: &str, gateways: &[&str]) -> Result<Value> {
+        let gateways = gateways.join(",");
+        self.run(&[
+            "region",
+            "--api",
+            via,
+            "--region",
+            region,
+            "--gateways",
+            &gateways,
+        ])
+        .with_context(|| format!("region {region}"))
+    }
+
     /// Bootstraps `replicas[leader]` and adds the others through it.
     pub fn form(&self, replicas: &[Replica], leader: usize) -> Result<()> {
         let via = &replicas

@@ -74,7 +74,11 @@ pub enum AdminCall {
     Bootstrap,
     Add(pb::AddMemberRequest),
     Remove(pb::RemoveMemberRequest),
+    SetRegion(pb::SetRegionRequest),
+    /// This replica's view, with the other regions' groups as their gateways see them.
     Status,
+    /// This replica's view of its own group only.
+    LocalStatus,
 }
 
 /// Makes `call` at `addr`, following the leader for membership changes. `secret` is optional so
@@ -91,7 +95,9 @@ pub async fn call(
             AdminCall::Bootstrap => client.bootstrap(pb::BootstrapRequest {}).await,
             AdminCall::Add(r) => client.add_member(r).await,
             AdminCall::Remove(r) => client.remove_member(r).await,
-            AdminCall::Status => client.status(pb::StatusRequest {}).await,
+            AdminCall::SetRegion(r) => client.set_region(r).await,
+            AdminCall::Status => client.status(pb::StatusRequest { local: false }).await,
+            AdminCall::LocalStatus => client.status(pb::StatusRequest { local: true }).await,
         };
         match result {
             Ok(response) => return Ok(response.into_inner()),
@@ -134,6 +140,20 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             })
         })
         .collect();
+    let regions: Vec<_> = s
+        .regions
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "region": r.region,
+                "gateways": r.gateways,
+                "connected": r.connected,
+                "rooms": r.rooms,
+                "group": r.group.as_ref().map(status_json),
+                "error": (!r.error.is_empty()).then_some(&r.error),
+            })
+        })
+        .collect();
     serde_json::json!({
         "node_id": s.node_id,
         "cluster_id": s.cluster_id,
@@ -147,5 +167,7 @@ pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "snapshot_index": s.snapshot_index,
         "snapshots_installed": s.snapshots_installed,
         "members": members,
+        "region": s.region,
+        "regions": regions,
     })
 }

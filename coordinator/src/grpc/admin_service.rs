@@ -1,4 +1,5 @@
-//! Cluster administration over gRPC: bootstrap, add and remove replicas, status.
+//! Cluster administration over gRPC: bootstrap, add and remove replicas, the other regions'
+//! gateways, status.
 //!
 //! Membership changes run on the leader; a follower answers `FAILED_PRECONDITION` with the
 //! leader's API address in `x-heliograph-leader-api` and the client retries there.
@@ -9,31 +10,99 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use super::admin_client::{self, AdminCall};
+use super::registry_service::RegistryService;
 use super::status::status_from;
 use crate::raft::NodeInfo;
+use crate::registry::{Command, Region};
 use crate::replica::{ClusterStatus, Replica};
 use crate::transport::ClusterSecret;
 
 pub struct AdminService {
     replica: Replica,
+    registry: RegistryService,
+    secret: ClusterSecret,
 }
 
-/// The admin service of `replica`, refusing calls without `secret`.
+/// How long `status` waits for another region's group.
+const REGION_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The admin service of `replica` (and of its `registry` service's federation), refusing
+/// calls without `secret`.
 pub fn admin_server(
     replica: Replica,
+    registry: RegistryService,
     secret: &ClusterSecret,
 ) -> InterceptedService<AdminServer<AdminService>, impl Interceptor + Clone + use<>> {
-    AdminServer::with_interceptor(AdminService { replica }, secret.interceptor())
+    let service = AdminService {
+        replica,
+        registry,
+        secret: secret.clone(),
+    };
+    AdminServer::with_interceptor(service, secret.interceptor())
 }
 
 impl AdminService {
+    /// This replica's status; unless `local`, with each other region's group as one of its
+    /// gateways sees it (asked concurrently, each within [`REGION_STATUS_TIMEOUT`]).
+    async fn full_status(&self, local: bool) -> Response<pb::StatusResponse> {
+        let mut response = self.status();
+        if local {
+            return response;
+        }
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, r) in response.get_ref().regions.iter().enumerate() {
+            let gateways = r.gateways.clone();
+            let secret = self.secret.clone();
+            asks.spawn(async move {
+                let mut error = String::from("no gateway answered");
+                for addr in &gateways {
+                    let call = admin_client::call(addr, Some(&secret), AdminCall::LocalStatus);
+                    match tokio::time::timeout(REGION_STATUS_TIMEOUT, call).await {
+                        Ok(Ok(status)) => return (i, Some(status), String::new()),
+                        Ok(Err(e)) => error = e.to_string(),
+                        Err(_) => error = format!("{addr} did not answer in time"),
+                    }
+                }
+                (i, None, error)
+            });
+        }
+        while let Some(answer) = asks.join_next().await {
+            let Ok((i, group, error)) = answer else {
+                continue;
+            };
+            if let Some(r) = response.get_mut().regions.get_mut(i) {
+                r.group = group;
+                r.error = error;
+            }
+        }
+        response
+    }
+
     fn status(&self) -> Response<pb::StatusResponse> {
-        Response::new(to_proto(self.replica.status()))
+        let mut status = to_proto(self.replica.status());
+        status.region = self.replica.region().to_owned();
+        status.regions = self
+            .registry
+            .regions_status()
+            .into_iter()
+            .map(|(region, gateways, connected, rooms)| pb::RegionStatus {
+                region: region.to_string(),
+                gateways,
+                connected,
+                rooms,
+                group: None,
+                error: String::new(),
+            })
+            .collect();
+        Response::new(status)
     }
 }
 
 pub fn to_proto(s: ClusterStatus) -> pb::StatusResponse {
     pb::StatusResponse {
+        region: String::new(),
+        regions: Vec::new(),
         node_id: s.node_id,
         cluster_id: s.cluster_id,
         state: s.state,
@@ -102,10 +171,41 @@ impl Admin for AdminService {
         Ok(self.status())
     }
 
+    async fn set_region(
+        &self,
+        request: Request<pb::SetRegionRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let r = request.into_inner();
+        let region =
+            Region::new(r.region).map_err(|e| Status::invalid_argument(format!("region: {e}")))?;
+        if region.as_str() == self.replica.region() {
+            return Err(Status::invalid_argument(
+                "that is this replica's own region; name another region",
+            ));
+        }
+        if let Some(bad) = r
+            .gateways
+            .iter()
+            .find(|g| g.trim().is_empty() || g.contains('/'))
+        {
+            return Err(Status::invalid_argument(format!(
+                "gateway {bad:?} is not host:port"
+            )));
+        }
+        self.replica
+            .execute(Command::SetRegion {
+                region,
+                gateways: r.gateways,
+            })
+            .await
+            .map_err(status_from)?;
+        Ok(self.status())
+    }
+
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(self.status())
+        Ok(self.full_status(request.get_ref().local).await)
     }
 }

@@ -120,6 +120,7 @@ pub fn event_to_proto(event: &RoomEvent, members: Option<&[Member]>) -> proto::R
     let kind = match &event.kind {
         RoomEventKind::Joined(m) => proto::room_event::Kind::Joined(member_to_proto(m)),
         RoomEventKind::Moved(m) => proto::room_event::Kind::Moved(member_to_proto(m)),
+        RoomEventKind::Rehomed(region) => proto::room_event::Kind::Rehomed(region.to_string()),
         RoomEventKind::Left { peer, edge, reason } => {
             proto::room_event::Kind::Left(proto::PeerLeft {
                 peer_id: peer.to_string(),
@@ -148,6 +149,7 @@ pub fn event_from_proto(
     let kind = match &e.kind {
         Some(proto::room_event::Kind::Joined(m)) => RoomEventKind::Joined(member_from_proto(m)?),
         Some(proto::room_event::Kind::Moved(m)) => RoomEventKind::Moved(member_from_proto(m)?),
+        Some(proto::room_event::Kind::Rehomed(r)) => RoomEventKind::Rehomed(region("rehomed", r)?),
         Some(proto::room_event::Kind::Left(l)) => RoomEventKind::Left {
             peer: peer("left.peer_id", &l.peer_id)?,
             edge: edge("left.edge_id", &l.edge_id)?,

@@ -11,22 +11,29 @@
 //! (a room absent from the seed was emptied before the read, so its buffered events end in
 //! its removal). If this task falls behind the event channel, it re-seeds and tells every
 //! linked edge to resync.
+//!
+//! Events for edges of other regions (members of rooms homed here) go to the streams of the
+//! replicas of those regions that follow this one ([`Watchers`]), with each room created
+//! and emptied here; a new stream starts from this task's mirror, so it misses nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::event_to_proto;
+use super::federation::watchers::{Watcher, Watchers};
 use super::links::Links;
 use super::proto::{self, ReplicaToEdge, replica_to_edge};
 use crate::metrics;
-use crate::registry::{EdgeId, Member, PeerId, RoomEvent, RoomEventKind, RoomId};
+use crate::registry::{EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId};
 use crate::replica::Replica;
 
 struct MirrorRoom {
     epoch: u64,
+    created_at_ms: u64,
     members: BTreeMap<PeerId, Member>,
 }
 
@@ -35,18 +42,29 @@ pub(super) struct Mirror {
     rooms: HashMap<RoomId, MirrorRoom>,
 }
 
-/// One message for one edge.
-pub(super) type Delivery = (EdgeId, ReplicaToEdge);
+/// One message for one edge (of that region).
+pub(super) type Delivery = (EdgeId, Region, ReplicaToEdge);
+
+/// What applying one event changed.
+#[derive(Default)]
+pub(super) struct Applied {
+    pub deliveries: Vec<Delivery>,
+    /// The room was created by this event (a new home here).
+    pub created: bool,
+    /// The room emptied with this event.
+    pub emptied: bool,
+}
 
 impl Mirror {
     pub(super) fn seed(replica: &Replica) -> Self {
         let mut rooms = HashMap::new();
-        for summary in replica.rooms() {
-            if let Some(view) = replica.room(&summary.room) {
+        for (room, created_at_ms) in replica.homes() {
+            if let Some(view) = replica.room(&room) {
                 rooms.insert(
                     view.room.clone(),
                     MirrorRoom {
                         epoch: view.epoch,
+                        created_at_ms,
                         members: view
                             .members
                             .into_iter()
@@ -59,71 +77,123 @@ impl Mirror {
         Self { rooms }
     }
 
-    /// Applies `event` and returns what each interested edge is sent.
-    pub(super) fn apply(&mut self, event: &RoomEvent) -> Vec<Delivery> {
-        let room = self
-            .rooms
-            .entry(event.room.clone())
-            .or_insert_with(|| MirrorRoom {
+    /// Every room with its creation time.
+    pub(super) fn homes(&self) -> Vec<(RoomId, u64)> {
+        self.rooms
+            .iter()
+            .map(|(id, r)| (id.clone(), r.created_at_ms))
+            .collect()
+    }
+
+    /// Applies `event` (`created_at_ms`: the room's creation time if it creates it) and
+    /// returns what each interested edge is sent.
+    pub(super) fn apply(&mut self, event: &RoomEvent, created_at_ms: impl Fn() -> u64) -> Applied {
+        let mut applied = Applied::default();
+        let room = self.rooms.entry(event.room.clone()).or_insert_with(|| {
+            applied.created = true;
+            MirrorRoom {
                 epoch: 0,
+                created_at_ms: created_at_ms(),
                 members: BTreeMap::new(),
-            });
+            }
+        });
         if room.epoch >= event.epoch {
             // Already in the seed.
-            return Vec::new();
+            return Applied::default();
         }
         room.epoch = event.epoch;
-        let mut edges: BTreeSet<EdgeId> = room.members.values().map(|m| m.edge.clone()).collect();
+        let mut edges: BTreeSet<(EdgeId, Region)> = room
+            .members
+            .values()
+            .map(|m| (m.edge.clone(), m.region.clone()))
+            .collect();
         let mut joiner_edge = None;
         match &event.kind {
             RoomEventKind::Joined(m) => {
                 room.members.insert(m.peer.clone(), m.clone());
-                edges.insert(m.edge.clone());
+                edges.insert((m.edge.clone(), m.region.clone()));
                 joiner_edge = Some(m.edge.clone());
             }
             RoomEventKind::Moved(m) => {
                 if let Some(known) = room.members.get_mut(&m.peer) {
                     *known = m.clone();
-                    edges.insert(m.edge.clone());
+                    edges.insert((m.edge.clone(), m.region.clone()));
                 }
             }
             RoomEventKind::Left { peer, edge, .. } => {
-                room.members.remove(peer);
-                edges.insert(edge.clone());
+                if let Some(gone) = room.members.remove(peer) {
+                    edges.insert((edge.clone(), gone.region));
+                }
             }
+            // Every member's edge hears it (in `edges` already); the room is no longer here.
+            RoomEventKind::Rehomed(_) => room.members.clear(),
         }
         let members: Vec<Member> = room.members.values().cloned().collect();
         if room.members.is_empty() {
             self.rooms.remove(&event.room);
+            applied.emptied = true;
         }
-        edges
+        applied.deliveries = edges
             .into_iter()
-            .map(|edge| {
+            .map(|(edge, region)| {
                 let with_members = joiner_edge.as_ref() == Some(&edge);
                 let msg = event_to_proto(event, with_members.then_some(members.as_slice()));
                 (
                     edge,
+                    region,
                     ReplicaToEdge {
                         msg: Some(replica_to_edge::Msg::Event(msg)),
                     },
                 )
             })
-            .collect()
+            .collect();
+        applied
     }
 }
 
 /// Runs until `stop`, or until the replica's event channel closes.
-pub(super) async fn run(replica: Replica, links: Arc<Links>, stop: CancellationToken) {
+pub(super) async fn run(
+    replica: Replica,
+    links: Arc<Links>,
+    mut new_watchers: mpsc::Receiver<Watcher>,
+    stop: CancellationToken,
+) {
     let mut events = replica.subscribe();
     let mut mirror = Mirror::seed(&replica);
+    let mut watchers = Watchers::default();
+    let here = Region::new(replica.region()).ok();
     loop {
         let received = tokio::select! {
             () = stop.cancelled() => return,
+            Some(watcher) = new_watchers.recv() => {
+                watchers.add(watcher, mirror.homes());
+                continue;
+            }
             r = events.recv() => r,
         };
         match received {
             Ok(event) => {
-                for (edge, msg) in mirror.apply(&event) {
+                let applied = mirror.apply(&event, || {
+                    replica.created_at_ms(&event.room).unwrap_or_default()
+                });
+                if !watchers.is_empty() {
+                    if applied.created {
+                        let at = mirror.rooms.get(&event.room).map_or(0, |r| r.created_at_ms);
+                        watchers.created(&event.room, at);
+                    }
+                    if applied.emptied {
+                        watchers.emptied(&event.room);
+                    }
+                }
+                for (edge, region, msg) in applied.deliveries {
+                    let other_region = here.as_ref() != Some(&region);
+                    if other_region && !links.is_linked(&edge) {
+                        // An edge of another region's group: its replicas follow this group.
+                        if let Some(replica_to_edge::Msg::Event(e)) = msg.msg {
+                            watchers.event(&region, &edge, e);
+                        }
+                        continue;
+                    }
                     // Not linked here: the edge is attached to another replica, which sends it
                     // the same event from its own copy of the log.
                     links.push(&edge, msg);
@@ -136,6 +206,8 @@ pub(super) async fn run(replica: Replica, links: Arc<Links>, stop: CancellationT
                 );
                 metrics::fanout_resynced();
                 mirror = Mirror::seed(&replica);
+                // The following regions start again from the list of homes.
+                watchers.clear();
                 for edge in links.edges() {
                     links.push(
                         &edge,
@@ -172,19 +244,25 @@ mod tests {
         }
     }
 
-    fn edges(d: &[Delivery]) -> Vec<&str> {
-        d.iter().map(|(e, _)| e.as_str()).collect()
+    fn edges(d: &Applied) -> Vec<&str> {
+        d.deliveries.iter().map(|(e, _, _)| e.as_str()).collect()
+    }
+
+    impl Mirror {
+        fn apply_now(&mut self, event: &RoomEvent) -> Applied {
+            self.apply(event, || 1)
+        }
     }
 
     #[test]
     fn interest_follows_membership_at_the_event() {
         let mut m = Mirror::default();
-        let d = m.apply(&ev(1, RoomEventKind::Joined(member("a", "e1"))));
+        let d = m.apply_now(&ev(1, RoomEventKind::Joined(member("a", "e1"))));
         assert_eq!(edges(&d), ["e1"]);
-        let d = m.apply(&ev(2, RoomEventKind::Joined(member("b", "e2"))));
+        let d = m.apply_now(&ev(2, RoomEventKind::Joined(member("b", "e2"))));
         assert_eq!(edges(&d), ["e1", "e2"]);
         // Only the joiner's edge gets the member list.
-        for (edge, msg) in &d {
+        for (edge, _, msg) in &d.deliveries {
             let Some(replica_to_edge::Msg::Event(e)) = &msg.msg else {
                 panic!()
             };
@@ -192,7 +270,8 @@ mod tests {
         }
         // A replayed event is skipped.
         assert!(
-            m.apply(&ev(2, RoomEventKind::Joined(member("b", "e2"))))
+            m.apply_now(&ev(2, RoomEventKind::Joined(member("b", "e2"))))
+                .deliveries
                 .is_empty()
         );
         let left = |epoch, peer: &str, edge: &str| {
@@ -205,9 +284,9 @@ mod tests {
                 },
             )
         };
-        assert_eq!(edges(&m.apply(&left(3, "a", "e1"))), ["e1", "e2"]);
+        assert_eq!(edges(&m.apply_now(&left(3, "a", "e1"))), ["e1", "e2"]);
         // e1 has no member left: it no longer hears about the room, except its own peers.
-        assert_eq!(edges(&m.apply(&left(4, "b", "e2"))), ["e2"]);
+        assert_eq!(edges(&m.apply_now(&left(4, "b", "e2"))), ["e2"]);
         assert!(m.rooms.is_empty());
     }
 }

@@ -12,11 +12,14 @@
 //! - `links`: the edges linked to this replica.
 //! - `relay`: where a signal between edges goes next (local link or one other replica).
 //! - `leader`: cached clients that forward writes from a follower to the leader.
+//! - [`federation`]: region-homed rooms: where a room's requests go, the directory of the
+//!   other regions' rooms, and the streams between regions.
 
 pub mod admin_client;
 pub(crate) mod admin_service;
 pub mod convert;
 mod fanout;
+pub mod federation;
 mod leader;
 mod links;
 pub mod proto;

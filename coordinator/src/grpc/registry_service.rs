@@ -12,8 +12,6 @@
 //! when the last clone of the service is dropped, or when the shutdown token given to
 //! [`RegistryService::new`] is cancelled.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,21 +19,22 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::convert::{self, ConvertError};
 use super::fanout;
+use super::federation::follow::{self, Follow};
+use super::federation::watchers::{FEDERATE_BUFFER, FederateItem, Watcher};
+use super::federation::{self, Call, Federation, Home};
 use super::leader::Clients;
 use super::links::{LINK_BUFFER, LinkItem, Links};
-use super::proto::registry_client::RegistryClient;
 use super::proto::registry_server::{Registry, RegistryServer};
 use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, Member, Outcome, PeerId, RoomId};
+use crate::registry::{Command, Member, Outcome, PeerId, Region, RoomId};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
@@ -72,6 +71,7 @@ struct Shared {
     links: Arc<Links>,
     relay: Arc<Relay>,
     clients: Arc<Clients>,
+    federation: Arc<Federation>,
     tasks: TaskTracker,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -93,9 +93,40 @@ impl RegistryService {
             tasks.clone(),
             stop.clone(),
         ));
+        let (watch_tx, watch_rx) = mpsc::channel(64);
         tasks.spawn(fanout::run(
             replica.clone(),
             Arc::clone(&links),
+            watch_rx,
+            stop.clone(),
+        ));
+        let federation = Arc::new(Federation::new(
+            replica.clone(),
+            Arc::clone(&clients),
+            secret.clone(),
+            watch_tx,
+            tasks.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(federation::merge::run(
+            Arc::clone(&federation),
+            stop.clone(),
+        ));
+        tasks.spawn(federation::liveness::run(
+            Arc::clone(&federation),
+            stop.clone(),
+        ));
+        tasks.spawn(follow::run(
+            Follow {
+                replica: replica.clone(),
+                directory: Arc::clone(&federation.directory),
+                links: Arc::clone(&links),
+                clients: Arc::clone(&clients),
+                secret: secret.clone(),
+                connected: Arc::clone(&federation.connected),
+                suspects: Arc::clone(&federation.suspects),
+            },
+            tasks.clone(),
             stop.clone(),
         ));
         Self {
@@ -105,6 +136,7 @@ impl RegistryService {
                 links,
                 relay,
                 clients,
+                federation,
                 tasks,
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
@@ -271,6 +303,40 @@ impl RegistryService {
         }
     }
 
+    /// The region of an edge named in a request (`edge_region`) when it is not this one's:
+    /// the edge belongs to another region's group.
+    fn remote_region(&self, edge_region: &str) -> Result<Option<Region>, Status> {
+        if edge_region.is_empty() || edge_region == self.shared.replica.region() {
+            return Ok(None);
+        }
+        convert::region("edge_region", edge_region)
+            .map(Some)
+            .map_err(invalid)
+    }
+
+    /// Where requests for `room` go; a request passed on by another region is executed here.
+    fn home<T>(&self, request: &Request<T>, room: &RoomId) -> Home {
+        if federation::from_region(request) {
+            return Home::Here;
+        }
+        self.shared.federation.home(room)
+    }
+
+    /// The federation's view, for the admin `status`.
+    pub fn regions_status(&self) -> Vec<(Region, Vec<String>, bool, u64)> {
+        let f = &self.shared.federation;
+        self.shared
+            .replica
+            .regions()
+            .into_iter()
+            .map(|(region, gateways)| {
+                let connected = f.connected.is_connected(&region);
+                let rooms = f.directory.rooms_of(&region);
+                (region, gateways, connected, rooms)
+            })
+            .collect()
+    }
+
     fn current_leader(&self) -> Option<u64> {
         self.shared.replica.raft().metrics().borrow().current_leader
     }
@@ -280,11 +346,7 @@ impl RegistryService {
     }
 }
 
-type Forward<Req, Resp> =
-    fn(
-        RegistryClient<Channel>,
-        Request<Req>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+type Forward<Req, Resp> = Call<Req, Resp>;
 
 fn invalid(e: ConvertError) -> Status {
     ServiceError::InvalidArgument(e).into()
@@ -410,16 +472,37 @@ impl Registry for RegistryService {
         request: Request<proto::JoinRequest>,
     ) -> Result<Response<proto::JoinResponse>, Status> {
         self.check(&request)?;
+        let mut request = request;
+        let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        let edge = convert::edge("edge_id", &request.get_ref().edge_id).map_err(invalid)?;
+        if request.get_ref().edge_region.is_empty() {
+            // The edge is attached here, so it is of this replica's region.
+            request.get_mut().edge_region = self.shared.replica.edge(&edge).map_or_else(
+                || self.shared.replica.region().to_owned(),
+                |e| e.region.to_string(),
+            );
+        }
+        if let Home::Region { region, gateways } = self.home(&request, &room) {
+            let call: Forward<proto::JoinRequest, proto::JoinResponse> =
+                |mut c, r| Box::pin(async move { c.join(r).await });
+            return self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), "join", call)
+                .await;
+        }
         let r = request.get_ref();
         let command = Command::Join {
-            room: convert::room("room", &r.room).map_err(invalid)?,
+            room,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
-            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            edge,
             meta: r.meta_json.clone(),
             max_members: (r.max_members > 0).then_some(r.max_members),
             attempt: r.attempt,
             deadline_ms: r.deadline_ms,
+            remote_region: self.remote_region(&r.edge_region)?,
         };
+        let home = self.shared.replica.region().to_owned();
         self.write(
             request,
             command,
@@ -428,6 +511,7 @@ impl Registry for RegistryService {
                     rejected: 0,
                     epoch,
                     members: members.iter().map(convert::member_to_proto).collect(),
+                    home: String::new(),
                 },
                 other => proto::JoinResponse {
                     rejected: rejected(&other),
@@ -437,6 +521,12 @@ impl Registry for RegistryService {
             |mut c, r| Box::pin(async move { c.join(r).await }),
         )
         .await
+        .map(|mut response| {
+            if response.get_ref().rejected == 0 {
+                response.get_mut().home = home;
+            }
+            response
+        })
     }
 
     async fn leave(
@@ -444,9 +534,19 @@ impl Registry for RegistryService {
         request: Request<proto::LeaveRequest>,
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
+        let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        if let Home::Region { region, gateways } = self.home(&request, &room) {
+            let call: Forward<proto::LeaveRequest, proto::LeaveResponse> =
+                |mut c, r| Box::pin(async move { c.leave(r).await });
+            return self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), "leave", call)
+                .await;
+        }
         let r = request.get_ref();
         let command = Command::Leave {
-            room: convert::room("room", &r.room).map_err(invalid)?,
+            room,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
             attempt: r.attempt,
             deadline_ms: r.deadline_ms,
@@ -462,9 +562,19 @@ impl Registry for RegistryService {
         request: Request<proto::RemovePeerRequest>,
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
+        let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        if let Home::Region { region, gateways } = self.home(&request, &room) {
+            let call: Forward<proto::RemovePeerRequest, proto::LeaveResponse> =
+                |mut c, r| Box::pin(async move { c.remove_peer(r).await });
+            return self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), "remove", call)
+                .await;
+        }
         let r = request.get_ref();
         let command = Command::Remove {
-            room: convert::room("room", &r.room).map_err(invalid)?,
+            room,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
         };
         self.write(request, command, leave_response, |mut c, r| {
@@ -478,9 +588,17 @@ impl Registry for RegistryService {
         request: Request<proto::CloseRoomRequest>,
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
-        let command = Command::Close {
-            room: convert::room("room", &request.get_ref().room).map_err(invalid)?,
-        };
+        let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        if let Home::Region { region, gateways } = self.home(&request, &room) {
+            let call: Forward<proto::CloseRoomRequest, proto::LeaveResponse> =
+                |mut c, r| Box::pin(async move { c.close_room(r).await });
+            return self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), "close", call)
+                .await;
+        }
+        let command = Command::Close { room };
         self.write(request, command, leave_response, |mut c, r| {
             Box::pin(async move { c.close_room(r).await })
         })
@@ -493,9 +611,19 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
         self.check(&request)?;
         let r = request.get_ref();
-        let command = Command::Disconnect {
-            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
-        };
+        let peer = convert::peer("peer_id", &r.peer_id).map_err(invalid)?;
+        if federation::from_region(&request) && !self.shared.replica.knows_peer(&peer) {
+            // None of this group's rooms holds the peer: nothing to commit.
+            return Ok(Response::new(proto::DisconnectResponse { rejected: 0 }));
+        }
+        if !federation::from_region(&request) {
+            let call: Forward<proto::DisconnectRequest, proto::DisconnectResponse> =
+                |mut c, r| Box::pin(async move { c.disconnect(r).await });
+            self.shared
+                .federation
+                .broadcast(r.clone(), "disconnect", call);
+        }
+        let command = Command::Disconnect { peer };
         self.write(
             request,
             command,
@@ -513,9 +641,16 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::DetachResponse>, Status> {
         self.check(&request)?;
         let r = request.get_ref();
-        let command = Command::Detach {
-            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
-        };
+        let peer = convert::peer("peer_id", &r.peer_id).map_err(invalid)?;
+        if federation::from_region(&request) && !self.shared.replica.knows_peer(&peer) {
+            return Ok(Response::new(proto::DetachResponse { rejected: 0 }));
+        }
+        if !federation::from_region(&request) {
+            let call: Forward<proto::DetachRequest, proto::DetachResponse> =
+                |mut c, r| Box::pin(async move { c.detach(r).await });
+            self.shared.federation.broadcast(r.clone(), "detach", call);
+        }
+        let command = Command::Detach { peer };
         self.write(
             request,
             command,
@@ -532,10 +667,29 @@ impl Registry for RegistryService {
         request: Request<proto::RebindRequest>,
     ) -> Result<Response<proto::RebindResponse>, Status> {
         self.check(&request)?;
-        let r = request.get_ref();
+        let mut request = request;
+        let peer = convert::peer("peer_id", &request.get_ref().peer_id).map_err(invalid)?;
+        let edge = convert::edge("edge_id", &request.get_ref().edge_id).map_err(invalid)?;
+        if federation::from_region(&request) {
+            if !self.shared.replica.knows_peer(&peer) {
+                return Ok(Response::new(proto::RebindResponse {
+                    rejected: convert::rejection_to_proto(Some(
+                        crate::registry::Rejection::UnknownPeer,
+                    )) as i32,
+                }));
+            }
+        } else {
+            request.get_mut().edge_region = self.shared.replica.region().to_owned();
+            let call: Forward<proto::RebindRequest, proto::RebindResponse> =
+                |mut c, r| Box::pin(async move { c.rebind(r).await });
+            self.shared
+                .federation
+                .broadcast(request.get_ref().clone(), "rebind", call);
+        }
         let command = Command::Rebind {
-            peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
-            edge: convert::edge("edge_id", &r.edge_id).map_err(invalid)?,
+            peer,
+            edge,
+            remote_region: self.remote_region(&request.get_ref().edge_region)?,
         };
         self.write(
             request,
@@ -554,6 +708,15 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
+        if let Home::Region { region, gateways } = self.home(&request, &room) {
+            let call: Forward<proto::GetRoomRequest, proto::GetRoomResponse> =
+                |mut c, r| Box::pin(async move { c.get_room(r).await });
+            return self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), "get_room", call)
+                .await;
+        }
         // The applied epoch first: the view read after it is at least that recent.
         let applied = self.shared.replica.applied_epoch();
         Ok(Response::new(convert::room_view_to_proto(
@@ -615,6 +778,44 @@ impl Registry for RegistryService {
             links.unregister(&edge, registered.id);
             tracing::info!(%edge, "edge unlinked");
         });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn edge_states(
+        &self,
+        request: Request<proto::EdgeStatesRequest>,
+    ) -> Result<Response<proto::EdgeStatesResponse>, Status> {
+        self.check(&request)?;
+        let now = crate::clock::now_ms();
+        let states = request
+            .into_inner()
+            .edge_ids
+            .into_iter()
+            .map(|id| {
+                let record = crate::registry::EdgeId::new(id.clone())
+                    .ok()
+                    .and_then(|e| self.shared.replica.edge(&e));
+                proto::EdgeState {
+                    edge_id: id,
+                    known: record.is_some(),
+                    alive: record.is_some_and(|r| !r.down && r.lease_until_ms > now),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::EdgeStatesResponse { states }))
+    }
+
+    type FederateStream = ReceiverStream<FederateItem>;
+
+    async fn federate(
+        &self,
+        request: Request<proto::FederateRequest>,
+    ) -> Result<Response<Self::FederateStream>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let region = convert::region("region", &r.region).map_err(invalid)?;
+        let (tx, rx) = mpsc::channel(FEDERATE_BUFFER);
+        self.shared.federation.watch(Watcher { region, tx })?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -3,6 +3,12 @@
 //! registry's edge record). Signals never take a second replica hop, and never touch Raft.
 //! A signal for another region leaves through the sender's replica (its region's gateway) and
 //! arrives at the target edge's replica: one inter-region hop, whichever replica leads Raft.
+//!
+//! With region-homed rooms, an edge of another region's group is not in this replica's
+//! registry: the signal names the target's region (`to_region`, set by the sending edge) and
+//! goes to a gateway of that region, which passes it to the replica the edge is attached to
+//! (a second hop inside that region, when it is another replica). Receipts going back to an
+//! edge of another region find its region from the signals that edge sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,13 +22,16 @@ use super::leader::Clients;
 use super::links::{Links, Push};
 use super::proto::{RelayedSignal, ReplicaToEdge, replica_to_edge};
 use crate::metrics::{self, RelayRoute};
-use crate::registry::EdgeId;
+use crate::registry::{EdgeId, Region};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
 
 /// Signals queued for one other replica before new ones are dropped.
 pub const FORWARD_BUFFER: usize = 4 * 1024;
+/// Edges of other regions' groups remembered with their region (from the signals they sent)
+/// before the memory is cleared and starts again.
+const REMOTE_EDGES_MAX: usize = 64 * 1024;
 
 /// Where a signal came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub struct Relay {
     clients: Arc<Clients>,
     secret: ClusterSecret,
     forwarders: Arc<Mutex<HashMap<String, mpsc::Sender<RelayedSignal>>>>,
+    /// Edge id → region, for edges of other regions' groups.
+    remote_edges: Mutex<HashMap<String, String>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -67,6 +78,7 @@ impl Relay {
             clients,
             secret,
             forwarders: Arc::default(),
+            remote_edges: Mutex::default(),
             tasks,
             stop,
         }
@@ -99,10 +111,21 @@ impl Relay {
         if receipt {
             metrics::relayed_receipt();
         }
-        if !receipt && origin == Origin::Replica && signal.from_region != self.replica.region() {
-            metrics::cross_region_message(false);
+        let from_other_region = origin == Origin::Replica
+            && !signal.from_region.is_empty()
+            && signal.from_region != self.replica.region();
+        if from_other_region {
+            if !receipt {
+                metrics::cross_region_message(false);
+            }
+            if !signal.from_edge.is_empty() {
+                self.remember(&signal.from_edge, &signal.from_region);
+            }
         }
-        if self.links.is_linked(&to_edge) || origin == Origin::Replica {
+        // From a replica of this region: deliver or drop (no second hop). From another
+        // region: deliver, or pass to the edge's replica below.
+        let deliver_here = origin == Origin::Replica && !from_other_region;
+        if self.links.is_linked(&to_edge) || deliver_here {
             let msg = ReplicaToEdge {
                 msg: Some(replica_to_edge::Msg::Signal(signal)),
             };
@@ -119,7 +142,11 @@ impl Relay {
             return;
         }
         let Some(record) = self.replica.edge(&to_edge) else {
-            metrics::relay_dropped("unknown_edge");
+            if !from_other_region {
+                self.to_region(signal, &to_edge, &span);
+            } else {
+                metrics::relay_dropped("unknown_edge");
+            }
             return;
         };
         let target = record.replica;
@@ -145,6 +172,53 @@ impl Relay {
             Ok(()) => metrics::relayed(RelayRoute::Forwarded),
             Err(_) => metrics::relay_dropped("queue_full"),
         }
+    }
+
+    /// A signal for `to_edge`, an edge this group does not know: to a gateway of its region
+    /// (named by the signal, or remembered from the edge's own signals).
+    fn to_region(&self, signal: RelayedSignal, to_edge: &EdgeId, span: &tracing::Span) {
+        let region = if signal.to_region.is_empty() {
+            self.remote_edges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(to_edge.as_str())
+                .cloned()
+        } else {
+            Some(signal.to_region.clone())
+        };
+        let receipt = signal.to_peer.is_empty() && signal.ack_through > 0;
+        let gateway = region
+            .filter(|r| r != self.replica.region())
+            .and_then(|r| Region::new(r).ok())
+            .and_then(|r| self.replica.regions().remove(&r))
+            .and_then(|gateways| gateways.into_iter().next());
+        let Some(addr) = gateway else {
+            metrics::relay_dropped("unknown_edge");
+            return;
+        };
+        span.record("to", "region");
+        match self.forwarder(&addr).try_send(signal) {
+            Ok(()) if receipt => {}
+            Ok(()) => {
+                metrics::relayed(RelayRoute::CrossRegion);
+                metrics::cross_region_message(true);
+            }
+            Err(_) => metrics::relay_dropped("queue_full"),
+        }
+    }
+
+    fn remember(&self, edge: &str, region: &str) {
+        let mut map = self
+            .remote_edges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.get(edge).is_some_and(|r| r == region) {
+            return;
+        }
+        if map.len() >= REMOTE_EDGES_MAX {
+            map.clear();
+        }
+        map.insert(edge.to_owned(), region.to_owned());
     }
 
     /// The queue of the `Relay` stream to `addr`, opening the stream when there is none.

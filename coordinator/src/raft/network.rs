@@ -66,14 +66,17 @@ impl Interceptor for Credentials {
 #[derive(Clone)]
 pub struct GrpcNetwork {
     credentials: Credentials,
+    /// This replica's region: Raft messages to members of other regions are counted apart.
+    region: String,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
 }
 
 impl GrpcNetwork {
     /// Without a secret (the embedded single replica, which never sends) calls go out bare.
-    pub fn new(secret: Option<ClusterSecret>, identity: Arc<Identity>) -> Self {
+    pub fn new(secret: Option<ClusterSecret>, identity: Arc<Identity>, region: String) -> Self {
         Self {
             credentials: Credentials { secret, identity },
+            region,
             channels: Arc::default(),
         }
     }
@@ -109,7 +112,12 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         });
-        PeerClient { target, client }
+        let cross_region = node.region != self.region;
+        PeerClient {
+            target,
+            client,
+            cross_region,
+        }
     }
 }
 
@@ -118,6 +126,8 @@ pub struct PeerClient {
     target: NodeId,
     /// `Err` holds why the peer's address is unusable.
     client: Result<Client, String>,
+    /// The peer is in another region.
+    cross_region: bool,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, E>>;
@@ -146,6 +156,7 @@ impl PeerClient {
                 ))));
             }
         };
+        crate::metrics::raft_message(self.cross_region);
         let json =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut req = Request::new(RaftBytes { json });

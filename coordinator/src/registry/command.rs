@@ -54,6 +54,11 @@ pub enum Command {
         /// late is refused (`Late`) when the leader stamps it. 0: no deadline.
         #[serde(default)]
         deadline_ms: u64,
+        /// The edge's region when the edge belongs to another region's group (a member
+        /// joining a room homed here from elsewhere): its edge is not registered here, and
+        /// its liveness is that region's business. `None`: an edge of this group.
+        #[serde(default)]
+        remote_region: Option<Region>,
     },
     Leave {
         room: RoomId,
@@ -71,8 +76,36 @@ pub enum Command {
     Disconnect { peer: PeerId },
     /// The peer's connection is gone but it may resume within the grace period.
     Detach { peer: PeerId },
-    /// A detached peer resumed on `edge`.
-    Rebind { peer: PeerId, edge: EdgeId },
+    /// A detached peer resumed on `edge` (of `remote_region`, as for `Join`).
+    Rebind {
+        peer: PeerId,
+        edge: EdgeId,
+        #[serde(default)]
+        remote_region: Option<Region>,
+    },
+    /// The room moves to `to`'s group, which homes the same name since earlier: `members`
+    /// (the room's members when the move began, already joined there) leave this group's
+    /// room without a `Left` event. Refused (`NotInRoom`) when the members changed meanwhile.
+    Rehome {
+        room: RoomId,
+        to: Region,
+        members: Vec<PeerId>,
+    },
+    /// What the leader learnt about edges of other regions' groups with members here: peers
+    /// on `down` edges (or of a region it cannot reach) are detached now and removed after
+    /// the grace period unless their edge comes back (`alive` attaches the peers detached
+    /// this way again); peers on `gone` edges (unknown to their region: it removed them after
+    /// its own grace period) are removed now, as `expired`.
+    RemoteEdges {
+        alive: Vec<EdgeId>,
+        down: Vec<EdgeId>,
+        gone: Vec<EdgeId>,
+    },
+    /// Another region's gateways (API addresses), for region-homed rooms; none: forget it.
+    SetRegion {
+        region: Region,
+        gateways: Vec<String>,
+    },
     /// Ends the leases that ran out by `at_ms` (unless `leases` is false: a new leader gives
     /// edges a lease to renew first) and removes peers detached for `grace_ms` or longer.
     /// Proposed by the leader when its view says something is due.
@@ -129,6 +162,9 @@ impl Command {
             Self::Close { .. } => "close",
             Self::ConfigureWebhooks { .. } => "configure_webhooks",
             Self::AckWebhooks { .. } => "ack_webhooks",
+            Self::SetRegion { .. } => "set_region",
+            Self::Rehome { .. } => "rehome",
+            Self::RemoteEdges { .. } => "remote_edges",
         }
     }
 }

@@ -62,4 +62,7 @@ pub enum RoomEventKind {
     },
     /// The peer resumed on another edge; it stays in the room.
     Moved(Member),
+    /// The room moved to another region's group, which created it too, and earlier: its
+    /// members are now members there (nobody left). Readers re-read it from its new home.
+    Rehomed(Region),
 }

@@ -29,6 +29,10 @@ pub struct EdgeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RoomRecord {
     epoch: u64,
+    /// When the room was created here (the creating join's apply time; 0 in state from
+    /// before it was kept): the same name created in two regions goes to the older one.
+    #[serde(default)]
+    created_at_ms: u64,
     members: BTreeMap<PeerId, String>,
     /// When each member joined (the join's apply time); absent in state from before it was
     /// kept.
@@ -45,6 +49,10 @@ struct PeerRecord {
     /// The join request that last joined (or re-joined) each room, when it was named.
     #[serde(default)]
     attempts: BTreeMap<RoomId, u64>,
+    /// Detached because its edge, of another region's group, was down or unreachable (and
+    /// attached again when it is back).
+    #[serde(default)]
+    detached_remotely: bool,
 }
 
 /// The fields of a [`Command::Join`], borrowed.
@@ -52,6 +60,7 @@ struct JoinRequest<'a> {
     room: &'a RoomId,
     peer: &'a PeerId,
     edge: &'a EdgeId,
+    remote_region: Option<&'a Region>,
     meta: &'a str,
     max_members: Option<u32>,
     attempt: u64,
@@ -86,6 +95,9 @@ pub struct RegistryState {
     /// What the changes owe the webhook endpoints (empty unless webhooks are configured).
     #[serde(default)]
     webhooks: WebhookOutbox,
+    /// Other regions' gateways (API addresses): the rooms they home are reached through them.
+    #[serde(default)]
+    regions: BTreeMap<Region, Vec<String>>,
 }
 
 impl RegistryState {
@@ -155,11 +167,13 @@ impl RegistryState {
                 max_members,
                 attempt,
                 deadline_ms: _,
+                remote_region,
             } => {
                 let request = JoinRequest {
                     room,
                     peer,
                     edge,
+                    remote_region: remote_region.as_ref(),
                     meta,
                     max_members: *max_members,
                     attempt: *attempt,
@@ -197,7 +211,42 @@ impl RegistryState {
                     Outcome::Done
                 }
             },
-            Command::Rebind { peer, edge } => self.rebind(peer, edge, &mut events),
+            Command::Rebind {
+                peer,
+                edge,
+                remote_region,
+            } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
+            Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
+            Command::RemoteEdges { alive, down, gone } => {
+                for p in self.peers.values_mut() {
+                    if alive.contains(&p.edge) && p.detached_remotely {
+                        p.detached_remotely = false;
+                        p.detached_since_ms = None;
+                    } else if down.contains(&p.edge) && p.detached_since_ms.is_none() {
+                        p.detached_remotely = true;
+                        p.detached_since_ms = Some(at);
+                    }
+                }
+                let gone_peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| gone.contains(&p.edge))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for peer in gone_peers {
+                    // Their region removed them after its own grace period.
+                    self.remove_peer(&peer, LeaveReason::Expired, &mut events);
+                }
+                Outcome::Done
+            }
+            Command::SetRegion { region, gateways } => {
+                if gateways.is_empty() {
+                    self.regions.remove(region);
+                } else {
+                    self.regions.insert(region.clone(), gateways.clone());
+                }
+                Outcome::Done
+            }
             Command::Sweep { grace_ms, leases } => {
                 self.sweep(at, *grace_ms, *leases, &mut events);
                 Outcome::Done
@@ -290,7 +339,7 @@ impl RegistryState {
                             .record(at, WebhookEvent::RoomFinished { room });
                     }
                 }
-                RoomEventKind::Moved(_) => {}
+                RoomEventKind::Moved(_) | RoomEventKind::Rehomed(_) => {}
             }
         }
     }
@@ -341,15 +390,15 @@ impl RegistryState {
             room,
             peer,
             edge,
+            remote_region,
             meta,
             max_members,
             attempt,
             at_ms,
         } = request;
-        let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
+        let Some(region) = self.edge_region(edge, remote_region) else {
             return Outcome::Rejected(Rejection::UnknownEdge);
         };
-        let region = edge_rec.region.clone();
         if let Some(p) = self.peers.get_mut(peer) {
             if &p.edge != edge {
                 return Outcome::Rejected(Rejection::WrongEdge);
@@ -373,6 +422,7 @@ impl RegistryState {
             .entry(room.clone())
             .or_insert_with(|| RoomRecord {
                 epoch,
+                created_at_ms: at_ms,
                 members: BTreeMap::new(),
                 joined_at: BTreeMap::new(),
             });
@@ -388,6 +438,7 @@ impl RegistryState {
                 rooms: BTreeSet::new(),
                 detached_since_ms: None,
                 attempts: BTreeMap::new(),
+                detached_remotely: false,
             });
         p.rooms.insert(room.clone());
         if attempt != 0 {
@@ -416,11 +467,63 @@ impl RegistryState {
         }
     }
 
-    fn rebind(&mut self, peer: &PeerId, edge: &EdgeId, events: &mut Vec<RoomEvent>) -> Outcome {
-        let Some(edge_rec) = self.edges.get(edge).filter(|e| !e.down) else {
+    fn rehome(
+        &mut self,
+        room: &RoomId,
+        to: &Region,
+        members: &[PeerId],
+        events: &mut Vec<RoomEvent>,
+    ) -> Outcome {
+        let Some(rec) = self.rooms.get(room) else {
+            return Outcome::Rejected(Rejection::UnknownRoom);
+        };
+        let same = rec.members.len() == members.len()
+            && members.iter().all(|p| rec.members.contains_key(p));
+        if !same {
+            return Outcome::Rejected(Rejection::NotInRoom);
+        }
+        let epoch = self.bump_epoch();
+        self.rooms.remove(room);
+        for peer in members {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.rooms.remove(room);
+                p.attempts.remove(room);
+                if p.rooms.is_empty() {
+                    self.peers.remove(peer);
+                }
+            }
+        }
+        events.push(RoomEvent {
+            room: room.clone(),
+            epoch,
+            kind: RoomEventKind::Rehomed(to.clone()),
+        });
+        Outcome::Left { epoch }
+    }
+
+    /// The region of `edge`: `remote` for an edge of another region's group, else that of
+    /// the live edge registered here (`None`: unknown or down).
+    fn edge_region(&self, edge: &EdgeId, remote: Option<&Region>) -> Option<Region> {
+        match remote {
+            Some(region) => Some(region.clone()),
+            None => self
+                .edges
+                .get(edge)
+                .filter(|e| !e.down)
+                .map(|e| e.region.clone()),
+        }
+    }
+
+    fn rebind(
+        &mut self,
+        peer: &PeerId,
+        edge: &EdgeId,
+        remote_region: Option<&Region>,
+        events: &mut Vec<RoomEvent>,
+    ) -> Outcome {
+        let Some(region) = self.edge_region(edge, remote_region) else {
             return Outcome::Rejected(Rejection::UnknownEdge);
         };
-        let region = edge_rec.region.clone();
         let Some(p) = self.peers.get_mut(peer) else {
             return Outcome::Rejected(Rejection::UnknownPeer);
         };
@@ -551,6 +654,44 @@ impl RegistryState {
     fn bump_epoch(&mut self) -> u64 {
         self.next_epoch += 1;
         self.next_epoch
+    }
+
+    /// Edges of other regions' groups with members here (not registered here), by region,
+    /// each with whether some of its peers are attached and whether some were detached
+    /// because of it.
+    pub fn remote_edges(&self) -> BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> {
+        let mut out: BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> = BTreeMap::new();
+        for p in self.peers.values() {
+            if self.edges.contains_key(&p.edge) {
+                continue;
+            }
+            let e = out
+                .entry(p.region.clone())
+                .or_default()
+                .entry(p.edge.clone())
+                .or_insert((false, false));
+            e.0 |= p.detached_since_ms.is_none();
+            e.1 |= p.detached_remotely;
+        }
+        out
+    }
+
+    /// Other regions' gateways, by region.
+    pub fn regions(&self) -> &BTreeMap<Region, Vec<String>> {
+        &self.regions
+    }
+
+    /// When `room` was created here, if it is here.
+    pub fn created_at_ms(&self, room: &RoomId) -> Option<u64> {
+        self.rooms.get(room).map(|r| r.created_at_ms)
+    }
+
+    /// Every room homed here with its creation time (see [`Self::created_at_ms`]).
+    pub fn homes(&self) -> Vec<(RoomId, u64)> {
+        self.rooms
+            .iter()
+            .map(|(id, r)| (id.clone(), r.created_at_ms))
+            .collect()
     }
 
     /// The epoch of the latest change to any room: a reader's view of the registry is at
@@ -713,6 +854,7 @@ mod tests {
                 max_members: Some(2),
                 attempt: 0,
                 deadline_ms: 0,
+                remote_region: None,
             },
         ))
     }
@@ -756,6 +898,7 @@ mod tests {
                     max_members: None,
                     attempt: n,
                     deadline_ms: 0,
+                    remote_region: None,
                 },
             ))
             .0
@@ -804,6 +947,7 @@ mod tests {
             max_members: None,
             attempt: 1,
             deadline_ms,
+            remote_region: None,
         };
         let (o, ev) = s.apply(&at(100, join(99)));
         assert_eq!((o, ev.len()), (Outcome::Rejected(Rejection::Late), 0));
@@ -1078,6 +1222,7 @@ mod tests {
             Command::Rebind {
                 peer: id("a"),
                 edge: id("e2"),
+                remote_region: None,
             },
         ));
         assert_eq!(o, Outcome::Done);

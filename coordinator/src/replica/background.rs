@@ -77,6 +77,7 @@ pub async fn watch_raft_metrics(raft: Raft, committed: CommittedIndex, cancel: C
         {
             let m = rx.borrow_and_update();
             metrics::raft_term(m.current_term);
+            metrics::raft_is_leader(m.current_leader == Some(m.id));
             let applied = m.last_applied.map(|a| a.index);
             if let Some(applied) = applied {
                 metrics::raft_last_applied_index(applied);

@@ -1,6 +1,7 @@
 //! The replica handle: commits commands through the batcher, reads the applied state, hands
 //! out room events, and shuts everything down.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError};
@@ -18,8 +19,8 @@ use crate::raft::log_store::{Closed, CommittedIndex};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::registry::{
-    Command, EdgeId, EdgeRecord, Outcome, RegistryState, RoomEvent, RoomId, RoomSummary, RoomView,
-    WebhookOutbox,
+    Command, EdgeId, EdgeRecord, Outcome, PeerId, Region, RegistryState, RoomEvent, RoomId,
+    RoomSummary, RoomView, WebhookOutbox,
 };
 
 /// Room events buffered per subscriber before it must resynchronise.
@@ -186,6 +187,32 @@ impl Replica {
     /// An edge as this replica has applied it.
     pub fn edge(&self, edge: &EdgeId) -> Option<EdgeRecord> {
         self.read(|s| s.edge(edge).cloned())
+    }
+
+    /// Other regions' gateways as this replica has applied them (region-homed rooms).
+    pub fn regions(&self) -> BTreeMap<Region, Vec<String>> {
+        self.read(|s| s.regions().clone())
+    }
+
+    /// When `room` was created in this group, if it is homed here now.
+    pub fn created_at_ms(&self, room: &RoomId) -> Option<u64> {
+        self.read(|s| s.created_at_ms(room))
+    }
+
+    /// Every room homed in this group with its creation time.
+    pub fn homes(&self) -> Vec<(RoomId, u64)> {
+        self.read(RegistryState::homes)
+    }
+
+    /// Edges of other regions' groups with members here (see
+    /// [`RegistryState::remote_edges`]).
+    pub fn remote_edges(&self) -> BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> {
+        self.read(RegistryState::remote_edges)
+    }
+
+    /// Whether `peer` is a member of any room of this group.
+    pub fn knows_peer(&self, peer: &PeerId) -> bool {
+        self.read(|s| s.is_detached(peer).is_some())
     }
 
     /// Stops the background tasks and the replica, and closes the data directory. Idempotent;

@@ -155,7 +155,11 @@ impl Replica {
             .options
             .snapshot_after_entries
             .unwrap_or(DEFAULT_SNAPSHOT_AFTER_ENTRIES);
-        let network = GrpcNetwork::new(setup.secret, Arc::clone(&identity));
+        let network = GrpcNetwork::new(
+            setup.secret,
+            Arc::clone(&identity),
+            setup.node.region.clone(),
+        );
         let raft = Raft::new(
             setup.node_id,
             Arc::new(raft_config(setup.timing, snapshot_after)?),

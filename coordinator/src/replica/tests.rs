@@ -58,6 +58,7 @@ async fn join(c: &Replica, room: &str, peer: &str, edge: &str) -> Outcome {
         max_members: None,
         attempt: 0,
         deadline_ms: 0,
+        remote_region: None,
     })
     .await
     .unwrap()

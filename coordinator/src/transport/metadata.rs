@@ -9,3 +9,8 @@ pub const LEADER_API_HEADER: &str = "x-heliograph-leader-api";
 
 /// Marks a write already forwarded once, so that it is never forwarded again.
 pub const FORWARDED: &str = "x-heliograph-forwarded";
+
+/// On a request a replica passes to the group of another region (the room's home, or every
+/// region for a peer's detach, rebind or disconnect): the sending replica's region. The
+/// receiver executes it in its own group and never passes it to a third region.
+pub const FROM_REGION: &str = "x-heliograph-from-region";

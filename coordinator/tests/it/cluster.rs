@@ -121,6 +121,7 @@ fn join(room: &str, peer: &str) -> Command {
         max_members: None,
         attempt: 0,
         deadline_ms: 0,
+        remote_region: None,
     }
 }
 

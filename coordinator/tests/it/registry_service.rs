@@ -136,6 +136,7 @@ async fn join(
         max_members: 0,
         attempt: 0,
         deadline_ms: 0,
+        edge_region: String::new(),
     }))
     .await
     .unwrap()

@@ -83,7 +83,7 @@ async fn status_call(
         .connect()
         .await
         .map_err(|_| Code::Unavailable)?;
-    let mut request = tonic::Request::new(pb::StatusRequest {});
+    let mut request = tonic::Request::new(pb::StatusRequest::default());
     if with_secret {
         secret().attach(&mut request);
     }

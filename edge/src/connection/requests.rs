@@ -263,6 +263,7 @@ fn join(
                     max_members,
                     attempt,
                     deadline_ms: fence_ms(),
+                    remote_region: None,
                 };
                 let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
                 ctx.metrics

@@ -178,6 +178,7 @@ async fn run(
         let rebind = Command::Rebind {
             peer: peer.clone(),
             edge: ctx.edge_id.clone(),
+            remote_region: None,
         };
         match ctx.registry.execute(rebind).await {
             Ok(Outcome::Done) => {}

@@ -98,11 +98,17 @@ impl Registry {
     }
 
     /// Sends a signal towards a peer on another edge, with the trace context of the span
-    /// that sends it (empty: none).
-    pub fn relay(&self, signal: Envelope, traceparent: String) -> Result<(), RelayError> {
+    /// that sends it (empty: none) and the target edge's region when it is another one
+    /// (empty: this edge's).
+    pub fn relay(
+        &self,
+        signal: Envelope,
+        traceparent: String,
+        to_region: &str,
+    ) -> Result<(), RelayError> {
         match self {
             Self::Embedded(_) => Err(RelayError::Embedded),
-            Self::Remote(r) => r.relay(signal, traceparent),
+            Self::Remote(r) => r.relay(signal, traceparent, to_region),
         }
     }
 

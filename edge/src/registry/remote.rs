@@ -152,10 +152,17 @@ impl RemoteRegistry {
     /// or with a full one, it goes on the next link or at the next check, so that a replica
     /// lost costs a delay, not a signal. Refused only when too many signals for its target
     /// edge are unacknowledged.
-    pub fn relay(&self, signal: Envelope, traceparent: String) -> Result<(), RelayError> {
+    pub fn relay(
+        &self,
+        signal: Envelope,
+        traceparent: String,
+        to_region: &str,
+    ) -> Result<(), RelayError> {
         let mut outbound = self.outbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut proto = relayed::to_proto(signal, traceparent);
+        proto.to_region = to_region.to_owned();
         let signal = outbound
-            .send(relayed::to_proto(signal, traceparent), Instant::now())
+            .send(proto, Instant::now())
             .map_err(|Backlog| RelayError::Full)?;
         if let Some(tx) = self
             .link
@@ -207,6 +214,7 @@ impl RemoteRegistry {
                 max_members,
                 attempt,
                 deadline_ms,
+                remote_region: _,
             } => {
                 let r = c
                     .join(self.request(proto::JoinRequest {
@@ -217,6 +225,8 @@ impl RemoteRegistry {
                         max_members: max_members.unwrap_or(0),
                         attempt,
                         deadline_ms,
+                        // Filled in by the replica, which knows this edge's region.
+                        edge_region: String::new(),
                     }))
                     .await
                     .map_err(unavailable)?
@@ -270,10 +280,11 @@ impl RemoteRegistry {
                 .into_inner()
                 .rejected,
             ),
-            Command::Rebind { peer, edge } => done(
+            Command::Rebind { peer, edge, .. } => done(
                 c.rebind(self.request(proto::RebindRequest {
                     peer_id: peer.to_string(),
                     edge_id: edge.to_string(),
+                    edge_region: String::new(),
                 }))
                 .await
                 .map_err(unavailable)?
@@ -332,7 +343,10 @@ impl RemoteRegistry {
             | Command::Remove { .. }
             | Command::Close { .. }
             | Command::ConfigureWebhooks { .. }
-            | Command::AckWebhooks { .. } => Err(CoordinatorError::Unavailable(
+            | Command::AckWebhooks { .. }
+            | Command::SetRegion { .. }
+            | Command::Rehome { .. }
+            | Command::RemoteEdges { .. } => Err(CoordinatorError::Unavailable(
                 "sweeps, the server API's and the webhooks' commands are the coordinator's, \
                  not an edge's"
                     .into(),

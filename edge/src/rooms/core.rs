@@ -495,10 +495,12 @@ impl<H: Handle> RoomCore<H> {
                     Some(entry) if entry.epoch >= event.epoch => false,
                     Some(entry) => {
                         entry.epoch = event.epoch;
+                        // A member already known (e.g. moved here with its room from another
+                        // region's group) is not news.
                         entry
                             .members
-                            .insert(member.peer.clone(), MemberInfo::from_member(member));
-                        true
+                            .insert(member.peer.clone(), MemberInfo::from_member(member))
+                            .is_none()
                     }
                     None if is_local_joiner => {
                         let Some(v) = view(room) else {
@@ -566,6 +568,13 @@ impl<H: Handle> RoomCore<H> {
                 });
                 drop_if_unused(inner, &me, room);
             }
+            RoomEventKind::Rehomed(_) => {
+                // The room's epochs now come from its new home's group: whatever it says next
+                // is newer than what the old one said. The follower re-reads the room.
+                if let Some(entry) = inner.rooms.get_mut(room) {
+                    entry.epoch = 0;
+                }
+            }
             RoomEventKind::Moved(member) => {
                 if let Some(entry) = inner.rooms.get_mut(room)
                     && entry.epoch < event.epoch
@@ -578,6 +587,14 @@ impl<H: Handle> RoomCore<H> {
             }
         }
         complete_committed(inner, &me, room, &mut notices);
+        notices
+    }
+
+    /// Brings one room to `fresh` (see [`Self::resync`]).
+    pub fn resync_one(&mut self, room: RoomId, fresh: Option<RoomView>) -> Vec<Notice<H>> {
+        let me = self.me.clone();
+        let mut notices = Vec::new();
+        resync_room(self, &me, room, fresh, &mut notices);
         notices
     }
 

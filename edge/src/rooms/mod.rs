@@ -212,6 +212,12 @@ impl RoomIndex {
         hand_over(core.apply(event, view));
     }
 
+    /// Brings one room to the registry's view of it (see [`RoomCore::resync_one`]).
+    pub fn resync_one(&self, room: RoomId, fresh: Option<RoomView>) {
+        let mut core = self.write();
+        hand_over(core.resync_one(room, fresh));
+    }
+
     /// Re-reads every tracked room after missing events (see [`RoomCore::resync`]).
     pub fn resync(&self, view: impl Fn(&RoomId) -> Option<RoomView>) {
         let mut core = self.write();

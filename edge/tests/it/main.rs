@@ -12,6 +12,7 @@ mod cluster;
 mod config_file;
 mod departures;
 mod failover;
+mod homed;
 mod lifecycle;
 mod metrics_documented;
 mod property;
