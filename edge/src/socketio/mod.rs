@@ -39,9 +39,10 @@ use crate::shutdown::Stage;
 use dialect::Dialect;
 use session::{Feed, Input};
 
-/// Events of one client read but not yet served. Beyond it events are dropped and the client
-/// told `rate-limited` (the rate limit proper is the native one, applied by the session).
-const INPUT_QUEUE: usize = 64;
+/// Events of one client read but not yet served: `--rate-limit-burst`, within these bounds.
+/// Beyond it events are dropped and the client told `rate-limited` (the rate limit proper is
+/// the native one, applied by the session as it serves them).
+const INPUT_QUEUE_BOUNDS: (usize, usize) = (16, 4096);
 /// How much larger than `--max-frame-bytes` a Socket.IO packet may be before the transport
 /// itself refuses it (closing the connection): below that, an event over the limit is
 /// answered with `too-large` and the connection stays.
@@ -137,7 +138,8 @@ fn connected(socket: SocketRef, ctx: Arc<EdgeContext>, dialect: Arc<Dialect>, au
         let _ = socket.disconnect();
         return;
     };
-    let (tx, inputs) = mpsc::channel(INPUT_QUEUE);
+    let burst = usize::try_from(ctx.config.rate_limit_burst).unwrap_or(usize::MAX);
+    let (tx, inputs) = mpsc::channel(burst.clamp(INPUT_QUEUE_BOUNDS.0, INPUT_QUEUE_BOUNDS.1));
     let gone = CancellationToken::new();
     // Handlers run in the order events arrive, but their futures run as separate tasks: the
     // event is queued in the handler itself, so that the session serves events in order.

@@ -402,3 +402,34 @@ async fn a_draining_edge_closes_socketio_transports_so_clients_reconnect_elsewhe
     };
     assert_eq!(left["peer_id"], json!(sio.id));
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_rate_limited_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_edge, base) = start_edge(
+        &dir,
+        &["--rate-limit-per-second", "1", "--rate-limit-burst", "3"],
+    );
+    let mut flood = SioClient::connect(&base, json!({})).await;
+    let mut b = SioClient::connect(&base, json!({})).await;
+    let mut c = SioClient::connect(&base, json!({})).await;
+    // Three events each: the burst.
+    for s in [&mut flood, &mut b, &mut c] {
+        s.emit_ack("join-room", json!("flood")).await;
+    }
+    let mut refused = 0;
+    for n in 0..10 {
+        let ack = flood.emit_ack("offer", json!({"to": b.id, "n": n})).await;
+        if ack["code"] == "rate-limited" {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 7, "{refused} of 10 refused");
+    assert_eq!(flood.expect("error").await["code"], "rate-limited");
+    c.emit("offer", json!({"to": b.id, "from-c": true})).await;
+    let mut got = b.expect("offer").await;
+    while got["from"] != json!(c.id) {
+        got = b.expect("offer").await;
+    }
+    assert_eq!(got["from-c"], true);
+}
