@@ -291,7 +291,7 @@ impl Deliverer<'_> {
     }
 
     fn one(&mut self, out: Outgoing) -> Result<(), CloseReason> {
-        let delivery = translate::deliver(self.dialect, &out.text);
+        let delivery = translate::deliver(self.dialect, out.kind, &out.text);
         if let Some((event, payload)) = &delivery.event {
             self.ctx.metrics.sent(Ingress::SocketIo, out.kind);
             if let Some((at, path)) = out

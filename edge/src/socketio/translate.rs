@@ -8,6 +8,10 @@
 //! set to the sender's peer id (a `data` that is not a JSON object arrives as
 //! `{"data": …, "from": …}`).
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::dialect::Dialect;
@@ -125,6 +129,8 @@ fn missing_to() -> Refusal {
 }
 
 /// The native `signal` carrying `payload` (minus any `from`: the edge stamps the sender).
+/// Written directly (the hot path): the payload is serialized once, and copied only when it
+/// has a `from` to drop.
 pub fn signal(
     room: &str,
     to: &str,
@@ -132,31 +138,84 @@ pub fn signal(
     payload: &Map<String, Value>,
     reference: u64,
 ) -> String {
-    let mut data = payload.clone();
-    data.remove("from");
-    json!({
-        "type": "signal",
-        "room": room,
-        "to": to,
-        "kind": kind.as_str(),
-        "data": data,
-        "ref": reference,
-    })
-    .to_string()
+    let data = if payload.contains_key("from") {
+        let mut data = payload.clone();
+        data.remove("from");
+        Value::Object(data).to_string()
+    } else {
+        // (A map of JSON values always serializes.)
+        serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_owned())
+    };
+    format!(
+        r#"{{"type":"signal","room":{},"to":{},"kind":"{}","data":{data},"ref":{reference}}}"#,
+        Value::from(room),
+        Value::from(to),
+        kind.as_str(),
+    )
 }
 
 /// What a native frame becomes for a Socket.IO client.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Delivery {
-    /// An event to emit: its name and its one argument.
-    pub event: Option<(String, Value)>,
+    /// An event to emit: its name and its one argument (JSON, emitted as it is).
+    pub event: Option<(String, Box<RawValue>)>,
     /// The answer to the acknowledgement of the request numbered so.
     pub ack: Option<(u64, Value)>,
 }
 
-/// Translates one native frame (as the edge encoded it). Frames without a meaning in the
-/// dialect (`pong`, `welcome`) give an empty delivery.
-pub fn deliver(dialect: &Dialect, frame: &str) -> Delivery {
+/// The fields of a native `signal` frame an event needs.
+#[derive(Deserialize)]
+struct SignalFrame<'a> {
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// A native `signal` as the dialect's event: `data` with `from` added, written directly (the
+/// hot path: no tree of the payload is built). `from` goes last, so that a `from` the data
+/// already had (a native sender's) is overridden for JSON readers, where the last key wins.
+fn signal_event(dialect: &Dialect, frame: &str) -> Option<(String, Box<RawValue>)> {
+    let f: SignalFrame<'_> = serde_json::from_str(frame).ok()?;
+    let event = match &*f.kind {
+        "offer" => &dialect.offer,
+        "answer" => &dialect.answer,
+        "candidate" => &dialect.ice_candidate,
+        _ => &dialect.signal,
+    };
+    let from = Value::from(&*f.from);
+    let data = f.data.get();
+    let payload = match data.strip_prefix('{').and_then(|d| d.strip_suffix('}')) {
+        Some(inner) if inner.trim().is_empty() => format!(r#"{{"from":{from}}}"#),
+        Some(inner) => format!(r#"{{{inner},"from":{from}}}"#),
+        None => format!(r#"{{"data":{data},"from":{from}}}"#),
+    };
+    Some((event.clone(), RawValue::from_string(payload).ok()?))
+}
+
+/// An event whose argument is a JSON tree.
+fn event(name: &str, payload: Value) -> Option<(String, Box<RawValue>)> {
+    Some((
+        name.to_owned(),
+        serde_json::value::to_raw_value(&payload).ok()?,
+    ))
+}
+
+/// Translates one native frame (as the edge encoded it) of type `kind`. Frames without a
+/// meaning in the dialect (`pong`, `welcome`) give an empty delivery.
+pub fn deliver(dialect: &Dialect, kind: &str, frame: &str) -> Delivery {
+    // (The server API's `message` frames travel the signal path too: they are no `signal`
+    // frame, and take the general way.)
+    if kind == "signal"
+        && let Some(event) = signal_event(dialect, frame)
+    {
+        return Delivery {
+            event: Some(event),
+            ack: None,
+        };
+    }
     let Ok(Value::Object(mut f)) = serde_json::from_str::<Value>(frame) else {
         return Delivery::default();
     };
@@ -175,7 +234,7 @@ pub fn deliver(dialect: &Dialect, frame: &str) -> Delivery {
             Delivery {
                 ack: reference
                     .map(|r| (r, json!({"ok": true, "room": room, "users": users.clone()}))),
-                event: Some((dialect.room_users.clone(), Value::Array(users))),
+                event: event(&dialect.room_users, Value::Array(users)),
             }
         }
         "left" => Delivery {
@@ -186,61 +245,43 @@ pub fn deliver(dialect: &Dialect, frame: &str) -> Delivery {
             event: f
                 .get("peer")
                 .and_then(|p| p.get("id"))
-                .map(|id| (dialect.user_joined.clone(), id.clone())),
+                .and_then(|id| event(&dialect.user_joined, id.clone())),
             ack: None,
         },
         "peer-left" => Delivery {
-            event: Some((dialect.user_left.clone(), take(&mut f, "peer_id"))),
+            event: event(&dialect.user_left, take(&mut f, "peer_id")),
             ack: None,
         },
-        "signal" => {
-            let event = match f.get("kind").and_then(Value::as_str) {
-                Some("offer") => &dialect.offer,
-                Some("answer") => &dialect.answer,
-                Some("candidate") => &dialect.ice_candidate,
-                _ => &dialect.signal,
-            };
-            let from = take(&mut f, "from");
-            let payload = match take(&mut f, "data") {
-                Value::Object(mut data) => {
-                    data.insert("from".into(), from);
-                    Value::Object(data)
-                }
-                other => json!({"data": other, "from": from}),
-            };
-            Delivery {
-                event: Some((event.clone(), payload)),
-                ack: None,
-            }
-        }
         "message" => {
             f.remove("type");
+            f.remove("seq");
             Delivery {
-                event: Some((dialect.server_message.clone(), Value::Object(f))),
+                event: event(&dialect.server_message, Value::Object(f)),
                 ack: None,
             }
         }
         "error" => {
             f.remove("type");
             f.remove("ref");
+            f.remove("seq");
             let answer = json!({"ok": false, "code": f.get("code"), "message": f.get("message")});
             Delivery {
-                event: Some((dialect.error.clone(), Value::Object(f))),
+                event: event(&dialect.error, Value::Object(f)),
                 ack: reference.map(|r| (r, answer)),
             }
         }
         // A signal of this peer that will never be delivered: told as an error, with the
         // target and the room.
         "expired" => Delivery {
-            event: Some((
-                dialect.error.clone(),
+            event: event(
+                &dialect.error,
                 json!({
                     "code": "expired",
                     "message": "the signal could not be delivered: the peer is gone",
                     "to": take(&mut f, "to"),
                     "room": take(&mut f, "room"),
                 }),
-            )),
+            ),
             ack: None,
         },
         _ => Delivery::default(),
@@ -283,46 +324,72 @@ mod tests {
         assert!(signal_target(&json!("b")).is_err());
     }
 
+    /// The event of a delivery, its argument as a tree.
+    fn ev(delivery: &Delivery) -> Option<(String, Value)> {
+        let (name, raw) = delivery.event.as_ref()?;
+        Some((name.clone(), serde_json::from_str(raw.get()).unwrap()))
+    }
+
     #[test]
     fn native_frames_become_dialect_events() {
         let d = Dialect::default();
         let joined =
             r#"{"seq":2,"type":"joined","room":"r","peers":[{"id":"a","meta":{}}],"ref":4}"#;
+        let delivery = deliver(&d, "joined", joined);
+        assert_eq!(ev(&delivery), Some(("room-users".into(), json!(["a"]))));
         assert_eq!(
-            deliver(&d, joined),
-            Delivery {
-                event: Some(("room-users".into(), json!(["a"]))),
-                ack: Some((4, json!({"ok": true, "room": "r", "users": ["a"]}))),
-            }
+            delivery.ack,
+            Some((4, json!({"ok": true, "room": "r", "users": ["a"]})))
         );
         let signal = r#"{"type":"signal","room":"r","from":"a","kind":"candidate","data":{"candidate":"c"}}"#;
         assert_eq!(
-            deliver(&d, signal).event,
+            ev(&deliver(&d, "signal", signal)),
             Some((
                 "ice-candidate".into(),
                 json!({"candidate": "c", "from": "a"})
             ))
         );
+        // A `from` in the data: the sender's id is the one a JSON reader sees.
+        let forged =
+            r#"{"type":"signal","room":"r","from":"a","kind":"offer","data":{"from":"x"}}"#;
+        assert_eq!(
+            ev(&deliver(&d, "signal", forged)),
+            Some(("offer".into(), json!({"from": "a"})))
+        );
+        let empty = r#"{"type":"signal","room":"r","from":"a","kind":"answer","data":{}}"#;
+        assert_eq!(
+            ev(&deliver(&d, "signal", empty)),
+            Some(("answer".into(), json!({"from": "a"})))
+        );
         let custom = r#"{"type":"signal","room":"r","from":"a","kind":"custom","data":5}"#;
         assert_eq!(
-            deliver(&d, custom).event,
+            ev(&deliver(&d, "signal", custom)),
             Some(("signal".into(), json!({"data": 5, "from": "a"})))
         );
         let left = r#"{"type":"peer-left","room":"r","peer_id":"a","reason":"left"}"#;
         assert_eq!(
-            deliver(&d, left).event,
+            ev(&deliver(&d, "peer-left", left)),
             Some(("user-left".into(), json!("a")))
         );
         let error = r#"{"type":"error","code":"not-in-room","message":"m","ref":9}"#;
-        let delivery = deliver(&d, error);
+        let delivery = deliver(&d, "error", error);
         assert_eq!(
-            delivery.event,
+            ev(&delivery),
             Some((
                 "error".into(),
                 json!({"code": "not-in-room", "message": "m"})
             ))
         );
         assert_eq!(delivery.ack.unwrap().0, 9);
-        assert_eq!(deliver(&d, r#"{"type":"pong"}"#), Delivery::default());
+        let message = r#"{"type":"message","room":"r","from":"server","data":{"x":1}}"#;
+        assert_eq!(
+            ev(&deliver(&d, "signal", message)),
+            Some((
+                "server-message".into(),
+                json!({"room": "r", "from": "server", "data": {"x": 1}})
+            ))
+        );
+        let pong = deliver(&d, "pong", r#"{"type":"pong"}"#);
+        assert!(pong.event.is_none() && pong.ack.is_none());
     }
 }
