@@ -37,7 +37,8 @@ EVERYTHING_ON: dict[str, Any] = {
         },
     },
     "coordinator": {
-        "peers": ["coord-0.eu.example.internal:7001"],
+        "regions": {"eu": ["coord-0.eu.example.internal:7001", "coord-1.eu.example.internal:7001"],
+                    "ap": ["coord-0.ap.example.internal:7001"]},
         "advertiseHostTemplate": "coord-{ordinal}.test-1.example.internal",
         "zoneAntiAffinity": "hard",
         "gateway": {"perPodServices": True, "externalDnsHostname": True},

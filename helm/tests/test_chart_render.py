@@ -37,22 +37,40 @@ def test_lint_strict_kube_1_30(name: str) -> None:
     assert serious == [], serious
 
 
-def test_exactly_one_example_region_bootstraps_and_ids_do_not_overlap() -> None:
+def test_each_example_region_runs_its_own_group_and_lists_every_other_regions_gateways() -> None:
     examples = {n: load_values(n) for n in example_names()}
-    boot = [n for n, v in examples.items() if v["coordinator"]["bootstrap"]]
-    assert boot == ["us"]
+    regions = {v["region"] for v in examples.values()}
+    assert regions == set(examples)
+    for name, v in examples.items():
+        c = v["coordinator"]
+        # Its own group: topology regions, nobody else's bootstrap, no cross-region Raft peers.
+        assert c.get("topology", "regions") == "regions", name
+        assert not c.get("peers"), name
+        assert not c.get("learnerOnly"), name
+        assert "bootstrap" not in c, name
+        # coordinator.regions names exactly the other regions, each with its own gateways on
+        # the API port (the coordinator's 7001, never Raft's 7000).
+        assert set(c["regions"]) == regions - {name}, (name, c["regions"])
+        for other, gateways in c["regions"].items():
+            assert gateways, (name, other)
+            for g in gateways:
+                host, port = g.rsplit(":", 1)
+                assert host.split(".")[1] == other, (name, g)
+                assert int(port) == 7001, (name, g)
+            # The addresses the other region advertises for its replicas.
+            template = examples[other]["coordinator"]["advertiseHostTemplate"]
+            expected = [f"{template.replace('{ordinal}', str(i))}:7001"
+                        for i in range(examples[other]["coordinator"]["replicas"])]
+            assert sorted(gateways) == sorted(expected), (name, other)
+        # Across regions only the API port.
+        assert v["networkPolicy"]["crossRegionPorts"] == ["api"], name
+    # Distinct id ranges: not needed with one group per region, harmless, kept.
     ranges = sorted(
         (v["coordinator"]["idBase"], v["coordinator"]["idBase"] + v["coordinator"]["replicas"])
         for v in examples.values()
     )
     for (_, end), (start, _) in zip(ranges, ranges[1:]):
         assert end <= start, ranges
-    regions = {v["region"] for v in examples.values()}
-    assert regions == set(examples)
-    # Each region lists every other region's gateways as peers.
-    for name, v in examples.items():
-        hosts = {p.split(".")[1] for p in v["coordinator"]["peers"]}
-        assert hosts == regions - {name}, (name, hosts)
 
 
 def test_schema_rejects_unknown_and_bad_values() -> None:
@@ -63,6 +81,13 @@ def test_schema_rejects_unknown_and_bad_values() -> None:
             {"bogus": 1},
             {"region": "Not A Region"},
             {"coordinator": {"peers": ["http://x:7001"]}},
+            {"coordinator": {"topology": "both"}},
+            {"coordinator": {"regions": {"EU": ["coord-0.eu.example.internal:7001"]}}},
+            {"coordinator": {"regions": {"eu": ["http://coord-0.eu.example.internal:7001"]}}},
+            {"coordinator": {"regions": {"eu": ["coord-0.eu.example.internal"]}}},
+            {"coordinator": {"regions": {"eu": []}}},
+            {"coordinator": {"regions": {"eu": "coord-0.eu.example.internal:7001"}}},
+            {"networkPolicy": {"crossRegionPorts": []}},
             {"edge": {"iceServers": ["http://x"]}},
             {"ports": {"edge": 70000}},
         ):
@@ -74,7 +99,10 @@ def test_multi_region_requires_a_shared_cluster_secret() -> None:
     import helm_python as helm
 
     with pytest.raises(helm.HelmError, match="clusterSecret"):
-        render({"coordinator": {"peers": ["coord-0.eu.example.internal:7001"]}})
+        render({"coordinator": {"regions": {"eu": ["coord-0.eu.example.internal:7001"]}}})
+    with pytest.raises(helm.HelmError, match="clusterSecret"):
+        render({"coordinator": {"topology": "global",
+                                "peers": ["coord-0.eu.example.internal:7001"]}})
 
 
 def test_too_short_termination_grace_fails_the_render() -> None:

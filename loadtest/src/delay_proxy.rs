@@ -6,6 +6,7 @@
 //! stops the reader (TCP backpressure), so memory stays bounded.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,11 +22,58 @@ use tokio_util::task::TaskTracker;
 const QUEUE_CHUNKS: usize = 1024;
 const CHUNK_BYTES: usize = 16 * 1024;
 
+/// Cuts a proxy's link (a partition) and heals it: cut, every connection through it is
+/// closed and new ones are closed at once, as a dropped route looks to the processes.
+#[derive(Clone, Default)]
+pub struct Switch {
+    inner: Arc<Mutex<SwitchState>>,
+}
+
+#[derive(Default)]
+struct SwitchState {
+    cut: bool,
+    /// Cancelled (and replaced) by a cut: ends the connections made before it.
+    generation: CancellationToken,
+}
+
+impl Switch {
+    pub fn cut(&self) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        s.cut = true;
+        s.generation.cancel();
+        s.generation = CancellationToken::new();
+    }
+
+    pub fn heal(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cut = false;
+    }
+
+    /// `None` while cut; else the token that a later cut cancels.
+    fn admit(&self) -> Option<CancellationToken> {
+        let s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (!s.cut).then(|| s.generation.clone())
+    }
+}
+
 /// One proxy: accepts on `listener`, connects each client to `to`, delays both ways.
 pub async fn run(
     listener: TcpListener,
     to: SocketAddr,
     delay: Duration,
+    stop: CancellationToken,
+) -> Result<()> {
+    run_switched(listener, to, delay, Switch::default(), stop).await
+}
+
+/// [`run`], cut and healed by `switch`.
+pub async fn run_switched(
+    listener: TcpListener,
+    to: SocketAddr,
+    delay: Duration,
+    switch: Switch,
     stop: CancellationToken,
 ) -> Result<()> {
     let tasks = TaskTracker::new();
@@ -42,10 +90,21 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(generation) = switch.admit() else {
+            drop(inbound);
+            continue;
+        };
         let stop = stop.clone();
         tasks.spawn(async move {
-            if let Err(e) = connection(inbound, to, delay, stop).await {
-                eprintln!("delay-proxy: connection to {to} ended: {e:#}");
+            let cut = generation.clone();
+            let connected = async {
+                if let Err(e) = connection(inbound, to, delay, stop).await {
+                    eprintln!("delay-proxy: connection to {to} ended: {e:#}");
+                }
+            };
+            tokio::select! {
+                () = cut.cancelled() => {}
+                () = connected => {}
             }
         });
     }

@@ -207,6 +207,23 @@ struct RegionsArgs {
     /// Times each client leaves and rejoins, one at a time, for join latency.
     #[arg(long, default_value_t = 3)]
     join_rounds: usize,
+    /// `homed`: one Raft group per region (region-homed rooms); `global`: one group whose
+    /// voters span the regions (the layout before region-homed rooms), for comparison.
+    #[arg(long, value_enum, default_value = "homed")]
+    layout: sim::SimLayout,
+    /// Coordinator replicas per region.
+    #[arg(long, default_value_t = 3)]
+    replicas_per_region: usize,
+    /// Rooms created per region for the join-by-home measurement (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    homing_rounds: usize,
+    /// Clients joining in the last region before and during its partition (0: no partition
+    /// run; `homed` layout only).
+    #[arg(long, default_value_t = 4)]
+    partition_workers: usize,
+    /// How long each phase of the partition run lasts, in ms.
+    #[arg(long, default_value_t = 2000)]
+    partition_window_ms: u64,
     /// heliograph-edge binary (default: next to this one).
     #[arg(long)]
     edge_bin: Option<PathBuf>,
@@ -802,6 +819,11 @@ async fn regions(args: RegionsArgs) -> Result<()> {
         rounds: args.rounds,
         round_interval_ms: args.round_interval_ms,
         join_rounds: args.join_rounds,
+        layout: args.layout,
+        replicas_per_region: args.replicas_per_region,
+        homing_rounds: args.homing_rounds,
+        partition_workers: args.partition_workers,
+        partition_window_ms: args.partition_window_ms,
     };
     let started_at = output::now_rfc3339();
     let mut runs = Vec::new();
@@ -812,6 +834,8 @@ async fn regions(args: RegionsArgs) -> Result<()> {
             delay_ms: delay_ms.clone(),
             leader,
             edges_per_region: args.edges_per_region,
+            layout: args.layout,
+            replicas_per_region: args.replicas_per_region,
             edge_bin: edge_bin.clone(),
             coordinator_bin: coordinator_bin.clone(),
             dir: dir.path().to_owned(),

@@ -34,7 +34,7 @@ use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, Member, Outcome, PeerId, Region, RoomId};
+use crate::registry::{Command, EdgeId, Member, Outcome, PeerId, Region, RoomId};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
@@ -303,10 +303,14 @@ impl RegistryService {
         }
     }
 
-    /// The region of an edge named in a request (`edge_region`) when it is not this one's:
-    /// the edge belongs to another region's group.
-    fn remote_region(&self, edge_region: &str) -> Result<Option<Region>, Status> {
-        if edge_region.is_empty() || edge_region == self.shared.replica.region() {
+    /// The region of an edge named in a request (`edge_region`) when the edge belongs to
+    /// another region's group: it is not registered in this one (in a group whose voters span
+    /// regions every edge is, whatever its region).
+    fn remote_region(&self, edge: &EdgeId, edge_region: &str) -> Result<Option<Region>, Status> {
+        if edge_region.is_empty()
+            || edge_region == self.shared.replica.region()
+            || self.shared.replica.edge(edge).is_some()
+        {
             return Ok(None);
         }
         convert::region("edge_region", edge_region)
@@ -492,6 +496,7 @@ impl Registry for RegistryService {
                 .await;
         }
         let r = request.get_ref();
+        let remote_region = self.remote_region(&edge, &r.edge_region)?;
         let command = Command::Join {
             room,
             peer: convert::peer("peer_id", &r.peer_id).map_err(invalid)?,
@@ -500,7 +505,7 @@ impl Registry for RegistryService {
             max_members: (r.max_members > 0).then_some(r.max_members),
             attempt: r.attempt,
             deadline_ms: r.deadline_ms,
-            remote_region: self.remote_region(&r.edge_region)?,
+            remote_region,
         };
         let home = self.shared.replica.region().to_owned();
         self.write(
@@ -686,10 +691,11 @@ impl Registry for RegistryService {
                 .federation
                 .broadcast(request.get_ref().clone(), "rebind", call);
         }
+        let remote_region = self.remote_region(&edge, &request.get_ref().edge_region)?;
         let command = Command::Rebind {
             peer,
             edge,
-            remote_region: self.remote_region(&request.get_ref().edge_region)?,
+            remote_region,
         };
         self.write(
             request,

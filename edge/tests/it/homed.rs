@@ -515,3 +515,103 @@ async fn a_member_whose_edge_in_another_region_dies_leaves_after_the_grace_perio
     );
     drop(e);
 }
+
+/// A client and the members it knows of in one room, from `joined`, `peer-joined` and
+/// `peer-left` (a second `peer-joined` for a known member fails the test).
+struct Tracked {
+    c: Client,
+    known: HashSet<String>,
+}
+
+impl Tracked {
+    async fn join(url: &str, room: &str) -> Tracked {
+        let mut c = Client::connect(url).await;
+        let joined = c.join(room).await;
+        let known = joined["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        Tracked { c, known }
+    }
+
+    /// Reads room notices into `known` until it equals `expected`, for at most `within`.
+    async fn until_knows(
+        &mut self,
+        expected: &HashSet<String>,
+        within: std::time::Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while &self.known != expected {
+            let Ok(v) = tokio::time::timeout_at(deadline, self.c.recv()).await else {
+                return false;
+            };
+            match v["type"].as_str() {
+                Some("peer-joined") => {
+                    let id = v["peer"]["id"].as_str().unwrap().to_owned();
+                    assert!(self.known.insert(id), "announced twice: {v}");
+                }
+                Some("peer-left") => {
+                    self.known.remove(v["peer_id"].as_str().unwrap());
+                }
+                _ => panic!("unexpected {v}"),
+            }
+        }
+        // Nothing more (e.g. a second announcement) was queued.
+        self.c.assert_pong("settled").await;
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_on_both_sides_while_a_doubly_created_room_merges_are_each_announced_once() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let url = |e: &str| cluster.edge(e).node.ws_url();
+    cluster.partition("ap");
+    let mut clients = vec![
+        Tracked::join(&url("eu-a"), "busy").await,
+        Tracked::join(&url("ap-a"), "busy").await,
+    ];
+    cluster.heal("ap");
+    // Joins on every side while the two rooms become one.
+    for i in 0..6 {
+        let edge = ["ap-a", "eu-a", "us-a"][i % 3];
+        clients.push(Tracked::join(&url(edge), "busy").await);
+    }
+    let ids: Vec<String> = clients.iter().map(|t| t.c.peer_id.clone()).collect();
+    let mut failures = Vec::new();
+    for (i, t) in clients.iter_mut().enumerate() {
+        let expected: HashSet<String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, id)| id.clone())
+            .collect();
+        if !t
+            .until_knows(&expected, std::time::Duration::from_secs(10))
+            .await
+        {
+            let missing: Vec<usize> = (0..ids.len())
+                .filter(|j| *j != i && !t.known.contains(&ids[*j]))
+                .collect();
+            failures.push(format!("client {i} never heard of clients {missing:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let ap = cluster.replicas.iter().find(|r| r.region == "ap").unwrap();
+    until(
+        std::time::Duration::from_secs(10),
+        "one room left",
+        || async { (rooms_homed(ap).await == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+}

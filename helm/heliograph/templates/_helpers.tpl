@@ -310,3 +310,33 @@ true
 {{- add $min 3 -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Coordinator topology ------------------------------------------------------------------ */}}
+{{/* "true" with coordinator.topology regions (one Raft group per region). Also checks the
+     topology values: the render fails on values the chosen topology cannot use. */}}
+{{- define "heliograph.coordinator.regional" -}}
+{{- $c := .Values.coordinator -}}
+{{- if eq $c.topology "regions" -}}
+{{- if $c.peers -}}
+{{- fail "coordinator.peers is for coordinator.topology global: with topology regions each region runs its own group; list the other regions' gateways in coordinator.regions instead" -}}
+{{- end -}}
+{{- if $c.learnerOnly -}}
+{{- fail "coordinator.learnerOnly is for coordinator.topology global: with topology regions every replica is a voter of its own region's group" -}}
+{{- end -}}
+{{- if hasKey ($c.regions | default dict) .Values.region -}}
+{{- fail (printf "coordinator.regions must not name this release's own region %q: it lists the OTHER regions' gateways" .Values.region) -}}
+{{- end -}}
+true
+{{- else if $c.regions -}}
+{{- fail "coordinator.regions is for coordinator.topology regions: with topology global every region's replicas are in the one group (coordinator.peers)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* REGIONS of coordinator-run.sh: "eu=host:port,host:port;ap=host:port" (regions sorted). */}}
+{{- define "heliograph.coordinator.regionsEnv" -}}
+{{- $entries := list -}}
+{{- range $name, $gateways := (.Values.coordinator.regions | default dict) -}}
+{{- $entries = append $entries (printf "%s=%s" $name (join "," $gateways)) -}}
+{{- end -}}
+{{- join ";" $entries -}}
+{{- end -}}

@@ -7,6 +7,7 @@
 pub mod chaos;
 pub mod failover;
 pub mod failover_region;
+pub mod homing;
 pub mod idle;
 pub mod joins;
 pub mod regions;

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Percentiles, latency_histogram};
 use crate::client::{Client, Target, Ws};
-use crate::sim::{Sim, SimSpec};
+use crate::sim::{Sim, SimLayout, SimSpec};
 
 const ROOM: &str = "regions-matrix";
 /// Longest wait for one answer (joined, left) across the simulated network.
@@ -43,6 +43,13 @@ pub struct RegionsSettings {
     pub rounds: usize,
     pub round_interval_ms: u64,
     pub join_rounds: usize,
+    pub layout: crate::sim::SimLayout,
+    pub replicas_per_region: usize,
+    /// Rounds of the homing measurement (see `homing`); 0: skipped.
+    pub homing_rounds: usize,
+    /// Partition run (region-homed layout only): concurrent clients and window per phase.
+    pub partition_workers: usize,
+    pub partition_window_ms: u64,
 }
 
 /// What one layout measured.
@@ -95,12 +102,32 @@ pub async fn run(spec: SimSpec, settings: &RegionsSettings) -> Result<Value> {
     let outcome = async {
         let federated = measure(&sim, settings, Layout::Federated).await?;
         let central = measure(&sim, settings, Layout::Central).await?;
-        Ok::<_, anyhow::Error>((federated, central))
+        let homing = if settings.homing_rounds > 0 {
+            super::homing::measure(&sim, &settings.regions, settings.homing_rounds).await?
+        } else {
+            Value::Null
+        };
+        let partition =
+            if settings.layout == crate::sim::SimLayout::Homed && settings.partition_workers > 0 {
+                super::homing::partition(
+                    &sim,
+                    settings.partition_workers,
+                    Duration::from_millis(settings.partition_window_ms),
+                )
+                .await?
+            } else {
+                Value::Null
+            };
+        Ok::<_, anyhow::Error>((federated, central, homing, partition))
     }
     .await;
     sim.stop().await;
-    let (federated, central) = outcome?;
-    Ok(results(settings, &federated, &central))
+    let (federated, central, homing, partition) = outcome?;
+    let mut out = results(settings, &federated, &central);
+    out["layout"] = serde_json::to_value(settings.layout)?;
+    out["homing"] = homing;
+    out["partition"] = partition;
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +175,14 @@ async fn measure(sim: &Sim, s: &RegionsSettings, layout: Layout) -> Result<Layou
     }
     // Joins, interleaving regions so that every joiner has members everywhere to notify.
     let order = interleaved(&people, s.regions.len());
-    for &i in &order {
+    for (k, &i) in order.iter().enumerate() {
         join(&mut people[i], &stats).await?;
+        if k == 0 && layout == Layout::Federated && sim.spec.layout == SimLayout::Homed {
+            // The room is homed where its first member created it; the others join it once
+            // their regions know that (a name created in two regions at once is merged,
+            // which is not what this measures).
+            super::homing::wait_home_known(sim, people[i].region).await?;
+        }
     }
     // Signals go to members the sender's edge knows: wait until every client knows all.
     let others = i64::try_from(people.len().saturating_sub(1)).unwrap_or(i64::MAX);
@@ -463,5 +496,6 @@ pub fn summary(r: &Value) -> String {
         "targets: same-region p99 ≤ 5 ms: {}; cross-region p99 ≤ delay + 5 ms: {}",
         r["targets"]["same_region_met"], r["targets"]["cross_region_met"]
     ));
+    out.push_str(&super::homing::summary(r));
     out
 }

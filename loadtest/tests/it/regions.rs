@@ -26,6 +26,10 @@ fn regions_matrix_at_tiny_size() {
             "30",
             "--join-rounds",
             "1",
+            "--homing-rounds",
+            "2",
+            "--partition-window-ms",
+            "300",
         ])
         .args(["--threads", "2", "--out"])
         .arg(&out);
@@ -83,4 +87,28 @@ fn regions_matrix_at_tiny_size() {
     }
     assert!(r["targets"]["same_region_met"].is_boolean());
     assert!(r["targets"]["cross_region_met"].is_boolean());
+
+    // Region-homed (the default layout): join latency by where the room is homed, each
+    // joining region against each other home, and the partition run.
+    assert_eq!(r["layout"], "homed");
+    let rows = r["homing"]["by_region"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        for kind in ["create", "local"] {
+            assert_eq!(row[kind]["samples"], 2, "{row}");
+        }
+        let others = row["homed_elsewhere"].as_object().unwrap();
+        assert_eq!(others.len(), 2, "{row}");
+        for (home, v) in others {
+            assert_eq!(v["samples"], 2, "{home}: {row}");
+            // A room homed elsewhere costs at least the round trip to its home.
+            let rtt = v["target_p99_ms"].as_f64().unwrap() - 10.0;
+            assert!(v["p50_ms"].as_f64().unwrap() >= rtt, "{home}: {row}");
+        }
+    }
+    let p = &r["partition"];
+    assert_eq!(p["region"], "ap");
+    assert!(p["joins_per_second_before"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["joins_per_second_during"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["meets_target"].is_boolean());
 }

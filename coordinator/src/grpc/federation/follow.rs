@@ -220,6 +220,15 @@ async fn read(
                 let (Ok(edge), Some(event)) = (EdgeId::new(e.edge_id), e.event) else {
                     continue;
                 };
+                // A room this group homes too (created on both sides before either knew):
+                // until this group's leader has moved it there, the edges follow this
+                // group's room only, so that the two rooms' events never mix. The move tells
+                // them to re-read the room from its home.
+                if RoomId::new(event.room.clone())
+                    .is_ok_and(|room| follow.replica.created_at_ms(&room).is_some())
+                {
+                    continue;
+                }
                 // Not linked here: the edge is linked to another replica of this region, which
                 // follows the same region and gets the same event.
                 follow.links.push(
