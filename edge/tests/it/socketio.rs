@@ -433,3 +433,52 @@ async fn a_flooding_client_is_rate_limited_alone() {
     }
     assert_eq!(got["from-c"], true);
 }
+
+#[tokio::test]
+async fn server_api_messages_and_kicks_reach_socketio_clients() {
+    use heliograph_testkit::http::request;
+    let keys = tempfile::tempdir().unwrap();
+    let key = "socketio-api-key-0123456789abcdef";
+    let key_file = keys.path().join("app.key");
+    std::fs::write(&key_file, key).unwrap();
+    let key_arg = format!("app={}", key_file.display());
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us")],
+        edges: &[("us-a", "us")],
+        replica_args: &["--grace-ms", "500", "--api-key-file", &key_arg],
+        edge_args: &["--socketio"],
+        ..Spec::default()
+    })
+    .await;
+    let base = base_url(&cluster.edge("us-a").node.ws_url());
+    let mut sio = SioClient::connect(&base, json!({})).await;
+    sio.emit_ack("join-room", json!("call")).await;
+    let api = cluster.replica(1).metrics.clone();
+    let auth = format!("Bearer {key}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let body = json!({"data": {"text": "hello"}}).to_string();
+    let (status, text) = request(
+        &api,
+        "POST",
+        "/api/v1/rooms/call/messages",
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    assert_eq!(
+        sio.expect("server-message").await,
+        json!({"room": "call", "from": "server", "data": {"text": "hello"}})
+    );
+    let path = format!("/api/v1/rooms/call/peers/{}", sio.id);
+    let (status, text) = request(&api, "DELETE", &path, &headers, b"").await;
+    assert!(status < 300, "{status} {text}");
+    let removed = sio.expect("error").await;
+    assert_eq!(
+        (&removed["code"], &removed["room"]),
+        (&json!("removed"), &json!("call"))
+    );
+}
