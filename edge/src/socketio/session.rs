@@ -141,11 +141,14 @@ pub(super) async fn run(
                 inflight = None;
                 out.after_queued(frames, &mut outbox)
             }
-            () = feed.gone.cancelled() => Err(CloseReason::ClientClose),
+            // Like a native connection, which reads its socket's close only between requests:
+            // a join or leave in flight finishes (index and registry agree) before the session
+            // ends.
+            () = feed.gone.cancelled(), if inflight.is_none() => Err(CloseReason::ClientClose),
             () = outbox.kicked.raised() => Err(CloseReason::SlowConsumer),
             // The session ends here, and the ingress closes every transport at once
             // (`socketio::close_on_drain`): the clients reconnect elsewhere.
-            () = outbox.drain.raised() => Err(CloseReason::Shutdown),
+            () = outbox.drain.raised(), if inflight.is_none() => Err(CloseReason::Shutdown),
         };
         if let Err(reason) = step {
             break reason;

@@ -482,3 +482,30 @@ async fn server_api_messages_and_kicks_reach_socketio_clients() {
         (&json!("removed"), &json!("call"))
     );
 }
+
+#[tokio::test]
+async fn a_client_gone_during_its_join_leaves_no_member_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (edge, base) = start_edge(&dir, &[]);
+    let mut native = Client::connect(&edge.ws_url()).await;
+    native.join("ghost").await;
+    for _ in 0..5 {
+        let mut sio = SioClient::connect(&base, json!({})).await;
+        sio.emit("join-room", json!("ghost")).await;
+        sio.disconnect().await;
+    }
+    // Whatever each join reached, every one of them ends up gone from the room.
+    crate::support::wait_for("the room holds the native peer alone", || {
+        let url = edge.ws_url();
+        async move {
+            let mut probe = Client::connect(&url).await;
+            let joined = probe.join("ghost").await;
+            let peers = joined["peers"].as_array().map_or(0, Vec::len);
+            probe.send(json!({"type": "leave", "room": "ghost"})).await;
+            // (A ghost's `peer-left` may come first.)
+            while probe.recv().await["type"] != "left" {}
+            (peers == 1).then_some(())
+        }
+    })
+    .await;
+}
