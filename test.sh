@@ -11,6 +11,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   as_root apt-get update -qq
@@ -34,6 +36,17 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
 echo "== build (the binaries are used by other packages' tests)"
 cargo build --workspace --locked --quiet
+
+# The edge's Socket.IO tests drive the official socket.io-client (pinned in edge/web's
+# package-lock.json) from the Rust suite, so the npm packages come first.
+if [ ! -d edge/web/node_modules/socket.io-client ] || [ ! -d edge/web/node_modules/playwright-core ]; then
+  echo "== npm packages of edge/web"
+  (cd edge/web && npm ci --no-audit --no-fund)
+fi
+# The loadtest's Socket.IO comparison runs a Node.js Socket.IO server (pinned in its lock file).
+if [ ! -d loadtest/socketio-node/node_modules/socket.io ]; then
+  (cd loadtest/socketio-node && npm ci --no-audit --no-fund)
+fi
 
 echo "== Rust tests"
 cargo nextest run --workspace --locked --no-fail-fast

@@ -12,6 +12,7 @@ use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::MutualTls;
 
 use crate::client_addr::{Cidr, ForwardedHeader, TrustedProxies};
+use crate::socketio::dialect::Dialect;
 use crate::turn::TurnConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -145,6 +146,18 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+    /// Serve Socket.IO clients at /socket.io/ (Engine.IO v4, WebSocket and long-polling) in
+    /// the dialect of common Node.js signaling servers (docs/MIGRATING.md). Off by default.
+    #[arg(
+        long,
+        env = "HELIOGRAPH_SOCKETIO",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub socketio: bool,
+    /// TOML file renaming the Socket.IO dialect's events (an `[events]` table; see
+    /// docs/MIGRATING.md). Needs --socketio.
+    #[arg(long, env = "HELIOGRAPH_SOCKETIO_EVENTS")]
+    pub socketio_events: Option<PathBuf>,
     /// HS256 secret (≥ 32 bytes) for join tokens; with a key, every join needs a token.
     #[arg(long, env = "HELIOGRAPH_JOIN_TOKEN_SECRET", hide_env_values = true)]
     pub join_token_secret: Option<String>,
@@ -326,6 +339,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None`: no traces.
     pub otlp_endpoint: Option<String>,
+    /// The Socket.IO ingress and its event names; `None`: off.
+    pub socketio: Option<Dialect>,
 }
 
 /// How the client's address is found behind proxies.
@@ -695,7 +710,18 @@ impl Args {
             }
             None => None,
         };
+        let socketio = match (self.socketio, &self.socketio_events) {
+            (false, Some(_)) => {
+                return Err(ConfigError("--socketio-events needs --socketio".into()));
+            }
+            (false, None) => None,
+            (true, None) => Some(Dialect::default()),
+            (true, Some(path)) => Some(
+                Dialect::load(path).map_err(|e| ConfigError(format!("--socketio-events {e}")))?,
+            ),
+        };
         Ok(Config {
+            socketio,
             coordinator,
             redis,
             listen: self.listen,

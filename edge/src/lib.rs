@@ -18,6 +18,9 @@
 //! - `connection`: one socket: its select loop, requests, resume, writer, drain.
 //! - `server`: HTTP routes; `context`: what routes and connections share; `shutdown`: the
 //!   one shutdown signal and its stages; `background`: session upkeep and lease renewal.
+//! - [`socketio`]: the Socket.IO ingress (`--socketio`): the dialect of Node.js signaling
+//!   servers, served through `connection::ingress` sessions; `admission`: who may connect,
+//!   on either ingress.
 //! - `auth`, `limits`, `turn`, `metrics`: join tokens, limits, TURN credentials, metrics.
 //! - `client_addr`: trusted proxies and the client address they forward; `listener`: the
 //!   TCP listener, which reads PROXY protocol headers when asked to.
@@ -26,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod auth;
 mod background;
 mod client_addr;
@@ -47,6 +51,7 @@ mod server;
 mod session;
 mod shutdown;
 mod signal;
+pub mod socketio;
 mod turn;
 
 use std::io;
@@ -255,9 +260,14 @@ pub async fn start(
     let listener = EdgeListener::new(listener, proxy);
     let metrics_listener = metrics_listener.map(|l| EdgeListener::new(l, None));
     let finished = tokio::spawn(async move {
+        let socketio = ctx
+            .config
+            .socketio
+            .clone()
+            .map(|dialect| socketio::SocketIoIngress::new(&ctx, dialect));
         let http = tokio::spawn(server::serve(
             listener,
-            server::router(Arc::clone(&ctx)),
+            server::router(Arc::clone(&ctx), socketio),
             Arc::clone(&ctx),
         ));
         let metrics_http = metrics_listener.map(|l| {

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 /// Maps from a fixed label set to its handle, looked up per message: a fixed-seed foldhash
 /// (the keys are the program's own constants, never input).
 type Handles<K> = HashMap<K, Counter, foldhash::fast::FixedState>;
+/// The same, for metrics labelled by ingress too.
+type IngressHandles<K> = Handles<(Ingress, K)>;
 
 use metrics::{
     Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
@@ -53,6 +55,26 @@ pub const SESSIONS_DETACHED: &str = "heliograph_edge_sessions_detached_total";
 pub const SIGNALS_REPLAYED: &str = "heliograph_edge_signals_replayed_total";
 pub const SIGNALS_PENDING: &str = "heliograph_edge_signals_pending";
 pub const DRAIN_NOTICES: &str = "heliograph_edge_drain_notices_total";
+
+/// How a client reached the edge: the native WebSocket (`/ws`, `heliograph.v1`) or the
+/// Socket.IO endpoint (`/socket.io/`, see `socketio`). A label of the connection and message
+/// metrics, so that an operator sees how much of the traffic each ingress carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ingress {
+    Ws,
+    SocketIo,
+}
+
+impl Ingress {
+    pub const ALL: [Ingress; 2] = [Self::Ws, Self::SocketIo];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::SocketIo => "socketio",
+        }
+    }
+}
 
 /// Which way a signal for another peer left this edge (see `router`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,11 +242,11 @@ pub enum RelayPath {
 
 /// Handles for every metric, resolved once at start-up.
 pub struct EdgeMetrics {
-    pub connections_open: Gauge,
-    pub connections_accepted: Counter,
-    closed: Handles<CloseReason>,
-    received: Handles<&'static str>,
-    sent: Handles<&'static str>,
+    connections_open: [Gauge; 2],
+    connections_accepted: [Counter; 2],
+    closed: IngressHandles<CloseReason>,
+    received: IngressHandles<&'static str>,
+    sent: IngressHandles<&'static str>,
     errors: Handles<ErrorCode>,
     pub relay_local: Histogram,
     pub relay_region: Histogram,
@@ -364,20 +386,22 @@ impl EdgeMetrics {
             signals_replayed: counter!(SIGNALS_REPLAYED),
             signals_pending: gauge!(SIGNALS_PENDING),
             drain_notices: counter!(DRAIN_NOTICES),
-            connections_open: gauge!(CONNECTIONS_OPEN),
-            connections_accepted: counter!(CONNECTIONS_ACCEPTED),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| (*r, counter!(CONNECTIONS_CLOSED, "reason" => r.as_str())))
-                .collect(),
-            received: RECEIVED_TYPES
-                .iter()
-                .map(|t| (*t, counter!(MESSAGES_RECEIVED, "type" => *t)))
-                .collect(),
-            sent: SENT_TYPES
-                .iter()
-                .map(|t| (*t, counter!(MESSAGES_SENT, "type" => *t)))
-                .collect(),
+            connections_open: Ingress::ALL
+                .map(|i| gauge!(CONNECTIONS_OPEN, "ingress" => i.as_str())),
+            connections_accepted: Ingress::ALL
+                .map(|i| counter!(CONNECTIONS_ACCEPTED, "ingress" => i.as_str())),
+            closed: by_ingress(
+                &CloseReason::ALL,
+                |i, r| counter!(CONNECTIONS_CLOSED, "ingress" => i.as_str(), "reason" => r.as_str()),
+            ),
+            received: by_ingress(
+                &RECEIVED_TYPES,
+                |i, t| counter!(MESSAGES_RECEIVED, "ingress" => i.as_str(), "type" => *t),
+            ),
+            sent: by_ingress(
+                &SENT_TYPES,
+                |i, t| counter!(MESSAGES_SENT, "ingress" => i.as_str(), "type" => *t),
+            ),
             errors: ErrorCode::ALL
                 .iter()
                 .map(|c| (*c, counter!(ERRORS, "code" => c.as_str())))
@@ -427,20 +451,27 @@ impl EdgeMetrics {
         }
     }
 
-    pub fn closed(&self, reason: CloseReason) {
-        if let Some(c) = self.closed.get(&reason) {
+    /// A connection of `ingress` was accepted: counted, and open until [`closed`](Self::closed).
+    pub fn opened(&self, ingress: Ingress) {
+        self.connections_accepted[ingress as usize].increment(1);
+        self.connections_open[ingress as usize].increment(1.0);
+    }
+
+    pub fn closed(&self, ingress: Ingress, reason: CloseReason) {
+        self.connections_open[ingress as usize].decrement(1.0);
+        if let Some(c) = self.closed.get(&(ingress, reason)) {
             c.increment(1);
         }
     }
 
-    pub fn received(&self, ty: &'static str) {
-        if let Some(c) = self.received.get(ty) {
+    pub fn received(&self, ingress: Ingress, ty: &'static str) {
+        if let Some(c) = self.received.get(&(ingress, ty)) {
             c.increment(1);
         }
     }
 
-    pub fn sent(&self, ty: &'static str) {
-        if let Some(c) = self.sent.get(ty) {
+    pub fn sent(&self, ingress: Ingress, ty: &'static str) {
+        if let Some(c) = self.sent.get(&(ingress, ty)) {
             c.increment(1);
         }
     }
@@ -462,6 +493,18 @@ impl EdgeMetrics {
             c.increment(1);
         }
     }
+}
+
+/// One handle per ingress and key.
+fn by_ingress<K: Copy + Eq + std::hash::Hash>(
+    keys: &[K],
+    make: impl Fn(Ingress, &K) -> Counter,
+) -> IngressHandles<K> {
+    let make = &make;
+    Ingress::ALL
+        .iter()
+        .flat_map(|i| keys.iter().map(move |k| ((*i, *k), make(*i, k))))
+        .collect()
 }
 
 impl Default for EdgeMetrics {

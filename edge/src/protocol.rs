@@ -44,10 +44,13 @@ pub enum ErrorCode {
     Removed,
     /// The server API closed a room this client was in; names the room.
     RoomClosed,
+    /// A Socket.IO event larger than `--max-frame-bytes` (a native frame that large closes
+    /// the WebSocket with 1009 instead).
+    TooLarge,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadField,
@@ -71,6 +74,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::Removed,
         Self::RoomClosed,
+        Self::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +100,7 @@ impl ErrorCode {
             Self::TokenWrongRoom => "token-wrong-room",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate-limited",
+            Self::TooLarge => "too-large",
             Self::Removed => "removed",
             Self::RoomClosed => "room-closed",
         }
@@ -154,6 +159,11 @@ impl Ref {
             ));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// A numeric `ref`, for requests the edge makes on a client's behalf (Socket.IO).
+    pub fn number(n: u64) -> Self {
+        Self(raw_json(n.to_string()))
     }
 
     pub fn raw(&self) -> &RawValue {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use std::net::IpAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -13,20 +12,21 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use crate::client_addr;
-use crate::config::ClientAddresses;
+use crate::admission;
 use crate::connection;
 use crate::context::EdgeContext;
-use crate::limits::ConnectionRefusal;
 use crate::listener::{EdgeListener, Peer};
 use crate::protocol::SUBPROTOCOL;
 use crate::shutdown::Stage;
+use crate::socketio::SocketIoIngress;
 
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const SDK_JS: &str = include_str!("../web/heliograph.js");
 const SDK_DTS: &str = include_str!("../web/heliograph.d.ts");
 
-pub fn router(ctx: Arc<EdgeContext>) -> Router {
+/// The main listener's routes; with `socketio`, `/socket.io/` too (Socket.IO is a tower
+/// layer: it answers its own path and passes every other request on).
+pub fn router(ctx: Arc<EdgeContext>, socketio: Option<SocketIoIngress>) -> Router {
     let router = Router::new()
         .route("/", get(demo))
         .route("/sdk/heliograph.js", get(sdk_js))
@@ -39,7 +39,11 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
     } else {
         router
     };
-    router.with_state(ctx)
+    let router = router.with_state(ctx);
+    match socketio {
+        Some(ingress) => ingress.mount(router),
+        None => router,
+    }
 }
 
 /// The separate metrics listener, when one is configured. It answers health and readiness
@@ -71,35 +75,9 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let client = client_ip(&ctx.config.client_addresses, peer.ip(), &headers);
-    if ctx.shutdown.is_draining() || ctx.connection_tasks.is_closed() {
-        ctx.metrics.refused("draining");
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
-    }
-    if !origin_allowed(&ctx.config.allowed_origins, &headers) {
-        ctx.metrics.refused("origin");
-        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
-    }
-    let slot = match ctx.connections.acquire(client) {
+    let slot = match admission::admit(&ctx, peer, &headers) {
         Ok(slot) => slot,
-        Err(ConnectionRefusal::EdgeFull) => {
-            ctx.metrics.refused("edge_full");
-            tracing::debug!(%client, %peer, "upgrade refused: the edge is full");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "edge at its connection limit\n",
-            )
-                .into_response();
-        }
-        Err(ConnectionRefusal::TooManyFromAddress) => {
-            ctx.metrics.refused("address_limit");
-            tracing::debug!(%client, %peer, "upgrade refused: too many connections from the client's address");
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address\n",
-            )
-                .into_response();
-        }
+        Err(refused) => return (refused.status(), format!("{refused}\n")).into_response(),
     };
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
@@ -112,27 +90,6 @@ async fn websocket(
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| tasks.track_future(connection::run(socket, ctx, slot)))
-}
-
-/// The address limits and logs count: the peer's, or the one a trusted proxy forwarded.
-fn client_ip(config: &ClientAddresses, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    let values = headers
-        .get_all(config.header.name())
-        .iter()
-        // A value that is not text cannot be read: it ends the chain like any garbage.
-        .map(|v| v.to_str().unwrap_or(""));
-    client_addr::client_ip(peer, &config.trusted, config.header, values)
-}
-
-/// Browsers always send `Origin`; other clients may not, and are not subject to the list.
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(origin) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-    }
 }
 
 async fn healthz() -> &'static str {

@@ -19,7 +19,9 @@ export type ServerErrorCode =
   | 'resume-failed' | 'unavailable' | 'internal'
   | 'token-required' | 'token-expired' | 'token-invalid-signature' | 'token-algorithm-refused'
   | 'token-malformed' | 'token-wrong-room' | 'forbidden' | 'rate-limited'
-  | 'removed' | 'room-closed';
+  | 'removed' | 'room-closed'
+  // Sent only on the Socket.IO endpoint (docs/MIGRATING.md), listed so that the set is complete.
+  | 'too-large';
 
 /** Codes the SDK raises itself. */
 export type ClientErrorCode =

@@ -27,6 +27,7 @@ EVERYTHING_ON: dict[str, Any] = {
         "trustedProxies": ["10.0.0.0/8", "2001:db8::/32"],
         "forwardedHeader": "forwarded",
         "proxyProtocol": True,
+        "socketio": {"enabled": True, "events": {"join_room": "join", "user_left": "bye"}},
         "autoscaling": {"targetConnectionsPerPod": 2000},
         "ingress": {
             "enabled": True,

@@ -257,3 +257,36 @@ def test_schema_accepts_the_documented_values(good: dict[str, Any]) -> None:
 
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(copy.deepcopy(good))
+
+
+def test_socketio_is_off_by_default_and_its_values_become_flags_a_file_and_affinity() -> None:
+    import tomllib
+
+    docs, _, c = edge_of({})
+    assert "--socketio" not in c["args"]
+    assert "sessionAffinity" not in by_name(docs, "Service", "-edge")["spec"]
+
+    events = {"join_room": "join", "user_left": "peer \"gone\""}
+    docs, spec, c = edge_of({"edge": {"socketio": {"enabled": True, "events": events}}})
+    assert "--socketio" in c["args"]
+    path = flag(c["args"], "--socketio-events")
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config = by_name(docs, "ConfigMap", volume["configMap"]["name"])
+    toml = config["data"][path.rsplit("/", 1)[1]]
+    assert tomllib.loads(toml) == {"events": events}
+    assert by_name(docs, "Service", "-edge")["spec"]["sessionAffinity"] == "ClientIP"
+    kubernetes_validate.validate(by_name(docs, "Deployment", "-edge"), "1.30.0", strict=True)
+
+    # Default names: the flag alone; affinity can be turned off (WebSocket-only clients).
+    docs, _, c = edge_of({"edge": {"socketio": {"enabled": True, "sessionAffinity": False}}})
+    assert "--socketio" in c["args"] and "--socketio-events" not in c["args"]
+    assert "sessionAffinity" not in by_name(docs, "Service", "-edge")["spec"]
+
+
+def test_socketio_events_outside_the_dialect_fail_the_schema() -> None:
+    import helm_python as helm
+
+    values = {"edge": {"socketio": {"enabled": True, "events": {"join": "x"}}}}
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(Exception):
+        chart.validate_schema(values)

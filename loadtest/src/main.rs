@@ -3,7 +3,8 @@
 //! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover,
 //! chaos),
 //! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
-//! (the bare forwarder relay is compared against), `procstat` and `machine` (what was
+//! (the bare forwarder relay is compared against), `sio` (a lean Socket.IO client for relay's
+//! Socket.IO wire) and `socketio_node` (the Node.js Socket.IO server it is compared against), `procstat` and `machine` (what was
 //! measured on), `output` (result files and summaries), `report` (markdown and SVG charts).
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,8 @@ mod reference;
 mod report;
 mod scenarios;
 mod sim;
+mod sio;
+mod socketio_node;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +36,7 @@ use crate::scenarios::failover::{FailoverSettings, Mode as FailoverMode};
 use crate::scenarios::failover_region::{Region, RegionRedis};
 use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
-use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings};
+use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings, Wire};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -263,9 +266,15 @@ struct Common {
 
 #[derive(Debug, Args)]
 struct RelayArgs {
-    /// Edge WebSocket URL, e.g. ws://127.0.0.1:8080/ws.
+    /// Edge WebSocket URL, e.g. ws://127.0.0.1:8080/ws (with --wire socketio: the edge's
+    /// base, ws://127.0.0.1:8080, whose /socket.io/ it uses).
     #[arg(long, required_unless_present = "reference_only")]
     url: Option<String>,
+    /// The clients' protocol: heliograph.v1, or the Socket.IO signaling dialect (an edge
+    /// started with --socketio). With socketio, --vs-reference compares against the Node.js
+    /// Socket.IO server of loadtest/socketio-node (npm packages installed on first use).
+    #[arg(long, value_enum, default_value_t = Wire::Native)]
+    wire: Wire,
     /// Clients (an even number: N/2 two-peer rooms).
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -574,6 +583,7 @@ fn finish(
 fn relay_settings(args: &RelayArgs, url: String, server_pid: Option<u32>) -> RelaySettings {
     RelaySettings {
         url,
+        wire: args.wire,
         clients: args.clients,
         window: args.window,
         duration_secs: args.duration,
@@ -617,10 +627,11 @@ async fn relay(args: RelayArgs) -> Result<()> {
     let started_at = output::now_rfc3339();
     let with_reference = args.vs_reference || args.reference_only;
     let mut spawned = None;
+    let mut spawned_node = None;
     let reference = if with_reference {
-        match (&args.reference_url, args.reference_pid) {
-            (Some(url), Some(pid)) => Some((url.clone(), pid)),
-            _ => {
+        match (&args.reference_url, args.reference_pid, args.wire) {
+            (Some(url), Some(pid), _) => Some((url.clone(), pid)),
+            (_, _, Wire::Native) => {
                 let child = reference::ReferenceChild::spawn(
                     args.reference_taskset.as_deref(),
                     args.reference_threads,
@@ -630,12 +641,23 @@ async fn relay(args: RelayArgs) -> Result<()> {
                 spawned = Some(child);
                 Some(r)
             }
+            // The Socket.IO wire is compared with what it replaces: a Node.js Socket.IO server.
+            (_, _, Wire::Socketio) => {
+                let child =
+                    socketio_node::NodeSocketIo::spawn(args.reference_taskset.as_deref()).await?;
+                let r = (child.url.clone(), child.pid);
+                spawned_node = Some(child);
+                Some(r)
+            }
         }
     } else {
         None
     };
     let outcome = relay_runs(&args, reference.as_ref(), started_at).await;
     if let Some(child) = spawned {
+        child.stop().await;
+    }
+    if let Some(child) = spawned_node {
         child.stop().await;
     }
     outcome

@@ -11,12 +11,15 @@
 //! - [`drain`](drain): `reconnect` and close during a drain; [`ending`](ending): ending or
 //!   detaching the session; [`close`](close): close codes and reasons;
 //! - [`step`](step): one request's inputs and results; [`welcome`](welcome): token and ICE
-//!   servers.
+//!   servers;
+//! - [`ingress`](ingress): the same session for another ingress (Socket.IO), fed native
+//!   request frames instead of a socket.
 
 mod close;
 mod commit;
 mod drain;
 mod ending;
+pub(crate) mod ingress;
 mod requests;
 mod resume;
 mod step;
@@ -34,7 +37,7 @@ use close::close_code;
 
 use crate::context::EdgeContext;
 use crate::limits::{ConnectionSlot, RateLimiter};
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Ingress};
 use crate::outbox::{Outgoing, outbox};
 use crate::protocol::{self, DecodeLimits, ErrorCode, ProtocolError, ServerMessage};
 use crate::session::Owner;
@@ -69,8 +72,7 @@ pub fn run(
         if ctx.shutdown.is_draining() {
             handle.drain();
         }
-        ctx.metrics.connections_accepted.increment(1);
-        ctx.metrics.connections_open.increment(1.0);
+        ctx.metrics.opened(Ingress::Ws);
         // Cold steps are boxed: their futures would otherwise size every idle session's task.
         if let Err(e) = Box::pin(ctx.store().open(&me.peer, &me.owner)).await {
             // The session works; it just cannot be resumed.
@@ -135,7 +137,7 @@ pub fn run(
                             && !rate.allow(last_heard)
                         {
                             // Over its rate: the frame is dropped, and the client told (sparingly).
-                            ctx.metrics.received("invalid");
+                            ctx.metrics.received(Ingress::Ws, "invalid");
                             let due = last_rate_notice
                                 .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
                             if due {
@@ -161,7 +163,7 @@ pub fn run(
                                 }),
                                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                                 Some(Ok(Message::Binary(_))) => {
-                                    ctx.metrics.received("invalid");
+                                    ctx.metrics.received(Ingress::Ws, "invalid");
                                     let err = ProtocolError::new(
                                         ErrorCode::BinaryUnsupported,
                                         "binary frames are not part of heliograph.v1; send JSON text",
@@ -174,6 +176,7 @@ pub fn run(
                                         owner: &me.owner,
                                         handle: &handle,
                                         received_at: last_heard,
+                                        ingress: Ingress::Ws,
                                     };
                                     let handled =
                                         requests::handle_text(&text, &caller, &limits, &ctx, &mut state);
@@ -278,8 +281,7 @@ pub fn run(
             },
         };
 
-        ctx.metrics.closed(reason);
-        ctx.metrics.connections_open.decrement(1.0);
+        ctx.metrics.closed(Ingress::Ws, reason);
         if reason.ends_session() {
             Box::pin(writer.close(reason)).await;
             Box::pin(ending::end_for_good(&ctx, &me, &handle)).await;
@@ -295,6 +297,7 @@ pub fn run(
                     owner: &me.owner,
                     handle: &handle,
                     received_at: Instant::now(),
+                    ingress: Ingress::Ws,
                 };
                 Box::pin(drain::serve_until_closed(
                     &mut writer.socket,

@@ -32,11 +32,12 @@ pub(super) fn handle_text(
     let request = match protocol::decode(text, limits) {
         Ok(r) => r,
         Err(err) => {
-            ctx.metrics.received("invalid");
+            ctx.metrics.received(caller.ingress, "invalid");
             return Handled::Reply(vec![error_out(&err, ctx)]);
         }
     };
-    ctx.metrics.received(request.message.type_name());
+    ctx.metrics
+        .received(caller.ingress, request.message.type_name());
     if request.ack.is_some() {
         state.acked = state.acked.max(request.ack);
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use heliograph_coordinator::registry::{PeerId, RoomId};
 
 use crate::context::EdgeContext;
+use crate::metrics::Ingress;
 use crate::outbox::{Outgoing, SessionHandle};
 use crate::protocol::{self, ProtocolError, Ref, ServerMessage};
 use crate::session::Owner;
@@ -22,6 +23,8 @@ pub(super) struct Caller<'a> {
     pub(super) owner: &'a Owner,
     pub(super) handle: &'a SessionHandle,
     pub(super) received_at: Instant,
+    /// Which endpoint the request came through, for the message metrics.
+    pub(super) ingress: Ingress,
 }
 
 /// What a session remembers about its own requests.

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::close::{self, close_code};
 use crate::context::EdgeContext;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Ingress};
 use crate::outbox::{Latch, Outgoing};
 use crate::session::sequencer::Sequencer;
 
@@ -191,7 +191,7 @@ fn feed<'s>(
     seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> futures_util::sink::Feed<'s, WebSocket, Message> {
-    ctx.metrics.sent(out.kind);
+    ctx.metrics.sent(Ingress::Ws, out.kind);
     if let Some((at, path)) = out
         .signal
         .as_ref()
@@ -212,7 +212,8 @@ async fn write_stamped(
         return Ok(());
     }
     for frame in frames {
-        ctx.metrics.sent(crate::metrics::sent_kind_of(frame));
+        ctx.metrics
+            .sent(Ingress::Ws, crate::metrics::sent_kind_of(frame));
         socket.feed(Message::Text(frame.clone().into())).await?;
     }
     socket.flush().await

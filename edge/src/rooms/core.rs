@@ -393,6 +393,26 @@ impl<H: Handle> RoomCore<H> {
         }
     }
 
+    /// A room `from` (a peer of this edge) shares with `to`, for ingresses whose signals name
+    /// no room (Socket.IO): the first in room-id order, so the choice is stable. `Err` says
+    /// why there is none: `from` is in no room, or `to` is in none of them.
+    pub fn shared_room(&self, from: &PeerId, to: &PeerId) -> Result<RoomId, ErrorCode> {
+        let rooms = match self.peers.get(from) {
+            Some(p) if !p.rooms.is_empty() => &p.rooms,
+            _ => return Err(ErrorCode::NotInRoom),
+        };
+        rooms
+            .iter()
+            .filter(|room| {
+                self.rooms
+                    .get(*room)
+                    .is_some_and(|entry| entry.members.contains_key(to))
+            })
+            .min()
+            .cloned()
+            .ok_or(ErrorCode::UnknownPeer)
+    }
+
     /// Finds where a signal from `from` to `to` in `room` goes.
     pub fn route_signal(
         &self,

@@ -171,6 +171,11 @@ impl RoomIndex {
         self.write().local_leave(peer, room);
     }
 
+    /// A room `from` shares with `to` (see [`RoomCore::shared_room`]).
+    pub fn shared_room(&self, from: &PeerId, to: &PeerId) -> Result<RoomId, ErrorCode> {
+        self.read().shared_room(from, to)
+    }
+
     /// Finds where a signal from `from` to `to` in `room` goes.
     pub fn route_signal(
         &self,

@@ -156,7 +156,7 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
     assert!(
         support::metric(
             &body,
-            r#"heliograph_edge_messages_received_total{type="invalid"}"#
+            r#"heliograph_edge_messages_received_total{ingress="ws",type="invalid"}"#
         )
         .unwrap()
             >= 10.0

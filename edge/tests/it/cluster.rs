@@ -288,8 +288,11 @@ async fn acknowledged_joins_survive_killing_the_leader() {
         let (_, m) = edge_a.get("/metrics").await;
         let (_, n) = edge_b.get("/metrics").await;
         let joined = |t: &str| {
-            support::metric(t, r#"heliograph_edge_messages_sent_total{type="joined"}"#)
-                .unwrap_or(0.0)
+            support::metric(
+                t,
+                r#"heliograph_edge_messages_sent_total{ingress="ws",type="joined"}"#,
+            )
+            .unwrap_or(0.0)
         };
         (joined(&m) >= 20.0 && joined(&n) >= 20.0).then_some(())
     })

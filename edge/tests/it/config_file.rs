@@ -188,3 +188,39 @@ redis = "redis://app:{}@127.0.0.1:6379/"
         assert!(printed.lines().any(|l| l == line), "{line}\n{printed}");
     }
 }
+
+#[test]
+fn socketio_settings_come_from_flags_env_or_file_and_bad_event_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = write(
+        dir.path(),
+        "events.toml",
+        "[events]\njoin_room = \"join\"\n",
+    );
+    let file = write(
+        dir.path(),
+        "edge.toml",
+        &format!("socketio = true\nsocketio_events = \"{events}\"\n"),
+    );
+    let shown = stdout(&edge(&["--config", &file, "--print-config"], &[]));
+    assert!(shown.contains("socketio = true"), "{shown}");
+    assert!(shown.contains("socketio_events"), "{shown}");
+    let shown = stdout(&edge(
+        &["--print-config"],
+        &[("HELIOGRAPH_SOCKETIO", "true")],
+    ));
+    assert!(shown.contains("socketio = true"), "{shown}");
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[events]\nleave_room = \"disconnect\"\n",
+    );
+    let line = config_error(&edge(&["--socketio", "--socketio-events", &bad], &[]));
+    assert!(
+        line.contains("--socketio-events") && line.contains("disconnect"),
+        "{line}"
+    );
+    let line = config_error(&edge(&["--socketio-events", &events], &[]));
+    assert!(line.contains("needs --socketio"), "{line}");
+}

@@ -94,7 +94,7 @@ async fn silent_peer_is_reaped_by_keepalive() {
     assert_eq!(
         support::metric(
             &body,
-            r#"heliograph_edge_connections_closed_total{reason="keepalive_timeout"}"#
+            r#"heliograph_edge_connections_closed_total{ingress="ws",reason="keepalive_timeout"}"#
         ),
         Some(1.0)
     );

@@ -171,7 +171,7 @@ async fn failover(failure: Failure) {
         let (_, body) = a.node.get("/metrics").await;
         support::metric(
             &body,
-            r#"heliograph_edge_messages_sent_total{type="signal"}"#,
+            r#"heliograph_edge_messages_sent_total{ingress="ws",type="signal"}"#,
         )
         .is_some_and(|v| v >= 2.0 * PAIRS as f64)
     })
@@ -192,14 +192,14 @@ async fn failover(failure: Failure) {
     let (_, body) = b.get("/metrics").await;
     let before = support::metric(
         &body,
-        r#"heliograph_edge_messages_sent_total{type="signal"}"#,
+        r#"heliograph_edge_messages_sent_total{ingress="ws",type="signal"}"#,
     )
     .unwrap_or(0.0);
     wait_until("traffic flows on edge B", || async {
         let (_, body) = b.get("/metrics").await;
         support::metric(
             &body,
-            r#"heliograph_edge_messages_sent_total{type="signal"}"#,
+            r#"heliograph_edge_messages_sent_total{ingress="ws",type="signal"}"#,
         )
         .is_some_and(|v| v >= before + 2.0 * PAIRS as f64)
     })

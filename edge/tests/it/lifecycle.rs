@@ -129,43 +129,49 @@ async fn metrics_report_connections_messages_latency_and_errors() {
 
     let (status, body) = node.get("/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&body, "heliograph_edge_connections_open"), Some(2.0));
     assert_eq!(
-        metric(&body, "heliograph_edge_connections_accepted_total"),
+        metric(&body, r#"heliograph_edge_connections_open{ingress="ws"}"#),
         Some(2.0)
     );
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_messages_received_total{type="signal"}"#
+            r#"heliograph_edge_connections_accepted_total{ingress="ws"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"heliograph_edge_messages_received_total{ingress="ws",type="signal"}"#
         ),
         Some(5.0)
     );
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_messages_received_total{type="join"}"#
+            r#"heliograph_edge_messages_received_total{ingress="ws",type="join"}"#
         ),
         Some(2.0)
     );
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_messages_sent_total{type="signal"}"#
+            r#"heliograph_edge_messages_sent_total{ingress="ws",type="signal"}"#
         ),
         Some(5.0)
     );
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_messages_sent_total{type="welcome"}"#
+            r#"heliograph_edge_messages_sent_total{ingress="ws",type="welcome"}"#
         ),
         Some(2.0)
     );
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_messages_sent_total{type="peer-joined"}"#
+            r#"heliograph_edge_messages_sent_total{ingress="ws",type="peer-joined"}"#
         ),
         Some(1.0)
     );
@@ -194,7 +200,8 @@ async fn metrics_report_connections_messages_latency_and_errors() {
     drop(b);
     support::wait_for("the closed connection to be counted", || async {
         let (_, body) = node.get("/metrics").await;
-        (metric(&body, "heliograph_edge_connections_open") == Some(1.0)).then_some(())
+        (metric(&body, r#"heliograph_edge_connections_open{ingress="ws"}"#) == Some(1.0))
+            .then_some(())
     })
     .await;
 }

@@ -25,5 +25,6 @@ mod resume;
 mod security;
 mod server_api;
 mod signaling;
+mod socketio;
 mod traces;
 mod webhooks;

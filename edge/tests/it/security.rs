@@ -242,7 +242,8 @@ async fn each_limit_answers_as_documented_and_others_are_unaffected() {
     drop(flood);
     support::wait_for("the flood connection's slot to be released", || async {
         let (_, body) = node.get("/metrics").await;
-        (metric(&body, "heliograph_edge_connections_open") == Some(3.0)).then_some(())
+        (metric(&body, r#"heliograph_edge_connections_open{ingress="ws"}"#) == Some(3.0))
+            .then_some(())
     })
     .await;
 
@@ -362,7 +363,7 @@ async fn a_client_that_does_not_read_is_cut_off_and_memory_stays_bounded() {
     assert_eq!(
         metric(
             &body,
-            r#"heliograph_edge_connections_closed_total{reason="slow_consumer"}"#
+            r#"heliograph_edge_connections_closed_total{ingress="ws",reason="slow_consumer"}"#
         ),
         Some(1.0)
     );

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/typescript ]; then
+if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/typescript ] || [ ! -d node_modules/socket.io-client ]; then
   npm ci --no-audit --no-fund
 fi
 if [ -z "${HELIOGRAPH_EDGE_BIN:-}" ]; then

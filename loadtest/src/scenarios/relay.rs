@@ -2,7 +2,11 @@
 //! signals and the other echoes each back as an `answer`, keeping W offers in flight.
 //!
 //! Every offer carries its sequence number and send time, so the offerer measures the round
-//! trip (two relayed messages) when the answer comes back. Counters are shared atomics, so a
+//! trip (two relayed messages) when the answer comes back.
+//!
+//! The same workload runs in two wires: `heliograph.v1` (`signal` frames) or the Socket.IO
+//! signaling dialect (`offer`/`answer` events with `to`, see `sio`), the latter against an
+//! edge's `/socket.io/` or the Node.js Socket.IO server of `socketio-node/`. Counters are shared atomics, so a
 //! straggling task can be aborted at the drain deadline without losing what it counted.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -19,6 +23,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::{Percentiles, bump, latency_histogram, load, room_prefix};
 use crate::client::{Client, Incoming, Target, Ws, source_addr};
 use crate::procstat::{self, Pid};
+use crate::sio;
 
 /// Frames handled before the batch is flushed to the socket.
 const BATCH: usize = 64;
@@ -31,9 +36,21 @@ const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
 
+/// How the clients speak to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    /// `heliograph.v1` on the URL given (`ws://host:port/ws`).
+    Native,
+    /// The Socket.IO dialect, Engine.IO v4 over WebSocket, under the URL given
+    /// (`ws://host:port`).
+    Socketio,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RelaySettings {
     pub url: String,
+    pub wire: Wire,
     pub clients: usize,
     pub window: usize,
     pub duration_secs: f64,
@@ -107,6 +124,13 @@ impl Shared {
         }
     }
 
+    fn sio_error(&self, payload: &str) {
+        let n = self.error_frames.fetch_add(1, Ordering::Relaxed);
+        if n < 5 {
+            eprintln!("relay: error event from server: {payload:.200}");
+        }
+    }
+
     fn record(&self, samples: &mut Vec<u64>) {
         if samples.is_empty() {
             return;
@@ -132,11 +156,33 @@ struct Pair {
     room: String,
 }
 
-async fn connect_pair(target: &Target, index: usize, room: String, sources: usize) -> Result<Pair> {
-    let mut offerer = Client::connect(target, source_addr(target, 2 * index, sources)).await?;
-    let mut answerer = Client::connect(target, source_addr(target, 2 * index + 1, sources)).await?;
-    offerer.join(&room).await?;
-    answerer.join(&room).await?;
+async fn connect_pair(
+    target: &Target,
+    index: usize,
+    room: String,
+    sources: usize,
+    wire: Wire,
+) -> Result<Pair> {
+    let (a, b) = (
+        source_addr(target, 2 * index, sources),
+        source_addr(target, 2 * index + 1, sources),
+    );
+    let (offerer, answerer) = match wire {
+        Wire::Native => {
+            let mut offerer = Client::connect(target, a).await?;
+            let mut answerer = Client::connect(target, b).await?;
+            offerer.join(&room).await?;
+            answerer.join(&room).await?;
+            (offerer, answerer)
+        }
+        Wire::Socketio => {
+            let mut offerer = sio::connect(target, a).await?;
+            let mut answerer = sio::connect(target, b).await?;
+            sio::join(&mut offerer, &room).await?;
+            sio::join(&mut answerer, &room).await?;
+            (offerer, answerer)
+        }
+    };
     Ok(Pair {
         offerer,
         answerer,
@@ -159,7 +205,15 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
 
     let connect_started = Instant::now();
     let connected: Vec<Result<Pair>> = futures_util::stream::iter(0..pairs_wanted)
-        .map(|i| connect_pair(&target, i, format!("{prefix}-{i}"), settings.source_addrs))
+        .map(|i| {
+            connect_pair(
+                &target,
+                i,
+                format!("{prefix}-{i}"),
+                settings.source_addrs,
+                settings.wire,
+            )
+        })
         .buffer_unordered(settings.connect_concurrency.max(1))
         .collect()
         .await;
@@ -198,18 +252,11 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
     let mut offerers = JoinSet::new();
     let mut answerers = JoinSet::new();
     for pair in pairs {
-        let offer_prefix = format!(
-            r#"{{"type":"signal","room":"{}","to":"{}","kind":"offer","data":{{"s":"#,
-            pair.room, pair.answerer.peer_id
-        );
-        let answer_prefix = format!(
-            r#"{{"type":"signal","room":"{}","to":"{}","kind":"answer","data":"#,
-            pair.room, pair.offerer.peer_id
-        );
+        let frames = Frames::new(settings.wire, &pair);
         offerers.spawn(offerer(
             pair.offerer.ws,
             pair.offerer.last_seq,
-            offer_prefix,
+            frames.clone(),
             pad.clone(),
             settings.window,
             shared.clone(),
@@ -217,7 +264,7 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
         answerers.spawn(answerer(
             pair.answerer.ws,
             pair.answerer.last_seq,
-            answer_prefix,
+            frames,
             shared.clone(),
         ));
     }
@@ -327,18 +374,72 @@ fn start_frame(s: &mut String, prefix: &str, ack: u64) {
     }
 }
 
-fn offer_frame(prefix: &str, ack: u64, seq: u64, nanos: u64, pad: &str) -> Message {
+/// How one pair's frames are written, in its wire.
+#[derive(Clone)]
+struct Frames {
+    wire: Wire,
+    /// An offer up to its sequence number.
+    offer_prefix: Arc<str>,
+    /// An answer up to the echoed data.
+    answer_prefix: Arc<str>,
+    /// What closes an offer after its padding, and an answer after its data.
+    offer_suffix: &'static str,
+    answer_suffix: &'static str,
+}
+
+impl Frames {
+    fn new(wire: Wire, pair: &Pair) -> Self {
+        let (to_answerer, to_offerer) = (&pair.answerer.peer_id, &pair.offerer.peer_id);
+        match wire {
+            Wire::Native => Frames {
+                wire,
+                offer_prefix: format!(
+                    r#"{{"type":"signal","room":"{}","to":"{to_answerer}","kind":"offer","data":{{"s":"#,
+                    pair.room
+                )
+                .into(),
+                answer_prefix: format!(
+                    r#"{{"type":"signal","room":"{}","to":"{to_offerer}","kind":"answer","data":"#,
+                    pair.room
+                )
+                .into(),
+                offer_suffix: r#""}}"#,
+                answer_suffix: "}",
+            },
+            // The payload's stamp travels as the offer's own fields; the answer carries the
+            // offer's payload whole under `d`, so both directions carry the same bytes.
+            Wire::Socketio => Frames {
+                wire,
+                offer_prefix: format!(r#"42["offer",{{"to":"{to_answerer}","s":"#).into(),
+                answer_prefix: format!(r#"42["answer",{{"to":"{to_offerer}","d":"#).into(),
+                offer_suffix: r#""}]"#,
+                answer_suffix: "}]",
+            },
+        }
+    }
+}
+
+fn offer_frame(frames: &Frames, ack: u64, seq: u64, nanos: u64, pad: &str) -> Message {
+    let prefix = &frames.offer_prefix;
     let mut s = String::with_capacity(prefix.len() + pad.len() + 72);
     start_frame(&mut s, prefix, ack);
     s.push_str(&format!(r#"{seq},"t":{nanos},"p":""#));
     s.push_str(pad);
-    s.push_str(r#""}}"#);
+    s.push_str(frames.offer_suffix);
     Message::Text(Utf8Bytes::from(s))
+}
+
+/// The stamp of an answer in the Socket.IO dialect: the offer's payload, under `d`.
+#[derive(Deserialize)]
+struct SioAnswer {
+    d: Stamp,
 }
 
 enum Event {
     /// An answer came back with this round-trip time in microseconds.
     Answer(u64),
+    /// An Engine.IO ping, to be answered.
+    Ping,
     Other,
     Closed,
 }
@@ -347,12 +448,29 @@ fn classify_offerer(
     msg: Option<Result<Message, impl std::fmt::Debug>>,
     shared: &Shared,
     last_seq: &mut u64,
+    wire: Wire,
 ) -> Event {
     let text = match msg {
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Event::Closed,
         Some(Ok(Message::Text(t))) => t,
         Some(Ok(_)) => return Event::Other,
     };
+    if wire == Wire::Socketio {
+        return match sio::parse(&text) {
+            sio::Packet::Ping => Event::Ping,
+            sio::Packet::Event(name, arg) if name == "answer" => {
+                match serde_json::from_str::<SioAnswer>(arg.get()) {
+                    Ok(a) => Event::Answer(now_nanos(shared).saturating_sub(a.d.t) / 1000),
+                    Err(_) => Event::Other,
+                }
+            }
+            sio::Packet::Event(name, arg) if name == "error" => {
+                shared.sio_error(arg.get());
+                Event::Other
+            }
+            _ => Event::Other,
+        };
+    }
     let Ok(frame) = Incoming::parse(&text) else {
         return Event::Other;
     };
@@ -376,7 +494,7 @@ fn classify_offerer(
 async fn offerer(
     mut ws: Ws,
     mut last_seq: u64,
-    prefix: String,
+    frames: Frames,
     pad: Arc<str>,
     window: usize,
     shared: Arc<Shared>,
@@ -388,7 +506,7 @@ async fn offerer(
         seq += 1;
         if ws
             .feed(offer_frame(
-                &prefix,
+                &frames,
                 last_seq,
                 seq,
                 now_nanos(&shared),
@@ -411,7 +529,13 @@ async fn offerer(
         let mut next = Some(ws.next().await);
         let mut handled = 0;
         while let Some(msg) = next {
-            match classify_offerer(msg, &shared, &mut last_seq) {
+            match classify_offerer(msg, &shared, &mut last_seq, frames.wire) {
+                Event::Ping => {
+                    if ws.feed(pong()).await.is_err() {
+                        bump(&shared.unexpected_closes);
+                        return;
+                    }
+                }
                 Event::Closed => {
                     bump(&shared.unexpected_closes);
                     shared.record(&mut samples);
@@ -432,7 +556,7 @@ async fn offerer(
                         seq += 1;
                         if ws
                             .feed(offer_frame(
-                                &prefix,
+                                &frames,
                                 last_seq,
                                 seq,
                                 now_nanos(&shared),
@@ -463,7 +587,21 @@ async fn offerer(
     shared.record(&mut samples);
 }
 
-async fn answerer(mut ws: Ws, mut last_seq: u64, prefix: String, shared: Arc<Shared>) {
+fn pong() -> Message {
+    Message::Text(Utf8Bytes::from_static(sio::PONG))
+}
+
+/// The answer to an offer whose data (native) or payload (Socket.IO) is `data`.
+fn answer_frame(frames: &Frames, ack: u64, data: &str) -> Message {
+    let prefix = &frames.answer_prefix;
+    let mut s = String::with_capacity(prefix.len() + data.len() + 32);
+    start_frame(&mut s, prefix, ack);
+    s.push_str(data);
+    s.push_str(frames.answer_suffix);
+    Message::Text(Utf8Bytes::from(s))
+}
+
+async fn answerer(mut ws: Ws, mut last_seq: u64, frames: Frames, shared: Arc<Shared>) {
     loop {
         let mut next = Some(ws.next().await);
         let mut handled = 0;
@@ -476,23 +614,44 @@ async fn answerer(mut ws: Ws, mut last_seq: u64, prefix: String, shared: Arc<Sha
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(_)) => Utf8Bytes::from_static("{}"),
             };
-            if let Ok(frame) = Incoming::parse(&text) {
+            // The frame to send back, if this one was an offer (or a ping).
+            let reply = if frames.wire == Wire::Socketio {
+                match sio::parse(&text) {
+                    sio::Packet::Ping => Some(pong()),
+                    sio::Packet::Event(name, arg) if name == "offer" => {
+                        bump(&shared.offers_recv);
+                        Some(answer_frame(&frames, 0, arg.get()))
+                    }
+                    sio::Packet::Event(name, arg) if name == "error" => {
+                        shared.sio_error(arg.get());
+                        None
+                    }
+                    _ => None,
+                }
+            } else if let Ok(frame) = Incoming::parse(&text) {
                 last_seq = last_seq.max(frame.seq.unwrap_or(0));
                 match (&*frame.ty, frame.kind.as_deref(), frame.data) {
                     ("signal", Some("offer"), Some(data)) => {
                         bump(&shared.offers_recv);
-                        let mut s = String::with_capacity(prefix.len() + data.get().len() + 32);
-                        start_frame(&mut s, &prefix, last_seq);
-                        s.push_str(data.get());
-                        s.push('}');
-                        if ws.feed(Message::Text(Utf8Bytes::from(s))).await.is_err() {
-                            bump(&shared.unexpected_closes);
-                            return;
-                        }
-                        bump(&shared.answers_sent);
+                        Some(answer_frame(&frames, last_seq, data.get()))
                     }
-                    ("error", _, _) => shared.error_frame(&frame),
-                    _ => {}
+                    ("error", _, _) => {
+                        shared.error_frame(&frame);
+                        None
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(reply) = reply {
+                let is_answer = reply.len() > 1;
+                if ws.feed(reply).await.is_err() {
+                    bump(&shared.unexpected_closes);
+                    return;
+                }
+                if is_answer {
+                    bump(&shared.answers_sent);
                 }
             }
             handled += 1;

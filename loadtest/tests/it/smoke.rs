@@ -24,14 +24,20 @@ struct Edge {
 
 impl Edge {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         // Benchmarks measure relay capacity, not the per-connection abuse limiter.
-        let options = EdgeOptions::new(data.path()).log_filter("warn").args([
+        let mut args = vec![
             "--rate-limit-per-second",
             "1000000",
             "--rate-limit-burst",
             "1000000",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let options = EdgeOptions::new(data.path()).log_filter("warn").args(args);
         let node = Node::spawn(&options).unwrap();
         Self {
             url: node.ws_url(),
@@ -149,6 +155,23 @@ fn relay_vs_reference() {
     assert!(v["results"]["ratios"]["throughput"].as_f64().unwrap() > 0.0);
     assert!(v["results"]["ratios"]["cpu_per_message"].is_number());
     assert!(v["results"]["ratios"]["p99"].is_number());
+}
+
+#[test]
+fn relay_in_the_socketio_dialect_vs_a_nodejs_socketio_server() {
+    let edge = Edge::start_with(&["--socketio"]);
+    let pid = edge.pid();
+    let base = edge.url.trim_end_matches("/ws").to_owned();
+    let v = loadtest(&relay_args(
+        &["--wire", "socketio", "--vs-reference"],
+        &base,
+        &pid,
+    ));
+    assert_envelope(&v, "relay-vs-reference");
+    assert_eq!(v["settings"]["edge"]["wire"], "socketio");
+    assert_relay_ok(&v["results"]["edge"]);
+    assert_relay_ok(&v["results"]["reference"]);
+    assert!(v["results"]["ratios"]["throughput"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! resumable session client, and queries of Redis and replica metrics.
 
 pub mod resumable;
+pub mod sio;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -409,3 +409,66 @@ test('D: the SDK joins with tokens from getToken, asks again after token-expired
   await page.context().close();
   await stopEdge(edge);
 });
+
+// The official Socket.IO client's browser bundle, as a page of a Socket.IO app loads it.
+const SOCKET_IO_BUNDLE = path.join(HERE, '../../node_modules/socket.io-client/dist/socket.io.min.js');
+
+test('E: a Socket.IO app page (socket.io-client, RTCPeerConnection) and an SDK page meet through the edge: DataChannel open, a message echoed', { skip, timeout: 90_000 }, async () => {
+  const edge = await startEdge({ name: 'socketio', region: 'eu-test', extra: ['--socketio'] });
+  const sdkPage = await openDemo('e-sdk', edge, edge.ws);
+  const sioPage = await openDemo('e-sio', edge, edge.ws);
+  await withDiagnostics([sdkPage, sioPage], [edge], async () => {
+    // The SDK side: a PeerMesh that answers (polite) and echoes what its channels receive.
+    const sdkId = await sdkPage.evaluate(async (wsUrl) => {
+      const { Heliograph, PeerMesh } = await import('/sdk/heliograph.js');
+      const c = new Heliograph();
+      await c.connect(wsUrl);
+      const mesh = new PeerMesh(c, 'sio-room', { polite: () => true });
+      window.meshPeers = () => [...mesh.peers.keys()];
+      mesh.on('channel', ({ channel }) => {
+        channel.addEventListener('message', (e) => channel.send(`echo:${e.data}`));
+      });
+      mesh.start();
+      await c.join('sio-room');
+      return c.peerId;
+    }, edge.ws);
+
+    // The Socket.IO side: code written for a Node.js Socket.IO signaling server, unchanged.
+    await sioPage.addScriptTag({ path: SOCKET_IO_BUNDLE });
+    const result = await sioPage.evaluate(async (step) => {
+      const socket = io();
+      const pcs = new Map();
+      const echoed = new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error('no echo in time')), step);
+        const call = async (id) => {
+          const pc = new RTCPeerConnection();
+          pcs.set(id, pc);
+          pc.onicecandidate = ({ candidate }) => {
+            if (candidate) socket.emit('ice-candidate', { to: id, ...candidate.toJSON() });
+          };
+          const channel = pc.createDataChannel('data');
+          channel.onopen = () => channel.send('hello over a DataChannel');
+          channel.onmessage = (e) => resolve({ echoed: e.data, peer: id });
+          await pc.setLocalDescription(await pc.createOffer());
+          socket.emit('offer', { to: id, type: 'offer', sdp: pc.localDescription.sdp });
+        };
+        socket.on('room-users', (users) => users.forEach((id) => call(id).catch(reject)));
+        socket.on('answer', ({ from, sdp }) => pcs.get(from)?.setRemoteDescription({ type: 'answer', sdp }));
+        socket.on('ice-candidate', ({ from, candidate, sdpMid, sdpMLineIndex }) => {
+          pcs.get(from)?.addIceCandidate({ candidate, sdpMid, sdpMLineIndex });
+        });
+        socket.on('connect', () => socket.emit('join-room', 'sio-room'));
+      });
+      const r = await echoed;
+      return { ...r, self: socket.id, transport: socket.io.engine.transport.name };
+    }, STEP);
+    assert.equal(result.echoed, 'echo:hello over a DataChannel');
+    assert.equal(result.peer, sdkId, 'room-users named the SDK peer');
+    // The SDK peer knows the Socket.IO peer by its socket.id.
+    assert.deepEqual(await sdkPage.evaluate(() => window.meshPeers()), [result.self]);
+    assert.equal(result.transport, 'websocket', 'upgraded from long-polling');
+  });
+  await sdkPage.context().close();
+  await sioPage.context().close();
+  await stopEdge(edge);
+});

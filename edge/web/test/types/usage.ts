@@ -32,6 +32,8 @@ export function explain(code: ErrorCode): string {
       return 'the join token does not admit this';
     case 'rate-limited':
       return 'slow down';
+    case 'too-large':
+      return 'a Socket.IO event over the size limit';
     case 'removed':
     case 'room-closed':
       return 'the server took this client out of the room';
