@@ -72,7 +72,7 @@ async fn proxy_forwarded_for_from_a_trusted_peer_is_the_counted_address() {
     assert!(
         node.log()
             .lines()
-            .any(|l| l.contains("upgrade refused") && l.contains("client=203.0.113.7")),
+            .any(|l| l.contains("connection refused") && l.contains("client=203.0.113.7")),
         "{}",
         node.log()
     );

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::resumable::Session;
-use crate::support::{self, SessionStore, us_and_eu, us_region};
+use crate::support::{self, Cluster, SessionStore, Spec, us_and_eu, us_region};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -131,7 +131,17 @@ enum Failure {
 }
 
 async fn failover(failure: Failure) {
-    let mut cluster = us_region().await;
+    // Every client must resume within the replicas' grace period to keep its rooms; a drain
+    // spreads 500 clients' reconnections over its window, so the grace is longer here than
+    // the other tests' 500 ms (the default is 10 s).
+    let mut cluster = Cluster::start(Spec {
+        replicas: &[(1, "us")],
+        edges: &[("us-a", "us"), ("us-b", "us")],
+        redis: &["us"],
+        replica_args: &["--grace-ms", "5000"],
+        ..Spec::default()
+    })
+    .await;
     let a_url = cluster.edge("us-a").node.ws_url();
     let b_url = cluster.edge("us-b").node.ws_url();
 

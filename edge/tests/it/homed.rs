@@ -39,6 +39,18 @@ fn all_region_requests(text: &str) -> f64 {
     .sum()
 }
 
+/// Regions us, eu and ap, region-homed, with a replica and an edge (`<region>-a`) each.
+async fn three_regions() -> Cluster {
+    Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await
+}
+
 /// Waits until every replica of `cluster` knows that `region` homes at least `rooms` rooms.
 async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
     for r in cluster.replicas.iter().filter(|r| r.region != region) {
@@ -186,14 +198,7 @@ async fn a_room_created_in_ap_is_homed_there_and_its_joins_never_leave_ap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_in_three_regions_of_a_room_homed_in_us_see_each_other_and_signal_exactly_once() {
-    let cluster = Cluster::start(Spec {
-        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
-        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
-        replica_args: REGION_REPLICA_ARGS,
-        homed: true,
-        ..Spec::default()
-    })
-    .await;
+    let cluster = three_regions().await;
     let mut first = Client::connect(&cluster.edge("us-a").node.ws_url()).await;
     first.join("made-in-us").await;
     wait_homes_known(&cluster, "us", 1).await;
@@ -424,14 +429,7 @@ async fn expect_joined_once(c: &mut Client, ids: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_name_created_on_both_sides_of_a_partition_ends_as_one_room_with_everyone() {
-    let cluster = Cluster::start(Spec {
-        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
-        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
-        replica_args: REGION_REPLICA_ARGS,
-        homed: true,
-        ..Spec::default()
-    })
-    .await;
+    let cluster = three_regions().await;
     let url = |e: &str| cluster.edge(e).node.ws_url();
     cluster.partition("ap");
     // eu creates the room first, so eu's is the older and keeps the name.
@@ -566,14 +564,7 @@ impl Tracked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_on_both_sides_while_a_doubly_created_room_merges_are_each_announced_once() {
-    let cluster = Cluster::start(Spec {
-        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
-        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
-        replica_args: REGION_REPLICA_ARGS,
-        homed: true,
-        ..Spec::default()
-    })
-    .await;
+    let cluster = three_regions().await;
     let url = |e: &str| cluster.edge(e).node.ws_url();
     cluster.partition("ap");
     let mut clients = vec![
