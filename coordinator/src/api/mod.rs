@@ -213,10 +213,20 @@ async fn show_room(
 ) -> Result<Response, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::InvalidRoom(e.body_text()))?;
     let room = room_id(&raw)?;
-    let (view, times) = api
-        .replica
-        .room_with_join_times(&room)
-        .ok_or(ApiError::UnknownRoom)?;
+    let (view, times) = match api.replica.room_with_join_times(&room) {
+        Some(found) => found,
+        // Homed in another region (or nowhere): read from its home, without join times.
+        None => {
+            let view = api
+                .registry
+                .room_anywhere(&room)
+                .await
+                .map_err(ApiError::from_status)?
+                .ok_or(ApiError::UnknownRoom)?;
+            let times = vec![None; view.members.len()];
+            (view, times)
+        }
+    };
     let members = view
         .members
         .into_iter()
@@ -325,7 +335,12 @@ async fn send_message(
         .data
         .ok_or_else(|| ApiError::BadField("data is required".into()))?;
     let to = message.to.as_deref().map(peer_id).transpose()?;
-    let view = api.replica.room(&room).ok_or(ApiError::UnknownRoom)?;
+    let view = api
+        .registry
+        .room_anywhere(&room)
+        .await
+        .map_err(ApiError::from_status)?
+        .ok_or(ApiError::UnknownRoom)?;
     let targets: Vec<_> = view
         .members
         .into_iter()

@@ -34,7 +34,7 @@ use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, EdgeId, Member, Outcome, PeerId, Region, RoomId};
+use crate::registry::{Command, EdgeId, Member, Outcome, PeerId, Region, RoomId, RoomView};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
@@ -282,6 +282,35 @@ impl RegistryService {
         leave_outcome(&answer)
     }
 
+    /// `room` as its home group has it: read here when this group homes it, else from a
+    /// gateway of its home region (`None`: nobody is in it). With region-homed rooms the
+    /// server API answers for a room homed anywhere.
+    pub async fn room_anywhere(&self, room: &RoomId) -> Result<Option<RoomView>, Status> {
+        let Home::Region { region, gateways } = self.shared.federation.home(room) else {
+            return Ok(self.shared.replica.room(room));
+        };
+        let call: Forward<proto::GetRoomRequest, proto::GetRoomResponse> =
+            |mut c, r| Box::pin(async move { c.get_room(r).await });
+        let request = proto::GetRoomRequest {
+            room: room.to_string(),
+        };
+        let answer = self
+            .shared
+            .federation
+            .call(&region, &gateways, request, "get_room", call)
+            .await?
+            .into_inner();
+        if !answer.found {
+            return Ok(None);
+        }
+        let members = convert::members_from_proto(&answer.members).map_err(invalid)?;
+        Ok(Some(RoomView {
+            room: room.clone(),
+            epoch: answer.epoch,
+            members,
+        }))
+    }
+
     /// Sends `frame` (a complete server frame) to each of `targets` in `room` the way a
     /// signal from an edge travels: down the target edge's link when it is attached here,
     /// else to the replica it is attached to (one hop, across regions too). Best effort, like
@@ -296,6 +325,8 @@ impl RegistryService {
                 frame: frame.as_bytes().to_vec(),
                 sent_at_us,
                 from_region: self.shared.replica.region().to_owned(),
+                // An edge of another region's group is reached through that region.
+                to_region: m.region.to_string(),
                 // Unnumbered: a server message is not on an edge-to-edge channel.
                 ..proto::RelayedSignal::default()
             };

@@ -606,3 +606,95 @@ async fn joins_on_both_sides_while_a_doubly_created_room_merges_are_each_announc
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_of_any_region_shows_kicks_and_messages_a_room_homed_in_another() {
+    const KEY: &str = "homed-key-0123456789abcdefghij";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("app.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let key_arg = format!("app={}", key_file.display());
+    let replica_args: Vec<&str> = REGION_REPLICA_ARGS
+        .iter()
+        .copied()
+        .chain(["--api-key-file", &key_arg])
+        .collect();
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu"), (3, "ap")],
+        edges: &[("us-a", "us"), ("eu-a", "eu"), ("ap-a", "ap")],
+        replica_args: &replica_args,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let url = |e: &str| cluster.edge(e).node.ws_url();
+    let mut u = Client::connect(&url("us-a")).await;
+    u.join("r").await;
+    wait_homes_known(&cluster, "us", 1).await;
+    let mut a = Client::connect(&url("ap-a")).await;
+    a.join("r").await;
+    u.expect("peer-joined").await;
+
+    // eu's API answers for a room homed in us, with members in us and ap.
+    let eu = cluster.replicas.iter().find(|r| r.region == "eu").unwrap();
+    let call = |method: &'static str, path: String, body: Value| {
+        let addr = eu.metrics.clone();
+        async move {
+            let auth = format!("Bearer {KEY}");
+            let body = if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
+            let (status, text) = heliograph_testkit::http::request(
+                &addr,
+                method,
+                &path,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                &body,
+            )
+            .await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, room) = call("GET", "/api/v1/rooms/r".into(), Value::Null).await;
+    assert_eq!(status, 200, "{room}");
+    let mut regions: Vec<&str> = room["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["region"].as_str().unwrap())
+        .collect();
+    regions.sort_unstable();
+    assert_eq!(regions, ["ap", "us"], "{room}");
+
+    // A message from eu's API reaches the member on ap's edge.
+    let (status, sent) = call(
+        "POST",
+        "/api/v1/rooms/r/messages".into(),
+        json!({"data": {"hello": "ap"}, "to": a.peer_id}),
+    )
+    .await;
+    assert_eq!((status, &sent["recipients"]), (202, &json!(1)), "{sent}");
+    let m = a.expect("message").await;
+    assert_eq!(m["data"]["hello"], "ap", "{m}");
+
+    // A kick through eu's API: us's group removes the member, everyone hears of it.
+    let (status, _) = call(
+        "DELETE",
+        format!("/api/v1/rooms/r/peers/{}", a.peer_id),
+        Value::Null,
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status}");
+    let left = u.expect("peer-left").await;
+    assert_eq!(left["reason"], "removed", "{left}");
+    let (status, missing) = call("GET", "/api/v1/rooms/nowhere".into(), Value::Null).await;
+    assert_eq!(status, 404, "{missing}");
+}
