@@ -206,6 +206,15 @@ struct RoomJson {
     members: Vec<MemberJson>,
 }
 
+/// `room` as the group that homes it has it (this region's or another's).
+async fn home_view(api: &Api, room: &RoomId) -> Result<RoomView, ApiError> {
+    api.registry
+        .room_anywhere(room)
+        .await
+        .map_err(ApiError::from_status)?
+        .ok_or(ApiError::UnknownRoom)
+}
+
 /// `GET /api/v1/rooms/{room}`.
 async fn show_room(
     State(api): State<Api>,
@@ -217,12 +226,7 @@ async fn show_room(
         Some(found) => found,
         // Homed in another region (or nowhere): read from its home, without join times.
         None => {
-            let view = api
-                .registry
-                .room_anywhere(&room)
-                .await
-                .map_err(ApiError::from_status)?
-                .ok_or(ApiError::UnknownRoom)?;
+            let view = home_view(&api, &room).await?;
             let times = vec![None; view.members.len()];
             (view, times)
         }
@@ -335,12 +339,7 @@ async fn send_message(
         .data
         .ok_or_else(|| ApiError::BadField("data is required".into()))?;
     let to = message.to.as_deref().map(peer_id).transpose()?;
-    let view = api
-        .registry
-        .room_anywhere(&room)
-        .await
-        .map_err(ApiError::from_status)?
-        .ok_or(ApiError::UnknownRoom)?;
+    let view = home_view(&api, &room).await?;
     let targets: Vec<_> = view
         .members
         .into_iter()

@@ -349,6 +349,28 @@ impl RegistryService {
             .map_err(invalid)
     }
 
+    /// Passes `request` to the group of the region that homes `room` and returns its answer
+    /// (`Ok`); gives the request back (`Err`) when this group executes it.
+    async fn to_home<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        room: &RoomId,
+        op: &'static str,
+        call: Forward<Req, Resp>,
+    ) -> Result<Result<Response<Resp>, Status>, Request<Req>>
+    where
+        Req: Clone + Send + 'static,
+    {
+        match self.home(&request, room) {
+            Home::Region { region, gateways } => Ok(self
+                .shared
+                .federation
+                .call(&region, &gateways, request.into_inner(), op, call)
+                .await),
+            Home::Here => Err(request),
+        }
+    }
+
     /// Where requests for `room` go; a request passed on by another region is executed here.
     fn home<T>(&self, request: &Request<T>, room: &RoomId) -> Home {
         if federation::from_region(request) {
@@ -517,15 +539,12 @@ impl Registry for RegistryService {
                 |e| e.region.to_string(),
             );
         }
-        if let Home::Region { region, gateways } = self.home(&request, &room) {
-            let call: Forward<proto::JoinRequest, proto::JoinResponse> =
-                |mut c, r| Box::pin(async move { c.join(r).await });
-            return self
-                .shared
-                .federation
-                .call(&region, &gateways, request.into_inner(), "join", call)
-                .await;
-        }
+        let call: Forward<proto::JoinRequest, proto::JoinResponse> =
+            |mut c, r| Box::pin(async move { c.join(r).await });
+        let request = match self.to_home(request, &room, "join", call).await {
+            Ok(answer) => return answer,
+            Err(here) => here,
+        };
         let r = request.get_ref();
         let remote_region = self.remote_region(&edge, &r.edge_region)?;
         let command = Command::Join {
@@ -571,15 +590,12 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
-        if let Home::Region { region, gateways } = self.home(&request, &room) {
-            let call: Forward<proto::LeaveRequest, proto::LeaveResponse> =
-                |mut c, r| Box::pin(async move { c.leave(r).await });
-            return self
-                .shared
-                .federation
-                .call(&region, &gateways, request.into_inner(), "leave", call)
-                .await;
-        }
+        let call: Forward<proto::LeaveRequest, proto::LeaveResponse> =
+            |mut c, r| Box::pin(async move { c.leave(r).await });
+        let request = match self.to_home(request, &room, "leave", call).await {
+            Ok(answer) => return answer,
+            Err(here) => here,
+        };
         let r = request.get_ref();
         let command = Command::Leave {
             room,
@@ -599,15 +615,12 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
-        if let Home::Region { region, gateways } = self.home(&request, &room) {
-            let call: Forward<proto::RemovePeerRequest, proto::LeaveResponse> =
-                |mut c, r| Box::pin(async move { c.remove_peer(r).await });
-            return self
-                .shared
-                .federation
-                .call(&region, &gateways, request.into_inner(), "remove", call)
-                .await;
-        }
+        let call: Forward<proto::RemovePeerRequest, proto::LeaveResponse> =
+            |mut c, r| Box::pin(async move { c.remove_peer(r).await });
+        let request = match self.to_home(request, &room, "remove", call).await {
+            Ok(answer) => return answer,
+            Err(here) => here,
+        };
         let r = request.get_ref();
         let command = Command::Remove {
             room,
@@ -625,15 +638,12 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::LeaveResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
-        if let Home::Region { region, gateways } = self.home(&request, &room) {
-            let call: Forward<proto::CloseRoomRequest, proto::LeaveResponse> =
-                |mut c, r| Box::pin(async move { c.close_room(r).await });
-            return self
-                .shared
-                .federation
-                .call(&region, &gateways, request.into_inner(), "close", call)
-                .await;
-        }
+        let call: Forward<proto::CloseRoomRequest, proto::LeaveResponse> =
+            |mut c, r| Box::pin(async move { c.close_room(r).await });
+        let request = match self.to_home(request, &room, "close", call).await {
+            Ok(answer) => return answer,
+            Err(here) => here,
+        };
         let command = Command::Close { room };
         self.write(request, command, leave_response, |mut c, r| {
             Box::pin(async move { c.close_room(r).await })
@@ -745,14 +755,10 @@ impl Registry for RegistryService {
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
         self.check(&request)?;
         let room = convert::room("room", &request.get_ref().room).map_err(invalid)?;
-        if let Home::Region { region, gateways } = self.home(&request, &room) {
-            let call: Forward<proto::GetRoomRequest, proto::GetRoomResponse> =
-                |mut c, r| Box::pin(async move { c.get_room(r).await });
-            return self
-                .shared
-                .federation
-                .call(&region, &gateways, request.into_inner(), "get_room", call)
-                .await;
+        let call: Forward<proto::GetRoomRequest, proto::GetRoomResponse> =
+            |mut c, r| Box::pin(async move { c.get_room(r).await });
+        if let Ok(answer) = self.to_home(request, &room, "get_room", call).await {
+            return answer;
         }
         // The applied epoch first: the view read after it is at least that recent.
         let applied = self.shared.replica.applied_epoch();

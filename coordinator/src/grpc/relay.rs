@@ -190,7 +190,7 @@ impl Relay {
         let gateway = region
             .filter(|r| r != self.replica.region())
             .and_then(|r| Region::new(r).ok())
-            .and_then(|r| self.replica.regions().remove(&r))
+            .and_then(|r| self.replica.region_gateways(&r))
             .and_then(|gateways| gateways.into_iter().next());
         let Some(addr) = gateway else {
             metrics::relay_dropped("unknown_edge");

@@ -194,6 +194,12 @@ impl Replica {
         self.read(|s| s.regions().clone())
     }
 
+    /// One other region's gateways, if this group knows the region (reads that one entry only:
+    /// the relay asks for every signal to an edge of another region's group).
+    pub fn region_gateways(&self, region: &Region) -> Option<Vec<String>> {
+        self.read(|s| s.regions().get(region).cloned())
+    }
+
     /// When `room` was created in this group, if it is homed here now.
     pub fn created_at_ms(&self, room: &RoomId) -> Option<u64> {
         self.read(|s| s.created_at_ms(room))

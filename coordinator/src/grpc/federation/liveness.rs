@@ -82,8 +82,7 @@ impl Federation {
     ) -> Result<HashMap<EdgeId, bool>, String> {
         let gateways = self
             .replica
-            .regions()
-            .remove(region)
+            .region_gateways(region)
             .ok_or_else(|| format!("no gateways known for {region}"))?;
         let request = proto::EdgeStatesRequest {
             edge_ids: edges.map(ToString::to_string).collect(),

@@ -103,8 +103,7 @@ impl Federation {
     async fn merge(&self, room: &RoomId, winner: &Region) -> Result<(), String> {
         let gateways = self
             .replica
-            .regions()
-            .remove(winner)
+            .region_gateways(winner)
             .ok_or_else(|| format!("no gateways known for {winner}"))?;
         let Some(view) = self.replica.room(room) else {
             return Ok(());

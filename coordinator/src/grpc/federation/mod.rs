@@ -115,7 +115,7 @@ impl Federation {
             return Home::Here;
         }
         match self.directory.lookup(room) {
-            Some((region, _)) => match self.replica.regions().remove(&region) {
+            Some((region, _)) => match self.replica.region_gateways(&region) {
                 Some(gateways) if !gateways.is_empty() => Home::Region { region, gateways },
                 _ => Home::Here,
             },
