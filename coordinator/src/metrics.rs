@@ -84,6 +84,7 @@ pub const REGISTRY_BATCHES: &str = "heliograph_registry_batches_total";
 pub const REGISTRY_BATCHED_COMMANDS: &str = "heliograph_registry_batched_commands_total";
 pub const REGISTRY_ROOMS: &str = "heliograph_registry_rooms";
 pub const REGISTRY_COMMAND_DURATION: &str = "heliograph_registry_command_duration_seconds";
+pub const RAFT_LOG_SYNC: &str = "heliograph_raft_log_sync_seconds";
 
 // Gauges are f64; indexes and counts stay exact up to 2^53, far beyond what a registry reaches.
 #[allow(clippy::cast_precision_loss)]
@@ -135,6 +136,13 @@ pub(crate) fn batch_size(commands: usize) {
 
 pub(crate) fn registry_rooms(rooms: usize) {
     metrics::gauge!(REGISTRY_ROOMS).set(as_gauge(u64::try_from(rooms).unwrap_or(u64::MAX)));
+}
+
+/// One durable write of the Raft log (its fsync included). openraft 0.9 holds the group's
+/// Raft task until the write is durable, on the leader before it replicates: a slow disk
+/// shows here first, and every join of the group waits for it.
+pub(crate) fn log_sync(elapsed: Duration) {
+    metrics::histogram!(RAFT_LOG_SYNC).record(elapsed.as_secs_f64());
 }
 
 /// `command` is one of `registry::Command::name`'s fixed names.

@@ -425,7 +425,9 @@ fn run_writer(shared: &Shared) {
             }
             std::mem::take(&mut staged.queue)
         };
+        let started = std::time::Instant::now();
         let result = write_batch(&shared.db, &ops).map_err(|e| e.to_string());
+        crate::metrics::log_sync(started.elapsed());
         if result.is_ok() {
             let mut staged = shared.lock();
             for op in &ops {
