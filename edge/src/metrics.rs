@@ -28,6 +28,7 @@ pub const ERRORS: &str = "heliograph_edge_errors_total";
 pub const JOIN_SECONDS: &str = "heliograph_edge_join_duration_seconds";
 pub const ROOMS_TRACKED: &str = "heliograph_edge_rooms_tracked";
 pub const REGISTRY_RESYNCS: &str = "heliograph_edge_registry_resyncs_total";
+pub const JOINS_GIVEN_UP: &str = "heliograph_edge_joins_given_up_total";
 pub const CONNECTIONS_REFUSED: &str = "heliograph_edge_connections_refused_total";
 pub const COORDINATOR_RECONNECTS: &str = "heliograph_edge_coordinator_reconnects_total";
 pub const RELAY_RESENT: &str = "heliograph_edge_relay_resent_total";
@@ -261,6 +262,8 @@ pub struct EdgeMetrics {
     pub join_seconds: Histogram,
     pub rooms_tracked: Gauge,
     pub registry_resyncs: Counter,
+    /// Committed joins answered `unavailable` because their room events did not come in time.
+    pub joins_given_up: Counter,
     refused: Handles<&'static str>,
     resumes: Handles<&'static str>,
     /// Signals whose sender was told `expired`.
@@ -338,6 +341,11 @@ impl EdgeMetrics {
             "Connections and WebSocket upgrade requests refused, by reason"
         );
         describe_gauge!(ROOMS_TRACKED, "Rooms with at least one member on this edge");
+        describe_counter!(
+            JOINS_GIVEN_UP,
+            "Joins the registry committed whose room events did not reach this edge in time, answered unavailable"
+        );
+        counter!(JOINS_GIVEN_UP).increment(0);
         describe_counter!(
             REGISTRY_RESYNCS,
             "Times the edge re-read rooms after falling behind the registry's events"
@@ -423,6 +431,7 @@ impl EdgeMetrics {
             join_seconds: histogram!(JOIN_SECONDS),
             rooms_tracked: gauge!(ROOMS_TRACKED),
             registry_resyncs: counter!(REGISTRY_RESYNCS),
+            joins_given_up: counter!(JOINS_GIVEN_UP),
             refused: REFUSAL_REASONS
                 .iter()
                 .map(|r| (*r, counter!(CONNECTIONS_REFUSED, "reason" => *r)))

@@ -10,6 +10,13 @@ use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, Room
 use serde_json::value::RawValue;
 
 use super::commit::{COMMIT_DEADLINE, commit, fence_ms};
+
+/// How long after a join was sent its room events may take to reach its committed epoch
+/// before the client is answered `unavailable`: within the second a join may take.
+const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(900);
+/// The least time a join's events get after its answer: they follow it by milliseconds when
+/// the edge's replica is healthy, even on a loaded machine.
+const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
@@ -274,6 +281,9 @@ fn join(
                     // registry had it then, in order with the room's other events.
                     Ok(Outcome::Joined { epoch, .. }) => {
                         ctx.index.join_committed(&peer, &room, epoch);
+                        if ctx.index.join_waiting(&peer, &room) {
+                            watch_events(&ctx, &peer, &room, epoch, attempt, started);
+                        }
                         save_rooms(&ctx, &peer, &owner).await;
                         Vec::new()
                     }
@@ -315,6 +325,42 @@ fn join(
             }))
         }
     }
+}
+
+/// Gives a committed join until [`EVENTS_DEADLINE`] after it was sent (and at least
+/// [`EVENTS_GRACE`] after its answer) for its room events to reach its epoch, then answers it
+/// `unavailable` (see [`RoomIndex::give_up_join`](crate::rooms::RoomIndex::give_up_join)):
+/// a request never waits on an event that may not come.
+fn watch_events(
+    ctx: &Arc<EdgeContext>,
+    peer: &PeerId,
+    room: &RoomId,
+    epoch: u64,
+    attempt: u64,
+    started: Instant,
+) {
+    let at = (started + EVENTS_DEADLINE).max(Instant::now() + EVENTS_GRACE);
+    let (ctx, peer, room) = (Arc::clone(ctx), peer.clone(), room.clone());
+    ctx.connection_tasks.clone().spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+            () = ctx.shutdown.stopped() => return,
+        }
+        let Some((handle, reference)) = ctx.index.give_up_join(&peer, &room, epoch, attempt)
+        else {
+            return;
+        };
+        ctx.metrics.joins_given_up.increment(1);
+        tracing::warn!(%peer, %room, epoch, "a committed join's room events did not come in time; answered unavailable");
+        let err = ProtocolError {
+            code: ErrorCode::Unavailable,
+            message: "the registry committed the join but this edge's replica has not seen it; \
+                      you are not in the room, retry the join"
+                .into(),
+            reference,
+        };
+        let _ = handle.send(error_out(&err, &ctx));
+    });
 }
 
 /// The registry could not do what was asked; details stay in the log.

@@ -321,6 +321,28 @@ impl<H: Handle> RoomCore<H> {
         true
     }
 
+    /// A join the registry committed at `epoch` whose room events have not reached that epoch
+    /// in time: the replica this edge reads events from may never learn of the commit (it lost
+    /// its quorum right after the leader committed). The join is then treated like any join
+    /// whose outcome is unknown: forgotten here, the client told it is not in the room, and the
+    /// membership taken back when the events arrive. Returns the joiner's handle and `ref` when
+    /// the join was still waiting; `None` when it completed (or was answered) meanwhile.
+    pub fn give_up_join(
+        &mut self,
+        peer: &PeerId,
+        room: &RoomId,
+        epoch: u64,
+        attempt: u64,
+    ) -> Option<(H, Option<Ref>)> {
+        let local = self.peers.get(peer)?;
+        let pending = local.pending_joins.get(room)?;
+        if pending.committed_at != Some(epoch) {
+            return None;
+        }
+        let answer = (local.handle.clone(), pending.reference.clone());
+        self.abort_join(peer, room, Some(attempt)).then_some(answer)
+    }
+
     /// Whether the registry lists `peer` in `room` although its client was told it is not
     /// there (a doubtful join that committed after all): the attempt numbers of the joins in
     /// doubt. Answers once: the caller takes it back (with leaves conditional on those
@@ -379,6 +401,13 @@ impl<H: Handle> RoomCore<H> {
             complete_join(self, room, peer, &mut notices);
         }
         notices
+    }
+
+    /// Whether a join of `peer` to `room` is still waiting for its room events.
+    pub fn join_waiting(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.pending_joins.contains_key(room))
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
@@ -1203,6 +1232,47 @@ mod tests {
         assert_eq!(start, JoinStart::Pending);
         let notices = core.join_committed(&peer("c"), &room(), 3);
         assert_eq!(summary(&notices), [notice(3, "joined", "a,b")]);
+        assert!(core.is_member(&peer("c"), &room()));
+    }
+
+    /// The leader committed the join and lost its quorum before the edge's replica heard of
+    /// it: the answer came, the events never do (until the quorum returns). The join is given
+    /// up (the client is told `unavailable`), and taken back once its event arrives.
+    #[test]
+    fn a_committed_join_whose_events_do_not_come_is_given_up_and_taken_back() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        assert!(core.join_committed(&peer("c"), &room(), 4).is_empty());
+        assert!(core.join_waiting(&peer("c"), &room()));
+        // Another commit's epoch does not give this one up.
+        assert!(core.give_up_join(&peer("c"), &room(), 5, 7).is_none());
+        let (handle, _) = core.give_up_join(&peer("c"), &room(), 4, 7).unwrap();
+        assert_eq!(handle, H(3));
+        assert!(!core.join_waiting(&peer("c"), &room()));
+        assert!(
+            core.give_up_join(&peer("c"), &room(), 4, 7).is_none(),
+            "once"
+        );
+        // The quorum returns: the event tells the others, not c, and c's join is taken back.
+        let notices = core.apply(&joined(4, "c", ME), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
+        assert!(!core.is_member(&peer("c"), &room()));
+        assert_eq!(core.take_back_due(&peer("c"), &room()), Some(vec![7]));
+    }
+
+    /// A join whose events came in time completed: nothing to give up.
+    #[test]
+    fn a_completed_join_is_not_given_up() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        core.join_committed(&peer("c"), &room(), 3);
+        core.apply(&joined(3, "c", ME), |_| None);
+        assert!(core.is_member(&peer("c"), &room()));
+        assert!(core.give_up_join(&peer("c"), &room(), 3, 7).is_none());
         assert!(core.is_member(&peer("c"), &room()));
     }
 

@@ -162,6 +162,20 @@ impl RoomIndex {
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
+    pub fn join_waiting(&self, peer: &PeerId, room: &RoomId) -> bool {
+        self.read().join_waiting(peer, room)
+    }
+
+    pub fn give_up_join(
+        &self,
+        peer: &PeerId,
+        room: &RoomId,
+        epoch: u64,
+        attempt: u64,
+    ) -> Option<(SessionHandle, Option<Ref>)> {
+        self.write().give_up_join(peer, room, epoch, attempt)
+    }
+
     pub fn is_member(&self, peer: &PeerId, room: &RoomId) -> bool {
         self.read().is_member(peer, room)
     }
