@@ -176,19 +176,7 @@ fn after_name(json: &str) -> Option<&str> {
         .strip_prefix('[')?
         .trim_start()
         .strip_prefix('"')?;
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    // The name's closing quote: the first one not escaped.
-    loop {
-        let k = memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
-        if bytes[i + k] == b'\\' {
-            i += k + 2;
-        } else {
-            i += k + 1;
-            break;
-        }
-    }
-    rest.get(i..)?
+    rest.get(string_len(rest)? + 1..)?
         .trim_start()
         .strip_prefix(',')
         .map(str::trim_start)
@@ -294,27 +282,35 @@ struct SignalFrame<'a> {
 
 /// A native `signal` frame's parts as `protocol::encode_signal` lays them out
 /// (`{"type":"signal","room":"…","from":"…","kind":"…","data":…}`), found without reading
-/// the data: `from` as its JSON string's content, the kind, and the data. Each key's pattern
-/// starts with a string's closing quote followed by `,"`, which cannot occur inside a JSON
-/// string (its quotes are escaped), so the first match is the key. `None` for another layout.
+/// the data: `from` as its JSON string's content, the kind, and the data. `None` for another
+/// layout.
 fn signal_parts(frame: &str) -> Option<(&str, &str, &str)> {
-    let find =
-        |text: &str, pattern: &str| memchr::memmem::find(text.as_bytes(), pattern.as_bytes());
-    let body = frame
+    let rest = frame
         .strip_prefix(r#"{"type":"signal","room":""#)?
         .strip_suffix('}')?;
-    const FROM: &str = r#"","from":""#;
-    const KIND: &str = r#"","kind":""#;
-    const DATA: &str = r#"","data":"#;
-    let after_room = &body[find(body, FROM)? + FROM.len()..];
-    let k = find(after_room, KIND)?;
-    let after_from = &after_room[k + KIND.len()..];
-    let d = find(after_from, DATA)?;
-    Some((
-        &after_room[..k],
-        &after_from[..d],
-        &after_from[d + DATA.len()..],
-    ))
+    let rest = rest
+        .get(string_len(rest)?..)?
+        .strip_prefix(r#"","from":""#)?;
+    let (from, rest) = rest.split_at_checked(string_len(rest)?)?;
+    let rest = rest.strip_prefix(r#"","kind":""#)?;
+    let (kind, rest) = rest.split_at_checked(string_len(rest)?)?;
+    let data = rest.strip_prefix(r#"","data":"#)?;
+    Some((from, kind, data))
+}
+
+/// The length of the content of the JSON string `s` starts within: up to its closing quote,
+/// the first one not escaped.
+fn string_len(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    loop {
+        let k = memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[i + k] == b'\\' {
+            i += k + 2;
+        } else {
+            return Some(i + k);
+        }
+    }
 }
 
 /// A native `signal` as the dialect's event: `data` with `from` added, written directly (the
@@ -330,11 +326,23 @@ fn signal_event<'d>(dialect: &'d Dialect, frame: &str) -> Option<(&'d str, Box<R
     };
     // `from` is a JSON string, or (`q` a quote) a JSON string's content.
     let payload = |q: &str, from: &str, data: &str| {
-        let payload = match data.strip_prefix('{').and_then(|d| d.strip_suffix('}')) {
-            Some(inner) if inner.trim().is_empty() => format!(r#"{{"from":{q}{from}{q}}}"#),
-            Some(inner) => format!(r#"{{{inner},"from":{q}{from}{q}}}"#),
-            None => format!(r#"{{"data":{data},"from":{q}{from}{q}}}"#),
-        };
+        let mut payload = String::with_capacity(data.len() + from.len() + 20);
+        match data.strip_prefix('{').and_then(|d| d.strip_suffix('}')) {
+            Some(inner) if inner.trim().is_empty() => payload.push('{'),
+            Some(inner) => {
+                payload.push('{');
+                payload.push_str(inner);
+                payload.push(',');
+            }
+            None => {
+                payload.push_str(r#"{"data":"#);
+                payload.push_str(data);
+                payload.push(',');
+            }
+        }
+        for part in [r#""from":"#, q, from, q, "}"] {
+            payload.push_str(part);
+        }
         RawValue::from_string(payload).ok()
     };
     if let Some((from, kind, data)) = signal_parts(frame)
