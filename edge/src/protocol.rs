@@ -302,18 +302,7 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
     }
     let env: Envelope<'a> = serde_json::from_str(text)
         .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
-    if has_out_of_range_number(text) {
-        return Err(ProtocolError::new(
-            ErrorCode::BadJson,
-            "invalid JSON: a number is out of the range of a 64-bit float",
-        ));
-    }
-    if has_unpaired_surrogate(text) {
-        return Err(ProtocolError::new(
-            ErrorCode::BadJson,
-            "invalid JSON: unpaired UTF-16 surrogate escape",
-        ));
-    }
+    check_relayable(text)?;
     let reference = env.reference.map(Ref::parse).transpose()?;
     let ack = env
         .ack
@@ -326,6 +315,25 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
         ack,
         message,
     })
+}
+
+/// Whether `text` (valid JSON) can be passed on verbatim: no number beyond a 64-bit float,
+/// no unpaired surrogate escape (see below). Every frame a client sends is checked so, and so
+/// is a payload another ingress relays without decoding it.
+pub fn check_relayable(text: &str) -> Result<(), ProtocolError> {
+    if has_out_of_range_number(text) {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "invalid JSON: a number is out of the range of a 64-bit float",
+        ));
+    }
+    if has_unpaired_surrogate(text) {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "invalid JSON: unpaired UTF-16 surrogate escape",
+        ));
+    }
+    Ok(())
 }
 
 /// serde_json skips over raw values (`ref`, `data`, `meta`, unknown fields) without decoding
@@ -605,6 +613,37 @@ pub fn encode(message: &ServerMessage<'_>) -> String {
     })
 }
 
+/// A `signal` frame, written directly (the relay's hot path): the text
+/// `encode(&ServerMessage::Signal {..})` gives. `data` must be valid JSON.
+pub fn encode_signal(room: &RoomId, from: &PeerId, kind: SignalKind, data: &str) -> String {
+    let mut out =
+        String::with_capacity(64 + room.as_str().len() + from.as_str().len() + data.len());
+    out.push_str(r#"{"type":"signal","room":"#);
+    push_id(&mut out, room.as_str());
+    out.push_str(r#","from":"#);
+    push_id(&mut out, from.as_str());
+    out.push_str(r#","kind":""#);
+    out.push_str(kind.as_str());
+    out.push_str(r#"","data":"#);
+    out.push_str(data);
+    out.push('}');
+    out
+}
+
+/// An id as a JSON string. Ids have no control characters: only `"` and `\` are escaped.
+fn push_id(out: &mut String, id: &str) {
+    out.push('"');
+    let mut rest = id;
+    while let Some(i) = memchr::memchr2(b'"', b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..i]);
+        out.push('\\');
+        out.push_str(&rest[i..=i]);
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
 /// The reference of a request as raw JSON, for echoing.
 pub fn ref_raw(reference: Option<&Ref>) -> Option<&RawValue> {
     reference.map(Ref::raw)
@@ -781,6 +820,29 @@ mod tests {
             text,
             r#"{"type":"signal","room":"r","from":"p","kind":"answer","data":{"sdp":"v=0\r\n"}}"#
         );
+    }
+
+    #[test]
+    fn signals_written_directly_are_what_serde_writes() {
+        for (room, from, data) in [
+            ("r", "p", r#"{"sdp":"v=0\r\n"}"#),
+            (r#"a "quoted" \ room"#, r#"p\"#, "5"),
+            ("é ✓", "9b7e41", r#"[1,{"from":"x"}]"#),
+        ] {
+            let room = RoomId::new(room).unwrap();
+            let from = PeerId::new(from).unwrap();
+            let raw: &RawValue = serde_json::from_str(data).unwrap();
+            let expected = encode(&ServerMessage::Signal {
+                room: room.as_str(),
+                from: from.as_str(),
+                kind: SignalKind::Offer,
+                data: raw,
+            });
+            assert_eq!(
+                encode_signal(&room, &from, SignalKind::Offer, data),
+                expected
+            );
+        }
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! join tokens, registry commits, the room index, routing), and it is a member like any other.
 //!
 //! What differs is only what the ingress does with the frames, and that such a session cannot
-//! be resumed: when its client goes, the session ends for good.
+//! be resumed: when its client goes, the session ends for good. Signals, the hot path, may
+//! also come already decoded ([`IngressSession::signal`]), checked as a native frame would be.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use heliograph_coordinator::registry::PeerId;
+use heliograph_coordinator::registry::{PeerId, RoomId};
 
 use super::ending::{self, Identity};
 use super::requests;
@@ -19,7 +20,7 @@ use super::step::{Caller, Handled, SessionState, error_out};
 use crate::context::EdgeContext;
 use crate::metrics::Ingress;
 use crate::outbox::{OutboxReceiver, Outgoing, SessionHandle, outbox};
-use crate::protocol::{DecodeLimits, ErrorCode, ProtocolError, Ref};
+use crate::protocol::{DecodeLimits, ErrorCode, ProtocolError, Ref, SignalKind};
 use crate::session::Owner;
 
 /// A request that waits for the registry; it resolves to the frames that answer it.
@@ -32,6 +33,16 @@ pub(crate) enum Answer {
     /// Frames to send after whatever the outbox holds already.
     Reply(Vec<Outgoing>),
     Later(Pending),
+}
+
+/// A signal as `protocol::decode` would have decoded it from a native frame.
+pub(crate) struct DecodedSignal<'a> {
+    pub(crate) room: RoomId,
+    pub(crate) to: PeerId,
+    pub(crate) kind: SignalKind,
+    /// Valid JSON, relayable verbatim (`protocol::check_relayable`).
+    pub(crate) data: &'a str,
+    pub(crate) reference: Option<Ref>,
 }
 
 /// One peer's session, without a socket of its own.
@@ -104,6 +115,44 @@ impl IngressSession {
                 "sessions of this endpoint cannot be resumed",
                 None,
             )]),
+        }
+    }
+
+    /// Serves a signal the ingress has already decoded and checked as `protocol::decode`
+    /// checks a native one (`to` a peer id, `data` valid JSON that can be relayed verbatim,
+    /// the frame within the size limit): the hot path, with no native frame written and
+    /// read again.
+    pub(crate) fn signal(
+        &mut self,
+        ctx: &Arc<EdgeContext>,
+        signal: DecodedSignal<'_>,
+        received_at: Instant,
+    ) -> Answer {
+        let caller = Caller {
+            peer: &self.me.peer,
+            owner: &self.me.owner,
+            handle: &self.handle,
+            received_at,
+            ingress: self.ingress,
+        };
+        ctx.metrics.received(self.ingress, "signal");
+        let handled = requests::signal_checked(
+            ctx,
+            &caller,
+            &self.state,
+            signal.room,
+            &signal.to,
+            signal.kind,
+            signal.data,
+            signal.reference,
+        );
+        match handled {
+            Handled::Done => Answer::Done,
+            Handled::Reply(frames) => Answer::Reply(frames),
+            // A signal is never answered later; kept total all the same.
+            Handled::Later(reply) | Handled::Resume(reply) => {
+                Answer::Later(Box::pin(async move { reply.await.frames }))
+            }
         }
     }
 

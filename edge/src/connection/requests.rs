@@ -50,18 +50,12 @@ pub(super) fn handle_text(
     }
     let reference = request.reference;
     match request.message {
-        ClientMessage::Signal { room, .. } if state.receive_only.contains(&room) => fail(
-            ctx,
-            ErrorCode::Forbidden,
-            "your join token for this room does not allow sending signals",
-            reference,
-        ),
         ClientMessage::Signal {
             room,
             to,
             kind,
             data,
-        } => signal(ctx, caller, room, &to, kind, data, reference),
+        } => signal_checked(ctx, caller, state, room, &to, kind, data.get(), reference),
         ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
             "pong",
             protocol::encode(&ServerMessage::Pong {
@@ -87,6 +81,30 @@ pub(super) fn handle_text(
     }
 }
 
+/// A decoded signal, from a native frame or another ingress (`data` valid JSON): refused
+/// where the session's join token allows receiving only, otherwise routed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn signal_checked(
+    ctx: &EdgeContext,
+    caller: &Caller<'_>,
+    state: &SessionState,
+    room: RoomId,
+    to: &PeerId,
+    kind: SignalKind,
+    data: &str,
+    reference: Option<Ref>,
+) -> Handled {
+    if state.receive_only.contains(&room) {
+        return fail(
+            ctx,
+            ErrorCode::Forbidden,
+            "your join token for this room does not allow sending signals",
+            reference,
+        );
+    }
+    signal(ctx, caller, room, to, kind, data, reference)
+}
+
 /// A signal: routed at once from the index, never waiting on the registry.
 fn signal(
     ctx: &EdgeContext,
@@ -94,7 +112,7 @@ fn signal(
     room: RoomId,
     to: &PeerId,
     kind: SignalKind,
-    data: &RawValue,
+    data: &str,
     reference: Option<Ref>,
 ) -> Handled {
     let peer = caller.peer;
@@ -110,12 +128,7 @@ fn signal(
         }
         Err(code) => return fail(ctx, code, "no such peer in that room", reference),
     };
-    let text = protocol::encode(&ServerMessage::Signal {
-        room: room.as_str(),
-        from: peer.as_str(),
-        kind,
-        data,
-    });
+    let text = protocol::encode_signal(&room, peer, kind, data);
     // Regions: where the signal goes is the router's decision (router.rs).
     let delivered = ctx.router.send(
         route,

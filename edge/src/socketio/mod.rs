@@ -23,9 +23,11 @@ use axum::extract::ConnectInfo;
 use axum::middleware;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler, Value as SioValue};
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Socket;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +36,11 @@ use crate::admission;
 use crate::context::EdgeContext;
 use crate::limits::ConnectionSlot;
 use crate::listener::Peer;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, SignalKind};
 use crate::shutdown::Stage;
 use dialect::Dialect;
-use session::{Feed, Input};
+use session::{EventArgs, Feed, Input};
+use translate::Request;
 
 /// Events of one client read but not yet served: `--rate-limit-burst`, within these bounds.
 /// Beyond it events are dropped and the client told `rate-limited` (the rate limit proper is
@@ -141,37 +144,26 @@ fn connected(socket: SocketRef, ctx: Arc<EdgeContext>, dialect: Arc<Dialect>, au
     let burst = usize::try_from(ctx.config.rate_limit_burst).unwrap_or(usize::MAX);
     let (tx, inputs) = mpsc::channel(burst.clamp(INPUT_QUEUE_BOUNDS.0, INPUT_QUEUE_BOUNDS.1));
     let gone = CancellationToken::new();
-    // Handlers run in the order events arrive, but their futures run as separate tasks: the
-    // event is queued in the handler itself, so that the session serves events in order.
-    let error_event = dialect.error.clone();
-    let queue = move |socket: SocketRef,
-                      Event(event): Event,
-                      TryData(payload): TryData<Value>,
-                      ack: AckSender| {
-        let input = Input {
-            event,
-            payload: payload.unwrap_or(Value::Null),
-            ack,
-            at: Instant::now(),
-        };
-        // Full: the client sends faster than it is served. Closed: the session has ended (the
-        // socket is going too), nothing to tell.
-        let refused = match tx.try_send(input) {
-            Err(mpsc::error::TrySendError::Full(input)) => Some(input.ack),
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
-        };
-        let error_event = error_event.clone();
-        async move {
-            if let Some(ack) = refused {
-                let code = ErrorCode::RateLimited;
-                let payload = json!({"code": code.as_str(), "message": "too many events queued"});
-                let _ = socket.emit(&error_event, &payload);
-                let _ = ack.send(&json!({"ok": false, "code": code.as_str()}));
-            }
-        }
+    let queue = Queue {
+        tx,
+        request: None,
+        error_event: Arc::from(dialect.error.as_str()),
     };
-    for event in dialect.client_events() {
-        socket.on(event.to_owned(), queue.clone());
+    let d = &*dialect;
+    let events = [
+        (&d.join_room, Request::Join),
+        (&d.leave_room, Request::Leave),
+        (&d.offer, Request::Signal(SignalKind::Offer)),
+        (&d.answer, Request::Signal(SignalKind::Answer)),
+        (&d.ice_candidate, Request::Signal(SignalKind::Candidate)),
+        (&d.signal, Request::Signal(SignalKind::Custom)),
+    ];
+    for (event, request) in events {
+        let queue = Queue {
+            request: Some(request),
+            ..queue.clone()
+        };
+        socket.on(event.clone(), queue);
     }
     socket.on_fallback(queue);
     let cancel = gone.clone();
@@ -183,6 +175,65 @@ fn connected(socket: SocketRef, ctx: Arc<EdgeContext>, dialect: Arc<Dialect>, au
     let feed = Feed { inputs, gone };
     let task = session::run(socket, Arc::clone(&ctx), dialect, auth, feed, slot);
     ctx.connection_tasks.spawn(task);
+}
+
+/// The handler of a client's events: queues each one, undecoded, for the socket's task, in
+/// the order they arrive. Called by Socket.IO as it reads the event, so it neither decodes
+/// nor spawns (a handler of closures would run as one task per event).
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Input>,
+    /// What the events it handles ask for; `None` for the fallback (unknown events).
+    request: Option<Request>,
+    error_event: Arc<str>,
+}
+
+/// [`Queue`]'s type parameter of [`MessageHandler`].
+struct Queued;
+
+impl MessageHandler<LocalAdapter, Queued> for Queue {
+    fn call(&self, socket: Arc<Socket<LocalAdapter>>, mut value: SioValue, ack_id: Option<i64>) {
+        let ack = ack_id.map(|_| {
+            let Ok(ack) = AckSender::from_message_parts(&socket, &mut value, &ack_id);
+            ack
+        });
+        let request = match self.request {
+            Some(request) => Ok(request),
+            None => Err(Event::from_message_parts(&socket, &mut value, &ack_id)
+                .map(|Event(name)| name)
+                .unwrap_or_default()),
+        };
+        let args = match &value {
+            SioValue::Str(_, None) => EventArgs::Packet(value),
+            SioValue::Str(_, Some(binaries)) if binaries.is_empty() => EventArgs::Packet(value),
+            // Binary attachments: Socket.IO puts them in place of their placeholders.
+            _ => {
+                let decoded = TryData::<Value>::from_message_parts(&socket, &mut value, &ack_id);
+                let decoded = match decoded {
+                    Ok(TryData(Ok(Value::Array(args)))) => Value::Array(args),
+                    Ok(TryData(Ok(arg))) => Value::Array(vec![arg]),
+                    _ => Value::Array(Vec::new()),
+                };
+                EventArgs::Decoded(decoded.to_string())
+            }
+        };
+        let input = Input {
+            request,
+            args,
+            ack,
+            at: Instant::now(),
+        };
+        // Full: the client sends faster than it is served. Closed: the session has ended (the
+        // socket is going too), nothing to tell.
+        if let Err(mpsc::error::TrySendError::Full(input)) = self.tx.try_send(input) {
+            let code = ErrorCode::RateLimited;
+            let payload = json!({"code": code.as_str(), "message": "too many events queued"});
+            let _ = socket.emit(&*self.error_event, &payload);
+            if let Some(ack) = input.ack {
+                let _ = ack.send(&json!({"ok": false, "code": code.as_str()}));
+            }
+        }
+    }
 }
 
 /// When the edge drains, every Socket.IO transport is closed (not the namespace): client

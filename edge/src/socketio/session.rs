@@ -1,5 +1,6 @@
-//! One Socket.IO client: the task that feeds its events to an [`IngressSession`] as native
-//! requests, and turns the native frames for it into the dialect's events.
+//! One Socket.IO client: the task that feeds its events to an [`IngressSession`] (joins and
+//! leaves as native requests, signals as their decoded parts), and turns the native frames for
+//! it into the dialect's events.
 //!
 //! Like a native connection it serves one request at a time (a join finishes before the next
 //! event is read) while it keeps delivering what others send, and a reply never overtakes
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use heliograph_coordinator::registry::PeerId;
 use serde_json::{Value, json};
 use socketioxide::SendError;
 use socketioxide::extract::{AckSender, SocketRef};
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dialect::Dialect;
 use super::translate::{self, Auth, Request};
-use crate::connection::ingress::{Answer, IngressSession, Pending};
+use crate::connection::ingress::{Answer, DecodedSignal, IngressSession, Pending};
 use crate::context::EdgeContext;
 use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::metrics::{CloseReason, Ingress};
@@ -34,13 +36,35 @@ const MAX_PENDING_ACKS: usize = 256;
 /// Frames emitted in one go before looking at the client's next event.
 const DELIVERY_BATCH: usize = 64;
 
-/// A client's event, as its handler read it.
+/// A client's event, as its handler received it: nothing decoded yet but its name.
 pub(super) struct Input {
-    pub(super) event: String,
-    /// The event's arguments: one value, an array for several, `Null` for none.
-    pub(super) payload: Value,
-    pub(super) ack: AckSender,
+    /// What the event's name asks for, or the name of an event the dialect does not have.
+    pub(super) request: Result<Request, String>,
+    pub(super) args: EventArgs,
+    /// Where the client asked for an acknowledgement.
+    pub(super) ack: Option<AckSender>,
     pub(super) at: Instant,
+}
+
+/// An event's arguments as they came.
+pub(super) enum EventArgs {
+    /// The packet as Socket.IO received it (`["event", args…]`), shared, not copied.
+    Packet(socketioxide::handler::Value),
+    /// The arguments as a JSON array (`[args…]`), for a packet with binary attachments,
+    /// which Socket.IO decodes itself.
+    Decoded(String),
+}
+
+impl EventArgs {
+    fn args(&self) -> translate::Args<'_> {
+        match self {
+            EventArgs::Packet(value) => translate::Args {
+                json: value.as_str().map_or("[]", |s| s.as_str()),
+                named: true,
+            },
+            EventArgs::Decoded(json) => translate::Args { json, named: false },
+        }
+    }
 }
 
 /// What the socket's handlers share with its task.
@@ -59,7 +83,7 @@ pub(super) async fn run(
     mut feed: Feed,
     slot: ConnectionSlot,
 ) {
-    let peer = match heliograph_coordinator::registry::PeerId::new(socket.id.to_string()) {
+    let peer = match PeerId::new(socket.id.to_string()) {
         Ok(p) => p,
         Err(e) => {
             // Socket.IO ids are 16 url-safe characters: this cannot happen.
@@ -104,24 +128,26 @@ pub(super) async fn run(
                             "too many events; events are being dropped",
                             None,
                         );
-                        let _ = input.ack.send(&refusal(ErrorCode::RateLimited));
+                        acknowledge(input.ack, || refusal(ErrorCode::RateLimited));
                         out.frames(vec![err])
                     } else {
                         ctx.metrics.error(ErrorCode::RateLimited);
-                        let _ = input.ack.send(&refusal(ErrorCode::RateLimited));
+                        acknowledge(input.ack, || refusal(ErrorCode::RateLimited));
                         Ok(())
                     }
                 }
                 Some(input) => {
                     next_ref += 1;
                     let reference = next_ref;
-                    let answer = serve(&mut session, &ctx, &dialect, &auth, &input, reference);
-                    out.expect_ack(reference, input.ack);
+                    let answer = serve(&mut session, &ctx, &auth, &input, reference);
+                    if let Some(ack) = input.ack {
+                        out.expect_ack(reference, ack);
+                    }
                     match answer {
                         Answer::Done => {
                             // A signal on its way: it is acknowledged now. (A `joined` that
                             // comes through the outbox answers its own acknowledgement.)
-                            out.answer(reference, json!({"ok": true}));
+                            out.answer(reference, || json!({"ok": true}));
                             Ok(())
                         }
                         Answer::Reply(frames) => out.after_queued(frames, &mut outbox),
@@ -163,11 +189,11 @@ pub(super) async fn run(
     drop(slot);
 }
 
-/// Turns one client event into a native request and serves it.
+/// Serves one client event: a join or leave as the native request, a signal straight from
+/// the packet's text.
 fn serve(
     session: &mut IngressSession,
     ctx: &Arc<EdgeContext>,
-    dialect: &Dialect,
     auth: &Auth,
     input: &Input,
     reference: u64,
@@ -177,68 +203,90 @@ fn serve(
         let reference = crate::protocol::Ref::number(reference);
         Answer::Reply(vec![session.error(ctx, code, message, Some(reference))])
     };
-    let Some(request) = translate::classify(dialect, &input.event) else {
-        return refused(
-            session,
-            ErrorCode::UnknownType,
-            &format!("`{}` is not an event of this server", input.event),
-        );
+    let request = match &input.request {
+        Ok(request) => *request,
+        Err(name) => {
+            return refused(
+                session,
+                ErrorCode::UnknownType,
+                &format!("`{name}` is not an event of this server"),
+            );
+        }
     };
+    let args = input.args.args();
     let text = match request {
-        Request::Join => {
-            translate::room_of(&input.payload).map(|room| translate::join(&room, auth, reference))
-        }
-        Request::Leave => {
-            translate::room_of(&input.payload).map(|room| translate::leave(&room, reference))
-        }
-        Request::Signal(kind) => match translate::signal_target(&input.payload) {
-            Err(e) => Err(e),
-            Ok((payload, to)) => {
-                let Ok(target) = heliograph_coordinator::registry::PeerId::new(to) else {
-                    return refused(
-                        session,
-                        ErrorCode::UnknownPeer,
-                        "no such peer in your rooms",
-                    );
-                };
-                match ctx.index.shared_room(session.peer(), &target) {
-                    Ok(room) => Ok(translate::signal(
-                        room.as_str(),
-                        to,
-                        kind,
-                        payload,
-                        reference,
-                    )),
-                    Err(ErrorCode::NotInRoom) => {
-                        return refused(session, ErrorCode::NotInRoom, "you are in no room");
-                    }
-                    Err(code) => {
-                        return refused(session, code, "no such peer in your rooms");
-                    }
+        Request::Join => translate::room_of(translate::first_arg(args))
+            .map(|room| translate::join(&room, auth, reference)),
+        Request::Leave => translate::room_of(translate::first_arg(args))
+            .map(|room| translate::leave(&room, reference)),
+        Request::Signal(kind) => {
+            let args = match translate::signal_args(args) {
+                Ok(args) => args,
+                Err(e) => return refused(session, e.code, &e.message),
+            };
+            let Ok(target) = PeerId::new(args.to) else {
+                return refused(
+                    session,
+                    ErrorCode::UnknownPeer,
+                    "no such peer in your rooms",
+                );
+            };
+            let room = match ctx.index.shared_room(session.peer(), &target) {
+                Ok(room) => room,
+                Err(ErrorCode::NotInRoom) => {
+                    return refused(session, ErrorCode::NotInRoom, "you are in no room");
                 }
+                Err(code) => return refused(session, code, "no such peer in your rooms"),
+            };
+            let data = &*args.data;
+            let size =
+                translate::signal_frame_len(room.as_str(), target.as_str(), kind, data, reference);
+            if size > ctx.config.limits.max_frame_bytes {
+                return too_large(ctx, |c, m| refused(session, c, m));
             }
-        },
+            let signal = DecodedSignal {
+                room,
+                to: target,
+                kind,
+                data,
+                reference: input
+                    .ack
+                    .as_ref()
+                    .map(|_| crate::protocol::Ref::number(reference)),
+            };
+            return session.signal(ctx, signal, input.at);
+        }
     };
     let text = match text {
         Ok(text) => text,
         Err(e) => return refused(session, e.code, &e.message),
     };
-    // The native frame limit, on what the event amounts to (the transport's own limit is
-    // higher, so that an oversized event is answered rather than cutting the connection).
     if text.len() > ctx.config.limits.max_frame_bytes {
-        let limit = ctx.config.limits.max_frame_bytes;
-        return refused(
-            session,
-            ErrorCode::TooLarge,
-            &format!("the event is larger than {limit} bytes"),
-        );
+        return too_large(ctx, |c, m| refused(session, c, m));
     }
     session.request(&text, input.at, ctx)
+}
+
+/// The native frame limit, on what the event amounts to (the transport's own limit is
+/// higher, so that an oversized event is answered rather than cutting the connection).
+fn too_large(ctx: &EdgeContext, refused: impl FnOnce(ErrorCode, &str) -> Answer) -> Answer {
+    let limit = ctx.config.limits.max_frame_bytes;
+    refused(
+        ErrorCode::TooLarge,
+        &format!("the event is larger than {limit} bytes"),
+    )
 }
 
 /// The answer an acknowledgement gets when the request was refused before it was made.
 fn refusal(code: ErrorCode) -> Value {
     json!({"ok": false, "code": code.as_str()})
+}
+
+/// Answers an acknowledgement, where the client asked for one.
+fn acknowledge(ack: Option<AckSender>, value: impl FnOnce() -> Value) {
+    if let Some(ack) = ack {
+        let _ = ack.send(&value());
+    }
 }
 
 /// Emits native frames to the client as dialect events, and answers acknowledgements.
@@ -258,10 +306,10 @@ impl Deliverer<'_> {
         self.acks.insert(reference, ack);
     }
 
-    fn answer(&mut self, reference: u64, value: Value) {
+    /// Answers the acknowledgement of request `reference`, if the client asked for one.
+    fn answer(&mut self, reference: u64, value: impl FnOnce() -> Value) {
         if let Some(ack) = self.acks.remove(&reference) {
-            // Without an acknowledgement requested, this sends nothing.
-            let _ = ack.send(&value);
+            let _ = ack.send(&value());
         }
     }
 
@@ -321,7 +369,7 @@ impl Deliverer<'_> {
             }
         }
         if let Some((reference, value)) = delivery.ack {
-            self.answer(reference, value);
+            self.answer(reference, || value);
         }
         Ok(())
     }
