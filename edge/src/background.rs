@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heliograph_coordinator::Replica;
-use heliograph_coordinator::registry::{Command, EdgeId, Outcome};
+use heliograph_coordinator::registry::{Command, Outcome, Rejection};
 
 use crate::metrics::RelayPath;
 use crate::rooms::RoomIndex;
@@ -63,14 +63,21 @@ pub(crate) async fn keep_sessions(
 }
 
 /// Renews the edge's lease at a third of its length, so two renewals may fail in a row. (A
-/// remote registry renews the lease in its own session with the replica.)
-pub(crate) async fn renew_lease(
-    registry: Replica,
-    edge: EdgeId,
-    incarnation: u64,
-    lease_ms: u64,
-    shutdown: Arc<Shutdown>,
-) {
+/// remote registry renews the lease in its own session with the replica.) A lease that ran out
+/// anyway (the process was starved for longer than the lease) is taken again by registering
+/// once more with the same incarnation: the registry has let the edge's peers go meanwhile, as
+/// for any edge that went silent, and the edge goes on serving instead of refusing every join.
+pub(crate) async fn renew_lease(registry: Replica, registration: Command, shutdown: Arc<Shutdown>) {
+    let Command::RegisterEdge {
+        edge,
+        incarnation,
+        lease_ms,
+        ..
+    } = registration.clone()
+    else {
+        tracing::error!("renew_lease needs the edge's registration");
+        return;
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
     tick.tick().await;
     let stopped = shutdown.reached(Stage::Stopped);
@@ -89,8 +96,71 @@ pub(crate) async fn renew_lease(
             .await;
         match renewed {
             Ok(Outcome::Done) => {}
+            Ok(Outcome::Rejected(Rejection::UnknownEdge)) => {
+                tracing::warn!(
+                    "this edge's lease ran out before it was renewed; registering again"
+                );
+                match registry.execute(registration.clone()).await {
+                    Ok(Outcome::Done) => {}
+                    Ok(other) => {
+                        tracing::error!(?other, "the registry refused to register this edge again")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "registering this edge again failed"),
+                }
+            }
             Ok(other) => tracing::error!(?other, "the registry refused to renew this edge's lease"),
             Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use heliograph_coordinator::EmbeddedConfig;
+    use heliograph_coordinator::registry::{EdgeId, Region};
+
+    use super::*;
+
+    /// The registry no longer knows the edge (its lease ran out and the sweep let it go while
+    /// the process was starved): the next renewal registers it again.
+    #[tokio::test]
+    async fn a_lease_that_ran_out_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(EmbeddedConfig::new(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let edge = EdgeId::new("edge-1").unwrap();
+        let registration = Command::RegisterEdge {
+            edge: edge.clone(),
+            region: Region::new("local").unwrap(),
+            address: "127.0.0.1:1".into(),
+            incarnation: 7,
+            lease_ms: 300,
+            resumable_sessions: false,
+            replica: 0,
+        };
+        assert!(replica.edge(&edge).is_none(), "never registered: unknown");
+        let shutdown = Arc::new(Shutdown::default());
+        let renewing = tokio::spawn(renew_lease(
+            replica.clone(),
+            registration,
+            Arc::clone(&shutdown),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while replica.edge(&edge).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not registered again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(replica.edge(&edge).unwrap().incarnation, 7);
+        shutdown.advance(Stage::Stopped);
+        renewing.await.unwrap();
+        replica.shutdown().await;
     }
 }

@@ -242,9 +242,7 @@ pub async fn start(
     if let Registry::Embedded(embedded) = &registry {
         background.spawn(background::renew_lease(
             embedded.clone(),
-            edge_id.clone(),
-            incarnation,
-            lease_ms,
+            embedded_registration(&ctx.config, &edge_id, http_addr, incarnation, lease_ms),
             Arc::clone(&stages),
         ));
     }
@@ -321,6 +319,26 @@ pub async fn start(
     })
 }
 
+/// This edge's registration with its embedded replica.
+fn embedded_registration(
+    config: &Config,
+    edge_id: &EdgeId,
+    http_addr: SocketAddr,
+    incarnation: u64,
+    lease_ms: u64,
+) -> Command {
+    Command::RegisterEdge {
+        edge: edge_id.clone(),
+        region: config.region.clone(),
+        address: http_addr.to_string(),
+        incarnation,
+        lease_ms,
+        // Sessions live in this process only, so peers of a previous run cannot resume.
+        resumable_sessions: false,
+        replica: 0,
+    }
+}
+
 /// Opens the embedded replica and registers this edge with it.
 async fn open_embedded(
     config: &Config,
@@ -335,16 +353,13 @@ async fn open_embedded(
     })
     .await?;
     let registered = coordinator
-        .execute(Command::RegisterEdge {
-            edge: edge_id.clone(),
-            region: config.region.clone(),
-            address: http_addr.to_string(),
+        .execute(embedded_registration(
+            config,
+            edge_id,
+            http_addr,
             incarnation,
             lease_ms,
-            // Sessions live in this process only, so peers of a previous run cannot resume.
-            resumable_sessions: false,
-            replica: 0,
-        })
+        ))
         .await;
     let registered = match registered {
         Ok(r) => r,
