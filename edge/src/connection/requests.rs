@@ -15,8 +15,10 @@ use super::commit::{COMMIT_DEADLINE, commit, fence_ms};
 /// before the client is answered `unavailable`: within the second a join may take.
 const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(900);
 /// The least time a join's events get after its answer: they follow it by milliseconds when
-/// the edge's replica is healthy, even on a loaded machine.
-const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// the edge's replica is healthy, but a replica catching up (restarted, or back from a lost
+/// quorum) applies a backlog first, and giving up on a join that is merely late makes its
+/// client join again.
+const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
