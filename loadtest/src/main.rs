@@ -314,6 +314,10 @@ struct RelayArgs {
     /// Runtime threads of the spawned reference server (1: current-thread runtime).
     #[arg(long, default_value_t = 1)]
     reference_threads: usize,
+    /// Clients never send `ack`, as plain WebSocket tools don't: the edge keeps every signal
+    /// in its replay window until newer ones push it out (heliograph.v1 only).
+    #[arg(long)]
+    no_ack: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -593,6 +597,7 @@ fn relay_settings(args: &RelayArgs, url: String, server_pid: Option<u32>) -> Rel
         source_addrs: args.common.source_addrs,
         connect_concurrency: args.common.connect_concurrency,
         drain_timeout_secs: args.drain_timeout,
+        acks: !args.no_ack,
     }
 }
 

@@ -60,6 +60,9 @@ pub struct RelaySettings {
     pub source_addrs: usize,
     pub connect_concurrency: usize,
     pub drain_timeout_secs: f64,
+    /// Clients acknowledge what they receive (`ack` on their next frame); without, the edge
+    /// keeps every signal in its replay window until newer ones push it out.
+    pub acks: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -252,7 +255,7 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
     let mut offerers = JoinSet::new();
     let mut answerers = JoinSet::new();
     for pair in pairs {
-        let frames = Frames::new(settings.wire, &pair);
+        let frames = Frames::new(settings.wire, &pair, settings.acks);
         offerers.spawn(offerer(
             pair.offerer.ws,
             pair.offerer.last_seq,
@@ -378,6 +381,8 @@ fn start_frame(s: &mut String, prefix: &str, ack: u64) {
 #[derive(Clone)]
 struct Frames {
     wire: Wire,
+    /// Whether frames carry `ack` (native only).
+    acks: bool,
     /// An offer up to its sequence number.
     offer_prefix: Arc<str>,
     /// An answer up to the echoed data.
@@ -388,11 +393,12 @@ struct Frames {
 }
 
 impl Frames {
-    fn new(wire: Wire, pair: &Pair) -> Self {
+    fn new(wire: Wire, pair: &Pair, acks: bool) -> Self {
         let (to_answerer, to_offerer) = (&pair.answerer.peer_id, &pair.offerer.peer_id);
         match wire {
             Wire::Native => Frames {
                 wire,
+                acks,
                 offer_prefix: format!(
                     r#"{{"type":"signal","room":"{}","to":"{to_answerer}","kind":"offer","data":{{"s":"#,
                     pair.room
@@ -410,6 +416,7 @@ impl Frames {
             // offer's payload whole under `d`, so both directions carry the same bytes.
             Wire::Socketio => Frames {
                 wire,
+                acks: false,
                 offer_prefix: format!(r#"42["offer",{{"to":"{to_answerer}","s":"#).into(),
                 answer_prefix: format!(r#"42["answer",{{"to":"{to_offerer}","d":"#).into(),
                 offer_suffix: r#""}]"#,
@@ -422,7 +429,7 @@ impl Frames {
 fn offer_frame(frames: &Frames, ack: u64, seq: u64, nanos: u64, pad: &str) -> Message {
     let prefix = &frames.offer_prefix;
     let mut s = String::with_capacity(prefix.len() + pad.len() + 72);
-    start_frame(&mut s, prefix, ack);
+    start_frame(&mut s, prefix, if frames.acks { ack } else { 0 });
     s.push_str(&format!(r#"{seq},"t":{nanos},"p":""#));
     s.push_str(pad);
     s.push_str(frames.offer_suffix);
@@ -595,7 +602,7 @@ fn pong() -> Message {
 fn answer_frame(frames: &Frames, ack: u64, data: &str) -> Message {
     let prefix = &frames.answer_prefix;
     let mut s = String::with_capacity(prefix.len() + data.len() + 32);
-    start_frame(&mut s, prefix, ack);
+    start_frame(&mut s, prefix, if frames.acks { ack } else { 0 });
     s.push_str(data);
     s.push_str(frames.answer_suffix);
     Message::Text(Utf8Bytes::from(s))

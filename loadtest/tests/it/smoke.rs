@@ -144,6 +144,17 @@ fn relay_against_the_edge() {
     );
 }
 
+/// Clients that never acknowledge (as plain WebSocket tools): every signal still arrives.
+#[test]
+fn relay_against_the_edge_without_acks() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&relay_args(&["--no-ack"], &edge.url, &pid));
+    assert_envelope(&v, "relay");
+    assert_eq!(v["settings"]["acks"], false, "{}", v["settings"]);
+    assert_relay_ok(&v["results"]);
+}
+
 #[test]
 fn relay_vs_reference() {
     let edge = Edge::start();
