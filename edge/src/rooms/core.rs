@@ -672,7 +672,11 @@ fn resync_room<H: Handle>(
     }
     for gone in old.keys().filter(|p| !new_members.contains(*p)) {
         if let Some(local) = inner.peers.get_mut(gone) {
-            local.rooms.remove(&room);
+            // Rare and decisive (a client of this edge leaves a room without asking): logged
+            // so that a membership the registry and the edge disagree on can be traced.
+            if local.rooms.remove(&room) {
+                tracing::info!(peer = %gone, %room, "a local member is not in the room as re-read");
+            }
         }
         notify_others(&*inner, me, &room, gone, notices, |r, _| {
             let frame = protocol::encode(&ServerMessage::PeerLeft {
