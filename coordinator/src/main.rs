@@ -1,5 +1,5 @@
 //! `heliograph-coordinator`: runs one replica of the room registry (`serve`), or administers a
-//! running cluster (`bootstrap`, `add`, `remove`, `status`).
+//! running cluster (`bootstrap`, `add`, `remove`, `status`, `region`, `snapshot`).
 //!
 //! Flow of `serve`: parse and validate the configuration (flags > environment > `--config`
 //! file > defaults; nothing bound yet; a bad one exits with code 64) → open the replica → bind both listeners and print their addresses as one JSON
@@ -102,6 +102,12 @@ enum Cmd {
     },
     /// Print the replica's view of the cluster as JSON.
     Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Build a snapshot of the replica's applied state now and print its last log index,
+    /// size and build time as JSON (any replica; each builds its own).
+    Snapshot {
         #[command(flatten)]
         target: Target,
     },
@@ -563,20 +569,26 @@ async fn run(command: Cmd) -> ExitCode {
             AdminCall::SetRegion(pb::SetRegionRequest { region, gateways }),
         ),
         Cmd::Rooms(args) => return rooms::run(args).await,
+        Cmd::Snapshot { target } => {
+            let secret = match admin_secret(&target) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            return match admin_client::snapshot(&target.api, Some(&secret)).await {
+                Ok(built) => {
+                    println!("{}", admin_client::snapshot_json(&built));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("heliograph-coordinator: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
-    let secret = match ClusterSecret::new(&target.cluster_secret) {
+    let secret = match admin_secret(&target) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("heliograph-coordinator: invalid --cluster-secret: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let secret = match target.tls.load() {
-        Ok(tls) => secret.with_tls(tls),
-        Err(e) => {
-            eprintln!("heliograph-coordinator: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match admin_client::call(&target.api, Some(&secret), call).await {
         Ok(status) => {
@@ -586,6 +598,21 @@ async fn run(command: Cmd) -> ExitCode {
         Err(e) => {
             eprintln!("heliograph-coordinator: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The secret (and TLS identity) an admin subcommand presents; a bad one exits 64.
+fn admin_secret(target: &Target) -> Result<ClusterSecret, ExitCode> {
+    let secret = ClusterSecret::new(&target.cluster_secret).map_err(|e| {
+        eprintln!("heliograph-coordinator: invalid --cluster-secret: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    match target.tls.load() {
+        Ok(tls) => Ok(secret.with_tls(tls)),
+        Err(e) => {
+            eprintln!("heliograph-coordinator: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `heliograph-loadtest`: load generator for the Heliograph edge.
 //!
 //! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover,
-//! chaos),
+//! chaos, registry-scale),
 //! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
 //! (the bare forwarder relay is compared against), `sio` (a lean Socket.IO client for relay's
 //! Socket.IO wire) and `socketio_node` (the Node.js Socket.IO server it is compared against), `procstat` and `machine` (what was
@@ -36,6 +36,7 @@ use crate::scenarios::failover::{FailoverSettings, Mode as FailoverMode};
 use crate::scenarios::failover_region::{Region, RegionRedis};
 use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
+use crate::scenarios::registry_scale::RegistryScaleSettings;
 use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings, Wire};
 
 #[derive(Debug, Parser)]
@@ -72,6 +73,37 @@ enum Command {
     /// Starts a local cluster (3 replicas, 2 edges), runs a join/leave storm, fails a replica
     /// at a random moment and checks that membership comes out exactly right.
     Chaos(ChaosArgs),
+    /// Starts a 3-replica group, fills it with members through the registry's gRPC API from
+    /// synthetic edges (no sockets), and measures RSS per member, a snapshot's build time,
+    /// a new replica's catch-up and join latency against the empty registry.
+    RegistryScale(RegistryScaleArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegistryScaleArgs {
+    /// Members to fill the registry with (a small value is a quick smoke run).
+    #[arg(long, default_value_t = 1_000_000)]
+    members: u64,
+    /// Rooms they are spread over (member i joins room i mod rooms).
+    #[arg(long, default_value_t = 500_000)]
+    rooms: u64,
+    /// Synthetic edges registered through the registry API, spread over the replicas.
+    #[arg(long, default_value_t = 12)]
+    edges: usize,
+    /// Fill joins in flight at once (the leader batches them into log entries).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Sequential probe joins measured on the empty registry and again at full size.
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// The synthetic edges' lease (renewed every quarter of it).
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+    /// More `serve` flags for every replica (repeatable), e.g. --replica-arg=--grace-ms=30000.
+    #[arg(long = "replica-arg", allow_hyphen_values = true)]
+    replica_args: Vec<String>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -399,6 +431,7 @@ fn main() -> ExitCode {
         Command::DelayProxy(_) => 1,
         Command::Failover(a) => a.common.threads,
         Command::Chaos(a) => a.common.threads,
+        Command::RegistryScale(a) => a.common.threads,
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -434,7 +467,40 @@ async fn run(command: Command) -> Result<()> {
         Command::DelayProxy(a) => delay_proxy::serve(a.listen, a.to, a.delay_ms).await,
         Command::Failover(args) => failover(args).await,
         Command::Chaos(args) => chaos(args).await,
+        Command::RegistryScale(args) => registry_scale(args).await,
     }
+}
+
+async fn registry_scale(args: RegistryScaleArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let settings = RegistryScaleSettings {
+        members: args.members,
+        rooms: args.rooms,
+        edges: args.edges,
+        concurrency: args.concurrency,
+        samples: args.samples,
+        lease_ms: args.lease_ms,
+        replica_args: args.replica_args.clone(),
+    };
+    let started_at = output::now_rfc3339();
+    let mut runs = Vec::new();
+    for i in 0..args.common.repeat {
+        if args.common.repeat > 1 {
+            eprintln!("run {} of {}", i + 1, args.common.repeat);
+        }
+        runs.push(serde_json::to_value(
+            scenarios::registry_scale::run(&settings).await?,
+        )?);
+    }
+    let results = output::median(&runs);
+    finish(
+        "registry-scale",
+        serde_json::to_value(&settings)?,
+        runs,
+        results,
+        &args.common,
+        started_at,
+    )
 }
 
 async fn chaos(args: ChaosArgs) -> Result<()> {

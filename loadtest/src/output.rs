@@ -99,6 +99,7 @@ pub fn summary(scenario: &str, results: &Value) -> String {
         "regions" => crate::scenarios::regions::summary(results),
         "failover" => failover_summary(results),
         "chaos" => crate::scenarios::chaos::summary(results),
+        "registry-scale" => crate::scenarios::registry_scale::summary(results),
         "idle" => format!(
             "idle: {} of {} connected in {} s ({} conn/s), {} failed, {} closed early\n\
              server RSS {} → {} MiB, {} bytes per connection",

@@ -1,5 +1,5 @@
 //! `heliograph-coordinator` replicas started through `serve`, and its admin subcommands
-//! (`bootstrap`, `add`, `remove`, `status`), which print JSON.
+//! (`bootstrap`, `add`, `remove`, `status`, `snapshot`), which print JSON.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -209,6 +209,11 @@ impl Admin {
 
     pub fn status(&self, api: &str) -> Result<Value> {
         self.run(&["status", "--api", api])
+    }
+
+    /// Has the replica at `api` build a snapshot now: `{"index", "bytes", "build_ms"}`.
+    pub fn snapshot(&self, api: &str) -> Result<Value> {
+        self.run(&["snapshot", "--api", api])
     }
 
     pub fn bootstrap(&self, api: &str) -> Result<Value> {

@@ -125,6 +125,28 @@ pub async fn call(
     Err(AdminError::TooManyRedirects)
 }
 
+/// Asks the replica at `addr` to build a snapshot now; answers once it is on disk.
+pub async fn snapshot(
+    addr: &str,
+    secret: Option<&ClusterSecret>,
+) -> Result<pb::SnapshotResponse, AdminError> {
+    let mut client = connect(addr, secret).await?;
+    client
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| AdminError::Refused {
+            addr: addr.to_owned(),
+            code: status.code(),
+            message: status.message().to_owned(),
+        })
+}
+
+/// A snapshot's report as the JSON the CLI prints.
+pub fn snapshot_json(s: &pb::SnapshotResponse) -> serde_json::Value {
+    serde_json::json!({"index": s.index, "bytes": s.bytes, "build_ms": s.build_ms})
+}
+
 /// The status as the JSON the CLI prints.
 pub fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
     let members: Vec<_> = s

@@ -1,5 +1,5 @@
 //! Cluster administration over gRPC: bootstrap, add and remove replicas, the other regions'
-//! gateways, status.
+//! gateways, status, snapshots on request.
 //!
 //! Membership changes run on the leader; a follower answers `FAILED_PRECONDITION` with the
 //! leader's API address in `x-heliograph-leader-api` and the client retries there.
@@ -200,6 +200,18 @@ impl Admin for AdminService {
             .await
             .map_err(status_from)?;
         Ok(self.status())
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let built = self.replica.snapshot().await.map_err(status_from)?;
+        Ok(Response::new(pb::SnapshotResponse {
+            index: built.index,
+            bytes: built.bytes,
+            build_ms: u64::try_from(built.build.as_millis()).unwrap_or(u64::MAX),
+        }))
     }
 
     async fn status(

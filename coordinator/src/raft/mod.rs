@@ -31,5 +31,10 @@ pub use types::{
     TypeConfig,
 };
 
+/// The size of the snapshot stored in data directory `dir` (0 without one).
+pub fn snapshot_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    snapshot_file::SnapshotFile::new(dir).len()
+}
+
 #[cfg(test)]
 mod suite_tests;

@@ -32,6 +32,15 @@ impl SnapshotFile {
         }
     }
 
+    /// The stored snapshot's size in bytes (0 without one).
+    pub fn len(&self) -> io::Result<u64> {
+        match fs::metadata(self.dir.join(FILE)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces the stored snapshot with `bytes`, durably.
     pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
         let temp = self.dir.join(TEMP);

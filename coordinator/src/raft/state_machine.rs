@@ -52,6 +52,29 @@ impl Payload {
     }
 }
 
+/// A snapshot's meta alone, read from its bytes without building the registry they hold.
+#[derive(Deserialize)]
+struct PayloadMeta {
+    snapshot_id: String,
+    applied: AppliedMeta,
+}
+
+#[derive(Deserialize)]
+struct AppliedMeta {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+}
+
+impl PayloadMeta {
+    fn meta(self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.applied.last_applied,
+            last_membership: self.applied.last_membership,
+            snapshot_id: self.snapshot_id,
+        }
+    }
+}
+
 /// Why the state machine could not be restored from the data directory's snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -77,27 +100,37 @@ struct Snapshots {
 }
 
 impl Snapshots {
-    /// Writes `payload` unless a snapshot at least as recent is already stored.
+    /// Writes `payload` unless a snapshot at least as recent is already stored; returns its
+    /// bytes.
     async fn persist(&self, payload: &Payload) -> Result<Vec<u8>, StorageError> {
         let meta = payload.meta();
         let bytes = serde_json::to_vec(payload).map_err(|e| snapshot_write_err(&meta, &e))?;
+        self.persist_bytes(&meta, bytes).await
+    }
+
+    /// Writes `bytes`, the encoding of a payload with `meta`, unless a snapshot at least as
+    /// recent is already stored; hands the bytes back (never copied: a snapshot of a large
+    /// registry is hundreds of megabytes).
+    async fn persist_bytes(
+        &self,
+        meta: &SnapshotMeta,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
         let this = self.clone();
-        let written = bytes.clone();
         let last = meta.last_log_id;
         tokio::task::spawn_blocking(move || {
             // Held across the write so that two writers cannot interleave compare and replace.
             let mut covers = this.covers.lock().unwrap_or_else(PoisonError::into_inner);
             if *covers > last {
-                return Ok(());
+                return Ok(bytes);
             }
-            this.file.write(&written)?;
+            this.file.write(&bytes)?;
             *covers = last;
-            Ok::<(), std::io::Error>(())
+            Ok::<Vec<u8>, std::io::Error>(bytes)
         })
         .await
-        .map_err(|e| snapshot_write_err(&meta, &e))?
-        .map_err(|e| snapshot_write_err(&meta, &e))?;
-        Ok(bytes)
+        .map_err(|e| snapshot_write_err(meta, &e))?
+        .map_err(|e| snapshot_write_err(meta, &e))
     }
 }
 
@@ -107,9 +140,11 @@ impl StateMachineStore {
         let file = SnapshotFile::new(dir);
         let applied = match file.read().map_err(RestoreError::Read)? {
             Some(bytes) => {
-                serde_json::from_slice::<Payload>(&bytes)
+                let mut applied = serde_json::from_slice::<Payload>(&bytes)
                     .map_err(RestoreError::Decode)?
-                    .applied
+                    .applied;
+                applied.registry.share_ids();
+                applied
             }
             None => Applied::default(),
         };
@@ -232,19 +267,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let received: Payload = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
         })?;
-        // The meta is authoritative; only the registry is taken from the data.
-        let payload = Payload {
-            snapshot_id: meta.snapshot_id.clone(),
-            applied: Applied {
-                last_applied: meta.last_log_id,
-                last_membership: meta.last_membership.clone(),
-                registry: received.applied.registry,
-            },
+        // The meta is authoritative; only the registry is taken from the data. The leader
+        // sends its snapshot file, whose own meta is the one given: then those bytes are
+        // stored as they are, rather than encoded again.
+        let same = received.meta() == *meta;
+        let mut applied = Applied {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            registry: received.applied.registry,
         };
-        self.snapshots.persist(&payload).await?;
-        let rooms = payload.applied.registry.room_count();
+        applied.registry.share_ids();
+        let applied = if same {
+            self.snapshots
+                .persist_bytes(meta, (*snapshot).into_inner())
+                .await?;
+            applied
+        } else {
+            drop(snapshot);
+            let payload = Payload {
+                snapshot_id: meta.snapshot_id.clone(),
+                applied,
+            };
+            self.snapshots.persist(&payload).await?;
+            payload.applied
+        };
+        let rooms = applied.registry.room_count();
         // Subscribers get no events for the jump; they resynchronise from the rooms they read.
-        *self.state.write().unwrap_or_else(PoisonError::into_inner) = payload.applied;
+        let previous = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(PoisonError::into_inner),
+            applied,
+        );
+        // Freed off the lock.
+        drop(previous);
         self.installed.fetch_add(1, Ordering::Relaxed);
         crate::metrics::snapshot_installed();
         crate::metrics::registry_rooms(rooms);
@@ -260,8 +314,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(bytes) = bytes else {
             return Ok(None);
         };
-        // The meta is read from the same bytes, so it cannot disagree with them.
-        let payload: Payload = serde_json::from_slice(&bytes)
+        // The meta is read from the same bytes, so it cannot disagree with them; the registry
+        // in them is skipped, not built.
+        let payload: PayloadMeta = serde_json::from_slice(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(Some(Snapshot {
             meta: payload.meta(),

@@ -2,10 +2,15 @@
 //!
 //! Ids arrive from clients and from the wire, so constructors validate them; once built, an id
 //! is known to be non-empty, bounded and free of control characters.
+//!
+//! An id is a shared string (`Arc<str>`): the registry keeps each peer's and room's id in
+//! several places (a room's member list, a peer's rooms, the events), and a clone shares the
+//! one copy instead of allocating another.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Longest room id accepted, in bytes.
 pub const MAX_ROOM_ID_BYTES: usize = 128;
@@ -41,16 +46,21 @@ fn validate(s: &str, max: usize) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $max:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates and wraps `s`.
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 validate(&s, $max)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
+            }
+
+            /// Whether both share one copy of the string.
+            pub fn shares_with(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
             }
 
             pub fn as_str(&self) -> &str {
@@ -67,7 +77,13 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
 
@@ -110,7 +126,7 @@ impl PeerId {
     /// A fresh random peer id.
     pub fn random() -> Self {
         let bytes: [u8; PEER_ID_RANDOM_BYTES] = rand::random();
-        Self(hex::encode(bytes))
+        Self(Arc::from(hex::encode(bytes)))
     }
 }
 
@@ -118,7 +134,7 @@ impl EdgeId {
     /// A fresh random edge id, for edges that are not given one.
     pub fn random() -> Self {
         let bytes: [u8; 6] = rand::random();
-        Self(format!("edge-{}", hex::encode(bytes)))
+        Self(Arc::from(format!("edge-{}", hex::encode(bytes))))
     }
 }
 

@@ -7,6 +7,7 @@
 mod command;
 mod event;
 pub mod ids;
+mod small;
 mod state;
 mod webhooks;
 

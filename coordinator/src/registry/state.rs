@@ -1,12 +1,13 @@
 //! Registry state: edges, rooms and peers, and how commands change them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Outcome, Rejection, Stamped};
 use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
+use super::small::{SmallMap, SmallSet};
 use super::webhooks::{WebhookEvent, WebhookOutbox};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,22 +34,22 @@ struct RoomRecord {
     /// before it was kept): the same name created in two regions goes to the older one.
     #[serde(default)]
     created_at_ms: u64,
-    members: BTreeMap<PeerId, String>,
+    members: SmallMap<PeerId, String>,
     /// When each member joined (the join's apply time); absent in state from before it was
     /// kept.
     #[serde(default)]
-    joined_at: BTreeMap<PeerId, u64>,
+    joined_at: SmallMap<PeerId, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct PeerRecord {
     edge: EdgeId,
     region: Region,
-    rooms: BTreeSet<RoomId>,
+    rooms: SmallSet<RoomId>,
     detached_since_ms: Option<u64>,
     /// The join request that last joined (or re-joined) each room, when it was named.
     #[serde(default)]
-    attempts: BTreeMap<RoomId, u64>,
+    attempts: SmallMap<RoomId, u64>,
     /// Detached because its edge, of another region's group, was down or unreachable (and
     /// attached again when it is back).
     #[serde(default)]
@@ -65,6 +66,12 @@ struct JoinRequest<'a> {
     max_members: Option<u32>,
     attempt: u64,
     at_ms: u64,
+}
+
+/// `id` as `map` keys it, sharing that key's string; `id` itself when `map` has no such key.
+fn shared<K: Ord + Clone, V>(map: &BTreeMap<K, V>, id: &K) -> K {
+    map.get_key_value(id)
+        .map_or_else(|| id.clone(), |(k, _)| k.clone())
 }
 
 /// A room as seen by a reader.
@@ -416,6 +423,11 @@ impl RegistryState {
         if max_members.is_some_and(|max| size >= max as usize) {
             return Outcome::Rejected(Rejection::RoomFull);
         }
+        // One copy of each id: the room's, the peer's and the edge's as the registry already
+        // holds them (else the request's, which every new record then shares).
+        let room = &shared(&self.rooms, room);
+        let peer = &shared(&self.peers, peer);
+        let edge = &shared(&self.edges, edge);
         let epoch = self.bump_epoch();
         let rec = self
             .rooms
@@ -423,8 +435,8 @@ impl RegistryState {
             .or_insert_with(|| RoomRecord {
                 epoch,
                 created_at_ms: at_ms,
-                members: BTreeMap::new(),
-                joined_at: BTreeMap::new(),
+                members: SmallMap::new(),
+                joined_at: SmallMap::new(),
             });
         rec.epoch = epoch;
         rec.members.insert(peer.clone(), meta.to_owned());
@@ -435,9 +447,9 @@ impl RegistryState {
             .or_insert_with(|| PeerRecord {
                 edge: edge.clone(),
                 region: region.clone(),
-                rooms: BTreeSet::new(),
+                rooms: SmallSet::new(),
                 detached_since_ms: None,
-                attempts: BTreeMap::new(),
+                attempts: SmallMap::new(),
                 detached_remotely: false,
             });
         p.rooms.insert(room.clone());
@@ -455,6 +467,25 @@ impl RegistryState {
             }),
         });
         self.joined_outcome(room)
+    }
+
+    /// Makes every copy of an id share the one the registry keys it by (a state just decoded
+    /// from a snapshot holds a string per occurrence). Changes no value.
+    pub fn share_ids(&mut self) {
+        let mut regions: BTreeMap<Region, ()> = BTreeMap::new();
+        for p in self.peers.values_mut() {
+            p.edge = shared(&self.edges, &p.edge);
+            if !regions.contains_key(&p.region) {
+                regions.insert(p.region.clone(), ());
+            }
+            p.region = shared(&regions, &p.region);
+            p.rooms.replace_each(|r| shared(&self.rooms, r));
+            p.attempts.replace_keys(|r| shared(&self.rooms, r));
+        }
+        for rec in self.rooms.values_mut() {
+            rec.members.replace_keys(|p| shared(&self.peers, p));
+            rec.joined_at.replace_keys(|p| shared(&self.peers, p));
+        }
     }
 
     fn joined_outcome(&self, room: &RoomId) -> Outcome {

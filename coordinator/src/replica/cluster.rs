@@ -21,6 +21,13 @@ use crate::raft::{NodeId, NodeInfo, Raft, TypeConfig};
 /// How long a learner may take to catch up before `add_member` gives up on promoting it.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long `snapshot` waits for the build to be on disk.
+pub const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// How long `snapshot` waits before asking again (a build already running when it asked
+/// may cover less than the applied state).
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(1);
+
 /// How long a freshly bootstrapped replica may take to elect itself.
 const LEAD_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -50,6 +57,17 @@ pub struct ClusterStatus {
     /// Snapshots received from a leader since this process started.
     pub snapshots_installed: u64,
     pub members: Vec<MemberStatus>,
+}
+
+/// A snapshot built on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// The last log index it covers.
+    pub index: u64,
+    /// The snapshot file's size.
+    pub bytes: u64,
+    /// From the request to the snapshot being on disk.
+    pub build: Duration,
 }
 
 /// How long a membership change waits for an earlier one to commit before it gives up.
@@ -153,6 +171,50 @@ impl Replica {
         };
         // `retain = false`: a removed voter does not linger as a learner.
         when_no_change_in_flight(raft, || raft.change_membership(change.clone(), false)).await
+    }
+
+    /// Builds a snapshot of the state applied so far and waits until it is on disk (this
+    /// replica's own: no leader needed).
+    pub async fn snapshot(&self) -> Result<SnapshotReport, CoordinatorError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let unavailable = |e: &dyn std::fmt::Display| CoordinatorError::Unavailable(e.to_string());
+        let applied = inner.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let Some(applied) = applied else {
+            return Err(CoordinatorError::Unavailable(
+                "nothing applied yet: no snapshot to build".into(),
+            ));
+        };
+        loop {
+            inner
+                .raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let built = inner
+                .raft
+                .wait(Some(SNAPSHOT_RETRIGGER))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                    "a snapshot of the applied state",
+                )
+                .await;
+            match built {
+                Ok(m) => {
+                    let bytes = crate::raft::snapshot_bytes(&inner.data_dir)
+                        .map_err(|e| self.data_dir_error(e))?;
+                    return Ok(SnapshotReport {
+                        index: m.snapshot.map_or(applied, |s| s.index),
+                        bytes,
+                        build: started.elapsed(),
+                    });
+                }
+                Err(openraft::metrics::WaitError::Timeout(..))
+                    if started.elapsed() < SNAPSHOT_DEADLINE => {}
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
     }
 
     pub fn status(&self) -> ClusterStatus {

@@ -235,3 +235,30 @@ fn bad_config_and_foreign_data_dirs_are_refused() {
         );
     }
 }
+
+#[test]
+fn snapshot_on_request_then_a_new_replica_catches_up() {
+    let admin = Admin::new();
+    let dirs: Vec<TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = start(1, dirs[0].path());
+    admin.bootstrap(&first.api).unwrap();
+    let status = admin.status(&first.api).unwrap();
+    let applied = status["applied_index"].as_u64().unwrap();
+    let built = admin.snapshot(&first.api).unwrap();
+    assert!(built["index"].as_u64().unwrap() >= applied, "{built}");
+    assert!(built["bytes"].as_u64().unwrap() > 0, "{built}");
+    assert!(built["build_ms"].is_u64(), "{built}");
+    let after = admin.status(&first.api).unwrap();
+    assert_eq!(after["snapshot_index"], built["index"], "{after}");
+    assert!(dirs[0].path().join("snapshot.json").is_file());
+    // A snapshot on request changes nothing else: a replica added after it catches up.
+    let second = start(2, dirs[1].path());
+    add(&admin, &first, &second);
+    wait_statuses(
+        &admin,
+        std::slice::from_ref(&second),
+        STARTUP,
+        "the new replica applied the snapshot's index",
+        all(|v| v["applied_index"].as_u64() >= built["index"].as_u64()),
+    );
+}

@@ -1,12 +1,14 @@
 //! The load generator's integration tests in one test binary: its scenarios at tiny sizes
 //! against real edges (`smoke`), a real region (`failover`), the multi-region simulation
-//! (`regions`) and a faulted cluster (`chaos`), all started through the test kit.
+//! (`regions`), a faulted cluster (`chaos`) and a replica group filled through the registry
+//! API (`registry_scale`), all started through the test kit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod chaos;
 mod failover;
 mod regions;
+mod registry_scale;
 mod smoke;
 mod webhooks;
 
