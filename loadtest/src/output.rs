@@ -46,8 +46,10 @@ pub fn write(path: &Path, file: &RunFile) -> Result<()> {
     Ok(())
 }
 
-/// The median of each numeric figure over the runs, recursing into objects. Booleans are
-/// true when any run's is; other values (arrays, strings) are taken from the first run.
+/// The median of each numeric figure over the runs, recursing into objects and into arrays of
+/// objects of the same length in every run (rows such as one per region, in the same order).
+/// Booleans are true when any run's is; other values (strings, arrays of numbers such as
+/// samples) are taken from the first run.
 pub fn median(runs: &[Value]) -> Value {
     let Some(first) = runs.first() else {
         return Value::Null;
@@ -62,6 +64,18 @@ pub fn median(runs: &[Value]) -> Value {
             out.insert(key.clone(), median(&column));
         }
         return Value::Object(out);
+    }
+    if let Value::Array(rows) = first
+        && rows.iter().all(Value::is_object)
+        && runs
+            .iter()
+            .all(|r| r.as_array().is_some_and(|a| a.len() == rows.len()))
+    {
+        return Value::Array(
+            (0..rows.len())
+                .map(|i| median(&runs.iter().map(|r| r[i].clone()).collect::<Vec<_>>()))
+                .collect(),
+        );
     }
     if runs.iter().all(Value::is_boolean) {
         return Value::Bool(runs.iter().any(|v| v.as_bool() == Some(true)));
@@ -236,6 +250,22 @@ mod tests {
         assert_eq!(m["b"]["c"], json!(20.0));
         assert_eq!(m["ok"], json!(true));
         assert_eq!(m["s"], json!([1]));
+    }
+
+    #[test]
+    fn median_goes_into_rows_of_objects() {
+        let runs = [
+            json!({"rows": [{"p99": 5.1}, {"p99": 4.5}], "samples": [1, 2]}),
+            json!({"rows": [{"p99": 4.0}, {"p99": 3.5}], "samples": [3, 4]}),
+            json!({"rows": [{"p99": 4.1}, {"p99": 4.0}], "samples": [5, 6]}),
+        ];
+        let m = median(&runs);
+        assert_eq!(m["rows"], json!([{"p99": 4.1}, {"p99": 4.0}]));
+        assert_eq!(
+            m["samples"],
+            json!([1, 2]),
+            "arrays of numbers: the first run's"
+        );
     }
 
     #[test]
