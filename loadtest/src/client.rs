@@ -107,20 +107,30 @@ pub struct Client {
     pub last_seq: u64,
 }
 
+/// A TCP connection to `target` (from `source` when given), without Nagle's delay.
+pub async fn tcp_connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    within: Duration,
+) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding a socket to {ip}"))?;
+    }
+    let stream = tokio::time::timeout(within, socket.connect(target.addr))
+        .await
+        .map_err(|_| anyhow!("TCP connect to {} timed out", target.addr))?
+        .with_context(|| format!("TCP connect to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Client {
     /// Connects (from `source` when given), performs the handshake and reads `welcome`.
     pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Self> {
-        let socket = TcpSocket::new_v4()?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("binding a socket to {ip}"))?;
-        }
-        let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(target.addr))
-            .await
-            .map_err(|_| anyhow!("TCP connect to {} timed out", target.addr))?
-            .with_context(|| format!("TCP connect to {}", target.addr))?;
-        stream.set_nodelay(true)?;
+        let stream = tcp_connect(target, source, STEP_TIMEOUT).await?;
         let mut request = target.url.as_str().into_client_request()?;
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",

@@ -8,12 +8,11 @@
 //! Socket.IO packet: `0` connect, `2` event (`42["name",arg]` on the wire).
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -55,17 +54,7 @@ fn endpoint(base: &str) -> String {
 /// Connects (from `source` when given) and connects to namespace `/`; the client's id is its
 /// Socket.IO id.
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Client> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("binding a socket to {ip}"))?;
-    }
-    let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(target.addr))
-        .await
-        .map_err(|_| anyhow!("TCP connect to {} timed out", target.addr))?
-        .with_context(|| format!("TCP connect to {}", target.addr))?;
-    stream.set_nodelay(true)?;
+    let stream = crate::client::tcp_connect(target, source, STEP_TIMEOUT).await?;
     let request = endpoint(&target.url).into_client_request()?;
     let (mut ws, _) = tokio::time::timeout(
         STEP_TIMEOUT,

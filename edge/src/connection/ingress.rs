@@ -97,13 +97,7 @@ impl IngressSession {
         received_at: Instant,
         ctx: &Arc<EdgeContext>,
     ) -> Answer {
-        let caller = Caller {
-            peer: &self.me.peer,
-            owner: &self.me.owner,
-            handle: &self.handle,
-            received_at,
-            ingress: self.ingress,
-        };
+        let caller = caller(&self.me, &self.handle, self.ingress, received_at);
         match requests::handle_text(text, &caller, &self.limits, ctx, &mut self.state) {
             Handled::Done => Answer::Done,
             Handled::Reply(frames) => Answer::Reply(frames),
@@ -128,13 +122,7 @@ impl IngressSession {
         signal: DecodedSignal<'_>,
         received_at: Instant,
     ) -> Answer {
-        let caller = Caller {
-            peer: &self.me.peer,
-            owner: &self.me.owner,
-            handle: &self.handle,
-            received_at,
-            ingress: self.ingress,
-        };
+        let caller = caller(&self.me, &self.handle, self.ingress, received_at);
         ctx.metrics.received(self.ingress, "signal");
         let handled = requests::signal_checked(
             ctx,
@@ -180,5 +168,22 @@ impl IngressSession {
         ending::end_for_good(ctx, &self.me, &self.handle).await;
         outbox.rx.close();
         outbox.finished.cancel();
+    }
+}
+
+/// A session as the author of a request read at `received_at`. A free function over the
+/// session's parts, so that the session's request state stays free to borrow mutably.
+fn caller<'a>(
+    me: &'a Identity,
+    handle: &'a SessionHandle,
+    ingress: Ingress,
+    received_at: Instant,
+) -> Caller<'a> {
+    Caller {
+        peer: &me.peer,
+        owner: &me.owner,
+        handle,
+        received_at,
+        ingress,
     }
 }

@@ -295,8 +295,7 @@ fn join(
                     // `joined` goes out through the outbox once the index has the room as the
                     // registry had it then, in order with the room's other events.
                     Ok(Outcome::Joined { epoch, .. }) => {
-                        ctx.index.join_committed(&peer, &room, epoch);
-                        if ctx.index.join_waiting(&peer, &room) {
+                        if ctx.index.join_committed(&peer, &room, epoch) {
                             watch_events(&ctx, &peer, &room, epoch, attempt, started);
                         }
                         save_rooms(&ctx, &peer, &owner).await;

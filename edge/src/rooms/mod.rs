@@ -156,16 +156,14 @@ impl RoomIndex {
     }
 
     /// The registry committed the peer's join (see [`RoomCore::join_committed`]).
-    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) {
+    /// The registry committed the join at `epoch`; whether it still waits for its events.
+    pub fn join_committed(&self, peer: &PeerId, room: &RoomId, epoch: u64) -> bool {
         let mut core = self.write();
         hand_over(core.join_committed(peer, room, epoch));
+        core.join_waiting(peer, room)
     }
 
     /// Whether the peer is in the room (as far as this edge knows).
-    pub fn join_waiting(&self, peer: &PeerId, room: &RoomId) -> bool {
-        self.read().join_waiting(peer, room)
-    }
-
     pub fn give_up_join(
         &self,
         peer: &PeerId,
