@@ -106,7 +106,16 @@ impl Replica {
     /// addresses (its peers know it by them); the metrics listener is new.
     pub fn start_again(&mut self) -> Result<()> {
         let mut options = self.options.clone();
-        if !self.raft.is_empty() {
+        if self.raft.is_empty() {
+            // Kept across restarts: taken outside the ephemeral range (see `ports`).
+            for listen in [&mut options.raft_listen, &mut options.api_listen] {
+                if let Some(ip) = listen.strip_suffix(":0")
+                    && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+                {
+                    *listen = format!("{ip}:{}", crate::ports::restartable_port_on(ip)?);
+                }
+            }
+        } else {
             options.raft_listen.clone_from(&self.raft);
             options.api_listen.clone_from(&self.api);
         }
