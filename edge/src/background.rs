@@ -38,6 +38,9 @@ pub(crate) async fn keep_sessions(
             () = &mut stopped => return,
             _ = tick.tick() => {}
         }
+        let (published, watched) = index.contact_counts();
+        router.metrics().contact_published.set(published as f64);
+        router.metrics().contact_watches.set(watched as f64);
         let bus_up = region.is_up();
         let came_back = bus_up && !bus_was_up;
         bus_was_up = bus_up;

@@ -20,6 +20,15 @@ pub const DEFAULT_FORWARDED_HEADER: &str = "x-forwarded-for";
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_META_BYTES: usize = 4 * 1024;
 pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 32;
+/// Contact hashes one session may publish: a person has a few handles (phone, e-mail).
+pub const DEFAULT_MAX_CONTACT_PUBLISH: usize = 16;
+/// Contact hashes one session may watch: an address book, not a phone-number space.
+pub const DEFAULT_MAX_CONTACT_WATCH: usize = 1000;
+/// `contacts` requests one connection may make per minute (each replaces whole sets, so an
+/// app needs few; each costs registry commits, and an enumerating client many).
+pub const DEFAULT_CONTACTS_PER_MINUTE: u32 = 10;
+/// `invite` requests one connection may make per minute.
+pub const DEFAULT_INVITES_PER_MINUTE: u32 = 30;
 pub const DEFAULT_OUTBOX_MESSAGES: usize = 256;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 45_000;
@@ -80,6 +89,18 @@ pub struct Args {
     /// Members a room may hold (0: no limit).
     #[arg(long, env = "HELIOGRAPH_MAX_ROOM_SIZE", default_value_t = 0)]
     pub max_room_size: u32,
+    /// Contact hashes one session may publish (`contacts` request, `publish`).
+    #[arg(long, env = "HELIOGRAPH_MAX_CONTACT_PUBLISH", default_value_t = DEFAULT_MAX_CONTACT_PUBLISH)]
+    pub max_contact_publish: usize,
+    /// Contact hashes one session may watch (`contacts` request, `watch`).
+    #[arg(long, env = "HELIOGRAPH_MAX_CONTACT_WATCH", default_value_t = DEFAULT_MAX_CONTACT_WATCH)]
+    pub max_contact_watch: usize,
+    /// `contacts` requests one connection may make per minute (a burst of that many).
+    #[arg(long, env = "HELIOGRAPH_CONTACTS_PER_MINUTE", default_value_t = DEFAULT_CONTACTS_PER_MINUTE)]
+    pub contacts_per_minute: u32,
+    /// `invite` requests one connection may make per minute (a burst of that many).
+    #[arg(long, env = "HELIOGRAPH_INVITES_PER_MINUTE", default_value_t = DEFAULT_INVITES_PER_MINUTE)]
+    pub invites_per_minute: u32,
     /// Messages queued for one client before it counts as a slow consumer and is cut off.
     #[arg(long, env = "HELIOGRAPH_OUTBOX_MESSAGES", default_value_t = DEFAULT_OUTBOX_MESSAGES)]
     pub outbox_messages: usize,
@@ -398,6 +419,10 @@ pub struct Limits {
     pub max_rooms_per_connection: usize,
     pub max_room_size: Option<u32>,
     pub outbox_messages: usize,
+    pub max_contact_publish: usize,
+    pub max_contact_watch: usize,
+    pub contacts_per_minute: u32,
+    pub invites_per_minute: u32,
 }
 
 /// A configuration that cannot work; the message names the flag.
@@ -435,6 +460,14 @@ impl Args {
         check(
             self.max_rooms_per_connection >= 1,
             "--max-rooms-per-connection must be at least 1",
+        )?;
+        check(
+            self.max_contact_publish <= 1_000 && self.max_contact_watch <= 100_000,
+            "--max-contact-publish must be at most 1000 and --max-contact-watch at most 100000",
+        )?;
+        check(
+            self.contacts_per_minute >= 1 && self.invites_per_minute >= 1,
+            "--contacts-per-minute and --invites-per-minute must be at least 1",
         )?;
         check(
             (8..=1_000_000).contains(&self.outbox_messages),
@@ -736,6 +769,10 @@ impl Args {
                 max_rooms_per_connection: self.max_rooms_per_connection,
                 max_room_size: (self.max_room_size > 0).then_some(self.max_room_size),
                 outbox_messages: self.outbox_messages,
+                max_contact_publish: self.max_contact_publish,
+                max_contact_watch: self.max_contact_watch,
+                contacts_per_minute: self.contacts_per_minute,
+                invites_per_minute: self.invites_per_minute,
             },
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),

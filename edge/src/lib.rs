@@ -8,6 +8,7 @@
 //!   (public: the fuzz target drives the decoder).
 //! - `signal`: a signal between edges (the envelope) and its bus wire form; `clock`.
 //! - `rooms`: the room index, a pure core (`rooms::core`) behind one lock.
+//! - `contacts`: contact hashes, the hidden rooms that index them, the mutual-match rule.
 //! - `session`: what a resumable session is (records, claim, sequence numbers, tokens).
 //! - `region`: the region backend, memory or Redis, behind one type: the bus between the
 //!   region's edges and the session store.
@@ -36,6 +37,7 @@ mod client_addr;
 mod clock;
 pub mod config;
 mod connection;
+mod contacts;
 mod context;
 mod follower;
 mod limits;

@@ -28,6 +28,17 @@ impl RateLimiter {
         }
     }
 
+    /// `per_minute` requests a minute, a burst of as many.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let burst = f64::from(per_minute.max(1));
+        Self {
+            per_second: burst / 60.0,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
     /// Takes one token; `false` when the connection is over its rate.
     pub fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

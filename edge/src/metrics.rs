@@ -56,6 +56,15 @@ pub const SESSIONS_DETACHED: &str = "heliograph_edge_sessions_detached_total";
 pub const SIGNALS_REPLAYED: &str = "heliograph_edge_signals_replayed_total";
 pub const SIGNALS_PENDING: &str = "heliograph_edge_signals_pending";
 pub const DRAIN_NOTICES: &str = "heliograph_edge_drain_notices_total";
+pub const CONTACTS_REQUESTS: &str = "heliograph_edge_contacts_requests_total";
+pub const CONTACT_WATCHES: &str = "heliograph_edge_contact_watches";
+pub const CONTACT_PUBLISHED: &str = "heliograph_edge_contact_published";
+pub const INVITES: &str = "heliograph_edge_invites_total";
+
+/// Outcomes of `contacts` requests.
+pub const CONTACTS_OUTCOMES: [&str; 4] = ["ok", "too_many", "rate_limited", "unavailable"];
+/// Outcomes of `invite` requests (`not_a_contact` whatever the reason the target is not one).
+pub const INVITE_OUTCOMES: [&str; 4] = ["sent", "not_a_contact", "rate_limited", "unavailable"];
 
 /// How a client reached the edge: the native WebSocket (`/ws`, `heliograph.v1`) or the
 /// Socket.IO endpoint (`/socket.io/`, see `socketio`). A label of the connection and message
@@ -214,9 +223,11 @@ pub fn sent_kind_of(frame: &str) -> &'static str {
 }
 
 /// Client message types, plus `invalid` for frames that did not decode.
-pub const RECEIVED_TYPES: [&str; 6] = ["join", "leave", "signal", "ping", "resume", "invalid"];
+pub const RECEIVED_TYPES: [&str; 8] = [
+    "join", "leave", "signal", "ping", "resume", "contacts", "invite", "invalid",
+];
 /// Server message types.
-pub const SENT_TYPES: [&str; 11] = [
+pub const SENT_TYPES: [&str; 14] = [
     "welcome",
     "resumed",
     "reconnect",
@@ -228,6 +239,9 @@ pub const SENT_TYPES: [&str; 11] = [
     "signal",
     "pong",
     "error",
+    "contacts-set",
+    "contact",
+    "invite",
 ];
 /// How a relayed signal reached its target's edge: in process, on the region's bus, through
 /// the coordinator replicas of this region, or from another region through the gateways.
@@ -276,6 +290,11 @@ pub struct EdgeMetrics {
     pub signals_pending: Gauge,
     /// Connections told to reconnect elsewhere while draining.
     pub drain_notices: Counter,
+    contacts_requests: Handles<&'static str>,
+    invites: Handles<&'static str>,
+    /// Contact hashes watched / published by this edge's sessions (set with `rooms_tracked`).
+    pub contact_watches: Gauge,
+    pub contact_published: Gauge,
 }
 
 /// Results of `resume` requests.
@@ -342,6 +361,20 @@ impl EdgeMetrics {
         );
         describe_gauge!(ROOMS_TRACKED, "Rooms with at least one member on this edge");
         describe_counter!(
+            CONTACTS_REQUESTS,
+            "Contact set updates (`contacts` requests), by outcome"
+        );
+        describe_counter!(INVITES, "`invite` requests, by outcome");
+        describe_gauge!(
+            CONTACT_WATCHES,
+            "Contact hashes watched by the sessions of this edge"
+        );
+        describe_gauge!(
+            CONTACT_PUBLISHED,
+            "Contact hashes published by the sessions of this edge"
+        );
+
+        describe_counter!(
             JOINS_GIVEN_UP,
             "Joins the registry committed whose room events did not reach this edge in time, answered unavailable"
         );
@@ -394,6 +427,16 @@ impl EdgeMetrics {
             signals_replayed: counter!(SIGNALS_REPLAYED),
             signals_pending: gauge!(SIGNALS_PENDING),
             drain_notices: counter!(DRAIN_NOTICES),
+            contacts_requests: CONTACTS_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter!(CONTACTS_REQUESTS, "outcome" => *o)))
+                .collect(),
+            invites: INVITE_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter!(INVITES, "outcome" => *o)))
+                .collect(),
+            contact_watches: gauge!(CONTACT_WATCHES),
+            contact_published: gauge!(CONTACT_PUBLISHED),
             connections_open: Ingress::ALL
                 .map(|i| gauge!(CONNECTIONS_OPEN, "ingress" => i.as_str())),
             connections_accepted: Ingress::ALL
@@ -493,6 +536,18 @@ impl EdgeMetrics {
 
     pub fn resume(&self, result: &'static str) {
         if let Some(c) = self.resumes.get(result) {
+            c.increment(1);
+        }
+    }
+
+    pub fn contacts_request(&self, outcome: &'static str) {
+        if let Some(c) = self.contacts_requests.get(outcome) {
+            c.increment(1);
+        }
+    }
+
+    pub fn invite(&self, outcome: &'static str) {
+        if let Some(c) = self.invites.get(outcome) {
             c.increment(1);
         }
     }

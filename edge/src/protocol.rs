@@ -8,6 +8,8 @@
 use std::fmt;
 
 use heliograph_coordinator::registry::{PeerId, RoomId};
+
+use crate::contacts::{self, ContactHash};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -47,10 +49,16 @@ pub enum ErrorCode {
     /// A Socket.IO event larger than `--max-frame-bytes` (a native frame that large closes
     /// the WebSocket with 1009 instead).
     TooLarge,
+    /// An `invite` to a peer that is not a mutual contact (or does not exist, or is offline:
+    /// the same answer, so that it tells nothing).
+    NotAContact,
+    /// A `contacts` request with more hashes than `--max-contact-publish` or
+    /// `--max-contact-watch`.
+    TooManyContacts,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::BadJson,
         Self::UnknownType,
         Self::BadField,
@@ -75,6 +83,8 @@ impl ErrorCode {
         Self::Removed,
         Self::RoomClosed,
         Self::TooLarge,
+        Self::NotAContact,
+        Self::TooManyContacts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +113,8 @@ impl ErrorCode {
             Self::TooLarge => "too-large",
             Self::Removed => "removed",
             Self::RoomClosed => "room-closed",
+            Self::NotAContact => "not-a-contact",
+            Self::TooManyContacts => "too-many-contacts",
         }
     }
 }
@@ -235,6 +247,17 @@ pub enum ClientMessage<'a> {
         token: String,
         last_seq: Option<u64>,
     },
+    /// Replaces this session's published and watched contact hashes.
+    Contacts {
+        publish: Vec<ContactHash>,
+        watch: Vec<ContactHash>,
+    },
+    /// Invites a mutual contact into an application room.
+    Invite {
+        to: PeerId,
+        room: RoomId,
+        data: Option<&'a RawValue>,
+    },
 }
 
 impl ClientMessage<'_> {
@@ -246,6 +269,8 @@ impl ClientMessage<'_> {
             Self::Signal { .. } => "signal",
             Self::Ping => "ping",
             Self::Resume { .. } => "resume",
+            Self::Contacts { .. } => "contacts",
+            Self::Invite { .. } => "invite",
         }
     }
 }
@@ -274,6 +299,10 @@ struct Envelope<'a> {
     last_seq: Option<&'a RawValue>,
     #[serde(borrow)]
     ack: Option<&'a RawValue>,
+    #[serde(borrow)]
+    publish: Option<&'a RawValue>,
+    #[serde(borrow)]
+    watch: Option<&'a RawValue>,
 }
 
 /// A `seq` the client names (`ack`, `last_seq`).
@@ -290,6 +319,9 @@ fn sequence_number(raw: &RawValue, field: &str) -> Result<u64, ProtocolError> {
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     pub max_meta_bytes: usize,
+    /// Most hashes a `contacts` list may have (the larger of `--max-contact-publish` and
+    /// `--max-contact-watch`; each list is checked against its own limit after decoding).
+    pub max_contact_hashes: usize,
 }
 
 /// Decodes one text frame.
@@ -480,6 +512,22 @@ fn decode_message<'a>(
             })
         }
         "ping" => Ok(ClientMessage::Ping),
+        "contacts" => Ok(ClientMessage::Contacts {
+            publish: hashes(env.publish, "publish", limits.max_contact_hashes)?,
+            watch: hashes(env.watch, "watch", limits.max_contact_hashes)?,
+        }),
+        "invite" => {
+            let to: String = required_str(env.to, "to")?;
+            let to = PeerId::new(to).map_err(|e| {
+                ProtocolError::new(ErrorCode::BadField, format!("`to` is not a peer id: {e}"))
+            })?;
+            let data = env.data.filter(|d| d.get() != "null");
+            Ok(ClientMessage::Invite {
+                to,
+                room: room(env.room)?,
+                data,
+            })
+        }
         "resume" => {
             let token: String = required_str(env.token, "token")?;
             let last_seq = env
@@ -519,7 +567,57 @@ fn required_str(raw: Option<&RawValue>, field: &str) -> Result<String, ProtocolE
 
 fn room(raw: Option<&RawValue>) -> Result<RoomId, ProtocolError> {
     let s = required_str(raw, "room")?;
-    RoomId::new(s).map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))
+    let room = RoomId::new(s)
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))?;
+    if contacts::is_contact_room(&room) {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidRoom,
+            format!(
+                "room names starting with `{}` are reserved",
+                contacts::ROOM_PREFIX
+            ),
+        ));
+    }
+    Ok(room)
+}
+
+/// A list of contact hashes (`publish`, `watch`): absent or `null` is empty. More than
+/// `max` entries is refused before any is decoded, so an oversized list costs little.
+fn hashes(
+    raw: Option<&RawValue>,
+    field: &str,
+    max: usize,
+) -> Result<Vec<ContactHash>, ProtocolError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+        ProtocolError::new(
+            ErrorCode::BadField,
+            format!("`{field}` must be an array of strings"),
+        )
+    })?;
+    if items.len() > max {
+        return Err(ProtocolError::new(
+            ErrorCode::TooManyContacts,
+            format!("`{field}` has more than {max} hashes"),
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let text: String = serde_json::from_str(item.get()).map_err(|_| {
+            ProtocolError::new(
+                ErrorCode::BadField,
+                format!("`{field}` must be an array of strings"),
+            )
+        })?;
+        let hash = ContactHash::new(&text)
+            .map_err(|e| ProtocolError::new(ErrorCode::BadField, format!("`{field}`: {e}")))?;
+        out.push(hash);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// A peer as shown to other peers.
@@ -594,6 +692,27 @@ pub enum ServerMessage<'a> {
     /// The edge is draining: it closes this socket (1001) in about `after_ms`; resume then.
     Reconnect {
         after_ms: u64,
+    },
+    /// The answer to `contacts`: the session's sets are replaced.
+    ContactsSet {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    /// A mutual contact came online (`online: true`, with its peer id and region) or went
+    /// offline or stopped being mutual (`online: false`).
+    Contact {
+        hash: &'a str,
+        online: bool,
+        peer: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        region: Option<&'a str>,
+    },
+    /// A mutual contact invites this client into `room`.
+    Invite {
+        from: &'a str,
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
     },
     /// A signal this client sent to `to` will never be delivered.
     Expired {
@@ -684,7 +803,10 @@ pub fn raw_json(text: String) -> Box<RawValue> {
 mod tests {
     use super::*;
 
-    const LIMITS: DecodeLimits = DecodeLimits { max_meta_bytes: 64 };
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_meta_bytes: 64,
+        max_contact_hashes: 2,
+    };
 
     fn err(text: &str) -> ProtocolError {
         decode(text, &LIMITS).unwrap_err()
@@ -843,6 +965,49 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn contacts_and_invites_are_validated() {
+        let a = "a".repeat(43);
+        let b = "b".repeat(43);
+        let too_many =
+            format!(r#"{{"type":"contacts","publish":["{a}"],"watch":["{b}","{a}","{b}"]}}"#);
+        assert_eq!(err(&too_many).code, ErrorCode::TooManyContacts);
+        let two =
+            format!(r#"{{"type":"contacts","publish":["{a}"],"watch":["{b}","{a}"],"ref":1}}"#);
+        let r = decode(&two, &LIMITS).unwrap();
+        let ClientMessage::Contacts { publish, watch } = r.message else {
+            panic!()
+        };
+        assert_eq!((publish.len(), watch.len()), (1, 2));
+        let empty = decode(r#"{"type":"contacts"}"#, &LIMITS).unwrap();
+        assert!(
+            matches!(empty.message, ClientMessage::Contacts { publish, watch } if publish.is_empty() && watch.is_empty())
+        );
+        assert_eq!(
+            err(r#"{"type":"contacts","watch":["short"]}"#).code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            err(r#"{"type":"contacts","watch":"x"}"#).code,
+            ErrorCode::BadField
+        );
+        assert!(matches!(
+            decode(
+                r#"{"type":"invite","to":"p","room":"r","data":{"x":1}}"#,
+                &LIMITS
+            )
+            .unwrap()
+            .message,
+            ClientMessage::Invite { data: Some(_), .. }
+        ));
+        assert_eq!(
+            err(r#"{"type":"invite","room":"r"}"#).code,
+            ErrorCode::BadField
+        );
+        let reserved = format!(r#"{{"type":"join","room":"~contact/{a}"}}"#);
+        assert_eq!(err(&reserved).code, ErrorCode::InvalidRoom);
     }
 
     #[test]

@@ -329,6 +329,10 @@ impl Router {
         }
     }
 
+    pub fn metrics(&self) -> &EdgeMetrics {
+        &self.metrics
+    }
+
     /// The region backend (its session store, for connections).
     pub fn region(&self) -> &Region {
         &self.region

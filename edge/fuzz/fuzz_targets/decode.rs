@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 const LIMITS: DecodeLimits = DecodeLimits {
     max_meta_bytes: 1024,
+    max_contact_hashes: 16,
 };
 
 fn assert_json_object(frame: &str) {
@@ -85,6 +86,23 @@ fuzz_target!(|data: &[u8]| {
             code: "resume-failed",
             message: token,
             reference,
+        })],
+        ClientMessage::Contacts { publish, .. } => {
+            let mut frames = vec![encode(&ServerMessage::ContactsSet { reference })];
+            frames.extend(publish.iter().map(|h| {
+                encode(&ServerMessage::Contact {
+                    hash: h.as_str(),
+                    online: true,
+                    peer: "p1",
+                    region: Some("eu"),
+                })
+            }));
+            frames
+        }
+        ClientMessage::Invite { to, room, data } => vec![encode(&ServerMessage::Invite {
+            from: to.as_str(),
+            room: room.as_str(),
+            data: *data,
         })],
     };
     for frame in &frames {

@@ -79,6 +79,11 @@ impl IngressSession {
             state: SessionState::default(),
             limits: DecodeLimits {
                 max_meta_bytes: ctx.config.limits.max_meta_bytes,
+                max_contact_hashes: ctx
+                    .config
+                    .limits
+                    .max_contact_publish
+                    .max(ctx.config.limits.max_contact_watch),
             },
             ingress,
         };

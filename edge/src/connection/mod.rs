@@ -17,6 +17,7 @@
 
 mod close;
 mod commit;
+mod contacts;
 mod drain;
 mod ending;
 pub(crate) mod ingress;
@@ -100,6 +101,11 @@ pub fn run(
 
         let limits = DecodeLimits {
             max_meta_bytes: ctx.config.limits.max_meta_bytes,
+            max_contact_hashes: ctx
+                .config
+                .limits
+                .max_contact_publish
+                .max(ctx.config.limits.max_contact_watch),
         };
         let mut last_heard = Instant::now();
         let mut ping = tokio::time::interval(ctx.config.ping_interval);

@@ -1,5 +1,5 @@
-//! The requests a connection serves: join, leave, signal and ping (resume has its own
-//! module). Signal and ping are answered at once; join and leave wait for the registry in
+//! The requests a connection serves: join, leave, signal and ping (resume and the contact
+//! requests have their own modules). Signal and ping are answered at once; join and leave wait for the registry in
 //! the background while the socket keeps writing.
 
 use std::sync::Arc;
@@ -19,8 +19,8 @@ const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(90
 /// quorum) applies a backlog first, and giving up on a join that is merely late makes its
 /// client join again.
 const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
+use super::{contacts, resume};
 use crate::auth::Grant;
 use crate::context::EdgeContext;
 use crate::outbox::Outgoing;
@@ -79,6 +79,12 @@ pub(super) fn handle_text(
         ClientMessage::Leave { room } => leave(ctx, caller, room, reference),
         ClientMessage::Resume { token, last_seq } => {
             resume::request(ctx, caller, &token, last_seq, reference)
+        }
+        ClientMessage::Contacts { publish, watch } => {
+            contacts::set(ctx, caller, state, &publish, &watch, reference)
+        }
+        ClientMessage::Invite { to, room, data } => {
+            contacts::invite(ctx, caller, state, &to, &room, data, reference)
         }
     }
 }
@@ -227,7 +233,7 @@ fn fail(ctx: &EdgeContext, code: ErrorCode, message: &str, reference: Option<Ref
 }
 
 /// Stores the rooms of a local peer for a later resume.
-async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
+pub(super) async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
     let rooms = ctx.index.stored_rooms(peer);
     if let Err(e) = ctx.store().save_rooms(peer, owner, &rooms).await {
         tracing::warn!(error = %e, "could not store a session's rooms");

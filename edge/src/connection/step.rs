@@ -34,6 +34,8 @@ pub(super) struct SessionState {
     pub(super) receive_only: HashSet<RoomId>,
     /// The highest `ack` the client sent since the replay window was last trimmed.
     pub(super) acked: Option<u64>,
+    /// Rate limits of `contacts` and `invite`.
+    pub(super) contacts: super::contacts::ContactLimits,
 }
 
 /// A request running in the background (a registry call); the socket keeps writing and

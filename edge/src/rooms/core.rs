@@ -6,8 +6,12 @@
 //! (an event at or below a room's known epoch is already included and is skipped). A room is
 //! tracked while at least one local peer is in it. Every change returns the frames that local
 //! sessions must be sent ([`Notice`]s), to be handed over once the caller's lock is released.
+//!
+//! Contact rooms (`crate::contacts`) are tracked like any room but never shown to clients as
+//! rooms: instead, every change to one re-computes the mutual contacts of its local members,
+//! and each peer is sent the difference from what it was told (`contact` frames).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The index's maps are read on every signal, keyed by ids (room ids chosen by clients):
 /// foldhash, seeded per process, costs a fraction of SipHash there.
@@ -23,6 +27,7 @@ use heliograph_coordinator::registry::{
 };
 use serde_json::value::RawValue;
 
+use crate::contacts::{self, ContactHash, Match, Role, Seen, is_contact_room};
 use crate::outbox::Outgoing;
 use crate::protocol::{self, ErrorCode, PeerInfo, Ref, ServerMessage};
 use crate::session::{LocalSession, Owner, StoredRoom};
@@ -76,6 +81,8 @@ struct LocalPeer<H> {
     doubtful: Map<RoomId, Vec<u64>>,
     /// Rooms where a take-back of such joins is on its way.
     taking_back: Set<RoomId>,
+    /// The mutual contacts this session was last told are online, with their regions.
+    contacts_told: BTreeMap<Match, Region>,
 }
 
 /// A join sent to the registry whose `joined` has not been sent yet.
@@ -121,6 +128,7 @@ impl<H> LocalPeer<H> {
             pending_joins: Map::default(),
             doubtful: Map::default(),
             taking_back: Set::default(),
+            contacts_told: BTreeMap::new(),
         }
     }
 }
@@ -286,7 +294,14 @@ impl<H: Handle> RoomCore<H> {
                 .map(|entry| (handle, joined_frame(room, entry, peer, reference.as_ref())));
             return Ok((JoinStart::AlreadyMember, notice.into_iter().collect()));
         }
-        if local.rooms.len() + local.pending_joins.len() >= max_rooms {
+        // Contact rooms have limits of their own (`--max-contact-publish`, `-watch`).
+        let app_rooms = local
+            .rooms
+            .iter()
+            .chain(local.pending_joins.keys())
+            .filter(|r| !is_contact_room(r))
+            .count();
+        if !is_contact_room(room) && app_rooms >= max_rooms {
             return Err(ErrorCode::TooManyRooms);
         }
         local.pending_joins.insert(
@@ -399,6 +414,9 @@ impl<H: Handle> RoomCore<H> {
             .is_some_and(|entry| entry.epoch >= epoch)
         {
             complete_join(self, room, peer, &mut notices);
+            if is_contact_room(room) {
+                refresh_contacts(self, [peer.clone()], &mut notices);
+            }
         }
         notices
     }
@@ -416,10 +434,70 @@ impl<H: Handle> RoomCore<H> {
     }
 
     /// The peer left the room on request: signals stop at once, the event updates the rest.
-    pub fn local_leave(&mut self, peer: &PeerId, room: &RoomId) {
+    pub fn local_leave(&mut self, peer: &PeerId, room: &RoomId) -> Vec<Notice<H>> {
+        let mut notices = Vec::new();
         if let Some(local) = self.peers.get_mut(peer) {
             local.rooms.remove(room);
         }
+        if is_contact_room(room) {
+            refresh_contacts(self, [peer.clone()], &mut notices);
+        }
+        notices
+    }
+
+    /// Tells a local peer the difference between its mutual contacts now and what it was
+    /// last told (after a resume, everything: the edge it resumed from told it before).
+    pub fn refresh_contacts_of(&mut self, peer: &PeerId) -> Vec<Notice<H>> {
+        let mut notices = Vec::new();
+        refresh_contacts(self, [peer.clone()], &mut notices);
+        notices
+    }
+
+    /// The contact hashes a local peer is in the registry with, and its role for each
+    /// (from its own member `meta` in each contact room).
+    pub fn contact_roles(&self, peer: &PeerId) -> BTreeMap<ContactHash, Role> {
+        let Some(local) = self.peers.get(peer) else {
+            return BTreeMap::new();
+        };
+        local
+            .rooms
+            .iter()
+            .filter(|r| is_contact_room(r))
+            .filter_map(|room| {
+                let hash = contacts::hash_of(room)?;
+                let me = self.rooms.get(room)?.members.get(peer)?;
+                Some((hash, Role::from_meta(me.meta.get())))
+            })
+            .collect()
+    }
+
+    /// The contact room through which `from` may reach `to`: one where `to` publishes a hash
+    /// `from` watches, and only while `from` was told `to` is a mutual contact.
+    pub fn contact_room(&self, from: &PeerId, to: &PeerId) -> Option<RoomId> {
+        let local = self.peers.get(from)?;
+        local
+            .contacts_told
+            .keys()
+            .find(|(_, peer)| peer == to)
+            .map(|(hash, _)| contacts::room_for(hash))
+    }
+
+    /// Contact hashes published and watched by this edge's sessions.
+    pub fn contact_counts(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for (peer, local) in &self.peers {
+            for room in local.rooms.iter().filter(|r| is_contact_room(r)) {
+                let role = self
+                    .rooms
+                    .get(room)
+                    .and_then(|e| e.members.get(peer))
+                    .map(|m| Role::from_meta(m.meta.get()))
+                    .unwrap_or_default();
+                counts.0 += usize::from(role.publishes);
+                counts.1 += usize::from(role.watches);
+            }
+        }
+        counts
     }
 
     /// A room `from` (a peer of this edge) shares with `to`, for ingresses whose signals name
@@ -432,6 +510,7 @@ impl<H: Handle> RoomCore<H> {
         };
         rooms
             .iter()
+            .filter(|room| !is_contact_room(room))
             .filter(|room| {
                 self.rooms
                     .get(*room)
@@ -517,6 +596,13 @@ impl<H: Handle> RoomCore<H> {
         let inner = self;
         let mut notices = Vec::new();
         let room = &event.room;
+        // Local peers whose contacts this event may change: the local members before it and
+        // after it (a leaver among them).
+        let before = if is_contact_room(room) {
+            local_members(inner, &me, room)
+        } else {
+            Vec::new()
+        };
         match &event.kind {
             RoomEventKind::Joined(member) => {
                 let is_local_joiner = member.edge == me && inner.peers.contains_key(&member.peer);
@@ -582,7 +668,7 @@ impl<H: Handle> RoomCore<H> {
                         LeaveReason::Closed => Some(ErrorCode::RoomClosed),
                         _ => None,
                     };
-                    if let Some(code) = code.filter(|_| was_in) {
+                    if let Some(code) = code.filter(|_| was_in && !is_contact_room(room)) {
                         let frame = protocol::encode_room_error(code, room.as_str());
                         notices.push((local.handle.clone(), Outgoing::new("error", frame)));
                     }
@@ -616,6 +702,13 @@ impl<H: Handle> RoomCore<H> {
             }
         }
         complete_committed(inner, &me, room, &mut notices);
+        if is_contact_room(room) {
+            let mut peers = before;
+            peers.extend(local_members(inner, &me, room));
+            peers.sort();
+            peers.dedup();
+            refresh_contacts(inner, peers, &mut notices);
+        }
         notices
     }
 
@@ -657,6 +750,11 @@ fn resync_room<H: Handle>(
     {
         return;
     }
+    let mut contact_peers = if is_contact_room(&room) {
+        local_members(inner, me, &room)
+    } else {
+        Vec::new()
+    };
     let old: Map<PeerId, MemberInfo> = inner
         .rooms
         .remove(&room)
@@ -725,7 +823,85 @@ fn resync_room<H: Handle>(
     for peer in joiners {
         complete_join(inner, &room, &peer, notices);
     }
+    if is_contact_room(&room) {
+        contact_peers.extend(local_members(inner, me, &room));
+        contact_peers.sort();
+        contact_peers.dedup();
+        refresh_contacts(inner, contact_peers, notices);
+    }
     drop_if_unused(inner, me, &room);
+}
+
+/// The members of `room` that have a session on this edge.
+fn local_members<H>(inner: &RoomCore<H>, me: &EdgeId, room: &RoomId) -> Vec<PeerId> {
+    inner.rooms.get(room).map_or_else(Vec::new, |entry| {
+        entry
+            .members
+            .iter()
+            .filter(|(p, info)| &info.edge == me && inner.peers.contains_key(*p))
+            .map(|(p, _)| p.clone())
+            .collect()
+    })
+}
+
+/// Re-computes the mutual contacts of each of `peers` (local sessions) from the contact
+/// rooms it is in, and queues a `contact` frame for each difference from what it was told.
+fn refresh_contacts<H: Handle>(
+    inner: &mut RoomCore<H>,
+    peers: impl IntoIterator<Item = PeerId>,
+    notices: &mut Vec<Notice<H>>,
+) {
+    for peer in peers {
+        let Some(local) = inner.peers.get(&peer) else {
+            continue;
+        };
+        let rooms = local
+            .rooms
+            .iter()
+            .filter(|r| is_contact_room(r))
+            .filter_map(|room| {
+                let entry = inner.rooms.get(room)?;
+                let hash = contacts::hash_of(room)?;
+                let mine = Role::from_meta(entry.members.get(&peer)?.meta.get());
+                let seen: Vec<Seen<'_>> = entry
+                    .members
+                    .iter()
+                    .map(|(p, info)| Seen {
+                        peer: p,
+                        region: &info.region,
+                        role: Role::from_meta(info.meta.get()),
+                    })
+                    .collect();
+                Some((hash, mine, seen))
+            });
+        let now = contacts::mutual(&peer, rooms);
+        let Some(local) = inner.peers.get_mut(&peer) else {
+            continue;
+        };
+        for ((hash, other), region) in &now {
+            if local.contacts_told.get(&(hash.clone(), other.clone())) != Some(region) {
+                let frame = protocol::encode(&ServerMessage::Contact {
+                    hash: hash.as_str(),
+                    online: true,
+                    peer: other.as_str(),
+                    region: Some(region.as_str()),
+                });
+                notices.push((local.handle.clone(), Outgoing::new("contact", frame)));
+            }
+        }
+        for (hash, other) in local.contacts_told.keys() {
+            if !now.contains_key(&(hash.clone(), other.clone())) {
+                let frame = protocol::encode(&ServerMessage::Contact {
+                    hash: hash.as_str(),
+                    online: false,
+                    peer: other.as_str(),
+                    region: None,
+                });
+                notices.push((local.handle.clone(), Outgoing::new("contact", frame)));
+            }
+        }
+        local.contacts_told = now;
+    }
 }
 
 fn entry_from_view(view: &RoomView) -> RoomEntry {
@@ -802,6 +978,10 @@ fn complete_join<H: Handle>(
     local.rooms.insert(room.clone());
     // The client is in the room now: earlier joins in doubt are moot.
     local.doubtful.remove(room);
+    if is_contact_room(room) {
+        // Answered by `contacts-set`; what the membership changes is told by `contact`.
+        return;
+    }
     notices.push((
         local.handle.clone(),
         joined_frame(room, entry, peer, reference.as_ref()),
@@ -848,6 +1028,10 @@ fn notify_others<H: Handle>(
     notices: &mut Vec<Notice<H>>,
     frame: impl Fn(&RoomId, &PeerId) -> Outgoing,
 ) {
+    if is_contact_room(room) {
+        // Never shown as a room: its changes reach clients as `contact` frames.
+        return;
+    }
     let Some(entry) = inner.rooms.get(room) else {
         return;
     };
@@ -980,6 +1164,100 @@ mod tests {
         let notices = core.apply(&joined(2, "b", OTHER), |_| None);
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "b")]);
         core
+    }
+
+    fn contact(hash: char) -> (ContactHash, RoomId) {
+        let h = ContactHash::new(&hash.to_string().repeat(contacts::HASH_CHARS)).unwrap();
+        let room = contacts::room_for(&h);
+        (h, room)
+    }
+
+    fn contact_event(room: &RoomId, epoch: u64, id: &str, edge: &str, role: Role) -> RoomEvent {
+        let mut m = member(id, edge);
+        m.meta = role.to_meta();
+        RoomEvent {
+            room: room.clone(),
+            epoch,
+            kind: RoomEventKind::Joined(m),
+        }
+    }
+
+    /// The `contact` notices as (handle, hash's first character, online, peer).
+    fn contact_summary(notices: &[Notice<H>]) -> Vec<(u32, char, bool, String)> {
+        notices
+            .iter()
+            .map(|(h, out)| {
+                assert_eq!(out.kind, "contact", "only contact frames: {}", out.text);
+                let v: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+                let hash = v["hash"].as_str().unwrap().chars().next().unwrap();
+                (
+                    h.0,
+                    hash,
+                    v["online"].as_bool().unwrap(),
+                    v["peer"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contact_rooms_tell_only_mutual_contacts_and_never_show_as_rooms() {
+        let me = EdgeId::new(ME).unwrap();
+        let mut core = RoomCore::new(me.clone());
+        core.add_session(peer("a"), H(1), Owner::new(&me));
+        let (_, ha) = contact('a');
+        let (_, hb) = contact('b');
+        let publish = Role {
+            publishes: true,
+            watches: false,
+        };
+        let watch = Role {
+            publishes: false,
+            watches: true,
+        };
+        // a publishes `a`, watches `b`.
+        for (epoch, room, role) in [(1, &ha, publish), (1, &hb, watch)] {
+            core.begin_join(&peer("a"), room, None, usize::MAX, false)
+                .unwrap();
+            let mut m = member("a", ME);
+            m.meta = role.to_meta();
+            let v = RoomView {
+                room: room.clone(),
+                epoch,
+                members: vec![m],
+            };
+            let notices = core.apply(&contact_event(room, epoch, "a", ME, role), |_| {
+                Some(v.clone())
+            });
+            assert!(notices.is_empty(), "no `joined` for a contact room");
+        }
+        // c watches `a` (a stranger: a does not watch anything c publishes): nothing.
+        let notices = core.apply(&contact_event(&ha, 2, "c", OTHER, watch), |_| None);
+        assert!(notices.is_empty());
+        // b publishes `b`: not mutual yet.
+        let notices = core.apply(&contact_event(&hb, 2, "b", OTHER, publish), |_| None);
+        assert!(notices.is_empty());
+        // b watches `a`: mutual.
+        let notices = core.apply(&contact_event(&ha, 3, "b", OTHER, watch), |_| None);
+        assert_eq!(contact_summary(&notices), [(1, 'b', true, "b".into())]);
+        assert_eq!(core.contact_room(&peer("a"), &peer("b")), Some(hb.clone()));
+        assert_eq!(core.contact_room(&peer("a"), &peer("c")), None);
+        // b's session ends: offline.
+        let notices = core.apply(
+            &RoomEvent {
+                room: hb.clone(),
+                epoch: 3,
+                kind: RoomEventKind::Left {
+                    peer: peer("b"),
+                    edge: EdgeId::new(OTHER).unwrap(),
+                    reason: LeaveReason::Expired,
+                },
+            },
+            |_| None,
+        );
+        assert_eq!(contact_summary(&notices), [(1, 'b', false, "b".into())]);
+        assert_eq!(core.contact_room(&peer("a"), &peer("b")), None);
+        assert_eq!(core.contact_counts(), (1, 1));
     }
 
     #[test]

@@ -11,11 +11,12 @@
 
 pub mod core;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use heliograph_coordinator::registry::{EdgeId, PeerId, RoomEvent, RoomId, RoomView};
 
+use crate::contacts::{ContactHash, Role};
 use crate::outbox::{Delivery, SessionHandle};
 use crate::protocol::{ErrorCode, Ref};
 use crate::session::{LocalSession, Owner, StoredRoom};
@@ -95,7 +96,10 @@ impl RoomIndex {
         rooms: &[StoredRoom],
         views: &HashMap<RoomId, Option<RoomView>>,
     ) -> Vec<StoredRoom> {
-        self.write().complete_resume(peer, rooms, views)
+        let mut core = self.write();
+        let kept = core.complete_resume(peer, rooms, views);
+        hand_over(core.refresh_contacts_of(peer));
+        kept
     }
 
     /// The rooms of a local peer (joined or being joined), as a resume needs them.
@@ -180,7 +184,23 @@ impl RoomIndex {
 
     /// The peer left the room on request: signals stop at once, the event updates the rest.
     pub fn local_leave(&self, peer: &PeerId, room: &RoomId) {
-        self.write().local_leave(peer, room);
+        let mut core = self.write();
+        hand_over(core.local_leave(peer, room));
+    }
+
+    /// See [`RoomCore::contact_roles`].
+    pub fn contact_roles(&self, peer: &PeerId) -> BTreeMap<ContactHash, Role> {
+        self.read().contact_roles(peer)
+    }
+
+    /// See [`RoomCore::contact_room`].
+    pub fn contact_room(&self, from: &PeerId, to: &PeerId) -> Option<RoomId> {
+        self.read().contact_room(from, to)
+    }
+
+    /// Contact hashes published and watched by this edge's sessions.
+    pub fn contact_counts(&self) -> (usize, usize) {
+        self.read().contact_counts()
     }
 
     /// A room `from` shares with `to` (see [`RoomCore::shared_room`]).
