@@ -10,6 +10,7 @@ mod bad_input;
 mod client_address;
 mod cluster;
 mod config_file;
+mod contacts;
 mod departures;
 mod failover;
 mod homed;
