@@ -20,6 +20,7 @@ export type ServerErrorCode =
   | 'token-required' | 'token-expired' | 'token-invalid-signature' | 'token-algorithm-refused'
   | 'token-malformed' | 'token-wrong-room' | 'forbidden' | 'rate-limited'
   | 'removed' | 'room-closed'
+  | 'not-a-contact' | 'too-many-contacts'
   // Sent only on the Socket.IO endpoint (docs/MIGRATING.md), listed so that the set is complete.
   | 'too-large';
 
@@ -103,7 +104,7 @@ export interface ServerMessageFrame {
 
 /** A client message as sent (with its `ref`). */
 export interface Request {
-  type: 'join' | 'leave' | 'signal' | 'ping' | 'resume';
+  type: 'join' | 'leave' | 'signal' | 'ping' | 'resume' | 'contacts' | 'invite';
   ref?: string;
   room?: string;
   meta?: Meta;
@@ -112,7 +113,42 @@ export interface Request {
   data?: unknown;
   token?: string;
   last_seq?: number;
+  publish?: string[];
+  watch?: string[];
 }
+
+/** A mutual contact's presence (docs/PROTOCOL.md#contacts). */
+export interface ContactEvent {
+  /** The hash, published by `peer`, that this client watches. */
+  hash: string;
+  online: boolean;
+  peer: string;
+  /** The contact's region while online; null when offline. */
+  region: string | null;
+}
+
+export interface OnlineContact {
+  hash: string;
+  peer: string;
+  region: string | null;
+}
+
+export interface ContactSets {
+  /** Hashes of this user's own handles (at most the edge's --max-contact-publish, default 16). */
+  publish?: string[];
+  /** Hashes of the handles this user looks for (at most --max-contact-watch, default 1000). */
+  watch?: string[];
+}
+
+/**
+ * base64url(HMAC-SHA256(appKey, handle trimmed and lowercased)), 43 characters (WebCrypto).
+ * The app key is shared by the app's users: it does not stop whoever knows it from reversing a
+ * guessable handle (a phone number) by trying every value; presence therefore needs mutual
+ * consent.
+ */
+export declare function contactHash(handle: string, appKey: string): Promise<string>;
+/** The form of a handle that `contactHash` hashes: trimmed and lowercased. */
+export declare function normalizeHandle(handle: string): string;
 
 export declare class HeliographError extends Error {
   readonly code: ErrorCode;
@@ -148,6 +184,10 @@ export interface HeliographEvents {
   error: { code: ErrorCode; message: string; ref?: string | number; request?: Request | null };
   reconnecting: { attempt: number; delay: number };
   disconnected: { code: number; reason: string };
+  /** A mutual contact came online, or went offline (or stopped being mutual). */
+  contact: ContactEvent;
+  /** A mutual contact invites this client into `room`. */
+  invite: { from: string; room: string; data: unknown };
   /** Every frame from the edge, parsed. */
   message: { type: string; [key: string]: unknown };
 }
@@ -231,6 +271,15 @@ export declare class Heliograph extends Emitter<HeliographEvents> {
   ping(): Promise<number>;
   /** The known other peers of a room. */
   peers(room: string): PeerInfo[];
+  /**
+   * Replaces this session's contact hashes; resolves on `contacts-set`. Kept by a resumed
+   * session, sent again to a fresh one.
+   */
+  setContacts(sets?: ContactSets): Promise<void>;
+  /** Mutual contacts known to be online. */
+  onlineContacts(): OnlineContact[];
+  /** Invites a mutual contact into `room`; returns the ref a `not-a-contact` error carries. */
+  invite(peerId: string, room: string, data?: unknown): string;
 }
 
 export declare function isPolite(selfId: string, otherId: string): boolean;

@@ -63,6 +63,30 @@ const DEFAULTS = {
   getToken: null,
 };
 
+/**
+ * A contact hash for `contacts` (docs/PROTOCOL.md#contacts): base64url (no padding) of
+ * HMAC-SHA256(appKey, handle trimmed and lowercased), 43 characters, by WebCrypto. `appKey` is
+ * shared by the app's users: it keeps hashes from being matched across apps, but whoever knows
+ * it (the operator, anyone reading the app) can reverse a guessable handle such as a phone
+ * number by trying them all; that is why presence needs mutual consent.
+ */
+export async function contactHash(handle, appKey) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) throw new Error('contactHash needs WebCrypto (a secure context)');
+  const enc = new TextEncoder();
+  const key = await subtle.importKey('raw', enc.encode(String(appKey)),
+    { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
+  const mac = new Uint8Array(await subtle.sign('HMAC', key, enc.encode(normalizeHandle(handle))));
+  let bin = '';
+  for (const b of mac) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** The form of a handle that is hashed: trimmed, lowercased. */
+export function normalizeHandle(handle) {
+  return String(handle).trim().toLowerCase();
+}
+
 /** How many recent signal refs are remembered to give `error`/`expired` their request. */
 const SIGNAL_MEMORY = 256;
 
@@ -75,7 +99,8 @@ const DRAIN_JITTER = 100;
 /**
  * The signaling client. States: idle → connecting → open ⇄ reconnecting → closed.
  * Events: welcome, state, joined, left, peer-joined, peer-left, signal, error, expired,
- * resumed, rejoined, rejoin-failed, reconnect, reconnecting, disconnected, message (any frame).
+ * resumed, rejoined, rejoin-failed, reconnect, reconnecting, disconnected, contact, invite,
+ * message (any frame).
  */
 export class Heliograph extends Emitter {
   constructor(options = {}) {
@@ -118,6 +143,10 @@ export class Heliograph extends Emitter {
     /** Rooms left while the session could not be told; left again after a resume. */
     this.leaving = new Set();
     this.drain = null; // { timer } after a `reconnect` notice
+    /** The contact sets last given to `setContacts` (sent again to a fresh session). */
+    this.contactSets = null;
+    /** Mutual contacts online: `${hash} ${peer}` → { hash, peer, region }. */
+    this.contactsOnline = new Map();
   }
 
   /** Opens the connection; resolves with the first `welcome`. Reconnects until `close()`. */
@@ -226,6 +255,39 @@ export class Heliograph extends Emitter {
   signal(room, to, kind, data) {
     const ref = `s${this.nextRef++}`;
     const msg = { type: 'signal', room, to, kind, data, ref };
+    this.signals.set(ref, msg);
+    if (this.signals.size > SIGNAL_MEMORY) this.signals.delete(this.signals.keys().next().value);
+    if (this.state !== 'open') {
+      this.emit('error', { code: 'disconnected', message: 'not connected', ref, request: msg });
+      return ref;
+    }
+    this.#send(msg);
+    return ref;
+  }
+
+  /**
+   * Replaces this session's contact hashes (from `contactHash`): `publish`, the handles others
+   * may find you by; `watch`, the ones you look for. Resolves on `contacts-set`. Kept by a
+   * resumed session, sent again to a fresh one.
+   */
+  setContacts({ publish = [], watch = [] } = {}) {
+    this.contactSets = { publish: [...publish], watch: [...watch] };
+    return this.#request({ type: 'contacts', ...this.contactSets }).then(() => undefined);
+  }
+
+  /** Mutual contacts known to be online: { hash, peer, region }. */
+  onlineContacts() {
+    return [...this.contactsOnline.values()];
+  }
+
+  /**
+   * Invites mutual contact `peerId` into `room` (with optional `data`). Returns the request
+   * ref; success is silent, `not-a-contact` arrives as an `error` event with that ref.
+   */
+  invite(peerId, room, data) {
+    const ref = `s${this.nextRef++}`;
+    const msg = { type: 'invite', to: peerId, room, ref };
+    if (data !== undefined) msg.data = data;
     this.signals.set(ref, msg);
     if (this.signals.size > SIGNAL_MEMORY) this.signals.delete(this.signals.keys().next().value);
     if (this.state !== 'open') {
@@ -478,7 +540,23 @@ export class Heliograph extends Emitter {
       case 'resumed':
         return this.#onResumed(msg);
       case 'pong':
+      case 'contacts-set':
         this.#settle(msg.ref)?.resolve(msg);
+        return;
+      case 'contact': {
+        const key = `${msg.hash} ${msg.peer}`;
+        if (msg.online) {
+          this.contactsOnline.set(key, { hash: msg.hash, peer: msg.peer, region: msg.region ?? null });
+        } else {
+          this.contactsOnline.delete(key);
+        }
+        this.emit('contact', {
+          hash: msg.hash, online: !!msg.online, peer: msg.peer, region: msg.region ?? null,
+        });
+        return;
+      }
+      case 'invite':
+        this.emit('invite', { from: msg.from, room: msg.room, data: msg.data ?? null });
         return;
       case 'expired': {
         const request = this.signals.get(msg.ref) ?? null;
@@ -617,6 +695,10 @@ export class Heliograph extends Emitter {
   #startFresh() {
     this.heldRosters.clear();
     this.leaving.clear();
+    // Nobody is known to be online for a new session: the re-sent sets will tell again.
+    const known = [...this.contactsOnline.values()];
+    this.contactsOnline.clear();
+    for (const c of known) this.emit('contact', { ...c, online: false, region: null });
     for (const [ref, req] of this.pending) {
       if (req.msg.type === 'leave' && !req.sent) {
         this.#settle(ref);
@@ -633,6 +715,8 @@ export class Heliograph extends Emitter {
           (r) => r.msg.type === 'join' && r.msg.room === room);
         if (!waiting) this.#rejoin(room); // else the caller's own join is (re)sent below
       }
+      const waiting = [...this.pending.values()].some((r) => r.msg.type === 'contacts' && !r.sent);
+      if (this.contactSets && !waiting) this.#resendContacts();
     }
     for (const req of this.pending.values()) {
       if (!req.sent) {
@@ -663,6 +747,14 @@ export class Heliograph extends Emitter {
       }, afterMs + DRAIN_GRACE),
     };
     this.emit('reconnect', { after_ms: afterMs });
+  }
+
+  /** A fresh session has no contact sets: send the last ones again. */
+  #resendContacts() {
+    // A refusal reaches the app as an `error` event; a lost socket sends them again at the
+    // next welcome.
+    this.#request({ type: 'contacts', ...this.contactSets }, { internal: true })
+      .then(() => {}, () => {});
   }
 
   #rejoin(room) {

@@ -1,7 +1,9 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Heliograph, HeliographError } from '../heliograph.js';
+import { createHmac } from 'node:crypto';
+
+import { Heliograph, HeliographError, contactHash } from '../heliograph.js';
 import { FakeClock, FakeWebSocket, flush } from './fakes.mjs';
 
 let clock;
@@ -680,4 +682,56 @@ test('a getToken that fails rejects the join with token-fetch-failed', async () 
   await assert.rejects(c.join('r'), (e) => e instanceof HeliographError
     && e.code === 'token-fetch-failed' && /backend down/.test(e.message));
   assert.equal(c.rooms.has('r'), false, 'not rejoined later');
+});
+
+test('contactHash is base64url HMAC-SHA256 of the trimmed, lowercased handle', async () => {
+  const h = await contactHash('  +1 555 0100 Ada@Example.ORG ', 'app-key');
+  const want = createHmac('sha256', 'app-key').update('+1 555 0100 ada@example.org').digest('base64url');
+  assert.equal(h, want);
+  assert.match(h, /^[A-Za-z0-9_-]{43}$/);
+  assert.notEqual(await contactHash('ada', 'other-app'), await contactHash('ada', 'app-key'));
+});
+
+test('contacts: sets are sent, presence is tracked, invites carry a ref, a fresh session gets the sets again', async () => {
+  const { c, ws } = await inRoom();
+  const set = c.setContacts({ publish: ['pa'], watch: ['pb'] });
+  const req = ws.lastSent('contacts');
+  assert.deepEqual([req.publish, req.watch], [['pa'], ['pb']]);
+  const events = [];
+  c.on('contact', (e) => events.push(e));
+  ws.receive({ type: 'contact', hash: 'pb', online: true, peer: 'p2', region: 'us', seq: 3 });
+  ws.receive({ type: 'contacts-set', ref: req.ref, seq: 4 });
+  await set;
+  assert.deepEqual(c.onlineContacts(), [{ hash: 'pb', peer: 'p2', region: 'us' }]);
+  const invites = [];
+  c.on('invite', (e) => invites.push(e));
+  ws.receive({ type: 'invite', from: 'p2', room: 'call', data: { x: 1 }, seq: 5 });
+  assert.deepEqual(invites, [{ from: 'p2', room: 'call', data: { x: 1 } }]);
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  const ref = c.invite('p9', 'call', { x: 2 });
+  const sent = ws.lastSent('invite');
+  assert.deepEqual([sent.to, sent.room, sent.data, sent.ref], ['p9', 'call', { x: 2 }, ref]);
+  ws.receive({ type: 'error', code: 'not-a-contact', message: 'no', ref, seq: 6 });
+  assert.equal(errors[0].code, 'not-a-contact');
+  assert.equal(errors[0].request.to, 'p9');
+
+  // The session is lost: presence is unknown (offline), and the new session gets the sets.
+  const ws2 = reconnect(c, ws);
+  ws2.receive({ type: 'error', code: 'resume-failed', message: 'gone', ref: ws2.sent[0].ref, seq: 2 });
+  assert.deepEqual(events.at(-1), { hash: 'pb', online: false, peer: 'p2', region: null });
+  assert.deepEqual(c.onlineContacts(), []);
+  const again = ws2.lastSent('contacts');
+  assert.deepEqual([again.publish, again.watch], [['pa'], ['pb']]);
+});
+
+test('contacts: a resumed session keeps its sets and is not sent them again', async () => {
+  const { c, ws } = await inRoom();
+  const set = c.setContacts({ publish: ['pa'], watch: [] });
+  ws.receive({ type: 'contacts-set', ref: ws.lastSent('contacts').ref, seq: 3 });
+  await set;
+  const ws2 = reconnect(c, ws);
+  ws2.receive({ type: 'resumed', peer_id: 'p1', replayed: 0, resume_token: 't2', ref: ws2.sent[0].ref, seq: 4 });
+  await flush();
+  assert.equal(ws2.lastSent('contacts'), undefined);
 });

@@ -472,3 +472,36 @@ test('E: a Socket.IO app page (socket.io-client, RTCPeerConnection) and an SDK p
   await sioPage.context().close();
   await stopEdge(edge);
 });
+
+test('F: two demo pages list each other as contacts: each sees the other online, an invite arrives, a third page that lists one of them sees nothing', { skip, timeout: 90_000 }, async () => {
+  const edge = await startEdge({ name: 'contacts', region: 'eu-test' });
+  const [ada, bob, eve] = await Promise.all(['ada', 'bob', 'eve'].map((l) => openDemo(l, edge, edge.ws)));
+  const setContacts = async (page, mine, watch) => {
+    await page.fill('[data-testid=my-handle]', mine);
+    await page.fill('[data-testid=watch-handles]', watch);
+    await page.click('[data-testid=contacts-save]');
+    await page.waitForFunction(() => document.getElementById('log').textContent.includes('contacts set'));
+  };
+  const online = (page, handle) => page.waitForFunction((h) =>
+    [...document.querySelectorAll('[data-testid=contact]')].some((e) => e.dataset.handle === h), handle);
+  await withDiagnostics([ada, bob, eve], [edge], async () => {
+    await setContacts(ada, 'Ada@Example.org', 'bob@example.org');
+    await setContacts(eve, 'eve@example.org', 'ada@example.org');
+    await setContacts(bob, 'bob@example.org', ' ADA@example.org , nobody@example.org');
+    await online(ada, 'bob@example.org');
+    await online(bob, ' ADA@example.org '.trim());
+    // Ada invites Bob into her room: Bob's page offers it.
+    await join(ada, 'contacts-call', 'ada');
+    await ada.waitForFunction(() => !document.querySelector('[data-testid=contact-invite]').disabled);
+    await ada.click('[data-testid=contact-invite]');
+    await bob.waitForFunction(() => document.getElementById('room').value === 'contacts-call');
+    // Eve lists Ada, Ada does not list Eve: nothing about Ada reaches Eve.
+    const eveSees = await eve.evaluate(() => ({
+      contacts: document.querySelectorAll('[data-testid=contact]').length,
+      online: window.heliograph.client.onlineContacts().length,
+    }));
+    assert.deepEqual(eveSees, { contacts: 0, online: 0 });
+  });
+  for (const p of [ada, bob, eve]) await p.context().close();
+  await stopEdge(edge);
+});

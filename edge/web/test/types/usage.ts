@@ -1,5 +1,7 @@
 // Compiled with `tsc --noEmit` (never run): an app's code against the SDK's types.
-import { Heliograph, HeliographError, type ErrorCode, type ServerErrorCode } from '../../heliograph.js';
+import {
+  Heliograph, HeliographError, contactHash, normalizeHandle, type ErrorCode, type ServerErrorCode,
+} from '../../heliograph.js';
 
 /** A switch over every error code: it compiles only while it covers every documented one. */
 export function explain(code: ErrorCode): string {
@@ -37,6 +39,10 @@ export function explain(code: ErrorCode): string {
     case 'removed':
     case 'room-closed':
       return 'the server took this client out of the room';
+    case 'not-a-contact':
+      return 'only mutual contacts can be invited';
+    case 'too-many-contacts':
+      return 'too many contact hashes';
     case 'timeout':
     case 'closed':
     case 'disconnected':
@@ -72,4 +78,19 @@ export async function joinWithTokens(url: string): Promise<number> {
     }
     throw e;
   }
+}
+
+export async function contacts(url: string, appKey: string): Promise<string[]> {
+  const client = new Heliograph();
+  await client.connect(url);
+  const mine = await contactHash(' Ada@Example.org ', appKey);
+  const theirs = await Promise.all(['grace@example.org', 'alan@example.org'].map((h) => contactHash(h, appKey)));
+  await client.setContacts({ publish: [mine], watch: theirs });
+  client.on('contact', (c) => {
+    if (c.online) client.invite(c.peer, 'call-1', { from: normalizeHandle('Ada') });
+  });
+  client.on('invite', ({ from, room }) => {
+    void client.join(room, { meta: { invitedBy: from } });
+  });
+  return client.onlineContacts().map((c) => `${c.peer}@${c.region ?? '?'}`);
 }
