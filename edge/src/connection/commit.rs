@@ -6,18 +6,20 @@
 //! room; a leave of a non-member is `NotInRoom`), so a retry answers for the first attempt
 //! too. Only when the deadline passes with no answer is the outcome unknown: the client is
 //! told `unavailable`, and a join that commits after all is taken back by the follower when
-//! its event arrives.
+//! its event arrives. After a change of membership the session's rooms are stored for a
+//! resume ([`save_rooms`]).
 
 use std::time::Duration;
 
 use heliograph_coordinator::CoordinatorError;
-use heliograph_coordinator::registry::{Command, Outcome};
+use heliograph_coordinator::registry::{Command, Outcome, PeerId};
 use heliograph_coordinator::telemetry;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::clock;
 use crate::context::EdgeContext;
+use crate::session::Owner;
 
 /// How long a join or leave may take, retries included, before the client is answered
 /// `unavailable`: a registry that lost its quorum must not hold a client for more than a
@@ -36,6 +38,14 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(400);
 pub(super) fn fence_ms() -> u64 {
     let allowance = COMMIT_DEADLINE + CLOCK_SKEW_ALLOWANCE;
     clock::now_ms() + u64::try_from(allowance.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Stores the rooms of a local peer for a later resume.
+pub(super) async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
+    let rooms = ctx.index.stored_rooms(peer);
+    if let Err(e) = ctx.store().save_rooms(peer, owner, &rooms).await {
+        tracing::warn!(error = %e, "could not store a session's rooms");
+    }
 }
 
 /// What became of a command.

@@ -14,12 +14,10 @@ use futures_util::StreamExt;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
-use super::commit::{COMMIT_DEADLINE, commit, fence_ms};
-use super::requests::save_rooms;
+use super::commit::{COMMIT_DEADLINE, commit, fence_ms, save_rooms};
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::contacts::{self, ContactHash, Role};
 use crate::context::EdgeContext;
-use crate::limits::RateLimiter;
 use crate::outbox::Outgoing;
 use crate::protocol::{self, ErrorCode, ProtocolError, Ref, ServerMessage};
 use crate::rooms::JoinStart;
@@ -28,13 +26,6 @@ use crate::router::Outbound;
 /// Registry commands of one `contacts` request in flight at once: enough for the batcher to
 /// fill a log entry, few enough not to crowd out other clients' joins.
 const CONCURRENT_COMMANDS: usize = 32;
-
-/// Per-connection rate limiters of the contact requests, made on first use.
-#[derive(Default)]
-pub(super) struct ContactLimits {
-    updates: Option<RateLimiter>,
-    invites: Option<RateLimiter>,
-}
 
 fn refuse(ctx: &EdgeContext, code: ErrorCode, message: String, reference: Option<Ref>) -> Handled {
     let err = ProtocolError {
@@ -59,7 +50,7 @@ pub(super) fn set(
     let limiter = state
         .contacts
         .updates
-        .get_or_insert_with(|| RateLimiter::per_minute(per_minute));
+        .get_or_insert_with(|| crate::limits::RateLimiter::per_minute(per_minute));
     if !limiter.allow(caller.received_at) {
         ctx.metrics.contacts_request("rate_limited");
         return refuse(
@@ -205,7 +196,7 @@ pub(super) fn invite(
     let limiter = state
         .contacts
         .invites
-        .get_or_insert_with(|| RateLimiter::per_minute(per_minute));
+        .get_or_insert_with(|| crate::limits::RateLimiter::per_minute(per_minute));
     if !limiter.allow(caller.received_at) {
         ctx.metrics.invite("rate_limited");
         return refuse(

@@ -9,7 +9,7 @@ use heliograph_coordinator::CoordinatorError;
 use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
-use super::commit::{COMMIT_DEADLINE, commit, fence_ms};
+use super::commit::{COMMIT_DEADLINE, commit, fence_ms, save_rooms};
 
 /// How long after a join was sent its room events may take to reach its committed epoch
 /// before the client is answered `unavailable`: within the second a join may take.
@@ -29,7 +29,6 @@ use crate::protocol::{
 };
 use crate::rooms::JoinStart;
 use crate::router::Outbound;
-use crate::session::Owner;
 
 pub(super) fn handle_text(
     text: &str,
@@ -230,14 +229,6 @@ fn fail(ctx: &EdgeContext, code: ErrorCode, message: &str, reference: Option<Ref
         reference,
     };
     Handled::Reply(vec![error_out(&err, ctx)])
-}
-
-/// Stores the rooms of a local peer for a later resume.
-pub(super) async fn save_rooms(ctx: &EdgeContext, peer: &PeerId, owner: &Owner) {
-    let rooms = ctx.index.stored_rooms(peer);
-    if let Err(e) = ctx.store().save_rooms(peer, owner, &rooms).await {
-        tracing::warn!(error = %e, "could not store a session's rooms");
-    }
 }
 
 fn join(

@@ -10,6 +10,7 @@ use std::time::Instant;
 use heliograph_coordinator::registry::{PeerId, RoomId};
 
 use crate::context::EdgeContext;
+use crate::limits::RateLimiter;
 use crate::metrics::Ingress;
 use crate::outbox::{Outgoing, SessionHandle};
 use crate::protocol::{self, ProtocolError, Ref, ServerMessage};
@@ -35,7 +36,14 @@ pub(super) struct SessionState {
     /// The highest `ack` the client sent since the replay window was last trimmed.
     pub(super) acked: Option<u64>,
     /// Rate limits of `contacts` and `invite`.
-    pub(super) contacts: super::contacts::ContactLimits,
+    pub(super) contacts: ContactLimits,
+}
+
+/// Per-connection rate limiters of the contact requests, made on first use.
+#[derive(Default)]
+pub(super) struct ContactLimits {
+    pub(super) updates: Option<RateLimiter>,
+    pub(super) invites: Option<RateLimiter>,
 }
 
 /// A request running in the background (a registry call); the socket keeps writing and
