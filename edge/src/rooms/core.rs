@@ -482,19 +482,18 @@ impl<H: Handle> RoomCore<H> {
             .map(|(hash, _)| contacts::room_for(hash))
     }
 
-    /// Contact hashes published and watched by this edge's sessions.
+    /// Contact hashes published and watched by this edge's sessions. Walks the tracked rooms
+    /// (a prefix test each) and the local members of contact rooms only.
     pub fn contact_counts(&self) -> (usize, usize) {
         let mut counts = (0, 0);
-        for (peer, local) in &self.peers {
-            for room in local.rooms.iter().filter(|r| is_contact_room(r)) {
-                let role = self
-                    .rooms
-                    .get(room)
-                    .and_then(|e| e.members.get(peer))
-                    .map(|m| Role::from_meta(m.meta.get()))
-                    .unwrap_or_default();
-                counts.0 += usize::from(role.publishes);
-                counts.1 += usize::from(role.watches);
+        for (room, entry) in self.rooms.iter().filter(|(r, _)| is_contact_room(r)) {
+            for (peer, info) in &entry.members {
+                let here = self.peers.get(peer).is_some_and(|p| p.rooms.contains(room));
+                if info.edge == self.me && here {
+                    let role = Role::from_meta(info.meta.get());
+                    counts.0 += usize::from(role.publishes);
+                    counts.1 += usize::from(role.watches);
+                }
             }
         }
         counts
