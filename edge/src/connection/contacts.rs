@@ -88,6 +88,7 @@ pub(super) fn set(
     let peer = caller.peer.clone();
     let owner = caller.owner.clone();
     Handled::Later(Box::pin(async move {
+        let _updating = Updating::start(&ctx, &peer);
         let left = futures_util::stream::iter(leaves)
             .map(|room| leave(&ctx, &peer, room))
             .buffer_unordered(CONCURRENT_COMMANDS)
@@ -119,6 +120,27 @@ pub(super) fn set(
         };
         Done::frames(vec![frame])
     }))
+}
+
+/// While alive, the session's matches wait for its `contacts` request to finish: computing
+/// them after each of up to a thousand commands would cost the square of that. Dropped
+/// however the request ends (answered, or its connection gone), it computes them once.
+struct Updating<'a> {
+    ctx: &'a EdgeContext,
+    peer: &'a PeerId,
+}
+
+impl<'a> Updating<'a> {
+    fn start(ctx: &'a EdgeContext, peer: &'a PeerId) -> Self {
+        ctx.index.contacts_updating(peer, true);
+        Self { ctx, peer }
+    }
+}
+
+impl Drop for Updating<'_> {
+    fn drop(&mut self) {
+        self.ctx.index.contacts_updating(self.peer, false);
+    }
 }
 
 /// Leaves one contact room; whether the peer is out of it.

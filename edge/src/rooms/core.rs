@@ -44,14 +44,21 @@ struct MemberInfo {
     edge: EdgeId,
     region: Region,
     meta: Box<RawValue>,
+    /// In a contact room, what the member does with its hash (read from `meta` once).
+    role: Role,
 }
 
 impl MemberInfo {
-    fn from_member(m: &Member) -> Self {
+    fn from_member(m: &Member, room: &RoomId) -> Self {
         Self {
             edge: m.edge.clone(),
             region: m.region.clone(),
             meta: protocol::raw_json(m.meta.clone()),
+            role: if is_contact_room(room) {
+                Role::from_meta(&m.meta)
+            } else {
+                Role::default()
+            },
         }
     }
 }
@@ -83,6 +90,9 @@ struct LocalPeer<H> {
     taking_back: Set<RoomId>,
     /// The mutual contacts this session was last told are online, with their regions.
     contacts_told: BTreeMap<Match, Region>,
+    /// A `contacts` request of this session is changing its contact rooms: its matches are
+    /// computed once when it ends, not after each of its (up to a thousand) commands.
+    contacts_updating: bool,
 }
 
 /// A join sent to the registry whose `joined` has not been sent yet.
@@ -129,6 +139,7 @@ impl<H> LocalPeer<H> {
             doubtful: Map::default(),
             taking_back: Set::default(),
             contacts_told: BTreeMap::new(),
+            contacts_updating: false,
         }
     }
 }
@@ -445,6 +456,19 @@ impl<H: Handle> RoomCore<H> {
         notices
     }
 
+    /// A `contacts` request of `peer` starts (`true`: its matches wait) or ends (`false`:
+    /// they are computed now, and the difference told).
+    pub fn contacts_updating(&mut self, peer: &PeerId, updating: bool) -> Vec<Notice<H>> {
+        if let Some(local) = self.peers.get_mut(peer) {
+            local.contacts_updating = updating;
+        }
+        if updating {
+            Vec::new()
+        } else {
+            self.refresh_contacts_of(peer)
+        }
+    }
+
     /// Tells a local peer the difference between its mutual contacts now and what it was
     /// last told (after a resume, everything: the edge it resumed from told it before).
     pub fn refresh_contacts_of(&mut self, peer: &PeerId) -> Vec<Notice<H>> {
@@ -466,7 +490,7 @@ impl<H: Handle> RoomCore<H> {
             .filter_map(|room| {
                 let hash = contacts::hash_of(room)?;
                 let me = self.rooms.get(room)?.members.get(peer)?;
-                Some((hash, Role::from_meta(me.meta.get())))
+                Some((hash, me.role))
             })
             .collect()
     }
@@ -490,7 +514,7 @@ impl<H: Handle> RoomCore<H> {
             for (peer, info) in &entry.members {
                 let here = self.peers.get(peer).is_some_and(|p| p.rooms.contains(room));
                 if info.edge == self.me && here {
-                    let role = Role::from_meta(info.meta.get());
+                    let role = info.role;
                     counts.0 += usize::from(role.publishes);
                     counts.1 += usize::from(role.watches);
                 }
@@ -613,7 +637,7 @@ impl<H: Handle> RoomCore<H> {
                         // region's group) is not news.
                         entry
                             .members
-                            .insert(member.peer.clone(), MemberInfo::from_member(member))
+                            .insert(member.peer.clone(), MemberInfo::from_member(member, room))
                             .is_none()
                     }
                     None if is_local_joiner => {
@@ -628,7 +652,7 @@ impl<H: Handle> RoomCore<H> {
                     None => return notices,
                 };
                 if fresh {
-                    let joiner = MemberInfo::from_member(member);
+                    let joiner = MemberInfo::from_member(member, room);
                     notify_others(
                         &*inner,
                         &me,
@@ -696,7 +720,7 @@ impl<H: Handle> RoomCore<H> {
                     entry.epoch = event.epoch;
                     entry
                         .members
-                        .insert(member.peer.clone(), MemberInfo::from_member(member));
+                        .insert(member.peer.clone(), MemberInfo::from_member(member, room));
                 }
             }
         }
@@ -851,7 +875,7 @@ fn refresh_contacts<H: Handle>(
     notices: &mut Vec<Notice<H>>,
 ) {
     for peer in peers {
-        let Some(local) = inner.peers.get(&peer) else {
+        let Some(local) = inner.peers.get(&peer).filter(|l| !l.contacts_updating) else {
             continue;
         };
         let rooms = local
@@ -861,14 +885,14 @@ fn refresh_contacts<H: Handle>(
             .filter_map(|room| {
                 let entry = inner.rooms.get(room)?;
                 let hash = contacts::hash_of(room)?;
-                let mine = Role::from_meta(entry.members.get(&peer)?.meta.get());
+                let mine = entry.members.get(&peer)?.role;
                 let seen: Vec<Seen<'_>> = entry
                     .members
                     .iter()
                     .map(|(p, info)| Seen {
                         peer: p,
                         region: &info.region,
-                        role: Role::from_meta(info.meta.get()),
+                        role: info.role,
                     })
                     .collect();
                 Some((hash, mine, seen))
@@ -909,7 +933,7 @@ fn entry_from_view(view: &RoomView) -> RoomEntry {
         members: view
             .members
             .iter()
-            .map(|m| (m.peer.clone(), MemberInfo::from_member(m)))
+            .map(|m| (m.peer.clone(), MemberInfo::from_member(m, &view.room)))
             .collect(),
     }
 }
@@ -1257,6 +1281,13 @@ mod tests {
         assert_eq!(contact_summary(&notices), [(1, 'b', false, "b".into())]);
         assert_eq!(core.contact_room(&peer("a"), &peer("b")), None);
         assert_eq!(core.contact_counts(), (1, 1));
+
+        // While a `contacts` request of a's runs, its matches wait; they are told once after.
+        assert!(core.contacts_updating(&peer("a"), true).is_empty());
+        let notices = core.apply(&contact_event(&hb, 4, "b", OTHER, publish), |_| None);
+        assert!(notices.is_empty(), "deferred");
+        let notices = core.contacts_updating(&peer("a"), false);
+        assert_eq!(contact_summary(&notices), [(1, 'b', true, "b".into())]);
     }
 
     #[test]

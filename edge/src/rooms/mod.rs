@@ -188,6 +188,12 @@ impl RoomIndex {
         hand_over(core.local_leave(peer, room));
     }
 
+    /// See [`RoomCore::contacts_updating`].
+    pub fn contacts_updating(&self, peer: &PeerId, updating: bool) {
+        let mut core = self.write();
+        hand_over(core.contacts_updating(peer, updating));
+    }
+
     /// See [`RoomCore::contact_roles`].
     pub fn contact_roles(&self, peer: &PeerId) -> BTreeMap<ContactHash, Role> {
         self.read().contact_roles(peer)
