@@ -355,3 +355,24 @@ async fn a_session_resumed_on_another_edge_keeps_its_contacts() {
     // B never saw A go offline.
     assert_eq!(drain_to_fence(&mut b, "end").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_contact_whose_connection_is_lost_stays_online_until_its_grace_period_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--detach-grace-ms", "1500"]);
+    node.wait_ready().await;
+    let mut a = Client::connect(&node.ws_url()).await;
+    assert!(set(&mut a, &["alice"], &["bob"]).await.is_empty());
+    let mut b = Session::connect(&node.ws_url()).await;
+    b.send(contacts(&["bob"], &["alice"])).await;
+    let b_id = b.peer_id.clone();
+    contact(&mut a, &b_id, true).await;
+
+    // Detached, not gone: nothing yet.
+    let _ = b.drop_connection();
+    node.wait_metric("heliograph_edge_sessions_detached_total", |v| v >= 1.0)
+        .await;
+    assert_eq!(drain_to_fence(&mut a, "detached").await.len(), 1);
+    // The grace period ends: offline.
+    contact(&mut a, &b_id, false).await;
+}
