@@ -312,12 +312,12 @@ fn join(
                             &ctx,
                         )]
                     }
-                    // The join's event arrived while its answer was lost: it committed, and
-                    // the client has its `joined`.
+                    // The session is gone: nobody to answer.
                     Err(_) if !ctx.index.abort_join(&peer, &room, Some(attempt)) => Vec::new(),
                     // A retry came too late, and an earlier attempt may have committed.
                     Ok(Outcome::Rejected(Rejection::Late)) if committed.retried => {
                         if ctx.index.abort_join(&peer, &room, Some(attempt)) {
+                            take_back_if_shown(&ctx, &peer, &room);
                             vec![registry_failure(&ctx, committed.result, reference)]
                         } else {
                             Vec::new()
@@ -325,9 +325,11 @@ fn join(
                     }
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
-                        // not in the room, and if the join commits after all the follower
-                        // takes it back when its event arrives. (Not at once: a leave sent now
-                        // down the same sick path could land after the client's next join.)
+                        // not in the room, and if the join committed after all it is taken
+                        // back: now if its event is here already, else when it arrives. (The
+                        // leave is conditional on this request, so it cannot undo the
+                        // client's next join, whichever lands first.)
+                        take_back_if_shown(&ctx, &peer, &room);
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }
                     other => {
@@ -365,6 +367,7 @@ fn watch_events(
             return;
         };
         ctx.metrics.joins_given_up.increment(1);
+        take_back_if_shown(&ctx, &peer, &room);
         tracing::warn!(%peer, %room, epoch, "a committed join's room events did not come in time; answered unavailable");
         let err = ProtocolError {
             code: ErrorCode::Unavailable,
@@ -375,6 +378,21 @@ fn watch_events(
         };
         let _ = handle.send(error_out(&err, &ctx));
     });
+}
+
+/// A join just answered `unavailable` whose membership the index shows is taken back now
+/// (see [`RoomIndex::take_back_if_shown`](crate::rooms::RoomIndex::take_back_if_shown)).
+fn take_back_if_shown(ctx: &Arc<EdgeContext>, peer: &PeerId, room: &RoomId) {
+    if let Some(attempts) = ctx.index.take_back_if_shown(peer, room) {
+        // Not a connection task: the take-back outlives the connection, as the follower's do.
+        tokio::spawn(crate::follower::take_back(
+            Arc::clone(&ctx.index),
+            ctx.registry.clone(),
+            room.clone(),
+            peer.clone(),
+            attempts,
+        ));
+    }
 }
 
 /// The registry could not do what was asked; details stay in the log.
