@@ -1553,11 +1553,13 @@ export class PeerMesh extends Emitter {
   #ownRooms(now) {
     const out = [];
     for (const [room, entry] of this.client.rooms) {
-      if (!entry?.public || !entry.peers) continue;
-      const regions = new Set([this.client.region, ...[...entry.peers.values()].map((p) => p.region)]);
+      // While disconnected the roster is held for a resume: still the best count we have.
+      const peers = entry?.peers ?? this.client.heldRosters?.get(room);
+      if (!entry?.public || !peers) continue;
+      const regions = new Set([this.client.region, ...[...peers.values()].map((p) => p.region)]);
       out.push({
         room,
-        members: entry.peers.size + 1,
+        members: peers.size + 1,
         regions: [...regions].filter((r) => typeof r === 'string').sort(),
         seenAt: now,
         source: 'self',

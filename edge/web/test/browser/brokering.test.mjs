@@ -8,6 +8,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
@@ -34,6 +35,11 @@ async function context() {
     });
     // Turns off mDNS hiding of host candidates: WebRTC then uses 127.0.0.1.
     await browser.grantPermissions(['microphone', 'camera']);
+    // While editing the SDK: serve the source file instead of the copy compiled into the edge.
+    if (process.env.HELIOGRAPH_SDK_FROM_SOURCE === '1') {
+      const source = fileURLToPath(new URL('../../heliograph.js', import.meta.url));
+      await browser.route('**/sdk/heliograph.js', (r) => r.fulfill({ path: source, contentType: 'text/javascript' }));
+    }
   }
   return browser;
 }
