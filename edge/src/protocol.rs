@@ -742,11 +742,8 @@ mod tests {
     #[test]
     fn join_key_is_checked() {
         let point = format!("B{}", "A".repeat(86));
-        let r = decode(
-            &format!(r#"{{"type":"join","room":"r","key":"{point}"}}"#),
-            &LIMITS,
-        )
-        .unwrap();
+        let text = format!(r#"{{"type":"join","room":"r","key":"{point}"}}"#);
+        let r = decode(&text, &LIMITS).unwrap();
         let ClientMessage::Join { key: Some(key), .. } = r.message else {
             panic!()
         };

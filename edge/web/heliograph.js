@@ -1061,6 +1061,7 @@ export class PeerMesh extends Emitter {
       seed: false, // introduced through the server while others wait to be relayed through it
       serverOnly: false, // a relayed signal to it was refused: the server from now on
       refusedRelay: false, // we refused a relayed signal from it: drop relays until direct
+      everConnected: false,
       heard: false,
       started: false,
       startTimer: null,
@@ -1083,6 +1084,7 @@ export class PeerMesh extends Emitter {
     pc.onconnectionstatechange = () => {
       if (p.closed) return;
       this.emit('connectionstatechange', { peer: p, state: pc.connectionState });
+      if (pc.connectionState === 'connected') p.everConnected = true;
       if (p.keyed) {
         this.#announceSoon();
         this.#wake();
@@ -1220,7 +1222,9 @@ export class PeerMesh extends Emitter {
   }
 
   async #findBroker(p) {
-    if (p.serverOnly) return null;
+    // An introduction made through the server stays there until the connection is up:
+    // a candidate relayed by a peer could overtake the offer it belongs to.
+    if (p.serverOnly || (p.signalledBy === 'server' && !p.everConnected)) return null;
     p.introDeadline ??= this.now() + this.options.introductionTimeout;
     // Bounded: each round waits for a change (or the deadline, which ends the loop).
     for (let round = 0; round < 1000; round += 1) {

@@ -98,7 +98,7 @@ export async function registryMembers(coordinator, room) {
 export async function startEdge({ name, listen = '127.0.0.1:0', region = 'local', coordinator = null, extra = [] }) {
   const args = [
     '--listen', listen, '--data-dir', path.join(scratch, `edge-${name}`), '--region', region,
-    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '2000', '--log', 'warn', ...extra,
+    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '3000', '--log', 'warn', ...extra,
   ];
   const env = {};
   if (coordinator) {
