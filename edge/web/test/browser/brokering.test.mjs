@@ -294,7 +294,9 @@ test('3+4: every edge stops; an ICE restart and a new DataChannel complete throu
     edge2 = await startEdge({ name: 'two', listen: edge2.addr, region: 'eu-test', coordinator });
     await Promise.all(pages.map((p) => p.waitForFunction(() => window.hg.client.state === 'open'
       && window.hg.client.resume == null, null, { timeout: STEP })));
+    const oldIds = ids;
     ids = await Promise.all(pages.map(peerId));
+    const backAt = Date.now();
     const rosterOf = (p) => p.evaluate((r) => [window.hg.client.peerId,
       ...window.hg.client.peers(r).map((x) => x.id)].sort(), room);
     const want = [...ids].sort();
@@ -309,6 +311,9 @@ test('3+4: every edge stops; an ICE restart and a new DataChannel complete throu
     assert.deepEqual(seen.registry, want, JSON.stringify(seen));
     for (const r of seen.pages) assert.deepEqual(r, want);
     await Promise.all(pages.map((p, k) => waitConnected(p, ids.filter((_, j) => j !== k), 60_000)));
+    const kept = ids.filter((id, k) => id === oldIds[k]).length;
+    console.log(`edges back: ${kept} of 3 sessions resumed, ${3 - kept} rejoined; rosters agreed with the `
+      + `registry and the mesh was whole again ${Date.now() - backAt} ms after the pages reconnected`);
   });
   await closePages(pages);
   await stopProcess(edge1);
