@@ -133,7 +133,11 @@ mod tests {
         assert_eq!(member_meta(Some(r#"{"n":1}"#), "", None), r#"{"n":1}"#);
         assert_eq!(member_meta(None, "", None), "{}");
         // The join's key replaces the client's.
-        let m = v(member_meta(Some(r#"{"n":1,"key":"forged"}"#), "", Some(&key)));
+        let m = v(member_meta(
+            Some(r#"{"n":1,"key":"forged"}"#),
+            "",
+            Some(&key),
+        ));
         assert_eq!(m, serde_json::json!({"n": 1, "key": key.as_str()}));
         // No key in the join: a client-supplied one is removed, escaped spellings included.
         let m = v(member_meta(Some(r#"{"n":1,"key":"forged"}"#), "", None));

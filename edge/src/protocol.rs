@@ -462,9 +462,10 @@ fn decode_message<'a>(
                 Some(k) if k.get() == "null" => None,
                 Some(k) => {
                     let text = required_str(Some(k), "key")?;
-                    Some(MemberKey::parse(&text).map_err(|e| {
-                        ProtocolError::new(ErrorCode::BadField, e.to_string())
-                    })?)
+                    Some(
+                        MemberKey::parse(&text)
+                            .map_err(|e| ProtocolError::new(ErrorCode::BadField, e.to_string()))?,
+                    )
                 }
             };
             Ok(ClientMessage::Join {
@@ -749,9 +750,19 @@ mod tests {
         };
         assert_eq!(key.as_str(), point);
         let none = decode(r#"{"type":"join","room":"r","key":null}"#, &LIMITS).unwrap();
-        assert!(matches!(none.message, ClientMessage::Join { key: None, .. }));
-        for bad in [r#""short""#, "5", r#""A+/=""#, &format!(r#""A{}""#, "A".repeat(86))] {
-            let e = err(&format!(r#"{{"type":"join","room":"r","key":{bad},"ref":1}}"#));
+        assert!(matches!(
+            none.message,
+            ClientMessage::Join { key: None, .. }
+        ));
+        for bad in [
+            r#""short""#,
+            "5",
+            r#""A+/=""#,
+            &format!(r#""A{}""#, "A".repeat(86)),
+        ] {
+            let e = err(&format!(
+                r#"{{"type":"join","room":"r","key":{bad},"ref":1}}"#
+            ));
             assert_eq!(e.code, ErrorCode::BadField, "{bad}");
             assert!(e.reference.is_some());
         }

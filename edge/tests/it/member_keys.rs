@@ -21,11 +21,19 @@ async fn a_joins_key_reaches_the_roster_and_a_forged_one_does_not() {
     let mut c = Client::connect(&node.ws_url()).await;
 
     // Malformed keys are refused and leave the client outside the room.
-    for bad in [json!("short"), json!(7), json!(key(1).replacen('A', "+", 1))] {
+    for bad in [
+        json!("short"),
+        json!(7),
+        json!(key(1).replacen('A', "+", 1)),
+    ] {
         a.send(json!({"type": "join", "room": "keys", "key": bad, "ref": "k"}))
             .await;
         let e = a.expect("error").await;
-        assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad-field"), Some("k")), "{e}");
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("bad-field"), Some("k")),
+            "{e}"
+        );
     }
     let mut compressed = vec![0x02_u8];
     compressed.extend([1_u8; 64]);
@@ -59,7 +67,13 @@ async fn a_joins_key_reaches_the_roster_and_a_forged_one_does_not() {
         .iter()
         .map(|p| p["meta"].clone())
         .collect();
-    assert!(metas.contains(&json!({"name": "a", "key": key(1)})), "{metas:?}");
+    assert!(
+        metas.contains(&json!({"name": "a", "key": key(1)})),
+        "{metas:?}"
+    );
     assert!(metas.contains(&json!({"name": "b"})), "{metas:?}");
-    assert_eq!(a.expect("peer-joined").await["peer"]["meta"], json!({"key": key(3)}));
+    assert_eq!(
+        a.expect("peer-joined").await["peer"]["meta"],
+        json!({"key": key(3)})
+    );
 }
