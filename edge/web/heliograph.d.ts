@@ -367,6 +367,8 @@ export interface PeerMeshOptions {
   brokering?: boolean;
   /** ms a signal for an unconnected peer waits for a relay before going to the server (3000). */
   introductionTimeout?: number;
+  /** ms a connection introduced through peers may take to come up before its signals go again through the server (8000). */
+  connectTimeout?: number;
   /** ms a peer waits to be called by a newcomer before calling itself (6000). */
   answerTimeout?: number;
   /** ms a relayed signal from a sender not yet in the roster is held (2000). */
@@ -385,8 +387,8 @@ export interface PeerMeshOptions {
   maxGossipRooms?: number;
   /** Larger control messages are ignored (262144). */
   maxControlBytes?: number;
-  /** Test hooks only, never for production: alter what this page relays for others. */
-  testHooks?: { tamperRelayed?: (env: BrokeredEnvelope) => BrokeredEnvelope };
+  /** Test hooks only, never for production: alter (or, returning null, lose) what this page relays for others. */
+  testHooks?: { tamperRelayed?: (env: BrokeredEnvelope) => BrokeredEnvelope | null };
 }
 
 export declare class PeerMesh extends Emitter<PeerMeshEvents> {

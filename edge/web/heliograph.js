@@ -799,6 +799,8 @@ const MESH_DEFAULTS = {
   brokering: false,
   /** ms a signal for a peer we hold no channel with waits for a peer able to relay it. */
   introductionTimeout: 3000,
+  /** ms a connection introduced through peers may take to come up before its signals are sent again through the server. */
+  connectTimeout: 8000,
   /** ms a peer that should be called waits for the call before calling itself. */
   answerTimeout: 6000,
   /** ms a brokered signal from a sender not (yet) in our roster is held for its `peer-joined`. */
@@ -853,7 +855,10 @@ export class PeerMesh extends Emitter {
     this.channelOptions = options.channelOptions ?? { ordered: true };
     this.polite = options.polite ?? isPolite;
     this.brokering = this.options.brokering === true;
-    /** Test hooks only: `tamperRelayed(envelope)` alters what this page relays for others. */
+    /**
+     * Test hooks only: `tamperRelayed(envelope)` returns what this page passes on instead of
+     * what it relays for others (null: nothing).
+     */
     this.testHooks = options.testHooks ?? null;
     this.setTimeout = client.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this.clearTimeout = client.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
@@ -994,6 +999,7 @@ export class PeerMesh extends Emitter {
     this.peers.delete(peerId);
     p.closed = true;
     if (p.startTimer) this.clearTimeout(p.startTimer);
+    if (p.watchdog) this.clearTimeout(p.watchdog);
     try { p.channel?.close(); } catch { /* ignore */ }
     try { p.ctrl?.close(); } catch { /* ignore */ }
     try { p.pc.close(); } catch { /* ignore */ }
@@ -1062,6 +1068,7 @@ export class PeerMesh extends Emitter {
       serverOnly: false, // a relayed signal to it was refused: the server from now on
       refusedRelay: false, // we refused a relayed signal from it: drop relays until direct
       everConnected: false,
+      watchdog: null, // timer: a relayed introduction that does not come up goes to the server
       heard: false,
       started: false,
       startTimer: null,
@@ -1186,6 +1193,17 @@ export class PeerMesh extends Emitter {
     q.ctrl.send(JSON.stringify({ t: 'relay', env }));
     this.counters.signalsViaPeers += 1;
     this.#mark(p, kind, 'peer');
+    if (kind === 'offer' && !p.everConnected && !p.watchdog) {
+      // A relay may lose what it was given without a word: if the connection is not up in
+      // time, its signals go again through the server (a repeated offer or candidate is
+      // harmless to the receiver).
+      p.watchdog = this.setTimeout(() => {
+        p.watchdog = null;
+        if (!p.closed && !p.everConnected && !p.serverOnly && p.log.length) {
+          this.#resendThroughServer(p, p.log[0].nonce, 'timeout');
+        }
+      }, this.options.connectTimeout);
+    }
     return true;
   }
 
@@ -1224,7 +1242,10 @@ export class PeerMesh extends Emitter {
   async #findBroker(p) {
     // An introduction made through the server stays there until the connection is up:
     // a candidate relayed by a peer could overtake the offer it belongs to.
-    if (p.serverOnly || (p.signalledBy === 'server' && !p.everConnected)) return null;
+    // Likewise, while not connected, we answer through the server what came through it.
+    if (p.serverOnly || (!p.everConnected && (p.signalledBy === 'server' || p.lastVia === 'server'))) {
+      return null;
+    }
     p.introDeadline ??= this.now() + this.options.introductionTimeout;
     // Bounded: each round waits for a change (or the deadline, which ends the loop).
     for (let round = 0; round < 1000; round += 1) {
@@ -1400,7 +1421,9 @@ export class PeerMesh extends Emitter {
       q.ctrl?.send(JSON.stringify({ t: 'undeliverable', to: env.to, nonce: env.nonce }));
       return;
     }
-    const out = this.testHooks?.tamperRelayed ? this.testHooks.tamperRelayed({ ...env }) ?? env : env;
+    // Test hook: the envelope to pass on instead, or null to lose it.
+    const out = this.testHooks?.tamperRelayed ? this.testHooks.tamperRelayed({ ...env }) : env;
+    if (out == null) return;
     target.ctrl.send(JSON.stringify({ t: 'relay', env: out }));
     this.counters.relayed += 1;
   }

@@ -46,7 +46,8 @@ async function context() {
 
 /**
  * A blank page of `edge`'s origin with a client and a PeerMesh in `room` (`window.hg`).
- * `tamper`: this page alters every offer it relays for others (a test hook of the SDK).
+ * `tamper`: this page alters every offer it relays for others ('alter') or loses all it relays
+ * ('drop') (a test hook of the SDK).
  */
 async function meshPage(label, edge, room, { brokering = true, tamper = false, join = true } = {}) {
   const ctx = await context();
@@ -60,12 +61,12 @@ async function meshPage(label, edge, room, { brokering = true, tamper = false, j
   await page.evaluate(async ({ ws, room, brokering, tamper, label }) => {
     const { Heliograph, PeerMesh } = await import('/sdk/heliograph.js');
     const client = new Heliograph({ initialDelay: 100, maxDelay: 1000, pingInterval: 2000, pingTimeout: 2000 });
-    const testHooks = tamper ? {
-      tamperRelayed: (env) => (env.kind !== 'offer' ? env : {
-        ...env, body: JSON.stringify({ ...JSON.parse(env.body), sdp: `${JSON.parse(env.body).sdp}a=tampered\r\n` }),
-      }),
-    } : undefined;
-    const mesh = new PeerMesh(client, room, { brokering, testHooks, gossipInterval: 500 }).start();
+    // 'alter': change the offers this page relays; 'drop': lose everything it relays.
+    const alter = (env) => (env.kind !== 'offer' ? env : {
+      ...env, body: JSON.stringify({ ...JSON.parse(env.body), sdp: `${JSON.parse(env.body).sdp}a=tampered\r\n` }),
+    });
+    const testHooks = tamper ? { tamperRelayed: tamper === 'drop' ? () => null : alter } : undefined;
+    const mesh = new PeerMesh(client, room, { brokering, testHooks, gossipInterval: 500, connectTimeout: 4000 }).start();
     const events = [];
     mesh.on('refused', (e) => events.push({ type: 'refused', from: e.from, via: e.via, reason: e.reason }));
     mesh.on('fallback', (e) => events.push({ type: 'fallback', peer: e.peer.id, reason: e.reason }));
@@ -190,8 +191,8 @@ test('2: an offer altered by the relaying page is refused (signature) and the co
   await withDiagnostics(pages, [edge], async () => {
     // Both relays tamper: whichever the newcomer is introduced through first relays the other
     // introduction, and alters it.
-    pages.push(await meshPage('a', edge, room, { tamper: true }));
-    pages.push(await meshPage('b', edge, room, { tamper: true }));
+    pages.push(await meshPage('a', edge, room, { tamper: 'alter' }));
+    pages.push(await meshPage('b', edge, room, { tamper: 'alter' }));
     const [a, b] = pages;
     const [idA, idB] = await Promise.all([peerId(a), peerId(b)]);
     await waitConnected(a, [idB]);
@@ -225,6 +226,33 @@ test('2: an offer altered by the relaying page is refused (signature) and the co
       return got;
     }, idVictim);
     assert.equal(echoed, 'pong:x');
+  });
+  await closePages(pages);
+  await stopProcess(edge);
+});
+
+test('2b: a relaying page that loses what it relays: the introduction goes through the server after connectTimeout', { skip, timeout: 120_000 }, async () => {
+  const edge = await startEdge({ name: 'drop' });
+  const room = 'drop-room';
+  const pages = [];
+  await withDiagnostics(pages, [edge], async () => {
+    pages.push(await meshPage('a', edge, room, { tamper: 'drop' }));
+    pages.push(await meshPage('b', edge, room, { tamper: 'drop' }));
+    const [a, b] = pages;
+    const [idA, idB] = await Promise.all([peerId(a), peerId(b)]);
+    await waitConnected(a, [idB]);
+    await waitConnected(b, [idA]);
+    const c = await meshPage('c', edge, room);
+    pages.push(c);
+    const idC = await peerId(c);
+    await waitConnected(c, [idA, idB]);
+    await waitConnected(a, [idB, idC]);
+    await waitConnected(b, [idA, idC]);
+    const sc = await stats(c);
+    assert.deepEqual(Object.values(sc.connections).sort(), ['server', 'server'], JSON.stringify(sc));
+    assert.equal(sc.fallbacks, 1, JSON.stringify(sc));
+    const fallback = await c.evaluate(() => window.hg.events.filter((e) => e.type === 'fallback'));
+    assert.equal(fallback[0].reason, 'timeout');
   });
   await closePages(pages);
   await stopProcess(edge);
