@@ -801,6 +801,8 @@ const MESH_DEFAULTS = {
   introductionTimeout: 3000,
   /** ms a connection introduced through peers may take to come up before its signals are sent again through the server. */
   connectTimeout: 8000,
+  /** ms a connection kept across a peer's rejoin waits to learn and see its new id. */
+  rebindTimeout: 15000,
   /** ms a peer that should be called waits for the call before calling itself. */
   answerTimeout: 6000,
   /** ms a brokered signal from a sender not (yet) in our roster is held for its `peer-joined`. */
@@ -878,6 +880,7 @@ export class PeerMesh extends Emitter {
     this.knownRooms = new Map(); // room → { room, members, regions, meta, seenAt, source }
     this.gossipTimer = null;
     this.announceQueued = false;
+    this.movedOn = new Set(); // ids whose connections were rebound to newer ones
     if (this.brokering) {
       this.client.enableKeys().catch((error) => this.emit('error', { peer: null, error }));
     }
@@ -897,7 +900,7 @@ export class PeerMesh extends Emitter {
         this.#replace(ev.peer);
         this.#releaseHeld();
       }),
-      c.on('peer-left', (ev) => { if (mine(ev)) this.closePeer(ev.peerId, ev.reason ?? 'left'); }),
+      c.on('peer-left', (ev) => { if (mine(ev)) this.#departed(ev.peerId, ev.reason ?? 'left'); }),
       c.on('signal', (ev) => {
         if (!mine(ev)) return;
         if (this.brokering && ev.kind === 'custom' && ev.data?.[NOTICE]) {
@@ -1000,6 +1003,7 @@ export class PeerMesh extends Emitter {
     p.closed = true;
     if (p.startTimer) this.clearTimeout(p.startTimer);
     if (p.watchdog) this.clearTimeout(p.watchdog);
+    if (p.limboTimer) this.clearTimeout(p.limboTimer);
     try { p.channel?.close(); } catch { /* ignore */ }
     try { p.ctrl?.close(); } catch { /* ignore */ }
     try { p.pc.close(); } catch { /* ignore */ }
@@ -1011,8 +1015,19 @@ export class PeerMesh extends Emitter {
   #syncSelf() {
     const id = this.client.peerId;
     if (id && this.selfId && id !== this.selfId) {
-      // We reconnected as a new peer: every remote side knows us by the old id.
-      this.#closeAll('reconnected');
+      // We reconnected as a new peer: every remote side knows us by the old id. With
+      // brokering, a connection still up is kept: we tell the peer our new id over its own
+      // channel (only we can), and it rebinds the connection once its roster shows that id
+      // with our key.
+      for (const p of [...this.peers.values()]) {
+        if (p.keyed && this.#usable(p)) {
+          p.ctrl.send(JSON.stringify({ t: 'rebind', id }));
+          p.polite = this.polite(id, p.id);
+          this.#limbo(p);
+        } else {
+          this.closePeer(p.id, 'reconnected');
+        }
+      }
     }
     this.selfId = id;
   }
@@ -1025,15 +1040,97 @@ export class PeerMesh extends Emitter {
   #reconcile(list) {
     this.#syncSelf();
     const ids = new Set(list.map((p) => p.id));
-    for (const id of [...this.peers.keys()]) if (!ids.has(id)) this.closePeer(id, 'gone');
-    for (const info of list) if (!this.peers.has(info.id)) this.#add(info, 'joined');
+    for (const info of list) this.#tryRebind(info);
+    for (const p of [...this.peers.values()]) {
+      if (ids.has(p.id)) continue;
+      // A kept connection may belong to a peer rejoining under a new id: it gets
+      // `rebindTimeout` to say so; any other peer not in the roster is closed.
+      if (p.keyed && this.#usable(p)) this.#limbo(p);
+      else this.closePeer(p.id, 'gone');
+    }
+    for (const info of list) {
+      if (this.peers.has(info.id) || this.movedOn.has(info.id)) continue;
+      if (!this.#awaitsRebind(info, 'joined')) this.#add(info, 'joined');
+    }
     this.#releaseHeld();
   }
 
   /** A peer announced by `peer-joined` is new: with brokering, it calls us. */
   #replace(info) {
+    if (this.#tryRebind(info) || this.#awaitsRebind(info, 'peer-joined')) return;
     if (this.peers.has(info.id)) this.closePeer(info.id, 'rejoined');
     this.#add(info, 'peer-joined');
+  }
+
+  /** `peer-left`: a connection whose peer told us its new id stays until it is rebound. */
+  #departed(peerId, reason) {
+    const p = this.peers.get(peerId);
+    if (p && (p.rebindTo || p.limboTimer) && !p.closed) {
+      this.#limbo(p);
+      return;
+    }
+    this.closePeer(peerId, reason);
+  }
+
+  /**
+   * Rebinds a kept connection to `info` if its peer said (over its own channel) that it is
+   * now `info.id` and the roster gives that id the same key.
+   */
+  #tryRebind(info) {
+    const key = info.meta?.key;
+    if (typeof key !== 'string') return false;
+    for (const p of this.peers.values()) {
+      if (p.closed || p.rebindTo !== info.id || p.key !== key || p.id === info.id) continue;
+      const previous = p.id;
+      this.peers.delete(previous);
+      this.movedOn.add(previous);
+      if (this.movedOn.size > 256) this.movedOn.delete(this.movedOn.values().next().value);
+      if (this.peers.has(info.id)) this.closePeer(info.id, 'rebound');
+      p.id = info.id;
+      p.meta = info.meta ?? {};
+      p.region = info.region ?? p.region;
+      p.rebindTo = null;
+      p.deferred = null;
+      if (p.limboTimer) this.clearTimeout(p.limboTimer);
+      p.limboTimer = null;
+      p.polite = this.polite(this.selfId, p.id);
+      this.peers.set(p.id, p);
+      this.emit('rebound', { peer: p, previous });
+      this.#announceSoon();
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A roster entry carrying the key of a kept connection whose peer has not told us its new
+   * id yet: not called now, but when the connection is rebound or given up.
+   */
+  #awaitsRebind(info, how) {
+    const key = info.meta?.key;
+    if (typeof key !== 'string') return false;
+    for (const p of this.peers.values()) {
+      if (p.closed || !p.limboTimer || p.key !== key || p.id === info.id) continue;
+      p.deferred = { info, how };
+      return true;
+    }
+    return false;
+  }
+
+  /** Gives a kept connection `rebindTimeout` to be rebound or to be back in the roster. */
+  #limbo(p) {
+    if (p.limboTimer) return;
+    p.limboTimer = this.setTimeout(() => {
+      p.limboTimer = null;
+      if (p.closed) return;
+      const roster = this.client.rooms.get(this.room)?.peers;
+      if (roster?.has(p.id) && !p.rebindTo) return;
+      const deferred = p.deferred;
+      this.closePeer(p.id, 'gone');
+      if (deferred && roster?.has(deferred.info.id) && !this.peers.has(deferred.info.id)) {
+        this.#add(deferred.info, deferred.how);
+      }
+    }, this.options.rebindTimeout);
   }
 
   #add(info, how) {
@@ -1069,6 +1166,9 @@ export class PeerMesh extends Emitter {
       refusedRelay: false, // we refused a relayed signal from it: drop relays until direct
       everConnected: false,
       watchdog: null, // timer: a relayed introduction that does not come up goes to the server
+      rebindTo: null, // the new id this peer told us over its own channel, after its rejoin
+      limboTimer: null, // a kept connection waiting to be rebound (or back in the roster)
+      deferred: null, // a roster entry with this peer's key, added if the rebind does not come
       heard: false,
       started: false,
       startTimer: null,
@@ -1386,6 +1486,13 @@ export class PeerMesh extends Emitter {
         return;
       case 'rooms':
         this.#onRooms(p, m.items);
+        return;
+      case 'rebind':
+        if (typeof m.id === 'string' && m.id.length <= 128 && m.id !== p.id) {
+          p.rebindTo = m.id;
+          const info = this.client.rooms.get(this.room)?.peers?.get(m.id);
+          if (!info || !this.#tryRebind(info)) this.#limbo(p);
+        }
         return;
       default:
         // Unknown messages are ignored, so that newer peers can talk to older ones.

@@ -70,6 +70,8 @@ async function meshPage(label, edge, room, { brokering = true, tamper = false, j
     const events = [];
     mesh.on('refused', (e) => events.push({ type: 'refused', from: e.from, via: e.via, reason: e.reason }));
     mesh.on('fallback', (e) => events.push({ type: 'fallback', peer: e.peer.id, reason: e.reason }));
+    mesh.on('close', (e) => events.push({ type: 'close', peer: e.peer.id, reason: e.reason }));
+    mesh.on('rebound', (e) => events.push({ type: 'rebound', peer: e.peer.id, previous: e.previous }));
     mesh.on('error', (e) => console.log(`mesh error ${e.peer?.id ?? ''}: ${e.error?.message ?? e.error}`));
     const channels = [];
     mesh.on('channel', ({ peer, channel }) => {
@@ -258,7 +260,7 @@ test('2b: a relaying page that loses what it relays: the introduction goes throu
   await stopProcess(edge);
 });
 
-test('3+4: every edge stops; an ICE restart and a new DataChannel complete through the peers; rooms are discovered from neighbours; the edges come back and rosters agree with the registry', { skip, timeout: 240_000 }, async () => {
+test('3+4: every edge stops; an ICE restart and a new DataChannel complete through the peers; rooms are discovered from neighbours; the edges come back, rosters agree with the registry and the connections are kept', { skip, timeout: 240_000 }, async () => {
   const coordinator = await startCoordinator();
   let edge1 = await startEdge({ name: 'one', region: 'eu-test', coordinator });
   let edge2 = await startEdge({ name: 'two', region: 'eu-test', coordinator });
@@ -277,6 +279,10 @@ test('3+4: every edge stops; an ICE restart and a new DataChannel complete throu
     await c.waitForFunction(() => window.hg.mesh.knownRooms.has('side-room'), null, { timeout: STEP });
 
     const viaServer = await Promise.all(pages.map((p) => stats(p).then((s) => s.signalsViaServer)));
+    // Each connection object is marked, to tell later whether it was kept.
+    await Promise.all(pages.map((p) => p.evaluate(() => {
+      for (const peer of window.hg.mesh.peers.values()) peer.pc.kept = true;
+    })));
     await stopProcess(edge1);
     await stopProcess(edge2);
     await Promise.all(pages.map((p) => p.waitForFunction(() => window.hg.client.state !== 'open')));
@@ -340,8 +346,18 @@ test('3+4: every edge stops; an ICE restart and a new DataChannel complete throu
     for (const r of seen.pages) assert.deepEqual(r, want);
     await Promise.all(pages.map((p, k) => waitConnected(p, ids.filter((_, j) => j !== k), 60_000)));
     const kept = ids.filter((id, k) => id === oldIds[k]).length;
+    // The connections were kept across the rejoins: rebound to the new ids, none closed.
+    for (const p of pages) {
+      const { allKept, closes } = await p.evaluate(() => ({
+        allKept: [...window.hg.mesh.peers.values()].every((peer) => peer.pc.kept === true),
+        closes: window.hg.events.filter((e) => e.type === 'close'),
+      }));
+      assert.equal(allKept, true, `${p.label}: a connection was replaced`);
+      assert.deepEqual(closes, [], `${p.label}: ${JSON.stringify(closes)}`);
+    }
     console.log(`edges back: ${kept} of 3 sessions resumed, ${3 - kept} rejoined; rosters agreed with the `
-      + `registry and the mesh was whole again ${Date.now() - backAt} ms after the pages reconnected`);
+      + `registry and the mesh was whole again ${Date.now() - backAt} ms after the pages reconnected, `
+      + 'on the same connections');
   });
   await closePages(pages);
   await stopProcess(edge1);
