@@ -346,6 +346,8 @@ export interface PeerMeshEvents {
   signalled: { peer: MeshPeer; path: SignalPath };
   /** A brokered signal addressed to us was refused; `via` is the relaying peer. */
   refused: { from: string; via: string; reason: RefusalReason };
+  /** A connection kept across the peer's rejoin now answers to its new id. */
+  rebound: { peer: MeshPeer; previous: string };
   /** Signals for a peer went to the server after all. */
   fallback: { peer: MeshPeer; reason: 'timeout' | 'refused' | 'undeliverable' };
 }
@@ -369,6 +371,8 @@ export interface PeerMeshOptions {
   introductionTimeout?: number;
   /** ms a connection introduced through peers may take to come up before its signals go again through the server (8000). */
   connectTimeout?: number;
+  /** ms a connection kept across a peer's rejoin waits to be rebound to its new id (15000). */
+  rebindTimeout?: number;
   /** ms a peer waits to be called by a newcomer before calling itself (6000). */
   answerTimeout?: number;
   /** ms a relayed signal from a sender not yet in the roster is held (2000). */
