@@ -843,7 +843,7 @@ function isEnvelope(env) {
  * connected peers travel, and through which a peer introduces a newcomer to its neighbours
  * (signed by the originator, verified against the roster's keys); the server is the fallback.
  * Events: peer, channel, connectionstatechange, close, error, custom, signalled, refused,
- * fallback.
+ * fallback, rebound.
  */
 export class PeerMesh extends Emitter {
   constructor(client, room, options = {}) {
