@@ -106,3 +106,116 @@ test('discoverRooms without a server answer lists the public rooms the client is
   assert.deepEqual(result.items, [{ room: 'lobby', members: 2, regions: ['eu', 'us'], source: 'self', age: 0 }]);
   mesh.close();
 });
+
+// --- the trust model, driven through a control channel of fakes ---------------------------
+
+const te = new TextEncoder();
+const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
+
+/** A member of the room as another page would be: its key pair, and its roster entry. */
+async function member(id) {
+  const pair = await crypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
+  const raw = b64url(new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey)));
+  return { id, pair, info: { id, meta: { key: raw }, region: 'eu' } };
+}
+
+async function seal(from, to, kind, data, overrides = {}) {
+  const env = {
+    v: 1, from: from.id, to, room: 'lobby', kind, body: JSON.stringify(data), ts: clock.now, nonce: `n-${Math.random()}`,
+    ...overrides,
+  };
+  const sig = await crypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, from.pair.privateKey, te.encode(canonicalEnvelope(env)));
+  return { ...env, sig: b64url(new Uint8Array(sig)) };
+}
+
+/** Waits (bounded, real time) until the mesh has checked every relayed envelope it was given. */
+async function settle(mesh) {
+  for (let i = 0; i < 3; i++) {
+    await mesh.verifying;
+    await flush();
+  }
+}
+
+/** A brokering mesh `p1` in `lobby` with members b (a connected relay) and c (being introduced). */
+async function brokeringMesh() {
+  const c = await connected();
+  const ws = FakeWebSocket.last;
+  const mesh = new PeerMesh(c, 'lobby', { RTCPeerConnection: FakePeerConnection, brokering: true }).start();
+  await c.enableKeys();
+  const b = await member('p2');
+  const cc = await member('p3');
+  const joined = c.join('lobby');
+  await flush();
+  ws.receive({ type: 'joined', room: 'lobby', peers: [b.info, cc.info], ref: ws.lastSent('join').ref });
+  await joined;
+  await flush();
+  const relay = mesh.peers.get('p2');
+  relay.pc.connectionState = 'connected';
+  relay.ctrl.fireOpen();
+  const events = [];
+  mesh.on('refused', (e) => events.push(e));
+  /** What the relay passes on to us. */
+  const deliver = async (env) => {
+    relay.ctrl.dispatchEvent(Object.assign(new Event('message'), { data: JSON.stringify({ t: 'relay', env }) }));
+    await settle(mesh);
+  };
+  return { c, ws, mesh, b, cc, relay, events, deliver };
+}
+
+test('a brokering mesh opens a negotiated control channel with each keyed peer it calls', async () => {
+  const { mesh } = await brokeringMesh();
+  for (const id of ['p2', 'p3']) {
+    const channels = mesh.peers.get(id).pc.channels;
+    assert.deepEqual(channels.map((ch) => ch.label), ['heliograph-control', 'data']);
+    assert.deepEqual(channels[0].options, { negotiated: true, id: 1000, ordered: true });
+  }
+  mesh.close();
+});
+
+test('a relayed signal signed by its sender is handled; a replay, an altered one and one from a non-member are refused', async () => {
+  const { ws, mesh, cc, events, deliver } = await brokeringMesh();
+  const offer = await seal(cc, 'p1', 'offer', { type: 'offer', sdp: 'offer-from-c' });
+  await deliver(offer);
+  assert.equal(mesh.peers.get('p3').pc.remoteDescription?.sdp, 'offer-from-c');
+  assert.equal(mesh.stats().connections.p3, 'peer');
+  assert.deepEqual(events, []);
+
+  await deliver(offer);
+  assert.deepEqual(events.map((e) => e.reason), ['replay']);
+
+  const candidate = await seal(cc, 'p1', 'candidate', { candidate: 'c1' });
+  await deliver({ ...candidate, body: JSON.stringify({ candidate: 'forged' }) });
+  assert.deepEqual(events.map((e) => [e.reason, e.from, e.via]), [['replay', 'p3', 'p2'], ['bad-signature', 'p3', 'p2']]);
+  // The claimed sender is told through the server, naming the refused signal.
+  const notice = ws.lastSent('signal');
+  assert.deepEqual({ to: notice.to, kind: notice.kind, data: notice.data },
+    { to: 'p3', kind: 'custom', data: { 'heliograph-mesh': 'refused', nonce: candidate.nonce } });
+  assert.equal(mesh.stats().brokeredRefused, 2);
+
+  // A sender not in the roster is held for its peer-joined, then refused.
+  const stranger = await member('p9');
+  await deliver(await seal(stranger, 'p1', 'offer', { type: 'offer', sdp: 'x' }));
+  assert.equal(events.length, 2, 'held, not refused yet');
+  clock.advance(2000);
+  await settle(mesh);
+  assert.deepEqual(events.at(-1).reason, 'not-a-member');
+
+  // Signed by a member, but with another member's id as `from`: the roster's key of `from` fails it.
+  await deliver(await seal(stranger, 'p1', 'offer', { type: 'offer', sdp: 'y' }, { from: 'p3' }));
+  assert.equal(events.at(-1).reason, 'bad-signature');
+  // Too old.
+  await deliver(await seal(cc, 'p1', 'candidate', {}, { ts: clock.now - 10 * 60 * 1000 }));
+  assert.equal(events.at(-1).reason, 'stale');
+  mesh.close();
+});
+
+test('a relayed signal from a sender whose peer-joined was still on its way is handled once it comes', async () => {
+  const { ws, mesh, events, deliver } = await brokeringMesh();
+  const late = await member('p4');
+  await deliver(await seal(late, 'p1', 'offer', { type: 'offer', sdp: 'late-offer' }));
+  ws.receive({ type: 'peer-joined', room: 'lobby', peer: late.info });
+  await settle(mesh);
+  assert.deepEqual(events, []);
+  assert.equal(mesh.peers.get('p4').pc.remoteDescription?.sdp, 'late-offer');
+  mesh.close();
+});
