@@ -1042,7 +1042,11 @@ export class PeerMesh extends Emitter {
     const ids = new Set(list.map((p) => p.id));
     for (const info of list) this.#tryRebind(info);
     for (const p of [...this.peers.values()]) {
-      if (ids.has(p.id)) continue;
+      if (ids.has(p.id)) {
+        if (p.limboTimer && !p.rebindTo) this.clearTimeout(p.limboTimer);
+        if (!p.rebindTo) p.limboTimer = null;
+        continue;
+      }
       // A kept connection may belong to a peer rejoining under a new id: it gets
       // `rebindTimeout` to say so; any other peer not in the roster is closed.
       if (p.keyed && this.#usable(p)) this.#limbo(p);
@@ -1065,7 +1069,7 @@ export class PeerMesh extends Emitter {
   /** `peer-left`: a connection whose peer told us its new id stays until it is rebound. */
   #departed(peerId, reason) {
     const p = this.peers.get(peerId);
-    if (p && (p.rebindTo || p.limboTimer) && !p.closed) {
+    if (p && p.rebindTo && !p.closed) {
       this.#limbo(p);
       return;
     }
@@ -1280,8 +1284,9 @@ export class PeerMesh extends Emitter {
   }
 
   #viaServer(p, kind, data) {
+    // Not connected: the client reports it (`error` disconnected); nothing went out.
+    if (this.client.state === 'open') this.counters.signalsViaServer += 1;
     this.client.signal(this.room, p.id, kind, data);
-    this.counters.signalsViaServer += 1;
     this.#mark(p, kind, 'server');
   }
 
