@@ -219,3 +219,33 @@ test('a relayed signal from a sender whose peer-joined was still on its way is h
   assert.equal(mesh.peers.get('p4').pc.remoteDescription?.sdp, 'late-offer');
   mesh.close();
 });
+
+test('room gossip: entries are checked and bounded, aged, and listed as gossip when the server does not answer', async () => {
+  const { ws, mesh, relay } = await brokeringMesh();
+  const items = [
+    { room: 'x', members: 3, regions: ['eu'], age: 1000 },
+    { room: 'neg', members: -1, age: 0 },
+    { room: 'r'.repeat(129), members: 1, age: 0 },
+    { room: 'old', members: 1, age: 10 * 60 * 1000 },
+    { room: 'meta', members: 1, age: 0, meta: { topic: 't' } },
+    ...Array.from({ length: 100 }, (_, i) => ({ room: `bulk-${String(i).padStart(3, '0')}`, members: 1, age: 0 })),
+  ];
+  relay.ctrl.dispatchEvent(Object.assign(new Event('message'), { data: JSON.stringify({ t: 'rooms', items }) }));
+  clock.advance(500);
+  const found = mesh.discoverRooms({ prefix: '' });
+  ws.receive({ type: 'error', code: 'unknown-type', message: 'no', ref: ws.lastSent('list-rooms').ref });
+  const { items: listed, server } = await found;
+  assert.equal(server, false);
+  const byRoom = new Map(listed.map((i) => [i.room, i]));
+  assert.deepEqual(byRoom.get('x'), { room: 'x', members: 3, regions: ['eu'], source: 'gossip', age: 1500 });
+  assert.deepEqual(byRoom.get('meta').meta, { topic: 't' });
+  for (const bad of ['neg', 'r'.repeat(129), 'old']) assert.equal(byRoom.has(bad), false, bad);
+  // At most maxGossipRooms (64) entries are read from one advertisement: 3 of those were bad.
+  assert.equal(listed.length, 61);
+  // After the TTL nothing is left.
+  clock.advance(60_001);
+  const later = mesh.discoverRooms();
+  ws.receive({ type: 'error', code: 'unknown-type', message: 'no', ref: ws.lastSent('list-rooms').ref });
+  assert.deepEqual((await later).items, []);
+  mesh.close();
+});
