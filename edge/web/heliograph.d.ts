@@ -303,6 +303,8 @@ export interface MeshStats {
   brokeredRefused: number;
   /** Introductions that went to the server after all (no relay in time, refused, undeliverable). */
   fallbacks: number;
+  /** Relayed envelopes dropped because a neighbour sent more than `relayRate` a second. */
+  relayDropped: number;
   /** Per connected peer, how its connection was signalled (null: not yet). */
   connections: Record<string, SignalPath | null>;
 }
@@ -377,6 +379,8 @@ export interface PeerMeshOptions {
   answerTimeout?: number;
   /** ms a relayed signal from a sender not yet in the roster is held (2000). */
   rosterWait?: number;
+  /** Relayed envelopes a second accepted from each neighbour, bursts of twice as many (50). */
+  relayRate?: number;
   /** Relayed signals held at once for the roster (64). */
   maxHeld?: number;
   /** ms of clock difference tolerated on relayed signals; replays are remembered as long (120000). */

@@ -807,6 +807,8 @@ const MESH_DEFAULTS = {
   answerTimeout: 6000,
   /** ms a brokered signal from a sender not (yet) in our roster is held for its `peer-joined`. */
   rosterWait: 2000,
+  /** Relayed envelopes a second accepted from each neighbour (bursts of twice as many). */
+  relayRate: 50,
   /** Most brokered signals held at once waiting for the roster. */
   maxHeld: 64,
   /** ms of clock difference tolerated on brokered envelopes; replays are remembered as long. */
@@ -870,6 +872,7 @@ export class PeerMesh extends Emitter {
     this.unsubscribe = [];
     this.counters = {
       signalsViaServer: 0, signalsViaPeers: 0, relayed: 0, brokeredRefused: 0, fallbacks: 0,
+      relayDropped: 0,
     };
     this.waiters = new Set(); // routing decisions waiting for a peer able to relay
     this.held = []; // brokered envelopes from senders not yet in the roster
@@ -1523,6 +1526,10 @@ export class PeerMesh extends Emitter {
    */
   #onRelay(q, env) {
     if (!isEnvelope(env)) return;
+    if (!this.#relayAllowed(q)) {
+      this.counters.relayDropped += 1;
+      return;
+    }
     if (env.to === this.selfId) {
       this.verifying = this.verifying.then(() => this.#acceptRelayed(env, q.id, false))
         .catch((error) => this.emit('error', { peer: q, error }));
@@ -1538,6 +1545,22 @@ export class PeerMesh extends Emitter {
     if (out == null) return;
     target.ctrl.send(JSON.stringify({ t: 'relay', env: out }));
     this.counters.relayed += 1;
+  }
+
+  /**
+   * Each neighbour may hand us `relayRate` relayed envelopes a second (bursts of twice that),
+   * whether for us or to pass on: a signature check costs, and a peer flooding us must not
+   * make us flood others. An introduction takes a handful.
+   */
+  #relayAllowed(q) {
+    const rate = this.options.relayRate;
+    const now = this.now();
+    const b = q.relayBucket ?? (q.relayBucket = { tokens: 2 * rate, at: now });
+    b.tokens = Math.min(2 * rate, b.tokens + ((now - b.at) / 1000) * rate);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
   }
 
   /** Checks a relayed envelope addressed to us and, if it holds, handles its signal. */

@@ -249,3 +249,16 @@ test('room gossip: entries are checked and bounded, aged, and listed as gossip w
   assert.deepEqual((await later).items, []);
   mesh.close();
 });
+
+test('a neighbour handing over more relayed envelopes than relayRate allows is cut short', async () => {
+  const { mesh, relay } = await brokeringMesh();
+  const junk = { v: 1, from: 'p2', to: 'p9', room: 'lobby', kind: 'candidate', body: '{}', ts: clock.now, nonce: 'n', sig: 'x' };
+  for (let i = 0; i < 150; i++) {
+    relay.ctrl.dispatchEvent(Object.assign(new Event('message'), { data: JSON.stringify({ t: 'relay', env: { ...junk, nonce: `n${i}` } }) }));
+  }
+  assert.equal(mesh.stats().relayDropped, 50, 'a burst of 100 passes');
+  clock.advance(1000);
+  relay.ctrl.dispatchEvent(Object.assign(new Event('message'), { data: JSON.stringify({ t: 'relay', env: junk }) }));
+  assert.equal(mesh.stats().relayDropped, 50, 'refilled at 50 a second');
+  mesh.close();
+});
