@@ -1167,7 +1167,9 @@ export class PeerMesh extends Emitter {
       lastVia: null, // how its last signal came: 'server', 'direct' or the relaying peer's id
       log: [], // brokered signals sent to it, to send again through the server if refused
       sendChain: Promise.resolve(), // our signals to it, in order, whatever path each takes
-      introDeadline: null,
+      introDeadline: null, // until when its introduction may wait for a relay
+      waited: false, // its introduction waited for a relay
+      fellBack: false, // …in vain (counted once)
       seed: false, // introduced through the server while others wait to be relayed through it
       serverOnly: false, // a relayed signal to it was refused: the server from now on
       refusedRelay: false, // we refused a relayed signal from it: drop relays until direct
