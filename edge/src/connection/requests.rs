@@ -23,6 +23,7 @@ use super::resume;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use crate::auth::Grant;
 use crate::context::EdgeContext;
+use crate::member;
 use crate::outbox::Outgoing;
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage, SignalKind,
@@ -64,7 +65,12 @@ pub(super) fn handle_text(
                 reference: protocol::ref_raw(reference.as_ref()),
             }),
         )]),
-        ClientMessage::Join { room, meta, token } => {
+        ClientMessage::Join {
+            room,
+            meta,
+            token,
+            key,
+        } => {
             let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
                 Ok(grant) => grant,
                 Err(e) => return fail(ctx, e.code(), &e.to_string(), reference),
@@ -74,6 +80,7 @@ pub(super) fn handle_text(
             } else {
                 state.receive_only.insert(room.clone());
             }
+            let meta = member::member_meta(meta.map(RawValue::get), &grant.identity, key.as_ref());
             join(ctx, caller, room, meta, &grant, reference)
         }
         ClientMessage::Leave { room } => leave(ctx, caller, room, reference),
@@ -238,7 +245,7 @@ fn join(
     ctx: &Arc<EdgeContext>,
     caller: &Caller<'_>,
     room: RoomId,
-    meta: Option<&RawValue>,
+    meta: String,
     grant: &Grant,
     reference: Option<Ref>,
 ) -> Handled {
@@ -266,7 +273,6 @@ fn join(
             let ctx = Arc::clone(ctx);
             let peer = peer.clone();
             let owner = caller.owner.clone();
-            let meta = member_meta(meta, grant);
             let max_members = match (ctx.config.limits.max_room_size, grant.max_room_size) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -429,20 +435,4 @@ fn registry_failure(
         },
         ctx,
     )
-}
-
-/// The metadata other peers see. With join tokens, `identity` is the token's verified
-/// subject and overrides anything the client put there.
-fn member_meta(meta: Option<&RawValue>, grant: &Grant) -> String {
-    let raw = meta.map_or("{}", RawValue::get);
-    if grant.identity.is_empty() {
-        return raw.to_owned();
-    }
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(raw).unwrap_or_default();
-    object.insert(
-        "identity".into(),
-        serde_json::Value::String(grant.identity.clone()),
-    );
-    serde_json::Value::Object(object).to_string()
 }
