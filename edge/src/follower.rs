@@ -26,10 +26,10 @@ use crate::signal::Envelope;
 
 /// How long one attempt to take a peer out of a room may take.
 const TAKE_BACK_DEADLINE: Duration = Duration::from_secs(2);
-/// Tries before a take-back is left to the next resync: with the backoff below, about ten
-/// seconds of failures (several leader elections), plus one refusal per join in doubt
-/// (at most eight are kept).
-const TAKE_BACK_TRIES: u32 = 16;
+/// How long a take-back keeps trying through registry failures (a quorum lost for a while,
+/// several leader elections) before it is left to the next resync. Refusals (a request in
+/// doubt that does not hold the membership) are answers, not failures: they cost no wait.
+const TAKE_BACK_FOR: Duration = Duration::from_secs(120);
 const TAKE_BACK_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const TAKE_BACK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -191,21 +191,28 @@ fn remove_ghosts(
 /// membership only if that request made it, so a leave is safe to retry and cannot undo the
 /// client's own later join. It is retried through a leader election; if it still does not
 /// get through, the next resync tries again.
-async fn take_back(
+pub(crate) async fn take_back(
     index: Arc<RoomIndex>,
     registry: Registry,
     room: RoomId,
     peer: PeerId,
     attempts: Vec<u64>,
 ) {
+    let give_up_at = tokio::time::Instant::now() + TAKE_BACK_FOR;
     let mut backoff = TAKE_BACK_BACKOFF_MIN;
     let mut remaining = attempts.clone();
-    for _ in 0..TAKE_BACK_TRIES {
+    while tokio::time::Instant::now() < give_up_at {
         let Some(&attempt) = remaining.first() else {
             // None of them holds the membership: a later join of the client's does.
             index.take_back_done(&peer, &room);
             return;
         };
+        if !index.has_session(&peer) {
+            // The session ended here (its end takes the peer out of every room) or moved
+            // to another edge with its rooms as the client knows them.
+            index.take_back_done(&peer, &room);
+            return;
+        }
         let command = Command::Leave {
             room: room.clone(),
             peer: peer.clone(),

@@ -23,6 +23,7 @@
 //!   servers, served through `connection::ingress` sessions; `admission`: who may connect,
 //!   on either ingress.
 //! - `auth`, `limits`, `turn`, `metrics`: join tokens, limits, TURN credentials, metrics.
+//!   `member`: what peers see of a member (`meta` with the verified `identity` and `key`).
 //! - `client_addr`: trusted proxies and the client address they forward; `listener`: the
 //!   TCP listener, which reads PROXY protocol headers when asked to.
 //!
@@ -42,6 +43,7 @@ mod context;
 mod follower;
 mod limits;
 mod listener;
+mod member;
 mod metrics;
 mod outbox;
 pub mod protocol;

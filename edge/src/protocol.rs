@@ -11,6 +11,8 @@ use heliograph_coordinator::registry::{PeerId, RoomId};
 
 use crate::contacts::{self, ContactHash};
 use serde::{Deserialize, Serialize};
+
+use crate::member::MemberKey;
 use serde_json::value::RawValue;
 
 /// WebSocket subprotocol name of this version.
@@ -232,6 +234,8 @@ pub enum ClientMessage<'a> {
         meta: Option<&'a RawValue>,
         /// A join token (JWT), required when the edge has a signing key configured.
         token: Option<String>,
+        /// The member's public key for signals relayed by peers (`meta.key` for the others).
+        key: Option<MemberKey>,
     },
     Leave {
         room: RoomId,
@@ -295,6 +299,8 @@ struct Envelope<'a> {
     meta: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    key: Option<&'a RawValue>,
     #[serde(borrow)]
     last_seq: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -483,7 +489,23 @@ fn decode_message<'a>(
                 Some(t) if t.get() == "null" => None,
                 Some(t) => Some(required_str(Some(t), "token")?),
             };
-            Ok(ClientMessage::Join { room, meta, token })
+            let key = match env.key {
+                None => None,
+                Some(k) if k.get() == "null" => None,
+                Some(k) => {
+                    let text = required_str(Some(k), "key")?;
+                    Some(
+                        MemberKey::parse(&text)
+                            .map_err(|e| ProtocolError::new(ErrorCode::BadField, e.to_string()))?,
+                    )
+                }
+            };
+            Ok(ClientMessage::Join {
+                room,
+                meta,
+                token,
+                key,
+            })
         }
         "leave" => Ok(ClientMessage::Leave {
             room: room(env.room)?,
@@ -838,6 +860,34 @@ mod tests {
             decode(r#"{"type":"ping"}"#, &LIMITS).unwrap().message,
             ClientMessage::Ping
         ));
+    }
+
+    #[test]
+    fn join_key_is_checked() {
+        let point = format!("B{}", "A".repeat(86));
+        let text = format!(r#"{{"type":"join","room":"r","key":"{point}"}}"#);
+        let r = decode(&text, &LIMITS).unwrap();
+        let ClientMessage::Join { key: Some(key), .. } = r.message else {
+            panic!()
+        };
+        assert_eq!(key.as_str(), point);
+        let none = decode(r#"{"type":"join","room":"r","key":null}"#, &LIMITS).unwrap();
+        assert!(matches!(
+            none.message,
+            ClientMessage::Join { key: None, .. }
+        ));
+        for bad in [
+            r#""short""#,
+            "5",
+            r#""A+/=""#,
+            &format!(r#""A{}""#, "A".repeat(86)),
+        ] {
+            let e = err(&format!(
+                r#"{{"type":"join","room":"r","key":{bad},"ref":1}}"#
+            ));
+            assert_eq!(e.code, ErrorCode::BadField, "{bad}");
+            assert!(e.reference.is_some());
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ export interface ServerMessageFrame {
 
 /** A client message as sent (with its `ref`). */
 export interface Request {
-  type: 'join' | 'leave' | 'signal' | 'ping' | 'resume' | 'contacts' | 'invite';
+  type: 'join' | 'leave' | 'signal' | 'ping' | 'resume' | 'list-rooms' | 'contacts' | 'invite';
   ref?: string;
   room?: string;
   meta?: Meta;
@@ -113,6 +113,9 @@ export interface Request {
   data?: unknown;
   token?: string;
   last_seq?: number;
+  /** A join's member key (base64url of the P-256 point), sent once `enableKeys()` made it. */
+  key?: string;
+  public?: boolean;
   publish?: string[];
   watch?: string[];
 }
@@ -233,11 +236,37 @@ export interface JoinOptions {
   meta?: Meta | ((client: Heliograph) => Meta);
   /** A join token for this room (ignored when the client has `getToken`). */
   token?: string;
+  /** Creates the room as public (listed; advertised to neighbours by a brokering PeerMesh). */
+  public?: boolean;
+}
+
+/** This client's member key pair: the private key cannot be exported. */
+export interface MemberKeys {
+  publicKey: CryptoKey;
+  privateKey: CryptoKey;
+  /** The public key as sent in `join`: base64url of the 65-byte uncompressed point. */
+  raw: string;
+}
+
+/** A public room as listed by the server or advertised by peers. */
+export interface RoomListing {
+  room: string;
+  members: number;
+  regions?: string[];
+  meta?: Meta;
+}
+
+export interface ListRoomsOptions {
+  prefix?: string;
+  /** The `next` of the previous page. */
+  cursor?: string;
+  limit?: number;
 }
 
 export interface RoomState {
   meta: Meta | ((client: Heliograph) => Meta) | null;
   token: string | null;
+  public: boolean;
   /** The room's other peers; null while (re)joining. */
   peers: Map<string, PeerInfo> | null;
 }
@@ -269,6 +298,12 @@ export declare class Heliograph extends Emitter<HeliographEvents> {
   signal(room: string, to: string, kind: SignalKind, data: unknown): string;
   /** Round trip to the edge in ms. */
   ping(): Promise<number>;
+  /** Public rooms from the registry; rejects at once (`disconnected`) when not connected. */
+  listRooms(options?: ListRoomsOptions): Promise<{ items: RoomListing[]; next: string | null }>;
+  /** This client's member key pair, once `enableKeys()` has made it. */
+  readonly keys: MemberKeys | null;
+  /** Makes the member key pair (once); every join carries its public key from then on. */
+  enableKeys(): Promise<MemberKeys>;
   /** The known other peers of a room. */
   peers(room: string): PeerInfo[];
   /**
@@ -294,7 +329,60 @@ export interface MeshPeer {
   /** The default data channel (label `channelLabel`), once created or received. */
   readonly channel: RTCDataChannel | null;
   readonly closed: boolean;
+  /** How the connection's first offer travelled: through the server or through peers. */
+  readonly signalledBy: SignalPath | null;
+  /** Brokering: the control channel (negotiated, id `CONTROL_CHANNEL_ID`). */
+  readonly ctrl: RTCDataChannel | null;
 }
+
+export type SignalPath = 'server' | 'peer';
+
+/** Why a brokered signal was refused. */
+export type RefusalReason =
+  | 'wrong-room' | 'not-a-member' | 'no-key' | 'stale' | 'replay' | 'bad-signature' | 'bad-body';
+
+export interface MeshStats {
+  /** Signals this mesh sent through the edge (its own notices included). */
+  signalsViaServer: number;
+  /** Signals this mesh sent over control channels: to the peer itself, or relayed by another. */
+  signalsViaPeers: number;
+  /** Signals this mesh relayed for its neighbours. */
+  relayed: number;
+  /** Brokered signals addressed to this mesh and refused. */
+  brokeredRefused: number;
+  /** Introductions that went to the server after all (no relay in time, refused, undeliverable). */
+  fallbacks: number;
+  /** Relayed envelopes dropped because a neighbour sent more than `relayRate` a second. */
+  relayDropped: number;
+  /** Per connected peer, how its connection was signalled (null: not yet). */
+  connections: Record<string, SignalPath | null>;
+}
+
+export interface DiscoveredRoom extends RoomListing {
+  /** `server`: this answer; `gossip`: advertised by a neighbour; `self`: a public room we are in. */
+  source: 'server' | 'gossip' | 'self';
+  /** How old the information is, in ms (0 for the server's answer). */
+  age: number;
+}
+
+/** A relayed signal: signed by `from` over `canonicalEnvelope`, checked with its roster key. */
+export interface BrokeredEnvelope {
+  v: 1;
+  from: string;
+  to: string;
+  room: string;
+  kind: SignalKind;
+  /** The signal's data as JSON text (what is signed). */
+  body: string;
+  /** The originator's clock, ms since the epoch. */
+  ts: number;
+  nonce: string;
+  /** base64url ECDSA P-256 / SHA-256 signature (IEEE P1363, as WebCrypto makes it). */
+  sig: string;
+}
+
+export declare const CONTROL_CHANNEL_ID: 1000;
+export declare function canonicalEnvelope(env: BrokeredEnvelope): string;
 
 export interface PeerMeshEvents {
   [key: string]: unknown;
@@ -304,7 +392,15 @@ export interface PeerMeshEvents {
   connectionstatechange: { peer: MeshPeer; state: RTCPeerConnectionState };
   close: { peer: MeshPeer; reason: string };
   custom: { peer: MeshPeer; data: unknown };
-  error: { peer: MeshPeer; error: unknown };
+  error: { peer: MeshPeer | null; error: unknown };
+  /** How a connection's first offer travelled (sent or received). */
+  signalled: { peer: MeshPeer; path: SignalPath };
+  /** A brokered signal addressed to us was refused; `via` is the relaying peer. */
+  refused: { from: string; via: string; reason: RefusalReason };
+  /** A connection kept across the peer's rejoin now answers to its new id. */
+  rebound: { peer: MeshPeer; previous: string };
+  /** Signals for a peer went to the server after all. */
+  fallback: { peer: MeshPeer; reason: 'timeout' | 'refused' | 'undeliverable' };
 }
 
 export interface PeerMeshOptions {
@@ -316,6 +412,40 @@ export interface PeerMeshOptions {
   channelOptions?: RTCDataChannelInit;
   /** Which side is polite (default: the lexicographically smaller id). */
   polite?: (selfId: string, otherId: string) => boolean;
+  /**
+   * Peer-assisted signaling (default false): a control channel per connection, renegotiation
+   * over it, introductions of newcomers through a peer connected to both, gossip of public
+   * rooms. Every member of the room should use the same setting.
+   */
+  brokering?: boolean;
+  /** ms a signal for an unconnected peer waits for a relay before going to the server (3000). */
+  introductionTimeout?: number;
+  /** ms a connection introduced through peers may take to come up before its signals go again through the server (8000). */
+  connectTimeout?: number;
+  /** ms a connection kept across a peer's rejoin waits to be rebound to its new id (15000). */
+  rebindTimeout?: number;
+  /** ms a peer waits to be called by a newcomer before calling itself (6000). */
+  answerTimeout?: number;
+  /** ms a relayed signal from a sender not yet in the roster is held (2000). */
+  rosterWait?: number;
+  /** Relayed envelopes a second accepted from each neighbour, bursts of twice as many (50). */
+  relayRate?: number;
+  /** Relayed signals held at once for the roster (64). */
+  maxHeld?: number;
+  /** ms of clock difference tolerated on relayed signals; replays are remembered as long (120000). */
+  maxSkew?: number;
+  /** Relayed signals remembered per peer, to send again through the server (64). */
+  relayLog?: number;
+  /** ms between room advertisements to each neighbour (5000). */
+  gossipInterval?: number;
+  /** ms after which a room heard of is neither advertised nor listed (60000). */
+  gossipTtl?: number;
+  /** Most rooms per advertisement, and kept per neighbour's advertisement (64). */
+  maxGossipRooms?: number;
+  /** Larger control messages are ignored (262144). */
+  maxControlBytes?: number;
+  /** Test hooks only, never for production: alter (or, returning null, lose) what this page relays for others. */
+  testHooks?: { tamperRelayed?: (env: BrokeredEnvelope) => BrokeredEnvelope | null };
 }
 
 export declare class PeerMesh extends Emitter<PeerMeshEvents> {
@@ -332,4 +462,12 @@ export declare class PeerMesh extends Emitter<PeerMeshEvents> {
   /** Sends on every open default channel; returns the number of peers reached. */
   broadcast(data: string | ArrayBuffer | ArrayBufferView | Blob): number;
   closePeer(peerId: string, reason?: string): void;
+  /** Counters of signalling paths, and how each connection was signalled. */
+  stats(): MeshStats;
+  /**
+   * `client.listRooms(options)` merged with rooms advertised by neighbours (the server's
+   * entry wins). `server`: whether the server answered. Gossip is a hint: joining always
+   * goes through an edge.
+   */
+  discoverRooms(options?: ListRoomsOptions): Promise<{ items: DiscoveredRoom[]; next: string | null; server: boolean }>;
 }

@@ -76,15 +76,26 @@ export async function contactHash(handle, appKey) {
   const enc = new TextEncoder();
   const key = await subtle.importKey('raw', enc.encode(String(appKey)),
     { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
-  const mac = new Uint8Array(await subtle.sign('HMAC', key, enc.encode(normalizeHandle(handle))));
-  let bin = '';
-  for (const b of mac) bin += String.fromCharCode(b);
-  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  return base64url(new Uint8Array(await subtle.sign('HMAC', key, enc.encode(normalizeHandle(handle)))));
 }
 
 /** The form of a handle that is hashed: trimmed, lowercased. */
 export function normalizeHandle(handle) {
   return String(handle).trim().toLowerCase();
+}
+
+/** base64url without padding, of bytes. */
+function base64url(bytes) {
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/** Bytes of base64url text (padding optional); throws on anything else. */
+function fromBase64url(text) {
+  const b64 = text.replace(/-/g, '+').replace(/_/g, '/');
+  const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
 }
 
 /** How many recent signal refs are remembered to give `error`/`expired` their request. */
@@ -147,6 +158,31 @@ export class Heliograph extends Emitter {
     this.contactSets = null;
     /** Mutual contacts online: `${hash} ${peer}` → { hash, peer, region }. */
     this.contactsOnline = new Map();
+    /**
+     * This client's member key pair (ECDSA P-256; the private key is not extractable) and its
+     * public key as sent in `join` (base64url of the raw point), once `enableKeys()` made it.
+     */
+    this.keys = null;
+    this.keysReady = null; // the promise of `keys` while it is being generated
+  }
+
+  /**
+   * Makes this client's member key pair (once) and sends its public key with every join from
+   * then on (the edge shows it to the room as `meta.key`). A `PeerMesh` with brokering calls it.
+   * Resolves with `{ publicKey, privateKey, raw }` (`raw`: the base64url public key).
+   */
+  enableKeys() {
+    if (this.keysReady) return this.keysReady;
+    const subtle = globalThis.crypto?.subtle;
+    if (!subtle) return Promise.reject(new Error('WebCrypto (crypto.subtle) is unavailable'));
+    this.keysReady = (async () => {
+      const pair = await subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, false,
+        ['sign', 'verify']);
+      const raw = base64url(new Uint8Array(await subtle.exportKey('raw', pair.publicKey)));
+      this.keys = { publicKey: pair.publicKey, privateKey: pair.privateKey, raw };
+      return this.keys;
+    })();
+    return this.keysReady;
   }
 
   /** Opens the connection; resolves with the first `welcome`. Reconnects until `close()`. */
@@ -184,7 +220,7 @@ export class Heliograph extends Emitter {
    */
   join(room, options = {}) {
     const { meta = null, token = null } = options ?? {};
-    const entry = { meta, token, peers: null };
+    const entry = { meta, token, peers: null, public: options?.public === true };
     this.rooms.set(room, entry);
     this.leaving.delete(room);
     this.heldRosters.delete(room);
@@ -202,8 +238,12 @@ export class Heliograph extends Emitter {
    * `getToken`. Without `getToken` the join is sent at once (no await before it).
    */
   #joinRoom(room, entry, opts) {
-    const send = (token, tokenRetried) =>
+    const sendNow = (token, tokenRetried) =>
       this.#request(this.#joinMessage(room, entry, token), { ...opts, tokenRetried });
+    // A key still being made is waited for, so that no join of a keyed client goes without.
+    const send = (token, tokenRetried) => (this.keysReady && !this.keys
+      ? this.keysReady.then(() => sendNow(token, tokenRetried), () => sendNow(token, tokenRetried))
+      : sendNow(token, tokenRetried));
     const first = this.options.getToken
       ? this.#fetchToken(room).then((token) => send(token, false))
       : send(entry.token, false);
@@ -221,6 +261,8 @@ export class Heliograph extends Emitter {
     const meta = typeof entry.meta === 'function' ? entry.meta(this) : entry.meta;
     if (meta != null) msg.meta = meta;
     if (token != null) msg.token = token;
+    if (this.keys) msg.key = this.keys.raw;
+    if (entry.public) msg.public = true;
     return msg;
   }
 
@@ -296,6 +338,17 @@ export class Heliograph extends Emitter {
     }
     this.#send(msg);
     return ref;
+  }
+
+  /**
+   * Public rooms from the registry: `list-rooms {prefix?, cursor?, limit?}` → `{ items, next? }`.
+   * Fails at once (`disconnected`) when not connected.
+   */
+  listRooms(options = {}) {
+    const msg = { type: 'list-rooms' };
+    for (const k of ['prefix', 'cursor', 'limit']) if (options?.[k] != null) msg[k] = options[k];
+    return this.#request(msg, { queue: false })
+      .then((reply) => ({ items: reply.items ?? [], next: reply.next ?? null }));
   }
 
   /** Round trip to the edge in milliseconds. */
@@ -541,6 +594,7 @@ export class Heliograph extends Emitter {
         return this.#onResumed(msg);
       case 'pong':
       case 'contacts-set':
+      case 'rooms':
         this.#settle(msg.ref)?.resolve(msg);
         return;
       case 'contact': {
@@ -816,24 +870,112 @@ export function isPolite(selfId, otherId) {
 }
 
 /**
+ * The control channel's fixed SCTP stream id. It is negotiated (both sides create it), so it
+ * opens with the connection and needs no in-band announcement; the browser numbers app
+ * channels up from 0, far below it.
+ */
+export const CONTROL_CHANNEL_ID = 1000;
+const CONTROL_LABEL = 'heliograph-control';
+/** First element of the signed text of a brokered envelope: a signature for another use or
+ * version can never pass for one of these. */
+const ENVELOPE_CONTEXT = 'heliograph-brokered-v1';
+/** Marks the mesh's own notices among `custom` signals through the server. */
+const NOTICE = 'heliograph-mesh';
+const SIGNAL_KINDS = new Set(['offer', 'answer', 'candidate', 'custom']);
+
+const MESH_DEFAULTS = {
+  /** Introductions and renegotiation through peers (see docs/SDK.md, Brokering). */
+  brokering: false,
+  /** ms a signal for a peer we hold no channel with waits for a peer able to relay it. */
+  introductionTimeout: 3000,
+  /** ms a connection introduced through peers may take to come up before its signals are sent again through the server. */
+  connectTimeout: 8000,
+  /** ms a connection kept across a peer's rejoin waits to learn and see its new id. */
+  rebindTimeout: 15000,
+  /** ms a peer that should be called waits for the call before calling itself. */
+  answerTimeout: 6000,
+  /** ms a brokered signal from a sender not (yet) in our roster is held for its `peer-joined`. */
+  rosterWait: 2000,
+  /** Relayed envelopes a second accepted from each neighbour (bursts of twice as many). */
+  relayRate: 50,
+  /** Most brokered signals held at once waiting for the roster. */
+  maxHeld: 64,
+  /** ms of clock difference tolerated on brokered envelopes; replays are remembered as long. */
+  maxSkew: 120000,
+  /** Brokered signals remembered per peer, to send again through the server if refused. */
+  relayLog: 64,
+  /** ms between advertisements of known public rooms to each neighbour. */
+  gossipInterval: 5000,
+  /** ms after which a room heard of (from the server or a neighbour) is no longer advertised or listed. */
+  gossipTtl: 60000,
+  /** Most rooms in one advertisement, and kept from each neighbour's. */
+  maxGossipRooms: 64,
+  /** Control messages larger than this are ignored. */
+  maxControlBytes: 262144,
+};
+
+/** The text a brokered envelope's signature covers: every field but `sig`, in a fixed order. */
+export function canonicalEnvelope(env) {
+  return JSON.stringify([ENVELOPE_CONTEXT, env.from, env.to, env.room, env.kind, env.body,
+    env.ts, env.nonce]);
+}
+
+function isEnvelope(env) {
+  return env != null && typeof env === 'object'
+    && ['from', 'to', 'room', 'kind', 'body', 'nonce', 'sig'].every((k) => typeof env[k] === 'string')
+    && Number.isFinite(env.ts) && SIGNAL_KINDS.has(env.kind) && env.nonce.length <= 64;
+}
+
+/**
  * One RTCPeerConnection per peer of a room, negotiated with the "perfect negotiation"
  * pattern over Heliograph signals. The impolite side (larger id) opens the default data
  * channel, which starts the first negotiation; either side may renegotiate later.
- * Events: peer, channel, connectionstatechange, close, error.
+ * With `brokering`, each connection also carries a control channel over which signals between
+ * connected peers travel, and through which a peer introduces a newcomer to its neighbours
+ * (signed by the originator, verified against the roster's keys); the server is the fallback.
+ * Events: peer, channel, connectionstatechange, close, error, custom, signalled, refused,
+ * fallback, rebound.
  */
 export class PeerMesh extends Emitter {
   constructor(client, room, options = {}) {
     super();
     this.client = client;
     this.room = room;
+    this.options = { ...MESH_DEFAULTS, ...options };
     this.RTCPeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
     this.rtcConfig = options.rtcConfig ?? {};
     this.channelLabel = options.channelLabel ?? 'data';
     this.channelOptions = options.channelOptions ?? { ordered: true };
     this.polite = options.polite ?? isPolite;
+    this.brokering = this.options.brokering === true;
+    /**
+     * Test hooks only: `tamperRelayed(envelope)` returns what this page passes on instead of
+     * what it relays for others (null: nothing).
+     */
+    this.testHooks = options.testHooks ?? null;
+    this.setTimeout = client.setTimeout ?? globalThis.setTimeout.bind(globalThis);
+    this.clearTimeout = client.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this.now = client.now ?? (() => Date.now());
     this.peers = new Map();
     this.selfId = null;
     this.unsubscribe = [];
+    this.counters = {
+      signalsViaServer: 0, signalsViaPeers: 0, relayed: 0, brokeredRefused: 0, fallbacks: 0,
+      relayDropped: 0,
+    };
+    this.waiters = new Set(); // routing decisions waiting for a peer able to relay
+    this.held = []; // brokered envelopes from senders not yet in the roster
+    this.seen = new Map(); // sender → Map(nonce → ts): what was accepted, against replays
+    this.verifyKeys = new Map(); // key text → Promise<CryptoKey>
+    this.untrusted = new Set(); // relays whose forwards failed verification
+    this.verifying = Promise.resolve(); // brokered envelopes are checked one at a time, in order
+    this.knownRooms = new Map(); // room → { room, members, regions, meta, seenAt, source }
+    this.gossipTimer = null;
+    this.announceQueued = false;
+    this.movedOn = new Set(); // ids whose connections were rebound to newer ones
+    if (this.brokering) {
+      this.client.enableKeys().catch((error) => this.emit('error', { peer: null, error }));
+    }
   }
 
   /** Starts following the room (call after or before `client.join`). */
@@ -845,9 +987,20 @@ export class PeerMesh extends Emitter {
       c.on('welcome', (ev) => { if (!ev.resuming) this.#syncSelf(); }),
       c.on('joined', (ev) => { if (mine(ev)) this.#reconcile(ev.peers); }),
       c.on('left', (ev) => { if (mine(ev)) this.#closeAll('left'); }),
-      c.on('peer-joined', (ev) => { if (mine(ev)) this.#replace(ev.peer); }),
-      c.on('peer-left', (ev) => { if (mine(ev)) this.closePeer(ev.peerId, ev.reason ?? 'left'); }),
-      c.on('signal', (ev) => { if (mine(ev)) this.#onSignal(ev); }),
+      c.on('peer-joined', (ev) => {
+        if (!mine(ev)) return;
+        this.#replace(ev.peer);
+        this.#releaseHeld();
+      }),
+      c.on('peer-left', (ev) => { if (mine(ev)) this.#departed(ev.peerId, ev.reason ?? 'left'); }),
+      c.on('signal', (ev) => {
+        if (!mine(ev)) return;
+        if (this.brokering && ev.kind === 'custom' && ev.data?.[NOTICE]) {
+          this.#onNotice(ev.from, ev.data);
+          return;
+        }
+        this.#receive(ev.from, ev.kind, ev.data, 'server');
+      }),
       c.on('error', (ev) => {
         const r = ev.request;
         if (r?.type === 'signal' && r.room === this.room && ev.code === 'unknown-peer') {
@@ -858,6 +1011,7 @@ export class PeerMesh extends Emitter {
     this.#syncSelf();
     const peers = c.rooms.get(this.room)?.peers;
     if (peers) this.#reconcile([...peers.values()]);
+    if (this.brokering) this.#scheduleGossip();
     return this;
   }
 
@@ -865,7 +1019,10 @@ export class PeerMesh extends Emitter {
   close() {
     for (const off of this.unsubscribe) off();
     this.unsubscribe = [];
+    if (this.gossipTimer) this.clearTimeout(this.gossipTimer);
+    this.gossipTimer = null;
     this.#closeAll('closed');
+    this.#wake();
   }
 
   /** The open default data channel to `peerId`, if any. */
@@ -884,21 +1041,85 @@ export class PeerMesh extends Emitter {
     return n;
   }
 
+  /**
+   * Counters of this mesh: signals it sent through the server and through peers (its own
+   * control channels, direct or relayed), signals it relayed for others, brokered signals it
+   * refused, fallbacks to the server; and per connection how it was signalled.
+   */
+  stats() {
+    const connections = {};
+    for (const p of this.peers.values()) connections[p.id] = p.signalledBy;
+    return { ...this.counters, connections };
+  }
+
+  /**
+   * Public rooms: the server's answer to `client.listRooms(options)` merged with what
+   * neighbours advertised and the room of this mesh when it is public. The server's entry
+   * wins; each item says where it is from (`server`, `gossip`, `self`) and how old it is (ms).
+   * Gossip is a hint: joining always goes through an edge.
+   */
+  async discoverRooms(options = {}) {
+    let server = null;
+    try {
+      server = await this.client.listRooms(options);
+    } catch {
+      server = null; // unreachable edge, or one that does not list rooms: gossip only
+    }
+    const now = this.now();
+    const items = new Map();
+    for (const it of server?.items ?? []) {
+      if (typeof it?.room !== 'string') continue;
+      items.set(it.room, { ...it, source: 'server', age: 0 });
+      this.#remember({ ...it, seenAt: now, source: 'server' });
+    }
+    const prefix = typeof options.prefix === 'string' ? options.prefix : '';
+    for (const e of this.#freshRooms(now)) {
+      if (!e.room.startsWith(prefix) || items.has(e.room)) continue;
+      items.set(e.room, {
+        room: e.room,
+        members: e.members,
+        ...(e.regions ? { regions: e.regions } : {}),
+        ...(e.meta ? { meta: e.meta } : {}),
+        source: e.source,
+        age: Math.max(0, now - e.seenAt),
+      });
+    }
+    const sorted = [...items.values()].sort((a, b) => (a.room < b.room ? -1 : a.room > b.room ? 1 : 0));
+    return { items: sorted, next: server?.next ?? null, server: server != null };
+  }
+
   closePeer(peerId, reason = 'closed') {
     const p = this.peers.get(peerId);
     if (!p) return;
     this.peers.delete(peerId);
     p.closed = true;
+    if (p.startTimer) this.clearTimeout(p.startTimer);
+    if (p.watchdog) this.clearTimeout(p.watchdog);
+    if (p.limboTimer) this.clearTimeout(p.limboTimer);
     try { p.channel?.close(); } catch { /* ignore */ }
+    try { p.ctrl?.close(); } catch { /* ignore */ }
     try { p.pc.close(); } catch { /* ignore */ }
     this.emit('close', { peer: p, reason });
+    this.#announceSoon();
+    this.#wake();
   }
 
   #syncSelf() {
     const id = this.client.peerId;
     if (id && this.selfId && id !== this.selfId) {
-      // We reconnected as a new peer: every remote side knows us by the old id.
-      this.#closeAll('reconnected');
+      // We reconnected as a new peer: every remote side knows us by the old id. With
+      // brokering, a connection still up is kept: we tell the peer our new id over its own
+      // channel (only we can), and it rebinds the connection once its roster shows that id
+      // with our key.
+      for (const p of [...this.peers.values()]) {
+        if (p.keyed && this.#usable(p)) {
+          p.ctrl.send(JSON.stringify({ t: 'rebind', id }));
+          p.polite = this.polite(id, p.id);
+          this.#limbo(p);
+        } else {
+          this.closePeer(p.id, 'reconnected');
+        }
+      }
     }
     this.selfId = id;
   }
@@ -907,22 +1128,112 @@ export class PeerMesh extends Emitter {
     for (const id of [...this.peers.keys()]) this.closePeer(id, reason);
   }
 
+  /** Peers listed by `joined` were there before us: with brokering, we call them. */
   #reconcile(list) {
     this.#syncSelf();
     const ids = new Set(list.map((p) => p.id));
-    for (const id of [...this.peers.keys()]) if (!ids.has(id)) this.closePeer(id, 'gone');
-    for (const info of list) if (!this.peers.has(info.id)) this.#add(info);
+    for (const info of list) this.#tryRebind(info);
+    for (const p of [...this.peers.values()]) {
+      if (ids.has(p.id)) {
+        if (p.limboTimer && !p.rebindTo) this.clearTimeout(p.limboTimer);
+        if (!p.rebindTo) p.limboTimer = null;
+        continue;
+      }
+      // A kept connection may belong to a peer rejoining under a new id: it gets
+      // `rebindTimeout` to say so; any other peer not in the roster is closed.
+      if (p.keyed && this.#usable(p)) this.#limbo(p);
+      else this.closePeer(p.id, 'gone');
+    }
+    for (const info of list) {
+      if (this.peers.has(info.id) || this.movedOn.has(info.id)) continue;
+      if (!this.#awaitsRebind(info, 'joined')) this.#add(info, 'joined');
+    }
+    this.#releaseHeld();
   }
 
+  /** A peer announced by `peer-joined` is new: with brokering, it calls us. */
   #replace(info) {
+    if (this.#tryRebind(info) || this.#awaitsRebind(info, 'peer-joined')) return;
     if (this.peers.has(info.id)) this.closePeer(info.id, 'rejoined');
-    this.#add(info);
+    this.#add(info, 'peer-joined');
   }
 
-  #add(info) {
+  /** `peer-left`: a connection whose peer told us its new id stays until it is rebound. */
+  #departed(peerId, reason) {
+    const p = this.peers.get(peerId);
+    if (p && p.rebindTo && !p.closed) {
+      this.#limbo(p);
+      return;
+    }
+    this.closePeer(peerId, reason);
+  }
+
+  /**
+   * Rebinds a kept connection to `info` if its peer said (over its own channel) that it is
+   * now `info.id` and the roster gives that id the same key.
+   */
+  #tryRebind(info) {
+    const key = info.meta?.key;
+    if (typeof key !== 'string') return false;
+    for (const p of this.peers.values()) {
+      if (p.closed || p.rebindTo !== info.id || p.key !== key || p.id === info.id) continue;
+      const previous = p.id;
+      this.peers.delete(previous);
+      this.movedOn.add(previous);
+      if (this.movedOn.size > 256) this.movedOn.delete(this.movedOn.values().next().value);
+      if (this.peers.has(info.id)) this.closePeer(info.id, 'rebound');
+      p.id = info.id;
+      p.meta = info.meta ?? {};
+      p.region = info.region ?? p.region;
+      p.rebindTo = null;
+      p.deferred = null;
+      if (p.limboTimer) this.clearTimeout(p.limboTimer);
+      p.limboTimer = null;
+      p.polite = this.polite(this.selfId, p.id);
+      this.peers.set(p.id, p);
+      this.emit('rebound', { peer: p, previous });
+      this.#announceSoon();
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * A roster entry carrying the key of a kept connection whose peer has not told us its new
+   * id yet: not called now, but when the connection is rebound or given up.
+   */
+  #awaitsRebind(info, how) {
+    const key = info.meta?.key;
+    if (typeof key !== 'string') return false;
+    for (const p of this.peers.values()) {
+      if (p.closed || !p.limboTimer || p.key !== key || p.id === info.id) continue;
+      p.deferred = { info, how };
+      return true;
+    }
+    return false;
+  }
+
+  /** Gives a kept connection `rebindTimeout` to be rebound or to be back in the roster. */
+  #limbo(p) {
+    if (p.limboTimer) return;
+    p.limboTimer = this.setTimeout(() => {
+      p.limboTimer = null;
+      if (p.closed) return;
+      const roster = this.client.rooms.get(this.room)?.peers;
+      if (roster?.has(p.id) && !p.rebindTo) return;
+      const deferred = p.deferred;
+      this.closePeer(p.id, 'gone');
+      if (deferred && roster?.has(deferred.info.id) && !this.peers.has(deferred.info.id)) {
+        this.#add(deferred.info, deferred.how);
+      }
+    }, this.options.rebindTimeout);
+  }
+
+  #add(info, how) {
     if (!this.selfId || info.id === this.selfId) return null;
     const rtcConfig = { iceServers: this.client.iceServers ?? [], ...this.rtcConfig };
     const pc = new this.RTCPeerConnection(rtcConfig);
+    const key = typeof info.meta?.key === 'string' ? info.meta.key : null;
     const p = {
       id: info.id,
       meta: info.meta ?? {},
@@ -935,17 +1246,40 @@ export class PeerMesh extends Emitter {
       settingAnswer: false,
       queue: Promise.resolve(),
       closed: false,
+      // Brokering: both sides have member keys (the remote's from the roster).
+      keyed: this.brokering && key != null && this.client.keys != null,
+      key,
+      /** How the connection was introduced: 'server' or 'peer' (null until its first offer). */
+      signalledBy: null,
+      ctrl: null, // the control channel
+      neighbors: null, // the peers it told us it holds channels with (null: not told yet)
+      lastVia: null, // how its last signal came: 'server', 'direct' or the relaying peer's id
+      log: [], // brokered signals sent to it, to send again through the server if refused
+      sendChain: Promise.resolve(), // our signals to it, in order, whatever path each takes
+      introDeadline: null, // until when its introduction may wait for a relay
+      waited: false, // its introduction waited for a relay
+      fellBack: false, // …in vain (counted once)
+      seed: false, // introduced through the server while others wait to be relayed through it
+      serverOnly: false, // a relayed signal to it was refused: the server from now on
+      refusedRelay: false, // we refused a relayed signal from it: drop relays until direct
+      everConnected: false,
+      watchdog: null, // timer: a relayed introduction that does not come up goes to the server
+      rebindTo: null, // the new id this peer told us over its own channel, after its rejoin
+      limboTimer: null, // a kept connection waiting to be rebound (or back in the roster)
+      deferred: null, // a roster entry with this peer's key, added if the rebind does not come
+      heard: false,
+      started: false,
+      startTimer: null,
     };
     this.peers.set(p.id, p);
-    const send = (kind, data) => { if (!p.closed) this.client.signal(this.room, p.id, kind, data); };
     pc.onicecandidate = ({ candidate }) => {
-      if (candidate) send('candidate', candidate.toJSON ? candidate.toJSON() : candidate);
+      if (candidate) this.#send(p, 'candidate', candidate.toJSON ? candidate.toJSON() : candidate);
     };
     pc.onnegotiationneeded = async () => {
       try {
         p.makingOffer = true;
         await pc.setLocalDescription();
-        if (!p.closed) send('offer', { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
+        if (!p.closed) this.#send(p, 'offer', { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
       } catch (error) {
         this.emit('error', { peer: p, error });
       } finally {
@@ -955,14 +1289,36 @@ export class PeerMesh extends Emitter {
     pc.onconnectionstatechange = () => {
       if (p.closed) return;
       this.emit('connectionstatechange', { peer: p, state: pc.connectionState });
+      if (pc.connectionState === 'connected') p.everConnected = true;
+      if (p.keyed) {
+        this.#announceSoon();
+        this.#wake();
+      }
       if (pc.connectionState === 'failed' && pc.restartIce) pc.restartIce();
     };
     pc.ondatachannel = ({ channel }) => this.#adopt(p, channel);
     this.emit('peer', { peer: p });
-    if (!p.polite) {
-      this.#adopt(p, pc.createDataChannel(this.channelLabel, this.channelOptions));
+    // Classic: the impolite side calls. Brokering: the newcomer calls those it found in the
+    // room, so that it can choose the path of each introduction; the called side calls
+    // itself if no call comes.
+    const calls = p.keyed ? how === 'joined' : !p.polite;
+    if (calls) {
+      this.#call(p);
+    } else if (p.keyed && how !== 'signal') {
+      p.startTimer = this.setTimeout(() => {
+        p.startTimer = null;
+        if (!p.closed && !p.heard) this.#call(p);
+      }, this.options.answerTimeout);
     }
     return p;
+  }
+
+  /** Opens our side's channels, which starts the negotiation. */
+  #call(p) {
+    if (p.started) return;
+    p.started = true;
+    if (p.keyed) this.#openControl(p);
+    this.#adopt(p, p.pc.createDataChannel(this.channelLabel, this.channelOptions));
   }
 
   #adopt(p, channel) {
@@ -973,13 +1329,174 @@ export class PeerMesh extends Emitter {
     else channel.addEventListener('open', announce, { once: true });
   }
 
-  #onSignal({ from, kind, data }) {
+  // --- signals: which path each takes -----------------------------------------------------
+
+  /** Queues a signal for `p`; signals for one peer leave in order, whatever their paths. */
+  #send(p, kind, data) {
+    if (p.closed) return;
+    if (!p.keyed) {
+      this.#viaServer(p, kind, data); // at once, as without brokering
+      return;
+    }
+    p.sendChain = p.sendChain.then(() => this.#route(p, kind, data)).catch((error) => {
+      if (!p.closed) this.emit('error', { peer: p, error });
+    });
+  }
+
+  /**
+   * Direct over our own control channel when it is up; else through a peer connected to
+   * both; else, when such a peer may soon be there, wait for it (bounded); else the server.
+   */
+  async #route(p, kind, data) {
+    if (p.closed) return;
+    if (!p.keyed) return this.#viaServer(p, kind, data);
+    if (this.#direct(p, kind, data)) return;
+    const broker = await this.#findBroker(p);
+    if (p.closed) return;
+    if (this.#direct(p, kind, data)) return;
+    if (broker && await this.#viaBroker(p, broker, kind, data)) return;
+    if (p.waited && !p.fellBack) {
+      // Waited for a relay in vain: count it once per peer.
+      p.fellBack = true;
+      this.counters.fallbacks += 1;
+      this.emit('fallback', { peer: p, reason: 'timeout' });
+    }
+    this.#viaServer(p, kind, data);
+  }
+
+  #usable(q) {
+    return q != null && !q.closed && q.ctrl?.readyState === 'open'
+      && !['failed', 'disconnected', 'closed'].includes(q.pc.connectionState);
+  }
+
+  #direct(p, kind, data) {
+    if (!this.#usable(p)) return false;
+    p.ctrl.send(JSON.stringify({ t: 'signal', kind, data }));
+    this.counters.signalsViaPeers += 1;
+    this.#mark(p, kind, 'peer');
+    return true;
+  }
+
+  #viaServer(p, kind, data) {
+    // Not connected: the client reports it (`error` disconnected); nothing went out.
+    if (this.client.state === 'open') this.counters.signalsViaServer += 1;
+    this.client.signal(this.room, p.id, kind, data);
+    this.#mark(p, kind, 'server');
+  }
+
+  async #viaBroker(p, q, kind, data) {
+    const env = await this.#seal(p.id, kind, data);
+    if (p.closed || !this.#usable(q)) return false;
+    p.log.push({ nonce: env.nonce, kind, data });
+    if (p.log.length > this.options.relayLog) p.log.shift();
+    q.ctrl.send(JSON.stringify({ t: 'relay', env }));
+    this.counters.signalsViaPeers += 1;
+    this.#mark(p, kind, 'peer');
+    if (kind === 'offer' && !p.everConnected && !p.watchdog) {
+      // A relay may lose what it was given without a word: if the connection is not up in
+      // time, its signals go again through the server (a repeated offer or candidate is
+      // harmless to the receiver).
+      p.watchdog = this.setTimeout(() => {
+        p.watchdog = null;
+        if (!p.closed && !p.everConnected && !p.serverOnly && p.log.length) {
+          this.#resendThroughServer(p, p.log[0].nonce, 'timeout');
+        }
+      }, this.options.connectTimeout);
+    }
+    return true;
+  }
+
+  #mark(p, kind, path) {
+    if (kind !== 'offer' || p.signalledBy) return;
+    p.signalledBy = path;
+    this.emit('signalled', { peer: p, path });
+  }
+
+  /** A peer that can relay to `p` now: the one its last relayed signal came through, else any neighbour that told us it holds a channel with `p`. */
+  #brokerNow(p) {
+    const ok = (q) => q && q !== p && q.keyed && !this.untrusted.has(q.id) && this.#usable(q);
+    const last = this.peers.get(p.lastVia);
+    if (ok(last)) return last;
+    for (const q of this.peers.values()) if (ok(q) && q.neighbors?.has(p.id)) return q;
+    return null;
+  }
+
+  /**
+   * Worth waiting for a relay: not past the deadline, `p` has not spoken to us through the
+   * server (we answer the way we were called), and some neighbour may yet be able to relay:
+   * one connected that has not told us its neighbours, or one being introduced through the
+   * server right now (the newcomer's first connection).
+   */
+  #mayWait(p) {
+    if (p.serverOnly || p.lastVia === 'server' || this.now() >= p.introDeadline) return false;
+    for (const q of this.peers.values()) {
+      if (q === p || !q.keyed || q.closed || this.untrusted.has(q.id)) continue;
+      if (this.#usable(q) && q.neighbors == null) return true;
+      const state = q.pc.connectionState;
+      if (q.seed && !this.#usable(q) && state !== 'failed' && state !== 'closed') return true;
+    }
+    return false;
+  }
+
+  async #findBroker(p) {
+    // An introduction made through the server stays there until the connection is up:
+    // a candidate relayed by a peer could overtake the offer it belongs to.
+    // Likewise, while not connected, we answer through the server what came through it.
+    if (p.serverOnly || (!p.everConnected && (p.signalledBy === 'server' || p.lastVia === 'server'))) {
+      return null;
+    }
+    p.introDeadline ??= this.now() + this.options.introductionTimeout;
+    // Bounded: each round waits for a change (or the deadline, which ends the loop).
+    for (let round = 0; round < 1000; round += 1) {
+      const q = this.#brokerNow(p);
+      if (q || this.#usable(p) || p.closed) return q;
+      if (!this.#mayWait(p)) {
+        // Decided synchronously, so that the next introduction sees it and waits for this one.
+        if (!p.signalledBy) p.seed = true;
+        return null;
+      }
+      p.waited = true;
+      await this.#waitForChange(p.introDeadline);
+    }
+    return null;
+  }
+
+  #waitForChange(deadline) {
+    return new Promise((resolve) => {
+      const w = {
+        done: () => {
+          this.clearTimeout(w.timer);
+          this.waiters.delete(w);
+          resolve();
+        },
+      };
+      w.timer = this.setTimeout(w.done, Math.max(0, deadline - this.now()));
+      this.waiters.add(w);
+    });
+  }
+
+  #wake() {
+    for (const w of [...this.waiters]) w.done();
+  }
+
+  // --- receiving --------------------------------------------------------------------------
+
+  /** A signal from `from`, by `via`: 'server', 'direct' (its control channel) or a relay's id. */
+  #receive(from, kind, data, via) {
     let p = this.peers.get(from);
     if (!p) {
       // A peer we have not heard of yet (its signal overtook the roster event).
       const info = this.client.rooms.get(this.room)?.peers?.get(from) ?? { id: from };
-      p = this.#add(info);
+      p = this.#add(info, 'signal');
       if (!p) return;
+    }
+    p.heard = true;
+    if (p.startTimer) this.clearTimeout(p.startTimer);
+    p.startTimer = null;
+    if (via !== 'direct') p.lastVia = via;
+    if (kind === 'offer' && !p.signalledBy) {
+      p.signalledBy = via === 'server' ? 'server' : 'peer';
+      this.emit('signalled', { peer: p, path: p.signalledBy });
     }
     p.queue = p.queue.then(() => this.#handle(p, kind, data)).catch((error) => {
       if (!p.closed) this.emit('error', { peer: p, error });
@@ -1003,8 +1520,10 @@ export class PeerMesh extends Emitter {
       }
       if (kind === 'offer' && !p.closed) {
         await pc.setLocalDescription();
-        this.client.signal(this.room, p.id, 'answer',
-          { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
+        // Our side of the negotiated control channel, now that the answer has negotiated the
+        // data section (created earlier it would ask for a negotiation of its own).
+        if (p.keyed && !p.ctrl) this.#openControl(p);
+        this.#send(p, 'answer', { type: pc.localDescription.type, sdp: pc.localDescription.sdp });
       }
     } else if (kind === 'candidate') {
       try {
@@ -1014,6 +1533,344 @@ export class PeerMesh extends Emitter {
       }
     } else {
       this.emit('custom', { peer: p, data });
+    }
+  }
+
+  // --- the control channel ----------------------------------------------------------------
+
+  #openControl(p) {
+    const ch = p.pc.createDataChannel(CONTROL_LABEL,
+      { negotiated: true, id: CONTROL_CHANNEL_ID, ordered: true });
+    p.ctrl = ch;
+    ch.addEventListener('open', () => {
+      if (p.closed) return;
+      p.refusedRelay = false;
+      this.#announceSoon();
+      this.#sendRooms(p);
+      this.#wake();
+    });
+    ch.addEventListener('close', () => {
+      if (p.closed) return;
+      this.#announceSoon();
+      this.#wake();
+    });
+    ch.addEventListener('message', (ev) => { if (!p.closed) this.#onControl(p, ev.data); });
+  }
+
+  #onControl(p, text) {
+    if (typeof text !== 'string' || text.length > this.options.maxControlBytes) return;
+    let m;
+    try {
+      m = JSON.parse(text);
+    } catch {
+      return;
+    }
+    switch (m?.t) {
+      case 'neighbors':
+        p.neighbors = new Set((Array.isArray(m.ids) ? m.ids : [])
+          .filter((id) => typeof id === 'string').slice(0, 4096));
+        this.#wake();
+        return;
+      case 'signal':
+        if (SIGNAL_KINDS.has(m.kind)) this.#receive(p.id, m.kind, m.data, 'direct');
+        return;
+      case 'relay':
+        this.#onRelay(p, m.env);
+        return;
+      case 'undeliverable':
+        if (typeof m.to === 'string' && typeof m.nonce === 'string') {
+          p.neighbors?.delete(m.to);
+          this.#resendThroughServer(this.peers.get(m.to), m.nonce, 'undeliverable');
+        }
+        return;
+      case 'rooms':
+        this.#onRooms(p, m.items);
+        return;
+      case 'rebind':
+        if (typeof m.id === 'string' && m.id.length <= 128 && m.id !== p.id) {
+          p.rebindTo = m.id;
+          const info = this.client.rooms.get(this.room)?.peers?.get(m.id);
+          if (!info || !this.#tryRebind(info)) this.#limbo(p);
+        }
+        return;
+      default:
+        // Unknown messages are ignored, so that newer peers can talk to older ones.
+    }
+  }
+
+  /** Tells every neighbour which peers we hold a channel with (they may ask us to relay). */
+  #announceSoon() {
+    if (!this.brokering || this.announceQueued) return;
+    this.announceQueued = true;
+    this.setTimeout(() => {
+      this.announceQueued = false;
+      const usable = [...this.peers.values()].filter((q) => q.keyed && this.#usable(q));
+      const text = JSON.stringify({ t: 'neighbors', ids: usable.map((q) => q.id) });
+      for (const q of usable) q.ctrl.send(text);
+    }, 0);
+  }
+
+  /**
+   * A relayed envelope from neighbour `q`: ours to check, or one to pass on. We pass on only
+   * what `q` itself originated, and only to a peer we hold a channel with; the receiver, not
+   * us, decides whether to believe it.
+   */
+  #onRelay(q, env) {
+    if (!isEnvelope(env)) return;
+    if (!this.#relayAllowed(q)) {
+      this.counters.relayDropped += 1;
+      return;
+    }
+    if (env.to === this.selfId) {
+      this.verifying = this.verifying.then(() => this.#acceptRelayed(env, q.id, false))
+        .catch((error) => this.emit('error', { peer: q, error }));
+      return;
+    }
+    const target = this.peers.get(env.to);
+    if (env.from !== q.id || !target?.keyed || !this.#usable(target)) {
+      q.ctrl?.send(JSON.stringify({ t: 'undeliverable', to: env.to, nonce: env.nonce }));
+      return;
+    }
+    // Test hook: the envelope to pass on instead, or null to lose it.
+    const out = this.testHooks?.tamperRelayed ? this.testHooks.tamperRelayed({ ...env }) : env;
+    if (out == null) return;
+    target.ctrl.send(JSON.stringify({ t: 'relay', env: out }));
+    this.counters.relayed += 1;
+  }
+
+  /**
+   * Each neighbour may hand us `relayRate` relayed envelopes a second (bursts of twice that),
+   * whether for us or to pass on: a signature check costs, and a peer flooding us must not
+   * make us flood others. An introduction takes a handful.
+   */
+  #relayAllowed(q) {
+    const rate = this.options.relayRate;
+    const now = this.now();
+    const b = q.relayBucket ?? (q.relayBucket = { tokens: 2 * rate, at: now });
+    b.tokens = Math.min(2 * rate, b.tokens + ((now - b.at) / 1000) * rate);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  /** Checks a relayed envelope addressed to us and, if it holds, handles its signal. */
+  async #acceptRelayed(env, via, held) {
+    if (env.room !== this.room) return this.#refuse(env, via, 'wrong-room');
+    const roster = this.client.rooms.get(this.room)?.peers;
+    const member = roster?.get(env.from);
+    if (!member) {
+      // Its `peer-joined` may still be on the way: hold it a little, then refuse.
+      if (!held && this.held.length < this.options.maxHeld) {
+        const h = { env, via, timer: null };
+        h.timer = this.setTimeout(() => this.#unhold(h), this.options.rosterWait);
+        this.held.push(h);
+        return undefined;
+      }
+      return this.#refuse(env, via, 'not-a-member');
+    }
+    if (typeof member.meta?.key !== 'string') return this.#refuse(env, via, 'no-key');
+    if (Math.abs(this.now() - env.ts) > this.options.maxSkew) return this.#refuse(env, via, 'stale');
+    let seen = this.seen.get(env.from);
+    if (seen?.has(env.nonce)) return this.#refuse(env, via, 'replay');
+    let valid = false;
+    try {
+      const key = await this.#verifyKey(member.meta.key);
+      valid = await crypto.subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, key,
+        fromBase64url(env.sig), new TextEncoder().encode(canonicalEnvelope(env)));
+    } catch {
+      valid = false;
+    }
+    if (!valid) return this.#refuse(env, via, 'bad-signature');
+    if (!seen) this.seen.set(env.from, (seen = new Map()));
+    const now = this.now();
+    for (const [nonce, ts] of seen) if (Math.abs(now - ts) > this.options.maxSkew) seen.delete(nonce);
+    seen.set(env.nonce, env.ts);
+    const p = this.peers.get(env.from);
+    // After a refusal the sender sends again through the server from the refused signal on:
+    // what else is relayed meanwhile would come before it.
+    if (p?.refusedRelay) return undefined;
+    let data;
+    try {
+      data = JSON.parse(env.body);
+    } catch {
+      return this.#refuse(env, via, 'bad-body');
+    }
+    this.#receive(env.from, env.kind, data, via);
+    return undefined;
+  }
+
+  #unhold(h) {
+    const i = this.held.indexOf(h);
+    if (i < 0) return;
+    this.held.splice(i, 1);
+    this.clearTimeout(h.timer);
+    this.verifying = this.verifying.then(() => this.#acceptRelayed(h.env, h.via, true))
+      .catch((error) => this.emit('error', { peer: null, error }));
+  }
+
+  /** Held envelopes whose sender is now in the roster are checked, in arrival order. */
+  #releaseHeld() {
+    const roster = this.client.rooms.get(this.room)?.peers;
+    for (const h of [...this.held]) if (roster?.has(h.env.from)) this.#unhold(h);
+  }
+
+  #verifyKey(text) {
+    let key = this.verifyKeys.get(text);
+    if (!key) {
+      key = crypto.subtle.importKey('raw', fromBase64url(text),
+        { name: 'ECDSA', namedCurve: 'P-256' }, false, ['verify']);
+      this.verifyKeys.set(text, key);
+      if (this.verifyKeys.size > 1024) this.verifyKeys.delete(this.verifyKeys.keys().next().value);
+    }
+    return key;
+  }
+
+  async #seal(to, kind, data) {
+    const env = {
+      v: 1,
+      from: this.selfId,
+      to,
+      room: this.room,
+      kind,
+      body: JSON.stringify(data ?? null),
+      ts: this.now(),
+      nonce: base64url(crypto.getRandomValues(new Uint8Array(12))),
+    };
+    const keys = this.client.keys ?? await this.client.enableKeys();
+    const sig = await crypto.subtle.sign({ name: 'ECDSA', hash: 'SHA-256' }, keys.privateKey,
+      new TextEncoder().encode(canonicalEnvelope(env)));
+    env.sig = base64url(new Uint8Array(sig));
+    return env;
+  }
+
+  /**
+   * Refuses a relayed envelope. Unless it is a replay, the claimed sender is told through the
+   * server (the authority), and sends that signal and those after it through the server; a
+   * relay whose forward failed the signature is not trusted again.
+   */
+  #refuse(env, via, reason) {
+    this.counters.brokeredRefused += 1;
+    this.emit('refused', { from: env.from, via, reason });
+    if (reason === 'replay') return;
+    if (reason === 'bad-signature' || reason === 'bad-body') this.untrusted.add(via);
+    const p = this.peers.get(env.from);
+    if (!p) return;
+    p.refusedRelay = true;
+    if (this.client.state === 'open') {
+      this.client.signal(this.room, p.id, 'custom', { [NOTICE]: 'refused', nonce: env.nonce });
+      this.counters.signalsViaServer += 1;
+    }
+  }
+
+  /** A notice through the server from the mesh of `from`. */
+  #onNotice(from, data) {
+    if (data[NOTICE] === 'refused' && typeof data.nonce === 'string') {
+      this.#resendThroughServer(this.peers.get(from), data.nonce, 'refused');
+    }
+  }
+
+  /**
+   * A relayed signal to `p` was refused or could not be delivered: it and every one sent
+   * after it go again through the server, and so does everything for `p` from now on until
+   * our own channel with it is up. Notices naming no signal we relayed are ignored.
+   */
+  #resendThroughServer(p, nonce, reason) {
+    if (!p || p.closed) return;
+    const at = p.log.findIndex((e) => e.nonce === nonce);
+    if (at < 0) return;
+    const again = p.log.slice(at);
+    p.log = [];
+    p.serverOnly = true;
+    this.counters.fallbacks += 1;
+    this.emit('fallback', { peer: p, reason });
+    if (again.some((e) => e.kind === 'offer') && p.signalledBy === 'peer') {
+      p.signalledBy = null; // the introduction is the server's after all
+    }
+    p.sendChain = p.sendChain.then(() => {
+      for (const e of again) if (!p.closed) this.#viaServer(p, e.kind, e.data);
+    });
+  }
+
+  // --- gossip of public rooms -------------------------------------------------------------
+
+  #scheduleGossip() {
+    this.gossipTimer = this.setTimeout(() => {
+      this.gossipTimer = null;
+      for (const q of this.peers.values()) this.#sendRooms(q);
+      if (this.unsubscribe.length) this.#scheduleGossip();
+    }, this.options.gossipInterval);
+  }
+
+  /** The public rooms this client is in (joined with `public: true`), as it sees them now. */
+  #ownRooms(now) {
+    const out = [];
+    for (const [room, entry] of this.client.rooms) {
+      // While disconnected the roster is held for a resume: still the best count we have.
+      const peers = entry?.peers ?? this.client.heldRosters?.get(room);
+      if (!entry?.public || !peers) continue;
+      const regions = new Set([this.client.region, ...[...peers.values()].map((p) => p.region)]);
+      out.push({
+        room,
+        members: peers.size + 1,
+        regions: [...regions].filter((r) => typeof r === 'string').sort(),
+        seenAt: now,
+        source: 'self',
+      });
+    }
+    return out;
+  }
+
+  /** Known rooms younger than the TTL, freshest first, at most `maxGossipRooms`. */
+  #freshRooms(now) {
+    const out = this.#ownRooms(now);
+    const own = new Set(out.map((e) => e.room));
+    for (const e of [...this.knownRooms.values()]) {
+      if (now - e.seenAt > this.options.gossipTtl) this.knownRooms.delete(e.room);
+      else if (!own.has(e.room)) out.push(e);
+    }
+    out.sort((a, b) => b.seenAt - a.seenAt);
+    return out.slice(0, this.options.maxGossipRooms);
+  }
+
+  #remember(e) {
+    const old = this.knownRooms.get(e.room);
+    if (old && old.seenAt > e.seenAt) return;
+    this.knownRooms.delete(e.room);
+    this.knownRooms.set(e.room, e);
+    // Bounded: the least recently heard go first.
+    const cap = this.options.maxGossipRooms * 4;
+    while (this.knownRooms.size > cap) this.knownRooms.delete(this.knownRooms.keys().next().value);
+  }
+
+  #sendRooms(q) {
+    if (!q.keyed || !this.#usable(q)) return;
+    const now = this.now();
+    const items = this.#freshRooms(now).map((e) => ({
+      room: e.room,
+      members: e.members,
+      ...(e.regions ? { regions: e.regions } : {}),
+      ...(e.meta ? { meta: e.meta } : {}),
+      age: Math.max(0, now - e.seenAt),
+    }));
+    q.ctrl.send(JSON.stringify({ t: 'rooms', items }));
+  }
+
+  /** A neighbour's advertisement: each entry is checked for shape and kept if fresher. */
+  #onRooms(q, items) {
+    if (!Array.isArray(items)) return;
+    const now = this.now();
+    for (const it of items.slice(0, this.options.maxGossipRooms)) {
+      if (typeof it?.room !== 'string' || it.room.length === 0 || it.room.length > 128) continue;
+      if (!Number.isInteger(it.members) || it.members < 0) continue;
+      if (!Number.isFinite(it.age) || it.age < 0 || it.age > this.options.gossipTtl) continue;
+      const e = { room: it.room, members: it.members, seenAt: now - it.age, source: 'gossip', from: q.id };
+      if (Array.isArray(it.regions)) {
+        e.regions = it.regions.filter((r) => typeof r === 'string' && r.length <= 64).slice(0, 16);
+      }
+      if (it.meta && typeof it.meta === 'object' && !Array.isArray(it.meta)
+        && JSON.stringify(it.meta).length <= 4096) e.meta = it.meta;
+      this.#remember(e);
     }
   }
 }

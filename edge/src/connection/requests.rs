@@ -23,6 +23,7 @@ use super::step::{Caller, Done, Handled, SessionState, error_out};
 use super::{contacts, resume};
 use crate::auth::Grant;
 use crate::context::EdgeContext;
+use crate::member;
 use crate::outbox::Outgoing;
 use crate::protocol::{
     self, ClientMessage, DecodeLimits, ErrorCode, ProtocolError, Ref, ServerMessage, SignalKind,
@@ -63,7 +64,12 @@ pub(super) fn handle_text(
                 reference: protocol::ref_raw(reference.as_ref()),
             }),
         )]),
-        ClientMessage::Join { room, meta, token } => {
+        ClientMessage::Join {
+            room,
+            meta,
+            token,
+            key,
+        } => {
             let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
                 Ok(grant) => grant,
                 Err(e) => return fail(ctx, e.code(), &e.to_string(), reference),
@@ -73,6 +79,7 @@ pub(super) fn handle_text(
             } else {
                 state.receive_only.insert(room.clone());
             }
+            let meta = member::member_meta(meta.map(RawValue::get), &grant.identity, key.as_ref());
             join(ctx, caller, room, meta, &grant, reference)
         }
         ClientMessage::Leave { room } => leave(ctx, caller, room, reference),
@@ -235,7 +242,7 @@ fn join(
     ctx: &Arc<EdgeContext>,
     caller: &Caller<'_>,
     room: RoomId,
-    meta: Option<&RawValue>,
+    meta: String,
     grant: &Grant,
     reference: Option<Ref>,
 ) -> Handled {
@@ -263,7 +270,6 @@ fn join(
             let ctx = Arc::clone(ctx);
             let peer = peer.clone();
             let owner = caller.owner.clone();
-            let meta = member_meta(meta, grant);
             let max_members = match (ctx.config.limits.max_room_size, grant.max_room_size) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -309,12 +315,12 @@ fn join(
                             &ctx,
                         )]
                     }
-                    // The join's event arrived while its answer was lost: it committed, and
-                    // the client has its `joined`.
+                    // The session is gone: nobody to answer.
                     Err(_) if !ctx.index.abort_join(&peer, &room, Some(attempt)) => Vec::new(),
                     // A retry came too late, and an earlier attempt may have committed.
                     Ok(Outcome::Rejected(Rejection::Late)) if committed.retried => {
                         if ctx.index.abort_join(&peer, &room, Some(attempt)) {
+                            take_back_if_shown(&ctx, &peer, &room);
                             vec![registry_failure(&ctx, committed.result, reference)]
                         } else {
                             Vec::new()
@@ -322,9 +328,11 @@ fn join(
                     }
                     Err(e) => {
                         // Nobody knows whether the join committed: the client is told it is
-                        // not in the room, and if the join commits after all the follower
-                        // takes it back when its event arrives. (Not at once: a leave sent now
-                        // down the same sick path could land after the client's next join.)
+                        // not in the room, and if the join committed after all it is taken
+                        // back: now if its event is here already, else when it arrives. (The
+                        // leave is conditional on this request, so it cannot undo the
+                        // client's next join, whichever lands first.)
+                        take_back_if_shown(&ctx, &peer, &room);
                         vec![registry_failure(&ctx, Err(e), reference)]
                     }
                     other => {
@@ -362,6 +370,7 @@ fn watch_events(
             return;
         };
         ctx.metrics.joins_given_up.increment(1);
+        take_back_if_shown(&ctx, &peer, &room);
         tracing::warn!(%peer, %room, epoch, "a committed join's room events did not come in time; answered unavailable");
         let err = ProtocolError {
             code: ErrorCode::Unavailable,
@@ -372,6 +381,21 @@ fn watch_events(
         };
         let _ = handle.send(error_out(&err, &ctx));
     });
+}
+
+/// A join just answered `unavailable` whose membership the index shows is taken back now
+/// (see [`RoomIndex::take_back_if_shown`](crate::rooms::RoomIndex::take_back_if_shown)).
+fn take_back_if_shown(ctx: &Arc<EdgeContext>, peer: &PeerId, room: &RoomId) {
+    if let Some(attempts) = ctx.index.take_back_if_shown(peer, room) {
+        // Not a connection task: the take-back outlives the connection, as the follower's do.
+        tokio::spawn(crate::follower::take_back(
+            Arc::clone(&ctx.index),
+            ctx.registry.clone(),
+            room.clone(),
+            peer.clone(),
+            attempts,
+        ));
+    }
 }
 
 /// The registry could not do what was asked; details stay in the log.
@@ -408,20 +432,4 @@ fn registry_failure(
         },
         ctx,
     )
-}
-
-/// The metadata other peers see. With join tokens, `identity` is the token's verified
-/// subject and overrides anything the client put there.
-fn member_meta(meta: Option<&RawValue>, grant: &Grant) -> String {
-    let raw = meta.map_or("{}", RawValue::get);
-    if grant.identity.is_empty() {
-        return raw.to_owned();
-    }
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(raw).unwrap_or_default();
-    object.insert(
-        "identity".into(),
-        serde_json::Value::String(grant.identity.clone()),
-    );
-    serde_json::Value::Object(object).to_string()
 }

@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
-/// Joins of one room kept in doubt per peer (a client retrying through a long outage); the
-/// oldest is forgotten first.
-const MAX_DOUBTFUL_JOINS: usize = 8;
+/// Joins of one room kept in doubt per peer (a client retrying through a long outage, about
+/// one a second); the oldest is forgotten first. A repeated join that reaches the registry
+/// makes the membership its own, so the newest are the ones that matter.
+const MAX_DOUBTFUL_JOINS: usize = 32;
 
 use heliograph_coordinator::registry::{
     EdgeId, LeaveReason, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, RoomView,
@@ -326,8 +327,9 @@ impl<H: Handle> RoomCore<H> {
     }
 
     /// The registry refused or failed the join: forget it.
-    /// Returns false when there was nothing to abort: the join completed already (its event
-    /// arrived), or the session is gone. With `doubtful` (the join request's attempt number),
+    /// Returns false when there was nothing to abort: the join was answered already (a join
+    /// completes only on the registry's answer, so this is one given up), or the session is
+    /// gone. With `doubtful` (the join request's attempt number),
     /// the join's outcome is unknown and the client is told it is not in the room: a commit
     /// seen later must be taken back.
     pub fn abort_join(&mut self, peer: &PeerId, room: &RoomId, doubtful: Option<u64>) -> bool {
@@ -382,6 +384,23 @@ impl<H: Handle> RoomCore<H> {
         let attempts = local.doubtful.remove(room)?;
         local.taking_back.insert(room.clone());
         Some(attempts)
+    }
+
+    /// Like [`Self::take_back_due`], for a join just answered `unavailable` whose membership
+    /// the index already shows: its event arrived while the join waited for the registry's
+    /// answer (a join completes on that answer only), so no later event will ask for the
+    /// take-back. Taking back a membership that is someone else's (an older one, whose leave
+    /// is still on its way) is harmless: the leave is conditional on the join requests in
+    /// doubt, and the registry refuses it.
+    pub fn take_back_if_shown(&mut self, peer: &PeerId, room: &RoomId) -> Option<Vec<u64>> {
+        let shown = self
+            .rooms
+            .get(room)
+            .is_some_and(|entry| entry.members.contains_key(peer));
+        if !shown {
+            return None;
+        }
+        self.take_back_due(peer, room)
     }
 
     /// A take-back ended: the membership it was for is gone, or a later join owns it.
@@ -771,6 +790,7 @@ fn resync_room<H: Handle>(
     if let (Some(v), Some(entry)) = (&fresh, inner.rooms.get(&room))
         && v.epoch < entry.epoch
     {
+        tracing::debug!(%room, view = v.epoch, index = entry.epoch, "a re-read older than the index is ignored");
         return;
     }
     let mut contact_peers = if is_contact_room(&room) {
@@ -778,6 +798,7 @@ fn resync_room<H: Handle>(
     } else {
         Vec::new()
     };
+    let old_epoch = inner.rooms.get(&room).map(|e| e.epoch);
     let old: Map<PeerId, MemberInfo> = inner
         .rooms
         .remove(&room)
@@ -813,6 +834,10 @@ fn resync_room<H: Handle>(
         .filter(|p| !old.contains_key(*p))
         .cloned()
         .collect();
+    {
+        let gone: Vec<&PeerId> = old.keys().filter(|p| !new_members.contains(*p)).collect();
+        tracing::debug!(%room, ?old_epoch, new_epoch = ?inner.rooms.get(&room).map(|e| e.epoch), ?gone, ?arrived, "room re-read");
+    }
     // Members that arrived are announced first, to those already in the room; a
     // local joiner among them is then told who is there, once, in its `joined`
     // (announcing arrivals after it would repeat members its `joined` listed).
@@ -987,12 +1012,13 @@ fn complete_join<H: Handle>(
         // Not a join this session asked for (already completed).
         return;
     };
-    // Seen in the room, but without this join's own answer: while an earlier join of the
-    // client's is in doubt or being taken back, the membership seen may be that one, about
-    // to be taken back. Only the registry's answer to this join completes it then.
-    if pending.committed_at.is_none()
-        && (local.doubtful.contains_key(room) || local.taking_back.contains(room))
-    {
+    // Only the registry's answer to this join, and an index that has reached the epoch of
+    // that answer, complete it. Seeing the peer in the room is not enough: the membership
+    // seen may be an older one, from before a leave whose event has not arrived yet (a
+    // re-read from a replica still catching up, or an old `joined` event), or one of an
+    // earlier join in doubt, about to be taken back. Completing on it would let that leave
+    // take the client out of the room it was just told it is in.
+    if pending.committed_at.is_none_or(|at| entry.epoch < at) {
         return;
     }
     let Some(PendingJoin { reference, .. }) = local.pending_joins.remove(room) else {
@@ -1182,6 +1208,7 @@ mod tests {
             .begin_join(&peer("a"), &room(), None, 8, false)
             .unwrap();
         assert_eq!(start, JoinStart::Pending);
+        assert!(core.join_committed(&peer("a"), &room(), 1).is_empty());
         let notices = core.apply(&joined(1, "a", ME), |_| Some(view(1, &[("a", ME)])));
         assert_eq!(summary(&notices), [notice(1, "joined", "")]);
         let notices = core.apply(&joined(2, "b", OTHER), |_| None);
@@ -1253,6 +1280,9 @@ mod tests {
                 Some(v.clone())
             });
             assert!(notices.is_empty(), "no `joined` for a contact room");
+            let notices = core.join_committed(&peer("a"), room, epoch);
+            assert!(notices.is_empty(), "no `joined` for a contact room");
+            assert!(core.is_member(&peer("a"), room));
         }
         // c watches `a` (a stranger: a does not watch anything c publishes): nothing.
         let notices = core.apply(&contact_event(&ha, 2, "c", OTHER, watch), |_| None);
@@ -1316,6 +1346,7 @@ mod tests {
         core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
+        assert!(core.join_committed(&peer("c"), &room(), 3).is_empty());
         let notices = core.apply(&joined(3, "c", ME), |_| None);
         assert_eq!(
             summary(&notices),
@@ -1364,7 +1395,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resync_completes_a_join_whose_event_was_missed() {
+    fn a_resync_completes_a_committed_join_whose_event_was_missed() {
         let mut core = RoomCore::new(EdgeId::new(ME).unwrap());
         core.add_session(peer("a"), H(1), Owner::new(&EdgeId::new(ME).unwrap()));
         core.begin_join(&peer("a"), &room(), None, 8, false)
@@ -1374,6 +1405,7 @@ mod tests {
             [room()],
             "a pending join is re-read"
         );
+        assert!(core.join_committed(&peer("a"), &room(), 3).is_empty());
         let notices = core.resync(|_| Some(view(4, &[("a", ME), ("b", OTHER)])));
         assert_eq!(summary(&notices), [notice(1, "joined", "b")]);
         assert!(core.is_member(&peer("a"), &room()));
@@ -1387,6 +1419,7 @@ mod tests {
         core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
         core.begin_join(&peer("c"), &room(), None, 8, false)
             .unwrap();
+        assert!(core.join_committed(&peer("c"), &room(), 8).is_empty());
         let members = [
             ("a", ME),
             ("b", OTHER),
@@ -1405,6 +1438,33 @@ mod tests {
                 notice(3, "joined", "a,b,d,e"),
             ]
         );
+    }
+
+    /// a left and joins again at once; its edge reads events from a replica that has not
+    /// applied the leave yet. What that replica shows (a in the room, from before the leave)
+    /// must not answer the new join: the leave's event, arriving next, would take a out of
+    /// the room it was just told it is in, while the registry keeps it there (a ghost).
+    #[test]
+    fn a_membership_from_before_a_leave_does_not_answer_the_next_join() {
+        let mut core = with_a_and_remote_b();
+        // a's leave committed at 3 (its event is still on its way); its new join at 4.
+        core.local_leave(&peer("a"), &room());
+        core.begin_join(&peer("a"), &room(), None, 8, false)
+            .unwrap();
+        // A re-read from the lagging replica, and a repeated old event, show a in the room.
+        let notices = core.resync(|_| Some(view(2, &[("a", ME), ("b", OTHER)])));
+        assert!(summary(&notices).is_empty(), "{notices:?}");
+        assert!(core.apply(&joined(1, "a", ME), |_| None).is_empty());
+        // The registry's answer: committed at 4, which the index has not reached.
+        assert!(core.join_committed(&peer("a"), &room(), 4).is_empty());
+        assert!(!core.is_member(&peer("a"), &room()));
+        // The replica catches up: the leave, then the join, which completes.
+        assert!(core.apply(&left(3, "a", ME), |_| None).is_empty());
+        let notices = core.apply(&joined(4, "a", ME), |_| {
+            Some(view(4, &[("a", ME), ("b", OTHER)]))
+        });
+        assert_eq!(summary(&notices), [notice(1, "joined", "b")]);
+        assert!(core.is_member(&peer("a"), &room()));
     }
 
     #[test]
@@ -1572,6 +1632,34 @@ mod tests {
         assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
         assert!(!core.is_member(&peer("c"), &room()));
         assert_eq!(core.take_back_due(&peer("c"), &room()), Some(vec![7]));
+    }
+
+    /// c's join committed and its event arrived, but the registry's answer did not come in
+    /// time: c is told `unavailable` and, since no later event will ask for it, the
+    /// membership is due to be taken back at once. Without the event nothing is due yet.
+    #[test]
+    fn a_join_given_up_after_its_event_arrived_is_taken_back_at_once() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        let notices = core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
+        assert!(!core.is_member(&peer("c"), &room()), "no answer yet");
+        assert!(core.abort_join(&peer("c"), &room(), Some(7)));
+        assert_eq!(core.take_back_if_shown(&peer("c"), &room()), Some(vec![7]));
+        assert_eq!(core.take_back_if_shown(&peer("c"), &room()), None, "once");
+
+        core.add_session(peer("d"), H(4), Owner::new(&EdgeId::new(ME).unwrap()));
+        core.begin_join(&peer("d"), &room(), None, 8, false)
+            .unwrap();
+        assert!(core.abort_join(&peer("d"), &room(), Some(8)));
+        assert_eq!(core.take_back_if_shown(&peer("d"), &room()), None);
+        assert_eq!(
+            core.take_back_due(&peer("d"), &room()),
+            Some(vec![8]),
+            "the event, when it comes, asks for it"
+        );
     }
 
     /// A join whose events came in time completed: nothing to give up.

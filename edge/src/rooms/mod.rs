@@ -149,6 +149,11 @@ impl RoomIndex {
         self.write().take_back_due(peer, room)
     }
 
+    /// See [`RoomCore::take_back_if_shown`].
+    pub fn take_back_if_shown(&self, peer: &PeerId, room: &RoomId) -> Option<Vec<u64>> {
+        self.write().take_back_if_shown(peer, room)
+    }
+
     /// See [`RoomCore::take_back_done`].
     pub fn take_back_done(&self, peer: &PeerId, room: &RoomId) {
         self.write().take_back_done(peer, room)

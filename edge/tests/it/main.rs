@@ -15,6 +15,7 @@ mod departures;
 mod failover;
 mod homed;
 mod lifecycle;
+mod member_keys;
 mod metrics_documented;
 mod property;
 mod redis_sentinel;

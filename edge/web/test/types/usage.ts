@@ -94,3 +94,18 @@ export async function contacts(url: string, appKey: string): Promise<string[]> {
   });
   return client.onlineContacts().map((c) => `${c.peer}@${c.region ?? '?'}`);
 }
+
+// Brokering, stats and room discovery.
+import { PeerMesh, type MeshStats, type DiscoveredRoom } from '../../heliograph.js';
+
+export async function brokered(client: Heliograph): Promise<[MeshStats, DiscoveredRoom[]]> {
+  const mesh = new PeerMesh(client, 'lobby', { brokering: true, introductionTimeout: 2000 }).start();
+  mesh.on('refused', ({ from, via, reason }) => console.log(from, via, reason));
+  mesh.on('signalled', ({ peer, path }) => console.log(peer.id, path === 'peer' ? 'by a peer' : 'by the server'));
+  await client.join('lobby', { public: true });
+  const keys = await client.enableKeys();
+  console.log(keys.raw.length);
+  const { items, server } = await mesh.discoverRooms({ prefix: 'lob' });
+  console.log(server, items.map((i) => `${i.room} ${i.members} ${i.source} ${i.age}`));
+  return [mesh.stats(), items];
+}

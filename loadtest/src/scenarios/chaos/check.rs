@@ -170,8 +170,9 @@ pub fn compare(registry: &Registry, clients: &[Shared]) -> Findings {
                 if last == Answer::Unavailable {
                     f.unavailable_then_member += 1;
                 }
+                let history = view.map(|v| v.history_line()).unwrap_or_default();
                 f.sample(format!(
-                    "ghost in {room}: {m} (edge {}) believes it is not in the room (last answer {last:?})",
+                    "ghost in {room}: {m} (edge {}) believes it is not in the room (last answer {last:?}; history: {history})",
                     states[i].edge
                 ));
             }
@@ -197,11 +198,12 @@ pub fn compare(registry: &Registry, clients: &[Shared]) -> Findings {
                 let extra: Vec<_> = view.peers.difference(&expected).collect();
                 let absent: Vec<_> = expected.difference(&view.peers).collect();
                 f.sample(format!(
-                    "view of {room} by {} (edge {}): {} extra {extra:?}, {} absent {absent:?}",
+                    "view of {room} by {} (edge {}): {} extra {extra:?}, {} absent {absent:?} (history: {})",
                     s.peer_id,
                     s.edge,
                     extra.len(),
-                    absent.len()
+                    absent.len(),
+                    view.history_line()
                 ));
             }
         }

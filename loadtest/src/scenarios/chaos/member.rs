@@ -42,6 +42,8 @@ const REQUEST_REF_BASE: u64 = 1 << 40;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Violations described in the results at most, per client.
 const SAMPLES: usize = 3;
+/// Requests and answers remembered per room, to describe a violation with what led to it.
+const HISTORY: usize = 24;
 
 /// What the storm's clients are told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,42 @@ pub struct RoomView {
     pub peers: HashSet<String>,
     /// The last answer to a join or leave of this room.
     pub last: Answer,
+    /// The last [`HISTORY`] requests and answers for this room, oldest first, each with its
+    /// UTC time of day (to line them up with the processes' logs).
+    pub history: std::collections::VecDeque<String>,
+}
+
+impl RoomView {
+    fn record(&mut self, what: String) {
+        if self.history.len() >= HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(format!("{} {what}", time_of_day()));
+    }
+
+    /// The history as one line.
+    pub fn history_line(&self) -> String {
+        self.history.iter().cloned().collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// The UTC time of day, as the processes' logs write it (from one wall-clock reading and the
+/// monotonic clock since).
+fn time_of_day() -> String {
+    static START: std::sync::OnceLock<(Instant, std::time::SystemTime)> =
+        std::sync::OnceLock::new();
+    let (start, wall) = START.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
+    let now = *wall + start.elapsed();
+    let since_midnight = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 86_400_000)
+        .unwrap_or_default();
+    let (h, m, ms) = (
+        since_midnight / 3_600_000,
+        since_midnight / 60_000 % 60,
+        since_midnight % 60_000,
+    );
+    format!("{h:02}:{m:02}:{:02}.{:03}", ms / 1000, ms % 1000)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +416,10 @@ fn next_request(s: &mut State, role: &Role, storm: bool) -> Option<String> {
             "leave"
         }
     };
+    s.rooms
+        .entry(room.clone())
+        .or_default()
+        .record(format!("{ty} #{}", reference - REQUEST_REF_BASE));
     s.pending = Some(Pending {
         kind,
         room: room.clone(),
@@ -423,6 +465,13 @@ pub fn on_frame(state: &Shared, text: &str) {
                 s.sample(line);
                 return;
             }
+            let about = f
+                .peer
+                .as_ref()
+                .map(|p| p.id.as_ref())
+                .or(f.peer_id.as_deref())
+                .unwrap_or_default();
+            view.record(format!("{} {about:.8}", f.ty));
             if f.ty == "peer-joined" {
                 let id = f.peer.map(|p| p.id.into_owned()).unwrap_or_default();
                 if !view.peers.insert(id) {
@@ -496,6 +545,18 @@ fn answer(s: &mut State, f: &Frame<'_>, r: u64) {
     let now = Instant::now();
     let code = f.code.as_deref().unwrap_or_default();
     let view = s.rooms.entry(p.room.clone()).or_default();
+    let listed: Vec<String> = f
+        .peers
+        .iter()
+        .flatten()
+        .map(|p| format!("{:.8}", p.id))
+        .collect();
+    view.record(format!(
+        "#{} answered {} {code} {listed:?} after {} ms",
+        r - REQUEST_REF_BASE,
+        f.ty,
+        (now - p.sent).as_millis()
+    ));
     match (p.kind, f.ty.as_ref()) {
         (Kind::Join, "joined") => {
             view.member = true;
@@ -544,7 +605,11 @@ fn answer(s: &mut State, f: &Frame<'_>, r: u64) {
             view.last = Answer::Error;
             view.peers.clear();
             s.counts.removed_silently += 1;
-            let line = format!("Leave of {} answered not-in-room after its joined", p.room);
+            let line = format!(
+                "Leave of {} answered not-in-room after its joined (history: {})",
+                p.room,
+                view.history_line()
+            );
             s.sample(line);
         }
         (kind, ty) => {
