@@ -17,7 +17,7 @@ use heliograph_coordinator::registry::{PeerId, Region, RoomId};
 
 /// Prefix of the registry rooms that index contact hashes. Reserved: a client's `join`,
 /// `leave` or `signal` naming such a room is refused (`invalid-room`).
-pub const ROOM_PREFIX: &str = "~contact/";
+pub const ROOM_PREFIX: &str = heliograph_coordinator::registry::HIDDEN_ROOM_PREFIX;
 /// Length of a contact hash: base64url (no padding) of a 32-byte HMAC-SHA256.
 pub const HASH_CHARS: usize = 43;
 

@@ -122,6 +122,18 @@ string_id!(
     MAX_NAME_BYTES
 );
 
+/// Prefix of the rooms the edges keep for contact discovery (one per contact hash; see
+/// docs/ARCHITECTURE.md). They are the system's own, not the application's: the registry
+/// sends no webhooks for them and the server API does not list them.
+pub const HIDDEN_ROOM_PREFIX: &str = "~contact/";
+
+impl RoomId {
+    /// Whether this is one of the system's own rooms ([`HIDDEN_ROOM_PREFIX`]).
+    pub fn is_hidden(&self) -> bool {
+        self.as_str().starts_with(HIDDEN_ROOM_PREFIX)
+    }
+}
+
 impl PeerId {
     /// A fresh random peer id.
     pub fn random() -> Self {

@@ -13,6 +13,6 @@ mod webhooks;
 
 pub use command::{Command, Outcome, Rejection, Stamped};
 pub use event::{LeaveReason, Member, RoomEvent, RoomEventKind};
-pub use ids::{EdgeId, IdError, PeerId, Region, RoomId};
+pub use ids::{EdgeId, HIDDEN_ROOM_PREFIX, IdError, PeerId, Region, RoomId};
 pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};
 pub use webhooks::{WebhookEvent, WebhookOutbox, WebhookRecord};

@@ -307,6 +307,10 @@ impl RegistryState {
     fn record_webhooks(&mut self, at: u64, events: &[RoomEvent]) {
         for (i, event) in events.iter().enumerate() {
             let room = &event.room;
+            if room.is_hidden() {
+                // Contact discovery's index, not an application's room.
+                continue;
+            }
             match &event.kind {
                 RoomEventKind::Joined(m) => {
                     // A join adds one member, so a room it leaves with one member it made.
@@ -840,6 +844,7 @@ impl RegistryState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ids::HIDDEN_ROOM_PREFIX;
     use super::*;
 
     fn id<T: TryFrom<String>>(s: &str) -> T
@@ -998,6 +1003,35 @@ mod tests {
             Outcome::Rejected(Rejection::Late)
         );
         assert!(s.room(&id("r")).is_some());
+    }
+
+    /// Contact discovery's rooms are the system's own: no webhook is recorded for them, and
+    /// the application's rooms around them are recorded as ever.
+    #[test]
+    fn hidden_rooms_feed_no_webhooks() {
+        let mut s = RegistryState::default();
+        s.apply(&at(
+            0,
+            Command::ConfigureWebhooks {
+                endpoints: vec!["hook".into()],
+                capacity: 100,
+            },
+        ));
+        register(&mut s, "e1", 1, false);
+        let hidden = format!("{HIDDEN_ROOM_PREFIX}abc");
+        assert!(id::<RoomId>(&hidden).is_hidden());
+        assert!(!id::<RoomId>("r").is_hidden());
+        join(&mut s, &hidden, "a", "e1");
+        join(&mut s, "r", "a", "e1");
+        s.apply(&at(2, Command::Disconnect { peer: id("a") }));
+        let rooms: Vec<String> = s
+            .webhooks()
+            .pending_for("hook", 0, 100)
+            .iter()
+            .map(|r| format!("{} {:?}", r.event.name(), r.event))
+            .collect();
+        assert_eq!(rooms.len(), 4, "{rooms:?}");
+        assert!(rooms.iter().all(|r| !r.contains("~contact/")), "{rooms:?}");
     }
 
     /// Kick and close leave with their own reasons; the webhook outbox records each change

@@ -110,7 +110,8 @@ impl Replica {
     /// follow; read from this replica's applied state in one pass.
     pub fn rooms_page(&self, after: Option<&RoomId>, limit: usize) -> (Vec<RoomView>, bool) {
         self.read(|s| {
-            let mut ids = s.room_ids_after(after);
+            // The system's own rooms (contact discovery) are not the application's to list.
+            let mut ids = s.room_ids_after(after).filter(|room| !room.is_hidden());
             let page: Vec<RoomView> = ids
                 .by_ref()
                 .take(limit)
