@@ -28,6 +28,17 @@ impl RateLimiter {
         }
     }
 
+    /// `per_minute` requests a minute, all of them at once at most.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let burst = per_minute.max(1);
+        Self {
+            per_second: f64::from(burst) / 60.0,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
     /// Takes one token; `false` when the connection is over its rate.
     pub fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -138,6 +149,15 @@ mod tests {
         // Never more than the burst, however long the pause.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..8).filter(|_| r.allow(later)).count(), 5);
+    }
+
+    #[test]
+    fn per_minute_allows_the_minute_at_once_then_refills() {
+        let mut r = RateLimiter::per_minute(3);
+        let t0 = Instant::now();
+        assert_eq!((0..5).filter(|_| r.allow(t0)).count(), 3);
+        assert!(!r.allow(t0 + Duration::from_secs(19)));
+        assert!(r.allow(t0 + Duration::from_secs(21)));
     }
 
     #[test]

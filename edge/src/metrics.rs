@@ -56,6 +56,12 @@ pub const SESSIONS_DETACHED: &str = "heliograph_edge_sessions_detached_total";
 pub const SIGNALS_REPLAYED: &str = "heliograph_edge_signals_replayed_total";
 pub const SIGNALS_PENDING: &str = "heliograph_edge_signals_pending";
 pub const DRAIN_NOTICES: &str = "heliograph_edge_drain_notices_total";
+pub const LIST_ROOMS: &str = "heliograph_edge_list_rooms_total";
+pub const LIST_ROOMS_SECONDS: &str = "heliograph_edge_list_rooms_duration_seconds";
+/// Outcomes of `list-rooms` requests: answered with every region's rooms, answered without
+/// the regions that did not answer in time, refused over the connection's rate, or failed
+/// (the registry could not be asked).
+pub const LIST_ROOMS_OUTCOMES: [&str; 4] = ["complete", "partial", "rate_limited", "unavailable"];
 
 /// How a client reached the edge: the native WebSocket (`/ws`, `heliograph.v1`) or the
 /// Socket.IO endpoint (`/socket.io/`, see `socketio`). A label of the connection and message
@@ -214,9 +220,17 @@ pub fn sent_kind_of(frame: &str) -> &'static str {
 }
 
 /// Client message types, plus `invalid` for frames that did not decode.
-pub const RECEIVED_TYPES: [&str; 6] = ["join", "leave", "signal", "ping", "resume", "invalid"];
+pub const RECEIVED_TYPES: [&str; 7] = [
+    "join",
+    "leave",
+    "signal",
+    "ping",
+    "resume",
+    "list-rooms",
+    "invalid",
+];
 /// Server message types.
-pub const SENT_TYPES: [&str; 11] = [
+pub const SENT_TYPES: [&str; 12] = [
     "welcome",
     "resumed",
     "reconnect",
@@ -228,6 +242,7 @@ pub const SENT_TYPES: [&str; 11] = [
     "signal",
     "pong",
     "error",
+    "rooms",
 ];
 /// How a relayed signal reached its target's edge: in process, on the region's bus, through
 /// the coordinator replicas of this region, or from another region through the gateways.
@@ -276,6 +291,9 @@ pub struct EdgeMetrics {
     pub signals_pending: Gauge,
     /// Connections told to reconnect elsewhere while draining.
     pub drain_notices: Counter,
+    list_rooms: Handles<&'static str>,
+    /// Time from a `list-rooms` request to its answer.
+    pub list_rooms_seconds: Histogram,
 }
 
 /// Results of `resume` requests.
@@ -384,7 +402,21 @@ impl EdgeMetrics {
             DRAIN_NOTICES,
             "Connections sent `reconnect` because the edge is draining"
         );
+        describe_counter!(
+            LIST_ROOMS,
+            "Public-room listing requests (list-rooms), by outcome"
+        );
+        describe_histogram!(
+            LIST_ROOMS_SECONDS,
+            Unit::Seconds,
+            "Time from a list-rooms request to its answer"
+        );
         Self {
+            list_rooms: LIST_ROOMS_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter!(LIST_ROOMS, "outcome" => *o)))
+                .collect(),
+            list_rooms_seconds: histogram!(LIST_ROOMS_SECONDS),
             resumes: RESUME_RESULTS
                 .iter()
                 .map(|r| (*r, counter!(RESUMES, "result" => *r)))
@@ -493,6 +525,13 @@ impl EdgeMetrics {
 
     pub fn resume(&self, result: &'static str) {
         if let Some(c) = self.resumes.get(result) {
+            c.increment(1);
+        }
+    }
+
+    /// One `list-rooms` request's outcome (from [`LIST_ROOMS_OUTCOMES`]).
+    pub fn list_rooms(&self, outcome: &'static str) {
+        if let Some(c) = self.list_rooms.get(outcome) {
             c.increment(1);
         }
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use heliograph_coordinator::registry::{PeerId, RoomId};
 
 use crate::context::EdgeContext;
+use crate::limits::RateLimiter;
 use crate::metrics::Ingress;
 use crate::outbox::{Outgoing, SessionHandle};
 use crate::protocol::{self, ProtocolError, Ref, ServerMessage};
@@ -34,6 +35,8 @@ pub(super) struct SessionState {
     pub(super) receive_only: HashSet<RoomId>,
     /// The highest `ack` the client sent since the replay window was last trimmed.
     pub(super) acked: Option<u64>,
+    /// This connection's `list-rooms` budget (`--list-rooms-per-minute`), from its first one.
+    pub(super) list_rooms: Option<RateLimiter>,
 }
 
 /// A request running in the background (a registry call); the socket keeps writing and

@@ -11,6 +11,7 @@ mod client_address;
 mod cluster;
 mod config_file;
 mod departures;
+mod discovery;
 mod failover;
 mod homed;
 mod lifecycle;
