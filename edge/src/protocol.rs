@@ -608,7 +608,12 @@ pub fn encode_cursor(room: &RoomId) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<RoomId, ProtocolError> {
-    let bad = || ProtocolError::new(ErrorCode::BadField, "`cursor` is not a cursor this cluster gave");
+    let bad = || {
+        ProtocolError::new(
+            ErrorCode::BadField,
+            "`cursor` is not a cursor this cluster gave",
+        )
+    };
     if cursor.len() > MAX_CURSOR_BYTES {
         return Err(bad());
     }

@@ -225,7 +225,11 @@ pub fn summary_to_proto(s: &RoomSummary) -> proto::RoomSummary {
 pub fn listing_query_to_proto(q: &ListingQuery) -> proto::DiscoverRoomsRequest {
     proto::DiscoverRoomsRequest {
         prefix: q.prefix.clone(),
-        after: q.after.as_ref().map(ToString::to_string).unwrap_or_default(),
+        after: q
+            .after
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
     }
 }

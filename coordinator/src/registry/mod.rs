@@ -16,7 +16,8 @@ pub use command::{Command, Listing, Outcome, Rejection, Stamped};
 pub use event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 pub use ids::{EdgeId, IdError, PeerId, Region, RoomId};
 pub use listing::{
-    ListingPage, ListingQuery, MAX_LISTING_LIMIT, MAX_LISTING_PREFIX_BYTES, RoomListing, merge_pages,
+    ListingPage, ListingQuery, MAX_LISTING_LIMIT, MAX_LISTING_PREFIX_BYTES, RoomListing,
+    merge_pages,
 };
 pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};
 pub use webhooks::{WebhookEvent, WebhookOutbox, WebhookRecord};

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use heliograph_coordinator::registry::{ListingQuery, RoomListing};
 
-use super::requests::fail;
 use super::step::{Done, Handled, SessionState, error_out};
 use crate::context::EdgeContext;
 use crate::limits::RateLimiter;
@@ -30,20 +29,17 @@ pub(super) fn list_rooms(
         .get_or_insert_with(|| RateLimiter::per_minute(per_minute));
     if !budget.allow(Instant::now()) {
         ctx.metrics.list_rooms("rate_limited");
-        return fail(
-            ctx,
-            ErrorCode::RateLimited,
-            &format!("at most {per_minute} list-rooms requests a minute"),
+        let err = ProtocolError {
+            code: ErrorCode::RateLimited,
+            message: format!("at most {per_minute} list-rooms requests a minute"),
             reference,
-        );
+        };
+        return Handled::Reply(vec![error_out(&err, ctx)]);
     }
     let ctx = Arc::clone(ctx);
     Handled::Later(Box::pin(async move {
         let started = Instant::now();
-        let answer = ctx
-            .registry
-            .public_rooms(&query, LIST_ROOMS_TIMEOUT)
-            .await;
+        let answer = ctx.registry.public_rooms(&query, LIST_ROOMS_TIMEOUT).await;
         ctx.metrics
             .list_rooms_seconds
             .record(started.elapsed().as_secs_f64());

@@ -233,7 +233,7 @@ fn leave(
 }
 
 /// An `error` reply.
-pub(super) fn fail(ctx: &EdgeContext, code: ErrorCode, message: &str, reference: Option<Ref>) -> Handled {
+fn fail(ctx: &EdgeContext, code: ErrorCode, message: &str, reference: Option<Ref>) -> Handled {
     let err = ProtocolError {
         code,
         message: message.to_owned(),

@@ -107,7 +107,9 @@ async fn single_node_lists_public_rooms_pages_filters_and_validates() {
     let all = counts(&page);
     assert_eq!(
         all.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["chat", "game-1", "game-2", "game-3", "game-4", "game-5", "game-6"],
+        [
+            "chat", "game-1", "game-2", "game-3", "game-4", "game-5", "game-6"
+        ],
         "sorted by room id; `secret` is never listed"
     );
     assert_eq!(all["game-1"], (2, vec!["local".to_owned()]));
@@ -134,9 +136,13 @@ async fn single_node_lists_public_rooms_pages_filters_and_validates() {
     // A leave is seen at once (the embedded replica is the registry).
     b.send(json!({"type": "leave", "room": "game-1"})).await;
     b.expect("left").await;
-    listed_within(&mut b, json!({"prefix": "game-1"}), FRESH_WITHIN, "the leave", |m| {
-        m.get("game-1").is_some_and(|(n, _)| *n == 1)
-    })
+    listed_within(
+        &mut b,
+        json!({"prefix": "game-1"}),
+        FRESH_WITHIN,
+        "the leave",
+        |m| m.get("game-1").is_some_and(|(n, _)| *n == 1),
+    )
     .await;
 
     // Bad fields: `bad-field`, with the ref, and the connection stays usable.
@@ -255,14 +261,18 @@ async fn us_and_eu_homed() -> Cluster {
 /// Waits until the replicas of the other regions know that `region` homes `rooms` rooms.
 async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
     for r in cluster.replicas.iter().filter(|r| r.region != region) {
-        until(DEADLINE, "the other regions to learn the rooms' homes", || {
-            let status = cluster.admin.status(&r.api).unwrap();
-            let known = status["regions"].as_array().is_some_and(|rs| {
-                rs.iter()
-                    .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
-            });
-            std::future::ready(known.then_some(()))
-        })
+        until(
+            DEADLINE,
+            "the other regions to learn the rooms' homes",
+            || {
+                let status = cluster.admin.status(&r.api).unwrap();
+                let known = status["regions"].as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
+                });
+                std::future::ready(known.then_some(()))
+            },
+        )
         .await
         .unwrap();
     }
@@ -348,7 +358,11 @@ async fn public_rooms_of_two_regions_are_listed_from_either_within_a_second_of_a
     cluster.partition("eu");
     let sent = Instant::now();
     let page = list(&mut lu, json!({})).await;
-    assert!(sent.elapsed() < Duration::from_millis(1_500), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        sent.elapsed()
+    );
     assert_eq!(page["partial"], true, "{page}");
     assert_eq!(page["unreachable"], json!(["eu"]), "{page}");
     assert_eq!(
