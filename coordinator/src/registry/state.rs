@@ -1233,6 +1233,30 @@ mod tests {
         )
         .unwrap();
         assert!(old.webhooks().is_empty());
+        assert!(!old.listing(&id("r")).public, "rooms of old state are private");
+    }
+
+    /// A join logged before discovery existed (no `listing`) applies as a private join.
+    #[test]
+    fn an_old_join_entry_is_a_private_join() {
+        let old: Stamped = serde_json::from_str(
+            r#"{"at_ms":1,"command":{"Join":{"room":"r","peer":"p","edge":"e1","meta":"{}","max_members":null}}}"#,
+        )
+        .unwrap();
+        let Command::Join { listing, .. } = &old.command else {
+            panic!("{old:?}")
+        };
+        assert_eq!(listing, &Listing::default());
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        assert!(matches!(s.apply(&old).0, Outcome::Joined { .. }));
+        assert!(s.public_rooms(&ListingQuery {
+            prefix: String::new(),
+            after: None,
+            limit: 10
+        })
+        .rooms
+        .is_empty());
     }
 
     #[test]
