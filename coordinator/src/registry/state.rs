@@ -1233,7 +1233,10 @@ mod tests {
         )
         .unwrap();
         assert!(old.webhooks().is_empty());
-        assert!(!old.listing(&id("r")).public, "rooms of old state are private");
+        assert!(
+            !old.listing(&id("r")).public,
+            "rooms of old state are private"
+        );
     }
 
     /// A join logged before discovery existed (no `listing`) applies as a private join.
@@ -1250,13 +1253,15 @@ mod tests {
         let mut s = RegistryState::default();
         register(&mut s, "e1", 1, false);
         assert!(matches!(s.apply(&old).0, Outcome::Joined { .. }));
-        assert!(s.public_rooms(&ListingQuery {
-            prefix: String::new(),
-            after: None,
-            limit: 10
-        })
-        .rooms
-        .is_empty());
+        assert!(
+            s.public_rooms(&ListingQuery {
+                prefix: String::new(),
+                after: None,
+                limit: 10
+            })
+            .rooms
+            .is_empty()
+        );
     }
 
     #[test]

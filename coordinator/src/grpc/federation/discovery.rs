@@ -3,6 +3,7 @@
 //! [`DISCOVERY_REGION_TIMEOUT`]. A region that does not answer in time is left out and named,
 //! so a listing is never held up by a region cut off from this one.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +39,13 @@ impl Federation {
             };
         }
         let mut asked = JoinSet::new();
+        // Every region asked is either answered or named unreachable.
+        let mut unanswered = BTreeSet::new();
         for (region, gateways) in self.replica.regions() {
             if region.as_str() == self.replica.region() || gateways.is_empty() {
                 continue;
             }
+            unanswered.insert(region.clone());
             let this = Arc::clone(self);
             let request = convert::listing_query_to_proto(query);
             asked.spawn(async move {
@@ -67,19 +71,20 @@ impl Federation {
             });
         }
         let mut pages = vec![local];
-        let mut unreachable = Vec::new();
         // Every task ends within the deadline (`call_within`); the loop ends with the set.
         while let Some(joined) = asked.join_next().await {
             match joined {
-                Ok((_, Ok(page))) => pages.push(page),
+                Ok((region, Ok(page))) => {
+                    unanswered.remove(&region);
+                    pages.push(page);
+                }
                 Ok((region, Err(reason))) => {
                     tracing::debug!(%region, %reason, "a region's public rooms are missing from a listing");
-                    unreachable.push(region);
                 }
                 Err(e) => tracing::warn!(error = %e, "a discovery request task failed"),
             }
         }
-        unreachable.sort();
+        let unreachable: Vec<Region> = unanswered.into_iter().collect();
         metrics::discovery_request(if unreachable.is_empty() {
             "complete"
         } else {
