@@ -212,7 +212,7 @@ pub const REGIONS_FOLLOWED: &str = "heliograph_coordinator_regions_followed";
 /// Labels of [`RAFT_MESSAGES`]: to a member of this replica's region, or of another.
 pub const RAFT_SCOPES: [&str; 2] = ["region", "cross_region"];
 /// Operations of [`REGION_REQUESTS`].
-pub const REGION_OPS: [&str; 9] = [
+pub const REGION_OPS: [&str; 10] = [
     "join",
     "leave",
     "get_room",
@@ -222,6 +222,7 @@ pub const REGION_OPS: [&str; 9] = [
     "detach",
     "rebind",
     "edge_states",
+    "discover_rooms",
 ];
 /// Outcomes of [`REGION_REQUESTS`]: a call made, or given up (the region was unreachable).
 pub const REGION_OUTCOMES: [&str; 2] = ["sent", "unavailable"];
@@ -243,6 +244,17 @@ pub(crate) fn directory_lookup(hit: bool) {
     if hit {
         metrics::counter!(DIRECTORY_HITS).increment(1);
     }
+}
+
+pub const DISCOVERY_REQUESTS: &str = "heliograph_coordinator_discovery_requests_total";
+/// Outcomes of [`DISCOVERY_REQUESTS`]: an edge's listing with every region's rooms, one
+/// missing the regions that did not answer in time, or another region's request for this
+/// group's rooms alone.
+pub const DISCOVERY_OUTCOMES: [&str; 3] = ["complete", "partial", "region"];
+
+/// One discovery (public-room listing) request answered by this replica.
+pub(crate) fn discovery_request(outcome: &'static str) {
+    metrics::counter!(DISCOVERY_REQUESTS, "outcome" => outcome).increment(1);
 }
 
 /// A room this group homes that another region created too, and earlier.
@@ -283,6 +295,9 @@ pub fn describe() {
         for outcome in REGION_OUTCOMES {
             metrics::counter!(REGION_REQUESTS, "op" => op, "outcome" => outcome).absolute(0);
         }
+    }
+    for outcome in DISCOVERY_OUTCOMES {
+        metrics::counter!(DISCOVERY_REQUESTS, "outcome" => outcome).absolute(0);
     }
     for counter in [
         RAFT_LEADER_CHANGES,

@@ -37,6 +37,10 @@ pub struct JoinClaims {
     /// Refuse the join when the room already has this many members.
     #[serde(default)]
     pub max_room_size: Option<u32>,
+    /// Whether a room this join creates is listed to discovery; when present it decides,
+    /// whatever the client's `public` says (absent: the client's flag decides).
+    #[serde(default)]
+    pub public: Option<bool>,
 }
 
 fn default_true() -> bool {
@@ -49,6 +53,8 @@ pub struct Grant {
     pub identity: String,
     pub can_publish: bool,
     pub max_room_size: Option<u32>,
+    /// The token's `public` claim, if it has one.
+    pub public: Option<bool>,
 }
 
 impl Grant {
@@ -58,6 +64,7 @@ impl Grant {
             identity: String::new(),
             can_publish: true,
             max_room_size: None,
+            public: None,
         }
     }
 }
@@ -193,6 +200,7 @@ impl JoinAuth {
             identity: claims.sub,
             can_publish: claims.publish,
             max_room_size: claims.max_room_size,
+            public: claims.public,
         })
     }
 }
@@ -284,6 +292,12 @@ mod tests {
         );
         let g = auth.authorize(Some(&prefix), &room("team-7")).unwrap();
         assert_eq!((g.can_publish, g.max_room_size), (false, Some(4)));
+        assert_eq!(g.public, None, "no claim: the client's flag decides");
+        let public = token(json!({"sub": "ann", "exp": now() + 60, "room": "a", "public": true}));
+        assert_eq!(
+            auth.authorize(Some(&public), &room("a")).unwrap().public,
+            Some(true)
+        );
         assert_eq!(
             auth.authorize(Some(&prefix), &room("other")),
             Err(TokenError::WrongRoom)

@@ -38,6 +38,9 @@ pub const DEFAULT_DETACH_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 50;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+/// A listing reads every region's registry: a page a second on average is plenty for a
+/// lobby, and bounds what one connection costs the replicas.
+pub const DEFAULT_LIST_ROOMS_PER_MINUTE: u32 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 pub const DEFAULT_TURN_TTL_SECS: u64 = 3_600;
@@ -132,6 +135,10 @@ pub struct Args {
     /// Messages one connection may send in a burst (token bucket size).
     #[arg(long, env = "HELIOGRAPH_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
     pub rate_limit_burst: u32,
+    /// `list-rooms` requests one connection may make a minute (all at once at most);
+    /// more are answered `rate-limited`.
+    #[arg(long, env = "HELIOGRAPH_LIST_ROOMS_PER_MINUTE", default_value_t = DEFAULT_LIST_ROOMS_PER_MINUTE)]
+    pub list_rooms_per_minute: u32,
     /// Connections this edge accepts at once; more are refused with HTTP 503.
     #[arg(long, env = "HELIOGRAPH_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -345,6 +352,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    pub list_rooms_per_minute: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub client_addresses: ClientAddresses,
@@ -533,6 +541,10 @@ impl Args {
         check(
             self.rate_limit_burst >= 1,
             "--rate-limit-burst must be at least 1",
+        )?;
+        check(
+            self.list_rooms_per_minute >= 1,
+            "--list-rooms-per-minute must be at least 1",
         )?;
         check(
             self.max_connections >= 1,
@@ -787,6 +799,7 @@ impl Args {
             },
             rate_limit_per_second: self.rate_limit_per_second,
             rate_limit_burst: self.rate_limit_burst,
+            list_rooms_per_minute: self.list_rooms_per_minute,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             client_addresses,

@@ -152,6 +152,15 @@ mod tests {
     }
 
     #[test]
+    fn per_minute_allows_the_minute_at_once_then_refills() {
+        let mut r = RateLimiter::per_minute(3);
+        let t0 = Instant::now();
+        assert_eq!((0..5).filter(|_| r.allow(t0)).count(), 3);
+        assert!(!r.allow(t0 + Duration::from_secs(19)));
+        assert!(r.allow(t0 + Duration::from_secs(21)));
+    }
+
+    #[test]
     fn slots_are_counted_and_released() {
         let l = ConnectionLimiter::new(3, 2);
         let a: IpAddr = "127.0.0.2".parse().unwrap();

@@ -65,6 +65,12 @@ pub const INVITES: &str = "heliograph_edge_invites_total";
 pub const CONTACTS_OUTCOMES: [&str; 4] = ["ok", "too_many", "rate_limited", "unavailable"];
 /// Outcomes of `invite` requests (`not_a_contact` whatever the reason the target is not one).
 pub const INVITE_OUTCOMES: [&str; 4] = ["sent", "not_a_contact", "rate_limited", "unavailable"];
+pub const LIST_ROOMS: &str = "heliograph_edge_list_rooms_total";
+pub const LIST_ROOMS_SECONDS: &str = "heliograph_edge_list_rooms_duration_seconds";
+/// Outcomes of `list-rooms` requests: answered with every region's rooms, answered without
+/// the regions that did not answer in time, refused over the connection's rate, or failed
+/// (the registry could not be asked).
+pub const LIST_ROOMS_OUTCOMES: [&str; 4] = ["complete", "partial", "rate_limited", "unavailable"];
 
 /// How a client reached the edge: the native WebSocket (`/ws`, `heliograph.v1`) or the
 /// Socket.IO endpoint (`/socket.io/`, see `socketio`). A label of the connection and message
@@ -223,11 +229,19 @@ pub fn sent_kind_of(frame: &str) -> &'static str {
 }
 
 /// Client message types, plus `invalid` for frames that did not decode.
-pub const RECEIVED_TYPES: [&str; 8] = [
-    "join", "leave", "signal", "ping", "resume", "contacts", "invite", "invalid",
+pub const RECEIVED_TYPES: [&str; 9] = [
+    "join",
+    "leave",
+    "signal",
+    "ping",
+    "resume",
+    "contacts",
+    "invite",
+    "list-rooms",
+    "invalid",
 ];
 /// Server message types.
-pub const SENT_TYPES: [&str; 14] = [
+pub const SENT_TYPES: [&str; 15] = [
     "welcome",
     "resumed",
     "reconnect",
@@ -242,6 +256,7 @@ pub const SENT_TYPES: [&str; 14] = [
     "contacts-set",
     "contact",
     "invite",
+    "rooms",
 ];
 /// How a relayed signal reached its target's edge: in process, on the region's bus, through
 /// the coordinator replicas of this region, or from another region through the gateways.
@@ -295,6 +310,9 @@ pub struct EdgeMetrics {
     /// Contact hashes watched / published by this edge's sessions (set with `rooms_tracked`).
     pub contact_watches: Gauge,
     pub contact_published: Gauge,
+    list_rooms: Handles<&'static str>,
+    /// Time from a `list-rooms` request to its answer.
+    pub list_rooms_seconds: Histogram,
 }
 
 /// Results of `resume` requests.
@@ -417,7 +435,21 @@ impl EdgeMetrics {
             DRAIN_NOTICES,
             "Connections sent `reconnect` because the edge is draining"
         );
+        describe_counter!(
+            LIST_ROOMS,
+            "Public-room listing requests (list-rooms), by outcome"
+        );
+        describe_histogram!(
+            LIST_ROOMS_SECONDS,
+            Unit::Seconds,
+            "Time from a list-rooms request to its answer"
+        );
         Self {
+            list_rooms: LIST_ROOMS_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter!(LIST_ROOMS, "outcome" => *o)))
+                .collect(),
+            list_rooms_seconds: histogram!(LIST_ROOMS_SECONDS),
             resumes: RESUME_RESULTS
                 .iter()
                 .map(|r| (*r, counter!(RESUMES, "result" => *r)))
@@ -548,6 +580,13 @@ impl EdgeMetrics {
 
     pub fn invite(&self, outcome: &'static str) {
         if let Some(c) = self.invites.get(outcome) {
+            c.increment(1);
+        }
+    }
+
+    /// One `list-rooms` request's outcome (from [`LIST_ROOMS_OUTCOMES`]).
+    pub fn list_rooms(&self, outcome: &'static str) {
+        if let Some(c) = self.list_rooms.get(outcome) {
             c.increment(1);
         }
     }

@@ -7,7 +7,10 @@
 
 use std::fmt;
 
-use heliograph_coordinator::registry::{PeerId, RoomId};
+use base64::Engine as _;
+use heliograph_coordinator::registry::{
+    ListingQuery, MAX_LISTING_LIMIT, MAX_LISTING_PREFIX_BYTES, PeerId, RoomId,
+};
 
 use crate::contacts::{self, ContactHash};
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,11 @@ use serde_json::value::RawValue;
 pub const SUBPROTOCOL: &str = "heliograph.v1";
 /// Longest `ref` a client may attach, in bytes of its JSON text.
 pub const MAX_REF_BYTES: usize = 64;
+/// Rooms in a `rooms` page when `list-rooms` names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Longest `cursor` accepted, in bytes (a cursor names a room id: at most 128 bytes, in
+/// base64).
+const MAX_CURSOR_BYTES: usize = 256;
 
 /// Error codes sent in `error` frames. The wire names are listed in docs/PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,7 +244,13 @@ pub enum ClientMessage<'a> {
         token: Option<String>,
         /// The member's public key for signals relayed by peers (`meta.key` for the others).
         key: Option<MemberKey>,
+        /// List the room to discovery, if this join creates it.
+        public: bool,
+        /// A JSON object shown in listings, if this join creates the room.
+        room_meta: Option<&'a RawValue>,
     },
+    /// A page of public rooms (discovery).
+    ListRooms(ListingQuery),
     Leave {
         room: RoomId,
     },
@@ -275,6 +289,7 @@ impl ClientMessage<'_> {
             Self::Resume { .. } => "resume",
             Self::Contacts { .. } => "contacts",
             Self::Invite { .. } => "invite",
+            Self::ListRooms(_) => "list-rooms",
         }
     }
 }
@@ -309,6 +324,15 @@ struct Envelope<'a> {
     publish: Option<&'a RawValue>,
     #[serde(borrow)]
     watch: Option<&'a RawValue>,
+    public: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room_meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prefix: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cursor: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
 }
 
 /// A `seq` the client names (`ack`, `last_seq`).
@@ -465,25 +489,7 @@ fn decode_message<'a>(
     match &*ty {
         "join" => {
             let room = room(env.room)?;
-            let meta = match env.meta {
-                None => None,
-                Some(m) if m.get() == "null" => None,
-                Some(m) => {
-                    if !m.get().starts_with('{') {
-                        return Err(ProtocolError::new(
-                            ErrorCode::InvalidMeta,
-                            "`meta` must be a JSON object",
-                        ));
-                    }
-                    if m.get().len() > limits.max_meta_bytes {
-                        return Err(ProtocolError::new(
-                            ErrorCode::InvalidMeta,
-                            format!("`meta` is larger than {} bytes", limits.max_meta_bytes),
-                        ));
-                    }
-                    Some(m)
-                }
-            };
+            let meta = json_object(env.meta, "meta", limits)?;
             let token = match env.token {
                 None => None,
                 Some(t) if t.get() == "null" => None,
@@ -500,13 +506,23 @@ fn decode_message<'a>(
                     )
                 }
             };
+            let public = match present(env.public) {
+                None => false,
+                Some(raw) => serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                    ProtocolError::new(ErrorCode::BadField, "`public` must be true or false")
+                })?,
+            };
+            let room_meta = json_object(env.room_meta, "room_meta", limits)?;
             Ok(ClientMessage::Join {
                 room,
                 meta,
                 token,
                 key,
+                public,
+                room_meta,
             })
         }
+        "list-rooms" => list_rooms(env).map(ClientMessage::ListRooms),
         "leave" => Ok(ClientMessage::Leave {
             room: room(env.room)?,
         }),
@@ -566,6 +582,93 @@ fn decode_message<'a>(
             ))
         }
     }
+}
+
+/// A field that is there and not `null`.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+/// An optional JSON object of at most `--max-meta-bytes` (`meta`, `room_meta`).
+fn json_object<'a>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+    limits: &DecodeLimits,
+) -> Result<Option<&'a RawValue>, ProtocolError> {
+    let Some(m) = present(raw) else {
+        return Ok(None);
+    };
+    if !m.get().starts_with('{') {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidMeta,
+            format!("`{field}` must be a JSON object"),
+        ));
+    }
+    if m.get().len() > limits.max_meta_bytes {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidMeta,
+            format!("`{field}` is larger than {} bytes", limits.max_meta_bytes),
+        ));
+    }
+    Ok(Some(m))
+}
+
+/// `list-rooms {prefix?, cursor?, limit?}`.
+fn list_rooms(env: &Envelope<'_>) -> Result<ListingQuery, ProtocolError> {
+    let prefix = match present(env.prefix) {
+        None => String::new(),
+        Some(raw) => required_str(Some(raw), "prefix")?,
+    };
+    if prefix.len() > MAX_LISTING_PREFIX_BYTES {
+        return Err(ProtocolError::new(
+            ErrorCode::BadField,
+            format!("`prefix` is longer than {MAX_LISTING_PREFIX_BYTES} bytes"),
+        ));
+    }
+    let after = match present(env.cursor) {
+        None => None,
+        Some(raw) => Some(decode_cursor(&required_str(Some(raw), "cursor")?)?),
+    };
+    let limit = match present(env.limit) {
+        None => DEFAULT_LIST_LIMIT,
+        Some(raw) => serde_json::from_str::<usize>(raw.get())
+            .ok()
+            .filter(|n| (1..=MAX_LISTING_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::BadField,
+                    format!("`limit` must be an integer from 1 to {MAX_LISTING_LIMIT}"),
+                )
+            })?,
+    };
+    Ok(ListingQuery {
+        prefix,
+        after,
+        limit,
+    })
+}
+
+/// The `next` cursor of a page that ends with `room`: opaque to clients (base64url of the
+/// room id, which may change), valid on any edge of the cluster.
+pub fn encode_cursor(room: &RoomId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(room.as_str())
+}
+
+fn decode_cursor(cursor: &str) -> Result<RoomId, ProtocolError> {
+    let bad = || {
+        ProtocolError::new(
+            ErrorCode::BadField,
+            "`cursor` is not a cursor this cluster gave",
+        )
+    };
+    if cursor.len() > MAX_CURSOR_BYTES {
+        return Err(bad());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    RoomId::new(text).map_err(|_| bad())
 }
 
 /// A string field read in place when it has no escapes (the common case: no allocation).
@@ -648,6 +751,16 @@ pub struct PeerInfo<'a> {
     pub id: &'a str,
     pub meta: &'a RawValue,
     pub region: &'a str,
+}
+
+/// A public room as listed in `rooms`.
+#[derive(Debug, Serialize)]
+pub struct ListedRoom<'a> {
+    pub room: &'a str,
+    pub members: u32,
+    pub regions: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Box<RawValue>>,
 }
 
 /// Messages the edge sends. Encoded with [`encode`].
@@ -735,6 +848,21 @@ pub enum ServerMessage<'a> {
         room: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<&'a RawValue>,
+    },
+    /// The answer to `list-rooms`: a page of public rooms.
+    Rooms {
+        items: Vec<ListedRoom<'a>>,
+        /// The cursor of the next page; absent on the last one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        /// Some regions did not answer in time: their rooms are missing from this page.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
+        /// Those regions.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unreachable: Vec<&'a str>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
     },
     /// A signal this client sent to `to` will never be delivered.
     Expired {
@@ -1058,6 +1186,69 @@ mod tests {
         );
         let reserved = format!(r#"{{"type":"join","room":"~contact/{a}"}}"#);
         assert_eq!(err(&reserved).code, ErrorCode::InvalidRoom);
+    }
+
+    #[test]
+    fn join_takes_public_and_room_meta() {
+        let r = decode(
+            r#"{"type":"join","room":"r","public":true,"room_meta":{"t":"x"}}"#,
+            &LIMITS,
+        )
+        .unwrap();
+        let ClientMessage::Join {
+            public, room_meta, ..
+        } = r.message
+        else {
+            panic!()
+        };
+        assert!(public);
+        assert_eq!(room_meta.unwrap().get(), r#"{"t":"x"}"#);
+        assert_eq!(
+            err(r#"{"type":"join","room":"r","public":"yes"}"#).code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            err(r#"{"type":"join","room":"r","room_meta":[1]}"#).code,
+            ErrorCode::InvalidMeta
+        );
+        let big = format!(
+            r#"{{"type":"join","room":"r","room_meta":{{"x":"{}"}}}}"#,
+            "m".repeat(100)
+        );
+        assert_eq!(err(&big).code, ErrorCode::InvalidMeta);
+    }
+
+    #[test]
+    fn list_rooms_is_validated() {
+        let r = decode(r#"{"type":"list-rooms"}"#, &LIMITS).unwrap();
+        let ClientMessage::ListRooms(q) = r.message else {
+            panic!()
+        };
+        assert_eq!((q.prefix.as_str(), q.after, q.limit), ("", None, 50));
+        let cursor = encode_cursor(&RoomId::new("game-7").unwrap());
+        let text = format!(
+            r#"{{"type":"list-rooms","prefix":"game","cursor":"{cursor}","limit":100,"ref":1}}"#
+        );
+        let ClientMessage::ListRooms(q) = decode(&text, &LIMITS).unwrap().message else {
+            panic!()
+        };
+        assert_eq!(q.after.unwrap().as_str(), "game-7");
+        assert_eq!((q.prefix.as_str(), q.limit), ("game", 100));
+        for bad in [
+            r#"{"type":"list-rooms","limit":0}"#.to_owned(),
+            r#"{"type":"list-rooms","limit":101}"#.to_owned(),
+            r#"{"type":"list-rooms","limit":"5"}"#.to_owned(),
+            r#"{"type":"list-rooms","limit":2.5}"#.to_owned(),
+            r#"{"type":"list-rooms","prefix":7}"#.to_owned(),
+            r#"{"type":"list-rooms","cursor":"!!"}"#.to_owned(),
+            r#"{"type":"list-rooms","cursor":""}"#.to_owned(),
+            format!(r#"{{"type":"list-rooms","prefix":"{}"}}"#, "p".repeat(129)),
+        ] {
+            let e = err(&bad);
+            assert_eq!(e.code, ErrorCode::BadField, "{bad}");
+        }
+        let e = err(r#"{"type":"list-rooms","limit":0,"ref":"x"}"#);
+        assert_eq!(e.reference.unwrap().0.get(), r#""x""#);
     }
 
     #[test]

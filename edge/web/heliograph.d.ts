@@ -118,6 +118,10 @@ export interface Request {
   public?: boolean;
   publish?: string[];
   watch?: string[];
+  room_meta?: Meta;
+  prefix?: string;
+  cursor?: string;
+  limit?: number;
 }
 
 /** A mutual contact's presence (docs/PROTOCOL.md#contacts). */
@@ -236,8 +240,14 @@ export interface JoinOptions {
   meta?: Meta | ((client: Heliograph) => Meta);
   /** A join token for this room (ignored when the client has `getToken`). */
   token?: string;
-  /** Creates the room as public (listed; advertised to neighbours by a brokering PeerMesh). */
+  /**
+   * Lists a room this join creates to discovery (private by default), and has a brokering
+   * PeerMesh advertise it to neighbours. A join token's `public` claim, when it has one,
+   * decides instead.
+   */
   public?: boolean;
+  /** A JSON object shown in listings, if this join creates the room. */
+  roomMeta?: Meta;
 }
 
 /** This client's member key pair: the private key cannot be exported. */
@@ -251,22 +261,40 @@ export interface MemberKeys {
 /** A public room as listed by the server or advertised by peers. */
 export interface RoomListing {
   room: string;
+  /** Members now, detached members within their grace period included. */
   members: number;
+  /** The distinct regions of the members, sorted (always present in the server's listings). */
   regions?: string[];
+  /** The `roomMeta` of the join that created the room. */
   meta?: Meta;
 }
 
+/** What `listRooms` asks for; every field optional. */
 export interface ListRoomsOptions {
+  /** Only rooms whose id starts with this (at most 128 bytes). */
   prefix?: string;
   /** The `next` of the previous page. */
   cursor?: string;
+  /** Rooms per page, 1 to 100 (default 50). */
   limit?: number;
+}
+
+/** A page of public rooms from the server, sorted by room id. */
+export interface RoomsPage {
+  items: RoomListing[];
+  /** The cursor of the next page; null on the last. */
+  next: string | null;
+  /** Some regions did not answer in time: their rooms are missing from this page. */
+  partial: boolean;
+  /** Those regions. */
+  unreachable: string[];
 }
 
 export interface RoomState {
   meta: Meta | ((client: Heliograph) => Meta) | null;
   token: string | null;
   public: boolean;
+  roomMeta: Meta | null;
   /** The room's other peers; null while (re)joining. */
   peers: Map<string, PeerInfo> | null;
 }
@@ -298,8 +326,11 @@ export declare class Heliograph extends Emitter<HeliographEvents> {
   signal(room: string, to: string, kind: SignalKind, data: unknown): string;
   /** Round trip to the edge in ms. */
   ping(): Promise<number>;
-  /** Public rooms from the registry; rejects at once (`disconnected`) when not connected. */
-  listRooms(options?: ListRoomsOptions): Promise<{ items: RoomListing[]; next: string | null }>;
+  /**
+   * A page of the cluster's public rooms (discovery); rejects at once (`disconnected`) when
+   * not connected.
+   */
+  listRooms(options?: ListRoomsOptions): Promise<RoomsPage>;
   /** This client's member key pair, once `enableKeys()` has made it. */
   readonly keys: MemberKeys | null;
   /** Makes the member key pair (once); every join carries its public key from then on. */

@@ -216,11 +216,12 @@ export class Heliograph extends Emitter {
    * Joins `room`; resolves with the peers already there. Rejoined after reconnects.
    * `options.meta` may be a function of the client, called at every (re)join (e.g. to carry
    * the edge); `options.token` is a join token (the `getToken` option, when set, supplies a
-   * fresh one for every join instead).
+   * fresh one for every join instead). `options.public` lists a room this join creates to
+   * discovery (`listRooms`), with `options.roomMeta` (a JSON object) shown in the listing.
    */
   join(room, options = {}) {
-    const { meta = null, token = null } = options ?? {};
-    const entry = { meta, token, peers: null, public: options?.public === true };
+    const { meta = null, token = null, roomMeta = null } = options ?? {};
+    const entry = { meta, token, peers: null, public: options?.public === true, roomMeta };
     this.rooms.set(room, entry);
     this.leaving.delete(room);
     this.heldRosters.delete(room);
@@ -262,7 +263,9 @@ export class Heliograph extends Emitter {
     if (meta != null) msg.meta = meta;
     if (token != null) msg.token = token;
     if (this.keys) msg.key = this.keys.raw;
+    // Only a join that creates the room uses these; a rejoin that re-creates it keeps them.
     if (entry.public) msg.public = true;
+    if (entry.roomMeta != null) msg.room_meta = entry.roomMeta;
     return msg;
   }
 
@@ -341,14 +344,21 @@ export class Heliograph extends Emitter {
   }
 
   /**
-   * Public rooms from the registry: `list-rooms {prefix?, cursor?, limit?}` → `{ items, next? }`.
-   * Fails at once (`disconnected`) when not connected.
+   * A page of public rooms of every region, from the registry: `list-rooms {prefix?, cursor?,
+   * limit?}` → `{ items: [{ room, members, regions, meta? }], next, partial, unreachable }`,
+   * sorted by room id. Pass `next` back as `cursor` for the following page (`null`: the
+   * last). `partial` means the regions in `unreachable` did not answer in time and their rooms
+   * are missing. Fails at once (`disconnected`) when not connected.
    */
   listRooms(options = {}) {
     const msg = { type: 'list-rooms' };
     for (const k of ['prefix', 'cursor', 'limit']) if (options?.[k] != null) msg[k] = options[k];
-    return this.#request(msg, { queue: false })
-      .then((reply) => ({ items: reply.items ?? [], next: reply.next ?? null }));
+    return this.#request(msg, { queue: false }).then((reply) => ({
+      items: reply.items ?? [],
+      next: reply.next ?? null,
+      partial: reply.partial === true,
+      unreachable: reply.unreachable ?? [],
+    }));
   }
 
   /** Round trip to the edge in milliseconds. */

@@ -5,8 +5,9 @@
 
 use super::proto;
 use crate::registry::{
-    EdgeId, IdError, LeaveReason, Member, PeerId, Region, Rejection, RoomEvent, RoomEventKind,
-    RoomId, RoomSummary, RoomView,
+    EdgeId, IdError, LeaveReason, ListingPage, ListingQuery, MAX_LISTING_LIMIT,
+    MAX_LISTING_PREFIX_BYTES, Member, PeerId, Region, Rejection, RoomEvent, RoomEventKind, RoomId,
+    RoomListing, RoomSummary, RoomView,
 };
 
 /// A field of a request that does not hold a valid value.
@@ -221,6 +222,100 @@ pub fn summary_to_proto(s: &RoomSummary) -> proto::RoomSummary {
     }
 }
 
+pub fn listing_query_to_proto(q: &ListingQuery) -> proto::DiscoverRoomsRequest {
+    proto::DiscoverRoomsRequest {
+        prefix: q.prefix.clone(),
+        after: q
+            .after
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+    }
+}
+
+/// A discovery request as a query; the limit and the prefix are checked (the edge checks
+/// them first; a replica does not trust that).
+pub fn listing_query_from_proto(
+    r: &proto::DiscoverRoomsRequest,
+) -> Result<ListingQuery, ConvertError> {
+    let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
+    if !(1..=MAX_LISTING_LIMIT).contains(&limit) {
+        return Err(ConvertError::new(
+            "limit",
+            format!("must be between 1 and {MAX_LISTING_LIMIT}"),
+        ));
+    }
+    if r.prefix.len() > MAX_LISTING_PREFIX_BYTES {
+        return Err(ConvertError::new(
+            "prefix",
+            format!("is longer than {MAX_LISTING_PREFIX_BYTES} bytes"),
+        ));
+    }
+    let after = (!r.after.is_empty())
+        .then(|| room("after", &r.after))
+        .transpose()?;
+    Ok(ListingQuery {
+        prefix: r.prefix.clone(),
+        after,
+        limit,
+    })
+}
+
+pub fn listing_page_to_proto(
+    page: &ListingPage,
+    unreachable: Vec<String>,
+) -> proto::DiscoverRoomsResponse {
+    proto::DiscoverRoomsResponse {
+        rooms: page
+            .rooms
+            .iter()
+            .map(|r| proto::PublicRoom {
+                room: r.room.to_string(),
+                members: r.members,
+                regions: r.regions.iter().map(ToString::to_string).collect(),
+                meta_json: r.meta.clone().unwrap_or_default(),
+            })
+            .collect(),
+        more: page.more,
+        unreachable,
+    }
+}
+
+/// A page of public rooms and the regions that did not answer for it.
+pub fn listing_page_from_proto(
+    r: &proto::DiscoverRoomsResponse,
+) -> Result<(ListingPage, Vec<Region>), ConvertError> {
+    let rooms = r
+        .rooms
+        .iter()
+        .map(|p| {
+            Ok(RoomListing {
+                room: room("rooms.room", &p.room)?,
+                members: p.members,
+                regions: p
+                    .regions
+                    .iter()
+                    .map(|x| region("rooms.regions", x))
+                    .collect::<Result<_, _>>()?,
+                meta: (!p.meta_json.is_empty()).then(|| p.meta_json.clone()),
+            })
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    let unreachable = r
+        .unreachable
+        .iter()
+        .map(|x| region("unreachable", x))
+        .collect::<Result<_, _>>()?;
+    Ok((
+        ListingPage {
+            rooms,
+            more: r.more,
+        },
+        unreachable,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +368,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(event_from_proto(&bad).unwrap_err().field, "event.room");
+    }
+
+    #[test]
+    fn listings_round_trip_and_bad_queries_are_refused() {
+        let q = ListingQuery {
+            prefix: "game".into(),
+            after: Some(RoomId::new("game-1").unwrap()),
+            limit: 5,
+        };
+        assert_eq!(
+            listing_query_from_proto(&listing_query_to_proto(&q)).unwrap(),
+            q
+        );
+        for (limit, prefix) in [(0, ""), (101, ""), (5, &*"p".repeat(129))] {
+            let bad = proto::DiscoverRoomsRequest {
+                prefix: prefix.to_owned(),
+                after: String::new(),
+                limit,
+            };
+            assert!(listing_query_from_proto(&bad).is_err());
+        }
+        let page = ListingPage {
+            rooms: vec![RoomListing {
+                room: RoomId::new("game-2").unwrap(),
+                members: 3,
+                regions: vec![Region::new("eu").unwrap(), Region::new("us").unwrap()],
+                meta: Some(r#"{"t":1}"#.into()),
+            }],
+            more: true,
+        };
+        let wire = listing_page_to_proto(&page, vec!["ap".into()]);
+        let (back, unreachable) = listing_page_from_proto(&wire).unwrap();
+        assert_eq!(back, page);
+        assert_eq!(unreachable, vec![Region::new("ap").unwrap()]);
     }
 }

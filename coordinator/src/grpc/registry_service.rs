@@ -34,7 +34,9 @@ use super::proto::{self, edge_to_replica};
 use super::relay::{Origin, Relay};
 use super::status::ServiceError;
 use crate::error::CoordinatorError;
-use crate::registry::{Command, EdgeId, Member, Outcome, PeerId, Region, RoomId, RoomView};
+use crate::registry::{
+    Command, EdgeId, Listing, Member, Outcome, PeerId, Region, RoomId, RoomView,
+};
 use crate::replica::Replica;
 use crate::telemetry;
 use crate::transport::ClusterSecret;
@@ -556,6 +558,10 @@ impl Registry for RegistryService {
             attempt: r.attempt,
             deadline_ms: r.deadline_ms,
             remote_region,
+            listing: Listing {
+                public: r.public,
+                meta: (!r.room_meta_json.is_empty()).then(|| r.room_meta_json.clone()),
+            },
         };
         let home = self.shared.replica.region().to_owned();
         self.write(
@@ -777,6 +783,20 @@ impl Registry for RegistryService {
         Ok(Response::new(proto::ListRoomsResponse {
             rooms: rooms.iter().map(convert::summary_to_proto).collect(),
         }))
+    }
+
+    async fn discover_rooms(
+        &self,
+        request: Request<proto::DiscoverRoomsRequest>,
+    ) -> Result<Response<proto::DiscoverRoomsResponse>, Status> {
+        self.check(&request)?;
+        let query = convert::listing_query_from_proto(request.get_ref()).map_err(invalid)?;
+        let here_only = federation::from_region(&request);
+        let found = self.shared.federation.discover(&query, here_only).await;
+        Ok(Response::new(convert::listing_page_to_proto(
+            &found.page,
+            found.unreachable.iter().map(ToString::to_string).collect(),
+        )))
     }
 
     type LinkStream = ReceiverStream<LinkItem>;

@@ -59,6 +59,10 @@ pub enum Command {
         /// its liveness is that region's business. `None`: an edge of this group.
         #[serde(default)]
         remote_region: Option<Region>,
+        /// How the room is listed, when this join creates it (a join to an existing room
+        /// changes nothing of it). Absent in entries from before discovery: private.
+        #[serde(default)]
+        listing: Listing,
     },
     Leave {
         room: RoomId,
@@ -128,6 +132,17 @@ pub enum Command {
     /// `endpoint` has the records `ids` (delivered, or given up on): they no longer wait for
     /// it. Proposed by the leader's webhook delivery.
     AckWebhooks { endpoint: String, ids: Vec<u64> },
+}
+
+/// How a room is listed to discovery (`list-rooms`), set by its creating join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Listed at all; private (never listed) by default.
+    #[serde(default)]
+    pub public: bool,
+    /// A JSON object shown in listings (`room_meta`), as the client sent it.
+    #[serde(default)]
+    pub meta: Option<String>,
 }
 
 /// Entries logged before `Sweep::leases` existed ended leases.

@@ -7,12 +7,17 @@
 mod command;
 mod event;
 pub mod ids;
+mod listing;
 mod small;
 mod state;
 mod webhooks;
 
-pub use command::{Command, Outcome, Rejection, Stamped};
+pub use command::{Command, Listing, Outcome, Rejection, Stamped};
 pub use event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 pub use ids::{EdgeId, HIDDEN_ROOM_PREFIX, IdError, PeerId, Region, RoomId};
+pub use listing::{
+    ListingPage, ListingQuery, MAX_LISTING_LIMIT, MAX_LISTING_PREFIX_BYTES, RoomListing,
+    merge_pages,
+};
 pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};
 pub use webhooks::{WebhookEvent, WebhookOutbox, WebhookRecord};

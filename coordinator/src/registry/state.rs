@@ -1,12 +1,13 @@
 //! Registry state: edges, rooms and peers, and how commands change them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Command, Outcome, Rejection, Stamped};
+use super::command::{Command, Listing, Outcome, Rejection, Stamped};
 use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
+use super::listing::{ListingPage, ListingQuery, RoomListing};
 use super::small::{SmallMap, SmallSet};
 use super::webhooks::{WebhookEvent, WebhookOutbox};
 
@@ -39,6 +40,9 @@ struct RoomRecord {
     /// kept.
     #[serde(default)]
     joined_at: SmallMap<PeerId, u64>,
+    /// The `room_meta` of the creating join, shown in listings when the room is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    listing_meta: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,7 @@ struct JoinRequest<'a> {
     max_members: Option<u32>,
     attempt: u64,
     at_ms: u64,
+    listing: &'a Listing,
 }
 
 /// `id` as `map` keys it, sharing that key's string; `id` itself when `map` has no such key.
@@ -105,6 +110,10 @@ pub struct RegistryState {
     /// Other regions' gateways (API addresses): the rooms they home are reached through them.
     #[serde(default)]
     regions: BTreeMap<Region, Vec<String>>,
+    /// The public rooms (listed to discovery), so that a listing walks only them. A room
+    /// leaves it when it empties. Absent in state from before discovery: none is public.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    public: BTreeSet<RoomId>,
 }
 
 impl RegistryState {
@@ -175,6 +184,7 @@ impl RegistryState {
                 attempt,
                 deadline_ms: _,
                 remote_region,
+                listing,
             } => {
                 let request = JoinRequest {
                     room,
@@ -185,6 +195,7 @@ impl RegistryState {
                     max_members: *max_members,
                     attempt: *attempt,
                     at_ms: at,
+                    listing,
                 };
                 self.join(request, &mut events)
             }
@@ -406,6 +417,7 @@ impl RegistryState {
             max_members,
             attempt,
             at_ms,
+            listing,
         } = request;
         let Some(region) = self.edge_region(edge, remote_region) else {
             return Outcome::Rejected(Rejection::UnknownEdge);
@@ -433,6 +445,10 @@ impl RegistryState {
         let peer = &shared(&self.peers, peer);
         let edge = &shared(&self.edges, edge);
         let epoch = self.bump_epoch();
+        if listing.public && !self.rooms.contains_key(room) {
+            // Only the creating join decides: a later join saying `public` changes nothing.
+            self.public.insert(room.clone());
+        }
         let rec = self
             .rooms
             .entry(room.clone())
@@ -441,6 +457,7 @@ impl RegistryState {
                 created_at_ms: at_ms,
                 members: SmallMap::new(),
                 joined_at: SmallMap::new(),
+                listing_meta: listing.meta.clone(),
             });
         rec.epoch = epoch;
         rec.members.insert(peer.clone(), meta.to_owned());
@@ -519,6 +536,7 @@ impl RegistryState {
         }
         let epoch = self.bump_epoch();
         self.rooms.remove(room);
+        self.public.remove(room);
         for peer in members {
             if let Some(p) = self.peers.get_mut(peer) {
                 p.rooms.remove(room);
@@ -670,6 +688,7 @@ impl RegistryState {
             rec.epoch = epoch;
             if rec.members.is_empty() {
                 self.rooms.remove(room);
+                self.public.remove(room);
             }
         }
         if let Some(edge) = edge {
@@ -767,6 +786,54 @@ impl RegistryState {
                 members: u32::try_from(rec.members.len()).unwrap_or(u32::MAX),
             })
             .collect()
+    }
+
+    /// Up to `query.limit` public rooms matching `query`, in id order, and whether more
+    /// match. Walks only the public rooms, from the cursor (or the prefix) on.
+    pub fn public_rooms(&self, query: &ListingQuery) -> ListingPage {
+        use std::ops::Bound;
+        let start = match &query.after {
+            Some(after) if after.as_str() >= query.prefix.as_str() => {
+                Bound::Excluded(after.as_str())
+            }
+            _ => Bound::Included(query.prefix.as_str()),
+        };
+        let mut page = ListingPage::default();
+        let candidates = self
+            .public
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|room| room.as_str().starts_with(&query.prefix));
+        for room in candidates {
+            if page.rooms.len() == query.limit {
+                page.more = true;
+                break;
+            }
+            let Some(rec) = self.rooms.get(room) else {
+                continue;
+            };
+            let mut regions: Vec<Region> = rec
+                .members
+                .keys()
+                .filter_map(|p| self.peers.get(p).map(|p| p.region.clone()))
+                .collect();
+            regions.sort();
+            regions.dedup();
+            page.rooms.push(RoomListing {
+                room: room.clone(),
+                members: u32::try_from(rec.members.len()).unwrap_or(u32::MAX),
+                regions,
+                meta: rec.listing_meta.clone(),
+            });
+        }
+        page
+    }
+
+    /// How `room` is listed to discovery (private when it is not here).
+    pub fn listing(&self, room: &RoomId) -> Listing {
+        Listing {
+            public: self.public.contains(room),
+            meta: self.rooms.get(room).and_then(|r| r.listing_meta.clone()),
+        }
     }
 
     /// When `peer` joined `room` (ms since the epoch, leader's clock), if it is a member and
@@ -891,8 +958,91 @@ mod tests {
                 attempt: 0,
                 deadline_ms: 0,
                 remote_region: None,
+                listing: Default::default(),
             },
         ))
+    }
+
+    fn join_listed(s: &mut RegistryState, room: &str, peer: &str, public: bool, meta: &str) {
+        s.apply(&at(
+            1,
+            Command::Join {
+                room: id(room),
+                peer: id(peer),
+                edge: id("e1"),
+                meta: "{}".into(),
+                max_members: None,
+                attempt: 0,
+                deadline_ms: 0,
+                remote_region: None,
+                listing: Listing {
+                    public,
+                    meta: Some(meta.into()),
+                },
+            },
+        ));
+    }
+
+    fn listed(s: &RegistryState, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
+        s.public_rooms(&ListingQuery {
+            prefix: prefix.into(),
+            after: after.map(id),
+            limit,
+        })
+        .rooms
+        .iter()
+        .map(|r| format!("{}:{}", r.room, r.members))
+        .collect()
+    }
+
+    #[test]
+    fn only_rooms_created_public_are_listed_and_the_creating_join_decides() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        join_listed(&mut s, "game-a", "p1", true, r#"{"title":"A"}"#);
+        join_listed(&mut s, "game-b", "p2", false, "{}");
+        // A later join saying public changes nothing, nor one saying private.
+        join_listed(&mut s, "game-b", "p3", true, "{}");
+        join_listed(&mut s, "game-a", "p4", false, r#"{"title":"other"}"#);
+        join_listed(&mut s, "chat", "p5", true, "{}");
+        assert_eq!(listed(&s, "", None, 10), ["chat:1", "game-a:2"]);
+        let page = s.public_rooms(&ListingQuery {
+            prefix: "game".into(),
+            after: None,
+            limit: 10,
+        });
+        assert_eq!(page.rooms.len(), 1);
+        assert_eq!(page.rooms[0].meta.as_deref(), Some(r#"{"title":"A"}"#));
+        assert_eq!(page.rooms[0].regions, vec![id::<Region>("eu")]);
+        assert!(s.listing(&id("game-a")).public && !s.listing(&id("game-b")).public);
+        // Pages: the cursor is exclusive, `more` says whether to go on.
+        let first = s.public_rooms(&ListingQuery {
+            prefix: String::new(),
+            after: None,
+            limit: 1,
+        });
+        assert!(first.more);
+        assert_eq!(listed(&s, "", Some("chat"), 1), ["game-a:2"]);
+        assert!(listed(&s, "", Some("game-a"), 1).is_empty());
+        assert!(listed(&s, "game", Some("zzz"), 5).is_empty());
+        // An emptied room leaves the listing; re-created private, it stays out.
+        for (room, peer) in [("game-a", "p1"), ("game-a", "p4")] {
+            s.apply(&at(
+                2,
+                Command::Leave {
+                    room: id(room),
+                    peer: id(peer),
+                    attempt: 0,
+                    deadline_ms: 0,
+                },
+            ));
+        }
+        join_listed(&mut s, "game-a", "p6", false, "{}");
+        assert_eq!(listed(&s, "", None, 10), ["chat:1"]);
+        // The flag and the meta survive a snapshot.
+        let json = serde_json::to_string(&s).unwrap();
+        let back: RegistryState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]
@@ -935,6 +1085,7 @@ mod tests {
                     attempt: n,
                     deadline_ms: 0,
                     remote_region: None,
+                    listing: Default::default(),
                 },
             ))
             .0
@@ -984,6 +1135,7 @@ mod tests {
             attempt: 1,
             deadline_ms,
             remote_region: None,
+            listing: Default::default(),
         };
         let (o, ev) = s.apply(&at(100, join(99)));
         assert_eq!((o, ev.len()), (Outcome::Rejected(Rejection::Late), 0));
@@ -1115,6 +1267,35 @@ mod tests {
         )
         .unwrap();
         assert!(old.webhooks().is_empty());
+        assert!(
+            !old.listing(&id("r")).public,
+            "rooms of old state are private"
+        );
+    }
+
+    /// A join logged before discovery existed (no `listing`) applies as a private join.
+    #[test]
+    fn an_old_join_entry_is_a_private_join() {
+        let old: Stamped = serde_json::from_str(
+            r#"{"at_ms":1,"command":{"Join":{"room":"r","peer":"p","edge":"e1","meta":"{}","max_members":null}}}"#,
+        )
+        .unwrap();
+        let Command::Join { listing, .. } = &old.command else {
+            panic!("{old:?}")
+        };
+        assert_eq!(listing, &Listing::default());
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, false);
+        assert!(matches!(s.apply(&old).0, Outcome::Joined { .. }));
+        assert!(
+            s.public_rooms(&ListingQuery {
+                prefix: String::new(),
+                after: None,
+                limit: 10
+            })
+            .rooms
+            .is_empty()
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::raft::log_store::{Closed, CommittedIndex};
 use crate::raft::state_machine::SharedState;
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::registry::{
-    Command, EdgeId, EdgeRecord, Outcome, PeerId, Region, RegistryState, RoomEvent, RoomId,
-    RoomSummary, RoomView, WebhookOutbox,
+    Command, EdgeId, EdgeRecord, Listing, ListingPage, ListingQuery, Outcome, PeerId, Region,
+    RegistryState, RoomEvent, RoomId, RoomSummary, RoomView, WebhookOutbox,
 };
 
 /// Room events buffered per subscriber before it must resynchronise.
@@ -104,6 +104,16 @@ impl Replica {
 
     pub fn rooms(&self) -> Vec<RoomSummary> {
         self.read(|s| s.rooms())
+    }
+
+    /// The public rooms of this replica's group that match `query`, from its applied state.
+    pub fn public_rooms(&self, query: &ListingQuery) -> ListingPage {
+        self.read(|s| s.public_rooms(query))
+    }
+
+    /// How `room` is listed to discovery (private when it is not here).
+    pub fn listing(&self, room: &RoomId) -> Listing {
+        self.read(|s| s.listing(room))
     }
 
     /// Up to `limit` rooms after `after` (in id order) with their members, and whether more

@@ -59,6 +59,7 @@ async fn join(c: &Replica, room: &str, peer: &str, edge: &str) -> Outcome {
         attempt: 0,
         deadline_ms: 0,
         remote_region: None,
+        listing: Default::default(),
     })
     .await
     .unwrap()

@@ -122,6 +122,7 @@ fn join(room: &str, peer: &str) -> Command {
         attempt: 0,
         deadline_ms: 0,
         remote_region: None,
+        listing: Default::default(),
     }
 }
 

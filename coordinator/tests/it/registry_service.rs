@@ -137,6 +137,7 @@ async fn join(
         attempt: 0,
         deadline_ms: 0,
         edge_region: String::new(),
+        ..Default::default()
     }))
     .await
     .unwrap()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
+use heliograph_coordinator::registry::{Command, Listing, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
 use super::commit::{COMMIT_DEADLINE, commit, fence_ms, save_rooms};
@@ -182,6 +182,8 @@ async fn join(ctx: &EdgeContext, peer: &PeerId, room: RoomId, role: Role) -> boo
         attempt,
         deadline_ms: fence_ms(),
         remote_region: None,
+        // Never listed: contact rooms are private.
+        listing: Listing::default(),
     };
     match commit(ctx, command, COMMIT_DEADLINE).await.result {
         Ok(Outcome::Joined { epoch, .. }) => {

@@ -6,7 +6,7 @@
 //!
 //! - this file: the select loop, and nothing else;
 //! - [`requests`](requests): join, leave, signal, ping; [`resume`](resume): taking over a
-//!   stored session;
+//!   stored session; [`discovery`](discovery): `list-rooms`;
 //! - [`writer`](writer): the socket's writing side (numbering, batching, write deadlines);
 //! - [`drain`](drain): `reconnect` and close during a drain; [`ending`](ending): ending or
 //!   detaching the session; [`close`](close): close codes and reasons;
@@ -18,6 +18,7 @@
 mod close;
 mod commit;
 mod contacts;
+mod discovery;
 mod drain;
 mod ending;
 pub(crate) mod ingress;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use heliograph_coordinator::CoordinatorError;
-use heliograph_coordinator::registry::{Command, Outcome, PeerId, Rejection, RoomId};
+use heliograph_coordinator::registry::{Command, Listing, Outcome, PeerId, Rejection, RoomId};
 use serde_json::value::RawValue;
 
 use super::commit::{COMMIT_DEADLINE, commit, fence_ms, save_rooms};
@@ -19,6 +19,7 @@ const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_millis(90
 /// quorum) applies a backlog first, and giving up on a join that is merely late makes its
 /// client join again.
 const EVENTS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+use super::discovery;
 use super::step::{Caller, Done, Handled, SessionState, error_out};
 use super::{contacts, resume};
 use crate::auth::Grant;
@@ -69,6 +70,8 @@ pub(super) fn handle_text(
             meta,
             token,
             key,
+            public,
+            room_meta,
         } => {
             let grant = match ctx.join_auth.authorize(token.as_deref(), &room) {
                 Ok(grant) => grant,
@@ -80,8 +83,14 @@ pub(super) fn handle_text(
                 state.receive_only.insert(room.clone());
             }
             let meta = member::member_meta(meta.map(RawValue::get), &grant.identity, key.as_ref());
-            join(ctx, caller, room, meta, &grant, reference)
+            // A token's `public` claim, when it has one, decides over the client's flag.
+            let listing = Listing {
+                public: grant.public.unwrap_or(public),
+                meta: room_meta.map(|m| m.get().to_owned()),
+            };
+            join(ctx, caller, room, meta, &grant, listing, reference)
         }
+        ClientMessage::ListRooms(query) => discovery::list_rooms(ctx, state, query, reference),
         ClientMessage::Leave { room } => leave(ctx, caller, room, reference),
         ClientMessage::Resume { token, last_seq } => {
             resume::request(ctx, caller, &token, last_seq, reference)
@@ -244,6 +253,7 @@ fn join(
     room: RoomId,
     meta: String,
     grant: &Grant,
+    listing: Listing,
     reference: Option<Ref>,
 ) -> Handled {
     let peer = caller.peer;
@@ -289,6 +299,7 @@ fn join(
                     attempt,
                     deadline_ms: fence_ms(),
                     remote_region: None,
+                    listing,
                 };
                 let committed = commit(&ctx, command, COMMIT_DEADLINE).await;
                 ctx.metrics

@@ -35,6 +35,8 @@ pub(super) struct SessionState {
     pub(super) receive_only: HashSet<RoomId>,
     /// The highest `ack` the client sent since the replay window was last trimmed.
     pub(super) acked: Option<u64>,
+    /// This connection's `list-rooms` budget (`--list-rooms-per-minute`), from its first one.
+    pub(super) list_rooms: Option<RateLimiter>,
     /// Rate limits of `contacts` and `invite`.
     pub(super) contacts: ContactLimits,
 }

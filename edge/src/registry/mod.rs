@@ -5,7 +5,7 @@
 //! - writes: [`Registry::execute`] with registry [`Command`]s;
 //! - events: [`Events`], a stream of [`RegistryEvent`]s (room events in order, "resync"
 //!   when events may have been missed, and signals relayed from other edges);
-//! - reads: [`Registry::views`] for a resync;
+//! - reads: [`Registry::views`] for a resync, [`Registry::public_rooms`] for discovery;
 //!
 //! The follower (`crate::follower`) is the one task that consumes the events.
 //! Protobuf types are converted here (`relayed`, and the coordinator's `convert` in
@@ -18,7 +18,9 @@ mod remote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use heliograph_coordinator::registry::{Command, Outcome, RoomEvent, RoomId, RoomView};
+use heliograph_coordinator::registry::{
+    Command, ListingPage, ListingQuery, Outcome, Region, RoomEvent, RoomId, RoomView,
+};
 use heliograph_coordinator::{CoordinatorError, Replica};
 use tokio::sync::{broadcast, mpsc};
 
@@ -94,6 +96,19 @@ impl Registry {
         match self {
             Self::Embedded(c) => Ok(rooms.iter().map(|r| (r.clone(), c.room(r))).collect()),
             Self::Remote(remote) => remote.views(rooms).await,
+        }
+    }
+
+    /// A page of public rooms (discovery) from every region's group, and the regions that
+    /// did not answer in time. The embedded replica is the only group there is.
+    pub async fn public_rooms(
+        &self,
+        query: &ListingQuery,
+        within: std::time::Duration,
+    ) -> Result<(ListingPage, Vec<Region>), CoordinatorError> {
+        match self {
+            Self::Embedded(c) => Ok((c.public_rooms(query), Vec::new())),
+            Self::Remote(r) => r.public_rooms(query, within).await,
         }
     }
 

@@ -18,7 +18,7 @@ use heliograph_coordinator::grpc::proto::{
     replica_to_edge,
 };
 use heliograph_coordinator::registry::{
-    Command, EdgeId, Outcome, Region, Rejection, RoomId, RoomView,
+    Command, EdgeId, ListingPage, ListingQuery, Outcome, Region, Rejection, RoomId, RoomView,
 };
 use heliograph_coordinator::telemetry;
 use heliograph_coordinator::transport::ClusterSecret;
@@ -196,6 +196,25 @@ impl RemoteRegistry {
         Ok(views)
     }
 
+    /// A page of public rooms from this edge's replica (which asks the other regions), and
+    /// the regions missing from it; the call gives up after `within`.
+    pub async fn public_rooms(
+        &self,
+        query: &ListingQuery,
+        within: Duration,
+    ) -> Result<(ListingPage, Vec<Region>), CoordinatorError> {
+        let mut c = self.client()?;
+        let mut request = self.request(convert::listing_query_to_proto(query));
+        request.set_timeout(within);
+        let answer = c
+            .discover_rooms(request)
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        convert::listing_page_from_proto(&answer)
+            .map_err(|e| CoordinatorError::Unavailable(e.to_string()))
+    }
+
     /// Runs one registry command as the matching RPC.
     pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
         let mut c = self.client()?;
@@ -215,6 +234,7 @@ impl RemoteRegistry {
                 attempt,
                 deadline_ms,
                 remote_region: _,
+                listing,
             } => {
                 let r = c
                     .join(self.request(proto::JoinRequest {
@@ -227,6 +247,8 @@ impl RemoteRegistry {
                         deadline_ms,
                         // Filled in by the replica, which knows this edge's region.
                         edge_region: String::new(),
+                        public: listing.public,
+                        room_meta_json: listing.meta.unwrap_or_default(),
                     }))
                     .await
                     .map_err(unavailable)?

@@ -12,6 +12,7 @@ mod cluster;
 mod config_file;
 mod contacts;
 mod departures;
+mod discovery;
 mod failover;
 mod homed;
 mod lifecycle;

@@ -82,6 +82,8 @@ async fn every_documented_metric_is_exposed_after_real_traffic() {
     }
     clients[0].send(json!({"type": "nonsense"})).await;
     clients[0].expect("error").await;
+    clients[0].send(json!({"type": "list-rooms"})).await;
+    clients[0].expect("rooms").await;
 
     // One server API call (refused: no key) is traffic for its request counter.
     let (status, _) = heliograph_testkit::http::request(

@@ -87,7 +87,9 @@ test('listRooms sends list-rooms and resolves with the rooms reply', async () =>
   const req = ws.lastSent('list-rooms');
   assert.deepEqual({ prefix: req.prefix, limit: req.limit, cursor: req.cursor }, { prefix: 'lo', limit: 10, cursor: undefined });
   ws.receive({ type: 'rooms', items: [{ room: 'lobby', members: 2, regions: ['eu'] }], next: 'c2', ref: req.ref });
-  assert.deepEqual(await p, { items: [{ room: 'lobby', members: 2, regions: ['eu'] }], next: 'c2' });
+  assert.deepEqual(await p, {
+    items: [{ room: 'lobby', members: 2, regions: ['eu'] }], next: 'c2', partial: false, unreachable: [],
+  });
 });
 
 test('discoverRooms without a server answer lists the public rooms the client is in, marked self', async () => {

@@ -735,3 +735,41 @@ test('contacts: a resumed session keeps its sets and is not sent them again', as
   await flush();
   assert.equal(ws2.lastSent('contacts'), undefined);
 });
+
+test('join passes public and roomMeta; listRooms sends list-rooms and resolves with the page', async () => {
+  const c = await connected();
+  const ws = FakeWebSocket.last;
+  c.join('arena', { public: true, roomMeta: { title: 'Arena' } });
+  const join = ws.lastSent('join');
+  assert.equal(join.public, true);
+  assert.deepEqual(join.room_meta, { title: 'Arena' });
+  c.join('quiet');
+  assert.equal(ws.lastSent('join').public, undefined, 'private by default');
+  assert.equal(ws.lastSent('join').room_meta, undefined);
+
+  const first = c.listRooms({ prefix: 'ar', limit: 2 });
+  const req = ws.lastSent('list-rooms');
+  assert.deepEqual(
+    { prefix: req.prefix, limit: req.limit, cursor: req.cursor },
+    { prefix: 'ar', limit: 2, cursor: undefined },
+  );
+  ws.receive({
+    type: 'rooms', ref: req.ref, next: 'YXJlbmE',
+    items: [{ room: 'arena', members: 3, regions: ['eu', 'us'], meta: { title: 'Arena' } }],
+  });
+  const page = await first;
+  assert.deepEqual(page, {
+    items: [{ room: 'arena', members: 3, regions: ['eu', 'us'], meta: { title: 'Arena' } }],
+    next: 'YXJlbmE', partial: false, unreachable: [],
+  });
+  const second = c.listRooms({ cursor: page.next });
+  const req2 = ws.lastSent('list-rooms');
+  assert.equal(req2.cursor, 'YXJlbmE');
+  ws.receive({ type: 'rooms', ref: req2.ref, items: [], partial: true, unreachable: ['ap'] });
+  assert.deepEqual(await second, { items: [], next: null, partial: true, unreachable: ['ap'] });
+
+  const limited = c.listRooms();
+  const req3 = ws.lastSent('list-rooms');
+  ws.receive({ type: 'error', code: 'rate-limited', message: 'slow down', ref: req3.ref });
+  await assert.rejects(limited, (e) => e instanceof HeliographError && e.code === 'rate-limited');
+});

@@ -108,6 +108,7 @@ impl Federation {
         let Some(view) = self.replica.room(room) else {
             return Ok(());
         };
+        let listing = self.replica.listing(room);
         let join: Call<proto::JoinRequest, proto::JoinResponse> =
             |mut c, r| Box::pin(async move { c.join(r).await });
         for m in &view.members {
@@ -120,6 +121,10 @@ impl Federation {
                 attempt: 0,
                 deadline_ms: 0,
                 edge_region: m.region.to_string(),
+                // Changes nothing when the winner's room is there (it keeps its own flag);
+                // re-creates this one's should the winner's have emptied meanwhile.
+                public: listing.public,
+                room_meta_json: listing.meta.clone().unwrap_or_default(),
             };
             let answer = self
                 .call(winner, &gateways, request, "join", join)

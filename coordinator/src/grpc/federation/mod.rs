@@ -6,6 +6,7 @@
 //! - [`follow`]: this replica's streams following the other regions' groups.
 //! - [`merge`]: a name created in two regions at once ends as one room, the older one.
 //! - [`liveness`]: members here whose edges are other regions' get the same grace rules.
+//! - [`discovery`]: listings of public rooms gathered from every region's group.
 //!
 //! A request for a room homed elsewhere (join, leave, read, the server API's kick and close)
 //! is one call to a gateway of the home region, which executes it in its own group. A
@@ -13,6 +14,7 @@
 //! a region whose rooms do not hold the peer answers without a commit.
 
 pub mod directory;
+pub mod discovery;
 pub mod follow;
 pub mod liveness;
 pub mod merge;
@@ -143,7 +145,24 @@ impl Federation {
     where
         Req: Clone + Send + 'static,
     {
-        let deadline = Instant::now() + REGION_CALL_TIMEOUT;
+        self.call_within(region, gateways, message, op, call, REGION_CALL_TIMEOUT)
+            .await
+    }
+
+    /// As [`Self::call`], within `timeout` instead of [`REGION_CALL_TIMEOUT`].
+    pub async fn call_within<Req, Resp>(
+        &self,
+        region: &Region,
+        gateways: &[String],
+        message: Req,
+        op: &'static str,
+        call: Call<Req, Resp>,
+        timeout: Duration,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone + Send + 'static,
+    {
+        let deadline = Instant::now() + timeout;
         let mut failure = Status::unavailable(format!("region {region} has no gateway"));
         for addr in gateways {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -168,7 +187,7 @@ impl Federation {
                 Err(_) => {
                     failure = Status::unavailable(format!(
                         "region {region} did not answer within {} ms",
-                        REGION_CALL_TIMEOUT.as_millis()
+                        timeout.as_millis()
                     ));
                 }
             }

@@ -505,3 +505,34 @@ test('F: two demo pages list each other as contacts: each sees the other online,
   for (const p of [ada, bob, eve]) await p.context().close();
   await stopEdge(edge);
 });
+
+test('discovery: a room joined as public on one demo page is listed on another, which joins it with a click', { skip, timeout: 90_000 }, async () => {
+  const edge = await startEdge({ name: 'discovery' });
+  const host = await openDemo('host', edge, edge.ws);
+  const guest = await openDemo('guest', edge, edge.ws);
+  await withDiagnostics([host, guest], [edge], async () => {
+    await host.check('[data-testid=public-checkbox]');
+    await join(host, 'arena', 'host');
+    await host.waitForFunction(() => [...document.querySelectorAll('[data-testid=log]')]
+      .some((e) => e.textContent.includes('joined arena')));
+
+    await guest.click('[data-testid=rooms-refresh]');
+    const listed = '[data-testid=public-room][data-room=arena]';
+    await guest.waitForSelector(`${listed}[data-members="1"]`);
+    const rooms = await guest.$$eval('[data-testid=public-room]', (els) => els.map((e) => e.dataset.room));
+    assert.deepEqual(rooms, ['arena']);
+    await guest.click(listed);
+    await guest.waitForFunction(() => document.querySelector('[data-testid=room-name]').textContent === 'arena');
+    await openChannelPeer(guest);
+    await host.click('[data-testid=rooms-refresh]');
+    await host.waitForSelector(`${listed}[data-members="2"]`);
+    // The SDK's own call, in the page: one page, nothing partial on a single node.
+    const page = await guest.evaluate(() => window.heliograph.client.listRooms({ prefix: 'ar' }));
+    assert.deepEqual(page, {
+      items: [{ room: 'arena', members: 2, regions: ['local'] }], next: null, partial: false, unreachable: [],
+    });
+  });
+  await host.context().close();
+  await guest.context().close();
+  await stopEdge(edge);
+});

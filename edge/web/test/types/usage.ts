@@ -70,7 +70,13 @@ export async function joinWithTokens(url: string): Promise<number> {
   try {
     const peers = await client.join('lobby', { meta: { name: 'ada' } });
     await client.join('side', { meta: (c) => ({ edge: c.edge ?? '' }), token: 'ignored-with-getToken' });
-    return peers.length;
+    await client.join('arena', { public: true, roomMeta: { title: 'Arena' } });
+    let page = await client.listRooms({ prefix: 'ar', limit: 10 });
+    while (page.next !== null && !page.partial) {
+      page = await client.listRooms({ cursor: page.next });
+    }
+    const members: number = page.items.reduce((n, r) => n + r.members, 0);
+    return peers.length + members + page.unreachable.length;
   } catch (e) {
     if (e instanceof HeliographError) {
       const server: ServerErrorCode | null = e.code === 'token-expired' ? e.code : null;
