@@ -6,124 +6,32 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { networkInterfaces, tmpdir } from 'node:os';
+import { mkdtempSync } from 'node:fs';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
+import {
+  CHROMIUM, CHROMIUM_ARGS, killChildren, onlyLoopback, scratch, startCoordinator, startEdge,
+  stopProcess as stopEdge,
+} from '../support/processes.mjs';
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '../../../..');
-const EDGE_BIN = process.env.HELIOGRAPH_EDGE_BIN
-  ?? [process.env.CARGO_TARGET_DIR, path.join(ROOT, 'target')]
-    .filter(Boolean)
-    .map((dir) => path.join(dir, 'debug', 'heliograph-edge'))
-    .find((p) => existsSync(p))
-  ?? path.join(ROOT, 'target', 'debug', 'heliograph-edge');
-const COORDINATOR_BIN = process.env.HELIOGRAPH_COORDINATOR_BIN
-  ?? path.join(path.dirname(EDGE_BIN), 'heliograph-coordinator');
-const CLUSTER_SECRET = randomBytes(24).toString('hex');
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--allow-loopback-in-peer-connection',
-];
 const STEP = 30_000; // deadline of one waited-for condition
 const FILE_BYTES = 5 * 1024 * 1024;
 
 // Only loopback may be reachable: refuse to run on a host network.
-const onlyLoopback = Object.values(networkInterfaces()).flat().every((a) => a.internal);
 const skip = onlyLoopback ? false
   : 'not in a loopback-only network namespace; run test/run-browser-tests.sh';
 
-const scratch = mkdtempSync(path.join(tmpdir(), 'hg-browser-'));
-const children = new Set();
 const browsers = new Set();
-
-function killChildren() {
-  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
-}
-process.on('exit', killChildren);
 
 after(async () => {
   for (const b of browsers) await b.close().catch(() => {});
   killChildren();
-  rmSync(scratch, { recursive: true, force: true });
 });
-
-/** Spawns `bin` and resolves with its first stdout line (JSON with its bound addresses). */
-function spawnWithJsonLine(bin, args, label, env = {}) {
-  if (!existsSync(bin)) {
-    throw new Error(`no binary at ${bin}: run \`cargo build --workspace\` `
-      + '(it honours CARGO_TARGET_DIR) or set HELIOGRAPH_EDGE_BIN / HELIOGRAPH_COORDINATOR_BIN');
-  }
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  children.add(child);
-  const stderr = [];
-  child.stderr.on('data', (d) => { stderr.push(String(d)); if (stderr.length > 200) stderr.shift(); });
-  child.once('exit', () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`${label} did not start within 20 s`)), 20_000);
-    const fail = (e) => {
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      reject(new Error(`${e.message}\n${stderr.join('')}`));
-    };
-    child.once('error', fail);
-    child.once('exit', (code) => fail(new Error(`${label} exited with ${code}`)));
-    createInterface({ input: child.stdout }).once('line', (line) => {
-      clearTimeout(timer);
-      child.removeAllListeners('exit');
-      child.once('exit', () => children.delete(child));
-      resolve({ child, line: JSON.parse(line), stderr });
-    });
-  });
-}
-
-/** A one-replica coordinator cluster that edges of several regions share. */
-async function startCoordinator() {
-  const { child, line, stderr } = await spawnWithJsonLine(COORDINATOR_BIN, [
-    'serve', '--id', '1', '--raft-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0',
-    '--region', 'eu-test', '--metrics-listen', '127.0.0.1:0',
-    '--data-dir', mkdtempSync(path.join(scratch, 'coordinator-')),
-  ], 'coordinator', { HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET, HELIOGRAPH_LOG: 'warn' });
-  const bootstrap = spawn(COORDINATOR_BIN, ['bootstrap', '--api', line.api],
-    { stdio: 'ignore', env: { ...process.env, HELIOGRAPH_CLUSTER_SECRET: CLUSTER_SECRET } });
-  const code = await new Promise((r) => bootstrap.once('exit', r));
-  assert.equal(code, 0, 'bootstrap the coordinator');
-  return { name: 'coordinator', child, api: `http://${line.api}`, stderr };
-}
-
-/** Starts an edge (embedded registry, or `coordinator`'s cluster) once it is listening. */
-async function startEdge({ name, listen = '127.0.0.1:0', region = 'local', coordinator = null, extra = [] }) {
-  const args = [
-    '--listen', listen, '--data-dir', path.join(scratch, `edge-${name}`), '--region', region,
-    '--edge-id', `edge-${name}`, '--shutdown-grace-ms', '3000', '--log', 'warn', ...extra,
-  ];
-  const env = {};
-  if (coordinator) {
-    args.push('--coordinator', coordinator.api);
-    env.HELIOGRAPH_CLUSTER_SECRET = CLUSTER_SECRET;
-  }
-  const { child, line, stderr } = await spawnWithJsonLine(EDGE_BIN, args, `edge ${name}`, env);
-  const addr = line.listening;
-  return { name, child, addr, http: `http://${addr}`, ws: `ws://${addr}/ws`, region, stderr };
-}
-
-/** SIGTERM, then SIGKILL if the edge overruns its deadline. */
-async function stopEdge(edge) {
-  if (edge.child.exitCode !== null || edge.child.signalCode !== null) return;
-  const exited = new Promise((r) => edge.child.once('exit', r));
-  edge.child.kill('SIGTERM');
-  const timer = setTimeout(() => edge.child.kill('SIGKILL'), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 /** A fresh browser (own user-data dir) with the demo page from `pageEdge`, signaling via `wsUrl`. */
 async function openDemo(label, pageEdge, wsUrl) {

@@ -32,7 +32,7 @@ export const API_KEY = randomBytes(24).toString('hex');
 /** Only loopback may be reachable: the tests refuse to run on a host network. */
 export const onlyLoopback = Object.values(networkInterfaces()).flat().every((a) => a.internal);
 
-export const scratch = mkdtempSync(path.join(tmpdir(), 'hg-brokering-'));
+export const scratch = mkdtempSync(path.join(tmpdir(), 'hg-browser-'));
 const children = new Set();
 
 export function killChildren() {
