@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use heliograph_testkit::wait::until;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use crate::support::{Client, Cluster, DEADLINE, Node, REGION_REPLICA_ARGS, Spec};
+use crate::support::{Client, Cluster, Node, REGION_REPLICA_ARGS, Spec, wait_homes_known};
 
 /// How soon after a change is acknowledged a listing must show it (acceptance: 1 s).
 const FRESH_WITHIN: Duration = Duration::from_secs(1);
@@ -256,26 +255,6 @@ async fn us_and_eu_homed() -> Cluster {
         ..Spec::default()
     })
     .await
-}
-
-/// Waits until the replicas of the other regions know that `region` homes `rooms` rooms.
-async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
-    for r in cluster.replicas.iter().filter(|r| r.region != region) {
-        until(
-            DEADLINE,
-            "the other regions to learn the rooms' homes",
-            || {
-                let status = cluster.admin.status(&r.api).unwrap();
-                let known = status["regions"].as_array().is_some_and(|rs| {
-                    rs.iter()
-                        .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
-                });
-                std::future::ready(known.then_some(()))
-            },
-        )
-        .await
-        .unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use heliograph_testkit::replica::Replica;
 use heliograph_testkit::wait::{DEADLINE, until};
 use serde_json::{Value, json};
 
-use crate::support::{Client, Cluster, REGION_REPLICA_ARGS, Spec};
+use crate::support::{Client, Cluster, REGION_REPLICA_ARGS, Spec, wait_homes_known};
 
 const RAFT_CROSS: &str = r#"heliograph_coordinator_raft_messages_total{scope="cross_region"}"#;
 const RAFT_LOCAL: &str = r#"heliograph_coordinator_raft_messages_total{scope="region"}"#;
@@ -49,26 +49,6 @@ async fn three_regions() -> Cluster {
         ..Spec::default()
     })
     .await
-}
-
-/// Waits until every replica of `cluster` knows that `region` homes at least `rooms` rooms.
-async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
-    for r in cluster.replicas.iter().filter(|r| r.region != region) {
-        until(
-            DEADLINE,
-            "the other regions to learn the room's home",
-            || {
-                let status = cluster.admin.status(&r.api).unwrap();
-                let known = status["regions"].as_array().is_some_and(|rs| {
-                    rs.iter()
-                        .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
-                });
-                std::future::ready(known.then_some(()))
-            },
-        )
-        .await
-        .unwrap();
-    }
 }
 
 /// Joins one client per edge to `room`, in order, after the members in `clients`; returns

@@ -23,6 +23,27 @@ use serde_json::json;
 /// place for half a second.
 pub const REGION_REPLICA_ARGS: &[&str] = &["--grace-ms", "500"];
 
+/// Waits until every replica of `cluster` outside `region` knows that `region` homes at least
+/// `rooms` rooms (its `status` lists them under `regions`).
+pub async fn wait_homes_known(cluster: &Cluster, region: &str, rooms: u64) {
+    for r in cluster.replicas.iter().filter(|r| r.region != region) {
+        heliograph_testkit::wait::until(
+            DEADLINE,
+            "the other regions to learn the rooms' homes",
+            || {
+                let status = cluster.admin.status(&r.api).unwrap();
+                let known = status["regions"].as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|x| x["region"] == region && x["rooms"].as_u64() >= Some(rooms))
+                });
+                std::future::ready(known.then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
 /// A coordinator replica served in the test process: an embedded single replica behind the
 /// edge-facing gRPC service on 127.0.0.1:0 (until the coordinator binary exists).
 pub struct TestCoordinator {
