@@ -176,3 +176,27 @@ def test_traces_and_log_format_reach_every_pod() -> None:
                     {"observability": {"sampling": 1}}):
             with pytest.raises(helm.HelmValuesError):
                 chart.validate_schema(bad)
+
+
+def test_peer_feature_limits_reach_the_edge() -> None:
+    """Discovery and contact limits are chart values that become the edge's flags."""
+
+    def edge_args(values: dict) -> list[str]:
+        for d in manifests(values):
+            if d["kind"] != "Deployment":
+                continue
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] == "edge":
+                    return c["args"]
+        raise AssertionError("no edge container")
+
+    def flag(args: list[str], name: str) -> str:
+        return args[args.index(name) + 1]
+
+    defaults = edge_args({})
+    assert flag(defaults, "--list-rooms-per-minute") == "60"
+    assert flag(defaults, "--contacts-per-minute") == "10"
+    set_ = edge_args({"edge": {"discovery": {"listRoomsPerMinute": 5},
+                               "contacts": {"maxWatch": 50}}})
+    assert flag(set_, "--list-rooms-per-minute") == "5"
+    assert flag(set_, "--max-contact-watch") == "50"
