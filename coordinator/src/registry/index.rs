@@ -113,10 +113,7 @@ mod tests {
         index.insert(10, peer("a"));
         assert_eq!(index.earliest(), Some(10));
         assert_eq!(index.take_until(9), vec![]);
-        assert_eq!(
-            index.take_until(20),
-            vec![(10, peer("a")), (10, peer("b"))]
-        );
+        assert_eq!(index.take_until(20), vec![(10, peer("a")), (10, peer("b"))]);
         assert_eq!(index.earliest(), Some(30));
         assert_eq!(index.take_until(u64::MAX), vec![(30, peer("c"))]);
         assert_eq!(index.earliest(), None);
