@@ -64,7 +64,10 @@ impl RaftService {
 fn reply<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Result<Response<RaftBytes>, Status> {
     let json = serde_json::to_vec(result)
         .map_err(|e| Status::internal(format!("cannot encode the raft reply: {e}")))?;
-    Ok(Response::new(RaftBytes { json }))
+    Ok(Response::new(RaftBytes {
+        json,
+        data: Vec::new(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -86,9 +89,15 @@ impl RaftRpc for RaftService {
 
     async fn install_snapshot(
         &self,
-        request: Request<RaftBytes>,
+        mut request: Request<RaftBytes>,
     ) -> Result<Response<RaftBytes>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = self.accept(&request)?;
+        let data = std::mem::take(&mut request.get_mut().data);
+        let mut rpc: InstallSnapshotRequest<TypeConfig> = self.accept(&request)?;
+        // The chunk comes raw beside the JSON (a sender of an earlier version puts it in the
+        // JSON, and sends no raw bytes).
+        if rpc.data.is_empty() {
+            rpc.data = data;
+        }
         admit(&self.raft, &rpc.vote, RpcKind::Replication)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }

@@ -141,6 +141,7 @@ impl PeerClient {
         &mut self,
         method: Method,
         request: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
     where
@@ -159,7 +160,7 @@ impl PeerClient {
         crate::metrics::raft_message(self.cross_region);
         let json =
             serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut req = Request::new(RaftBytes { json });
+        let mut req = Request::new(RaftBytes { json, data });
         let ttl = option.hard_ttl();
         req.set_timeout(ttl);
         let sent = match method {
@@ -199,15 +200,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        self.call(Method::AppendEntries, &rpc, &option).await
+        self.call(Method::AppendEntries, &rpc, Vec::new(), &option)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call(Method::InstallSnapshot, &rpc, &option).await
+        // The chunk travels raw beside the JSON (see `RaftBytes.data`).
+        let data = std::mem::take(&mut rpc.data);
+        self.call(Method::InstallSnapshot, &rpc, data, &option)
+            .await
     }
 
     async fn vote(
@@ -215,6 +220,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, Vec::new(), &option).await
     }
 }

@@ -7,6 +7,7 @@
 mod command;
 mod event;
 pub mod ids;
+mod index;
 mod listing;
 mod small;
 mod state;

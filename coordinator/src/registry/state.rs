@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, Listing, Outcome, Rejection, Stamped};
 use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
+use super::index::{DetachedIndex, RemotePeers};
 use super::listing::{ListingPage, ListingQuery, RoomListing};
 use super::small::{SmallMap, SmallSet};
 use super::webhooks::{WebhookEvent, WebhookOutbox};
@@ -79,6 +80,21 @@ fn shared<K: Ord + Clone, V>(map: &BTreeMap<K, V>, id: &K) -> K {
         .map_or_else(|| id.clone(), |(k, _)| k.clone())
 }
 
+/// Detaches `p` (keyed `id`) as of `since` unless it already is, entering it in `index`.
+fn detach(index: &mut DetachedIndex, id: &PeerId, p: &mut PeerRecord, since: u64) {
+    if p.detached_since_ms.is_none() {
+        p.detached_since_ms = Some(since);
+        index.insert(since, id.clone());
+    }
+}
+
+/// Attaches `p` (keyed `id`) again, taking it out of `index`.
+fn attach(index: &mut DetachedIndex, id: &PeerId, p: &mut PeerRecord) {
+    if let Some(since) = p.detached_since_ms.take() {
+        index.remove(since, id);
+    }
+}
+
 /// A room as seen by a reader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomView {
@@ -114,6 +130,12 @@ pub struct RegistryState {
     /// leaves it when it empties. Absent in state from before discovery: none is public.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     public: BTreeSet<RoomId>,
+    /// Detached peers by detach time, for the sweeper (derived, see [`super::index`]).
+    #[serde(skip)]
+    detached: DetachedIndex,
+    /// Peers on other regions' edges, for the federation liveness round (derived).
+    #[serde(skip)]
+    remote_peers: RemotePeers,
 }
 
 impl RegistryState {
@@ -222,13 +244,12 @@ impl RegistryState {
                 self.remove_peer(peer, LeaveReason::Disconnected, &mut events);
                 Outcome::Done
             }
-            Command::Detach { peer } => match self.peers.get_mut(peer) {
-                None => Outcome::Done,
-                Some(p) => {
-                    p.detached_since_ms.get_or_insert(at);
-                    Outcome::Done
+            Command::Detach { peer } => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    detach(&mut self.detached, peer, p, at);
                 }
-            },
+                Outcome::Done
+            }
             Command::Rebind {
                 peer,
                 edge,
@@ -236,13 +257,13 @@ impl RegistryState {
             } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
             Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
             Command::RemoteEdges { alive, down, gone } => {
-                for p in self.peers.values_mut() {
+                for (id, p) in &mut self.peers {
                     if alive.contains(&p.edge) && p.detached_remotely {
                         p.detached_remotely = false;
-                        p.detached_since_ms = None;
+                        attach(&mut self.detached, id, p);
                     } else if down.contains(&p.edge) && p.detached_since_ms.is_none() {
                         p.detached_remotely = true;
-                        p.detached_since_ms = Some(at);
+                        detach(&mut self.detached, id, p, at);
                     }
                 }
                 let gone_peers: Vec<PeerId> = self
@@ -385,7 +406,7 @@ impl RegistryState {
                 for peer in leftovers {
                     if resumable_sessions {
                         if let Some(p) = self.peers.get_mut(&peer) {
-                            p.detached_since_ms.get_or_insert(at);
+                            detach(&mut self.detached, &peer, p, at);
                         }
                     } else {
                         self.remove_peer(&peer, LeaveReason::Disconnected, events);
@@ -396,9 +417,9 @@ impl RegistryState {
                 // ran out): its sockets survived, so the peers that were detached only because
                 // the edge went down are attached again. Peers detached earlier stay detached.
                 let down_since = rec.lease_until_ms;
-                for p in self.peers.values_mut().filter(|p| &p.edge == edge) {
+                for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
                     if p.detached_since_ms == Some(down_since) {
-                        p.detached_since_ms = None;
+                        attach(&mut self.detached, id, p);
                     }
                 }
             }
@@ -477,6 +498,9 @@ impl RegistryState {
         if attempt != 0 {
             p.attempts.insert(room.clone(), attempt);
         }
+        if remote_region.is_some() {
+            self.remote_peers.insert(peer.clone());
+        }
         events.push(RoomEvent {
             room: room.clone(),
             epoch,
@@ -506,6 +530,21 @@ impl RegistryState {
         for rec in self.rooms.values_mut() {
             rec.members.replace_keys(|p| shared(&self.peers, p));
             rec.joined_at.replace_keys(|p| shared(&self.peers, p));
+        }
+        self.rebuild_indexes();
+    }
+
+    /// Builds the derived indexes from the records (they are not serialised).
+    fn rebuild_indexes(&mut self) {
+        self.detached.clear();
+        self.remote_peers.clear();
+        for (id, p) in &self.peers {
+            if let Some(since) = p.detached_since_ms {
+                self.detached.insert(since, id.clone());
+            }
+            if !self.edges.contains_key(&p.edge) {
+                self.remote_peers.insert(id.clone());
+            }
         }
     }
 
@@ -542,7 +581,7 @@ impl RegistryState {
                 p.rooms.remove(room);
                 p.attempts.remove(room);
                 if p.rooms.is_empty() {
-                    self.peers.remove(peer);
+                    self.forget_peer(peer);
                 }
             }
         }
@@ -582,8 +621,13 @@ impl RegistryState {
         };
         p.edge = edge.clone();
         p.region = region.clone();
-        p.detached_since_ms = None;
+        attach(&mut self.detached, peer, p);
         let rooms: Vec<RoomId> = p.rooms.iter().cloned().collect();
+        if remote_region.is_some() {
+            self.remote_peers.insert(peer.clone());
+        } else {
+            self.remote_peers.remove(peer);
+        }
         for room in rooms {
             let epoch = self.bump_epoch();
             if let Some(rec) = self.rooms.get_mut(&room) {
@@ -615,15 +659,24 @@ impl RegistryState {
             let since = self.edges.get(&edge).map_or(at, |e| e.lease_until_ms);
             self.edge_down(&edge, since);
         }
-        let overdue: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.detached_since_ms
-                    .is_some_and(|since| since.saturating_add(grace_ms) <= at)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        // The peers whose grace has ended: detached at or before `at - grace_ms`, read from
+        // the index (entries that no longer apply are dropped on the way).
+        let mut overdue: Vec<PeerId> = match at.checked_sub(grace_ms) {
+            None => Vec::new(),
+            Some(cutoff) => self
+                .detached
+                .take_until(cutoff)
+                .into_iter()
+                .filter(|(since, id)| {
+                    self.peers
+                        .get(id)
+                        .is_some_and(|p| p.detached_since_ms == Some(*since))
+                })
+                .map(|(_, id)| id)
+                .collect(),
+        };
+        // Removed in id order, as a walk of the peers would (the events' order).
+        overdue.sort();
         for peer in overdue {
             self.remove_peer(&peer, LeaveReason::Expired, events);
         }
@@ -639,8 +692,8 @@ impl RegistryState {
             rec.down = true;
             rec.lease_until_ms = rec.lease_until_ms.min(since);
         }
-        for p in self.peers.values_mut().filter(|p| &p.edge == edge) {
-            p.detached_since_ms.get_or_insert(since);
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
+            detach(&mut self.detached, id, p, since);
         }
     }
 
@@ -661,7 +714,15 @@ impl RegistryState {
         for room in rooms {
             self.leave(&room, peer, reason, events);
         }
-        self.peers.remove(peer);
+        self.forget_peer(peer);
+    }
+
+    /// Removes the peer's record, and it from the indexes.
+    fn forget_peer(&mut self, peer: &PeerId) {
+        if let Some(mut p) = self.peers.remove(peer) {
+            attach(&mut self.detached, peer, &mut p);
+        }
+        self.remote_peers.remove(peer);
     }
 
     /// Removes `peer` from `room`; returns the room's new epoch.
@@ -679,7 +740,7 @@ impl RegistryState {
             p.attempts.remove(room);
             edge = Some(p.edge.clone());
             if p.rooms.is_empty() {
-                self.peers.remove(peer);
+                self.forget_peer(peer);
             }
         }
         if let Some(rec) = self.rooms.get_mut(room) {
@@ -715,7 +776,7 @@ impl RegistryState {
     /// because of it.
     pub fn remote_edges(&self) -> BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> {
         let mut out: BTreeMap<Region, BTreeMap<EdgeId, (bool, bool)>> = BTreeMap::new();
-        for p in self.peers.values() {
+        for p in self.remote_peers.iter().filter_map(|id| self.peers.get(id)) {
             if self.edges.contains_key(&p.edge) {
                 continue;
             }
@@ -901,9 +962,8 @@ impl RegistryState {
             .filter(|e| leases && !e.down)
             .map(|e| e.lease_until_ms);
         let detached = self
-            .peers
-            .values()
-            .filter_map(|p| p.detached_since_ms)
+            .detached
+            .earliest()
             .map(|since| since.saturating_add(grace_ms));
         leases.chain(detached).min()
     }
@@ -923,6 +983,14 @@ mod tests {
 
     fn at(at_ms: u64, command: Command) -> Stamped {
         Stamped { at_ms, command }
+    }
+
+    /// The indexes kept in step with the changes are those built from the records.
+    fn assert_indexed(s: &RegistryState) {
+        let mut rebuilt = s.clone();
+        rebuilt.rebuild_indexes();
+        assert_eq!(s.detached.entries(), rebuilt.detached.entries());
+        assert_eq!(s.remote_peers.entries(), rebuilt.remote_peers.entries());
     }
 
     fn register(s: &mut RegistryState, edge: &str, incarnation: u64, resumable: bool) {
@@ -1394,6 +1462,7 @@ mod tests {
         assert!(ev.is_empty());
         assert_eq!(s.is_detached(&id("a")), Some(true));
         assert_eq!(s.is_detached(&id("b")), Some(false));
+        assert_indexed(&s);
         assert_eq!(s.next_sweep_due_ms(2_000, true), Some(3_000));
         let (_, ev) = s.apply(&at(
             3_000,
@@ -1410,6 +1479,7 @@ mod tests {
             s.edge(&id("e1")).is_none(),
             "a down edge without peers is forgotten"
         );
+        assert_indexed(&s);
     }
 
     #[test]
@@ -1444,6 +1514,7 @@ mod tests {
         assert_eq!((rec.replica, rec.down), (7, false));
         assert_eq!(s.is_detached(&id("a")), Some(false));
         assert_eq!(s.room(&id("r")).unwrap().members.len(), 1);
+        assert_indexed(&s);
         // Nothing is due: the peer is not swept later.
         assert_eq!(s.next_sweep_due_ms(5_000, true), Some(2_500));
         let (_, ev) = s.apply(&at(
@@ -1475,6 +1546,77 @@ mod tests {
         assert!(matches!(&ev[0].kind, RoomEventKind::Moved(m) if m.edge.as_str() == "e2"));
         assert_eq!(s.is_detached(&id("a")), Some(false));
         assert_eq!(s.room(&id("r")).unwrap().members[0].edge.as_str(), "e2");
+        assert_indexed(&s);
+    }
+
+    #[test]
+    fn the_sweeper_and_liveness_indexes_follow_every_change() {
+        let mut s = RegistryState::default();
+        register(&mut s, "e1", 1, true);
+        let remote_join = |s: &mut RegistryState, room: &str, peer: &str, edge: &str| {
+            s.apply(&at(
+                1,
+                Command::Join {
+                    room: id(room),
+                    peer: id(peer),
+                    edge: id(edge),
+                    meta: "{}".into(),
+                    max_members: None,
+                    attempt: 0,
+                    deadline_ms: 0,
+                    remote_region: Some(id("us")),
+                    listing: Default::default(),
+                },
+            ))
+        };
+        join(&mut s, "r", "a", "e1");
+        remote_join(&mut s, "r", "x", "us-1");
+        remote_join(&mut s, "q", "y", "us-2");
+        assert_indexed(&s);
+        assert_eq!(s.remote_edges()["us"].len(), 2);
+        // A remote edge down detaches its peers; back, it attaches them again.
+        let remote = |alive: &[&str], down: &[&str], gone: &[&str]| Command::RemoteEdges {
+            alive: alive.iter().map(|e| id(e)).collect(),
+            down: down.iter().map(|e| id(e)).collect(),
+            gone: gone.iter().map(|e| id(e)).collect(),
+        };
+        s.apply(&at(10, remote(&[], &["us-1"], &[])));
+        assert_eq!(s.is_detached(&id("x")), Some(true));
+        assert_eq!(s.next_sweep_due_ms(100, false), Some(110));
+        assert_indexed(&s);
+        s.apply(&at(20, remote(&["us-1"], &[], &[])));
+        assert_eq!(s.is_detached(&id("x")), Some(false));
+        assert_eq!(s.next_sweep_due_ms(100, false), None);
+        assert_indexed(&s);
+        // Detached, then gone with its room: nothing stays due.
+        s.apply(&at(30, Command::Detach { peer: id("a") }));
+        assert_eq!(s.next_sweep_due_ms(100, false), Some(130));
+        s.apply(&at(
+            31,
+            Command::Leave {
+                room: id("r"),
+                peer: id("a"),
+                attempt: 0,
+                deadline_ms: 0,
+            },
+        ));
+        assert_eq!(s.next_sweep_due_ms(100, false), None);
+        assert_indexed(&s);
+        // A remote peer moving to this group's edge is no longer remote.
+        s.apply(&at(
+            40,
+            Command::Rebind {
+                peer: id("x"),
+                edge: id("e1"),
+                remote_region: None,
+            },
+        ));
+        assert_indexed(&s);
+        assert_eq!(s.remote_edges()["us"].len(), 1);
+        // An edge its region no longer knows: its peers are removed.
+        s.apply(&at(50, remote(&[], &[], &["us-2"])));
+        assert!(s.remote_edges().is_empty());
+        assert_indexed(&s);
     }
 
     #[test]

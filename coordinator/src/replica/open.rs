@@ -60,6 +60,11 @@ const REPLICA_TIMING: Timing = Timing {
 /// few entries per round anyway.
 const MAX_PAYLOAD_ENTRIES: u64 = 64;
 const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+/// How long a snapshot chunk's InstallSnapshot may take to answer. The last chunk is answered
+/// once the receiver has decoded and installed the whole snapshot (about 5 s for a million
+/// members); with openraft's 200 ms the leader gave up on every large transfer at that point
+/// and sent the snapshot again from the start, so a new replica installed it twice.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 const PURGE_BATCH_ENTRIES: u64 = 256;
 
 /// What differs between the embedded single replica and a cluster member.
@@ -232,6 +237,7 @@ fn raft_config(timing: Timing, snapshot_after: u64) -> Result<openraft::Config, 
         heartbeat_interval: timing.heartbeat_ms,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_after),
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         // Entries kept behind a snapshot let a briefly lagging follower catch up from the log;
         // kept in proportion so that a small test threshold still forces a snapshot transfer.
         max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT.min(snapshot_after / 10),

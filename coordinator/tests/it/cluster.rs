@@ -395,6 +395,7 @@ async fn calls_without_the_secret_or_with_garbage_are_refused() {
     let bare = raft
         .vote(RaftBytes {
             json: b"{}".to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -402,6 +403,7 @@ async fn calls_without_the_secret_or_with_garbage_are_refused() {
 
     let mut request = tonic::Request::new(RaftBytes {
         json: b"not json".to_vec(),
+        ..Default::default()
     });
     secret().attach(&mut request);
     let cluster = node.replica.status().cluster_id.unwrap();
@@ -413,6 +415,7 @@ async fn calls_without_the_secret_or_with_garbage_are_refused() {
 
     let mut request = tonic::Request::new(RaftBytes {
         json: b"{}".to_vec(),
+        ..Default::default()
     });
     secret().attach(&mut request);
     request

@@ -156,6 +156,7 @@ async fn mutual_tls_requires_a_cluster_certificate_and_the_secret() {
     );
     let mut request = tonic::Request::new(RaftBytes {
         json: b"{}".to_vec(),
+        ..Default::default()
     });
     secret().attach(&mut request);
     assert!(raft.vote(request).await.is_err());
@@ -186,7 +187,10 @@ async fn replicas_replicate_over_mutual_tls() {
 
 /// A Raft RPC as another replica sends it: the secret, this cluster's id, JSON bytes.
 fn raft_request(json: Vec<u8>, cluster: &str) -> tonic::Request<RaftBytes> {
-    let mut request = tonic::Request::new(RaftBytes { json });
+    let mut request = tonic::Request::new(RaftBytes {
+        json,
+        ..Default::default()
+    });
     secret().attach(&mut request);
     request
         .metadata_mut()
