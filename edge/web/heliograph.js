@@ -299,7 +299,15 @@ export class Heliograph extends Emitter {
   /** Relays `data` to peer `to` in `room`. Returns the request ref (errors arrive as events). */
   signal(room, to, kind, data) {
     const ref = `s${this.nextRef++}`;
-    const msg = { type: 'signal', room, to, kind, data, ref };
+    return this.#sendUnanswered({ type: 'signal', room, to, kind, data, ref });
+  }
+
+  /**
+   * Sends a request that is answered only when it fails (signal, invite): it is remembered
+   * by its ref, so that an `error` event can carry it. Returns the ref.
+   */
+  #sendUnanswered(msg) {
+    const { ref } = msg;
     this.signals.set(ref, msg);
     if (this.signals.size > SIGNAL_MEMORY) this.signals.delete(this.signals.keys().next().value);
     if (this.state !== 'open') {
@@ -333,14 +341,7 @@ export class Heliograph extends Emitter {
     const ref = `s${this.nextRef++}`;
     const msg = { type: 'invite', to: peerId, room, ref };
     if (data !== undefined) msg.data = data;
-    this.signals.set(ref, msg);
-    if (this.signals.size > SIGNAL_MEMORY) this.signals.delete(this.signals.keys().next().value);
-    if (this.state !== 'open') {
-      this.emit('error', { code: 'disconnected', message: 'not connected', ref, request: msg });
-      return ref;
-    }
-    this.#send(msg);
-    return ref;
+    return this.#sendUnanswered(msg);
   }
 
   /**
