@@ -57,6 +57,7 @@ mod shutdown;
 mod signal;
 pub mod socketio;
 mod turn;
+mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;

@@ -19,6 +19,7 @@ use metrics::{
 use crate::protocol::ErrorCode;
 
 pub const CONNECTIONS_OPEN: &str = "heliograph_edge_connections_open";
+pub const SOCKETS_PARKED: &str = "heliograph_edge_sockets_parked";
 pub const CONNECTIONS_ACCEPTED: &str = "heliograph_edge_connections_accepted_total";
 pub const CONNECTIONS_CLOSED: &str = "heliograph_edge_connections_closed_total";
 pub const MESSAGES_RECEIVED: &str = "heliograph_edge_messages_received_total";
@@ -274,6 +275,8 @@ pub enum RelayPath {
 pub struct EdgeMetrics {
     connections_open: [Gauge; 2],
     connections_accepted: [Counter; 2],
+    /// WebSocket connections idle enough to hold no buffers (`connection::Socket`).
+    pub sockets_parked: Gauge,
     closed: IngressHandles<CloseReason>,
     received: IngressHandles<&'static str>,
     sent: IngressHandles<&'static str>,
@@ -322,6 +325,10 @@ impl EdgeMetrics {
     pub fn new() -> Self {
         describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections currently open");
         describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket connections accepted");
+        describe_gauge!(
+            SOCKETS_PARKED,
+            "WebSocket connections parked: idle, holding no read or write buffer"
+        );
         describe_counter!(
             CONNECTIONS_CLOSED,
             "WebSocket connections closed, by reason"
@@ -471,6 +478,7 @@ impl EdgeMetrics {
             contact_published: gauge!(CONTACT_PUBLISHED),
             connections_open: Ingress::ALL
                 .map(|i| gauge!(CONNECTIONS_OPEN, "ingress" => i.as_str())),
+            sockets_parked: gauge!(SOCKETS_PARKED),
             connections_accepted: Ingress::ALL
                 .map(|i| counter!(CONNECTIONS_ACCEPTED, "ingress" => i.as_str())),
             closed: by_ingress(

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission;
 use crate::connection;
@@ -19,6 +19,7 @@ use crate::listener::{EdgeListener, Peer};
 use crate::protocol::SUBPROTOCOL;
 use crate::shutdown::Stage;
 use crate::socketio::SocketIoIngress;
+use crate::upgrade::Upgrade;
 
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const SDK_JS: &str = include_str!("../web/heliograph.js");
@@ -73,7 +74,7 @@ async fn websocket(
     State(ctx): State<Arc<EdgeContext>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     let slot = match admission::admit(&ctx, peer, &headers) {
         Ok(slot) => slot,
@@ -81,15 +82,19 @@ async fn websocket(
     };
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
-    let tasks = ctx.connection_tasks.clone();
-    upgrade
-        .protocols([SUBPROTOCOL])
+    let config = WebSocketConfig::default()
         .read_buffer_size(buffer)
         .write_buffer_size(buffer)
         .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
-        .max_frame_size(limits.max_frame_bytes)
-        .max_message_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| tasks.track_future(connection::run(socket, ctx, slot)))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_frame_bytes));
+    let tasks = ctx.connection_tasks.clone();
+    upgrade.accept(SUBPROTOCOL, move |upgraded| {
+        tasks.track_future(async move {
+            let socket = connection::Socket::new(upgraded, config, &ctx);
+            connection::run(socket, ctx, slot).await
+        })
+    })
 }
 
 async fn healthz() -> &'static str {

@@ -24,18 +24,15 @@ pub(super) fn kicked(kick: &Latch) -> CloseReason {
 }
 
 /// Why reading the socket failed.
-pub(super) fn read_error(e: axum::Error) -> CloseReason {
+pub(super) fn read_error(e: tokio_tungstenite::tungstenite::Error) -> CloseReason {
     use tokio_tungstenite::tungstenite::Error as WsError;
     use tokio_tungstenite::tungstenite::error::ProtocolError;
-    match e.into_inner().downcast::<WsError>() {
-        Ok(ws) => match *ws {
-            WsError::Capacity(_) => CloseReason::FrameTooLarge,
-            WsError::Utf8(_) => CloseReason::InvalidUtf8,
-            // The connection was lost (a reset), not a client speaking badly.
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Abrupt,
-            WsError::Protocol(_) => CloseReason::ProtocolError,
-            _ => CloseReason::Abrupt,
-        },
-        Err(_) => CloseReason::Abrupt,
+    match e {
+        WsError::Capacity(_) => CloseReason::FrameTooLarge,
+        WsError::Utf8(_) => CloseReason::InvalidUtf8,
+        // The connection was lost (a reset), not a client speaking badly.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Abrupt,
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        _ => CloseReason::Abrupt,
     }
 }

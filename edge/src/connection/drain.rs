@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::socket::Socket;
 
 use super::close::close_code;
 use super::requests::handle_text;
@@ -49,14 +52,14 @@ pub(super) fn schedule(ctx: &EdgeContext) -> (Outgoing, Duration) {
 /// [`DRAIN_CLOSE_WAIT`]), relaying the signals the client sent before it saw the close.
 /// Anything else it sent then is dropped: it resumes elsewhere and asks again.
 pub(super) async fn serve_until_closed(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     caller: &Caller<'_>,
     limits: &DecodeLimits,
     ctx: &Arc<EdgeContext>,
     state: &mut SessionState,
 ) {
     let frame = CloseFrame {
-        code: close_code::GOING_AWAY,
+        code: close_code::GOING_AWAY.into(),
         reason: Utf8Bytes::from_static("edge draining: resume elsewhere"),
     };
     let sent = tokio::time::timeout(DRAIN_CLOSE_WAIT, socket.send(Message::Close(Some(frame))));

@@ -27,16 +27,18 @@ pub(super) async fn end_for_good(ctx: &EdgeContext, me: &Identity, handle: &Sess
         // Another socket of this edge resumed the peer already.
         return;
     };
+    // The stored session ends first: once the rooms are told `peer-left`, a resume with the
+    // session's token must already be refused, not take up a session left by its rooms.
+    match ctx.store().end(&me.peer, Some(&me.owner)).await {
+        Ok(pending) => pending.into_iter().for_each(|e| ctx.router.expire(e)),
+        Err(e) => tracing::warn!(error = %e, "could not end a stored session"),
+    }
     if in_rooms {
         // Its rooms are told `peer-left` by the registry event.
         let peer = me.peer.clone();
         if let Err(e) = ctx.registry.execute(Command::Disconnect { peer }).await {
             tracing::warn!(error = %e, "could not remove a disconnected peer from the registry");
         }
-    }
-    match ctx.store().end(&me.peer, Some(&me.owner)).await {
-        Ok(pending) => pending.into_iter().for_each(|e| ctx.router.expire(e)),
-        Err(e) => tracing::warn!(error = %e, "could not end a stored session"),
     }
 }
 

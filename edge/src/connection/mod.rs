@@ -24,6 +24,7 @@ mod ending;
 pub(crate) mod ingress;
 mod requests;
 mod resume;
+mod socket;
 mod step;
 mod welcome;
 mod writer;
@@ -32,8 +33,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
 use heliograph_coordinator::registry::PeerId;
+use tokio_tungstenite::tungstenite::Message;
 
 use close::close_code;
 
@@ -46,6 +47,7 @@ use crate::session::Owner;
 use crate::session::sequencer::Sequencer;
 use crate::shutdown::Stage;
 use ending::Identity;
+pub use socket::Socket;
 use step::{Caller, Handled, Reply, SessionState, error_out};
 use writer::Writer;
 
@@ -56,7 +58,7 @@ const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// connection's place in the connection limits until the session ends.
 #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see the comment inside
 pub fn run(
-    socket: WebSocket,
+    socket: Socket,
     ctx: Arc<EdgeContext>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send {
@@ -163,12 +165,12 @@ pub fn run(
                                 None => Err(CloseReason::Abrupt),
                                 Some(Err(e)) => Err(close::read_error(e)),
                                 Some(Ok(Message::Close(frame))) => Err(match frame {
-                                    Some(f) if close_code::RESUME_LATER.contains(&f.code) => {
+                                    Some(f) if close_code::RESUME_LATER.contains(&u16::from(f.code)) => {
                                         CloseReason::ClientDetach
                                     }
                                     _ => CloseReason::ClientClose,
                                 }),
-                                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                                 Some(Ok(Message::Binary(_))) => {
                                     ctx.metrics.received(Ingress::Ws, "invalid");
                                     let err = ProtocolError::new(
@@ -278,6 +280,12 @@ pub fn run(
                         if inflight.is_none() && last_heard.elapsed() > ctx.config.keepalive_timeout {
                             Err(CloseReason::KeepaliveTimeout)
                         } else {
+                            // Quiet since the last tick: the socket gives its buffers back,
+                            // and the outbox its slots.
+                            writer.socket.tick();
+                            if writer.socket.is_parked() {
+                                outbox.rx.release_idle();
+                            }
                             writer.ping(&outbox.kicked, &ctx).await
                         }
                     }

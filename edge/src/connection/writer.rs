@@ -7,14 +7,14 @@
 
 use std::future::Future;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::close::{self, close_code};
+use super::socket::Socket;
 use crate::context::EdgeContext;
 use crate::metrics::{CloseReason, Ingress};
-use crate::outbox::{Latch, Outgoing};
+use crate::outbox::{Latch, Outgoing, Receiver};
 use crate::session::sequencer::Sequencer;
 
 /// Frames written to the socket in one go before flushing.
@@ -23,12 +23,12 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) struct Writer {
-    pub(super) socket: WebSocket,
+    pub(super) socket: Socket,
     pub(super) seq: Sequencer,
 }
 
 impl Writer {
-    pub(super) fn new(socket: WebSocket, seq: Sequencer) -> Self {
+    pub(super) fn new(socket: Socket, seq: Sequencer) -> Self {
         Self { socket, seq }
     }
 
@@ -52,7 +52,7 @@ impl Writer {
     pub(super) fn send_after_queued<'a>(
         &'a mut self,
         replies: Vec<Outgoing>,
-        rx: &'a mut mpsc::Receiver<Outgoing>,
+        rx: &'a mut Receiver<Outgoing>,
         kicked: &'a Latch,
         ctx: &'a EdgeContext,
     ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
@@ -68,7 +68,7 @@ impl Writer {
     pub(super) fn send_batch<'a>(
         &'a mut self,
         first: Outgoing,
-        rx: &'a mut mpsc::Receiver<Outgoing>,
+        rx: &'a mut Receiver<Outgoing>,
         kicked: &'a Latch,
         ctx: &'a EdgeContext,
     ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
@@ -99,11 +99,7 @@ impl Writer {
         kicked: &'a Latch,
         ctx: &'a EdgeContext,
     ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
-        guarded(
-            move || self.socket.send(Message::Ping(Default::default())),
-            kicked,
-            ctx,
-        )
+        guarded(move || self.socket.ping(), kicked, ctx)
     }
 
     /// Sends the close frame that matches `reason`, if the socket can still take one.
@@ -126,7 +122,7 @@ impl Writer {
             if let Some((code, reason)) = frame {
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame {
-                        code,
+                        code: code.into(),
                         reason: Utf8Bytes::from_static(reason),
                     })))
                     .await;
@@ -145,7 +141,7 @@ impl Writer {
 ///
 /// Takes the write as a function making it: the future is then built in place, where a future
 /// passed by value would be stored twice in every session's task.
-async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
+async fn guarded<W: Future<Output = Result<(), WsError>>>(
     write: impl FnOnce() -> W,
     kicked: &Latch,
     ctx: &EdgeContext,
@@ -169,11 +165,11 @@ async fn guarded<W: Future<Output = Result<(), axum::Error>>>(
 }
 
 async fn send_all(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     frames: Vec<Outgoing>,
     seq: &mut Sequencer,
     ctx: &EdgeContext,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -186,11 +182,11 @@ async fn send_all(
 /// Numbers a frame and queues it on the socket. Not an async fn: the numbering is done at
 /// once, and what is awaited is only the socket's own `feed`.
 fn feed<'s>(
-    socket: &'s mut WebSocket,
+    socket: &'s mut Socket,
     out: Outgoing,
     seq: &mut Sequencer,
     ctx: &EdgeContext,
-) -> futures_util::sink::Feed<'s, WebSocket, Message> {
+) -> impl Future<Output = Result<(), WsError>> + 's {
     ctx.metrics.sent(Ingress::Ws, out.kind);
     if let Some((at, path)) = out
         .signal
@@ -204,10 +200,10 @@ fn feed<'s>(
 }
 
 async fn write_stamped(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     frames: &[String],
     ctx: &EdgeContext,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     if frames.is_empty() {
         return Ok(());
     }
@@ -220,12 +216,12 @@ async fn write_stamped(
 }
 
 async fn write_batch(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     first: Outgoing,
-    rx: &mut mpsc::Receiver<Outgoing>,
+    rx: &mut Receiver<Outgoing>,
     seq: &mut Sequencer,
     ctx: &EdgeContext,
-) -> Result<(), axum::Error> {
+) -> Result<(), WsError> {
     feed(socket, first, seq, ctx).await?;
     for _ in 1..WRITE_BATCH {
         match rx.try_recv() {

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Numbers every frame a session writes, and keeps the last `capacity` as written so they
 /// can be replayed after the socket drops.

@@ -18,6 +18,7 @@ mod homed;
 mod lifecycle;
 mod member_keys;
 mod metrics_documented;
+mod parking;
 mod property;
 mod redis_sentinel;
 mod redis_tls;

@@ -12,14 +12,17 @@ use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
-use tokio::sync::mpsc;
-
 use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
 
 use crate::metrics::RelayPath;
 use crate::protocol::Ref;
 use crate::signal::Envelope;
 use tokio_util::sync::CancellationToken;
+
+mod queue;
+
+pub use queue::Receiver;
+use queue::{Sender, TrySendError};
 
 /// One encoded frame for a client.
 #[derive(Debug)]
@@ -120,7 +123,7 @@ pub struct SessionHandle {
 
 #[derive(Debug)]
 struct HandleInner {
-    tx: mpsc::Sender<Outgoing>,
+    tx: Sender<Outgoing>,
     kicked: Arc<Latch>,
     drain: Arc<Latch>,
     finished: CancellationToken,
@@ -128,7 +131,7 @@ struct HandleInner {
 
 /// The receiving side, owned by the session task.
 pub struct OutboxReceiver {
-    pub rx: mpsc::Receiver<Outgoing>,
+    pub rx: Receiver<Outgoing>,
     /// Raised, with a [`KickReason`], when the session must be cut off.
     pub kicked: Arc<Latch>,
     /// Raised when the edge starts draining.
@@ -138,7 +141,7 @@ pub struct OutboxReceiver {
 }
 
 pub fn outbox(capacity: usize) -> (SessionHandle, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = queue::queue(capacity);
     let kicked = Arc::new(Latch::default());
     let drain = Arc::new(Latch::default());
     let finished = CancellationToken::new();
@@ -273,11 +276,11 @@ impl SessionHandle {
     pub fn try_send(&self, out: Outgoing) -> Result<(), (Delivery, Outgoing)> {
         match self.inner.tx.try_send(out) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(out)) => {
+            Err(TrySendError::Full(out)) => {
                 self.kick(KickReason::SlowConsumer);
                 Err((Delivery::Kicked, out))
             }
-            Err(mpsc::error::TrySendError::Closed(out)) => Err((Delivery::Closed, out)),
+            Err(TrySendError::Closed(out)) => Err((Delivery::Closed, out)),
         }
     }
 }
