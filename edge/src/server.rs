@@ -91,7 +91,7 @@ async fn websocket(
     let tasks = ctx.connection_tasks.clone();
     upgrade.accept(SUBPROTOCOL, move |upgraded| {
         tasks.track_future(async move {
-            let socket = connection::Socket::new(upgraded, config, &ctx);
+            let socket = Box::new(connection::Socket::new(upgraded, config, &ctx));
             connection::run(socket, ctx, slot).await
         })
     })

@@ -58,12 +58,13 @@ const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 /// connection's place in the connection limits until the session ends.
 #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see the comment inside
 pub fn run(
-    socket: Socket,
+    socket: Box<Socket>,
     ctx: Arc<EdgeContext>,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send {
     // An async block rather than an async fn: an async fn keeps a second copy of its
-    // by-value arguments (the socket alone is ~370 bytes) in every session's task.
+    // by-value arguments in every session's task. The socket comes boxed: moved into the
+    // writer, it would otherwise still size the block's own copy of it.
     async move {
         let mut me = Identity {
             peer: PeerId::random(),

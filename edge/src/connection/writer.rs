@@ -23,12 +23,12 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) struct Writer {
-    pub(super) socket: Socket,
+    pub(super) socket: Box<Socket>,
     pub(super) seq: Sequencer,
 }
 
 impl Writer {
-    pub(super) fn new(socket: Socket, seq: Sequencer) -> Self {
+    pub(super) fn new(socket: Box<Socket>, seq: Sequencer) -> Self {
         Self { socket, seq }
     }
 
