@@ -1,7 +1,8 @@
 //! Registry state: edges, rooms and peers, and how commands change them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Listing, Outcome, Rejection, Stamped};
@@ -74,10 +75,26 @@ struct JoinRequest<'a> {
     listing: &'a Listing,
 }
 
+/// A map whose keys a record's ids can share (see [`shared`]).
+trait KeyedBy<K> {
+    fn key_of(&self, id: &K) -> Option<&K>;
+}
+
+impl<K: Ord, V> KeyedBy<K> for BTreeMap<K, V> {
+    fn key_of(&self, id: &K) -> Option<&K> {
+        self.get_key_value(id).map(|(k, _)| k)
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> KeyedBy<K> for OrdMap<K, V> {
+    fn key_of(&self, id: &K) -> Option<&K> {
+        self.get_key_value(id).map(|(k, _)| k)
+    }
+}
+
 /// `id` as `map` keys it, sharing that key's string; `id` itself when `map` has no such key.
-fn shared<K: Ord + Clone, V>(map: &BTreeMap<K, V>, id: &K) -> K {
-    map.get_key_value(id)
-        .map_or_else(|| id.clone(), |(k, _)| k.clone())
+fn shared<K: Clone>(map: &impl KeyedBy<K>, id: &K) -> K {
+    map.key_of(id).unwrap_or(id).clone()
 }
 
 /// Detaches `p` (keyed `id`) as of `since` unless it already is, entering it in `index`.
@@ -110,13 +127,19 @@ pub struct RoomSummary {
     pub members: u32,
 }
 
-/// The whole registry. `BTreeMap`s keep iteration (and so snapshots and event order)
+/// The whole registry. Ordered maps keep iteration (and so snapshots and event order)
 /// deterministic across replicas.
+///
+/// The rooms and the peers (the maps that grow with the members) are persistent maps: a
+/// clone shares every node with the original, and a change afterwards copies only the path
+/// to what it changes. So the copy a snapshot is built from costs nothing to take, however
+/// large the registry, and costs memory only for what changes while it is encoded. They
+/// serialise exactly as a `BTreeMap` does (snapshots of either load into the other).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     edges: BTreeMap<EdgeId, EdgeRecord>,
-    rooms: BTreeMap<RoomId, RoomRecord>,
-    peers: BTreeMap<PeerId, PeerRecord>,
+    rooms: OrdMap<RoomId, RoomRecord>,
+    peers: OrdMap<PeerId, PeerRecord>,
     /// Epochs keep increasing across a room's deletion and re-creation, so that a consumer
     /// never mistakes a new room for an old one.
     next_epoch: u64,
@@ -128,8 +151,8 @@ pub struct RegistryState {
     regions: BTreeMap<Region, Vec<String>>,
     /// The public rooms (listed to discovery), so that a listing walks only them. A room
     /// leaves it when it empties. Absent in state from before discovery: none is public.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    public: BTreeSet<RoomId>,
+    #[serde(default, skip_serializing_if = "OrdSet::is_empty")]
+    public: OrdSet<RoomId>,
     /// Detached peers by detach time, for the sweeper (derived, see [`super::index`]).
     #[serde(skip)]
     detached: DetachedIndex,
@@ -257,13 +280,27 @@ impl RegistryState {
             } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
             Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
             Command::RemoteEdges { alive, down, gone } => {
-                for (id, p) in &mut self.peers {
+                // Only the peers that change are written (a write may copy a path of the
+                // map, see [`RegistryState`]).
+                let changing: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        (alive.contains(&p.edge) && p.detached_remotely)
+                            || (down.contains(&p.edge) && p.detached_since_ms.is_none())
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in changing {
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
                     if alive.contains(&p.edge) && p.detached_remotely {
                         p.detached_remotely = false;
-                        attach(&mut self.detached, id, p);
+                        attach(&mut self.detached, &id, p);
                     } else if down.contains(&p.edge) && p.detached_since_ms.is_none() {
                         p.detached_remotely = true;
-                        detach(&mut self.detached, id, p, at);
+                        detach(&mut self.detached, &id, p, at);
                     }
                 }
                 let gone_peers: Vec<PeerId> = self
@@ -417,9 +454,11 @@ impl RegistryState {
                 // ran out): its sockets survived, so the peers that were detached only because
                 // the edge went down are attached again. Peers detached earlier stay detached.
                 let down_since = rec.lease_until_ms;
-                for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
-                    if p.detached_since_ms == Some(down_since) {
-                        attach(&mut self.detached, id, p);
+                for id in self.peers_of(edge) {
+                    if let Some(p) = self.peers.get_mut(&id)
+                        && p.detached_since_ms == Some(down_since)
+                    {
+                        attach(&mut self.detached, &id, p);
                     }
                 }
             }
@@ -518,20 +557,49 @@ impl RegistryState {
     /// from a snapshot holds a string per occurrence). Changes no value.
     pub fn share_ids(&mut self) {
         let mut regions: BTreeMap<Region, ()> = BTreeMap::new();
-        for p in self.peers.values_mut() {
-            p.edge = shared(&self.edges, &p.edge);
-            if !regions.contains_key(&p.region) {
-                regions.insert(p.region.clone(), ());
-            }
-            p.region = shared(&regions, &p.region);
-            p.rooms.replace_each(|r| shared(&self.rooms, r));
-            p.attempts.replace_keys(|r| shared(&self.rooms, r));
-        }
-        for rec in self.rooms.values_mut() {
-            rec.members.replace_keys(|p| shared(&self.peers, p));
-            rec.joined_at.replace_keys(|p| shared(&self.peers, p));
-        }
+        // Rebuilt rather than changed in place (a persistent map has no mutable walk); the
+        // records move, only the ids change.
+        let peers = std::mem::take(&mut self.peers);
+        self.peers = peers
+            .into_iter()
+            .map(|(id, mut p)| {
+                p.edge = shared(&self.edges, &p.edge);
+                if !regions.contains_key(&p.region) {
+                    regions.insert(p.region.clone(), ());
+                }
+                p.region = shared(&regions, &p.region);
+                p.rooms.replace_each(|r| shared(&self.rooms, r));
+                p.attempts.replace_keys(|r| shared(&self.rooms, r));
+                (id, p)
+            })
+            .collect();
+        let rooms = std::mem::take(&mut self.rooms);
+        self.rooms = rooms
+            .into_iter()
+            .map(|(id, mut rec)| {
+                rec.members.replace_keys(|p| shared(&self.peers, p));
+                rec.joined_at.replace_keys(|p| shared(&self.peers, p));
+                (id, rec)
+            })
+            .collect();
         self.rebuild_indexes();
+    }
+
+    /// The state's value without its derived indexes, for a snapshot (which does not hold
+    /// them): shares every record with `self` (see [`RegistryState`]), so taking it does not
+    /// walk the members.
+    pub fn snapshot_copy(&self) -> Self {
+        Self {
+            edges: self.edges.clone(),
+            rooms: self.rooms.clone(),
+            peers: self.peers.clone(),
+            next_epoch: self.next_epoch,
+            webhooks: self.webhooks.clone(),
+            regions: self.regions.clone(),
+            public: self.public.clone(),
+            detached: DetachedIndex::default(),
+            remote_peers: RemotePeers::default(),
+        }
     }
 
     /// Builds the derived indexes from the records (they are not serialised).
@@ -692,8 +760,10 @@ impl RegistryState {
             rec.down = true;
             rec.lease_until_ms = rec.lease_until_ms.min(since);
         }
-        for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
-            detach(&mut self.detached, id, p, since);
+        for id in self.peers_of(edge) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                detach(&mut self.detached, &id, p, since);
+            }
         }
     }
 
@@ -862,7 +932,7 @@ impl RegistryState {
         let mut page = ListingPage::default();
         let candidates = self
             .public
-            .range::<str, _>((start, Bound::Unbounded))
+            .range::<_, str>((start, Bound::Unbounded))
             .take_while(|room| room.as_str().starts_with(&query.prefix));
         for room in candidates {
             if page.rooms.len() == query.limit {
