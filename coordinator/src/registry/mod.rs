@@ -9,6 +9,7 @@ mod event;
 pub mod ids;
 mod index;
 mod listing;
+mod persistent;
 mod small;
 mod state;
 mod webhooks;

@@ -10,6 +10,7 @@ use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
 use super::index::{DetachedIndex, RemotePeers};
 use super::listing::{ListingPage, ListingQuery, RoomListing};
+use super::persistent::deserialize_spread;
 use super::small::{SmallMap, SmallSet};
 use super::webhooks::{WebhookEvent, WebhookOutbox};
 
@@ -138,7 +139,9 @@ pub struct RoomSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     edges: BTreeMap<EdgeId, EdgeRecord>,
+    #[serde(deserialize_with = "deserialize_spread")]
     rooms: OrdMap<RoomId, RoomRecord>,
+    #[serde(deserialize_with = "deserialize_spread")]
     peers: OrdMap<PeerId, PeerRecord>,
     /// Epochs keep increasing across a room's deletion and re-creation, so that a consumer
     /// never mistakes a new room for an old one.
@@ -557,31 +560,30 @@ impl RegistryState {
     /// from a snapshot holds a string per occurrence). Changes no value.
     pub fn share_ids(&mut self) {
         let mut regions: BTreeMap<Region, ()> = BTreeMap::new();
-        // Rebuilt rather than changed in place (a persistent map has no mutable walk); the
-        // records move, only the ids change.
-        let peers = std::mem::take(&mut self.peers);
-        self.peers = peers
-            .into_iter()
-            .map(|(id, mut p)| {
-                p.edge = shared(&self.edges, &p.edge);
-                if !regions.contains_key(&p.region) {
-                    regions.insert(p.region.clone(), ());
-                }
-                p.region = shared(&regions, &p.region);
-                p.rooms.replace_each(|r| shared(&self.rooms, r));
-                p.attempts.replace_keys(|r| shared(&self.rooms, r));
-                (id, p)
-            })
-            .collect();
-        let rooms = std::mem::take(&mut self.rooms);
-        self.rooms = rooms
-            .into_iter()
-            .map(|(id, mut rec)| {
+        // Changed in place, key by key (a persistent map has no mutable walk): a map just
+        // decoded shares no node, so nothing is copied, and the tree keeps the shape its
+        // decoding gave it (see `super::persistent`).
+        let peer_ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in &peer_ids {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
+            p.edge = shared(&self.edges, &p.edge);
+            if !regions.contains_key(&p.region) {
+                regions.insert(p.region.clone(), ());
+            }
+            p.region = shared(&regions, &p.region);
+            p.rooms.replace_each(|r| shared(&self.rooms, r));
+            p.attempts.replace_keys(|r| shared(&self.rooms, r));
+        }
+        drop(peer_ids);
+        let room_ids: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for id in &room_ids {
+            if let Some(rec) = self.rooms.get_mut(id) {
                 rec.members.replace_keys(|p| shared(&self.peers, p));
                 rec.joined_at.replace_keys(|p| shared(&self.peers, p));
-                (id, rec)
-            })
-            .collect();
+            }
+        }
         self.rebuild_indexes();
     }
 
