@@ -28,7 +28,7 @@ pub fn spread<K: Ord + Clone, V: Clone>(entries: Vec<(K, V)>) -> OrdMap<K, V> {
     let mut slots: Vec<Option<(K, V)>> = entries.into_iter().map(Some).collect();
     let mut map = OrdMap::new();
     // A step sharing a factor with n would revisit entries: then one at a time, in order.
-    let step = if n % STEP == 0 { 1 } else { STEP };
+    let step = if n.is_multiple_of(STEP) { 1 } else { STEP };
     let mut i = 0;
     for _ in 0..n {
         if let Some((k, v)) = slots[i].take() {
