@@ -16,7 +16,7 @@
 //! replicas of those regions that follow this one ([`Watchers`]), with each room created
 //! and emptied here; a new stream starts from this task's mirror, so it misses nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -28,13 +28,16 @@ use super::federation::watchers::{Watcher, Watchers};
 use super::links::Links;
 use super::proto::{self, ReplicaToEdge, replica_to_edge};
 use crate::metrics;
-use crate::registry::{EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId};
+use crate::registry::{EdgeId, Member, PeerId, Region, RoomEvent, RoomEventKind, RoomId, SmallMap};
 use crate::replica::Replica;
 
 struct MirrorRoom {
     epoch: u64,
     created_at_ms: u64,
-    members: BTreeMap<PeerId, Member>,
+    /// A sorted vector, not a `BTreeMap`: the mirror holds every room of the registry, most
+    /// with a few members, and a B-tree's first node (about 1 KiB here) cost more than half a
+    /// kilobyte per member at a million members.
+    members: SmallMap<PeerId, Member>,
 }
 
 #[derive(Default)]
@@ -94,7 +97,7 @@ impl Mirror {
             MirrorRoom {
                 epoch: 0,
                 created_at_ms: created_at_ms(),
-                members: BTreeMap::new(),
+                members: SmallMap::new(),
             }
         });
         if room.epoch >= event.epoch {
@@ -128,7 +131,12 @@ impl Mirror {
             // Every member's edge hears it (in `edges` already); the room is no longer here.
             RoomEventKind::Rehomed(_) => room.members.clear(),
         }
-        let members: Vec<Member> = room.members.values().cloned().collect();
+        // The member list goes only to the joiner's edge.
+        let members: Vec<Member> = if joiner_edge.is_some() {
+            room.members.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
         if room.members.is_empty() {
             self.rooms.remove(&event.room);
             applied.emptied = true;

@@ -14,9 +14,11 @@
 //! - `identity`: the data directory's node and cluster ids.
 //! - `log_store`, `state_machine`, `snapshot_file`: durable storage.
 //! - `network`: Raft RPCs to peers, one cached channel per peer.
+//! - `background_build`: snapshot encoding on a thread of its own, at the lowest priority.
 //!
 //! Imports `registry`, `transport`, `clock` and `metrics`; never `grpc` or the replica.
 
+mod background_build;
 pub(crate) mod identity;
 pub(crate) mod log_store;
 pub(crate) mod network;

@@ -17,6 +17,7 @@ use openraft::{AnyError, Entry, EntryPayload, RaftSnapshotBuilder, Snapshot, Sto
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::background_build;
 use super::snapshot_file::SnapshotFile;
 use super::types::{
     Batch, BatchOutcome, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -118,20 +119,32 @@ impl Snapshots {
     ) -> Result<Vec<u8>, StorageError> {
         let this = self.clone();
         let last = meta.last_log_id;
-        tokio::task::spawn_blocking(move || {
-            // Held across the write so that two writers cannot interleave compare and replace.
-            let mut covers = this.covers.lock().unwrap_or_else(PoisonError::into_inner);
-            if *covers > last {
-                return Ok(bytes);
-            }
-            this.file.write(&bytes)?;
-            *covers = last;
-            Ok::<Vec<u8>, std::io::Error>(bytes)
-        })
-        .await
-        .map_err(|e| snapshot_write_err(meta, &e))?
-        .map_err(|e| snapshot_write_err(meta, &e))
+        tokio::task::spawn_blocking(move || this.write_blocking(last, bytes))
+            .await
+            .map_err(|e| snapshot_write_err(meta, &e))?
+            .map_err(|e| snapshot_write_err(meta, &e))
     }
+
+    /// [`Self::persist_bytes`] on the calling (blocking) thread.
+    fn write_blocking(&self, last: Option<LogId>, bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        // Held across the write so that two writers cannot interleave compare and replace.
+        let mut covers = self.covers.lock().unwrap_or_else(PoisonError::into_inner);
+        if *covers > last {
+            return Ok(bytes);
+        }
+        self.file.write(&bytes)?;
+        *covers = last;
+        Ok(bytes)
+    }
+}
+
+/// Why a snapshot build on its own thread failed.
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error("encoding the snapshot: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("writing the snapshot: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 impl StateMachineStore {
@@ -186,10 +199,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: format!("{id}-{}", now_ms()),
             applied: std::mem::take(&mut self.copy),
         };
-        let bytes = self.snapshots.persist(&payload).await?;
+        let meta = payload.meta();
+        let snapshots = self.snapshots.clone();
+        // Encoded and written on a thread of its own at the lowest priority: seconds of CPU at
+        // a million members, which the joins applied meanwhile should not wait behind. The
+        // copy is dropped there too (it frees what the live state changed since).
+        let bytes = background_build::run("snapshot-build", move || {
+            let bytes = serde_json::to_vec(&payload).map_err(BuildError::Encode)?;
+            drop(payload);
+            snapshots
+                .write_blocking(meta.last_log_id, bytes)
+                .map_err(BuildError::Write)
+        })
+        .await
+        .map_err(|e| snapshot_write_err(&meta, &e))?
+        .map_err(|e| snapshot_write_err(&meta, &e))?;
         crate::metrics::snapshot_built();
         Ok(Snapshot {
-            meta: payload.meta(),
+            meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
@@ -244,11 +271,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // The copy is taken now, in apply order; the build itself runs concurrently with apply.
-        let copy = self
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // Taking it walks no member: the registry's large maps share their records with the
+        // copy until the apply changes them (see `RegistryState`).
+        let copy = {
+            let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            Applied {
+                last_applied: st.last_applied,
+                last_membership: st.last_membership.clone(),
+                registry: st.registry.snapshot_copy(),
+            }
+        };
         SnapshotBuilder {
             copy,
             snapshots: self.snapshots.clone(),
@@ -328,3 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 fn snapshot_write_err(meta: &SnapshotMeta, e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(e)).into()
 }
+
+#[cfg(test)]
+#[path = "state_machine_tests.rs"]
+mod tests;

@@ -9,6 +9,7 @@ mod event;
 pub mod ids;
 mod index;
 mod listing;
+mod persistent;
 mod small;
 mod state;
 mod webhooks;
@@ -20,5 +21,6 @@ pub use listing::{
     ListingPage, ListingQuery, MAX_LISTING_LIMIT, MAX_LISTING_PREFIX_BYTES, RoomListing,
     merge_pages,
 };
+pub(crate) use small::SmallMap;
 pub use state::{EdgeRecord, RegistryState, RoomSummary, RoomView};
 pub use webhooks::{WebhookEvent, WebhookOutbox, WebhookRecord};

@@ -70,6 +70,14 @@ impl<K: Ord, V> SmallMap<K, V> {
         self.find(key).ok().map(|i| &self.0[i].1)
     }
 
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -116,6 +124,16 @@ impl<K: Ord, V> SmallMap<K, V> {
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Values in key order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Removes every entry and gives the memory back.
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
     }
 
     /// Replaces each key with an equal one (e.g. one sharing another's storage).
@@ -276,6 +294,13 @@ mod tests {
         assert_eq!(m.remove("a"), Some(1));
         assert_eq!(m.remove("a"), None);
         assert_eq!(m.len(), 2);
+        if let Some(v) = m.get_mut("c") {
+            *v = 30;
+        }
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), [20, 30]);
+        m.clear();
+        assert!(m.is_empty());
+        assert_eq!(m.0.capacity(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Registry state: edges, rooms and peers, and how commands change them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, Listing, Outcome, Rejection, Stamped};
@@ -9,6 +10,7 @@ use super::event::{LeaveReason, Member, RoomEvent, RoomEventKind};
 use super::ids::{EdgeId, PeerId, Region, RoomId};
 use super::index::{DetachedIndex, RemotePeers};
 use super::listing::{ListingPage, ListingQuery, RoomListing};
+use super::persistent::deserialize_spread;
 use super::small::{SmallMap, SmallSet};
 use super::webhooks::{WebhookEvent, WebhookOutbox};
 
@@ -74,10 +76,26 @@ struct JoinRequest<'a> {
     listing: &'a Listing,
 }
 
+/// A map whose keys a record's ids can share (see [`shared`]).
+trait KeyedBy<K> {
+    fn key_of(&self, id: &K) -> Option<&K>;
+}
+
+impl<K: Ord, V> KeyedBy<K> for BTreeMap<K, V> {
+    fn key_of(&self, id: &K) -> Option<&K> {
+        self.get_key_value(id).map(|(k, _)| k)
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> KeyedBy<K> for OrdMap<K, V> {
+    fn key_of(&self, id: &K) -> Option<&K> {
+        self.get_key_value(id).map(|(k, _)| k)
+    }
+}
+
 /// `id` as `map` keys it, sharing that key's string; `id` itself when `map` has no such key.
-fn shared<K: Ord + Clone, V>(map: &BTreeMap<K, V>, id: &K) -> K {
-    map.get_key_value(id)
-        .map_or_else(|| id.clone(), |(k, _)| k.clone())
+fn shared<K: Clone>(map: &impl KeyedBy<K>, id: &K) -> K {
+    map.key_of(id).unwrap_or(id).clone()
 }
 
 /// Detaches `p` (keyed `id`) as of `since` unless it already is, entering it in `index`.
@@ -110,13 +128,21 @@ pub struct RoomSummary {
     pub members: u32,
 }
 
-/// The whole registry. `BTreeMap`s keep iteration (and so snapshots and event order)
+/// The whole registry. Ordered maps keep iteration (and so snapshots and event order)
 /// deterministic across replicas.
+///
+/// The rooms and the peers (the maps that grow with the members) are persistent maps: a
+/// clone shares every node with the original, and a change afterwards copies only the path
+/// to what it changes. So the copy a snapshot is built from costs nothing to take, however
+/// large the registry, and costs memory only for what changes while it is encoded. They
+/// serialise exactly as a `BTreeMap` does (snapshots of either load into the other).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryState {
     edges: BTreeMap<EdgeId, EdgeRecord>,
-    rooms: BTreeMap<RoomId, RoomRecord>,
-    peers: BTreeMap<PeerId, PeerRecord>,
+    #[serde(deserialize_with = "deserialize_spread")]
+    rooms: OrdMap<RoomId, RoomRecord>,
+    #[serde(deserialize_with = "deserialize_spread")]
+    peers: OrdMap<PeerId, PeerRecord>,
     /// Epochs keep increasing across a room's deletion and re-creation, so that a consumer
     /// never mistakes a new room for an old one.
     next_epoch: u64,
@@ -128,8 +154,8 @@ pub struct RegistryState {
     regions: BTreeMap<Region, Vec<String>>,
     /// The public rooms (listed to discovery), so that a listing walks only them. A room
     /// leaves it when it empties. Absent in state from before discovery: none is public.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    public: BTreeSet<RoomId>,
+    #[serde(default, skip_serializing_if = "OrdSet::is_empty")]
+    public: OrdSet<RoomId>,
     /// Detached peers by detach time, for the sweeper (derived, see [`super::index`]).
     #[serde(skip)]
     detached: DetachedIndex,
@@ -257,13 +283,27 @@ impl RegistryState {
             } => self.rebind(peer, edge, remote_region.as_ref(), &mut events),
             Command::Rehome { room, to, members } => self.rehome(room, to, members, &mut events),
             Command::RemoteEdges { alive, down, gone } => {
-                for (id, p) in &mut self.peers {
+                // Only the peers that change are written (a write may copy a path of the
+                // map, see [`RegistryState`]).
+                let changing: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        (alive.contains(&p.edge) && p.detached_remotely)
+                            || (down.contains(&p.edge) && p.detached_since_ms.is_none())
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in changing {
+                    let Some(p) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
                     if alive.contains(&p.edge) && p.detached_remotely {
                         p.detached_remotely = false;
-                        attach(&mut self.detached, id, p);
+                        attach(&mut self.detached, &id, p);
                     } else if down.contains(&p.edge) && p.detached_since_ms.is_none() {
                         p.detached_remotely = true;
-                        detach(&mut self.detached, id, p, at);
+                        detach(&mut self.detached, &id, p, at);
                     }
                 }
                 let gone_peers: Vec<PeerId> = self
@@ -417,9 +457,11 @@ impl RegistryState {
                 // ran out): its sockets survived, so the peers that were detached only because
                 // the edge went down are attached again. Peers detached earlier stay detached.
                 let down_since = rec.lease_until_ms;
-                for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
-                    if p.detached_since_ms == Some(down_since) {
-                        attach(&mut self.detached, id, p);
+                for id in self.peers_of(edge) {
+                    if let Some(p) = self.peers.get_mut(&id)
+                        && p.detached_since_ms == Some(down_since)
+                    {
+                        attach(&mut self.detached, &id, p);
                     }
                 }
             }
@@ -518,7 +560,14 @@ impl RegistryState {
     /// from a snapshot holds a string per occurrence). Changes no value.
     pub fn share_ids(&mut self) {
         let mut regions: BTreeMap<Region, ()> = BTreeMap::new();
-        for p in self.peers.values_mut() {
+        // Changed in place, key by key (a persistent map has no mutable walk): a map just
+        // decoded shares no node, so nothing is copied, and the tree keeps the shape its
+        // decoding gave it (see `super::persistent`).
+        let peer_ids: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for id in &peer_ids {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
             p.edge = shared(&self.edges, &p.edge);
             if !regions.contains_key(&p.region) {
                 regions.insert(p.region.clone(), ());
@@ -527,11 +576,32 @@ impl RegistryState {
             p.rooms.replace_each(|r| shared(&self.rooms, r));
             p.attempts.replace_keys(|r| shared(&self.rooms, r));
         }
-        for rec in self.rooms.values_mut() {
-            rec.members.replace_keys(|p| shared(&self.peers, p));
-            rec.joined_at.replace_keys(|p| shared(&self.peers, p));
+        drop(peer_ids);
+        let room_ids: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for id in &room_ids {
+            if let Some(rec) = self.rooms.get_mut(id) {
+                rec.members.replace_keys(|p| shared(&self.peers, p));
+                rec.joined_at.replace_keys(|p| shared(&self.peers, p));
+            }
         }
         self.rebuild_indexes();
+    }
+
+    /// The state's value without its derived indexes, for a snapshot (which does not hold
+    /// them): shares every record with `self` (see [`RegistryState`]), so taking it does not
+    /// walk the members.
+    pub fn snapshot_copy(&self) -> Self {
+        Self {
+            edges: self.edges.clone(),
+            rooms: self.rooms.clone(),
+            peers: self.peers.clone(),
+            next_epoch: self.next_epoch,
+            webhooks: self.webhooks.clone(),
+            regions: self.regions.clone(),
+            public: self.public.clone(),
+            detached: DetachedIndex::default(),
+            remote_peers: RemotePeers::default(),
+        }
     }
 
     /// Builds the derived indexes from the records (they are not serialised).
@@ -692,8 +762,10 @@ impl RegistryState {
             rec.down = true;
             rec.lease_until_ms = rec.lease_until_ms.min(since);
         }
-        for (id, p) in self.peers.iter_mut().filter(|(_, p)| &p.edge == edge) {
-            detach(&mut self.detached, id, p, since);
+        for id in self.peers_of(edge) {
+            if let Some(p) = self.peers.get_mut(&id) {
+                detach(&mut self.detached, &id, p, since);
+            }
         }
     }
 
@@ -862,7 +934,7 @@ impl RegistryState {
         let mut page = ListingPage::default();
         let candidates = self
             .public
-            .range::<str, _>((start, Bound::Unbounded))
+            .range::<_, str>((start, Bound::Unbounded))
             .take_while(|room| room.as_str().starts_with(&query.prefix));
         for room in candidates {
             if page.rooms.len() == query.limit {
