@@ -9,8 +9,9 @@
 //! The mirror is seeded from the applied state. Events that were applied before the seed
 //! read but received after it are recognised by epoch (rooms in the seed) or cancel out
 //! (a room absent from the seed was emptied before the read, so its buffered events end in
-//! its removal). If this task falls behind the event channel, it re-seeds and tells every
-//! linked edge to resync.
+//! its removal). If this task falls behind the event channel, or the replica installs a
+//! snapshot from its leader (which replaces the applied state without events), it re-seeds
+//! and tells every linked edge to resync.
 //!
 //! Events for edges of other regions (members of rooms homed here) go to the streams of the
 //! replicas of those regions that follow this one ([`Watchers`]), with each room created
@@ -18,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -159,6 +161,9 @@ impl Mirror {
     }
 }
 
+/// How often the task looks whether the replica installed a snapshot.
+const INSTALL_CHECK: Duration = Duration::from_millis(100);
+
 /// Runs until `stop`, or until the replica's event channel closes.
 pub(super) async fn run(
     replica: Replica,
@@ -170,6 +175,9 @@ pub(super) async fn run(
     let mut mirror = Mirror::seed(&replica);
     let mut watchers = Watchers::default();
     let here = Region::new(replica.region()).ok();
+    let mut installed = replica.snapshots_installed();
+    let mut install_check = tokio::time::interval(INSTALL_CHECK);
+    install_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             () = stop.cancelled() => return,
@@ -178,6 +186,15 @@ pub(super) async fn run(
                 continue;
             }
             r = events.recv() => r,
+            _ = install_check.tick() => {
+                let now = replica.snapshots_installed();
+                if now != installed {
+                    installed = now;
+                    tracing::info!("the replica installed a snapshot; resyncing edges");
+                    resync(&replica, &links, &mut mirror, &mut watchers);
+                }
+                continue;
+            }
         };
         match received {
             Ok(event) => {
@@ -212,21 +229,26 @@ pub(super) async fn run(
                     missed,
                     "fan-out fell behind the room events; resyncing edges"
                 );
-                metrics::fanout_resynced();
-                mirror = Mirror::seed(&replica);
-                // The following regions start again from the list of homes.
-                watchers.clear();
-                for edge in links.edges() {
-                    links.push(
-                        &edge,
-                        ReplicaToEdge {
-                            msg: Some(replica_to_edge::Msg::Resync(proto::Resync {})),
-                        },
-                    );
-                }
+                resync(&replica, &links, &mut mirror, &mut watchers);
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// The mirror is read again from the applied state, and every linked edge re-reads its rooms.
+fn resync(replica: &Replica, links: &Links, mirror: &mut Mirror, watchers: &mut Watchers) {
+    metrics::fanout_resynced();
+    *mirror = Mirror::seed(replica);
+    // The following regions start again from the list of homes.
+    watchers.clear();
+    for edge in links.edges() {
+        links.push(
+            &edge,
+            ReplicaToEdge {
+                msg: Some(replica_to_edge::Msg::Resync(proto::Resync {})),
+            },
+        );
     }
 }
 

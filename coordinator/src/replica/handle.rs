@@ -85,6 +85,14 @@ impl Replica {
         result
     }
 
+    /// Snapshots this replica installed from a leader since it started: each replaced the
+    /// applied state without room events.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner
+            .installed_snapshots
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Room events in apply order. A receiver that falls more than [`EVENT_BUFFER`] events
     /// behind gets `Lagged` and must re-read the rooms it cares about.
     pub fn subscribe(&self) -> broadcast::Receiver<RoomEvent> {

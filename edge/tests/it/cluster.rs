@@ -558,6 +558,33 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
         .collect();
     assert_eq!(snap_rooms.len(), 2 * rounds);
     assert!(snap_rooms.iter().all(|(_, m)| m.len() == 1));
+
+    // An edge attached to the replica that jumped by snapshot sees the rooms as they are:
+    // the members who joined while it was stopped, and the events that follow.
+    let edge_c = cluster.edge_at("edge-c", &[3], LONG_MS);
+    edge_c.wait_ready().await;
+    let (_, first) = &mut clients[0];
+    let first_peer = first.peer_id.clone();
+    let mut late = Client::connect(&edge_c.ws_url()).await;
+    let joined = late.join("snap-0-0").await;
+    let members: Vec<&str> = joined["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        members.contains(&first_peer.as_str()),
+        "joined on the caught-up replica misses a member from the gap: {joined}"
+    );
+    let (_, first) = &mut clients[0];
+    first.expect("peer-joined").await;
+    first
+        .send(serde_json::json!({"type": "leave", "room": "snap-0-0"}))
+        .await;
+    first.expect("left").await;
+    let left = late.expect("peer-left").await;
+    assert_eq!(left["peer_id"], first_peer.as_str());
     drop(clients);
 }
 
