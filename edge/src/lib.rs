@@ -126,9 +126,7 @@ pub async fn start(
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
+    let listener = listener::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
