@@ -84,7 +84,12 @@ struct Times {
     joined: Option<u64>,
 }
 
-async fn one(target: &Target, index: usize, room: String, sources: usize) -> (Times, Option<Client>) {
+async fn one(
+    target: &Target,
+    index: usize,
+    room: String,
+    sources: usize,
+) -> (Times, Option<Client>) {
     let start = Instant::now();
     let us = |t: Instant| u64::try_from(t.duration_since(start).as_micros()).unwrap_or(u64::MAX);
     let mut times = Times {

@@ -281,7 +281,10 @@ fn storm_vs_reference() {
     assert_storm_ok(&v["results"]["edge"], 40);
     assert_storm_ok(&v["results"]["reference"], 40);
     let ratios = &v["results"]["ratios"];
-    assert!(ratios["connection_rate"].as_f64().unwrap() > 0.0, "{ratios}");
+    assert!(
+        ratios["connection_rate"].as_f64().unwrap() > 0.0,
+        "{ratios}"
+    );
     assert!(ratios["joined_p99"].as_f64().unwrap() > 0.0, "{ratios}");
 }
 
