@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::client_addr::TrustedProxies;
@@ -29,6 +29,11 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections whose header is still being read; beyond it the listener stops accepting until
 /// one finishes, which bounds the memory and sockets slow headers can hold.
 const MAX_PENDING_HEADERS: usize = 1024;
+/// Connections the kernel completes and queues for accepting. When every client of a dead
+/// edge reconnects at once, tens of thousands of handshakes arrive within a second; a full
+/// queue drops the client's final ACK and the connection only completes when the SYN-ACK is
+/// sent again, 1 s, 3 s, 7 s later. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 65_535;
 /// The v2 signature, the first 12 bytes of a binary header.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// A v1 header is at most 107 bytes, CRLF included (the specification's bound).
@@ -37,6 +42,19 @@ const V1_MAX_BYTES: usize = 107;
 /// balancers add a few small TLVs (AWS: the VPC endpoint id); this bounds a pending
 /// connection's buffer.
 const V2_MAX_BYTES: usize = 4096;
+
+/// A listener on `addr` with a queue of [`LISTEN_BACKLOG`] (tokio's `bind` gives 1024), and
+/// address reuse as `bind` sets it, so that a restarted edge can bind while old
+/// connections linger in TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Where a connection came from: the TCP peer, or the source its PROXY header names. Routes
 /// take it as `ConnectInfo<Peer>`.

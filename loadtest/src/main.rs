@@ -1,7 +1,7 @@
 //! `heliograph-loadtest`: load generator for the Heliograph edge.
 //!
-//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, joins, regions, failover,
-//! chaos, registry-scale),
+//! Modules: `client` (lean WebSocket client), `scenarios` (relay, idle, storm, joins, regions,
+//! failover, chaos, registry-scale),
 //! `sim` (the multi-region simulation) and `delay_proxy` (its delayed links), `reference`
 //! (the bare forwarder relay is compared against), `sio` (a lean Socket.IO client for relay's
 //! Socket.IO wire) and `socketio_node` (the Node.js Socket.IO server it is compared against), `procstat` and `machine` (what was
@@ -38,6 +38,7 @@ use crate::scenarios::idle::IdleSettings;
 use crate::scenarios::joins::JoinsSettings;
 use crate::scenarios::registry_scale::RegistryScaleSettings;
 use crate::scenarios::relay::{GENERATOR_LIMIT_FRACTION, RelaySettings, Wire};
+use crate::scenarios::storm::StormSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +57,9 @@ enum Command {
     Relay(RelayArgs),
     /// Opens and holds many joined connections; measures server memory per connection.
     Idle(IdleArgs),
+    /// Many clients connect at once, each reads `welcome` and joins a two-peer room; measures
+    /// connections per second, time to `welcome` and `joined`, and server CPU per connection.
+    Storm(StormArgs),
     /// A join/leave storm; measures joins per second and join latency.
     Joins(JoinsArgs),
     /// A minimal forwarder speaking enough of heliograph.v1 to be the relay ceiling.
@@ -382,6 +386,43 @@ struct IdleArgs {
 }
 
 #[derive(Debug, Args)]
+struct StormArgs {
+    /// Edge WebSocket URL, e.g. ws://127.0.0.1:18080/ws.
+    #[arg(long, required_unless_present = "reference_only")]
+    url: Option<String>,
+    /// Clients (two per room); each holds its socket until the storm ends.
+    #[arg(long, default_value_t = 15_000)]
+    clients: usize,
+    /// Clients setting up at once (0: all of them at once).
+    #[arg(long, default_value_t = 1000)]
+    concurrency: usize,
+    /// Server process whose CPU time per connection is measured.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also run against the reference forwarder (spawned, or --reference-url) in the same
+    /// run, alternating with the edge, and print ratios.
+    #[arg(long)]
+    vs_reference: bool,
+    /// Run against the reference forwarder only.
+    #[arg(long, conflicts_with = "vs_reference")]
+    reference_only: bool,
+    /// A reference server already running (else one is spawned from this binary).
+    #[arg(long, requires = "reference_pid")]
+    reference_url: Option<String>,
+    /// PID of the --reference-url server, for its CPU time.
+    #[arg(long)]
+    reference_pid: Option<u32>,
+    /// Pin the spawned reference server with `taskset -c CPUS` (e.g. the edge's core).
+    #[arg(long)]
+    reference_taskset: Option<String>,
+    /// Runtime threads of the spawned reference server (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    reference_threads: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
 struct JoinsArgs {
     /// Edge WebSocket URL; repeat it to spread the workers over several edges in turn.
     #[arg(long = "url", required = true)]
@@ -425,6 +466,7 @@ fn main() -> ExitCode {
         Command::Relay(a) => a.common.threads,
         Command::Idle(a) => a.common.threads,
         Command::Joins(a) => a.common.threads,
+        Command::Storm(a) => a.common.threads,
         Command::ReferenceServer(a) => a.threads,
         Command::Report(_) => 1,
         Command::Regions(a) => a.common.threads,
@@ -461,6 +503,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Relay(args) => relay(args).await,
         Command::Idle(args) => idle(args).await,
         Command::Joins(args) => joins(args).await,
+        Command::Storm(args) => storm(args).await,
         Command::ReferenceServer(args) => reference::serve(args.listen).await,
         Command::Report(args) => report::render(&args.input, &args.out_dir),
         Command::Regions(args) => regions(args).await,
@@ -836,6 +879,135 @@ async fn idle(args: IdleArgs) -> Result<()> {
         &args.common,
         started_at,
     )
+}
+
+fn storm_settings(args: &StormArgs, url: String, server_pid: Option<u32>) -> StormSettings {
+    StormSettings {
+        url,
+        clients: args.clients,
+        server_pid,
+        concurrency: args.concurrency,
+        source_addrs: args.common.source_addrs,
+    }
+}
+
+async fn storm_once(settings: &StormSettings, label: &str) -> Result<Value> {
+    let r = scenarios::storm::run(settings).await?;
+    if r.generator_limited {
+        eprintln!(
+            "WARNING ({label}): the load generator used {:.0}% of a core (≥ {:.0}%): it, not the \
+             server, is the limit of this run; compare the server CPU per connection.",
+            r.generator_cpu_percent_of_core,
+            GENERATOR_LIMIT_FRACTION * 100.0
+        );
+    }
+    if r.failed > 0 {
+        eprintln!(
+            "WARNING ({label}): {} of {} clients did not join",
+            r.failed, r.clients
+        );
+    }
+    Ok(serde_json::to_value(r)?)
+}
+
+async fn storm(args: StormArgs) -> Result<()> {
+    check_repeat(&args.common)?;
+    let started_at = output::now_rfc3339();
+    let mut spawned = None;
+    let reference = if args.vs_reference || args.reference_only {
+        match (&args.reference_url, args.reference_pid) {
+            (Some(url), Some(pid)) => Some((url.clone(), pid)),
+            _ => {
+                let child = reference::ReferenceChild::spawn(
+                    args.reference_taskset.as_deref(),
+                    args.reference_threads,
+                )
+                .await?;
+                let r = (child.url.clone(), child.pid);
+                spawned = Some(child);
+                Some(r)
+            }
+        }
+    } else {
+        None
+    };
+    let outcome = storm_runs(&args, reference.as_ref(), started_at).await;
+    if let Some(child) = spawned {
+        child.stop().await;
+    }
+    outcome
+}
+
+async fn storm_runs(
+    args: &StormArgs,
+    reference: Option<&(String, u32)>,
+    started_at: String,
+) -> Result<()> {
+    let edge = (!args.reference_only)
+        .then(|| args.url.clone())
+        .flatten()
+        .map(|url| storm_settings(args, url, args.server_pid));
+    let reference = reference.map(|(url, pid)| storm_settings(args, url.clone(), Some(*pid)));
+    let mut edge_runs = Vec::new();
+    let mut reference_runs = Vec::new();
+    // Alternating, so that a change in the machine's load reaches both sides alike.
+    for i in 0..args.common.repeat {
+        if args.common.repeat > 1 {
+            eprintln!("run {} of {}", i + 1, args.common.repeat);
+        }
+        if let Some(s) = &edge {
+            edge_runs.push(storm_once(s, "edge").await?);
+        }
+        if let Some(s) = &reference {
+            reference_runs.push(storm_once(s, "reference").await?);
+        }
+    }
+    match (edge, reference) {
+        (Some(e), Some(r)) => {
+            let edge_median = output::median(&edge_runs);
+            let reference_median = output::median(&reference_runs);
+            let results = json!({
+                "edge": edge_median,
+                "reference": reference_median,
+                "ratios": {
+                    "connection_rate": ratio(&edge_median, &reference_median, &["connections_per_sec"]),
+                    "cpu_per_connection": ratio(&edge_median, &reference_median, &["server_cpu_us_per_connection"]),
+                    "welcome_p99": ratio(&edge_median, &reference_median, &["to_welcome", "p99_us"]),
+                    "joined_p99": ratio(&edge_median, &reference_median, &["to_joined", "p99_us"]),
+                },
+            });
+            let runs = edge_runs
+                .into_iter()
+                .zip(reference_runs)
+                .map(|(e, r)| json!({"edge": e, "reference": r}))
+                .collect();
+            finish(
+                "storm-vs-reference",
+                json!({"edge": e, "reference": r}),
+                runs,
+                results,
+                &args.common,
+                started_at,
+            )
+        }
+        (Some(s), None) | (None, Some(s)) => {
+            let runs = if edge_runs.is_empty() {
+                reference_runs
+            } else {
+                edge_runs
+            };
+            let results = output::median(&runs);
+            finish(
+                "storm",
+                serde_json::to_value(&s)?,
+                runs,
+                results,
+                &args.common,
+                started_at,
+            )
+        }
+        (None, None) => bail!("nothing to run: give --url, --vs-reference or --reference-only"),
+    }
 }
 
 async fn joins(args: JoinsArgs) -> Result<()> {

@@ -144,6 +144,21 @@ pub fn summary(scenario: &str, results: &Value) -> String {
             show(f(results, &["join_latency", "p999_us"]), 0),
             show(f(results, &["server_cpu_us_per_join"]), 1),
         ),
+        "storm" => storm_summary(results),
+        "storm-vs-reference" => {
+            let edge = results.get("edge").cloned().unwrap_or_default();
+            let reference = results.get("reference").cloned().unwrap_or_default();
+            format!(
+                "edge:      {}\nreference: {}\nratios (edge / reference): connection rate {}, \
+                 CPU per connection {}, p99 to welcome {}, p99 to joined {}",
+                storm_summary(&edge).replace('\n', "\n           "),
+                storm_summary(&reference).replace('\n', "\n           "),
+                show(f(results, &["ratios", "connection_rate"]), 3),
+                show(f(results, &["ratios", "cpu_per_connection"]), 3),
+                show(f(results, &["ratios", "welcome_p99"]), 3),
+                show(f(results, &["ratios", "joined_p99"]), 3),
+            )
+        }
         "relay-vs-reference" => {
             let edge = results.get("edge").cloned().unwrap_or_default();
             let reference = results.get("reference").cloned().unwrap_or_default();
@@ -211,6 +226,27 @@ fn failover_summary(r: &Value) -> String {
         } else {
             "missed"
         },
+    )
+}
+
+fn storm_summary(r: &Value) -> String {
+    format!(
+        "storm: {} of {} joined in {} s ({} conn/s), {} failed; to welcome p50 {} µs, p99 {} µs, \
+         max {} µs; to joined p50 {} µs, p99 {} µs, max {} µs\n  server CPU {} µs/connection; \
+         generator CPU {}% of a core",
+        show(f(r, &["joined"]), 0),
+        show(f(r, &["clients"]), 0),
+        show(f(r, &["storm_secs"]), 2),
+        show(f(r, &["connections_per_sec"]), 0),
+        show(f(r, &["failed"]), 0),
+        show(f(r, &["to_welcome", "p50_us"]), 0),
+        show(f(r, &["to_welcome", "p99_us"]), 0),
+        show(f(r, &["to_welcome", "max_us"]), 0),
+        show(f(r, &["to_joined", "p50_us"]), 0),
+        show(f(r, &["to_joined", "p99_us"]), 0),
+        show(f(r, &["to_joined", "max_us"]), 0),
+        show(f(r, &["server_cpu_us_per_connection"]), 1),
+        show(f(r, &["generator_cpu_percent_of_core"]), 0),
     )
 }
 

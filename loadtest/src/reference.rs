@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -26,6 +26,10 @@ use crate::client::{SUBPROTOCOL, ws_config};
 
 /// Frames written before a flush.
 const BATCH: usize = 64;
+/// The accept queue, as large as the edge's (`heliograph_edge` asks for the same; the
+/// kernel caps both at `net.core.somaxconn`), so that a connection storm meets the same
+/// queue on either server.
+const LISTEN_BACKLOG: u32 = 65_535;
 
 type Outbox = mpsc::UnboundedSender<Utf8Bytes>;
 
@@ -49,9 +53,15 @@ struct Frame<'a> {
 
 /// Serves until the process is killed, after printing `{"listening":"ADDR"}`.
 pub async fn serve(listen: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
+    let socket = match listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(listen)
         .with_context(|| format!("binding {listen}"))?;
+    let listener: TcpListener = socket.listen(LISTEN_BACKLOG)?;
     println!(
         "{}",
         serde_json::json!({ "listening": listener.local_addr()?.to_string() })

@@ -23,7 +23,7 @@ use heliograph_coordinator::registry::{
 use heliograph_coordinator::telemetry;
 use heliograph_coordinator::transport::ClusterSecret;
 use heliograph_coordinator::transport::tls;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +38,12 @@ use crate::signal::Envelope;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unary calls in flight on the replica's connection at once; further calls wait their turn
+/// (at most `CALL_TIMEOUT`). When every client of a dead edge resumes here at once, each
+/// needs its rooms read and its peer rebound: without this bound ten thousand calls were
+/// opened as streams on one HTTP/2 connection together, and the connection, its link and
+/// every call on it failed together (docs/BENCHMARKS.md, failover at 10,000 clients).
+const MAX_CALLS_IN_FLIGHT: usize = 128;
 /// How long registering or renewing the lease may hold up a session. A replica that cannot
 /// commit (the registry has no quorum) still relays signals and room events: the session
 /// goes on without the write, which is retried at the next renewal.
@@ -77,6 +83,8 @@ pub struct RemoteRegistry {
     /// Signals from other edges: delivered in order, once.
     inbound: Mutex<Inbound>,
     ready: AtomicBool,
+    /// Places for unary calls in flight (see [`MAX_CALLS_IN_FLIGHT`]).
+    calls: Semaphore,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -109,6 +117,7 @@ impl RemoteRegistry {
             inbound: Mutex::new(Inbound::default()),
             settings,
             ready: AtomicBool::new(false),
+            calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -133,6 +142,19 @@ impl RemoteRegistry {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| CoordinatorError::Unavailable("no coordinator reachable".into()))
+    }
+
+    /// The current session's client and a place for one unary call on it, held until the
+    /// call is answered. Fails fast without a session, and after `CALL_TIMEOUT` in the queue.
+    async fn call_slot(
+        &self,
+    ) -> Result<(RegistryClient<Channel>, SemaphorePermit<'_>), CoordinatorError> {
+        let client = self.client()?;
+        let permit = tokio::time::timeout(CALL_TIMEOUT, self.calls.acquire())
+            .await
+            .map_err(|_| CoordinatorError::Unavailable("too many registry calls queued".into()))?
+            .map_err(|_| CoordinatorError::Unavailable("the registry client is closed".into()))?;
+        Ok((client, permit))
     }
 
     /// A unary call: its deadline, the cluster secret, and the trace context of the span it
@@ -180,7 +202,7 @@ impl RemoteRegistry {
         &self,
         rooms: &[RoomId],
     ) -> Result<HashMap<RoomId, Option<RoomView>>, CoordinatorError> {
-        let mut client = self.client()?;
+        let (mut client, _slot) = self.call_slot().await?;
         let mut views = HashMap::with_capacity(rooms.len());
         for room in rooms {
             let response = client
@@ -203,7 +225,7 @@ impl RemoteRegistry {
         query: &ListingQuery,
         within: Duration,
     ) -> Result<(ListingPage, Vec<Region>), CoordinatorError> {
-        let mut c = self.client()?;
+        let (mut c, _slot) = self.call_slot().await?;
         let mut request = self.request(convert::listing_query_to_proto(query));
         request.set_timeout(within);
         let answer = c
@@ -217,7 +239,7 @@ impl RemoteRegistry {
 
     /// Runs one registry command as the matching RPC.
     pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
-        let mut c = self.client()?;
+        let (mut c, _slot) = self.call_slot().await?;
         let done = |rejected: i32| -> Result<Outcome, CoordinatorError> {
             Ok(match reject(rejected)? {
                 Some(r) => Outcome::Rejected(r),

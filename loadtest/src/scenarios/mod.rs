@@ -1,10 +1,11 @@
 //! The load scenarios: `relay` (signal ping-pong between peer pairs), `idle` (many held
-//! connections), `joins` (a join/leave storm), `regions` (the multi-region latency matrix),
-//! `failover` (an edge dies or drains; its clients resume on another; `failover_region` is the
-//! region it starts when given no edges), `chaos` (a join/leave storm on a cluster it
-//! starts, with a replica fault; membership checked) and `registry_scale` (a replica group
-//! filled with a million members through the registry's gRPC API: memory, snapshots,
-//! catch-up, join latency). Each returns a serialisable result.
+//! connections), `storm` (many connections set up at once), `joins` (a join/leave storm),
+//! `regions` (the multi-region latency matrix), `failover` (an edge dies or drains; its
+//! clients resume on another; `failover_region` is the region it starts when given no edges),
+//! `chaos` (a join/leave storm on a cluster it starts, with a replica fault; membership
+//! checked) and `registry_scale` (a replica group filled with a million members through the
+//! registry's gRPC API: memory, snapshots, catch-up, join latency). Each returns a
+//! serialisable result.
 
 pub mod chaos;
 pub mod failover;
@@ -15,6 +16,7 @@ pub mod joins;
 pub mod regions;
 pub mod registry_scale;
 pub mod relay;
+pub mod storm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -238,6 +238,56 @@ fn idle_in_child_processes() {
     assert_eq!(v["results"]["processes"], 2);
 }
 
+fn assert_storm_ok(r: &Value, clients: u64) {
+    assert_eq!(r["clients"], clients, "{r}");
+    assert_eq!(r["welcomed"], clients, "every client welcomed: {r}");
+    assert_eq!(r["joined"], clients, "every client joined: {r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert!(r["connections_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    for step in ["to_welcome", "to_joined"] {
+        assert_eq!(r[step]["samples"], clients, "{step}: {r}");
+        let (p50, p99, max) = (
+            r[step]["p50_us"].as_f64().unwrap(),
+            r[step]["p99_us"].as_f64().unwrap(),
+            r[step]["max_us"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{step}: {r}");
+    }
+    assert!(
+        r["to_welcome"]["p50_us"].as_f64().unwrap() <= r["to_joined"]["p50_us"].as_f64().unwrap(),
+        "welcome comes before joined: {r}"
+    );
+    assert!(r["server_cpu_us_per_connection"].is_number(), "{r}");
+    assert!(r["generator_cpu_percent_of_core"].is_number());
+}
+
+#[test]
+fn storm_vs_reference() {
+    let edge = Edge::start();
+    let pid = edge.pid();
+    let v = loadtest(&[
+        "storm",
+        "--url",
+        &edge.url,
+        "--server-pid",
+        &pid,
+        "--clients",
+        "40",
+        "--concurrency",
+        "8",
+        "--vs-reference",
+    ]);
+    assert_envelope(&v, "storm-vs-reference");
+    assert_storm_ok(&v["results"]["edge"], 40);
+    assert_storm_ok(&v["results"]["reference"], 40);
+    let ratios = &v["results"]["ratios"];
+    assert!(
+        ratios["connection_rate"].as_f64().unwrap() > 0.0,
+        "{ratios}"
+    );
+    assert!(ratios["joined_p99"].as_f64().unwrap() > 0.0, "{ratios}");
+}
+
 #[test]
 fn joins_storm() {
     let edge = Edge::start();

@@ -7,7 +7,7 @@ use heliograph_coordinator::registry::{EdgeId, PeerId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::connect::RedisSettings;
 use super::keys::{CHANNEL_PREFIX, pending_key, session_key, window_key};
@@ -17,6 +17,12 @@ use crate::session::{LocalSession, Owner, Restored, StoreLimits, StoredRoom};
 use crate::signal::Envelope;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// Calls in flight on the pool at once; further calls wait their turn, at most
+/// `QUEUE_TIMEOUT`, before their own `CALL_TIMEOUT` starts. When every client of a dead edge
+/// reconnects here at once, tens of thousands of calls would otherwise be written to Redis
+/// together and the last ones time out while Redis is still working through the first.
+const MAX_CALLS_IN_FLIGHT: usize = 128;
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(10_000);
 /// Longest a resume waits for a socket on another live edge that still holds the session
 /// (it is storing what it holds) before taking the session anyway.
 const REMOTE_HOLDER_WAIT: Duration = Duration::from_millis(2_000);
@@ -31,6 +37,8 @@ pub struct RedisStore {
     /// concurrent calls (a storm of resumes) do not queue behind one socket.
     conns: Vec<Mutex<Option<ConnectionManager>>>,
     next: AtomicUsize,
+    /// Places for calls in flight (see [`MAX_CALLS_IN_FLIGHT`]).
+    calls: Semaphore,
     open: Script,
     save_rooms: Script,
     detach: Script,
@@ -48,6 +56,7 @@ impl RedisStore {
             limits,
             conns: (0..connections).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),
             open: Script::new(OPEN),
             save_rooms: Script::new(SAVE_ROOMS),
             detach: Script::new(DETACH),
@@ -84,6 +93,10 @@ impl RedisStore {
         &self,
         invocation: &mut ::redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
+        let _place = tokio::time::timeout(QUEUE_TIMEOUT, self.calls.acquire())
+            .await
+            .map_err(|_| StoreError::TimedOut)?
+            .map_err(|_| StoreError::TimedOut)?;
         let (slot, mut conn) = self.conn().await?;
         let result = tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
