@@ -736,6 +736,96 @@ fn ratio(edge: &Value, reference: &Value, path: &[&str]) -> Option<f64> {
     (r != 0.0).then(|| e / r)
 }
 
+/// Named ratios of the edge's medians to the reference's: a name and the path to the figure.
+type Ratios<'a> = &'a [(&'a str, &'a [&'a str])];
+
+/// The settings of a scenario run against the edge, the reference, or both.
+struct Sides<S> {
+    edge: Option<S>,
+    reference: Option<S>,
+}
+
+impl<S: serde::Serialize> Sides<S> {
+    /// Runs `once` `--repeat` times on each side, alternately (so that a change in the
+    /// machine's load reaches both sides alike), and writes the result: with both sides, the
+    /// medians side by side and their `ratios` (as `NAME-vs-reference`); else the one side's.
+    async fn run<F>(
+        self,
+        name: &str,
+        ratios: Ratios<'_>,
+        common: &Common,
+        started_at: String,
+        once: F,
+    ) -> Result<()>
+    where
+        F: AsyncFn(&S, &'static str) -> Result<Value>,
+    {
+        let mut edge_runs = Vec::new();
+        let mut reference_runs = Vec::new();
+        for i in 0..common.repeat {
+            if common.repeat > 1 {
+                eprintln!("run {} of {}", i + 1, common.repeat);
+            }
+            if let Some(s) = &self.edge {
+                edge_runs.push(once(s, "edge").await?);
+            }
+            if let Some(s) = &self.reference {
+                reference_runs.push(once(s, "reference").await?);
+            }
+        }
+        match (self.edge, self.reference) {
+            (Some(e), Some(r)) => {
+                let edge_median = output::median(&edge_runs);
+                let reference_median = output::median(&reference_runs);
+                let ratios: serde_json::Map<String, Value> = ratios
+                    .iter()
+                    .map(|(key, path)| {
+                        let value = ratio(&edge_median, &reference_median, path);
+                        ((*key).to_owned(), json!(value))
+                    })
+                    .collect();
+                let results = json!({
+                    "edge": edge_median,
+                    "reference": reference_median,
+                    "ratios": ratios,
+                });
+                let runs = edge_runs
+                    .into_iter()
+                    .zip(reference_runs)
+                    .map(|(e, r)| json!({"edge": e, "reference": r}))
+                    .collect();
+                finish(
+                    &format!("{name}-vs-reference"),
+                    json!({"edge": e, "reference": r}),
+                    runs,
+                    results,
+                    common,
+                    started_at,
+                )
+            }
+            (Some(s), None) | (None, Some(s)) => {
+                let runs = if edge_runs.is_empty() {
+                    reference_runs
+                } else {
+                    edge_runs
+                };
+                let results = output::median(&runs);
+                finish(
+                    name,
+                    serde_json::to_value(&s)?,
+                    runs,
+                    results,
+                    common,
+                    started_at,
+                )
+            }
+            (None, None) => {
+                bail!("nothing to run: give --url, --vs-reference or --reference-only")
+            }
+        }
+    }
+}
+
 async fn relay(args: RelayArgs) -> Result<()> {
     check_repeat(&args.common)?;
     let started_at = output::now_rfc3339();
@@ -787,65 +877,15 @@ async fn relay_runs(
         .flatten()
         .map(|url| relay_settings(args, url, args.server_pid));
     let reference = reference.map(|(url, pid)| relay_settings(args, url.clone(), Some(*pid)));
-    let mut edge_runs = Vec::new();
-    let mut reference_runs = Vec::new();
-    for i in 0..args.common.repeat {
-        if args.common.repeat > 1 {
-            eprintln!("run {} of {}", i + 1, args.common.repeat);
-        }
-        if let Some(s) = &edge {
-            edge_runs.push(relay_once(s, "edge").await?);
-        }
-        if let Some(s) = &reference {
-            reference_runs.push(relay_once(s, "reference").await?);
-        }
-    }
-    match (edge, reference) {
-        (Some(e), Some(r)) => {
-            let edge_median = output::median(&edge_runs);
-            let reference_median = output::median(&reference_runs);
-            let results = json!({
-                "edge": edge_median,
-                "reference": reference_median,
-                "ratios": {
-                    "throughput": ratio(&edge_median, &reference_median, &["round_trips_per_sec"]),
-                    "cpu_per_message": ratio(&edge_median, &reference_median, &["server_cpu_us_per_message"]),
-                    "p99": ratio(&edge_median, &reference_median, &["rtt", "p99_us"]),
-                },
-            });
-            let runs = edge_runs
-                .into_iter()
-                .zip(reference_runs)
-                .map(|(e, r)| json!({"edge": e, "reference": r}))
-                .collect();
-            let settings = json!({"edge": e, "reference": r});
-            finish(
-                "relay-vs-reference",
-                settings,
-                runs,
-                results,
-                &args.common,
-                started_at,
-            )
-        }
-        (Some(s), None) | (None, Some(s)) => {
-            let runs = if edge_runs.is_empty() {
-                reference_runs
-            } else {
-                edge_runs
-            };
-            let results = output::median(&runs);
-            finish(
-                "relay",
-                serde_json::to_value(&s)?,
-                runs,
-                results,
-                &args.common,
-                started_at,
-            )
-        }
-        (None, None) => bail!("nothing to run: give --url, --vs-reference or --reference-only"),
-    }
+    let ratios: Ratios = &[
+        ("throughput", &["round_trips_per_sec"]),
+        ("cpu_per_message", &["server_cpu_us_per_message"]),
+        ("p99", &["rtt", "p99_us"]),
+    ];
+    let sides = Sides { edge, reference };
+    sides
+        .run("relay", ratios, &args.common, started_at, relay_once)
+        .await
 }
 
 async fn idle(args: IdleArgs) -> Result<()> {
@@ -948,66 +988,16 @@ async fn storm_runs(
         .flatten()
         .map(|url| storm_settings(args, url, args.server_pid));
     let reference = reference.map(|(url, pid)| storm_settings(args, url.clone(), Some(*pid)));
-    let mut edge_runs = Vec::new();
-    let mut reference_runs = Vec::new();
-    // Alternating, so that a change in the machine's load reaches both sides alike.
-    for i in 0..args.common.repeat {
-        if args.common.repeat > 1 {
-            eprintln!("run {} of {}", i + 1, args.common.repeat);
-        }
-        if let Some(s) = &edge {
-            edge_runs.push(storm_once(s, "edge").await?);
-        }
-        if let Some(s) = &reference {
-            reference_runs.push(storm_once(s, "reference").await?);
-        }
-    }
-    match (edge, reference) {
-        (Some(e), Some(r)) => {
-            let edge_median = output::median(&edge_runs);
-            let reference_median = output::median(&reference_runs);
-            let results = json!({
-                "edge": edge_median,
-                "reference": reference_median,
-                "ratios": {
-                    "connection_rate": ratio(&edge_median, &reference_median, &["connections_per_sec"]),
-                    "cpu_per_connection": ratio(&edge_median, &reference_median, &["server_cpu_us_per_connection"]),
-                    "welcome_p99": ratio(&edge_median, &reference_median, &["to_welcome", "p99_us"]),
-                    "joined_p99": ratio(&edge_median, &reference_median, &["to_joined", "p99_us"]),
-                },
-            });
-            let runs = edge_runs
-                .into_iter()
-                .zip(reference_runs)
-                .map(|(e, r)| json!({"edge": e, "reference": r}))
-                .collect();
-            finish(
-                "storm-vs-reference",
-                json!({"edge": e, "reference": r}),
-                runs,
-                results,
-                &args.common,
-                started_at,
-            )
-        }
-        (Some(s), None) | (None, Some(s)) => {
-            let runs = if edge_runs.is_empty() {
-                reference_runs
-            } else {
-                edge_runs
-            };
-            let results = output::median(&runs);
-            finish(
-                "storm",
-                serde_json::to_value(&s)?,
-                runs,
-                results,
-                &args.common,
-                started_at,
-            )
-        }
-        (None, None) => bail!("nothing to run: give --url, --vs-reference or --reference-only"),
-    }
+    let ratios: Ratios = &[
+        ("connection_rate", &["connections_per_sec"]),
+        ("cpu_per_connection", &["server_cpu_us_per_connection"]),
+        ("welcome_p99", &["to_welcome", "p99_us"]),
+        ("joined_p99", &["to_joined", "p99_us"]),
+    ];
+    let sides = Sides { edge, reference };
+    sides
+        .run("storm", ratios, &args.common, started_at, storm_once)
+        .await
 }
 
 async fn joins(args: JoinsArgs) -> Result<()> {
