@@ -105,6 +105,21 @@ impl Replica {
     /// Starts the process again on the same data directory and the same Raft and API
     /// addresses (its peers know it by them); the metrics listener is new.
     pub fn start_again(&mut self) -> Result<()> {
+        // A first start chooses its ports a moment before the process binds them, and another
+        // test may take one meanwhile: then it chooses again (a restart keeps its ports).
+        let first_start = self.raft.is_empty();
+        let mut attempt = 1;
+        loop {
+            match self.start_once() {
+                Err(e) if first_start && attempt < PORT_ATTEMPTS && port_taken(&e) => {
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn start_once(&mut self) -> Result<()> {
         let mut options = self.options.clone();
         if self.raft.is_empty() {
             // Kept across restarts: taken outside the ephemeral range (see `ports`).
@@ -329,4 +344,12 @@ pub fn voters(status: &Value) -> Vec<u64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Tries of a first start whose chosen port another process took first.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Whether a start failed because a chosen port was taken.
+fn port_taken(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("Address already in use")
 }
