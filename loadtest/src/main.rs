@@ -745,6 +745,22 @@ struct Sides<S> {
     reference: Option<S>,
 }
 
+impl<S> Sides<S> {
+    /// The edge's side when there is an edge URL to run against (with its pid), the
+    /// reference's when one was started, each given its settings by `settings`.
+    fn new(
+        edge_url: Option<&String>,
+        edge_pid: Option<u32>,
+        reference: Option<&(String, u32)>,
+        settings: impl Fn(String, Option<u32>) -> S,
+    ) -> Self {
+        Self {
+            edge: edge_url.map(|url| settings(url.clone(), edge_pid)),
+            reference: reference.map(|(url, pid)| settings(url.clone(), Some(*pid))),
+        }
+    }
+}
+
 impl<S: serde::Serialize> Sides<S> {
     /// Runs `once` `--repeat` times on each side, alternately (so that a change in the
     /// machine's load reaches both sides alike), and writes the result: with both sides, the
@@ -872,17 +888,17 @@ async fn relay_runs(
     reference: Option<&(String, u32)>,
     started_at: String,
 ) -> Result<()> {
-    let edge = (!args.reference_only)
-        .then(|| args.url.clone())
-        .flatten()
-        .map(|url| relay_settings(args, url, args.server_pid));
-    let reference = reference.map(|(url, pid)| relay_settings(args, url.clone(), Some(*pid)));
+    let sides = Sides::new(
+        args.url.as_ref().filter(|_| !args.reference_only),
+        args.server_pid,
+        reference,
+        |url, pid| relay_settings(args, url, pid),
+    );
     let ratios: Ratios = &[
         ("throughput", &["round_trips_per_sec"]),
         ("cpu_per_message", &["server_cpu_us_per_message"]),
         ("p99", &["rtt", "p99_us"]),
     ];
-    let sides = Sides { edge, reference };
     sides
         .run("relay", ratios, &args.common, started_at, relay_once)
         .await
@@ -983,18 +999,18 @@ async fn storm_runs(
     reference: Option<&(String, u32)>,
     started_at: String,
 ) -> Result<()> {
-    let edge = (!args.reference_only)
-        .then(|| args.url.clone())
-        .flatten()
-        .map(|url| storm_settings(args, url, args.server_pid));
-    let reference = reference.map(|(url, pid)| storm_settings(args, url.clone(), Some(*pid)));
+    let sides = Sides::new(
+        args.url.as_ref().filter(|_| !args.reference_only),
+        args.server_pid,
+        reference,
+        |url, pid| storm_settings(args, url, pid),
+    );
     let ratios: Ratios = &[
         ("connection_rate", &["connections_per_sec"]),
         ("cpu_per_connection", &["server_cpu_us_per_connection"]),
         ("welcome_p99", &["to_welcome", "p99_us"]),
         ("joined_p99", &["to_joined", "p99_us"]),
     ];
-    let sides = Sides { edge, reference };
     sides
         .run("storm", ratios, &args.common, started_at, storm_once)
         .await
