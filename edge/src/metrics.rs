@@ -280,6 +280,10 @@ pub struct EdgeMetrics {
     closed: IngressHandles<CloseReason>,
     received: IngressHandles<&'static str>,
     sent: IngressHandles<&'static str>,
+    /// The `signal` entries of `received` and `sent`, by ingress: counted twice per relayed
+    /// message, they are not looked up.
+    received_signal: [Counter; 2],
+    sent_signal: [Counter; 2],
     errors: Handles<ErrorCode>,
     pub relay_local: Histogram,
     pub relay_region: Histogram,
@@ -485,6 +489,10 @@ impl EdgeMetrics {
                 &CloseReason::ALL,
                 |i, r| counter!(CONNECTIONS_CLOSED, "ingress" => i.as_str(), "reason" => r.as_str()),
             ),
+            received_signal: Ingress::ALL
+                .map(|i| counter!(MESSAGES_RECEIVED, "ingress" => i.as_str(), "type" => "signal")),
+            sent_signal: Ingress::ALL
+                .map(|i| counter!(MESSAGES_SENT, "ingress" => i.as_str(), "type" => "signal")),
             received: by_ingress(
                 &RECEIVED_TYPES,
                 |i, t| counter!(MESSAGES_RECEIVED, "ingress" => i.as_str(), "type" => *t),
@@ -557,13 +565,17 @@ impl EdgeMetrics {
     }
 
     pub fn received(&self, ingress: Ingress, ty: &'static str) {
-        if let Some(c) = self.received.get(&(ingress, ty)) {
+        if ty == "signal" {
+            self.received_signal[ingress as usize].increment(1);
+        } else if let Some(c) = self.received.get(&(ingress, ty)) {
             c.increment(1);
         }
     }
 
     pub fn sent(&self, ingress: Ingress, ty: &'static str) {
-        if let Some(c) = self.sent.get(&(ingress, ty)) {
+        if ty == "signal" {
+            self.sent_signal[ingress as usize].increment(1);
+        } else if let Some(c) = self.sent.get(&(ingress, ty)) {
             c.increment(1);
         }
     }

@@ -5,6 +5,7 @@
 //! could be read. Server messages are encoded once; opaque client JSON (`data`, `meta`) is
 //! passed through as raw text, never re-parsed.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -254,9 +255,11 @@ pub enum ClientMessage<'a> {
     Leave {
         room: RoomId,
     },
+    /// `room` and `to` are checked as ids but read in place: a signal is routed by looking
+    /// them up, and builds no id of its own.
     Signal {
-        room: RoomId,
-        to: PeerId,
+        room: Cow<'a, str>,
+        to: Cow<'a, str>,
         kind: SignalKind,
         data: &'a RawValue,
     },
@@ -337,7 +340,15 @@ struct Envelope<'a> {
 
 /// A `seq` the client names (`ack`, `last_seq`).
 fn sequence_number(raw: &RawValue, field: &str) -> Result<u64, ProtocolError> {
-    serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+    // Plain digits (valid JSON: no leading zero) are read at once; anything else, and a
+    // value beyond u64, is read and refused by serde_json.
+    let text = raw.get();
+    if text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = text.parse::<u64>()
+    {
+        return Ok(n);
+    }
+    serde_json::from_str::<u64>(text).map_err(|_| {
         ProtocolError::new(
             ErrorCode::BadField,
             format!("`{field}` must be a non-negative integer"),
@@ -383,29 +394,40 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
 /// no unpaired surrogate escape (see below). Every frame a client sends is checked so, and so
 /// is a payload another ingress relays without decoding it.
 pub fn check_relayable(text: &str) -> Result<(), ProtocolError> {
-    if has_out_of_range_number(text) {
-        return Err(ProtocolError::new(
+    match first_unrelayable(text) {
+        None => Ok(()),
+        Some(Unrelayable::Number) => Err(ProtocolError::new(
             ErrorCode::BadJson,
             "invalid JSON: a number is out of the range of a 64-bit float",
-        ));
-    }
-    if has_unpaired_surrogate(text) {
-        return Err(ProtocolError::new(
+        )),
+        Some(Unrelayable::Surrogate) => Err(ProtocolError::new(
             ErrorCode::BadJson,
             "invalid JSON: unpaired UTF-16 surrogate escape",
-        ));
+        )),
     }
-    Ok(())
 }
 
-/// serde_json skips over raw values (`ref`, `data`, `meta`, unknown fields) without decoding
-/// their escapes, so a lone surrogate such as `"\ud83d"` would be echoed or relayed verbatim,
-/// and strict JSON parsers on the receiving side reject it. Found by `edge/fuzz`.
-/// Whether a number in the text (outside strings) is too large for a 64-bit float. serde_json
-/// skips over such numbers in fields it passes through (`ref`, `data`, `meta`) but refuses them
-/// when parsing, so echoing or relaying one would hand peers a frame they cannot read.
-fn has_out_of_range_number(text: &str) -> bool {
+/// What serde_json lets through in the values it skips over (`ref`, `data`, `meta`, unknown
+/// fields) but strict JSON parsers on the receiving side refuse, so that echoing or relaying
+/// it would hand peers a frame they cannot read:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unrelayable {
+    /// a number too large for a 64-bit float (serde_json refuses it only when parsing);
+    Number,
+    /// an unpaired surrogate escape such as `"\ud83d"` (skipped values are not unescaped).
+    /// Found by `edge/fuzz`.
+    Surrogate,
+}
+
+/// The first unrelayable thing in `text` (valid JSON). One scan finds the numbers between
+/// strings, skipping over strings; only a text with escapes is looked at again for
+/// surrogates.
+fn first_unrelayable(text: &str) -> Option<Unrelayable> {
+    // Without an exponent, a number of at most 308 characters has at most 308 integer
+    // digits and is below 1e308: finite, with nothing to parse.
+    const MAX_PLAIN_FINITE_NUMBER: usize = 308;
     let bytes = text.as_bytes();
+    let mut escapes = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -413,9 +435,12 @@ fn has_out_of_range_number(text: &str) -> bool {
             // Inside a string: jump to its end (escapes skip the byte after the backslash).
             let mut j = i + 1;
             loop {
-                match memchr::memchr2(b'"', b'\\', &bytes[j.min(bytes.len())..]) {
-                    None => return false,
-                    Some(k) if bytes[j + k] == b'\\' => j += k + 2,
+                match string_stop(&bytes[j.min(bytes.len())..]) {
+                    None => return None,
+                    Some(k) if bytes[j + k] == b'\\' => {
+                        escapes = true;
+                        j += k + 2;
+                    }
                     Some(k) => {
                         j += k + 1;
                         break;
@@ -425,23 +450,39 @@ fn has_out_of_range_number(text: &str) -> bool {
             i = j;
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
+            let mut exponent = false;
             while i < bytes.len()
                 && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
             {
+                exponent |= matches!(bytes[i], b'e' | b'E');
                 i += 1;
+            }
+            if !exponent && i - start <= MAX_PLAIN_FINITE_NUMBER {
+                continue;
             }
             let finite = text
                 .get(start..i)
                 .and_then(|t| t.parse::<f64>().ok())
                 .is_some_and(f64::is_finite);
             if !finite {
-                return true;
+                return Some(Unrelayable::Number);
             }
         } else {
             i += 1;
         }
     }
-    false
+    (escapes && has_unpaired_surrogate(text)).then_some(Unrelayable::Surrogate)
+}
+
+/// The first quote or backslash in `bytes`. Most strings in a frame are short (keys, ids):
+/// their first bytes are looked at one by one, and only a longer string is searched.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 24;
+    let head = &bytes[..bytes.len().min(SHORT)];
+    if let Some(k) = head.iter().position(|&c| c == b'"' || c == b'\\') {
+        return Some(k);
+    }
+    memchr::memchr2(b'"', b'\\', &bytes[head.len()..]).map(|k| k + head.len())
 }
 
 fn has_unpaired_surrogate(text: &str) -> bool {
@@ -527,9 +568,9 @@ fn decode_message<'a>(
             room: room(env.room)?,
         }),
         "signal" => {
-            let room = room(env.room)?;
-            let to: String = required_str(env.to, "to")?;
-            let to = PeerId::new(to).map_err(|e| {
+            let room = room_name(env.room)?;
+            let to = required_text(env.to, "to")?;
+            PeerId::check(&to).map_err(|e| {
                 ProtocolError::new(ErrorCode::BadField, format!("`to` is not a peer id: {e}"))
             })?;
             let kind = required_text(env.kind, "kind")?;
@@ -675,12 +716,20 @@ fn decode_cursor(cursor: &str) -> Result<RoomId, ProtocolError> {
 fn required_text<'a>(
     raw: Option<&'a RawValue>,
     field: &str,
-) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
-    let plain = raw.and_then(|r| serde_json::from_str::<&'a str>(r.get()).ok());
-    match plain {
-        Some(s) => Ok(std::borrow::Cow::Borrowed(s)),
-        None => required_str(raw, field).map(std::borrow::Cow::Owned),
+) -> Result<Cow<'a, str>, ProtocolError> {
+    match raw.and_then(plain_str) {
+        Some(s) => Ok(Cow::Borrowed(s)),
+        None => required_str(raw, field).map(Cow::Owned),
     }
+}
+
+/// The text of a JSON string without escapes, from the raw value serde_json validated: it is
+/// the bytes between the quotes (a valid string has no raw control characters, and without a
+/// backslash nothing in it is encoded). Anything else is read by serde_json.
+fn plain_str(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    (memchr::memchr(b'\\', inner.as_bytes()).is_none()).then_some(inner)
 }
 
 fn required_str(raw: Option<&RawValue>, field: &str) -> Result<String, ProtocolError> {
@@ -691,10 +740,16 @@ fn required_str(raw: Option<&RawValue>, field: &str) -> Result<String, ProtocolE
 }
 
 fn room(raw: Option<&RawValue>) -> Result<RoomId, ProtocolError> {
-    let s = required_str(raw, "room")?;
-    let room = RoomId::new(s)
+    let name = room_name(raw)?.into_owned();
+    RoomId::new(name).map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))
+}
+
+/// A `room` field checked as [`room`] checks it, read in place where it can be.
+fn room_name(raw: Option<&RawValue>) -> Result<Cow<'_, str>, ProtocolError> {
+    let name = required_text(raw, "room")?;
+    RoomId::check(&name)
         .map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))?;
-    if contacts::is_contact_room(&room) {
+    if name.starts_with(contacts::ROOM_PREFIX) {
         return Err(ProtocolError::new(
             ErrorCode::InvalidRoom,
             format!(
@@ -703,7 +758,7 @@ fn room(raw: Option<&RawValue>) -> Result<RoomId, ProtocolError> {
             ),
         ));
     }
-    Ok(room)
+    Ok(name)
 }
 
 /// A list of contact hashes (`publish`, `watch`): absent or `null` is empty. More than
@@ -1077,6 +1132,130 @@ mod tests {
             err(r#"{"type":"ping","x":"a\"1e999\" \\","ref":1e999}"#).code,
             ErrorCode::BadJson
         );
+    }
+
+    #[test]
+    fn long_plain_numbers_are_checked_too() {
+        // 309 digits: 9.99e308 is beyond a 64-bit float; 1e308 written out is not.
+        let nines = format!(r#"{{"type":"ping","n":{}}}"#, "9".repeat(309));
+        assert_eq!(err(&nines).code, ErrorCode::BadJson);
+        let big = format!(r#"{{"type":"ping","n":1{}}}"#, "0".repeat(308));
+        assert!(decode(&big, &LIMITS).is_ok());
+        let short = format!(r#"{{"type":"ping","n":-{}}}"#, "9".repeat(307));
+        assert!(decode(&short, &LIMITS).is_ok());
+    }
+
+    /// The checks as first written, two plain scans: the faster scan must agree.
+    mod two_scans {
+        pub fn out_of_range_number(text: &str) -> bool {
+            let bytes = text.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                let b = bytes[i];
+                if b == b'"' {
+                    let mut j = i + 1;
+                    loop {
+                        match bytes[j.min(bytes.len())..]
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\')
+                        {
+                            None => return false,
+                            Some(k) if bytes[j + k] == b'\\' => j += k + 2,
+                            Some(k) => {
+                                j += k + 1;
+                                break;
+                            }
+                        }
+                    }
+                    i = j;
+                } else if b == b'-' || b.is_ascii_digit() {
+                    let start = i;
+                    while i < bytes.len()
+                        && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                    {
+                        i += 1;
+                    }
+                    let finite = text[start..i].parse::<f64>().is_ok_and(f64::is_finite);
+                    if !finite {
+                        return true;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            false
+        }
+
+        pub fn unpaired_surrogate(text: &str) -> bool {
+            let bytes = text.as_bytes();
+            let mut i = 0;
+            let mut expect_low = false;
+            while let Some(k) = bytes[i..].iter().position(|&c| c == b'\\') {
+                if expect_low && k > 0 {
+                    return true;
+                }
+                i += k;
+                if bytes.get(i + 1) == Some(&b'u') {
+                    let Some(unit) = text
+                        .get(i + 2..i + 6)
+                        .and_then(|h| u16::from_str_radix(h, 16).ok())
+                    else {
+                        return true;
+                    };
+                    let low = (0xDC00..0xE000).contains(&unit);
+                    if low != expect_low {
+                        return true;
+                    }
+                    expect_low = (0xD800..0xDC00).contains(&unit);
+                    i += 6;
+                } else {
+                    if expect_low {
+                        return true;
+                    }
+                    i += 2;
+                }
+                if i >= bytes.len() {
+                    break;
+                }
+            }
+            expect_low
+        }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn the_scan_agrees_with_two_plain_scans(
+            items in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(
+                        proptest::sample::select(vec![
+                            "\\ud83d", "\\ude00", "\\udc00", "\\u00e9", "\\n", "\\\\",
+                            "\\\"", "x", "é", "1e999", " ",
+                        ]),
+                        0..8,
+                    )
+                    .prop_map(|parts| format!("\"{}\"", parts.concat())),
+                    proptest::sample::select(vec!["1e999", "-2.5E3", "12", "0", "1e308", "-0"])
+                        .prop_map(str::to_owned),
+                ],
+                0..8,
+            )
+        ) {
+            let text = format!(r#"{{"a":[{}]}}"#, items.join(","));
+            // Only valid JSON is ever checked (serde_json read it first).
+            proptest::prop_assume!(serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok());
+            let expected = if two_scans::out_of_range_number(&text) {
+                Some(Unrelayable::Number)
+            } else if two_scans::unpaired_surrogate(&text) {
+                Some(Unrelayable::Surrogate)
+            } else {
+                None
+            };
+            // Either problem refuses the frame; which one is named first may differ.
+            proptest::prop_assert_eq!(first_unrelayable(&text).is_some(), expected.is_some());
+        }
     }
 
     #[test]

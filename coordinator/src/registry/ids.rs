@@ -37,7 +37,13 @@ fn validate(s: &str, max: usize) -> Result<(), IdError> {
     if s.len() > max {
         return Err(IdError::TooLong(max));
     }
-    if s.chars().any(char::is_control) {
+    // Ids are almost always ASCII: a byte test, and the char walk only for the rest.
+    let control = if s.is_ascii() {
+        s.bytes().any(|b| b.is_ascii_control())
+    } else {
+        s.chars().any(char::is_control)
+    };
+    if control {
         return Err(IdError::ControlChar);
     }
     Ok(())
@@ -56,6 +62,12 @@ macro_rules! string_id {
                 let s = s.into();
                 validate(&s, $max)?;
                 Ok(Self(Arc::from(s)))
+            }
+
+            /// Checks `s` as [`Self::new`] does, without building an id (for a lookup by
+            /// a borrowed string).
+            pub fn check(s: &str) -> Result<(), IdError> {
+                validate(s, $max)
             }
 
             /// Whether both share one copy of the string.

@@ -58,7 +58,7 @@ pub(super) fn handle_text(
             to,
             kind,
             data,
-        } => signal_checked(ctx, caller, state, room, &to, kind, data.get(), reference),
+        } => signal_checked(ctx, caller, state, &room, &to, kind, data.get(), reference),
         ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
             "pong",
             protocol::encode(&ServerMessage::Pong {
@@ -111,13 +111,13 @@ pub(super) fn signal_checked(
     ctx: &EdgeContext,
     caller: &Caller<'_>,
     state: &SessionState,
-    room: RoomId,
-    to: &PeerId,
+    room: &str,
+    to: &str,
     kind: SignalKind,
     data: &str,
     reference: Option<Ref>,
 ) -> Handled {
-    if state.receive_only.contains(&room) {
+    if state.receive_only.contains(room) {
         return fail(
             ctx,
             ErrorCode::Forbidden,
@@ -132,15 +132,16 @@ pub(super) fn signal_checked(
 fn signal(
     ctx: &EdgeContext,
     caller: &Caller<'_>,
-    room: RoomId,
-    to: &PeerId,
+    room: &str,
+    to: &str,
     kind: SignalKind,
     data: &str,
     reference: Option<Ref>,
 ) -> Handled {
     let peer = caller.peer;
-    let route = match ctx.index.route_signal(peer, &room, to) {
-        Ok(route) => route,
+    // The index's own ids come back with the route: the signal builds none.
+    let (route, room, to) = match ctx.index.route_signal_ids(peer, room, to) {
+        Ok(routed) => routed,
         Err(ErrorCode::NotInRoom) => {
             return fail(
                 ctx,
@@ -158,7 +159,7 @@ fn signal(
         Outbound {
             room,
             from: peer,
-            to,
+            to: &to,
             reference,
             text,
             received_at: caller.received_at,

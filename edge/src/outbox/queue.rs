@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -29,6 +30,10 @@ pub struct Empty;
 
 struct Shared<T> {
     state: Mutex<State<T>>,
+    /// How many items are queued, written under the lock: the receiver reads it without
+    /// the lock, so that looking into an empty queue (every time its session waits) locks
+    /// nothing.
+    queued: AtomicUsize,
     /// The receiver's task, woken by each send.
     waker: AtomicWaker,
     capacity: usize,
@@ -56,6 +61,7 @@ pub fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             items: VecDeque::new(),
             closed: false,
         }),
+        queued: AtomicUsize::new(0),
         waker: AtomicWaker::new(),
         capacity: capacity.max(1),
     });
@@ -63,7 +69,10 @@ pub fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         Sender {
             shared: shared.clone(),
         },
-        Receiver { shared },
+        Receiver {
+            shared,
+            closed: false,
+        },
     )
 }
 
@@ -100,6 +109,9 @@ impl<T> Sender<T> {
                 return Err(TrySendError::Full(item));
             }
             state.items.push_back(item);
+            self.shared
+                .queued
+                .store(state.items.len(), Ordering::Release);
         }
         self.shared.waker.wake();
         Ok(())
@@ -114,6 +126,8 @@ impl<T> Sender<T> {
 /// The receiving side, owned by one task. Dropping it closes the queue.
 pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
+    /// Only the receiver closes the queue: it knows without the lock.
+    closed: bool,
 }
 
 impl<T> Receiver<T> {
@@ -134,21 +148,34 @@ impl<T> Receiver<T> {
 
     /// `Some(Some(item))`, `Some(None)` when closed and empty, `None` when merely empty.
     fn pop_or_closed(&self) -> Option<Option<T>> {
-        let mut state = self.shared.lock();
-        match state.items.pop_front() {
+        match self.pop() {
             Some(item) => Some(Some(item)),
-            None if state.closed => Some(None),
+            None if self.closed => Some(None),
             None => None,
         }
     }
 
+    fn pop(&self) -> Option<T> {
+        // Seen empty: a send under way wakes the receiver after it (see `recv`).
+        if self.shared.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut state = self.shared.lock();
+        let item = state.items.pop_front();
+        self.shared
+            .queued
+            .store(state.items.len(), Ordering::Release);
+        item
+    }
+
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Result<T, Empty> {
-        self.shared.lock().items.pop_front().ok_or(Empty)
+        self.pop().ok_or(Empty)
     }
 
     /// Refuses further sends; what is queued can still be received.
     pub fn close(&mut self) {
+        self.closed = true;
         self.shared.lock().closed = true;
     }
 

@@ -570,6 +570,18 @@ impl<H: Handle> RoomCore<H> {
         room: &RoomId,
         to: &PeerId,
     ) -> Result<Route<H>, ErrorCode> {
+        self.route_signal_ids(from, room.as_str(), to.as_str())
+            .map(|(route, _, _)| route)
+    }
+
+    /// [`Self::route_signal`] for ids given as text (a signal as it was read), with the
+    /// index's own copies of them: routing builds no id.
+    pub fn route_signal_ids(
+        &self,
+        from: &PeerId,
+        room: &str,
+        to: &str,
+    ) -> Result<(Route<H>, RoomId, PeerId), ErrorCode> {
         let inner = self;
         if !inner
             .peers
@@ -578,27 +590,28 @@ impl<H: Handle> RoomCore<H> {
         {
             return Err(ErrorCode::NotInRoom);
         }
-        let member = inner
+        let (room_id, (to_id, member)) = inner
             .rooms
-            .get(room)
-            .and_then(|entry| entry.members.get(to))
+            .get_key_value(room)
+            .and_then(|(id, entry)| Some((id, entry.members.get_key_value(to)?)))
             .ok_or(ErrorCode::UnknownPeer)?;
+        let ids = |route| Ok((route, room_id.clone(), to_id.clone()));
         // A socket here wins over the registry's view, which may not have seen the peer
         // resume here yet. A resuming socket holds what it is sent until its replay is out.
         match inner.peers.get(to) {
             Some(p) if p.resuming || p.rooms.contains(room) => {
-                return Ok(Route::Local(p.handle.clone()));
+                return ids(Route::Local(p.handle.clone()));
             }
             Some(_) if member.edge == self.me => return Err(ErrorCode::UnknownPeer),
             _ => {}
         }
         if member.edge != self.me {
-            return Ok(Route::Remote {
+            return ids(Route::Remote {
                 edge: member.edge.clone(),
                 region: member.region.clone(),
             });
         }
-        Ok(Route::Detached)
+        ids(Route::Detached)
     }
 
     /// The session of a local peer that is a member of `room`, for a signal relayed from

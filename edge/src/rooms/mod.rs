@@ -229,6 +229,16 @@ impl RoomIndex {
         self.read().route_signal(from, room, to)
     }
 
+    /// [`Self::route_signal`] for ids given as text, with the index's own copies of them.
+    pub fn route_signal_ids(
+        &self,
+        from: &PeerId,
+        room: &str,
+        to: &str,
+    ) -> Result<(Route, RoomId, PeerId), ErrorCode> {
+        self.read().route_signal_ids(from, room, to)
+    }
+
     /// The session of a local peer that is a member of `room`, for a signal relayed from
     /// another edge (which checked the sender's side).
     pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<SessionHandle> {
