@@ -80,21 +80,29 @@ async fn websocket(
         Ok(slot) => slot,
         Err(refused) => return (refused.status(), format!("{refused}\n")).into_response(),
     };
+    let tasks = ctx.connection_tasks.clone();
+    // The socket is made before the session's future, not inside it: what a future captures
+    // it keeps for its whole life, and every session's task would carry the upgrade's parts.
+    upgrade.accept(SUBPROTOCOL, move |upgraded| {
+        let socket = Box::new(connection::Socket::new(
+            upgraded,
+            websocket_config(&ctx),
+            &ctx,
+        ));
+        tasks.track_future(connection::run(socket, ctx, slot))
+    })
+}
+
+/// The WebSocket limits and buffers of a client socket.
+fn websocket_config(ctx: &EdgeContext) -> WebSocketConfig {
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
-    let config = WebSocketConfig::default()
+    WebSocketConfig::default()
         .read_buffer_size(buffer)
         .write_buffer_size(buffer)
         .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
         .max_frame_size(Some(limits.max_frame_bytes))
-        .max_message_size(Some(limits.max_frame_bytes));
-    let tasks = ctx.connection_tasks.clone();
-    upgrade.accept(SUBPROTOCOL, move |upgraded| {
-        tasks.track_future(async move {
-            let socket = Box::new(connection::Socket::new(upgraded, config, &ctx));
-            connection::run(socket, ctx, slot).await
-        })
-    })
+        .max_message_size(Some(limits.max_frame_bytes))
 }
 
 async fn healthz() -> &'static str {

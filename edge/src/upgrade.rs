@@ -11,6 +11,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -97,13 +99,14 @@ impl Upgrade {
         F: FnOnce(Upgraded) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let on_upgrade = self.on_upgrade;
-        tokio::spawn(async move {
+        // Once upgraded, the task holds only the session: `then` drops what waited for the
+        // switch (and `serve` itself) where an async block would keep them for the task's life.
+        let session = self.on_upgrade.then(move |upgraded| match upgraded {
+            Ok(upgraded) => Either::Left(serve(upgraded)),
             // Fails only when the client went away before the switch.
-            if let Ok(upgraded) = on_upgrade.await {
-                serve(upgraded).await;
-            }
+            Err(_) => Either::Right(std::future::ready(())),
         });
+        tokio::spawn(session);
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,
             [

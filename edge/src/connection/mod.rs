@@ -41,7 +41,7 @@ use close::close_code;
 use crate::context::EdgeContext;
 use crate::limits::{ConnectionSlot, RateLimiter};
 use crate::metrics::{CloseReason, Ingress};
-use crate::outbox::{Outgoing, outbox};
+use crate::outbox::outbox;
 use crate::protocol::{self, DecodeLimits, ErrorCode, ProtocolError, ServerMessage};
 use crate::session::Owner;
 use crate::session::sequencer::Sequencer;
@@ -94,11 +94,7 @@ pub fn run(
             protocol: protocol::SUBPROTOCOL,
         });
         let mut reason = None;
-        let welcome = writer.send(
-            vec![Outgoing::new("welcome", welcome)],
-            &outbox.kicked,
-            &ctx,
-        );
+        let welcome = writer.welcome(&welcome, &outbox.kicked, &ctx);
         if welcome.await.is_err() {
             reason = Some(CloseReason::Abrupt);
         }

@@ -66,7 +66,9 @@ pub(super) fn request(
     Handled::Resume(Box::pin(run(
         Arc::clone(ctx),
         resumed,
-        last_seq.unwrap_or(0),
+        // The client holds the token its `welcome` (`seq` 1) carried: it read it, and the
+        // window does not keep it.
+        last_seq.unwrap_or(0).max(1),
         caller.handle.clone(),
         reference,
     )))

@@ -79,6 +79,27 @@ impl Writer {
         )
     }
 
+    /// Writes the session's `welcome`, which is numbered but not kept for a replay (see
+    /// [`Sequencer::stamp_welcome`]).
+    pub(super) fn welcome<'a>(
+        &'a mut self,
+        text: &str,
+        kicked: &'a Latch,
+        ctx: &'a EdgeContext,
+    ) -> impl Future<Output = Result<(), CloseReason>> + 'a {
+        ctx.metrics.sent(Ingress::Ws, "welcome");
+        let text = self.seq.stamp_welcome(text);
+        let socket = &mut self.socket;
+        guarded(
+            move || async move {
+                socket.feed(Message::Text(text)).await?;
+                socket.flush().await
+            },
+            kicked,
+            ctx,
+        )
+    }
+
     /// Writes frames that carry their `seq` already (a resumed session's replay).
     pub(super) fn replay<'a>(
         &'a mut self,

@@ -1037,6 +1037,11 @@ fn complete_join<H: Handle>(
     let Some(PendingJoin { reference, .. }) = local.pending_joins.remove(room) else {
         return;
     };
+    // Most sessions join once: the table's slots are given back rather than kept for the
+    // socket's life.
+    if local.pending_joins.is_empty() {
+        local.pending_joins = Map::default();
+    }
     local.rooms.insert(room.clone());
     // The client is in the room now: earlier joins in doubt are moot.
     local.doubtful.remove(room);

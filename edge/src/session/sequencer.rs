@@ -42,6 +42,14 @@ impl Sequencer {
         stamped
     }
 
+    /// Stamps the session's `welcome` (`seq` 1) without keeping it: a client that resumes
+    /// holds the token the welcome carried, so it has read it (a resume takes a `last_seq`
+    /// below 1 as 1), and every parked session would otherwise keep its largest frame.
+    pub fn stamp_welcome(&mut self, frame: &str) -> Utf8Bytes {
+        self.last += 1;
+        Utf8Bytes::from(with_seq(frame, self.last))
+    }
+
     /// The client has read every frame up to `ack`: they leave the window (a resume names a
     /// `last_seq` at least as high, so they can never be asked for again).
     pub fn acknowledge(&mut self, ack: u64) {
@@ -151,6 +159,21 @@ mod tests {
         assert_eq!(replay_after(&w, 5, 5), Some(Vec::new()));
         assert_eq!(replay_after(&w, 9, 5), Some(Vec::new()));
         assert_eq!(replay_after(&w, 1, 5), None, "seq 2 is gone");
+    }
+
+    #[test]
+    fn the_welcome_is_numbered_but_not_kept() {
+        let mut s = Sequencer::new(4);
+        let welcome = s.stamp_welcome(r#"{"type":"welcome"}"#);
+        assert_eq!(seq_of(welcome.as_str()), Some(1));
+        s.stamp(r#"{"type":"joined"}"#);
+        let w = s.window();
+        assert_eq!(
+            w.iter().map(|f| seq_of(f)).collect::<Vec<_>>(),
+            vec![Some(2)]
+        );
+        // A resume names at least the welcome's `seq`: what followed it is all there.
+        assert_eq!(replay_after(&w, 1, 2).map(|r| r.len()), Some(1));
     }
 
     #[test]

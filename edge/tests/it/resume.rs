@@ -351,3 +351,29 @@ async fn a_client_close_ends_the_session_for_good() {
     let err = refused(&node, &token).await;
     assert!(err["message"].as_str().unwrap().contains("ended"), "{err}");
 }
+
+/// The `welcome` is not kept for a replay (the client holds the token it carried): a resume
+/// that names no `last_seq`, or 0, gets what followed the welcome, not a gap.
+#[tokio::test]
+async fn a_resume_without_last_seq_replays_what_followed_the_welcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--session-secret", SECRET]);
+    let (mut a, b) = pair(&node).await;
+    let (b_id, token, _) = b.drop_connection();
+    wait_detached(&node, 1.0).await;
+    a.send(signal(&b_id, 7)).await;
+    a.send(json!({"type": "ping", "ref": "routed"})).await;
+    assert_eq!(a.expect("pong").await["ref"], "routed");
+
+    let mut c = Client::connect(&node.ws_url()).await;
+    c.send(json!({"type": "resume", "token": token, "ref": "r"}))
+        .await;
+    // B's window after its welcome: `joined` (seq 2), then the signal that waited.
+    let joined = c.expect("joined").await;
+    assert_eq!(joined["seq"], 2, "{joined}");
+    let s = c.expect("signal").await;
+    assert_eq!(s["data"]["n"], 7);
+    let resumed = c.expect("resumed").await;
+    assert_eq!(resumed["peer_id"], b_id.as_str());
+    assert_eq!(resumed["replayed"], 2);
+}
