@@ -76,12 +76,20 @@ struct LocalPeer<H> {
     /// This socket's claim on the stored session.
     owner: Owner,
     rooms: Set<RoomId>,
-    /// Rooms joined with a token that does not allow sending signals (kept for a resume).
-    receive_only: Set<RoomId>,
     /// A resume is being set up: relayed signals are taken before its rooms are known.
     resuming: bool,
     /// Joins sent to the registry whose event has not been seen yet, with the client's ref.
     pending_joins: Map<RoomId, PendingJoin>,
+    /// What few sessions ever have, out of line: every peer's entry sits in the index's
+    /// table, whose slots are sized by it (and read on every signal).
+    rare: Option<Box<RarePeer>>,
+}
+
+/// A local peer's state that most sessions never have: made on first use.
+#[derive(Debug, Default)]
+struct RarePeer {
+    /// Rooms joined with a token that does not allow sending signals (kept for a resume).
+    receive_only: Set<RoomId>,
     /// Joins answered `unavailable` whose outcome was unknown: if one committed after all, the
     /// registry must take it back (and only those: a member the index merely lost track of
     /// is not taken out). Each with the attempt numbers of the join requests in doubt (a
@@ -120,7 +128,7 @@ fn stored<H>(local: &LocalPeer<H>) -> Vec<StoredRoom> {
         .chain(local.pending_joins.keys())
         .map(|room| StoredRoom {
             room: room.clone(),
-            receive_only: local.receive_only.contains(room),
+            receive_only: local.rare().is_some_and(|r| r.receive_only.contains(room)),
         })
         .collect();
     rooms.sort_by(|a, b| a.room.cmp(&b.room));
@@ -134,14 +142,18 @@ impl<H> LocalPeer<H> {
             handle,
             owner,
             rooms: Set::default(),
-            receive_only: Set::default(),
             resuming: false,
             pending_joins: Map::default(),
-            doubtful: Map::default(),
-            taking_back: Set::default(),
-            contacts_told: BTreeMap::new(),
-            contacts_updating: false,
+            rare: None,
         }
+    }
+
+    fn rare(&self) -> Option<&RarePeer> {
+        self.rare.as_deref()
+    }
+
+    fn rare_mut(&mut self) -> &mut RarePeer {
+        self.rare.get_or_insert_with(Box::default)
     }
 }
 
@@ -239,7 +251,7 @@ impl<H: Handle> RoomCore<H> {
             for stored in &kept {
                 local.rooms.insert(stored.room.clone());
                 if stored.receive_only {
-                    local.receive_only.insert(stored.room.clone());
+                    local.rare_mut().receive_only.insert(stored.room.clone());
                 }
             }
         }
@@ -294,9 +306,9 @@ impl<H: Handle> RoomCore<H> {
             return Err(ErrorCode::Internal);
         };
         if receive_only {
-            local.receive_only.insert(room.clone());
-        } else {
-            local.receive_only.remove(room);
+            local.rare_mut().receive_only.insert(room.clone());
+        } else if let Some(rare) = local.rare.as_mut() {
+            rare.receive_only.remove(room);
         }
         if local.rooms.contains(room) {
             let handle = local.handle.clone();
@@ -340,7 +352,7 @@ impl<H: Handle> RoomCore<H> {
             return false;
         }
         if let Some(attempt) = doubtful {
-            let attempts = local.doubtful.entry(room.clone()).or_default();
+            let attempts = local.rare_mut().doubtful.entry(room.clone()).or_default();
             if attempts.len() >= MAX_DOUBTFUL_JOINS {
                 attempts.remove(0);
             }
@@ -381,8 +393,9 @@ impl<H: Handle> RoomCore<H> {
         if local.rooms.contains(room) || local.pending_joins.contains_key(room) {
             return None;
         }
-        let attempts = local.doubtful.remove(room)?;
-        local.taking_back.insert(room.clone());
+        let rare = local.rare.as_mut()?;
+        let attempts = rare.doubtful.remove(room)?;
+        rare.taking_back.insert(room.clone());
         Some(attempts)
     }
 
@@ -405,8 +418,8 @@ impl<H: Handle> RoomCore<H> {
 
     /// A take-back ended: the membership it was for is gone, or a later join owns it.
     pub fn take_back_done(&mut self, peer: &PeerId, room: &RoomId) {
-        if let Some(local) = self.peers.get_mut(peer) {
-            local.taking_back.remove(room);
+        if let Some(rare) = self.peers.get_mut(peer).and_then(|l| l.rare.as_mut()) {
+            rare.taking_back.remove(room);
         }
     }
 
@@ -416,11 +429,17 @@ impl<H: Handle> RoomCore<H> {
         let Some(local) = self.peers.get_mut(peer) else {
             return;
         };
-        local.taking_back.remove(room);
+        if let Some(rare) = local.rare.as_mut() {
+            rare.taking_back.remove(room);
+        }
         if local.rooms.contains(room) {
             return;
         }
-        local.doubtful.entry(room.clone()).or_insert(attempts);
+        local
+            .rare_mut()
+            .doubtful
+            .entry(room.clone())
+            .or_insert(attempts);
     }
 
     /// The registry committed the peer's join; the room was at `epoch` then. The joiner is
@@ -478,8 +497,10 @@ impl<H: Handle> RoomCore<H> {
     /// A `contacts` request of `peer` starts (`true`: its matches wait) or ends (`false`:
     /// they are computed now, and the difference told).
     pub fn contacts_updating(&mut self, peer: &PeerId, updating: bool) -> Vec<Notice<H>> {
-        if let Some(local) = self.peers.get_mut(peer) {
-            local.contacts_updating = updating;
+        if let Some(local) = self.peers.get_mut(peer)
+            && (updating || local.rare.is_some())
+        {
+            local.rare_mut().contacts_updating = updating;
         }
         if updating {
             Vec::new()
@@ -519,6 +540,7 @@ impl<H: Handle> RoomCore<H> {
     pub fn contact_room(&self, from: &PeerId, to: &PeerId) -> Option<RoomId> {
         let local = self.peers.get(from)?;
         local
+            .rare()?
             .contacts_told
             .keys()
             .find(|(_, peer)| peer == to)
@@ -602,6 +624,12 @@ impl<H: Handle> RoomCore<H> {
             Some(p) if p.resuming || p.rooms.contains(room) => {
                 return ids(Route::Local(p.handle.clone()));
             }
+            // Its join committed here (the registry's view lists it on this edge, and the
+            // room's members were told it joined) and only its own answer is still on the
+            // way: what they send it at once is delivered, not refused.
+            Some(p) if member.edge == self.me && p.pending_joins.contains_key(room) => {
+                return ids(Route::Local(p.handle.clone()));
+            }
             Some(_) if member.edge == self.me => return Err(ErrorCode::UnknownPeer),
             _ => {}
         }
@@ -617,9 +645,11 @@ impl<H: Handle> RoomCore<H> {
     /// The session of a local peer that is a member of `room`, for a signal relayed from
     /// another edge (which checked the sender's side).
     pub fn local_member(&self, peer: &PeerId, room: &RoomId) -> Option<H> {
+        // A pending join counts: the other edge routed here because the registry lists the
+        // peer as a member, so the join committed (see `route_signal_ids`).
         self.peers
             .get(peer)
-            .filter(|p| p.resuming || p.rooms.contains(room))
+            .filter(|p| p.resuming || p.rooms.contains(room) || p.pending_joins.contains_key(room))
             .map(|p| p.handle.clone())
     }
 
@@ -913,7 +943,8 @@ fn refresh_contacts<H: Handle>(
     notices: &mut Vec<Notice<H>>,
 ) {
     for peer in peers {
-        let Some(local) = inner.peers.get(&peer).filter(|l| !l.contacts_updating) else {
+        let updating = |l: &&LocalPeer<H>| l.rare().is_some_and(|r| r.contacts_updating);
+        let Some(local) = inner.peers.get(&peer).filter(|l| !updating(l)) else {
             continue;
         };
         let rooms = local
@@ -940,7 +971,10 @@ fn refresh_contacts<H: Handle>(
             continue;
         };
         for ((hash, other), region) in &now {
-            if local.contacts_told.get(&(hash.clone(), other.clone())) != Some(region) {
+            let told = local
+                .rare()
+                .and_then(|r| r.contacts_told.get(&(hash.clone(), other.clone())));
+            if told != Some(region) {
                 let frame = protocol::encode(&ServerMessage::Contact {
                     hash: hash.as_str(),
                     online: true,
@@ -950,7 +984,11 @@ fn refresh_contacts<H: Handle>(
                 notices.push((local.handle.clone(), Outgoing::new("contact", frame)));
             }
         }
-        for (hash, other) in local.contacts_told.keys() {
+        for (hash, other) in local
+            .rare()
+            .into_iter()
+            .flat_map(|r| r.contacts_told.keys())
+        {
             if !now.contains_key(&(hash.clone(), other.clone())) {
                 let frame = protocol::encode(&ServerMessage::Contact {
                     hash: hash.as_str(),
@@ -961,7 +999,9 @@ fn refresh_contacts<H: Handle>(
                 notices.push((local.handle.clone(), Outgoing::new("contact", frame)));
             }
         }
-        local.contacts_told = now;
+        if !now.is_empty() || local.rare.is_some() {
+            local.rare_mut().contacts_told = now;
+        }
     }
 }
 
@@ -1044,7 +1084,9 @@ fn complete_join<H: Handle>(
     }
     local.rooms.insert(room.clone());
     // The client is in the room now: earlier joins in doubt are moot.
-    local.doubtful.remove(room);
+    if let Some(rare) = local.rare.as_mut() {
+        rare.doubtful.remove(room);
+    }
     if is_contact_room(room) {
         // Answered by `contacts-set`; what the membership changes is told by `contact`.
         return;
@@ -1219,6 +1261,36 @@ mod tests {
 
     /// Edge A with local peer `a` (handle 1) in `room-1`, which also holds `b` on edge B;
     /// the room is at epoch 2.
+    #[test]
+    fn a_joiner_the_room_was_told_of_is_a_target_before_its_own_answer() {
+        let mut core = with_a_and_remote_b();
+        core.add_session(peer("c"), H(3), Owner::new(&EdgeId::new(ME).unwrap()));
+        let (start, _) = core
+            .begin_join(&peer("c"), &room(), None, 8, false)
+            .unwrap();
+        assert_eq!(start, JoinStart::Pending);
+        // Before the registry lists it, c is nobody's target.
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("c")),
+            Err(ErrorCode::UnknownPeer)
+        ));
+        // The event comes before the answer to c's join: a is told c joined, and may signal
+        // it at once.
+        let notices = core.apply(&joined(3, "c", ME), |_| None);
+        assert_eq!(summary(&notices), [notice(1, "peer-joined", "c")]);
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("c")),
+            Ok(Route::Local(H(3)))
+        ));
+        assert!(core.local_member(&peer("c"), &room()).is_some());
+        // A local peer with no join there is still no target.
+        core.add_session(peer("d"), H(4), Owner::new(&EdgeId::new(ME).unwrap()));
+        assert!(matches!(
+            core.route_signal(&peer("a"), &room(), &peer("d")),
+            Err(ErrorCode::UnknownPeer)
+        ));
+    }
+
     fn with_a_and_remote_b() -> RoomCore<H> {
         let mut core = RoomCore::new(EdgeId::new(ME).unwrap());
         core.add_session(peer("a"), H(1), Owner::new(&EdgeId::new(ME).unwrap()));
