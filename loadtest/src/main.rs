@@ -332,7 +332,21 @@ struct RelayArgs {
     /// Longest wait for in-flight signals after the measured window, in seconds.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
-    /// Also run against the reference forwarder with the same settings and print ratios.
+    #[command(flatten)]
+    reference: CompareArgs,
+    /// Clients never send `ack`, as plain WebSocket tools don't: the edge keeps every signal
+    /// in its replay window until newer ones push it out (heliograph.v1 only).
+    #[arg(long)]
+    no_ack: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// The reference forwarder a scenario is compared with (relay, storm).
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Also run against the reference forwarder (spawned, or --reference-url) in the same
+    /// run, alternating with the edge, and print ratios.
     #[arg(long)]
     vs_reference: bool,
     /// Run against the reference forwarder only (spawned, or --reference-url).
@@ -350,12 +364,6 @@ struct RelayArgs {
     /// Runtime threads of the spawned reference server (1: current-thread runtime).
     #[arg(long, default_value_t = 1)]
     reference_threads: usize,
-    /// Clients never send `ack`, as plain WebSocket tools don't: the edge keeps every signal
-    /// in its replay window until newer ones push it out (heliograph.v1 only).
-    #[arg(long)]
-    no_ack: bool,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -399,25 +407,8 @@ struct StormArgs {
     /// Server process whose CPU time per connection is measured.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Also run against the reference forwarder (spawned, or --reference-url) in the same
-    /// run, alternating with the edge, and print ratios.
-    #[arg(long)]
-    vs_reference: bool,
-    /// Run against the reference forwarder only.
-    #[arg(long, conflicts_with = "vs_reference")]
-    reference_only: bool,
-    /// A reference server already running (else one is spawned from this binary).
-    #[arg(long, requires = "reference_pid")]
-    reference_url: Option<String>,
-    /// PID of the --reference-url server, for its CPU time.
-    #[arg(long)]
-    reference_pid: Option<u32>,
-    /// Pin the spawned reference server with `taskset -c CPUS` (e.g. the edge's core).
-    #[arg(long)]
-    reference_taskset: Option<String>,
-    /// Runtime threads of the spawned reference server (1: current-thread runtime).
-    #[arg(long, default_value_t = 1)]
-    reference_threads: usize,
+    #[command(flatten)]
+    reference: CompareArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -845,16 +836,20 @@ impl<S: serde::Serialize> Sides<S> {
 async fn relay(args: RelayArgs) -> Result<()> {
     check_repeat(&args.common)?;
     let started_at = output::now_rfc3339();
-    let with_reference = args.vs_reference || args.reference_only;
+    let with_reference = args.reference.vs_reference || args.reference.reference_only;
     let mut spawned = None;
     let mut spawned_node = None;
     let reference = if with_reference {
-        match (&args.reference_url, args.reference_pid, args.wire) {
+        match (
+            &args.reference.reference_url,
+            args.reference.reference_pid,
+            args.wire,
+        ) {
             (Some(url), Some(pid), _) => Some((url.clone(), pid)),
             (_, _, Wire::Native) => {
                 let child = reference::ReferenceChild::spawn(
-                    args.reference_taskset.as_deref(),
-                    args.reference_threads,
+                    args.reference.reference_taskset.as_deref(),
+                    args.reference.reference_threads,
                 )
                 .await?;
                 let r = (child.url.clone(), child.pid);
@@ -864,7 +859,8 @@ async fn relay(args: RelayArgs) -> Result<()> {
             // The Socket.IO wire is compared with what it replaces: a Node.js Socket.IO server.
             (_, _, Wire::Socketio) => {
                 let child =
-                    socketio_node::NodeSocketIo::spawn(args.reference_taskset.as_deref()).await?;
+                    socketio_node::NodeSocketIo::spawn(args.reference.reference_taskset.as_deref())
+                        .await?;
                 let r = (child.url.clone(), child.pid);
                 spawned_node = Some(child);
                 Some(r)
@@ -889,7 +885,7 @@ async fn relay_runs(
     started_at: String,
 ) -> Result<()> {
     let sides = Sides::new(
-        args.url.as_ref().filter(|_| !args.reference_only),
+        args.url.as_ref().filter(|_| !args.reference.reference_only),
         args.server_pid,
         reference,
         |url, pid| relay_settings(args, url, pid),
@@ -970,13 +966,13 @@ async fn storm(args: StormArgs) -> Result<()> {
     check_repeat(&args.common)?;
     let started_at = output::now_rfc3339();
     let mut spawned = None;
-    let reference = if args.vs_reference || args.reference_only {
-        match (&args.reference_url, args.reference_pid) {
+    let reference = if args.reference.vs_reference || args.reference.reference_only {
+        match (&args.reference.reference_url, args.reference.reference_pid) {
             (Some(url), Some(pid)) => Some((url.clone(), pid)),
             _ => {
                 let child = reference::ReferenceChild::spawn(
-                    args.reference_taskset.as_deref(),
-                    args.reference_threads,
+                    args.reference.reference_taskset.as_deref(),
+                    args.reference.reference_threads,
                 )
                 .await?;
                 let r = (child.url.clone(), child.pid);
@@ -1000,7 +996,7 @@ async fn storm_runs(
     started_at: String,
 ) -> Result<()> {
     let sides = Sides::new(
-        args.url.as_ref().filter(|_| !args.reference_only),
+        args.url.as_ref().filter(|_| !args.reference.reference_only),
         args.server_pid,
         reference,
         |url, pid| storm_settings(args, url, pid),

@@ -46,8 +46,7 @@ impl Sequencer {
     /// holds the token the welcome carried, so it has read it (a resume takes a `last_seq`
     /// below 1 as 1), and every parked session would otherwise keep its largest frame.
     pub fn stamp_welcome(&mut self, frame: &str) -> Utf8Bytes {
-        self.last += 1;
-        Utf8Bytes::from(with_seq(frame, self.last))
+        Utf8Bytes::from(self.stamp_unkept(frame))
     }
 
     /// The client has read every frame up to `ack`: they leave the window (a resume names a
