@@ -201,12 +201,30 @@ impl RegistryService {
     where
         Req: Clone + Send + 'static,
     {
+        let run = || self.shared.replica.execute(command.clone());
+        self.run_or_forward(request, run, respond, forward).await
+    }
+
+    /// Runs `run` here (it proposes to this replica's Raft) or, when another replica leads,
+    /// forwards the request to it once; waits for an election meanwhile.
+    async fn run_or_forward<Req, Resp, T, Run, Fut>(
+        &self,
+        request: Request<Req>,
+        run: Run,
+        respond: fn(T) -> Resp,
+        forward: Forward<Req, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone + Send + 'static,
+        Run: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CoordinatorError>>,
+    {
         let forwarded = request.metadata().contains_key(FORWARDED);
         let message = request.into_inner();
         let deadline = Instant::now() + FAILOVER_WAIT;
         let mut failure = Status::unavailable("no leader");
         for _ in 0..WRITE_ATTEMPTS {
-            let gone_leader = match self.shared.replica.execute(command.clone()).await {
+            let gone_leader = match run().await {
                 Ok(outcome) => return Ok(Response::new(respond(outcome))),
                 Err(CoordinatorError::NotLeader {
                     leader_api: Some(addr),
@@ -406,6 +424,9 @@ impl RegistryService {
 }
 
 type Forward<Req, Resp> = Call<Req, Resp>;
+
+/// Items in one `GetRooms` or `RebindMany` call at most (a bounded Raft entry and answer).
+pub const MAX_BATCH: usize = 1024;
 
 fn invalid(e: ConvertError) -> Status {
     ServiceError::InvalidArgument(e).into()
@@ -714,6 +735,73 @@ impl Registry for RegistryService {
         .await
     }
 
+    async fn rebind_many(
+        &self,
+        request: Request<proto::RebindManyRequest>,
+    ) -> Result<Response<proto::RebindManyResponse>, Status> {
+        self.check(&request)?;
+        let mut request = request;
+        if request.get_ref().peer_ids.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} peers per call"
+            )));
+        }
+        let peers = request
+            .get_ref()
+            .peer_ids
+            .iter()
+            .map(|p| convert::peer("peer_ids", p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let edge = convert::edge("edge_id", &request.get_ref().edge_id).map_err(invalid)?;
+        if !federation::from_region(&request) {
+            request.get_mut().edge_region = self.shared.replica.region().to_owned();
+            // The rooms other regions' groups home may list these peers: each hears of
+            // each rebind as of a single one.
+            let call: Forward<proto::RebindRequest, proto::RebindResponse> =
+                |mut c, r| Box::pin(async move { c.rebind(r).await });
+            for peer in &peers {
+                let single = proto::RebindRequest {
+                    peer_id: peer.to_string(),
+                    edge_id: edge.to_string(),
+                    edge_region: request.get_ref().edge_region.clone(),
+                };
+                self.shared.federation.broadcast(single, "rebind", call);
+            }
+        }
+        let remote_region = self.remote_region(&edge, &request.get_ref().edge_region)?;
+        // Each peer its own `Rebind` entry, all proposed at once: the log appends and
+        // replicates them together, and the log's format is that of every release.
+        let commands: Vec<Command> = peers
+            .into_iter()
+            .map(|peer| Command::Rebind {
+                peer,
+                edge: edge.clone(),
+                remote_region: remote_region.clone(),
+            })
+            .collect();
+        let run = || async {
+            let outcomes = futures_util::future::join_all(
+                commands
+                    .iter()
+                    .map(|c| self.shared.replica.execute(c.clone())),
+            )
+            .await;
+            // Any one refused here (this replica lost the lead) sends the whole call on:
+            // a rebind repeated is the same rebind.
+            outcomes.into_iter().collect::<Result<Vec<Outcome>, _>>()
+        };
+        self.run_or_forward(
+            request,
+            run,
+            |outcomes| proto::RebindManyResponse {
+                rejected: outcomes.iter().map(rejected).collect(),
+            },
+            |mut c, r| Box::pin(async move { c.rebind_many(r).await }),
+        )
+        .await
+    }
+
     async fn rebind(
         &self,
         request: Request<proto::RebindRequest>,
@@ -753,6 +841,50 @@ impl Registry for RegistryService {
             |mut c, r| Box::pin(async move { c.rebind(r).await }),
         )
         .await
+    }
+
+    async fn get_rooms(
+        &self,
+        request: Request<proto::GetRoomsRequest>,
+    ) -> Result<Response<proto::GetRoomsResponse>, Status> {
+        self.check(&request)?;
+        let names = &request.get_ref().rooms;
+        if names.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} rooms per call"
+            )));
+        }
+        let rooms = names
+            .iter()
+            .map(|r| convert::room("rooms", r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        // The applied epoch first: every view read after it is at least that recent.
+        let applied = self.shared.replica.applied_epoch();
+        let answers = futures_util::future::join_all(rooms.iter().map(|room| async {
+            match self.home(&request, room) {
+                Home::Here => Ok(convert::room_view_to_proto(
+                    self.shared.replica.room(room),
+                    applied,
+                )),
+                Home::Region { region, gateways } => {
+                    let call: Forward<proto::GetRoomRequest, proto::GetRoomResponse> =
+                        |mut c, r| Box::pin(async move { c.get_room(r).await });
+                    let message = proto::GetRoomRequest {
+                        room: room.to_string(),
+                    };
+                    self.shared
+                        .federation
+                        .call(&region, &gateways, message, "get_room", call)
+                        .await
+                        .map(Response::into_inner)
+                }
+            }
+        }))
+        .await;
+        Ok(Response::new(proto::GetRoomsResponse {
+            rooms: answers.into_iter().collect::<Result<_, _>>()?,
+        }))
     }
 
     async fn get_room(

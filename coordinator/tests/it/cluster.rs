@@ -477,3 +477,65 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
     .unwrap();
     same.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebinds_sent_together_to_a_follower_reach_the_leader_and_each_is_answered() {
+    use heliograph_coordinator::grpc::proto;
+    use heliograph_coordinator::grpc::proto::registry_client::RegistryClient;
+
+    let d = dirs(3);
+    let nodes = cluster(3, &d, None).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader_id = wait_for_leader(&all).await;
+    let leader = all
+        .iter()
+        .find(|n| n.replica.node_id() == leader_id)
+        .unwrap();
+    let follower = all
+        .iter()
+        .find(|n| n.replica.node_id() != leader_id)
+        .unwrap();
+    leader.replica.execute(register("e1")).await.unwrap();
+    let mut e2 = register("e2");
+    if let Command::RegisterEdge { edge, .. } = &mut e2 {
+        *edge = id("e2");
+    }
+    leader.replica.execute(e2).await.unwrap();
+    for peer in ["a", "b"] {
+        leader.replica.execute(join("r", peer)).await.unwrap();
+        let detach = Command::Detach { peer: id(peer) };
+        leader.replica.execute(detach).await.unwrap();
+    }
+
+    let mut client = RegistryClient::connect(format!("http://{}", follower.api))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(proto::RebindManyRequest {
+        peer_ids: vec!["a".into(), "nobody".into(), "b".into()],
+        edge_id: "e2".into(),
+        edge_region: String::new(),
+    });
+    secret().attach(&mut request);
+    let answer = client.rebind_many(request).await.unwrap().into_inner();
+    assert_eq!(
+        answer.rejected,
+        vec![
+            proto::Rejection::None as i32,
+            proto::Rejection::UnknownPeer as i32,
+            proto::Rejection::None as i32
+        ]
+    );
+    wait_converged(&all, leader).await;
+    for node in &nodes {
+        let room = node.replica.room(&id("r")).unwrap();
+        assert!(
+            room.members.iter().all(|m| m.edge.as_str() == "e2"),
+            "node {}: {:?}",
+            node.replica.node_id(),
+            room.members
+        );
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}

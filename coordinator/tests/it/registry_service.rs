@@ -310,3 +310,114 @@ async fn invalid_ids_are_invalid_arguments() {
     assert_eq!(err.code(), Code::InvalidArgument);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn peers_rebind_together_and_rooms_read_together() {
+    let s = Served::start().await;
+    let mut c = s.client().await;
+    register(&mut c, "e1").await;
+    register(&mut c, "e2").await;
+    join(&mut c, "r", "a", "e1").await;
+    join(&mut c, "r", "b", "e1").await;
+    join(&mut c, "q", "c", "e1").await;
+    for peer in ["a", "b", "c"] {
+        let d = c
+            .detach(authed(proto::DetachRequest {
+                peer_id: peer.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.rejected, 0);
+    }
+    let (tx2, mut in2) = link(&mut c, "e2").await;
+    let answer = c
+        .rebind_many(authed(proto::RebindManyRequest {
+            peer_ids: vec!["a".into(), "nobody".into(), "c".into()],
+            edge_id: "e2".into(),
+            edge_region: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.rejected,
+        vec![
+            proto::Rejection::None as i32,
+            proto::Rejection::UnknownPeer as i32,
+            proto::Rejection::None as i32
+        ]
+    );
+    // e2 now has members in both rooms and hears each move.
+    let mut moved = Vec::new();
+    for _ in 0..2 {
+        let replica_to_edge::Msg::Event(e) = next(&mut in2).await else {
+            panic!()
+        };
+        let Some(room_event::Kind::Moved(m)) = e.kind else {
+            panic!("expected a move, got {:?}", e.kind)
+        };
+        moved.push((e.room, m.peer_id, m.edge_id));
+    }
+    moved.sort();
+    assert_eq!(
+        moved,
+        vec![
+            ("q".into(), "c".into(), "e2".into()),
+            ("r".into(), "a".into(), "e2".into())
+        ]
+    );
+
+    let rooms = c
+        .get_rooms(authed(proto::GetRoomsRequest {
+            rooms: vec!["r".into(), "empty".into(), "q".into()],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms;
+    assert_eq!(rooms.len(), 3);
+    let on = |room: &proto::GetRoomResponse, peer: &str| {
+        room.members
+            .iter()
+            .find(|m| m.peer_id == peer)
+            .map(|m| m.edge_id.clone())
+    };
+    assert!(rooms[0].found && rooms[2].found && !rooms[1].found);
+    assert_eq!(on(&rooms[0], "a").as_deref(), Some("e2"));
+    assert_eq!(on(&rooms[0], "b").as_deref(), Some("e1"));
+    assert_eq!(on(&rooms[2], "c").as_deref(), Some("e2"));
+    // Each answer is the one GetRoom gives.
+    let single = c
+        .get_room(authed(proto::GetRoomRequest { room: "r".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(single, rooms[0]);
+
+    // Too many items, or one bad id, refuse the whole call.
+    let err = c
+        .get_rooms(authed(proto::GetRoomsRequest {
+            rooms: vec!["r".into(); 1025],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .rebind_many(authed(proto::RebindManyRequest {
+            peer_ids: vec!["a".into(), "bad\nid".into()],
+            edge_id: "e2".into(),
+            edge_region: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("peer_ids"), "{}", err.message());
+    let err = c
+        .rebind_many(Request::new(proto::RebindManyRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    drop(tx2);
+    s.stop().await;
+}

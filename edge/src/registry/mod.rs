@@ -11,6 +11,7 @@
 //! Protobuf types are converted here (`relayed`, and the coordinator's `convert` in
 //! `remote`) and go no further into the edge.
 
+mod batch;
 mod delivery;
 mod relayed;
 mod remote;

@@ -18,7 +18,8 @@ use heliograph_coordinator::grpc::proto::{
     replica_to_edge,
 };
 use heliograph_coordinator::registry::{
-    Command, EdgeId, ListingPage, ListingQuery, Outcome, Region, Rejection, RoomId, RoomView,
+    Command, EdgeId, ListingPage, ListingQuery, Outcome, PeerId, Region, Rejection, RoomId,
+    RoomView,
 };
 use heliograph_coordinator::telemetry;
 use heliograph_coordinator::transport::ClusterSecret;
@@ -28,8 +29,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
+use super::batch::{self, Batcher};
 use super::delivery::{self, Arrival, Backlog, Inbound, Outbound};
 use super::{RegistryEvent, RelayError, relayed};
 use crate::signal::Envelope;
@@ -44,6 +46,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// opened as streams on one HTTP/2 connection together, and the connection, its link and
 /// every call on it failed together (docs/BENCHMARKS.md, failover at 10,000 clients).
 const MAX_CALLS_IN_FLIGHT: usize = 128;
+/// Resumed peers rebound in one call (one Raft entry) at most, and such calls in flight.
+const REBIND_BATCH: batch::Limits = batch::Limits {
+    max_items: 256,
+    in_flight: 4,
+    queue: 16 * 1024,
+};
+/// Rooms read in one call at most (a resume's, and a resync's: every room this edge
+/// tracks), and such calls in flight.
+const ROOMS_BATCH: batch::Limits = batch::Limits {
+    max_items: 512,
+    in_flight: 4,
+    queue: 16 * 1024,
+};
 /// How long registering or renewing the lease may hold up a session. A replica that cannot
 /// commit (the registry has no quorum) still relays signals and room events: the session
 /// goes on without the write, which is retried at the next renewal.
@@ -85,6 +100,10 @@ pub struct RemoteRegistry {
     ready: AtomicBool,
     /// Places for unary calls in flight (see [`MAX_CALLS_IN_FLIGHT`]).
     calls: Semaphore,
+    /// Rebinds of resumed peers, sent together (see `batch`).
+    rebinds: Batcher<PeerId, Outcome>,
+    /// Room reads, sent together.
+    rooms: Batcher<RoomId, Option<RoomView>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -107,6 +126,8 @@ enum SessionError {
 impl RemoteRegistry {
     /// Starts the supervisor; events go to `events`.
     pub fn start(settings: RemoteSettings, events: mpsc::Sender<RegistryEvent>) -> Arc<Self> {
+        let (rebinds, rebind_queue) = batch::batcher(REBIND_BATCH);
+        let (rooms, room_queue) = batch::batcher(ROOMS_BATCH);
         let this = Arc::new(Self {
             client: RwLock::new(None),
             link: RwLock::new(None),
@@ -118,10 +139,26 @@ impl RemoteRegistry {
             settings,
             ready: AtomicBool::new(false),
             calls: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            rebinds,
+            rooms,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         this.tasks.spawn(supervise(Arc::clone(&this), events));
+        let me = Arc::clone(&this);
+        this.tasks.spawn(
+            rebind_queue.run(this.stop.clone(), this.tasks.clone(), move |peers| {
+                let me = Arc::clone(&me);
+                async move { me.rebind_many(peers).await }
+            }),
+        );
+        let me = Arc::clone(&this);
+        this.tasks.spawn(
+            room_queue.run(this.stop.clone(), this.tasks.clone(), move |rooms| {
+                let me = Arc::clone(&me);
+                async move { me.get_rooms(rooms).await }
+            }),
+        );
         this
     }
 
@@ -202,20 +239,94 @@ impl RemoteRegistry {
         &self,
         rooms: &[RoomId],
     ) -> Result<HashMap<RoomId, Option<RoomView>>, CoordinatorError> {
+        // Each room joins whatever other sessions read at the same moment (see `batch`).
+        let views =
+            futures_util::future::join_all(rooms.iter().map(|r| self.rooms.call(r.clone())));
+        rooms
+            .iter()
+            .zip(views.await)
+            .map(|(room, view)| view.map(|v| (room.clone(), v)))
+            .collect()
+    }
+
+    /// One `GetRooms` call; one `GetRoom` per room from a replica of an earlier release.
+    async fn get_rooms(
+        &self,
+        rooms: Vec<RoomId>,
+    ) -> Result<Vec<Option<RoomView>>, CoordinatorError> {
         let (mut client, _slot) = self.call_slot().await?;
-        let mut views = HashMap::with_capacity(rooms.len());
-        for room in rooms {
-            let response = client
-                .get_room(self.request(proto::GetRoomRequest {
-                    room: room.to_string(),
-                }))
-                .await
-                .map_err(unavailable)?;
-            let view = convert::room_view_from_proto(room, response.get_ref())
-                .map_err(|e| CoordinatorError::Unavailable(e.to_string()))?;
-            views.insert(room.clone(), view);
+        let request = proto::GetRoomsRequest {
+            rooms: rooms.iter().map(ToString::to_string).collect(),
+        };
+        let answers = match client.get_rooms(self.request(request)).await {
+            Ok(answer) => answer.into_inner().rooms,
+            Err(status) if status.code() == Code::Unimplemented => {
+                let mut answers = Vec::with_capacity(rooms.len());
+                for room in &rooms {
+                    let request = proto::GetRoomRequest {
+                        room: room.to_string(),
+                    };
+                    let answer = client.get_room(self.request(request)).await;
+                    answers.push(answer.map_err(unavailable)?.into_inner());
+                }
+                answers
+            }
+            Err(status) => return Err(unavailable(status)),
+        };
+        if answers.len() != rooms.len() {
+            return Err(CoordinatorError::Unavailable(format!(
+                "the replica answered {} rooms for {}",
+                answers.len(),
+                rooms.len()
+            )));
         }
-        Ok(views)
+        rooms
+            .iter()
+            .zip(&answers)
+            .map(|(room, answer)| {
+                convert::room_view_from_proto(room, answer)
+                    .map_err(|e| CoordinatorError::Unavailable(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// One `RebindMany` call for peers resumed on this edge; one `Rebind` per peer from a
+    /// replica of an earlier release.
+    async fn rebind_many(&self, peers: Vec<PeerId>) -> Result<Vec<Outcome>, CoordinatorError> {
+        let (mut client, _slot) = self.call_slot().await?;
+        let edge_id = self.settings.edge.to_string();
+        let request = proto::RebindManyRequest {
+            peer_ids: peers.iter().map(ToString::to_string).collect(),
+            edge_id: edge_id.clone(),
+            // Filled in by the replica, which knows this edge's region.
+            edge_region: String::new(),
+        };
+        let rejected = match client.rebind_many(self.request(request)).await {
+            Ok(answer) => answer.into_inner().rejected,
+            Err(status) if status.code() == Code::Unimplemented => {
+                let mut rejected = Vec::with_capacity(peers.len());
+                for peer in &peers {
+                    let request = proto::RebindRequest {
+                        peer_id: peer.to_string(),
+                        edge_id: edge_id.clone(),
+                        edge_region: String::new(),
+                    };
+                    let answer = client.rebind(self.request(request)).await;
+                    rejected.push(answer.map_err(unavailable)?.into_inner().rejected);
+                }
+                rejected
+            }
+            Err(status) => return Err(unavailable(status)),
+        };
+        rejected
+            .into_iter()
+            .map(|r| {
+                Ok(match reject(r)? {
+                    Some(r) => Outcome::Rejected(r),
+                    None => Outcome::Done,
+                })
+            })
+            .collect()
     }
 
     /// A page of public rooms from this edge's replica (which asks the other regions), and
@@ -239,6 +350,12 @@ impl RemoteRegistry {
 
     /// Runs one registry command as the matching RPC.
     pub async fn execute(&self, command: Command) -> Result<Outcome, CoordinatorError> {
+        if let Command::Rebind { peer, edge, .. } = &command
+            && *edge == self.settings.edge
+        {
+            // Peers resume together: their rebinds go together (see `batch`).
+            return self.rebinds.call(peer.clone()).await;
+        }
         let (mut c, _slot) = self.call_slot().await?;
         let done = |rejected: i32| -> Result<Outcome, CoordinatorError> {
             Ok(match reject(rejected)? {
