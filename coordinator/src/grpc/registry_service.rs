@@ -369,6 +369,37 @@ impl RegistryService {
             .map_err(invalid)
     }
 
+    /// Whether another region's group rebound the peer of `single`. A peer whose rooms are
+    /// all homed in other regions is unknown to this group: its edge asked here, and must not
+    /// take this group's `UnknownPeer` for a session that expired. Asked of every other
+    /// region at once (each answers `UnknownPeer` without a commit when it does not know the
+    /// peer either), within the region call timeout.
+    async fn rebound_elsewhere(&self, single: proto::RebindRequest) -> bool {
+        let call: Forward<proto::RebindRequest, proto::RebindResponse> =
+            |mut c, r| Box::pin(async move { c.rebind(r).await });
+        let here = self.shared.replica.region().to_owned();
+        let asks = self
+            .shared
+            .replica
+            .regions()
+            .into_iter()
+            .filter(|(region, gateways)| region.as_str() != here && !gateways.is_empty())
+            .map(|(region, gateways)| {
+                let single = single.clone();
+                async move {
+                    self.shared
+                        .federation
+                        .call(&region, &gateways, single, "rebind", call)
+                        .await
+                        .is_ok_and(|r| r.get_ref().rejected == proto::Rejection::None as i32)
+                }
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .any(|rebound| rebound)
+    }
+
     /// Passes `request` to the group of the region that homes `room` and returns its answer
     /// (`Ok`); gives the request back (`Err`) when this group executes it.
     async fn to_home<Req, Resp>(
@@ -770,6 +801,9 @@ impl Registry for RegistryService {
             }
         }
         let remote_region = self.remote_region(&edge, &request.get_ref().edge_region)?;
+        let from_edge =
+            !federation::from_region(&request) && !request.metadata().contains_key(FORWARDED);
+        let edge_region = request.get_ref().edge_region.clone();
         // Each peer its own `Rebind` entry, all proposed at once: the log appends and
         // replicates them together, and the log's format is that of every release.
         let commands: Vec<Command> = peers
@@ -791,15 +825,44 @@ impl Registry for RegistryService {
             // a rebind repeated is the same rebind.
             outcomes.into_iter().collect::<Result<Vec<Outcome>, _>>()
         };
-        self.run_or_forward(
-            request,
-            run,
-            |outcomes| proto::RebindManyResponse {
-                rejected: outcomes.iter().map(rejected).collect(),
-            },
-            |mut c, r| Box::pin(async move { c.rebind_many(r).await }),
-        )
-        .await
+        let mut answer = self
+            .run_or_forward(
+                request,
+                run,
+                |outcomes| proto::RebindManyResponse {
+                    rejected: outcomes.iter().map(rejected).collect(),
+                },
+                |mut c, r| Box::pin(async move { c.rebind_many(r).await }),
+            )
+            .await?;
+        if from_edge {
+            let unknown = proto::Rejection::UnknownPeer as i32;
+            let elsewhere = answer
+                .get_ref()
+                .rejected
+                .iter()
+                .zip(&commands)
+                .enumerate()
+                .filter(|(_, (r, _))| **r == unknown)
+                .filter_map(|(i, (_, c))| match c {
+                    Command::Rebind { peer, edge, .. } => Some((i, peer, edge)),
+                    _ => None,
+                })
+                .map(|(i, peer, edge)| {
+                    let single = proto::RebindRequest {
+                        peer_id: peer.to_string(),
+                        edge_id: edge.to_string(),
+                        edge_region: edge_region.clone(),
+                    };
+                    async move { (i, self.rebound_elsewhere(single).await) }
+                });
+            for (i, rebound) in futures_util::future::join_all(elsewhere).await {
+                if rebound {
+                    answer.get_mut().rejected[i] = proto::Rejection::None as i32;
+                }
+            }
+        }
+        Ok(answer)
     }
 
     async fn rebind(
@@ -827,20 +890,31 @@ impl Registry for RegistryService {
                 .broadcast(request.get_ref().clone(), "rebind", call);
         }
         let remote_region = self.remote_region(&edge, &request.get_ref().edge_region)?;
+        let from_edge =
+            !federation::from_region(&request) && !request.metadata().contains_key(FORWARDED);
+        let single = request.get_ref().clone();
         let command = Command::Rebind {
             peer,
             edge,
             remote_region,
         };
-        self.write(
-            request,
-            command,
-            |o| proto::RebindResponse {
-                rejected: rejected(&o),
-            },
-            |mut c, r| Box::pin(async move { c.rebind(r).await }),
-        )
-        .await
+        let mut answer = self
+            .write(
+                request,
+                command,
+                |o| proto::RebindResponse {
+                    rejected: rejected(&o),
+                },
+                |mut c, r| Box::pin(async move { c.rebind(r).await }),
+            )
+            .await?;
+        if from_edge
+            && answer.get_ref().rejected == proto::Rejection::UnknownPeer as i32
+            && self.rebound_elsewhere(single).await
+        {
+            answer.get_mut().rejected = proto::Rejection::None as i32;
+        }
+        Ok(answer)
     }
 
     async fn get_rooms(

@@ -9,6 +9,7 @@ use heliograph_testkit::replica::Replica;
 use heliograph_testkit::wait::{DEADLINE, until};
 use serde_json::{Value, json};
 
+use crate::support::resumable::Session;
 use crate::support::{Client, Cluster, REGION_REPLICA_ARGS, Spec, wait_homes_known};
 
 const RAFT_CROSS: &str = r#"heliograph_coordinator_raft_messages_total{scope="cross_region"}"#;
@@ -677,4 +678,44 @@ async fn the_server_api_of_any_region_shows_kicks_and_messages_a_room_homed_in_a
     assert_eq!(left["reason"], "removed", "{left}");
     let (status, missing) = call("GET", "/api/v1/rooms/nowhere".into(), Value::Null).await;
     assert_eq!(status, 404, "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_resumes_in_a_room_homed_in_another_region_and_keeps_signalling() {
+    let cluster = Cluster::start(Spec {
+        replicas: &[(1, "us"), (2, "eu")],
+        edges: &[("us-a", "us"), ("eu-a", "eu")],
+        redis: &["eu"],
+        replica_args: REGION_REPLICA_ARGS,
+        homed: true,
+        ..Spec::default()
+    })
+    .await;
+    let mut us = Client::connect(&cluster.edge("us-a").node.ws_url()).await;
+    us.join("homed-in-us").await;
+    wait_homes_known(&cluster, "us", 1).await;
+    let eu_url = cluster.edge("eu-a").node.ws_url();
+    let mut eu = Session::connect(&eu_url).await;
+    eu.send(json!({"type": "join", "room": "homed-in-us"}))
+        .await;
+    eu.expect("joined").await;
+    us.expect("peer-joined").await;
+
+    // The socket is lost; the session resumes on its edge, which reads the room from its
+    // home (us) and rebinds the peer there. eu's own group does not know the peer (none of
+    // its rooms is homed in eu): that is no reason to refuse the resume.
+    let (peer, token, last_seq) = eu.drop_connection();
+    let (mut eu, _replay, resumed) = Session::resume(&eu_url, peer.clone(), token, last_seq).await;
+    assert_eq!(resumed["peer_id"], peer.as_str());
+
+    us.send(json!({"type": "signal", "room": "homed-in-us", "to": peer, "kind": "custom", "data": {"n": 1}}))
+        .await;
+    let s = eu.expect("signal").await;
+    assert_eq!(s["from"], us.peer_id.as_str(), "{s}");
+    eu.send(json!({"type": "signal", "room": "homed-in-us", "to": us.peer_id, "kind": "custom", "data": {"n": 2}}))
+        .await;
+    let s = us.expect("signal").await;
+    assert_eq!(s["from"], peer.as_str(), "{s}");
+    // The member never left: nothing but that signal reached the other one.
+    us.assert_pong("after-resume").await;
 }
