@@ -702,6 +702,7 @@ fn relay_settings(args: &RelayArgs, url: String, server_pid: Option<u32>) -> Rel
 }
 
 async fn relay_once(settings: &RelaySettings, label: &str) -> Result<Value> {
+    eprintln!("relay ({label}): {}", settings.url);
     let r = scenarios::relay::run(settings).await?;
     if r.generator_limited {
         eprintln!(

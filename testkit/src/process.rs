@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -213,25 +213,36 @@ impl Drop for Proc {
     }
 }
 
-/// Runs `cmd` to its end, at most `within` (then kills it), and returns its status and both
-/// outputs.
+/// Runs `cmd` to its end, at most `within` (then kills it, and the error carries the end of
+/// what it wrote to stderr by then), and returns its status and both outputs.
 pub fn run(mut cmd: Command, within: Duration) -> Result<Output> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting a command")?;
+    // Read as it comes, so that a command killed at the deadline still shows what it said
+    // (a grandchild may hold the pipe open after it, so the readers are not waited for then).
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&read);
+        let done = std::thread::spawn(move || {
             if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = p.read(&mut chunk) {
+                    into.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend_from_slice(&chunk[..n]);
+                }
             }
-            buf
-        })
+        });
+        (read, done)
     };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let (stdout, stdout_done) = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let (stderr, stderr_done) = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let taken = |b: &Arc<Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *b.lock().unwrap_or_else(PoisonError::into_inner))
+    };
     let deadline = Instant::now() + within;
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -240,13 +251,46 @@ pub fn run(mut cmd: Command, within: Duration) -> Result<Output> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{cmd:?} did not finish within {within:?}");
+            let said = taken(&stderr);
+            let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(4_000)..]);
+            bail!("{cmd:?} did not finish within {within:?}; the end of its stderr:\n{tail}");
         }
         std::thread::park_timeout(POLL);
     };
+    let _ = stdout_done.join();
+    let _ = stderr_done.join();
     Ok(Output {
         status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
+        stdout: taken(&stdout),
+        stderr: taken(&stderr),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed_and_its_stderr_shown() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo stuck-in-phase-two >&2; exec sleep 30"]);
+        let started = Instant::now();
+        let err = run(cmd, Duration::from_secs(2)).unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not killed in time"
+        );
+        assert!(err.contains("did not finish"), "{err}");
+        assert!(err.contains("stuck-in-phase-two"), "{err}");
+    }
+
+    #[test]
+    fn a_command_that_ends_gives_both_outputs_whole() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "seq 1 20000; echo err >&2"]);
+        let out = run(cmd, Duration::from_secs(30)).unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 20_000);
+        assert_eq!(out.stderr, b"err\n");
+    }
 }

@@ -237,6 +237,12 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
     if pairs.is_empty() {
         bail!("no pair could connect to {}", settings.url);
     }
+    // Progress on stderr: a run that stalls shows where.
+    eprintln!(
+        "relay: {} pairs connected in {connect_secs:.2} s; warm-up, then {} s measured",
+        pairs.len(),
+        settings.duration_secs
+    );
 
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
@@ -307,6 +313,7 @@ pub async fn run(settings: &RelaySettings) -> Result<RelayResults> {
     };
     let server_rss_bytes = server.map(procstat::rss_bytes).transpose()?;
 
+    eprintln!("relay: measured; waiting for the signals in flight");
     // Let in-flight offers come back so that sent and received can be compared.
     let drain = Duration::from_secs_f64(settings.drain_timeout_secs);
     let drained = tokio::time::timeout(drain, async {
