@@ -41,11 +41,13 @@ mod connection;
 mod contacts;
 mod context;
 mod follower;
+mod front;
 mod limits;
 mod listener;
 mod member;
 mod metrics;
 mod outbox;
+mod prefixed;
 pub mod protocol;
 mod region;
 mod registry;
@@ -266,7 +268,7 @@ pub async fn start(
             .socketio
             .clone()
             .map(|dialect| socketio::SocketIoIngress::new(&ctx, dialect));
-        let http = tokio::spawn(server::serve(
+        let http = tokio::spawn(front::serve(
             listener,
             server::router(Arc::clone(&ctx), socketio),
             Arc::clone(&ctx),

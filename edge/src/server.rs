@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::admission;
 use crate::connection;
 use crate::context::EdgeContext;
+use crate::front;
 use crate::listener::{EdgeListener, Peer};
 use crate::protocol::SUBPROTOCOL;
 use crate::shutdown::Stage;
@@ -32,7 +33,7 @@ pub fn router(ctx: Arc<EdgeContext>, socketio: Option<SocketIoIngress>) -> Route
         .route("/", get(demo))
         .route("/sdk/heliograph.js", get(sdk_js))
         .route("/sdk/heliograph.d.ts", get(sdk_dts))
-        .route("/ws", get(websocket))
+        .route(front::WS_PATH, get(websocket))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = if ctx.config.metrics_listen.is_none() {
@@ -58,8 +59,8 @@ pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
         .with_state(ctx)
 }
 
-/// Serves until the edge starts draining; then stops accepting. Upgraded WebSockets are not
-/// covered by axum's graceful shutdown and are tracked by the edge itself.
+/// Serves the metrics listener until the edge starts draining; then stops accepting. (The
+/// main listener is served by [`front::serve`].)
 pub async fn serve(listener: EdgeListener, router: Router, ctx: Arc<EdgeContext>) {
     let service = router.into_make_service_with_connect_info::<Peer>();
     let result = axum::serve(listener, service)
@@ -83,9 +84,10 @@ async fn websocket(
     let tasks = ctx.connection_tasks.clone();
     // The socket is made before the session's future, not inside it: what a future captures
     // it keeps for its whole life, and every session's task would carry the upgrade's parts.
-    upgrade.accept(SUBPROTOCOL, move |upgraded| {
+    upgrade.accept(SUBPROTOCOL, move |stream, read| {
         let socket = Box::new(connection::Socket::new(
-            upgraded,
+            stream,
+            read,
             websocket_config(&ctx),
             &ctx,
         ));
@@ -94,7 +96,7 @@ async fn websocket(
 }
 
 /// The WebSocket limits and buffers of a client socket.
-fn websocket_config(ctx: &EdgeContext) -> WebSocketConfig {
+pub(crate) fn websocket_config(ctx: &EdgeContext) -> WebSocketConfig {
     let limits = ctx.config.limits;
     let buffer = ctx.config.socket_buffer_bytes;
     WebSocketConfig::default()

@@ -18,10 +18,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message};
@@ -85,7 +84,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-type Io = Counted<TokioIo<Upgraded>>;
+type Io = Counted<TcpStream>;
 
 enum State {
     /// Boxed: a parked socket's task then holds only the connection.
@@ -113,11 +112,18 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// A WebSocket on an upgraded connection (the handshake has been answered).
-    pub fn new(upgraded: Upgraded, config: WebSocketConfig, ctx: &EdgeContext) -> Self {
+    /// A WebSocket on a connection whose handshake has been answered; `read` are the bytes
+    /// already read past the handshake (the client's first frames, if it sent them at once).
+    pub fn new(
+        stream: TcpStream,
+        read: Vec<u8>,
+        config: WebSocketConfig,
+        ctx: &EdgeContext,
+    ) -> Self {
         let io = Counted {
-            io: TokioIo::new(upgraded),
-            read: 0,
+            io: stream,
+            // Counted as read: they are handed out as messages like any other bytes.
+            read: read.len() as u64,
         };
         let mut socket = Self {
             state: State::Parked(io),
@@ -128,7 +134,7 @@ impl Socket {
             woken_for_control: false,
         };
         socket.parked_gauge.increment(1.0);
-        socket.unpark(Vec::new());
+        socket.unpark(read);
         socket
     }
 

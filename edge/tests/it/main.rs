@@ -14,6 +14,7 @@ mod contacts;
 mod departures;
 mod discovery;
 mod failover;
+mod handshake;
 mod homed;
 mod lifecycle;
 mod member_keys;

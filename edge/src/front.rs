@@ -1,0 +1,150 @@
+//! Serving the main listener's connections.
+//!
+//! Each accepted connection gets a task that reads its first bytes. When they hold a whole,
+//! valid WebSocket handshake for `/ws` ([`upgrade::direct`]), the task answers it, admits the
+//! client and becomes its session: a client's connection never meets HTTP again, so building
+//! hyper's connection state, its request, the router's extractors and the hand-over of the
+//! upgraded connection to another task was a large part of what a connection cost in a
+//! reconnect storm. Every other connection (another path, a head that came in pieces, a
+//! handshake the checks refuse) is served by hyper and axum's router as before, with the bytes
+//! already read put back in front ([`Prefixed`]), so its answers are the ones it always got.
+//!
+//! Shutdown: at `Draining` the listener stops accepting, connections not yet read are closed,
+//! and HTTP connections finish the request in hand; [`serve`] returns once they have closed.
+//! Sessions are tracked by the edge (`connection_tasks`), as before.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::admission;
+use crate::connection;
+use crate::context::EdgeContext;
+use crate::listener::{EdgeListener, Peer};
+use crate::prefixed::Prefixed;
+use crate::protocol::SUBPROTOCOL;
+use crate::server::websocket_config;
+use crate::shutdown::Stage;
+use crate::upgrade;
+
+/// Bytes of the first read. A WebSocket handshake is 150–800 bytes (browsers send the
+/// longest); a head that does not fit, like one with large cookies, is left to hyper.
+const FIRST_READ: usize = 4096;
+/// The path of the WebSocket endpoint (the router has it too, for handshakes left to it).
+pub const WS_PATH: &str = "/ws";
+
+/// Serves `listener` with `router` until the edge starts draining.
+pub async fn serve(mut listener: EdgeListener, router: Router, ctx: Arc<EdgeContext>) {
+    // Connections not yet a session: waited for before returning.
+    let http = TaskTracker::new();
+    let draining = ctx.shutdown.reached(Stage::Draining);
+    tokio::pin!(draining);
+    loop {
+        let (stream, peer) = tokio::select! {
+            conn = axum::serve::Listener::accept(&mut listener) => conn,
+            () = &mut draining => break,
+        };
+        let conn = connection(stream, peer, router.clone(), Arc::clone(&ctx), http.token());
+        tokio::spawn(conn);
+    }
+    drop(listener);
+    http.close();
+    http.wait().await;
+}
+
+/// One connection: a session if its first read is a handshake for `/ws`, else HTTP.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    ctx: Arc<EdgeContext>,
+    http: tokio_util::task::task_tracker::TaskTrackerToken,
+) {
+    let head = tokio::select! {
+        head = first_read(&stream) => head,
+        // Nothing read yet: the connection is closed, as hyper closes an idle one.
+        () = ctx.shutdown.reached(Stage::Draining) => return,
+    };
+    let Ok(head) = head else {
+        return;
+    };
+    let Some(direct) = upgrade::direct(&head, WS_PATH, SUBPROTOCOL) else {
+        let io = Prefixed::new(head, stream);
+        // Boxed: hyper's connection state would otherwise size every session's task.
+        Box::pin(serve_http(io, peer, router, &ctx)).await;
+        drop(http);
+        return;
+    };
+    drop((router, http));
+    let mut stream = stream;
+    let slot = match admission::admit(&ctx, peer, &direct.headers) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let answer = upgrade::refusal(refused.status(), &refused.to_string());
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    if stream.write_all(&direct.response).await.is_err() {
+        return;
+    }
+    let rest = head[direct.len..].to_vec();
+    drop((head, direct));
+    let socket = Box::new(connection::Socket::new(
+        stream,
+        rest,
+        websocket_config(&ctx),
+        &ctx,
+    ));
+    let tracked = ctx.connection_tasks.token();
+    connection::run(socket, ctx, slot).await;
+    drop(tracked);
+}
+
+/// The connection's first bytes, as many as one read returns (at most [`FIRST_READ`]).
+async fn first_read(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(FIRST_READ);
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(&mut head) {
+            Ok(_) => return Ok(head),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serves HTTP on `io` through the router until the client closes, the connection is
+/// upgraded, or (after the edge starts draining) the request in hand is answered.
+async fn serve_http(io: Prefixed, peer: SocketAddr, router: Router, ctx: &EdgeContext) {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(Peer(peer)));
+        router.clone().oneshot(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        () = ctx.shutdown.reached(Stage::Draining) => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::trace!(error = %e, "HTTP connection ended with an error");
+    }
+}
