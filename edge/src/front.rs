@@ -32,7 +32,6 @@ use crate::context::EdgeContext;
 use crate::listener::{EdgeListener, Peer};
 use crate::prefixed::Prefixed;
 use crate::protocol::SUBPROTOCOL;
-use crate::server::websocket_config;
 use crate::shutdown::Stage;
 use crate::upgrade;
 
@@ -100,12 +99,7 @@ async fn connection(
     }
     let rest = head[direct.len..].to_vec();
     drop((head, direct));
-    let socket = Box::new(connection::Socket::new(
-        stream,
-        rest,
-        websocket_config(&ctx),
-        &ctx,
-    ));
+    let socket = Box::new(connection::Socket::new(stream, rest, &ctx));
     let tracked = ctx.connection_tasks.token();
     connection::run(socket, ctx, slot).await;
     drop(tracked);

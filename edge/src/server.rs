@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission;
 use crate::connection;
@@ -85,26 +84,9 @@ async fn websocket(
     // The socket is made before the session's future, not inside it: what a future captures
     // it keeps for its whole life, and every session's task would carry the upgrade's parts.
     upgrade.accept(SUBPROTOCOL, move |stream, read| {
-        let socket = Box::new(connection::Socket::new(
-            stream,
-            read,
-            websocket_config(&ctx),
-            &ctx,
-        ));
+        let socket = Box::new(connection::Socket::new(stream, read, &ctx));
         tasks.track_future(connection::run(socket, ctx, slot))
     })
-}
-
-/// The WebSocket limits and buffers of a client socket.
-pub(crate) fn websocket_config(ctx: &EdgeContext) -> WebSocketConfig {
-    let limits = ctx.config.limits;
-    let buffer = ctx.config.socket_buffer_bytes;
-    WebSocketConfig::default()
-        .read_buffer_size(buffer)
-        .write_buffer_size(buffer)
-        .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
-        .max_frame_size(Some(limits.max_frame_bytes))
-        .max_message_size(Some(limits.max_frame_bytes))
 }
 
 async fn healthz() -> &'static str {

@@ -114,12 +114,7 @@ pub struct Socket {
 impl Socket {
     /// A WebSocket on a connection whose handshake has been answered; `read` are the bytes
     /// already read past the handshake (the client's first frames, if it sent them at once).
-    pub fn new(
-        stream: TcpStream,
-        read: Vec<u8>,
-        config: WebSocketConfig,
-        ctx: &EdgeContext,
-    ) -> Self {
+    pub fn new(stream: TcpStream, read: Vec<u8>, ctx: &EdgeContext) -> Self {
         let io = Counted {
             io: stream,
             // Counted as read: they are handed out as messages like any other bytes.
@@ -128,7 +123,7 @@ impl Socket {
         let mut socket = Self {
             state: State::Parked(io),
             parked_gauge: ctx.metrics.sockets_parked.clone(),
-            config,
+            config: config(ctx),
             consumed: 0,
             active: true,
             woken_for_control: false,
@@ -298,6 +293,18 @@ impl Drop for Socket {
             self.parked_gauge.decrement(1.0);
         }
     }
+}
+
+/// The WebSocket limits and buffers of a client socket.
+fn config(ctx: &EdgeContext) -> WebSocketConfig {
+    let limits = ctx.config.limits;
+    let buffer = ctx.config.socket_buffer_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_write_buffer_size(limits.max_frame_bytes.saturating_mul(4).max(buffer * 2))
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_frame_bytes))
 }
 
 /// The bytes a client's message took on the wire as one frame: the header (2 bytes, the
