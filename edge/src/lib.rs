@@ -355,6 +355,7 @@ async fn open_embedded(
     let coordinator = Replica::open(EmbeddedConfig {
         data_dir: config.data_dir.clone(),
         grace: config.detach_grace,
+        snapshot_after_entries: config.snapshot_after_entries,
     })
     .await?;
     let registered = coordinator

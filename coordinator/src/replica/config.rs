@@ -17,6 +17,8 @@ pub struct EmbeddedConfig {
     pub data_dir: PathBuf,
     /// How long a detached peer stays a member before it is removed.
     pub grace: Duration,
+    /// Log entries between snapshots (`None`: [`DEFAULT_SNAPSHOT_AFTER_ENTRIES`]).
+    pub snapshot_after_entries: Option<u64>,
 }
 
 impl EmbeddedConfig {
@@ -25,6 +27,7 @@ impl EmbeddedConfig {
         Self {
             data_dir,
             grace: DEFAULT_GRACE,
+            snapshot_after_entries: None,
         }
     }
 }

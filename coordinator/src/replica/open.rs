@@ -89,7 +89,10 @@ impl Replica {
             grace: config.grace,
             secret: None,
             timing: EMBEDDED_TIMING,
-            options: ReplicaOptions::default(),
+            options: ReplicaOptions {
+                snapshot_after_entries: config.snapshot_after_entries,
+                ..ReplicaOptions::default()
+            },
         })
         .await?;
         if let Err(e) = coordinator.lead_alone().await {

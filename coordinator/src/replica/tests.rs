@@ -28,6 +28,7 @@ async fn open(dir: &Path, grace: Duration) -> Replica {
     Replica::open(EmbeddedConfig {
         data_dir: dir.to_path_buf(),
         grace,
+        snapshot_after_entries: None,
     })
     .await
     .unwrap()

@@ -205,3 +205,39 @@ async fn metrics_report_connections_messages_latency_and_errors() {
     })
     .await;
 }
+
+/// `--snapshot-after-entries` sets when the embedded registry snapshots: after a handful of
+/// entries with a small value, not within them at the default; the node restarts from it.
+#[tokio::test]
+async fn the_embedded_registry_snapshots_at_the_configured_interval() {
+    async fn built(node: &Node) -> f64 {
+        let (_, body) = node.get("/metrics").await;
+        metric(&body, "heliograph_raft_snapshots_built_total").unwrap_or(0.0)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = Node::start(dir.path(), &["--snapshot-after-entries", "10"]);
+    let default_dir = tempfile::tempdir().unwrap();
+    let default = Node::start(default_dir.path(), &[]);
+    for node in [&small, &default] {
+        let mut c = Client::connect(&node.ws_url()).await;
+        for i in 0..30 {
+            c.join(&format!("room-{i}")).await;
+        }
+    }
+    support::wait_for("a snapshot after 10 entries", || async {
+        (built(&small).await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(built(&default).await, 0.0, "the default is 10,000 entries");
+
+    small.kill();
+    let (data_dir, listen) = (small.data_dir.clone(), small.addr.clone());
+    let node = Node::start_on(
+        dir.path(),
+        &data_dir,
+        &listen,
+        &["--snapshot-after-entries", "10"],
+    );
+    let mut c = Client::connect(&node.ws_url()).await;
+    assert_eq!(c.join("room-0").await["peers"], json!([]));
+}
