@@ -13,22 +13,27 @@
 //! and HTTP connections finish the request in hand; [`serve`] returns once they have closed.
 //! Sessions are tracked by the edge (`connection_tasks`), as before.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower::ServiceExt;
 
 use crate::admission;
 use crate::connection;
 use crate::context::EdgeContext;
+use crate::limits::ConnectionSlot;
 use crate::listener::{EdgeListener, Peer};
 use crate::prefixed::Prefixed;
 use crate::protocol::SUBPROTOCOL;
@@ -61,27 +66,58 @@ pub async fn serve(mut listener: EdgeListener, router: Router, ctx: Arc<EdgeCont
 }
 
 /// One connection: a session if its first read is a handshake for `/ws`, else HTTP.
-async fn connection(
+///
+/// Two futures one after the other, not one async block: a block would keep its arguments and
+/// the handshake's state in the task for the session's whole life, and most of the edge's
+/// memory is idle sessions' tasks.
+fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     ctx: Arc<EdgeContext>,
-    http: tokio_util::task::task_tracker::TaskTrackerToken,
-) {
+    http: TaskTrackerToken,
+) -> impl Future<Output = ()> + Send {
+    handshake(stream, peer, router, ctx, http).then(|session| match session {
+        Some(session) => Either::Left(session.run()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// A client admitted on a direct handshake, its `101` written.
+struct Session {
+    socket: Box<connection::Socket>,
+    ctx: Arc<EdgeContext>,
+    slot: ConnectionSlot,
+}
+
+impl Session {
+    fn run(self) -> impl Future<Output = ()> + Send {
+        let tasks = self.ctx.connection_tasks.clone();
+        tasks.track_future(connection::run(self.socket, self.ctx, self.slot))
+    }
+}
+
+/// Reads the first bytes and answers a direct handshake, or serves the connection as HTTP to
+/// its end; the session to run, if it became one.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    ctx: Arc<EdgeContext>,
+    http: TaskTrackerToken,
+) -> Option<Session> {
     let head = tokio::select! {
         head = first_read(&stream) => head,
         // Nothing read yet: the connection is closed, as hyper closes an idle one.
-        () = ctx.shutdown.reached(Stage::Draining) => return,
+        () = ctx.shutdown.reached(Stage::Draining) => return None,
     };
-    let Ok(head) = head else {
-        return;
-    };
+    let head = head.ok()?;
     let Some(direct) = upgrade::direct(&head, WS_PATH, SUBPROTOCOL) else {
         let io = Prefixed::new(head, stream);
         // Boxed: hyper's connection state would otherwise size every session's task.
         Box::pin(serve_http(io, peer, router, &ctx)).await;
         drop(http);
-        return;
+        return None;
     };
     drop((router, http));
     let mut stream = stream;
@@ -91,18 +127,13 @@ async fn connection(
             let answer = upgrade::refusal(refused.status(), &refused.to_string());
             let _ = stream.write_all(&answer).await;
             let _ = stream.shutdown().await;
-            return;
+            return None;
         }
     };
-    if stream.write_all(&direct.response).await.is_err() {
-        return;
-    }
+    stream.write_all(&direct.response).await.ok()?;
     let rest = head[direct.len..].to_vec();
-    drop((head, direct));
     let socket = Box::new(connection::Socket::new(stream, rest, &ctx));
-    let tracked = ctx.connection_tasks.token();
-    connection::run(socket, ctx, slot).await;
-    drop(tracked);
+    Some(Session { socket, ctx, slot })
 }
 
 /// The connection's first bytes, as many as one read returns (at most [`FIRST_READ`]).

@@ -85,17 +85,21 @@ pub fn run(
         }
         let mut writer = Writer::new(socket, Sequencer::new(ctx.config.sessions.replay_window));
 
-        let welcome = protocol::encode(&ServerMessage::Welcome {
-            peer_id: me.peer.as_str(),
-            resume_token: &welcome::issue_token(&ctx, &me.peer),
-            region: ctx.region.as_str(),
-            edge: ctx.edge_id.as_str(),
-            ice_servers: &welcome::ice_servers(&ctx, &me.peer),
-            protocol: protocol::SUBPROTOCOL,
-        });
+        // In a block of its own: the encoded `welcome` (half a kilobyte, with its token and
+        // ICE servers) is freed once written, not kept for the session's life.
+        let welcomed = {
+            let welcome = protocol::encode(&ServerMessage::Welcome {
+                peer_id: me.peer.as_str(),
+                resume_token: &welcome::issue_token(&ctx, &me.peer),
+                region: ctx.region.as_str(),
+                edge: ctx.edge_id.as_str(),
+                ice_servers: &welcome::ice_servers(&ctx, &me.peer),
+                protocol: protocol::SUBPROTOCOL,
+            });
+            writer.welcome(&welcome, &outbox.kicked, &ctx).await
+        };
         let mut reason = None;
-        let welcome = writer.welcome(&welcome, &outbox.kicked, &ctx);
-        if welcome.await.is_err() {
+        if welcomed.is_err() {
             reason = Some(CloseReason::Abrupt);
         }
 
