@@ -130,9 +130,9 @@ async fn handshake(
             return None;
         }
     };
-    stream.write_all(&direct.response).await.ok()?;
+    // The `101` goes out with the `welcome`, in one write: the session writes it first thing.
     let rest = head[direct.len..].to_vec();
-    let socket = Box::new(connection::Socket::new(stream, rest, &ctx));
+    let socket = Box::new(connection::Socket::new(stream, rest, direct.response, &ctx));
     Some(Session { socket, ctx, slot })
 }
 

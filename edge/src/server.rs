@@ -84,7 +84,7 @@ async fn websocket(
     // The socket is made before the session's future, not inside it: what a future captures
     // it keeps for its whole life, and every session's task would carry the upgrade's parts.
     upgrade.accept(SUBPROTOCOL, move |stream, read| {
-        let socket = Box::new(connection::Socket::new(stream, read, &ctx));
+        let socket = Box::new(connection::Socket::new(stream, read, Vec::new(), &ctx));
         tasks.track_future(connection::run(socket, ctx, slot))
     })
 }

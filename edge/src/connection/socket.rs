@@ -37,6 +37,10 @@ const WAKE_READ: usize = 2048;
 pub struct Counted<S> {
     io: S,
     read: u64,
+    /// Bytes owed to the client before any frame: the handshake's `101`, when the edge
+    /// answered the handshake itself. They go out with the first write (the `welcome`), in
+    /// one `writev`: one system call, and one segment for the client, fewer per connection.
+    preface: Vec<u8>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -54,16 +58,47 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Counted<S> {
+    /// Writes what is left of the preface, with as much of `buf` as the connection takes in
+    /// the same call: how many bytes of `buf` were written.
+    fn poll_preface(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        while !self.preface.is_empty() {
+            let parts = [io::IoSlice::new(&self.preface), io::IoSlice::new(buf)];
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &parts))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < self.preface.len() {
+                self.preface.drain(..n);
+            } else {
+                let of_buf = n - self.preface.len();
+                self.preface = Vec::new();
+                return Poll::Ready(Ok(of_buf));
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.preface.is_empty() {
+            let written = std::task::ready!(self.poll_preface(cx, buf))?;
+            if written > 0 || buf.is_empty() {
+                return Poll::Ready(Ok(written));
+            }
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.preface.is_empty() {
+            std::task::ready!(self.poll_preface(cx, &[]))?;
+        }
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -76,6 +111,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.preface.is_empty() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -114,11 +156,15 @@ pub struct Socket {
 impl Socket {
     /// A WebSocket on a connection whose handshake has been answered; `read` are the bytes
     /// already read past the handshake (the client's first frames, if it sent them at once).
-    pub fn new(stream: TcpStream, read: Vec<u8>, ctx: &EdgeContext) -> Self {
+    ///
+    /// `preface`: bytes the client is owed before the first frame (the `101` of a handshake
+    /// the edge answered itself), written together with it.
+    pub fn new(stream: TcpStream, read: Vec<u8>, preface: Vec<u8>, ctx: &EdgeContext) -> Self {
         let io = Counted {
             io: stream,
             // Counted as read: they are handed out as messages like any other bytes.
             read: read.len() as u64,
+            preface,
         };
         let mut socket = Self {
             state: State::Parked(io),
@@ -330,6 +376,44 @@ fn wire_len(msg: &Message) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        (client, listener.accept().await.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn the_preface_goes_out_before_the_first_write_and_only_once() {
+        let (mut client, server) = pair().await;
+        let mut io = Counted {
+            io: server,
+            read: 0,
+            preface: b"HTTP/1.1 101\r\n\r\n".to_vec(),
+        };
+        io.write_all(b"first").await.unwrap();
+        io.write_all(b"second").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"HTTP/1.1 101\r\n\r\nfirstsecond");
+
+        // A flush alone writes it too (a close that follows nothing else).
+        let (mut client, server) = pair().await;
+        let mut io = Counted {
+            io: server,
+            read: 0,
+            preface: b"101".to_vec(),
+        };
+        io.flush().await.unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"101");
+        assert!(io.preface.is_empty());
+    }
 
     #[test]
     fn wire_len_counts_header_mask_and_payload() {
