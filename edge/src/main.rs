@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The allocator: a signaling edge allocates and frees many small frames per message, from
 /// every worker thread; mimalloc does that with less CPU and less fragmentation than the
-/// system allocator (measured: docs/BENCHMARKS.md). The `system-allocator` feature leaves
+/// system allocator (measured: docs/BENCHMARKS.md). Its v2 line (the workspace's `features =
+/// ["v2"]`): v3 gives freed pages back only on later allocator activity, and an idle edge kept
+/// more memory per connection, by a varying amount. The `system-allocator` feature leaves
 /// the system's, for heap profilers that trace malloc (`heaptrack`).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
