@@ -43,7 +43,8 @@ use crate::upgrade;
 /// Bytes of the first read. A WebSocket handshake is 150–800 bytes (browsers send the
 /// longest); a head that does not fit, like one with large cookies, is left to hyper.
 const FIRST_READ: usize = 4096;
-/// The path of the WebSocket endpoint (the router has it too, for handshakes left to it).
+/// The path of the WebSocket endpoint. The router serves the same path, for handshakes left to
+/// it (tests/it/handshake.rs checks both).
 pub const WS_PATH: &str = "/ws";
 
 /// Serves `listener` with `router` until the edge starts draining.

@@ -14,7 +14,6 @@ use axum::routing::get;
 use crate::admission;
 use crate::connection;
 use crate::context::EdgeContext;
-use crate::front;
 use crate::listener::{EdgeListener, Peer};
 use crate::protocol::SUBPROTOCOL;
 use crate::shutdown::Stage;
@@ -32,7 +31,7 @@ pub fn router(ctx: Arc<EdgeContext>, socketio: Option<SocketIoIngress>) -> Route
         .route("/", get(demo))
         .route("/sdk/heliograph.js", get(sdk_js))
         .route("/sdk/heliograph.d.ts", get(sdk_dts))
-        .route(front::WS_PATH, get(websocket))
+        .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = if ctx.config.metrics_listen.is_none() {
@@ -59,7 +58,7 @@ pub fn metrics_router(ctx: Arc<EdgeContext>) -> Router {
 }
 
 /// Serves the metrics listener until the edge starts draining; then stops accepting. (The
-/// main listener is served by [`front::serve`].)
+/// main listener is served by [`crate::front::serve`].)
 pub async fn serve(listener: EdgeListener, router: Router, ctx: Arc<EdgeContext>) {
     let service = router.into_make_service_with_connect_info::<Peer>();
     let result = axum::serve(listener, service)
