@@ -187,3 +187,45 @@ async fn refusals_are_the_same_whichever_way_the_handshake_came() {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert_eq!(body, "Sec-WebSocket-Version must be 13\n");
 }
+
+#[tokio::test]
+async fn garbage_and_silent_connections_neither_break_the_edge_nor_hold_its_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &["--shutdown-grace-ms", "10000"]);
+    // Not HTTP at all (a TLS hello): hyper's answer, and the connection ends.
+    let mut tls = TcpStream::connect(&node.addr).await.unwrap();
+    tls.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer))
+        .await
+        .expect("the connection was not ended")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+
+    // A connection that never sends a byte, and a kept-alive one idle after its request.
+    let _silent = TcpStream::connect(&node.addr).await.unwrap();
+    let mut idle = TcpStream::connect(&node.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The edge still serves WebSocket clients.
+    let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend(masked_text(r#"{"type":"ping","ref":"after"}"#));
+    tcp.write_all(&bytes).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert_session(&mut tcp, &head, "after").await;
+    drop(tcp);
+
+    // Neither the silent nor the idle connection holds the shutdown (its grace is 10 s).
+    node.signal("TERM");
+    assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)), Some(0));
+}
