@@ -1,8 +1,9 @@
 //! Serving the main listener's connections.
 //!
 //! Each accepted connection gets a task that reads its first bytes. When they hold a whole,
-//! valid WebSocket handshake for `/ws` ([`upgrade::direct`]), the task answers it, admits the
-//! client and becomes its session: a client's connection never meets HTTP again, so building
+//! valid WebSocket handshake for `/ws` ([`upgrade::direct`]), the task admits the client and
+//! becomes its session, whose first write carries the `101` with the `welcome`. A client's
+//! connection never meets HTTP again, so building
 //! hyper's connection state, its request, the router's extractors and the hand-over of the
 //! upgraded connection to another task was a large part of what a connection cost in a
 //! reconnect storm. Every other connection (another path, a head that came in pieces, a
