@@ -34,6 +34,7 @@ pub const DEFAULT_PING_INTERVAL_MS: u64 = 15_000;
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 45_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_DETACH_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 50;
@@ -121,6 +122,10 @@ pub struct Args {
     /// socket buffers are full) cuts the client off as a slow consumer (close 1008).
     #[arg(long, env = "HELIOGRAPH_WRITE_TIMEOUT_MS", default_value_t = DEFAULT_WRITE_TIMEOUT_MS)]
     pub write_timeout_ms: u64,
+    /// A connection that has not sent a whole request head this long after it was opened (or,
+    /// kept alive, after its last answer) is closed: the WebSocket handshake, or any HTTP request.
+    #[arg(long, env = "HELIOGRAPH_HANDSHAKE_TIMEOUT_MS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    pub handshake_timeout_ms: u64,
     /// Longest time shutdown may take before the process exits anyway.
     #[arg(long, env = "HELIOGRAPH_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
@@ -348,6 +353,7 @@ pub struct Config {
     pub ping_interval: Duration,
     pub keepalive_timeout: Duration,
     pub write_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub shutdown_grace: Duration,
     pub detach_grace: Duration,
     /// The embedded registry's snapshot interval in log entries (`None`: its default).
@@ -500,6 +506,10 @@ impl Args {
             "--shutdown-grace-ms must be at least 100",
         )?;
         check(self.lease_ms >= 300, "--lease-ms must be at least 300")?;
+        check(
+            self.handshake_timeout_ms >= 100,
+            "--handshake-timeout-ms must be at least 100",
+        )?;
         check(
             (1..=100_000).contains(&self.pending_signals),
             "--pending-signals must be between 1 and 100000",
@@ -803,6 +813,7 @@ impl Args {
             ping_interval: Duration::from_millis(self.ping_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             detach_grace: Duration::from_millis(self.detach_grace_ms),
             snapshot_after_entries: self.snapshot_after_entries,
@@ -879,6 +890,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.coordinator.unwrap().urls.len(), 2);
+        let e = parse(&["--handshake-timeout-ms", "10"]).unwrap_err();
+        assert!(e.to_string().contains("--handshake-timeout-ms"), "{e}");
         let e = parse(&["--snapshot-after-entries", "0"]).unwrap_err();
         assert!(e.to_string().contains("--snapshot-after-entries"), "{e}");
         let e = parse(&[

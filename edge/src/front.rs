@@ -10,6 +10,9 @@
 //! handshake the checks refuse) is served by hyper and axum's router as before, with the bytes
 //! already read put back in front ([`Prefixed`]), so its answers are the ones it always got.
 //!
+//! A connection that sends no whole request head within `--handshake-timeout-ms` is closed
+//! (the first read here, hyper's header timeout after it) and counted as refused.
+//!
 //! Shutdown: at `Draining` the listener stops accepting, connections not yet read are closed,
 //! and HTTP connections finish the request in hand; [`serve`] returns once they have closed.
 //! Sessions are tracked by the edge (`connection_tasks`), as before.
@@ -24,7 +27,7 @@ use axum::http::Request;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
@@ -47,6 +50,8 @@ const FIRST_READ: usize = 4096;
 /// The path of the WebSocket endpoint. The router serves the same path, for handshakes left to
 /// it (tests/it/handshake.rs checks both).
 pub const WS_PATH: &str = "/ws";
+/// The refusal counted when a connection sent no whole request head in time.
+const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
 
 /// Serves `listener` with `router` until the edge starts draining.
 pub async fn serve(mut listener: EdgeListener, router: Router, ctx: Arc<EdgeContext>) {
@@ -109,9 +114,13 @@ async fn handshake(
     http: TaskTrackerToken,
 ) -> Option<Session> {
     let head = tokio::select! {
-        head = first_read(&stream) => head,
+        head = tokio::time::timeout(ctx.config.handshake_timeout, first_read(&stream)) => head,
         // Nothing read yet: the connection is closed, as hyper closes an idle one.
         () = ctx.shutdown.reached(Stage::Draining) => return None,
+    };
+    let Ok(head) = head else {
+        ctx.metrics.refused(HANDSHAKE_TIMEOUT);
+        return None;
     };
     let head = head.ok()?;
     let Some(direct) = upgrade::direct(&head, WS_PATH, SUBPROTOCOL) else {
@@ -140,12 +149,13 @@ async fn handshake(
 
 /// The connection's first bytes, as many as one read returns (at most [`FIRST_READ`]).
 async fn first_read(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
+    // Allocated once the client has sent something: a silent connection holds no buffer.
+    stream.readable().await?;
     let mut head = Vec::with_capacity(FIRST_READ);
     loop {
-        stream.readable().await?;
         match stream.try_read_buf(&mut head) {
             Ok(_) => return Ok(head),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.readable().await?,
             Err(e) => return Err(e),
         }
     }
@@ -159,19 +169,22 @@ async fn serve_http(io: Prefixed, peer: SocketAddr, router: Router, ctx: &EdgeCo
         router.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.handshake_timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::trace!(error = %e, "HTTP connection ended with an error");
-            }
-            return;
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = ctx.shutdown.reached(Stage::Draining) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
-        () = ctx.shutdown.reached(Stage::Draining) => conn.as_mut().graceful_shutdown(),
-    }
-    if let Err(e) = conn.await {
+    };
+    if let Err(e) = ended {
+        if e.is_timeout() {
+            ctx.metrics.refused(HANDSHAKE_TIMEOUT);
+        }
         tracing::trace!(error = %e, "HTTP connection ended with an error");
     }
 }

@@ -39,13 +39,14 @@ pub const RELAY_SKIPPED: &str = "heliograph_edge_relay_skipped_total";
 pub const RELAY_UNACKED: &str = "heliograph_edge_relay_unacked";
 
 /// Why a connection or upgrade request was refused before it became a WebSocket connection.
-pub const REFUSAL_REASONS: [&str; 6] = [
+pub const REFUSAL_REASONS: [&str; 7] = [
     "origin",
     "edge_full",
     "address_limit",
     "draining",
     "proxy_header",
     "proxy_untrusted",
+    "handshake_timeout",
 ];
 pub const RELAY_UNDELIVERABLE: &str = "heliograph_edge_relay_undeliverable_total";
 pub const ROUTING_DECISIONS: &str = "heliograph_edge_routing_decisions_total";

@@ -229,3 +229,53 @@ async fn garbage_and_silent_connections_neither_break_the_edge_nor_hold_its_shut
     node.signal("TERM");
     assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)), Some(0));
 }
+
+#[tokio::test]
+async fn connections_that_send_no_request_head_in_time_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--handshake-timeout-ms", "300"]);
+    // Silent from the start; half a head; idle after a kept-alive request.
+    let mut silent = TcpStream::connect(&node.addr).await.unwrap();
+    let mut half = TcpStream::connect(&node.addr).await.unwrap();
+    half.write_all(b"GET /ws HTTP/1.1\r\nHost: edge\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(&node.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for (what, tcp) in [
+        ("silent", &mut silent),
+        ("half", &mut half),
+        ("idle", &mut idle),
+    ] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection was not closed"))
+            .unwrap();
+        // hyper may answer a head cut short with 408 before it closes.
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+            "{what}: {rest}"
+        );
+    }
+    let (_, body) = node.get("/metrics").await;
+    assert_eq!(
+        crate::support::metric(
+            &body,
+            r#"heliograph_edge_connections_refused_total{reason="handshake_timeout"}"#
+        ),
+        Some(3.0)
+    );
+    // A client that sends its handshake at once is unaffected.
+    let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend(masked_text(r#"{"type":"ping","ref":"in-time"}"#));
+    tcp.write_all(&bytes).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert_session(&mut tcp, &head, "in-time").await;
+}
