@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{DEADLINE, Node};
+use crate::support::{DEADLINE, Node, masked_text};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// RFC 6455's answer to [`KEY`].
@@ -19,15 +19,6 @@ fn upgrade_request(extra_headers: &str) -> String {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\
          Sec-WebSocket-Protocol: heliograph.v1\r\n{extra_headers}\r\n"
     )
-}
-
-/// One masked client text frame (mask zero: the payload is as written).
-fn masked_text(payload: &str) -> Vec<u8> {
-    let bytes = payload.as_bytes();
-    assert!(bytes.len() < 126);
-    let mut frame = vec![0x81, 0x80 | bytes.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(bytes);
-    frame
 }
 
 /// Reads one HTTP response head; its text.
@@ -115,16 +106,24 @@ async fn assert_session(tcp: &mut TcpStream, head: &str, reference: &str) {
     assert_eq!(joined["type"], "joined", "{joined}");
 }
 
+/// Sends a handshake (with `extra_headers`) and, in the same write, a `ping` with `reference`;
+/// asserts the session that answers (see [`assert_session`]).
+async fn handshake_and_ping(tcp: &mut TcpStream, extra_headers: &str, reference: &str) {
+    let mut bytes = upgrade_request(extra_headers).into_bytes();
+    bytes.extend(masked_text(&format!(
+        r#"{{"type":"ping","ref":"{reference}"}}"#
+    )));
+    tcp.write_all(&bytes).await.unwrap();
+    let head = read_head(tcp).await;
+    assert_session(tcp, &head, reference).await;
+}
+
 #[tokio::test]
 async fn a_handshake_in_the_first_read_gets_a_session_and_the_frame_behind_it() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
-    let mut bytes = upgrade_request("").into_bytes();
-    bytes.extend(masked_text(r#"{"type":"ping","ref":"first"}"#));
-    tcp.write_all(&bytes).await.unwrap();
-    let head = read_head(&mut tcp).await;
-    assert_session(&mut tcp, &head, "first").await;
+    handshake_and_ping(&mut tcp, "", "first").await;
 }
 
 #[tokio::test]
@@ -139,11 +138,7 @@ async fn a_handshake_after_another_request_is_answered_by_the_router_alike() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "ok\n");
 
-    let mut bytes = upgrade_request("").into_bytes();
-    bytes.extend(masked_text(r#"{"type":"ping","ref":"kept-alive"}"#));
-    tcp.write_all(&bytes).await.unwrap();
-    let head = read_head(&mut tcp).await;
-    assert_session(&mut tcp, &head, "kept-alive").await;
+    handshake_and_ping(&mut tcp, "", "kept-alive").await;
 }
 
 #[tokio::test]
@@ -152,11 +147,7 @@ async fn a_handshake_with_many_headers_is_answered_by_the_router_alike() {
     let node = Node::start(dir.path(), &[]);
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
     let extra: String = (0..40).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
-    let mut bytes = upgrade_request(&extra).into_bytes();
-    bytes.extend(masked_text(r#"{"type":"ping","ref":"many"}"#));
-    tcp.write_all(&bytes).await.unwrap();
-    let head = read_head(&mut tcp).await;
-    assert_session(&mut tcp, &head, "many").await;
+    handshake_and_ping(&mut tcp, &extra, "many").await;
 }
 
 #[tokio::test]
@@ -218,11 +209,7 @@ async fn garbage_and_silent_connections_neither_break_the_edge_nor_hold_its_shut
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The edge still serves WebSocket clients.
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
-    let mut bytes = upgrade_request("").into_bytes();
-    bytes.extend(masked_text(r#"{"type":"ping","ref":"after"}"#));
-    tcp.write_all(&bytes).await.unwrap();
-    let head = read_head(&mut tcp).await;
-    assert_session(&mut tcp, &head, "after").await;
+    handshake_and_ping(&mut tcp, "", "after").await;
     drop(tcp);
 
     // Neither the silent nor the idle connection holds the shutdown (its grace is 10 s).
@@ -273,9 +260,5 @@ async fn connections_that_send_no_request_head_in_time_are_closed_and_counted() 
     );
     // A client that sends its handshake at once is unaffected.
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
-    let mut bytes = upgrade_request("").into_bytes();
-    bytes.extend(masked_text(r#"{"type":"ping","ref":"in-time"}"#));
-    tcp.write_all(&bytes).await.unwrap();
-    let head = read_head(&mut tcp).await;
-    assert_session(&mut tcp, &head, "in-time").await;
+    handshake_and_ping(&mut tcp, "", "in-time").await;
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, DEADLINE, Node, metric};
+use crate::support::{Client, DEADLINE, Node, masked_text, metric};
 
 /// Keepalive ticks every 100 ms: a socket quiet for a tick parks at the next.
 const FAST_TICKS: [&str; 4] = [
@@ -86,15 +86,6 @@ async fn idle_sockets_park_and_wake_for_signals_requests_and_keepalive() {
     b.send(json!({"type": "leave", "room": "idle"})).await;
     b.expect("left").await;
     a.expect("peer-left").await;
-}
-
-/// Writes one masked client text frame's bytes (mask zero: the payload is as written).
-fn masked_text(payload: &str) -> Vec<u8> {
-    let bytes = payload.as_bytes();
-    assert!(bytes.len() < 126);
-    let mut frame = vec![0x81, 0x80 | bytes.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(bytes);
-    frame
 }
 
 #[tokio::test]

@@ -19,6 +19,16 @@ pub use heliograph_testkit::wait::{DEADLINE, wait_for};
 pub use heliograph_testkit::ws::Client;
 use serde_json::json;
 
+/// One masked client text frame's bytes, as a client writes it on the wire (mask zero: the
+/// payload is as written; under 126 bytes).
+pub fn masked_text(payload: &str) -> Vec<u8> {
+    let bytes = payload.as_bytes();
+    assert!(bytes.len() < 126);
+    let mut frame = vec![0x81, 0x80 | bytes.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(bytes);
+    frame
+}
+
 /// `serve` flags of the replicas of the region tests' clusters: detached peers keep their
 /// place for half a second.
 pub const REGION_REPLICA_ARGS: &[&str] = &["--grace-ms", "500"];
