@@ -90,7 +90,8 @@ fn connection(
     })
 }
 
-/// A client admitted on a direct handshake, its `101` written.
+/// A client admitted on a direct handshake; its socket holds the `101`, to go out with the
+/// `welcome`.
 struct Session {
     socket: Box<connection::Socket>,
     ctx: Arc<EdgeContext>,
@@ -107,7 +108,7 @@ impl Session {
 /// Reads the first bytes and answers a direct handshake, or serves the connection as HTTP to
 /// its end; the session to run, if it became one.
 async fn handshake(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     ctx: Arc<EdgeContext>,
@@ -131,7 +132,6 @@ async fn handshake(
         return None;
     };
     drop((router, http));
-    let mut stream = stream;
     let slot = match admission::admit(&ctx, peer, &direct.headers) {
         Ok(slot) => slot,
         Err(refused) => {
