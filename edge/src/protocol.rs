@@ -429,32 +429,35 @@ fn first_unrelayable(text: &str) -> Option<Unrelayable> {
     let bytes = text.as_bytes();
     let mut escapes = false;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
         if b == b'"' {
             // Inside a string: jump to its end (escapes skip the byte after the backslash).
             let mut j = i + 1;
             loop {
-                match string_stop(&bytes[j.min(bytes.len())..]) {
-                    None => return None,
-                    Some(k) if bytes[j + k] == b'\\' => {
-                        escapes = true;
-                        j += k + 2;
-                    }
-                    Some(k) => {
-                        j += k + 1;
-                        break;
-                    }
+                let k = string_stop(bytes.get(j..).unwrap_or_default())?;
+                if bytes[j + k] == b'\\' {
+                    escapes = true;
+                    j += k + 2;
+                } else {
+                    j += k + 1;
+                    break;
                 }
             }
             i = j;
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
+            // The integer digits in a loop of their own: most numbers are only that.
+            i += 1;
+            while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
             let mut exponent = false;
-            while i < bytes.len()
-                && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-            {
-                exponent |= matches!(bytes[i], b'e' | b'E');
+            while let Some(&c) = bytes.get(i) {
+                match c {
+                    b'0'..=b'9' | b'-' | b'+' | b'.' => {}
+                    b'e' | b'E' => exponent = true,
+                    _ => break,
+                }
                 i += 1;
             }
             if !exponent && i - start <= MAX_PLAIN_FINITE_NUMBER {
@@ -474,14 +477,38 @@ fn first_unrelayable(text: &str) -> Option<Unrelayable> {
     (escapes && has_unpaired_surrogate(text)).then_some(Unrelayable::Surrogate)
 }
 
-/// The first quote or backslash in `bytes`. Most strings in a frame are short (keys, ids):
-/// their first bytes are searched a word at a time, which has no set-up to pay for, and only
-/// a longer string with memchr's vector search.
+/// Where the first `"` or `\\` of `bytes` is. Most strings of a frame are short (keys, ids,
+/// kinds): the first 32 bytes are searched a word at a time in place, which costs less than
+/// setting up a vector search; the rest of a long string goes to `memchr`.
 fn string_stop(bytes: &[u8]) -> Option<usize> {
     const SHORT: usize = 32;
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
     let head = &bytes[..bytes.len().min(SHORT)];
-    if let Some(k) = memchr::arch::all::memchr::Two::new(b'"', b'\\').find(head) {
-        return Some(k);
+    let mut words = head.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_le_bytes(w);
+        // A byte equal to the one searched for is zero after the xor. The zero-byte test
+        // (x - 1) & !x & 0x80 marks the lowest zero byte exactly (it may also mark bytes
+        // above it, which are not looked at): the first match in the text's order.
+        let (q, s) = (w ^ QUOTES, w ^ BACKSLASHES);
+        let found = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if let Some(k) = words
+        .remainder()
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+    {
+        return Some(at + k);
     }
     memchr::memchr2(b'"', b'\\', &bytes[head.len()..]).map(|k| k + head.len())
 }
@@ -1201,11 +1228,14 @@ mod tests {
                         proptest::sample::select(vec![
                             "\\ud83d", "\\ude00", "\\udc00", "\\u00e9", "\\n", "\\\\",
                             "\\\"", "x", "é", "1e999", " ",
+                            "a string of more than thirty-two bytes, searched by memchr",
                         ]),
                         0..8,
                     )
                     .prop_map(|parts| format!("\"{}\"", parts.concat())),
-                    proptest::sample::select(vec!["1e999", "-2.5E3", "12", "0", "1e308", "-0"])
+                    proptest::sample::select(vec![
+                        "1e999", "-2.5E3", "12", "0", "1e308", "-0", "12345678901234567890.5",
+                    ])
                         .prop_map(str::to_owned),
                 ],
                 0..8,

@@ -36,7 +36,8 @@ const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 pub struct Outbound<'a> {
     pub room: RoomId,
     pub from: &'a PeerId,
-    pub to: &'a PeerId,
+    /// The target's id, as checked by the room index.
+    pub to: &'a str,
     /// The sender's `ref`, echoed in `expired` if the signal is never delivered.
     pub reference: Option<Ref>,
     /// The encoded client frame, `from` stamped.
@@ -118,7 +119,7 @@ impl Router {
     pub fn send(&self, route: Route, signal: Outbound<'_>) -> Result<(), Box<Refused>> {
         let (edge, region) = match route {
             // Signals for this target still queued on the bus go first: this one queues too.
-            Route::Local(_) if self.region.busy(signal.to.as_str()) => {
+            Route::Local(_) if self.region.busy(signal.to) => {
                 let (envelope, _) = self.envelope(signal, self.me.clone());
                 if let Err(envelope) = self.region.publish(envelope) {
                     self.deposit(*envelope);
@@ -185,7 +186,7 @@ impl Router {
     fn envelope(&self, signal: Outbound<'_>, to_edge: EdgeId) -> (Envelope, Option<Ref>) {
         let envelope = Envelope {
             to_edge,
-            to_peer: signal.to.to_string(),
+            to_peer: signal.to.to_owned(),
             room: signal.room.into(),
             frame: signal.text,
             sent_at_us: clock::now_us(),
@@ -249,7 +250,7 @@ impl Router {
             },
         );
         if let Err((_, out)) = target.try_send(out)
-            && let Ok(envelope) = out.into_envelope(&peer, &self.me, &self.region_name)
+            && let Ok(envelope) = out.into_envelope(peer.as_str(), &self.me, &self.region_name)
         {
             self.deposit(envelope);
         }

@@ -40,7 +40,10 @@ fn validate(s: &str, max: usize) -> Result<(), IdError> {
     }
     // Ids are almost always ASCII: a byte test, and the char walk only for the rest.
     let control = if s.is_ascii() {
-        s.bytes().any(|b| b.is_ascii_control())
+        // Without an early exit the compiler tests many bytes at once: ids are short, and
+        // valid ones are read to the end anyway.
+        s.bytes()
+            .fold(false, |found, b| found | b.is_ascii_control())
     } else {
         s.chars().any(char::is_control)
     };

@@ -255,7 +255,7 @@ pub(super) fn invite(
         Outbound {
             room: via,
             from: caller.peer,
-            to,
+            to: to.as_str(),
             reference,
             text,
             received_at: Instant::now(),

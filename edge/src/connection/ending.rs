@@ -64,7 +64,7 @@ pub(super) async fn detach(
     let mut window = seq.window();
     let mut unsent = Vec::new();
     for out in leftovers {
-        match out.into_envelope(&me.peer, &ctx.edge_id, &ctx.region) {
+        match out.into_envelope(me.peer.as_str(), &ctx.edge_id, &ctx.region) {
             Ok(e) => unsent.push(e),
             Err(out) => window.push(seq.stamp_unkept(&out.text)),
         }

@@ -140,7 +140,7 @@ fn signal(
 ) -> Handled {
     let peer = caller.peer;
     // The index's own ids come back with the route: the signal builds none.
-    let (route, room, to) = match ctx.index.route_signal_ids(peer, room, to) {
+    let (route, room) = match ctx.index.route_signal_ids(peer, room, to) {
         Ok(routed) => routed,
         Err(ErrorCode::NotInRoom) => {
             return fail(
@@ -159,7 +159,7 @@ fn signal(
         Outbound {
             room,
             from: peer,
-            to: &to,
+            to,
             reference,
             text,
             received_at: caller.received_at,

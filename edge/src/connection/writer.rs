@@ -6,6 +6,7 @@
 //! async fn, so that a frame or a socket is never stored twice in every session's task.
 
 use std::future::Future;
+use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -194,18 +195,23 @@ async fn send_all(
     if frames.is_empty() {
         return Ok(());
     }
+    let mut now = None;
     for out in frames {
-        feed(socket, out, seq, ctx).await?;
+        feed(socket, out, seq, &mut now, ctx).await?;
     }
     socket.flush().await
 }
 
 /// Numbers a frame and queues it on the socket. Not an async fn: the numbering is done at
 /// once, and what is awaited is only the socket's own `feed`.
+///
+/// `now`: the time the batch is written, read once for all its signals (their relay latency
+/// is measured to it).
 fn feed<'s>(
     socket: &'s mut Socket,
     out: Outgoing,
     seq: &mut Sequencer,
+    now: &mut Option<Instant>,
     ctx: &EdgeContext,
 ) -> impl Future<Output = Result<(), WsError>> + 's {
     ctx.metrics.sent(Ingress::Ws, out.kind);
@@ -214,9 +220,12 @@ fn feed<'s>(
         .as_ref()
         .and_then(|m| Some((m.relayed_at?, m.path)))
     {
-        ctx.metrics.relay(path).record(at.elapsed().as_secs_f64());
+        let now = *now.get_or_insert_with(Instant::now);
+        ctx.metrics
+            .relay(path)
+            .record(now.saturating_duration_since(at).as_secs_f64());
     }
-    let text = seq.stamp(&out.text);
+    let text = seq.stamp(out.text);
     socket.feed(Message::Text(text))
 }
 
@@ -243,10 +252,11 @@ async fn write_batch(
     seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> Result<(), WsError> {
-    feed(socket, first, seq, ctx).await?;
+    let mut now = None;
+    feed(socket, first, seq, &mut now, ctx).await?;
     for _ in 1..WRITE_BATCH {
         match rx.try_recv() {
-            Ok(out) => feed(socket, out, seq, ctx).await?,
+            Ok(out) => feed(socket, out, seq, &mut now, ctx).await?,
             Err(_) => break,
         }
     }

@@ -82,7 +82,7 @@ impl Outgoing {
     /// `text`); `Err` gives back anything but a signal.
     pub fn into_envelope(
         self,
-        to: &PeerId,
+        to: &str,
         edge: &EdgeId,
         region: &Region,
     ) -> Result<Envelope, Outgoing> {

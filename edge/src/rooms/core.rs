@@ -593,17 +593,17 @@ impl<H: Handle> RoomCore<H> {
         to: &PeerId,
     ) -> Result<Route<H>, ErrorCode> {
         self.route_signal_ids(from, room.as_str(), to.as_str())
-            .map(|(route, _, _)| route)
+            .map(|(route, _)| route)
     }
 
     /// [`Self::route_signal`] for ids given as text (a signal as it was read), with the
-    /// index's own copies of them: routing builds no id.
+    /// index's own copy of the room's id (a queued signal keeps it): routing builds no id.
     pub fn route_signal_ids(
         &self,
         from: &PeerId,
         room: &str,
         to: &str,
-    ) -> Result<(Route<H>, RoomId, PeerId), ErrorCode> {
+    ) -> Result<(Route<H>, RoomId), ErrorCode> {
         let inner = self;
         if !inner
             .peers
@@ -612,12 +612,12 @@ impl<H: Handle> RoomCore<H> {
         {
             return Err(ErrorCode::NotInRoom);
         }
-        let (room_id, (to_id, member)) = inner
+        let (room_id, member) = inner
             .rooms
             .get_key_value(room)
-            .and_then(|(id, entry)| Some((id, entry.members.get_key_value(to)?)))
+            .and_then(|(id, entry)| Some((id, entry.members.get(to)?)))
             .ok_or(ErrorCode::UnknownPeer)?;
-        let ids = |route| Ok((route, room_id.clone(), to_id.clone()));
+        let ids = |route| Ok((route, room_id.clone()));
         // A socket here wins over the registry's view, which may not have seen the peer
         // resume here yet. A resuming socket holds what it is sent until its replay is out.
         match inner.peers.get(to) {

@@ -229,13 +229,13 @@ impl RoomIndex {
         self.read().route_signal(from, room, to)
     }
 
-    /// [`Self::route_signal`] for ids given as text, with the index's own copies of them.
+    /// [`Self::route_signal`] for ids given as text, with the index's own copy of the room's.
     pub fn route_signal_ids(
         &self,
         from: &PeerId,
         room: &str,
         to: &str,
-    ) -> Result<(Route, RoomId, PeerId), ErrorCode> {
+    ) -> Result<(Route, RoomId), ErrorCode> {
         self.read().route_signal_ids(from, room, to)
     }
 

@@ -4,15 +4,17 @@ use std::collections::VecDeque;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Numbers every frame a session writes, and keeps the last `capacity` as written so they
-/// can be replayed after the socket drops.
+/// Numbers every frame a session writes, and keeps the last `capacity` so they can be
+/// replayed after the socket drops.
 #[derive(Debug)]
 pub struct Sequencer {
     last: u64,
     capacity: usize,
-    /// Each frame with its `seq` (read without touching the frame, long since out of the
-    /// cache). Shared with the messages handed to the socket: keeping a frame costs no copy.
-    window: VecDeque<(u64, Utf8Bytes)>,
+    /// Each frame with its `seq`, kept as it was before it was numbered: the frame handed to
+    /// the socket is a numbered copy (the socket copies it into its buffer and drops it),
+    /// so keeping the original costs neither a copy nor a shared count. Numbered again only
+    /// when the window is stored, which is rare.
+    window: VecDeque<(u64, String)>,
 }
 
 impl Sequencer {
@@ -29,15 +31,15 @@ impl Sequencer {
         self.last
     }
 
-    /// Stamps the next `seq` into `frame` and remembers the result.
-    pub fn stamp(&mut self, frame: &str) -> Utf8Bytes {
+    /// Stamps the next `seq` into `frame`, and remembers the frame.
+    pub fn stamp(&mut self, frame: String) -> Utf8Bytes {
         self.last += 1;
-        let stamped = Utf8Bytes::from(with_seq(frame, self.last));
+        let stamped = Utf8Bytes::from(with_seq(&frame, self.last));
         if self.capacity > 0 {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
             }
-            self.window.push_back((self.last, stamped.clone()));
+            self.window.push_back((self.last, frame));
         }
         stamped
     }
@@ -66,8 +68,8 @@ impl Sequencer {
                 self.window.pop_front();
             }
             // Stored frames were stamped here: a frame without its `seq` cannot be replayed.
-            if let Some(s) = seq_of(&frame) {
-                self.window.push_back((s, Utf8Bytes::from(frame)));
+            if let Some((s, frame)) = without_seq(&frame) {
+                self.window.push_back((s, frame));
             }
         }
     }
@@ -79,12 +81,9 @@ impl Sequencer {
         with_seq(frame, self.last)
     }
 
-    /// The replay window, oldest first.
+    /// The replay window, oldest first, each frame with its `seq`.
     pub fn window(&self) -> Vec<String> {
-        self.window
-            .iter()
-            .map(|(_, f)| f.as_str().to_owned())
-            .collect()
+        self.window.iter().map(|(s, f)| with_seq(f, *s)).collect()
     }
 }
 
@@ -103,6 +102,15 @@ pub fn with_seq(frame: &str, seq: u64) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A stamped frame's `seq`, and the frame as it was before [`with_seq`].
+fn without_seq(frame: &str) -> Option<(u64, String)> {
+    let seq = seq_of(frame)?;
+    let rest = frame.strip_prefix("{\"seq\":")?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest.strip_prefix(',').unwrap_or(rest);
+    Some((seq, format!("{{{rest}")))
 }
 
 /// The `seq` of a stamped frame (it comes first).
@@ -132,6 +140,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stored_window_is_taken_back_as_it_was_written() {
+        let mut s = Sequencer::new(4);
+        s.stamp(r#"{"type":"x","n":1}"#.to_owned());
+        s.stamp("{}".to_owned());
+        let stored = s.window();
+        assert_eq!(
+            stored,
+            vec![r#"{"seq":1,"type":"x","n":1}"#, r#"{"seq":2}"#]
+        );
+        let mut resumed = Sequencer::new(4);
+        resumed.resume_from(2, stored.clone());
+        assert_eq!(resumed.window(), stored);
+        assert_eq!(resumed.stamp("{}".to_owned()).as_str(), r#"{"seq":3}"#);
+    }
+
+    #[test]
     fn seq_goes_first() {
         assert_eq!(
             with_seq(r#"{"type":"pong"}"#, 7),
@@ -145,7 +169,7 @@ mod tests {
     fn the_window_replays_exactly_what_was_missed() {
         let mut s = Sequencer::new(3);
         for _ in 0..5 {
-            s.stamp(r#"{"type":"x"}"#);
+            s.stamp(r#"{"type":"x"}"#.to_owned());
         }
         assert_eq!(s.last(), 5);
         let w = s.window();
@@ -165,7 +189,7 @@ mod tests {
         let mut s = Sequencer::new(4);
         let welcome = s.stamp_welcome(r#"{"type":"welcome"}"#);
         assert_eq!(seq_of(welcome.as_str()), Some(1));
-        s.stamp(r#"{"type":"joined"}"#);
+        s.stamp(r#"{"type":"joined"}"#.to_owned());
         let w = s.window();
         assert_eq!(
             w.iter().map(|f| seq_of(f)).collect::<Vec<_>>(),
@@ -179,7 +203,7 @@ mod tests {
     fn acknowledged_frames_leave_the_window_and_are_never_needed() {
         let mut s = Sequencer::new(8);
         for _ in 0..6 {
-            s.stamp(r#"{"type":"x"}"#);
+            s.stamp(r#"{"type":"x"}"#.to_owned());
         }
         s.acknowledge(4);
         let w = s.window();
