@@ -134,7 +134,6 @@ impl Router {
                         relayed_at: Some(signal.received_at),
                         path: RelayPath::Local,
                         origin: Origin::Local {
-                            from: signal.from.clone(),
                             room: signal.room,
                             reference: signal.reference,
                         },

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
-use heliograph_coordinator::registry::{EdgeId, PeerId, Region, RoomId};
+use heliograph_coordinator::registry::{EdgeId, Region, RoomId};
 
 use crate::metrics::RelayPath;
 use crate::protocol::Ref;
@@ -50,9 +50,11 @@ pub struct SignalMeta {
 /// Where a queued signal came from (see [`Outgoing::origin`]).
 #[derive(Debug)]
 pub enum Origin {
-    /// From a peer of this edge: its parts are moved here, not copied, on the hot path.
+    /// From a peer of this edge: its parts are moved here, not copied, on the hot path. The
+    /// sender is not kept: the frame names it (`from` of a `signal` or an `invite`), and is
+    /// read for it only if the signal is never written; a copy of the sender's id for every
+    /// signal would cost two atomic operations on its count, on the relay's hot path.
     Local {
-        from: PeerId,
         room: RoomId,
         reference: Option<Ref>,
     },
@@ -94,24 +96,32 @@ impl Outgoing {
                 frame: self.text,
                 ..e
             },
-            Origin::Local {
-                from,
-                room,
-                reference,
-            } => Envelope {
+            Origin::Local { room, reference } => Envelope {
+                from_peer: sender_of(&self.text).unwrap_or_default(),
                 to_edge: edge.clone(),
                 to_peer: to.to_string(),
                 room: room.into(),
                 frame: self.text,
                 sent_at_us: crate::clock::now_us(),
                 from_region: region.to_string(),
-                from_peer: from.into(),
                 reference: reference
                     .map(|r| r.raw().get().to_owned())
                     .unwrap_or_default(),
             },
         })
     }
+}
+
+/// The sender a frame names in its `from` field (a `signal` or an `invite` the edge encoded).
+fn sender_of(frame: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Named<'_>>(frame)
+        .ok()
+        .map(|n| n.from.into_owned())
 }
 
 /// The sending side of a client's outbox. Cheap to clone: one reference count (routing a
@@ -282,5 +292,46 @@ impl SessionHandle {
             }
             Err(TrySendError::Closed(out)) => Err((Delivery::Closed, out)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::RelayPath;
+    use crate::protocol::{SignalKind, encode_signal};
+    use heliograph_coordinator::registry::PeerId;
+
+    #[test]
+    fn a_local_signal_never_written_names_its_sender_read_from_its_frame() {
+        let room = RoomId::new("call".to_owned()).expect("a room id");
+        let from = PeerId::new(r#"od"d\ly"#.to_owned()).expect("a peer id");
+        let data: &serde_json::value::RawValue =
+            serde_json::from_str(r#"{"from":"not this one"}"#).expect("raw data");
+        let text = encode_signal(&room, &from, SignalKind::Offer, data.get());
+        let out = Outgoing::signal(
+            "signal",
+            text,
+            SignalMeta {
+                relayed_at: None,
+                path: RelayPath::Local,
+                origin: Origin::Local {
+                    room: room.clone(),
+                    reference: None,
+                },
+            },
+        );
+        let edge = EdgeId::new("edge-a".to_owned()).expect("an edge id");
+        let region = Region::new("eu".to_owned()).expect("a region");
+        let envelope = out
+            .into_envelope("target", &edge, &region)
+            .expect("a signal");
+        assert_eq!(envelope.from_peer, from.as_str());
+        assert_eq!(envelope.room, "call");
+        assert_eq!(envelope.to_peer, "target");
+        assert_eq!(
+            sender_of(r#"{"type":"invite","from":"a","room":"r"}"#).as_deref(),
+            Some("a")
+        );
     }
 }
