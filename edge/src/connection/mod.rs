@@ -33,6 +33,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use heliograph_coordinator::registry::PeerId;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -51,6 +52,9 @@ pub use socket::Socket;
 use step::{Caller, Handled, Reply, SessionState, error_out};
 use writer::Writer;
 
+/// Frames already read from a socket that are served one after the other, before the loop
+/// looks at the outbox again.
+const READ_BURST: usize = 16;
 /// Sends at most one `rate-limited` error per this interval, so a flood is not mirrored.
 const RATE_LIMIT_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -142,75 +146,93 @@ pub fn run(
                         None => Err(CloseReason::Abrupt),
                     },
                     msg = writer.socket.recv(), if inflight.is_none() => {
-                        last_heard = Instant::now();
-                        if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
-                            && !rate.allow(last_heard)
-                        {
-                            // Over its rate: the frame is dropped, and the client told (sparingly).
-                            ctx.metrics.received(Ingress::Ws, "invalid");
-                            let due = last_rate_notice
-                                .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
-                            if due {
-                                last_rate_notice = Some(last_heard);
-                                let err = ProtocolError::new(
-                                    ErrorCode::RateLimited,
-                                    "too many messages; frames are being dropped",
-                                );
-                                writer.send(vec![error_out(&err, &ctx)], &outbox.kicked, &ctx).await
-                            } else {
-                                ctx.metrics.error(ErrorCode::RateLimited);
-                                Ok(())
-                            }
-                        } else {
-                            match msg {
-                                None => Err(CloseReason::Abrupt),
-                                Some(Err(e)) => Err(close::read_error(e)),
-                                Some(Ok(Message::Close(frame))) => Err(match frame {
-                                    Some(f) if close_code::RESUME_LATER.contains(&u16::from(f.code)) => {
-                                        CloseReason::ClientDetach
-                                    }
-                                    _ => CloseReason::ClientClose,
-                                }),
-                                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                                Some(Ok(Message::Binary(_))) => {
+                        let mut msg = msg;
+                        let mut served = 0;
+                        loop {
+                            let step: Result<(), CloseReason> = {
+                                last_heard = Instant::now();
+                                if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                                    && !rate.allow(last_heard)
+                                {
+                                    // Over its rate: the frame is dropped, and the client told (sparingly).
                                     ctx.metrics.received(Ingress::Ws, "invalid");
-                                    let err = ProtocolError::new(
-                                        ErrorCode::BinaryUnsupported,
-                                        "binary frames are not part of heliograph.v1; send JSON text",
-                                    );
-                                    writer.send(vec![error_out(&err, &ctx)], &outbox.kicked, &ctx).await
-                                }
-                                Some(Ok(Message::Text(text))) => {
-                                    let caller = Caller {
-                                        peer: &me.peer,
-                                        owner: &me.owner,
-                                        handle: &handle,
-                                        received_at: last_heard,
-                                        ingress: Ingress::Ws,
-                                    };
-                                    let handled =
-                                        requests::handle_text(&text, &caller, &limits, &ctx, &mut state);
-                                    if let Some(ack) = state.acked.take() {
-                                        writer.seq.acknowledge(ack);
+                                    let due = last_rate_notice
+                                        .is_none_or(|t| t.elapsed() >= RATE_LIMIT_NOTICE_INTERVAL);
+                                    if due {
+                                        last_rate_notice = Some(last_heard);
+                                        let err = ProtocolError::new(
+                                            ErrorCode::RateLimited,
+                                            "too many messages; frames are being dropped",
+                                        );
+                                        writer.send(vec![error_out(&err, &ctx)], &outbox.kicked, &ctx).await
+                                    } else {
+                                        ctx.metrics.error(ErrorCode::RateLimited);
+                                        Ok(())
                                     }
-                                    match handled {
-                                        Handled::Done => Ok(()),
-                                        Handled::Reply(replies) => {
-                                            writer
-                                                .send_after_queued(replies, &mut outbox.rx, &outbox.kicked, &ctx)
-                                                .await
+                                } else {
+                                    match msg {
+                                        None => Err(CloseReason::Abrupt),
+                                        Some(Err(e)) => Err(close::read_error(e)),
+                                        Some(Ok(Message::Close(frame))) => Err(match frame {
+                                            Some(f) if close_code::RESUME_LATER.contains(&u16::from(f.code)) => {
+                                                CloseReason::ClientDetach
+                                            }
+                                            _ => CloseReason::ClientClose,
+                                        }),
+                                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                                        Some(Ok(Message::Binary(_))) => {
+                                            ctx.metrics.received(Ingress::Ws, "invalid");
+                                            let err = ProtocolError::new(
+                                                ErrorCode::BinaryUnsupported,
+                                                "binary frames are not part of heliograph.v1; send JSON text",
+                                            );
+                                            writer.send(vec![error_out(&err, &ctx)], &outbox.kicked, &ctx).await
                                         }
-                                        Handled::Later(fut) => {
-                                            inflight = Some(fut);
-                                            Ok(())
-                                        }
-                                        Handled::Resume(fut) => {
-                                            inflight = Some(fut);
-                                            resuming = true;
-                                            Ok(())
+                                        Some(Ok(Message::Text(text))) => {
+                                            let caller = Caller {
+                                                peer: &me.peer,
+                                                owner: &me.owner,
+                                                handle: &handle,
+                                                received_at: last_heard,
+                                                ingress: Ingress::Ws,
+                                            };
+                                            let handled =
+                                                requests::handle_text(&text, &caller, &limits, &ctx, &mut state);
+                                            if let Some(ack) = state.acked.take() {
+                                                writer.seq.acknowledge(ack);
+                                            }
+                                            match handled {
+                                                Handled::Done => Ok(()),
+                                                Handled::Reply(replies) => {
+                                                    writer
+                                                        .send_after_queued(replies, &mut outbox.rx, &outbox.kicked, &ctx)
+                                                        .await
+                                                }
+                                                Handled::Later(fut) => {
+                                                    inflight = Some(fut);
+                                                    Ok(())
+                                                }
+                                                Handled::Resume(fut) => {
+                                                    inflight = Some(fut);
+                                                    resuming = true;
+                                                    Ok(())
+                                                }
+                                            }
                                         }
                                     }
                                 }
+                            };
+                            served += 1;
+                            // Frames already read are served here rather than each after a round of the
+                            // loop, which looks at the outbox first; at most `READ_BURST` of them, so that
+                            // the outbox does not wait long. Polled without the task's waker: when nothing
+                            // is ready, the loop polls the socket again, with it, before the task waits.
+                            if step.is_err() || inflight.is_some() || served == READ_BURST {
+                                break step;
+                            }
+                            match writer.socket.recv().now_or_never() {
+                                Some(next) => msg = next,
+                                None => break step,
                             }
                         }
                     }
