@@ -32,12 +32,19 @@ impl Sequencer {
     }
 
     /// Stamps the next `seq` into `frame`, and remembers the frame.
-    pub fn stamp(&mut self, frame: String) -> Utf8Bytes {
+    pub fn stamp(&mut self, mut frame: String) -> Utf8Bytes {
         self.last += 1;
         let stamped = Utf8Bytes::from(with_seq(&frame, self.last));
         if self.capacity > 0 {
             if self.window.len() == self.capacity {
                 self.window.pop_front();
+            }
+            // A frame may be kept for the session's life (a quiet client acknowledges
+            // nothing): it is kept at its size, not with an encoder's spare capacity (up to
+            // half of a frame that grew by doubling). A relayed signal is sized exactly
+            // enough to be left as it is.
+            if frame.capacity() - frame.len() > frame.len() / 8 {
+                frame.shrink_to_fit();
             }
             self.window.push_back((self.last, frame));
         }
