@@ -118,6 +118,16 @@ async fn handshake_and_ping(tcp: &mut TcpStream, extra_headers: &str, reference:
     assert_session(tcp, &head, reference).await;
 }
 
+/// `GET /healthz` on a kept-alive connection: answered `200`, its body returned.
+async fn healthz(tcp: &mut TcpStream) -> String {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body
+}
+
 #[tokio::test]
 async fn a_handshake_in_the_first_read_gets_a_session_and_the_frame_behind_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,12 +141,7 @@ async fn a_handshake_after_another_request_is_answered_by_the_router_alike() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut tcp).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(body, "ok\n");
+    assert_eq!(healthz(&mut tcp).await, "ok\n");
 
     handshake_and_ping(&mut tcp, "", "kept-alive").await;
 }
@@ -202,11 +207,7 @@ async fn garbage_and_silent_connections_neither_break_the_edge_nor_hold_its_shut
     // A connection that never sends a byte, and a kept-alive one idle after its request.
     let _silent = TcpStream::connect(&node.addr).await.unwrap();
     let mut idle = TcpStream::connect(&node.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut idle).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    healthz(&mut idle).await;
     // The edge still serves WebSocket clients.
     let mut tcp = TcpStream::connect(&node.addr).await.unwrap();
     handshake_and_ping(&mut tcp, "", "after").await;
@@ -228,11 +229,7 @@ async fn connections_that_send_no_request_head_in_time_are_closed_and_counted() 
         .await
         .unwrap();
     let mut idle = TcpStream::connect(&node.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut idle).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    healthz(&mut idle).await;
     for (what, tcp) in [
         ("silent", &mut silent),
         ("half", &mut half),
