@@ -16,7 +16,7 @@ import sys
 CRATES = {
     "edge/src": {
         # The domain: wire protocol, room index, signals, clock.
-        "domain": ["protocol.rs", "member.rs", "contacts.rs", "rooms/", "signal.rs", "clock.rs"],
+        "domain": ["protocol/", "member.rs", "contacts.rs", "rooms/", "signal.rs", "clock.rs"],
     },
     "coordinator/src": {
         "domain": ["registry/"],

@@ -5,8 +5,10 @@
 #![no_main]
 
 use heliograph_edge::protocol::{
-    ClientMessage, DecodeLimits, PeerInfo, ServerMessage, decode, encode, encode_error, ref_raw,
+    ClientMessage, DecodeLimits, PeerInfo, ServerMessage, decode, encode, encode_error, encode_signal,
+    ref_raw,
 };
+use heliograph_coordinator::registry::{PeerId, RoomId};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
@@ -75,12 +77,12 @@ fuzz_target!(|data: &[u8]| {
             to,
             kind,
             data,
-        } => vec![encode(&ServerMessage::Signal {
-            room: room.as_str(),
-            from: to.as_str(),
-            kind: *kind,
-            data,
-        })],
+        } => {
+            // Checked ids build; the data is written verbatim, as the relay writes it.
+            let room = RoomId::new(room.to_string()).expect("a decoded room is a room id");
+            let from = PeerId::new(to.to_string()).expect("a decoded `to` is a peer id");
+            vec![encode_signal(&room, &from, *kind, data)]
+        }
         ClientMessage::Ping => vec![encode(&ServerMessage::Pong { reference })],
         ClientMessage::Resume { token, .. } => vec![encode(&ServerMessage::Error {
             code: "resume-failed",

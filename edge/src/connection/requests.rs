@@ -58,7 +58,7 @@ pub(super) fn handle_text(
             to,
             kind,
             data,
-        } => signal_checked(ctx, caller, state, &room, &to, kind, data.get(), reference),
+        } => signal_checked(ctx, caller, state, &room, &to, kind, data, reference),
         ClientMessage::Ping => Handled::Reply(vec![Outgoing::new(
             "pong",
             protocol::encode(&ServerMessage::Pong {

@@ -14,10 +14,17 @@ use heliograph_coordinator::registry::{
 };
 
 use crate::contacts::{self, ContactHash};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::member::MemberKey;
 use serde_json::value::RawValue;
+
+mod envelope;
+mod relayable;
+mod scan;
+
+use envelope::Envelope;
+pub use relayable::check_relayable;
 
 /// WebSocket subprotocol name of this version.
 pub const SUBPROTOCOL: &str = "heliograph.v1";
@@ -164,8 +171,7 @@ impl ProtocolError {
 pub struct Ref(Box<RawValue>);
 
 impl Ref {
-    fn parse(raw: &RawValue) -> Result<Self, ProtocolError> {
-        let text = raw.get();
+    fn parse(text: &str) -> Result<Self, ProtocolError> {
         let is_scalar = text.starts_with('"')
             || text.starts_with('-')
             || text.bytes().next().is_some_and(|b| b.is_ascii_digit());
@@ -181,7 +187,7 @@ impl Ref {
                 format!("`ref` is longer than {MAX_REF_BYTES} bytes"),
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw_value(text)?.to_owned()))
     }
 
     /// A numeric `ref`, for requests the edge makes on a client's behalf (Socket.IO).
@@ -261,7 +267,8 @@ pub enum ClientMessage<'a> {
         room: Cow<'a, str>,
         to: Cow<'a, str>,
         kind: SignalKind,
-        data: &'a RawValue,
+        /// Valid JSON, relayable verbatim.
+        data: &'a str,
     },
     Ping,
     Resume {
@@ -297,52 +304,10 @@ impl ClientMessage<'_> {
     }
 }
 
-/// Every field any request may have, still undecoded. Unknown fields are ignored so that
-/// newer clients can talk to older edges.
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: Option<&'a RawValue>,
-    #[serde(rename = "ref", borrow)]
-    reference: Option<&'a RawValue>,
-    #[serde(borrow)]
-    room: Option<&'a RawValue>,
-    #[serde(borrow)]
-    to: Option<&'a RawValue>,
-    #[serde(borrow)]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow)]
-    meta: Option<&'a RawValue>,
-    #[serde(borrow)]
-    token: Option<&'a RawValue>,
-    #[serde(borrow)]
-    key: Option<&'a RawValue>,
-    #[serde(borrow)]
-    last_seq: Option<&'a RawValue>,
-    #[serde(borrow)]
-    ack: Option<&'a RawValue>,
-    #[serde(borrow)]
-    publish: Option<&'a RawValue>,
-    #[serde(borrow)]
-    watch: Option<&'a RawValue>,
-    public: Option<&'a RawValue>,
-    #[serde(borrow)]
-    room_meta: Option<&'a RawValue>,
-    #[serde(borrow)]
-    prefix: Option<&'a RawValue>,
-    #[serde(borrow)]
-    cursor: Option<&'a RawValue>,
-    #[serde(borrow)]
-    limit: Option<&'a RawValue>,
-}
-
 /// A `seq` the client names (`ack`, `last_seq`).
-fn sequence_number(raw: &RawValue, field: &str) -> Result<u64, ProtocolError> {
+fn sequence_number(text: &str, field: &str) -> Result<u64, ProtocolError> {
     // Plain digits (valid JSON: no leading zero) are read at once; anything else, and a
     // value beyond u64, is read and refused by serde_json.
-    let text = raw.get();
     if text.bytes().all(|b| b.is_ascii_digit())
         && let Ok(n) = text.parse::<u64>()
     {
@@ -373,9 +338,7 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
             "a frame must be a JSON object",
         ));
     }
-    let env: Envelope<'a> = serde_json::from_str(text)
-        .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
-    check_relayable(text)?;
+    let env = Envelope::read(text)?;
     let reference = env.reference.map(Ref::parse).transpose()?;
     let ack = env
         .ack
@@ -390,166 +353,6 @@ pub fn decode<'a>(text: &'a str, limits: &DecodeLimits) -> Result<Request<'a>, P
     })
 }
 
-/// Whether `text` (valid JSON) can be passed on verbatim: no number beyond a 64-bit float,
-/// no unpaired surrogate escape (see below). Every frame a client sends is checked so, and so
-/// is a payload another ingress relays without decoding it.
-pub fn check_relayable(text: &str) -> Result<(), ProtocolError> {
-    match first_unrelayable(text) {
-        None => Ok(()),
-        Some(Unrelayable::Number) => Err(ProtocolError::new(
-            ErrorCode::BadJson,
-            "invalid JSON: a number is out of the range of a 64-bit float",
-        )),
-        Some(Unrelayable::Surrogate) => Err(ProtocolError::new(
-            ErrorCode::BadJson,
-            "invalid JSON: unpaired UTF-16 surrogate escape",
-        )),
-    }
-}
-
-/// What serde_json lets through in the values it skips over (`ref`, `data`, `meta`, unknown
-/// fields) but strict JSON parsers on the receiving side refuse, so that echoing or relaying
-/// it would hand peers a frame they cannot read:
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unrelayable {
-    /// a number too large for a 64-bit float (serde_json refuses it only when parsing);
-    Number,
-    /// an unpaired surrogate escape such as `"\ud83d"` (skipped values are not unescaped).
-    /// Found by `edge/fuzz`.
-    Surrogate,
-}
-
-/// The first unrelayable thing in `text` (valid JSON). One scan finds the numbers between
-/// strings, skipping over strings; only a text with escapes is looked at again for
-/// surrogates.
-fn first_unrelayable(text: &str) -> Option<Unrelayable> {
-    // Without an exponent, a number of at most 308 characters has at most 308 integer
-    // digits and is below 1e308: finite, with nothing to parse.
-    const MAX_PLAIN_FINITE_NUMBER: usize = 308;
-    let bytes = text.as_bytes();
-    let mut escapes = false;
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'"' {
-            // Inside a string: jump to its end (escapes skip the byte after the backslash).
-            let mut j = i + 1;
-            loop {
-                let k = string_stop(bytes.get(j..).unwrap_or_default())?;
-                if bytes[j + k] == b'\\' {
-                    escapes = true;
-                    j += k + 2;
-                } else {
-                    j += k + 1;
-                    break;
-                }
-            }
-            i = j;
-        } else if b == b'-' || b.is_ascii_digit() {
-            let start = i;
-            // The integer digits in a loop of their own: most numbers are only that.
-            i += 1;
-            while bytes.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            let mut exponent = false;
-            while let Some(&c) = bytes.get(i) {
-                match c {
-                    b'0'..=b'9' | b'-' | b'+' | b'.' => {}
-                    b'e' | b'E' => exponent = true,
-                    _ => break,
-                }
-                i += 1;
-            }
-            if !exponent && i - start <= MAX_PLAIN_FINITE_NUMBER {
-                continue;
-            }
-            let finite = text
-                .get(start..i)
-                .and_then(|t| t.parse::<f64>().ok())
-                .is_some_and(f64::is_finite);
-            if !finite {
-                return Some(Unrelayable::Number);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    (escapes && has_unpaired_surrogate(text)).then_some(Unrelayable::Surrogate)
-}
-
-/// Where the first `"` or `\\` of `bytes` is. Most strings of a frame are short (keys, ids,
-/// kinds): the first 32 bytes are searched a word at a time in place, which costs less than
-/// setting up a vector search; the rest of a long string goes to `memchr`.
-fn string_stop(bytes: &[u8]) -> Option<usize> {
-    const SHORT: usize = 32;
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
-    let head = &bytes[..bytes.len().min(SHORT)];
-    let mut words = head.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let w = u64::from_le_bytes(w);
-        // A byte equal to the one searched for is zero after the xor. The zero-byte test
-        // (x - 1) & !x & 0x80 marks the lowest zero byte exactly (it may also mark bytes
-        // above it, which are not looked at): the first match in the text's order.
-        let (q, s) = (w ^ QUOTES, w ^ BACKSLASHES);
-        let found = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    if let Some(k) = words
-        .remainder()
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\')
-    {
-        return Some(at + k);
-    }
-    memchr::memchr2(b'"', b'\\', &bytes[head.len()..]).map(|k| k + head.len())
-}
-
-fn has_unpaired_surrogate(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    let mut expect_low = false;
-    // Only escapes matter: jump from one backslash to the next.
-    while let Some(k) = memchr::memchr(b'\\', &bytes[i..]) {
-        if expect_low && k > 0 {
-            return true;
-        }
-        i += k;
-        if bytes.get(i + 1) == Some(&b'u') {
-            let unit = bytes
-                .get(i + 2..i + 6)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            let Some(unit) = unit else {
-                return true;
-            };
-            let low = (0xDC00..0xE000).contains(&unit);
-            if low != expect_low {
-                return true;
-            }
-            expect_low = (0xD800..0xDC00).contains(&unit);
-            i += 6;
-        } else {
-            if expect_low {
-                return true;
-            }
-            i += 2;
-        }
-        if i >= bytes.len() {
-            break;
-        }
-    }
-    expect_low
-}
-
 fn decode_message<'a>(
     env: &Envelope<'a>,
     limits: &DecodeLimits,
@@ -559,14 +362,12 @@ fn decode_message<'a>(
         "join" => {
             let room = room(env.room)?;
             let meta = json_object(env.meta, "meta", limits)?;
-            let token = match env.token {
-                None => None,
-                Some(t) if t.get() == "null" => None,
-                Some(t) => Some(required_str(Some(t), "token")?),
-            };
+            let token = env
+                .token
+                .map(|t| required_str(Some(t), "token"))
+                .transpose()?;
             let key = match env.key {
                 None => None,
-                Some(k) if k.get() == "null" => None,
                 Some(k) => {
                     let text = required_str(Some(k), "key")?;
                     Some(
@@ -575,9 +376,9 @@ fn decode_message<'a>(
                     )
                 }
             };
-            let public = match present(env.public) {
+            let public = match env.public {
                 None => false,
-                Some(raw) => serde_json::from_str::<bool>(raw.get()).map_err(|_| {
+                Some(raw) => serde_json::from_str::<bool>(raw).map_err(|_| {
                     ProtocolError::new(ErrorCode::BadField, "`public` must be true or false")
                 })?,
             };
@@ -628,7 +429,7 @@ fn decode_message<'a>(
             let to = PeerId::new(to).map_err(|e| {
                 ProtocolError::new(ErrorCode::BadField, format!("`to` is not a peer id: {e}"))
             })?;
-            let data = env.data.filter(|d| d.get() != "null");
+            let data = env.data.map(raw_value).transpose()?;
             Ok(ClientMessage::Invite {
                 to,
                 room: room(env.room)?,
@@ -653,38 +454,39 @@ fn decode_message<'a>(
     }
 }
 
-/// A field that is there and not `null`.
-fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
-    raw.filter(|r| r.get() != "null")
+/// A field's raw text (valid JSON) as a `RawValue`, for the messages that hand one on.
+fn raw_value(text: &str) -> Result<&RawValue, ProtocolError> {
+    serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))
 }
 
 /// An optional JSON object of at most `--max-meta-bytes` (`meta`, `room_meta`).
 fn json_object<'a>(
-    raw: Option<&'a RawValue>,
+    raw: Option<&'a str>,
     field: &str,
     limits: &DecodeLimits,
 ) -> Result<Option<&'a RawValue>, ProtocolError> {
-    let Some(m) = present(raw) else {
+    let Some(m) = raw else {
         return Ok(None);
     };
-    if !m.get().starts_with('{') {
+    if !m.starts_with('{') {
         return Err(ProtocolError::new(
             ErrorCode::InvalidMeta,
             format!("`{field}` must be a JSON object"),
         ));
     }
-    if m.get().len() > limits.max_meta_bytes {
+    if m.len() > limits.max_meta_bytes {
         return Err(ProtocolError::new(
             ErrorCode::InvalidMeta,
             format!("`{field}` is larger than {} bytes", limits.max_meta_bytes),
         ));
     }
-    Ok(Some(m))
+    raw_value(m).map(Some)
 }
 
 /// `list-rooms {prefix?, cursor?, limit?}`.
 fn list_rooms(env: &Envelope<'_>) -> Result<ListingQuery, ProtocolError> {
-    let prefix = match present(env.prefix) {
+    let prefix = match env.prefix {
         None => String::new(),
         Some(raw) => required_str(Some(raw), "prefix")?,
     };
@@ -694,13 +496,13 @@ fn list_rooms(env: &Envelope<'_>) -> Result<ListingQuery, ProtocolError> {
             format!("`prefix` is longer than {MAX_LISTING_PREFIX_BYTES} bytes"),
         ));
     }
-    let after = match present(env.cursor) {
+    let after = match env.cursor {
         None => None,
         Some(raw) => Some(decode_cursor(&required_str(Some(raw), "cursor")?)?),
     };
-    let limit = match present(env.limit) {
+    let limit = match env.limit {
         None => DEFAULT_LIST_LIMIT,
-        Some(raw) => serde_json::from_str::<usize>(raw.get())
+        Some(raw) => serde_json::from_str::<usize>(raw)
             .ok()
             .filter(|n| (1..=MAX_LISTING_LIMIT).contains(n))
             .ok_or_else(|| {
@@ -741,39 +543,35 @@ fn decode_cursor(cursor: &str) -> Result<RoomId, ProtocolError> {
 }
 
 /// A string field read in place when it has no escapes (the common case: no allocation).
-fn required_text<'a>(
-    raw: Option<&'a RawValue>,
-    field: &str,
-) -> Result<Cow<'a, str>, ProtocolError> {
+fn required_text<'a>(raw: Option<&'a str>, field: &str) -> Result<Cow<'a, str>, ProtocolError> {
     match raw.and_then(plain_str) {
         Some(s) => Ok(Cow::Borrowed(s)),
         None => required_str(raw, field).map(Cow::Owned),
     }
 }
 
-/// The text of a JSON string without escapes, from the raw value serde_json validated: it is
+/// The text of a JSON string without escapes, from a raw value `Envelope::read` validated: it is
 /// the bytes between the quotes (a valid string has no raw control characters, and without a
 /// backslash nothing in it is encoded). Anything else is read by serde_json.
-fn plain_str(raw: &RawValue) -> Option<&str> {
-    let text = raw.get();
+fn plain_str(text: &str) -> Option<&str> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     (memchr::memchr(b'\\', inner.as_bytes()).is_none()).then_some(inner)
 }
 
-fn required_str(raw: Option<&RawValue>, field: &str) -> Result<String, ProtocolError> {
+fn required_str(raw: Option<&str>, field: &str) -> Result<String, ProtocolError> {
     let raw = raw
         .ok_or_else(|| ProtocolError::new(ErrorCode::BadField, format!("`{field}` is missing")))?;
-    serde_json::from_str::<String>(raw.get())
+    serde_json::from_str::<String>(raw)
         .map_err(|_| ProtocolError::new(ErrorCode::BadField, format!("`{field}` must be a string")))
 }
 
-fn room(raw: Option<&RawValue>) -> Result<RoomId, ProtocolError> {
+fn room(raw: Option<&str>) -> Result<RoomId, ProtocolError> {
     let name = room_name(raw)?.into_owned();
     RoomId::new(name).map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))
 }
 
 /// A `room` field checked as [`room`] checks it, read in place where it can be.
-fn room_name(raw: Option<&RawValue>) -> Result<Cow<'_, str>, ProtocolError> {
+fn room_name(raw: Option<&str>) -> Result<Cow<'_, str>, ProtocolError> {
     let name = required_text(raw, "room")?;
     RoomId::check(&name)
         .map_err(|e| ProtocolError::new(ErrorCode::InvalidRoom, format!("`room` {e}")))?;
@@ -791,15 +589,11 @@ fn room_name(raw: Option<&RawValue>) -> Result<Cow<'_, str>, ProtocolError> {
 
 /// A list of contact hashes (`publish`, `watch`): absent or `null` is empty. More than
 /// `max` entries is refused before any is decoded, so an oversized list costs little.
-fn hashes(
-    raw: Option<&RawValue>,
-    field: &str,
-    max: usize,
-) -> Result<Vec<ContactHash>, ProtocolError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+fn hashes(raw: Option<&str>, field: &str, max: usize) -> Result<Vec<ContactHash>, ProtocolError> {
+    let Some(raw) = raw else {
         return Ok(Vec::new());
     };
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+    let items: Vec<&RawValue> = serde_json::from_str(raw).map_err(|_| {
         ProtocolError::new(
             ErrorCode::BadField,
             format!("`{field}` must be an array of strings"),
@@ -1066,7 +860,7 @@ mod tests {
             panic!()
         };
         assert_eq!(kind, SignalKind::Offer);
-        assert_eq!(data.get(), r#"{"sdp":"v=0"}"#);
+        assert_eq!(data, r#"{"sdp":"v=0"}"#);
         assert!(matches!(
             decode(r#"{"type":"ping"}"#, &LIMITS).unwrap().message,
             ClientMessage::Ping
@@ -1171,89 +965,6 @@ mod tests {
         assert!(decode(&big, &LIMITS).is_ok());
         let short = format!(r#"{{"type":"ping","n":-{}}}"#, "9".repeat(307));
         assert!(decode(&short, &LIMITS).is_ok());
-    }
-
-    /// The number check as first written, a plain scan over the whole text: the faster scan
-    /// (and its surrogate check, run only when there are escapes) must agree with it and
-    /// `has_unpaired_surrogate` run on every text.
-    mod two_scans {
-        pub fn out_of_range_number(text: &str) -> bool {
-            let bytes = text.as_bytes();
-            let mut i = 0;
-            while i < bytes.len() {
-                let b = bytes[i];
-                if b == b'"' {
-                    let mut j = i + 1;
-                    loop {
-                        match bytes[j.min(bytes.len())..]
-                            .iter()
-                            .position(|&c| c == b'"' || c == b'\\')
-                        {
-                            None => return false,
-                            Some(k) if bytes[j + k] == b'\\' => j += k + 2,
-                            Some(k) => {
-                                j += k + 1;
-                                break;
-                            }
-                        }
-                    }
-                    i = j;
-                } else if b == b'-' || b.is_ascii_digit() {
-                    let start = i;
-                    while i < bytes.len()
-                        && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                    {
-                        i += 1;
-                    }
-                    let finite = text[start..i].parse::<f64>().is_ok_and(f64::is_finite);
-                    if !finite {
-                        return true;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            false
-        }
-    }
-
-    use proptest::strategy::Strategy as _;
-
-    proptest::proptest! {
-        #[test]
-        fn the_scan_agrees_with_two_plain_scans(
-            items in proptest::collection::vec(
-                proptest::prop_oneof![
-                    proptest::collection::vec(
-                        proptest::sample::select(vec![
-                            "\\ud83d", "\\ude00", "\\udc00", "\\u00e9", "\\n", "\\\\",
-                            "\\\"", "x", "é", "1e999", " ",
-                            "a string of more than thirty-two bytes, searched by memchr",
-                        ]),
-                        0..8,
-                    )
-                    .prop_map(|parts| format!("\"{}\"", parts.concat())),
-                    proptest::sample::select(vec![
-                        "1e999", "-2.5E3", "12", "0", "1e308", "-0", "12345678901234567890.5",
-                    ])
-                        .prop_map(str::to_owned),
-                ],
-                0..8,
-            )
-        ) {
-            let text = format!(r#"{{"a":[{}]}}"#, items.join(","));
-            // Only valid JSON is ever checked (serde_json read it first).
-            proptest::prop_assume!(serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok());
-            let expected = if two_scans::out_of_range_number(&text) {
-                Some(Unrelayable::Number)
-            } else if has_unpaired_surrogate(&text) {
-                Some(Unrelayable::Surrogate)
-            } else {
-                None
-            };
-            // Either problem refuses the frame; which one is named first may differ.
-            proptest::prop_assert_eq!(first_unrelayable(&text).is_some(), expected.is_some());
-        }
     }
 
     #[test]
