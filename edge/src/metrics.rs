@@ -579,6 +579,11 @@ impl EdgeMetrics {
         }
     }
 
+    /// `n` signals written to clients of `ingress`.
+    pub fn sent_signals(&self, ingress: Ingress, n: u64) {
+        self.sent_signal[ingress as usize].increment(n);
+    }
+
     pub fn sent(&self, ingress: Ingress, ty: &'static str) {
         if ty == "signal" {
             self.sent_signal[ingress as usize].increment(1);

@@ -195,32 +195,62 @@ async fn send_all(
     if frames.is_empty() {
         return Ok(());
     }
-    let mut now = None;
+    let mut batch = Batch::new(ctx);
     for out in frames {
-        feed(socket, out, seq, &mut now, ctx).await?;
+        feed(socket, out, seq, &mut batch, ctx).await?;
     }
     socket.flush().await
 }
 
+/// What the frames written in one go share: the time they are written, read once for all
+/// their signals (whose relay latency is measured to it), and the count of signals among
+/// them, added to `messages_sent` once when the batch ends, however it ends (a relayed
+/// signal is the one frame counted for each message, and a counter's update costs more than
+/// the rest of its bookkeeping).
+struct Batch<'a> {
+    now: Option<Instant>,
+    signals: u64,
+    ctx: &'a EdgeContext,
+}
+
+impl<'a> Batch<'a> {
+    fn new(ctx: &'a EdgeContext) -> Self {
+        Self {
+            now: None,
+            signals: 0,
+            ctx,
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.signals > 0 {
+            self.ctx.metrics.sent_signals(Ingress::Ws, self.signals);
+        }
+    }
+}
+
 /// Numbers a frame and queues it on the socket. Not an async fn: the numbering is done at
 /// once, and what is awaited is only the socket's own `feed`.
-///
-/// `now`: the time the batch is written, read once for all its signals (their relay latency
-/// is measured to it).
 fn feed<'s>(
     socket: &'s mut Socket,
     out: Outgoing,
     seq: &mut Sequencer,
-    now: &mut Option<Instant>,
+    batch: &mut Batch<'_>,
     ctx: &EdgeContext,
 ) -> impl Future<Output = Result<(), WsError>> + 's {
-    ctx.metrics.sent(Ingress::Ws, out.kind);
+    if out.kind == "signal" {
+        batch.signals += 1;
+    } else {
+        ctx.metrics.sent(Ingress::Ws, out.kind);
+    }
     if let Some((at, path)) = out
         .signal
         .as_ref()
         .and_then(|m| Some((m.relayed_at?, m.path)))
     {
-        let now = *now.get_or_insert_with(Instant::now);
+        let now = *batch.now.get_or_insert_with(Instant::now);
         ctx.metrics
             .relay(path)
             .record(now.saturating_duration_since(at).as_secs_f64());
@@ -252,11 +282,11 @@ async fn write_batch(
     seq: &mut Sequencer,
     ctx: &EdgeContext,
 ) -> Result<(), WsError> {
-    let mut now = None;
-    feed(socket, first, seq, &mut now, ctx).await?;
+    let mut batch = Batch::new(ctx);
+    feed(socket, first, seq, &mut batch, ctx).await?;
     for _ in 1..WRITE_BATCH {
         match rx.try_recv() {
-            Ok(out) => feed(socket, out, seq, &mut now, ctx).await?,
+            Ok(out) => feed(socket, out, seq, &mut batch, ctx).await?,
             Err(_) => break,
         }
     }
