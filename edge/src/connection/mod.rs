@@ -148,9 +148,11 @@ pub fn run(
                     msg = writer.socket.recv(), if inflight.is_none() => {
                         let mut msg = msg;
                         let mut served = 0;
+                        // One clock read for the frames served in one burst: they came in
+                        // together (for the rate limit, the keepalive and relay latency alike).
+                        last_heard = Instant::now();
                         loop {
                             let step: Result<(), CloseReason> = {
-                                last_heard = Instant::now();
                                 if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_))))
                                     && !rate.allow(last_heard)
                                 {
