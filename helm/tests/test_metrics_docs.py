@@ -77,12 +77,12 @@ def test_planned_metrics_are_not_listed_as_emitted() -> None:
 
 @pytest.mark.parametrize("enum_src,pattern", [
     ("edge/src/metrics.rs", r'=> "([a-z_]+)",'),           # close reasons
-    ("edge/src/protocol.rs", r'Self::\w+ => "([a-z-]+)",'),  # error codes and signal kinds
+    ("edge/src/protocol/mod.rs", r'Self::\w+ => "([a-z-]+)",'),  # error codes and signal kinds
 ])
 def test_label_values_are_documented(enum_src: str, pattern: str) -> None:
     emitted, _ = docs_sections()
     src = read(enum_src)
-    if enum_src.endswith("protocol.rs"):
+    if enum_src.endswith("protocol/mod.rs"):
         block = src.split("impl ErrorCode", 1)[1].split("\n}\n", 1)[0]
     else:
         block = src.split("impl CloseReason", 1)[1].split("\n}\n", 1)[0]
