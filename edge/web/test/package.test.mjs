@@ -13,9 +13,9 @@ const read = (p) => readFileSync(path.join(WEB, p), 'utf8');
 
 /** The codes of the edge's `ErrorCode::as_str`, read from its source. */
 function edgeErrorCodes() {
-  const src = read('../src/protocol.rs');
+  const src = read('../src/protocol/mod.rs');
   const start = src.indexOf('impl ErrorCode');
-  assert.ok(start >= 0, 'impl ErrorCode in edge/src/protocol.rs');
+  assert.ok(start >= 0, 'impl ErrorCode in edge/src/protocol/mod.rs');
   const body = src.slice(start, src.indexOf('\n}\n', start));
   return [...body.matchAll(/Self::\w+ => "([a-z-]+)"/g)].map((m) => m[1]).sort();
 }
