@@ -4,11 +4,11 @@
 
 #![no_main]
 
-use heliograph_edge::protocol::{
-    ClientMessage, DecodeLimits, PeerInfo, ServerMessage, decode, encode, encode_error, encode_signal,
-    ref_raw,
-};
 use heliograph_coordinator::registry::{PeerId, RoomId};
+use heliograph_edge::protocol::{
+    ClientMessage, DecodeLimits, PeerInfo, ServerMessage, decode, encode, encode_cursor,
+    encode_error, encode_signal, ref_raw,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 
@@ -84,10 +84,19 @@ fuzz_target!(|data: &[u8]| {
             vec![encode_signal(&room, &from, *kind, data)]
         }
         ClientMessage::Ping => vec![encode(&ServerMessage::Pong { reference })],
+        // A page whose cursor names the last room asked after (the prefix is the client's).
+        ClientMessage::ListRooms(query) => vec![encode(&ServerMessage::Rooms {
+            items: Vec::new(),
+            next: query.after.as_ref().map(encode_cursor),
+            partial: false,
+            unreachable: vec![query.prefix.as_str()],
+            reference,
+        })],
         ClientMessage::Resume { token, .. } => vec![encode(&ServerMessage::Error {
             code: "resume-failed",
             message: token,
             reference,
+            room: None,
         })],
         ClientMessage::Contacts { publish, .. } => {
             let mut frames = vec![encode(&ServerMessage::ContactsSet { reference })];
