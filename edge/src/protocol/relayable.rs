@@ -2,7 +2,7 @@
 //! values it skips over, things that strict JSON parsers on the receiving side refuse; a frame
 //! holding one is refused rather than relayed or echoed.
 
-use super::{ErrorCode, ProtocolError};
+use super::{ErrorCode, ProtocolError, scan};
 
 /// Whether `text` (valid JSON) can be passed on verbatim: no number beyond a 64-bit float,
 /// no unpaired surrogate escape (see below). Every frame a client sends is checked so, and so
@@ -48,7 +48,8 @@ fn first_unrelayable(text: &str) -> Option<Unrelayable> {
             // Inside a string: jump to its end (escapes skip the byte after the backslash).
             let mut j = i + 1;
             loop {
-                let k = string_stop(bytes.get(j..).unwrap_or_default())?;
+                // The text is valid JSON: no raw control character stops the search inside a string.
+                let k = scan::special(bytes.get(j..).unwrap_or_default())?;
                 if bytes[j + k] == b'\\' {
                     escapes = true;
                     j += k + 2;
@@ -89,42 +90,6 @@ fn first_unrelayable(text: &str) -> Option<Unrelayable> {
         }
     }
     (escapes && has_unpaired_surrogate(text)).then_some(Unrelayable::Surrogate)
-}
-
-/// Where the first `"` or `\\` of `bytes` is. Most strings of a frame are short (keys, ids,
-/// kinds): the first 32 bytes are searched a word at a time in place, which costs less than
-/// setting up a vector search; the rest of a long string goes to `memchr`.
-fn string_stop(bytes: &[u8]) -> Option<usize> {
-    const SHORT: usize = 32;
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
-    let head = &bytes[..bytes.len().min(SHORT)];
-    let mut words = head.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let w = u64::from_le_bytes(w);
-        // A byte equal to the one searched for is zero after the xor. The zero-byte test
-        // (x - 1) & !x & 0x80 marks the lowest zero byte exactly (it may also mark bytes
-        // above it, which are not looked at): the first match in the text's order.
-        let (q, s) = (w ^ QUOTES, w ^ BACKSLASHES);
-        let found = ((q.wrapping_sub(ONES) & !q) | (s.wrapping_sub(ONES) & !s)) & HIGH;
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    if let Some(k) = words
-        .remainder()
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\')
-    {
-        return Some(at + k);
-    }
-    memchr::memchr2(b'"', b'\\', &bytes[head.len()..]).map(|k| k + head.len())
 }
 
 fn has_unpaired_surrogate(text: &str) -> bool {

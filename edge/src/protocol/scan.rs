@@ -101,49 +101,45 @@ impl Reader<'_> {
     }
 
     fn object(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.at += 1;
-        self.whitespace();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            if self.peek()? != b'"' {
+        self.container(depth, b'}', |r| {
+            if r.peek()? != b'"' {
                 return None;
             }
-            self.string()?;
-            self.whitespace();
-            self.expect(b':')?;
-            self.whitespace();
-            self.value(depth)?;
-            self.whitespace();
-            match self.next()? {
-                b',' => self.whitespace(),
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
+            r.string()?;
+            r.whitespace();
+            r.expect(b':')?;
+            r.whitespace();
+            r.value(depth)
+        })
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
+        self.container(depth, b']', |r| r.value(depth))
+    }
+
+    /// An object or an array from its opening bracket: `item`s separated by commas, up to
+    /// `close`.
+    fn container(
+        &mut self,
+        depth: usize,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.at += 1;
         self.whitespace();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
-            self.value(depth)?;
+            item(self)?;
             self.whitespace();
             match self.next()? {
                 b',' => self.whitespace(),
-                b']' => return Some(()),
+                b if b == close => return Some(()),
                 _ => return None,
             }
         }
@@ -214,7 +210,7 @@ impl Reader<'_> {
 /// setting up a vector search. The rest of a long string (a payload) goes to `memchr` for the
 /// first `"` or `\\`, and the run before it is checked for control characters in a loop
 /// without branches, which the compiler turns into vector instructions.
-fn special(bytes: &[u8]) -> Option<usize> {
+pub(super) fn special(bytes: &[u8]) -> Option<usize> {
     const SHORT: usize = 32;
     let head = &bytes[..bytes.len().min(SHORT)];
     if let Some(k) = special_in_words(head) {
