@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// system allocator (measured: docs/BENCHMARKS.md). Its v2 line (the workspace's `features =
 /// ["v2"]`): v3 gives freed pages back only on later allocator activity, and an idle edge kept
 /// more memory per connection, by a varying amount. The `system-allocator` feature leaves
-/// the system's, for heap profilers that trace malloc (`heaptrack`).
+/// the system's, for heap profilers that trace malloc (`heaptrack`). A runtime thread about to
+/// sleep gives back what it freed (see `runtime`).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: heliograph_edge_alloc::MiMalloc = heliograph_edge_alloc::MiMalloc;
 
 /// Exit code for a configuration that cannot work (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -100,17 +101,23 @@ fn main() -> ExitCode {
 /// cross-thread machinery, and its LIFO slot (a woken task runs next) lets pairs of sessions
 /// that keep waking each other go ahead of all others. Measured: W=1 relay p99 3.8× the
 /// reference's with it, 1.3× without (docs/BENCHMARKS.md).
+///
+/// Each runtime thread, when it is about to sleep, gives the memory it freed back to the
+/// system (at most once a second): the allocator would otherwise keep it until the thread next
+/// allocates, and an edge goes quiet right after its bursts (edge/alloc).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
+    let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    #[cfg(not(feature = "system-allocator"))]
+    builder.on_thread_park(|| {
+        heliograph_edge_alloc::on_idle();
+    });
+    builder.enable_all().build()
 }
 
 async fn run(config: Config) -> ExitCode {
