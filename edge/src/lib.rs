@@ -75,6 +75,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::metrics::ALLOCATOR_COLLECTIONS;
+
 use crate::auth::{JoinAuth, JoinKey};
 use crate::config::{Config, JoinKeySource};
 use crate::context::EdgeContext;

@@ -115,7 +115,9 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     };
     #[cfg(not(feature = "system-allocator"))]
     builder.on_thread_park(|| {
-        heliograph_edge_alloc::on_idle();
+        if heliograph_edge_alloc::on_idle() {
+            metrics::counter!(heliograph_edge::ALLOCATOR_COLLECTIONS).increment(1);
+        }
     });
     builder.enable_all().build()
 }

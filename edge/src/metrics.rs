@@ -20,6 +20,8 @@ use crate::protocol::ErrorCode;
 
 pub const CONNECTIONS_OPEN: &str = "heliograph_edge_connections_open";
 pub const SOCKETS_PARKED: &str = "heliograph_edge_sockets_parked";
+/// Counted by the runtime's park hook (main.rs), which holds no [`EdgeMetrics`].
+pub const ALLOCATOR_COLLECTIONS: &str = "heliograph_edge_allocator_collections_total";
 pub const CONNECTIONS_ACCEPTED: &str = "heliograph_edge_connections_accepted_total";
 pub const CONNECTIONS_CLOSED: &str = "heliograph_edge_connections_closed_total";
 pub const MESSAGES_RECEIVED: &str = "heliograph_edge_messages_received_total";
@@ -349,6 +351,12 @@ impl EdgeMetrics {
             CONNECTIONS_CLOSED,
             "WebSocket connections closed, by reason"
         );
+        describe_counter!(
+            ALLOCATOR_COLLECTIONS,
+            "Times a runtime thread about to sleep gave the allocator's freed memory back"
+        );
+        // Exposed (at 0) before the first collection.
+        counter!(ALLOCATOR_COLLECTIONS).increment(0);
         describe_counter!(MESSAGES_RECEIVED, "Client messages received, by type");
         describe_counter!(MESSAGES_SENT, "Messages sent to clients, by type");
         describe_histogram!(

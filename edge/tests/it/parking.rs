@@ -147,3 +147,22 @@ async fn a_frame_in_pieces_across_ticks_is_not_lost_to_a_park() {
         break;
     }
 }
+
+/// A runtime thread about to sleep gives the allocator's freed memory back (edge/alloc), at
+/// most once a second: an edge that has just gone idle counts a collection, and keeps
+/// collecting as it wakes and sleeps again after its sockets have parked.
+#[tokio::test]
+async fn an_idle_edge_collects_the_allocators_heap_when_it_sleeps() {
+    const COLLECTIONS: &str = "heliograph_edge_allocator_collections_total";
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &FAST_TICKS);
+    let first = node.wait_metric(COLLECTIONS, |v| v >= 1.0).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(&node.ws_url()).await;
+        c.join("quiet").await;
+        clients.push(c);
+    }
+    until_parked(&node, 20.0).await;
+    node.wait_metric(COLLECTIONS, |v| v > first).await;
+}
