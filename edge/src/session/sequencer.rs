@@ -10,19 +10,31 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub struct Sequencer {
     last: u64,
     capacity: usize,
-    /// Each frame with its `seq`, kept as it was before it was numbered: the frame handed to
-    /// the socket is a numbered copy (the socket copies it into its buffer and drops it),
-    /// so keeping the original costs neither a copy nor a shared count. Numbered again only
-    /// when the window is stored, which is rare.
-    window: VecDeque<(u64, String)>,
+    /// Each kept frame's `seq` and length, oldest first.
+    frames: VecDeque<(u64, usize)>,
+    /// The kept frames' bytes end to end, in the same order, as they were before they were
+    /// numbered (numbered again only when the window is stored, which is rare). One ring per
+    /// session rather than one allocation per frame: a client that never acknowledges keeps
+    /// `capacity` frames, and over many sessions they are out of the CPU's caches; a frame
+    /// kept in its own allocation cost a cache miss to allocate (the allocator reads its list
+    /// of free blocks from the block it hands out, last used a whole window earlier) and
+    /// another to free, and the frame written to the socket came from that cold memory too.
+    /// Copied into the ring, the frame and its numbered copy are freed at once, and the
+    /// allocator keeps handing out the same few warm blocks (docs/BENCHMARKS.md, "Relay").
+    bytes: VecDeque<u8>,
 }
+
+/// A ring this large that holds a quarter of it or less is made smaller: a window that once
+/// held large frames does not keep their room for the session's life.
+const RING_KEPT_BYTES: usize = 4096;
 
 impl Sequencer {
     pub fn new(capacity: usize) -> Self {
         Self {
             last: 0,
             capacity,
-            window: VecDeque::new(),
+            frames: VecDeque::new(),
+            bytes: VecDeque::new(),
         }
     }
 
@@ -32,21 +44,14 @@ impl Sequencer {
     }
 
     /// Stamps the next `seq` into `frame`, and remembers the frame.
-    pub fn stamp(&mut self, mut frame: String) -> Utf8Bytes {
+    pub fn stamp(&mut self, frame: String) -> Utf8Bytes {
         self.last += 1;
         let stamped = Utf8Bytes::from(with_seq(&frame, self.last));
         if self.capacity > 0 {
-            if self.window.len() == self.capacity {
-                self.window.pop_front();
+            if self.frames.len() == self.capacity {
+                self.pop_front();
             }
-            // A frame may be kept for the session's life (a quiet client acknowledges
-            // nothing): it is kept at its size, not with an encoder's spare capacity (up to
-            // half of a frame that grew by doubling). A relayed signal is sized exactly
-            // enough to be left as it is.
-            if frame.capacity() - frame.len() > frame.len() / 8 {
-                frame.shrink_to_fit();
-            }
-            self.window.push_back((self.last, frame));
+            self.keep(self.last, &frame);
         }
         stamped
     }
@@ -61,22 +66,23 @@ impl Sequencer {
     /// The client has read every frame up to `ack`: they leave the window (a resume names a
     /// `last_seq` at least as high, so they can never be asked for again).
     pub fn acknowledge(&mut self, ack: u64) {
-        while self.window.front().is_some_and(|(s, _)| *s <= ack) {
-            self.window.pop_front();
+        while self.frames.front().is_some_and(|(s, _)| *s <= ack) {
+            self.pop_front();
         }
     }
 
     /// Continues a resumed session: after `last`, with `window` (frames already stamped).
     pub fn resume_from(&mut self, last: u64, window: impl IntoIterator<Item = String>) {
         self.last = last;
-        self.window.clear();
+        self.frames.clear();
+        self.bytes.clear();
         for frame in window {
-            if self.window.len() == self.capacity {
-                self.window.pop_front();
+            if self.frames.len() == self.capacity {
+                self.pop_front();
             }
             // Stored frames were stamped here: a frame without its `seq` cannot be replayed.
             if let Some((s, frame)) = without_seq(&frame) {
-                self.window.push_back((s, frame));
+                self.keep(s, &frame);
             }
         }
     }
@@ -90,7 +96,32 @@ impl Sequencer {
 
     /// The replay window, oldest first, each frame with its `seq`.
     pub fn window(&self) -> Vec<String> {
-        self.window.iter().map(|(s, f)| with_seq(f, *s)).collect()
+        let mut start = 0;
+        self.frames
+            .iter()
+            .map(|&(s, len)| {
+                let bytes: Vec<u8> = self.bytes.range(start..start + len).copied().collect();
+                start += len;
+                // Copied from a `String`, so always UTF-8.
+                with_seq(&String::from_utf8_lossy(&bytes), s)
+            })
+            .collect()
+    }
+
+    fn keep(&mut self, seq: u64, frame: &str) {
+        self.bytes.extend(frame.as_bytes());
+        self.frames.push_back((seq, frame.len()));
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, len)) = self.frames.pop_front() {
+            self.bytes.drain(..len.min(self.bytes.len()));
+            let cap = self.bytes.capacity();
+            if cap > RING_KEPT_BYTES && self.bytes.len() <= cap / 4 {
+                self.bytes
+                    .shrink_to((self.bytes.len() * 2).max(RING_KEPT_BYTES / 2));
+            }
+        }
     }
 }
 
@@ -204,6 +235,80 @@ mod tests {
         );
         // A resume names at least the welcome's `seq`: what followed it is all there.
         assert_eq!(replay_after(&w, 1, 2).map(|r| r.len()), Some(1));
+    }
+
+    #[test]
+    fn a_window_that_held_large_frames_gives_their_room_back() {
+        let mut s = Sequencer::new(4);
+        let large = format!(r#"{{"data":"{}"}}"#, "x".repeat(20_000));
+        for _ in 0..4 {
+            s.stamp(large.clone());
+        }
+        assert!(s.bytes.capacity() >= 80_000);
+        // Small frames push the large ones out; the ring shrinks as they go.
+        for _ in 0..4 {
+            s.stamp(r#"{"type":"x"}"#.to_owned());
+        }
+        assert!(
+            s.bytes.capacity() <= RING_KEPT_BYTES,
+            "{}",
+            s.bytes.capacity()
+        );
+        assert_eq!(s.window().len(), 4);
+        // An acknowledged window keeps no large room either.
+        for _ in 0..4 {
+            s.stamp(large.clone());
+        }
+        s.acknowledge(s.last());
+        assert!(s.window().is_empty());
+        assert!(
+            s.bytes.capacity() <= RING_KEPT_BYTES,
+            "{}",
+            s.bytes.capacity()
+        );
+    }
+
+    proptest::proptest! {
+        /// The ring keeps exactly what a plain list of the last frames would: frames of any
+        /// size (the ring wraps and grows and shrinks), acknowledgements, and a store and
+        /// resume at any point.
+        #[test]
+        fn the_ring_keeps_what_a_list_of_the_last_frames_would(
+            capacity in 0usize..6,
+            steps in proptest::collection::vec((0usize..6000, 0u8..10), 0..60),
+        ) {
+            let mut s = Sequencer::new(capacity);
+            let mut model: VecDeque<String> = VecDeque::new();
+            for (i, (size, action)) in steps.into_iter().enumerate() {
+                match action {
+                    // Acknowledge everything but the last frame or two.
+                    0 => {
+                        let ack = s.last().saturating_sub(u64::from(i as u8 % 3));
+                        s.acknowledge(ack);
+                        model.retain(|f| seq_of(f).is_some_and(|q| q > ack));
+                    }
+                    // Store the window and resume from it.
+                    1 => {
+                        let stored = s.window();
+                        let mut resumed = Sequencer::new(capacity);
+                        resumed.resume_from(s.last(), stored);
+                        s = resumed;
+                    }
+                    _ => {
+                        let frame = format!(r#"{{"n":{i},"d":"{}"}}"#, "é".repeat(size / 2));
+                        let stamped = s.stamp(frame.clone());
+                        proptest::prop_assert_eq!(stamped.as_str(), with_seq(&frame, s.last()));
+                        if capacity > 0 {
+                            if model.len() == capacity {
+                                model.pop_front();
+                            }
+                            model.push_back(with_seq(&frame, s.last()));
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(s.window(), Vec::from(model.clone()));
+            }
+        }
     }
 
     #[test]
