@@ -255,7 +255,7 @@ fn feed<'s>(
             .relay(path)
             .record(now.saturating_duration_since(at).as_secs_f64());
     }
-    let text = seq.stamp(out.text);
+    let text = seq.stamp(&out.text);
     socket.feed(Message::Text(text))
 }
 

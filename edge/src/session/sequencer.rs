@@ -43,15 +43,15 @@ impl Sequencer {
         self.last
     }
 
-    /// Stamps the next `seq` into `frame`, and remembers the frame.
-    pub fn stamp(&mut self, frame: String) -> Utf8Bytes {
+    /// Stamps the next `seq` into a copy of `frame`, and keeps the frame in the window.
+    pub fn stamp(&mut self, frame: &str) -> Utf8Bytes {
         self.last += 1;
-        let stamped = Utf8Bytes::from(with_seq(&frame, self.last));
+        let stamped = Utf8Bytes::from(with_seq(frame, self.last));
         if self.capacity > 0 {
             if self.frames.len() == self.capacity {
                 self.pop_front();
             }
-            self.keep(self.last, &frame);
+            self.keep(self.last, frame);
         }
         stamped
     }
@@ -180,8 +180,8 @@ mod tests {
     #[test]
     fn a_stored_window_is_taken_back_as_it_was_written() {
         let mut s = Sequencer::new(4);
-        s.stamp(r#"{"type":"x","n":1}"#.to_owned());
-        s.stamp("{}".to_owned());
+        s.stamp(r#"{"type":"x","n":1}"#);
+        s.stamp("{}");
         let stored = s.window();
         assert_eq!(
             stored,
@@ -190,7 +190,7 @@ mod tests {
         let mut resumed = Sequencer::new(4);
         resumed.resume_from(2, stored.clone());
         assert_eq!(resumed.window(), stored);
-        assert_eq!(resumed.stamp("{}".to_owned()).as_str(), r#"{"seq":3}"#);
+        assert_eq!(resumed.stamp("{}").as_str(), r#"{"seq":3}"#);
     }
 
     #[test]
@@ -207,7 +207,7 @@ mod tests {
     fn the_window_replays_exactly_what_was_missed() {
         let mut s = Sequencer::new(3);
         for _ in 0..5 {
-            s.stamp(r#"{"type":"x"}"#.to_owned());
+            s.stamp(r#"{"type":"x"}"#);
         }
         assert_eq!(s.last(), 5);
         let w = s.window();
@@ -227,7 +227,7 @@ mod tests {
         let mut s = Sequencer::new(4);
         let welcome = s.stamp_welcome(r#"{"type":"welcome"}"#);
         assert_eq!(seq_of(welcome.as_str()), Some(1));
-        s.stamp(r#"{"type":"joined"}"#.to_owned());
+        s.stamp(r#"{"type":"joined"}"#);
         let w = s.window();
         assert_eq!(
             w.iter().map(|f| seq_of(f)).collect::<Vec<_>>(),
@@ -242,12 +242,12 @@ mod tests {
         let mut s = Sequencer::new(4);
         let large = format!(r#"{{"data":"{}"}}"#, "x".repeat(20_000));
         for _ in 0..4 {
-            s.stamp(large.clone());
+            s.stamp(&large);
         }
         assert!(s.bytes.capacity() >= 80_000);
         // Small frames push the large ones out; the ring shrinks as they go.
         for _ in 0..4 {
-            s.stamp(r#"{"type":"x"}"#.to_owned());
+            s.stamp(r#"{"type":"x"}"#);
         }
         assert!(
             s.bytes.capacity() <= RING_KEPT_BYTES,
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(s.window().len(), 4);
         // An acknowledged window keeps no large room either.
         for _ in 0..4 {
-            s.stamp(large.clone());
+            s.stamp(&large);
         }
         s.acknowledge(s.last());
         assert!(s.window().is_empty());
@@ -296,7 +296,7 @@ mod tests {
                     }
                     _ => {
                         let frame = format!(r#"{{"n":{i},"d":"{}"}}"#, "é".repeat(size / 2));
-                        let stamped = s.stamp(frame.clone());
+                        let stamped = s.stamp(&frame);
                         proptest::prop_assert_eq!(stamped.as_str(), with_seq(&frame, s.last()));
                         if capacity > 0 {
                             if model.len() == capacity {
@@ -315,7 +315,7 @@ mod tests {
     fn acknowledged_frames_leave_the_window_and_are_never_needed() {
         let mut s = Sequencer::new(8);
         for _ in 0..6 {
-            s.stamp(r#"{"type":"x"}"#.to_owned());
+            s.stamp(r#"{"type":"x"}"#);
         }
         s.acknowledge(4);
         let w = s.window();
